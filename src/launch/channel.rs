@@ -1,0 +1,227 @@
+//! The typed channel between the launcher (parent) and the sandbox init (child):
+//! a `SOCK_SEQPACKET` socketpair carrying one JSON message per packet, plus the
+//! parent's prepared mount fds (`SCM_RIGHTS`) with the spec.
+//!
+//! Each side has one method per message it expects; anything else is an error.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use serde::{Deserialize, Serialize};
+
+use super::spec::{InitSpec, PayloadStatus};
+
+/// Largest message either side accepts.
+pub const MAX_MESSAGE: usize = 256 * 1024;
+/// Most fds the parent sends with a spec.
+pub const MAX_FDS: usize = 200;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToInit {
+    Spec(Box<InitSpec>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromInit {
+    /// The payload has been exec'd.
+    Running,
+    /// Building the sandbox failed before the payload ran.
+    SetupFailed {
+        message: String,
+    },
+    /// execve of the payload failed with this errno.
+    ExecFailed {
+        path: String,
+        errno: i32,
+    },
+    Exited(PayloadStatus),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("sandbox channel: {0}")]
+    Io(#[from] nix::Error),
+    #[error("sandbox channel closed by the other side")]
+    Closed,
+    #[error("sandbox channel: bad message: {0}")]
+    Decode(#[from] serde_json::Error),
+    #[error("sandbox channel: message of {0} bytes is too large")]
+    TooLarge(usize),
+    #[error("sandbox channel: unexpected message {0}")]
+    Unexpected(String),
+}
+
+pub struct Channel {
+    fd: OwnedFd,
+}
+
+impl Channel {
+    pub fn new(fd: OwnedFd) -> Self {
+        Channel { fd }
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn send<T: Serialize>(&self, msg: &T, fds: &[RawFd]) -> Result<(), ChannelError> {
+        let bytes = serde_json::to_vec(msg)?;
+        if bytes.len() > MAX_MESSAGE {
+            return Err(ChannelError::TooLarge(bytes.len()));
+        }
+        let iov = [IoSlice::new(&bytes)];
+        let rights = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+        sendmsg::<()>(
+            self.fd.as_raw_fd(),
+            &iov,
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )?;
+        Ok(())
+    }
+
+    fn recv<T: for<'de> Deserialize<'de>>(&self) -> Result<(T, Vec<OwnedFd>), ChannelError> {
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+        let (len, fds, truncated) = {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let msg = loop {
+                match recvmsg::<()>(
+                    self.fd.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut cmsg),
+                    MsgFlags::MSG_CMSG_CLOEXEC,
+                ) {
+                    Err(nix::Error::EINTR) => continue,
+                    other => break other?,
+                }
+            };
+            let mut fds = Vec::new();
+            for c in msg.cmsgs()? {
+                if let ControlMessageOwned::ScmRights(received) = c {
+                    // SAFETY: SCM_RIGHTS fds are new descriptors installed for us.
+                    fds.extend(
+                        received
+                            .into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
+                }
+            }
+            (
+                msg.bytes,
+                fds,
+                msg.flags
+                    .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC),
+            )
+        };
+        if truncated {
+            return Err(ChannelError::TooLarge(len));
+        }
+        if len == 0 {
+            return Err(ChannelError::Closed);
+        }
+        Ok((serde_json::from_slice(&buf[..len])?, fds))
+    }
+
+    // ---- parent side ----
+
+    pub fn send_spec(&self, spec: &InitSpec, fds: &[RawFd]) -> Result<(), ChannelError> {
+        self.send(&ToInit::Spec(Box::new(spec.clone())), fds)
+    }
+
+    pub fn recv_from_init(&self) -> Result<FromInit, ChannelError> {
+        let (msg, fds) = self.recv::<FromInit>()?;
+        if !fds.is_empty() {
+            return Err(ChannelError::Unexpected(
+                "file descriptors from the sandbox".into(),
+            ));
+        }
+        Ok(msg)
+    }
+
+    // ---- child side ----
+
+    pub fn recv_spec(&self) -> Result<(InitSpec, Vec<OwnedFd>), ChannelError> {
+        let (ToInit::Spec(spec), fds) = self.recv::<ToInit>()?;
+        Ok((*spec, fds))
+    }
+
+    pub fn send_to_parent(&self, msg: &FromInit) -> Result<(), ChannelError> {
+        self.send(msg, &[])
+    }
+
+    /// True when the parent has closed its end (it died or gave up).
+    pub fn peer_gone(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: pfd is a valid pollfd; timeout 0 never blocks.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::launch::spec::LogConfig;
+
+    fn spec() -> InitSpec {
+        InitSpec {
+            id: "sc-test".into(),
+            uid: 1000,
+            gid: 1000,
+            mounts: vec![],
+            tmp_size: 1 << 20,
+            shm_size: 1 << 20,
+            cwd: "/w".into(),
+            home: "/tmp/home".into(),
+            argv: vec!["/bin/true".into()],
+            env: vec![],
+            log: LogConfig {
+                json: false,
+                level: "warn".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn spec_and_fds_cross_the_channel() {
+        let (a, b) = crate::sys::socketpair_seqpacket().unwrap();
+        let (parent, child) = (Channel::new(a), Channel::new(b));
+        let f = std::fs::File::open("/dev/null").unwrap();
+        parent.send_spec(&spec(), &[f.as_raw_fd()]).unwrap();
+        let (got, fds) = child.recv_spec().unwrap();
+        assert_eq!(got.id, "sc-test");
+        assert_eq!(fds.len(), 1);
+        child
+            .send_to_parent(&FromInit::Exited(PayloadStatus::Signaled(15)))
+            .unwrap();
+        assert!(matches!(
+            parent.recv_from_init().unwrap(),
+            FromInit::Exited(PayloadStatus::Signaled(15))
+        ));
+    }
+
+    #[test]
+    fn closed_peer_is_reported() {
+        let (a, b) = crate::sys::socketpair_seqpacket().unwrap();
+        let child = Channel::new(b);
+        assert!(!child.peer_gone());
+        drop(a);
+        assert!(child.peer_gone());
+        assert!(matches!(child.recv_spec(), Err(ChannelError::Closed)));
+    }
+
+    #[test]
+    fn exit_codes_follow_the_env_convention() {
+        assert_eq!(PayloadStatus::Exited(7).exit_code(), 7);
+        assert_eq!(PayloadStatus::Signaled(15).exit_code(), 143);
+        assert_eq!(PayloadStatus::Signaled(9).exit_code(), 137);
+    }
+}

@@ -1,0 +1,262 @@
+//! Child side: `swarmcell __init FD`, exec'd by the launcher into new user,
+//! mount, PID, network, IPC and UTS namespaces. Single-threaded, pid 1.
+//!
+//! The sequence, in order, each step for a reason:
+//! 1. reset signals and close every inherited fd but the channel (nothing of the
+//!    launcher's survives into the sandbox);
+//! 2. receive the spec (sent only after the parent wrote our uid/gid maps);
+//! 3. become the sandbox uid/gid (capabilities in our own user namespace are
+//!    kept: uid 0 is not mapped, so the kernel does not clear them), re-arm the
+//!    parent-death signal that the uid change cleared;
+//! 4. enter a new cgroup namespace rooted at the cgroup the parent placed us in;
+//! 5. build the root filesystem and `pivot_root` into it;
+//! 6. hostname, loopback up;
+//! 7. fork the payload ([`super::payload`]): setsid, no_new_privs, drop all
+//!    capabilities, close fds, chdir to the worktree, execve;
+//! 8. drop our own capabilities and stay as a reaping init that forwards signals;
+//!    when the payload exits, report its status and exit (the kernel then kills
+//!    whatever else is left in the PID namespace).
+
+use std::ffi::CString;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use super::channel::{Channel, FromInit};
+use super::payload::{self, PreparedExec, Stage};
+use super::spec::{InitSpec, PayloadStatus};
+use crate::sys;
+
+/// Signals init forwards to the payload.
+const FORWARDED: [libc::c_int; 6] = [
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
+enum Failure {
+    Setup(String),
+    Exec { path: String, errno: i32 },
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Setup(e.to_string())
+    }
+}
+
+/// Entry point of `swarmcell __init FD`. Never returns.
+pub fn main(channel_fd: RawFd) -> ! {
+    sys::reset_signal_dispositions();
+    let _ = sys::set_sigmask(libc::SIG_SETMASK, &sys::sigset(&[]));
+    if !sys::fd_is_open(channel_fd)
+        || crate::fds::close_all_except(channel_fd).is_err()
+        || sys::set_cloexec(channel_fd, true).is_err()
+    {
+        eprintln!(
+            "swarmcell __init: invalid channel fd {channel_fd}; this mode is started by `swarmcell run` only"
+        );
+        std::process::exit(super::EXIT_LAUNCHER_ERROR.into());
+    }
+    // SAFETY: the fd was passed to us by the launcher and is owned by nobody else.
+    let chan = Channel::new(unsafe { OwnedFd::from_raw_fd(channel_fd) });
+    let (spec, fds) = match chan.recv_spec() {
+        Ok(x) => x,
+        // The launcher died or gave up before sending the spec: nothing to report to.
+        Err(_) => std::process::exit(super::EXIT_LAUNCHER_ERROR.into()),
+    };
+    crate::logging::init(spec.log.json, &spec.log.level);
+    let msg = match run(&chan, &spec, fds) {
+        Ok(status) => FromInit::Exited(status),
+        Err(Failure::Setup(message)) => FromInit::SetupFailed {
+            message: format!("sandbox {}: {message}", spec.id),
+        },
+        Err(Failure::Exec { path, errno }) => FromInit::ExecFailed { path, errno },
+    };
+    let code = match &msg {
+        FromInit::Exited(_) => 0,
+        _ => super::EXIT_LAUNCHER_ERROR,
+    };
+    let _ = chan.send_to_parent(&msg);
+    std::process::exit(code.into())
+}
+
+fn run(chan: &Channel, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStatus, Failure> {
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } != 1 {
+        return Err(Failure::Setup(
+            "sandbox init is not pid 1 of a new PID namespace".into(),
+        ));
+    }
+    // The launcher dropped its supplementary groups; a leftover one (host gid 0)
+    // would grant group access to host files.
+    if sys::supplementary_group_count()? != 0 {
+        return Err(Failure::Setup(
+            "sandbox init still has supplementary groups".into(),
+        ));
+    }
+    sys::setresgid(spec.gid)?;
+    sys::setresuid(spec.uid)?;
+    // The credential change cleared the parent-death signal; re-arm it, then make
+    // sure the parent did not die in between.
+    sys::prctl(
+        libc::PR_SET_PDEATHSIG,
+        libc::SIGKILL as libc::c_ulong,
+        "PR_SET_PDEATHSIG",
+    )?;
+    if chan.peer_gone() {
+        return Err(Failure::Setup("launcher exited".into()));
+    }
+    // SAFETY: unshare with a namespace flag; we are single-threaded.
+    if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
+        return Err(Failure::Setup(format!(
+            "unshare(CLONE_NEWCGROUP): {}",
+            nix::errno::Errno::last()
+        )));
+    }
+    crate::fs::rootfs::build(spec, &fds)?;
+    drop(fds);
+    sys::sethostname(&spec.id)?;
+    sys::loopback_up()?;
+
+    let prepared = prepare_exec(spec)?;
+    let watched: Vec<libc::c_int> = FORWARDED.iter().copied().chain([libc::SIGCHLD]).collect();
+    let mask = sys::sigset(&watched);
+    sys::set_sigmask(libc::SIG_BLOCK, &mask)?;
+    let (err_r, err_w) = sys::pipe_cloexec()?;
+
+    // SAFETY: this process is single-threaded (a fresh exec), so the child may run
+    // ordinary code; it only makes the syscalls in payload::exec anyway.
+    let payload_pid =
+        match unsafe { nix::unistd::fork() }.map_err(|e| Failure::Setup(format!("fork: {e}")))? {
+            nix::unistd::ForkResult::Child => {
+                drop(err_r);
+                payload::exec(&prepared, err_w.as_raw_fd())
+            }
+            nix::unistd::ForkResult::Parent { child } => child.as_raw(),
+        };
+    drop(err_w);
+    if let Some((stage, errno)) = read_exec_error(err_r) {
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(payload_pid), None);
+        return Err(match stage {
+            Some(Stage::Execve) => Failure::Exec {
+                path: spec.argv[0].clone(),
+                errno,
+            },
+            other => Failure::Setup(format!(
+                "payload set-up failed at {other:?}: {}",
+                nix::errno::Errno::from_raw(errno)
+            )),
+        });
+    }
+
+    // init keeps no privilege: it only reaps and signals processes of its own uid.
+    crate::caps::set_no_new_privs()?;
+    crate::caps::drop_all()?;
+    sys::prctl(libc::PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")?;
+    let _ = chan.send_to_parent(&FromInit::Running);
+    tracing::debug!(sandbox = %spec.id, payload_pid, "payload running");
+    Ok(reap_until_payload_exits(payload_pid, &mask))
+}
+
+/// Resolve the program like `execvp`, but against the sandbox's PATH and root.
+fn resolve_program(spec: &InitSpec) -> PathBuf {
+    let prog = &spec.argv[0];
+    if prog.contains('/') {
+        return PathBuf::from(prog);
+    }
+    let path_var = spec
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("/usr/bin:/bin");
+    path_var
+        .split(':')
+        .filter(|d| d.starts_with('/'))
+        .map(|d| Path::new(d).join(prog))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(prog))
+}
+
+fn prepare_exec(spec: &InitSpec) -> Result<PreparedExec, Failure> {
+    let path = resolve_program(spec);
+    if !path.is_absolute() && !spec.argv[0].contains('/') {
+        return Err(Failure::Exec {
+            path: spec.argv[0].clone(),
+            errno: libc::ENOENT,
+        });
+    }
+    Ok(PreparedExec {
+        path: sys::cstring(&path)?,
+        argv: spec
+            .argv
+            .iter()
+            .map(sys::cstring)
+            .collect::<Result<_, _>>()?,
+        envp: spec
+            .env
+            .iter()
+            .map(|(k, v)| {
+                CString::new(format!("{k}={v}"))
+                    .map_err(|_| Failure::Setup(format!("variable {k} contains a NUL byte")))
+            })
+            .collect::<Result<_, _>>()?,
+        cwd: sys::cstring(&spec.cwd)?,
+    })
+}
+
+/// EOF means the exec succeeded (the pipe was close-on-exec).
+fn read_exec_error(err_r: OwnedFd) -> Option<(Option<Stage>, i32)> {
+    let mut f = std::fs::File::from(err_r);
+    let mut buf = [0u8; 5];
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    (got == buf.len()).then(|| {
+        (
+            Stage::from_u8(buf[4]),
+            i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]),
+        )
+    })
+}
+
+/// Reap every child (orphans are re-parented to us), forward signals to the
+/// payload, and return when the payload itself exits.
+fn reap_until_payload_exits(payload: libc::pid_t, mask: &libc::sigset_t) -> PayloadStatus {
+    loop {
+        let mut status: Option<PayloadStatus> = None;
+        loop {
+            let mut raw = 0;
+            // SAFETY: raw is a valid int for the status.
+            let pid = unsafe { libc::waitpid(-1, &mut raw, libc::WNOHANG) };
+            if pid <= 0 {
+                break;
+            }
+            if pid == payload {
+                status = Some(if libc::WIFSIGNALED(raw) {
+                    PayloadStatus::Signaled(libc::WTERMSIG(raw))
+                } else {
+                    PayloadStatus::Exited(libc::WEXITSTATUS(raw))
+                });
+            }
+        }
+        if let Some(s) = status {
+            return s;
+        }
+        // SAFETY: mask is a valid sigset; a null siginfo pointer is allowed.
+        let sig = unsafe { libc::sigwaitinfo(mask, std::ptr::null_mut()) };
+        if sig > 0 && sig != libc::SIGCHLD {
+            let _ = sys::kill(payload, sig);
+        }
+    }
+}

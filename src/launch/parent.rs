@@ -1,0 +1,620 @@
+//! Parent side: the launcher (host root). Everything that needs host privilege or
+//! host paths happens here, before or right after the `clone`:
+//!
+//! 1. validate the request (payload, worktree and its owner, ids);
+//! 2. lease a per-sandbox host uid;
+//! 3. prepare every bind as a detached, flagged mount tree ([`crate::fs::host_binds`]);
+//! 4. `clone` the init into new namespaces; the child only re-execs this binary;
+//! 5. write the child's `setgroups`/uid/gid maps; idmap the worktree mount through
+//!    the child's user namespace (falling back to mapping the sandbox to the
+//!    worktree owner where the filesystem cannot idmap);
+//! 6. send the spec and the mount fds; forward signals; report the status.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::channel::{Channel, ChannelError, FromInit};
+use super::spec::{InitSpec, LogConfig, PayloadStatus};
+use crate::fs::host_binds::{Access, BindError, PreparedMounts};
+use crate::ns::user::{IdMap, MapError};
+use crate::policy::Policy;
+use crate::sys::{self, Errno, SysError};
+use crate::uidalloc::{self, UidAllocError, UidRange};
+
+/// Inside the sandbox, HOME is private and empty (on the sandbox's /tmp).
+pub const SANDBOX_HOME: &str = "/tmp/home";
+pub const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Most bytes of argv + environment passed into a sandbox.
+pub const MAX_ARGS_BYTES: usize = 128 * 1024;
+
+pub struct RunRequest {
+    pub worktree: PathBuf,
+    pub policy: Policy,
+    pub extra_ro: Vec<PathBuf>,
+    pub extra_rw: Vec<PathBuf>,
+    pub ready_fd: Option<RawFd>,
+    /// Host uid/gid that owns what the sandbox writes (default: the worktree's owner).
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Use an idmapped worktree mount and a per-sandbox host uid where supported.
+    pub idmap: bool,
+    pub argv: Vec<String>,
+    pub log: LogConfig,
+    pub state_dir: PathBuf,
+    pub uid_range: UidRange,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error(transparent)]
+    Uid(#[from] UidAllocError),
+    #[error(transparent)]
+    Map(#[from] MapError),
+    #[error("cannot create the sandbox namespaces: {0}")]
+    Namespaces(String),
+    #[error("{what}: {source}")]
+    Sys {
+        what: &'static str,
+        source: SysError,
+    },
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    #[error("{0}")]
+    Setup(String),
+    #[error("cannot {verb} {path:?}: {errno} ({})", errno.desc())]
+    Exec {
+        verb: &'static str,
+        path: String,
+        errno: Errno,
+    },
+}
+
+impl RunError {
+    /// The documented exit code: 127 not found, 126 cannot execute, 125 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Exec {
+                errno: Errno::ENOENT,
+                ..
+            } => super::EXIT_NOT_FOUND,
+            RunError::Exec { .. } => super::EXIT_CANNOT_EXECUTE,
+            _ => super::EXIT_LAUNCHER_ERROR,
+        }
+    }
+}
+
+fn invalid<T>(msg: impl Into<String>) -> Result<T, RunError> {
+    Err(RunError::Invalid(msg.into()))
+}
+
+/// A validated worktree: canonical path and owner.
+#[derive(Debug)]
+pub struct Worktree {
+    pub path: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Directories that may never be a worktree: binding one read-write would hand
+/// the sandbox the host's system.
+const FORBIDDEN_WORKTREES: [&str; 12] = [
+    "/", "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/var", "/root", "/home",
+    "/opt",
+];
+
+pub fn resolve_worktree(path: &Path) -> Result<Worktree, RunError> {
+    let canonical = match path.canonicalize() {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return invalid(format!("worktree {} does not exist", path.display()));
+        }
+        Err(e) => return invalid(format!("worktree {}: {e}", path.display())),
+    };
+    let meta = std::fs::metadata(&canonical)
+        .map_err(|e| RunError::Invalid(format!("worktree {}: {e}", path.display())))?;
+    if !meta.is_dir() {
+        return invalid(format!("worktree {} is not a directory", path.display()));
+    }
+    if FORBIDDEN_WORKTREES
+        .iter()
+        .any(|f| canonical == Path::new(f))
+        || ["/proc", "/sys", "/dev", "/run/swarmcell"]
+            .iter()
+            .any(|p| canonical.starts_with(p))
+    {
+        return invalid(format!(
+            "worktree {} is a system directory",
+            canonical.display()
+        ));
+    }
+    Ok(Worktree {
+        path: canonical,
+        uid: meta.uid(),
+        gid: meta.gid(),
+    })
+}
+
+/// The sandbox's ids inside its namespace: the worktree owner's unless given.
+fn inside_ids(req: &RunRequest, wt: &Worktree) -> Result<(u32, u32), RunError> {
+    let uid = req.uid.unwrap_or(wt.uid);
+    if uid == 0 {
+        return if req.uid.is_some() {
+            invalid("--uid 0 is refused: a sandbox never runs as root")
+        } else {
+            invalid(format!(
+                "worktree {} is owned by root; chown it to an unprivileged user or pass --uid UID (not 0)",
+                wt.path.display()
+            ))
+        };
+    }
+    let gid = req
+        .gid
+        .unwrap_or(if req.uid.is_some() { uid } else { wt.gid });
+    if gid == 0 {
+        return invalid(format!(
+            "worktree {} belongs to group root; chgrp it or pass --gid GID (not 0)",
+            wt.path.display()
+        ));
+    }
+    Ok((uid, gid))
+}
+
+fn environment(policy: &Policy, id: &str) -> Vec<(String, String)> {
+    let clean = |v: String| {
+        (!v.is_empty() && v.len() < 256 && !v.chars().any(char::is_control)).then_some(v)
+    };
+    let mut env = vec![
+        ("PATH".to_string(), SANDBOX_PATH.to_string()),
+        ("HOME".to_string(), SANDBOX_HOME.to_string()),
+        (
+            "TERM".to_string(),
+            std::env::var("TERM")
+                .ok()
+                .and_then(clean)
+                .unwrap_or_else(|| "dumb".into()),
+        ),
+        (
+            "LANG".to_string(),
+            std::env::var("LANG")
+                .ok()
+                .and_then(clean)
+                .unwrap_or_else(|| "C.UTF-8".into()),
+        ),
+        ("USER".to_string(), "agent".to_string()),
+        ("SWARMCELL_SANDBOX_ID".to_string(), id.to_string()),
+    ];
+    for name in &policy.process.env {
+        if let Ok(v) = std::env::var(name) {
+            env.retain(|(k, _)| k != name);
+            env.push((name.clone(), v));
+        }
+    }
+    env
+}
+
+/// Run one sandbox in the foreground and return the payload's exit code.
+pub fn run(req: &RunRequest) -> Result<u8, RunError> {
+    if req.argv.is_empty() {
+        return invalid("no command given (usage: swarmcell run --worktree DIR -- CMD ARGS...)");
+    }
+    if req.argv.iter().any(|a| a.contains('\0')) {
+        return invalid("an argument contains a NUL byte");
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return invalid(
+            "swarmcell run must run as root: it maps every sandbox to its own unprivileged host uid",
+        );
+    }
+    let ready = take_ready_fd(req.ready_fd)?;
+    let wt = resolve_worktree(&req.worktree)?;
+    let (uid, gid) = inside_ids(req, &wt)?;
+    let id = super::new_sandbox_id();
+    let env = environment(&req.policy, &id);
+    let args_bytes: usize = req.argv.iter().map(|a| a.len() + 1).sum::<usize>()
+        + env
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum::<usize>();
+    if args_bytes > MAX_ARGS_BYTES {
+        return invalid(format!(
+            "arguments and environment are {args_bytes} bytes, more than {MAX_ARGS_BYTES}"
+        ));
+    }
+    let lease = uidalloc::allocate(&req.state_dir, req.uid_range, super::random_u32())?;
+    let spec = InitSpec {
+        id: id.clone(),
+        uid,
+        gid,
+        mounts: Vec::new(),
+        tmp_size: req.policy.filesystem.tmp_size.0.unwrap_or(512 << 20),
+        shm_size: req.policy.filesystem.shm_size.0.unwrap_or(64 << 20),
+        cwd: wt.path.clone(),
+        home: SANDBOX_HOME.into(),
+        argv: req.argv.clone(),
+        env,
+        log: req.log.clone(),
+    };
+    let signals = SignalGuard::block()?;
+    let mut sandbox = match start(
+        req,
+        &wt,
+        spec.clone(),
+        IdMap {
+            inside_uid: uid,
+            host_uid: lease.uid,
+            inside_gid: gid,
+            host_gid: lease.uid,
+        },
+        req.idmap,
+    ) {
+        Err(Fallback::Idmap) => {
+            tracing::warn!(worktree = %wt.path.display(), "this filesystem cannot idmap mounts; the sandbox runs as the worktree owner's uid");
+            start(
+                req,
+                &wt,
+                spec,
+                IdMap {
+                    inside_uid: uid,
+                    host_uid: uid,
+                    inside_gid: gid,
+                    host_gid: gid,
+                },
+                false,
+            )
+            .map_err(Fallback::into_error)?
+        }
+        other => other.map_err(Fallback::into_error)?,
+    };
+    tracing::info!(sandbox = %id, pid = sandbox.pid, host_uid = sandbox.host_uid, "sandbox started");
+    let status = sandbox.wait(&signals, ready, &id);
+    drop(lease);
+    status.map(PayloadStatus::exit_code)
+}
+
+/// `start` with idmapping reports this when the filesystem cannot idmap.
+enum Fallback {
+    Idmap,
+    Error(RunError),
+}
+
+impl Fallback {
+    fn into_error(self) -> RunError {
+        match self {
+            Fallback::Error(e) => e,
+            Fallback::Idmap => RunError::Setup("idmapped mount fallback failed".into()),
+        }
+    }
+}
+
+impl<E: Into<RunError>> From<E> for Fallback {
+    fn from(e: E) -> Self {
+        Fallback::Error(e.into())
+    }
+}
+
+fn start(
+    req: &RunRequest,
+    wt: &Worktree,
+    mut spec: InitSpec,
+    map: IdMap,
+    idmap: bool,
+) -> Result<Sandbox, Fallback> {
+    let mut mounts = PreparedMounts::default();
+    for p in &req.policy.filesystem.read_only {
+        mounts.add_bind(p, Access::ReadOnly, false, "read-only path")?;
+    }
+    for p in &req.extra_ro {
+        mounts.add_bind(p, Access::ReadOnly, true, "--ro path")?;
+    }
+    for p in &req.policy.filesystem.read_write {
+        mounts.add_bind(p, Access::ReadWrite, true, "read-write path")?;
+    }
+    for p in &req.extra_rw {
+        mounts.add_bind(p, Access::ReadWrite, true, "--rw path")?;
+    }
+    mounts.add_devices()?;
+    let worktree_fd = mounts.add_worktree(&wt.path)?;
+    mounts.sort();
+    spec.mounts = mounts.entries.clone();
+
+    let host_uid = map.host_uid;
+    let sandbox = Sandbox::spawn(host_uid)?;
+    map.write(sandbox.pid)?;
+    if idmap {
+        let userns_path = format!("/proc/{}/ns/user", sandbox.pid);
+        let userns = std::fs::File::open(&userns_path)
+            .map_err(|e| RunError::Setup(format!("open {userns_path}: {e}")))?;
+        if let Err(e) = sys::mount_setattr_fd(
+            mounts.fds[worktree_fd].as_raw_fd(),
+            false,
+            sys::MOUNT_ATTR_IDMAP,
+            Some(userns.as_raw_fd()),
+        ) {
+            if matches!(e.errno, Errno::EINVAL | Errno::EOPNOTSUPP | Errno::ENOSYS) {
+                tracing::debug!(error = %e, "idmapped mount refused");
+                return Err(Fallback::Idmap);
+            }
+            return Err(RunError::Sys {
+                what: "idmapping the worktree mount",
+                source: e,
+            }
+            .into());
+        }
+    }
+    sandbox.channel.send_spec(&spec, &mounts.raw_fds())?;
+    Ok(sandbox)
+}
+
+/// Validate `--ready-fd` up front and keep it out of every exec.
+fn take_ready_fd(fd: Option<RawFd>) -> Result<Option<OwnedFd>, RunError> {
+    let Some(fd) = fd else { return Ok(None) };
+    if fd <= 2 || !sys::fd_is_open(fd) {
+        return invalid(format!(
+            "--ready-fd {fd} is not an open file descriptor above 2"
+        ));
+    }
+    sys::set_cloexec(fd, true).map_err(|source| RunError::Sys {
+        what: "--ready-fd",
+        source,
+    })?;
+    // SAFETY: the caller handed us this descriptor; from now on we own it.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// The launcher's signals, blocked and read from a signalfd so that they can be
+/// forwarded into the sandbox instead of killing the launcher.
+pub struct SignalGuard {
+    fd: OwnedFd,
+    old: libc::sigset_t,
+}
+
+const LAUNCHER_SIGNALS: [libc::c_int; 5] = [
+    libc::SIGCHLD,
+    libc::SIGINT,
+    libc::SIGTERM,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+];
+
+impl SignalGuard {
+    fn block() -> Result<SignalGuard, RunError> {
+        let set = sys::sigset(&LAUNCHER_SIGNALS);
+        // SAFETY: zeroed sigset_t is valid storage for the old mask.
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: set and old are valid sigset_t values.
+        if unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) } != 0 {
+            return Err(RunError::Setup("pthread_sigmask failed".into()));
+        }
+        // SAFETY: set is valid; -1 creates a new signalfd.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(RunError::Sys {
+                what: "signalfd",
+                source: SysError {
+                    call: "signalfd".into(),
+                    errno: Errno::last(),
+                },
+            });
+        }
+        // SAFETY: fresh fd.
+        Ok(SignalGuard {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            old,
+        })
+    }
+
+    /// Next pending signal, if any.
+    fn next(&self) -> Option<libc::c_int> {
+        // SAFETY: signalfd_siginfo is plain data.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reading into a correctly sized buffer.
+        let n = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
+        (n == size as isize).then_some(info.ssi_signo as libc::c_int)
+    }
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        // SAFETY: restoring the mask saved in block().
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+    }
+}
+
+/// A started sandbox init. Dropping it before it was reaped kills it: a launcher
+/// error never leaves a sandbox behind.
+struct Sandbox {
+    pid: libc::pid_t,
+    host_uid: u32,
+    channel: Channel,
+    reaped: bool,
+}
+
+impl Sandbox {
+    fn spawn(host_uid: u32) -> Result<Sandbox, RunError> {
+        let (parent_end, child_end) =
+            sys::socketpair_seqpacket().map_err(|source| RunError::Sys {
+                what: "creating the sandbox channel",
+                source,
+            })?;
+        let child_fd = child_end.as_raw_fd();
+        let fd_arg = CString::new(child_fd.to_string())
+            .map_err(|_| RunError::Setup("fd argument".into()))?;
+        let argv = [
+            c"swarmcell".as_ptr(),
+            c"__init".as_ptr(),
+            fd_arg.as_ptr(),
+            std::ptr::null(),
+        ];
+        let envp = [std::ptr::null::<libc::c_char>()];
+        let pid = match sys::clone_fork(crate::ns::CLONE_FLAGS) {
+            Ok(0) => {
+                // Child, in the new namespaces. Only async-signal-safe calls until
+                // exec: the launcher may be multi-threaded. Our capabilities (over
+                // the new user namespace only) are made ambient so that init keeps
+                // them across the exec.
+                // SAFETY: raw syscalls on prepared, NUL-terminated data.
+                unsafe {
+                    if libc::fcntl(child_fd, libc::F_SETFD, 0) != 0
+                        || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                        || sys::raise_ambient_all().is_err()
+                    {
+                        libc::_exit(super::EXIT_LAUNCHER_ERROR.into());
+                    }
+                    libc::execve(c"/proc/self/exe".as_ptr(), argv.as_ptr(), envp.as_ptr());
+                    libc::_exit(super::EXIT_LAUNCHER_ERROR.into());
+                }
+            }
+            Ok(pid) => pid,
+            Err(e) => {
+                return Err(RunError::Namespaces(crate::ns::diagnose_clone_failure(
+                    e.errno,
+                )));
+            }
+        };
+        drop(child_end);
+        Ok(Sandbox {
+            pid,
+            host_uid,
+            channel: Channel::new(parent_end),
+            reaped: false,
+        })
+    }
+
+    /// Poll the channel and the launcher's signals until init is gone.
+    fn wait(
+        &mut self,
+        signals: &SignalGuard,
+        mut ready: Option<OwnedFd>,
+        id: &str,
+    ) -> Result<PayloadStatus, RunError> {
+        let mut status = None;
+        let mut failure: Option<RunError> = None;
+        let mut channel_open = true;
+        let mut init_status = 0;
+        while channel_open || !self.reaped {
+            let mut pfds = [
+                libc::pollfd {
+                    fd: signals.fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: if channel_open {
+                        self.channel.raw_fd()
+                    } else {
+                        -1
+                    },
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: pfds is a valid array of two pollfds.
+            if unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) } < 0 {
+                if Errno::last() == Errno::EINTR {
+                    continue;
+                }
+                return Err(RunError::Sys {
+                    what: "waiting for the sandbox",
+                    source: SysError {
+                        call: "poll".into(),
+                        errno: Errno::last(),
+                    },
+                });
+            }
+            if pfds[1].revents != 0 {
+                match self.channel.recv_from_init() {
+                    Ok(FromInit::Running) => {
+                        tracing::info!(sandbox = %id, "ready");
+                        if let Some(fd) = ready.take() {
+                            write_ready(fd, id, self.pid);
+                        }
+                    }
+                    Ok(FromInit::Exited(s)) => status = Some(s),
+                    Ok(FromInit::SetupFailed { message }) => {
+                        failure = Some(RunError::Setup(message))
+                    }
+                    Ok(FromInit::ExecFailed { path, errno }) => {
+                        let errno = Errno::from_raw(errno);
+                        failure = Some(RunError::Exec {
+                            verb: if errno == Errno::ENOENT {
+                                "find"
+                            } else {
+                                "execute"
+                            },
+                            path,
+                            errno,
+                        });
+                    }
+                    Err(ChannelError::Closed) => channel_open = false,
+                    Err(e) => {
+                        failure.get_or_insert(e.into());
+                        channel_open = false;
+                    }
+                }
+            }
+            while let Some(sig) = signals.next() {
+                if sig == libc::SIGCHLD {
+                    if !self.reaped {
+                        // SAFETY: init_status is a valid int.
+                        if unsafe { libc::waitpid(self.pid, &mut init_status, libc::WNOHANG) }
+                            == self.pid
+                        {
+                            self.reaped = true;
+                        }
+                    }
+                } else if !self.reaped {
+                    tracing::debug!(sandbox = %id, signal = sig, "forwarding signal");
+                    let _ = sys::kill(self.pid, sig);
+                }
+            }
+        }
+        if let Some(f) = failure {
+            return Err(f);
+        }
+        status.ok_or_else(|| {
+            let how = if libc::WIFSIGNALED(init_status) {
+                format!("killed by signal {}", libc::WTERMSIG(init_status))
+            } else {
+                format!("exit status {}", libc::WEXITSTATUS(init_status))
+            };
+            RunError::Setup(format!(
+                "sandbox {id}: init ended without reporting the payload's status ({how})"
+            ))
+        })
+    }
+}
+
+fn write_ready(fd: OwnedFd, id: &str, pid: libc::pid_t) {
+    use std::io::Write;
+    let line = serde_json::json!({ "id": id, "pid": pid, "port": serde_json::Value::Null })
+        .to_string()
+        + "\n";
+    let mut f = std::fs::File::from(fd);
+    if let Err(e) = f.write_all(line.as_bytes()) {
+        tracing::warn!(error = %e, "could not write the ready line to --ready-fd");
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = sys::kill(self.pid, libc::SIGKILL);
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) };
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The payload process, between `fork` (from the single-threaded sandbox init)
+//! and `execve`. Runs inside the finished sandbox; everything it needs was
+//! prepared by init before the fork, so this is a straight line of syscalls.
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+
+use crate::sys;
+
+/// What the payload execs, prepared before the fork.
+pub struct PreparedExec {
+    pub path: CString,
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+    pub cwd: CString,
+}
+
+/// Where the payload's set-up failed, reported to init through the error pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Stage {
+    Session = 1,
+    Privileges = 2,
+    Descriptors = 3,
+    Chdir = 4,
+    Execve = 5,
+}
+
+impl Stage {
+    pub fn from_u8(b: u8) -> Option<Stage> {
+        [
+            Stage::Session,
+            Stage::Privileges,
+            Stage::Descriptors,
+            Stage::Chdir,
+            Stage::Execve,
+        ]
+        .into_iter()
+        .find(|s| *s as u8 == b)
+    }
+}
+
+/// Report `(errno, stage)` on the error pipe and exit.
+fn fail(err_fd: RawFd, stage: Stage, errno: i32) -> ! {
+    let mut msg = [0u8; 5];
+    msg[..4].copy_from_slice(&errno.to_ne_bytes());
+    msg[4] = stage as u8;
+    // SAFETY: writing a small stack buffer to a pipe, then exiting without
+    // running any atexit handlers or destructors.
+    unsafe {
+        libc::write(err_fd, msg.as_ptr().cast(), msg.len());
+        libc::_exit(crate::launch::EXIT_LAUNCHER_ERROR.into())
+    }
+}
+
+fn errno_of(e: &sys::SysError) -> i32 {
+    e.errno as i32
+}
+
+/// Become the payload. Never returns: on failure, reports on `err_fd` (a
+/// close-on-exec pipe, so a successful exec closes it and init reads EOF).
+pub fn exec(p: &PreparedExec, err_fd: RawFd) -> ! {
+    // A new session without a controlling terminal: TIOCSTI and job-control
+    // signals cannot reach the supervisor's terminal.
+    if let Err(e) = sys::setsid() {
+        fail(err_fd, Stage::Session, errno_of(&e));
+    }
+    if let Err(e) = sys::set_sigmask(libc::SIG_SETMASK, &sys::sigset(&[])) {
+        fail(err_fd, Stage::Session, errno_of(&e));
+    }
+    if crate::caps::set_no_new_privs().is_err() || crate::caps::drop_all().is_err() {
+        fail(err_fd, Stage::Privileges, nix::errno::Errno::last() as i32);
+    }
+    // Everything but stdio closes at exec (the error pipe included).
+    if let Err(e) = sys::close_range(3, u32::MAX, sys::CLOSE_RANGE_CLOEXEC) {
+        fail(err_fd, Stage::Descriptors, errno_of(&e));
+    }
+    // SAFETY: cwd is a valid C string.
+    if unsafe { libc::chdir(p.cwd.as_ptr()) } != 0 {
+        fail(err_fd, Stage::Chdir, nix::errno::Errno::last() as i32);
+    }
+    let mut argv: Vec<*const libc::c_char> = p.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = p.envp.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: path, argv and envp are NUL-terminated arrays of valid C strings.
+    unsafe { libc::execve(p.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    fail(err_fd, Stage::Execve, nix::errno::Errno::last() as i32)
+}

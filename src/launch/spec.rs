@@ -1,0 +1,68 @@
+//! What the parent tells the sandbox init: everything decided and validated on
+//! the privileged side, so the child only applies it.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitSpec {
+    pub id: String,
+    /// uid and gid the sandbox runs as, inside its user namespace (never 0).
+    pub uid: u32,
+    pub gid: u32,
+    /// Mounts prepared by the parent, in the order they are attached (parents first).
+    pub mounts: Vec<MountEntry>,
+    pub tmp_size: u64,
+    pub shm_size: u64,
+    /// The payload's working directory (INV-002): the worktree.
+    pub cwd: PathBuf,
+    pub home: PathBuf,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MountEntry {
+    /// A detached mount tree (the `fd_index`-th fd sent with the spec), already
+    /// flagged read-only/nosuid/nodev/idmapped by the parent, attached at `target`.
+    Tree {
+        target: PathBuf,
+        is_file: bool,
+        fd_index: usize,
+    },
+    /// A symlink recreated inside the sandbox (e.g. `/lib -> usr/lib`).
+    Symlink { target: PathBuf, link: PathBuf },
+}
+
+impl MountEntry {
+    pub fn target(&self) -> &PathBuf {
+        match self {
+            MountEntry::Tree { target, .. } | MountEntry::Symlink { target, .. } => target,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogConfig {
+    pub json: bool,
+    pub level: String,
+}
+
+/// How the payload ended, as the sandbox init saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PayloadStatus {
+    Exited(i32),
+    Signaled(i32),
+}
+
+impl PayloadStatus {
+    /// The `env`/`timeout` exit-code convention: the status, or 128+N for signal N.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            PayloadStatus::Exited(c) => (c & 0xff) as u8,
+            PayloadStatus::Signaled(s) => (128 + s).clamp(0, 255) as u8,
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! swarmcell: a hardened sandbox launcher for AI coding-agent servers.
+//!
+//! Module map, with the privilege boundary in the names:
+//! - `policy`: the TOML policy, validated before anything is started;
+//! - `launch::parent` (host root) / `launch::init` (sandbox pid 1) /
+//!   `launch::payload` (fork → exec), talking over `launch::channel`;
+//! - `fs::host_binds` (parent) and `fs::rootfs` (child): the filesystem view;
+//! - `ns` (maps, namespace diagnostics), `caps`, `fds`, `uidalloc`;
+//! - `sys`: every raw system call.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod caps;
+pub mod fds;
+pub mod fs;
+pub mod launch;
+pub mod logging;
+pub mod ns;
+pub mod policy;
+pub mod probe;
+pub mod sys;
+pub mod uidalloc;

@@ -1,0 +1,184 @@
+//! swarmcell: CLI parse → validate → dispatch.
+//!
+//! Exit codes: the payload's own status; 125 for a swarmcell error (bad input,
+//! refused by the kernel); 126 the payload cannot be executed; 127 it was not
+//! found; 128+N when the payload was killed by signal N.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use swarmcell::launch::{self, parent, spec::LogConfig};
+use swarmcell::policy::{self, Policy};
+use swarmcell::uidalloc::UidRange;
+
+#[derive(Parser)]
+#[command(
+    name = "swarmcell",
+    version,
+    about = "A hardened sandbox launcher for AI coding-agent servers"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    /// Log level or filter (error, warn, info, debug, trace).
+    #[arg(long, default_value = "warn", global = true)]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run CMD in a new sandbox confined to a worktree, in the foreground.
+    Run(RunArgs),
+    /// Validate or show a policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    #[command(name = "__init", hide = true)]
+    Init { fd: i32 },
+    #[command(name = "__probe", hide = true)]
+    Probe { name: String },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The git worktree (or any directory) the sandbox may write; also its cwd.
+    #[arg(long)]
+    worktree: PathBuf,
+    /// Policy file (mode 0640 or stricter); default: the built-in opencode policy.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// Extra host path to bind read-only (repeatable).
+    #[arg(long = "ro", value_name = "PATH")]
+    ro: Vec<PathBuf>,
+    /// Extra host path to bind read-write (repeatable).
+    #[arg(long = "rw", value_name = "PATH")]
+    rw: Vec<PathBuf>,
+    /// Write one JSON line {"id","pid","port"} to this fd when the sandbox runs, then close it.
+    #[arg(long, value_name = "FD")]
+    ready_fd: Option<i32>,
+    /// Host uid that owns files the sandbox writes (default: the worktree's owner; never 0).
+    #[arg(long)]
+    uid: Option<u32>,
+    /// Host gid for files the sandbox writes (default: the worktree's group, or --uid).
+    #[arg(long)]
+    gid: Option<u32>,
+    /// Map the sandbox to the worktree owner's uid instead of a per-sandbox uid
+    /// with an idmapped worktree mount.
+    #[arg(long)]
+    no_idmap: bool,
+    /// Per-sandbox host uids, BASE-LAST.
+    #[arg(long, default_value = "1610612736-1610678271")]
+    uid_range: String,
+    /// Where swarmcell keeps its locks (root-only).
+    #[arg(long, default_value = "/run/swarmcell")]
+    state_dir: PathBuf,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    cmd: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Check a policy file; exit 0 if valid, 125 with the error otherwise.
+    Check { file: PathBuf },
+    /// Print the resolved policy (the built-in one without FILE).
+    Explain { file: Option<PathBuf> },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                launch::EXIT_LAUNCHER_ERROR
+            } else {
+                0
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    if let Command::Init { fd } = cli.command {
+        launch::init::main(fd);
+    }
+    swarmcell::logging::init(matches!(cli.log_format, LogFormat::Json), &cli.log_level);
+    let log = LogConfig {
+        json: matches!(cli.log_format, LogFormat::Json),
+        level: cli.log_level.clone(),
+    };
+    let result = match cli.command {
+        Command::Init { .. } => unreachable!("handled above"),
+        Command::Probe { name } => return ExitCode::from(swarmcell::probe::main(&name)),
+        Command::Run(args) => run(args, log),
+        Command::Policy(PolicyCommand::Check { file }) => Policy::load(&file)
+            .map(|_| {
+                println!("policy {}: ok", file.display());
+                0
+            })
+            .map_err(|e| (e.to_string(), launch::EXIT_LAUNCHER_ERROR)),
+        Command::Policy(PolicyCommand::Explain { file }) => {
+            let policy = match file {
+                Some(f) => Policy::load(&f),
+                None => Ok(Policy::builtin()),
+            };
+            policy
+                .map(|p| {
+                    print!("{}", toml::to_string_pretty(&p).unwrap_or_default());
+                    0
+                })
+                .map_err(|e| (e.to_string(), launch::EXIT_LAUNCHER_ERROR))
+        }
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err((message, code)) => {
+            eprintln!("swarmcell: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
+    let launcher = |m: String| (m, launch::EXIT_LAUNCHER_ERROR);
+    // Before any thread exists: nothing inherited reaches a sandbox, and no
+    // supplementary group (root's gid 0) is carried into one.
+    swarmcell::fds::cloexec_inherited().map_err(|e| launcher(e.to_string()))?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        swarmcell::sys::clear_groups().map_err(|e| launcher(e.to_string()))?;
+    }
+    let policy = match &args.policy {
+        Some(f) => Policy::load(f),
+        None => Ok(Policy::builtin()),
+    }
+    .map_err(|e| launcher(e.to_string()))?;
+    for p in args.ro.iter().chain(&args.rw) {
+        policy::check_sandbox_path(p)
+            .map_err(|m| launcher(format!("--ro/--rw {}: {m}", p.display())))?;
+    }
+    let uid_range = UidRange::parse(&args.uid_range).map_err(|e| launcher(e.to_string()))?;
+    let req = parent::RunRequest {
+        worktree: args.worktree,
+        policy,
+        extra_ro: args.ro,
+        extra_rw: args.rw,
+        ready_fd: args.ready_fd,
+        uid: args.uid,
+        gid: args.gid,
+        idmap: !args.no_idmap,
+        argv: args.cmd,
+        log,
+        state_dir: args.state_dir,
+        uid_range,
+    };
+    parent::run(&req).map_err(|e| (e.to_string(), e.exit_code()))
+}

@@ -1,0 +1,499 @@
+//! The sandbox policy: a TOML document, strictly parsed, validated before any fork.
+//!
+//! Every field has a default (see `policies/opencode.toml`, which is also the
+//! embedded default policy). Unknown keys are errors, and every error names the
+//! file, the line and the field.
+
+pub mod units;
+
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use units::{ByteSize, HumanDuration};
+
+/// The default policy, shipped in the binary.
+pub const DEFAULT_POLICY_TOML: &str = include_str!("../../policies/opencode.toml");
+pub const DEFAULT_POLICY_NAME: &str = "<built-in opencode.toml>";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    pub process: Process,
+    pub filesystem: Filesystem,
+    pub network: Network,
+    pub limits: Limits,
+    pub health: Health,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Process {
+    /// Variables copied from the launcher's environment, by name, besides
+    /// PATH, HOME, TERM and LANG, which swarmcell sets itself.
+    pub env: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Filesystem {
+    /// Host paths bound read-only at the same path; missing ones are skipped.
+    pub read_only: Vec<PathBuf>,
+    /// Host paths bound read-write besides the worktree; they must exist.
+    pub read_write: Vec<PathBuf>,
+    /// Size of the private /tmp tmpfs.
+    pub tmp_size: ByteSize,
+    /// Size of the private /dev/shm tmpfs.
+    pub shm_size: ByteSize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Network {
+    /// The port the payload listens on inside its own network namespace.
+    pub inner_port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub memory: ByteSize,
+    pub swap: ByteSize,
+    pub pids: u64,
+    /// CPU cores (fractional), e.g. 0.5.
+    pub cpu: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    pub path: String,
+    pub timeout: HumanDuration,
+    pub interval: HumanDuration,
+    pub failures: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            process: Process::default(),
+            filesystem: Filesystem::default(),
+            network: Network::default(),
+            limits: Limits::default(),
+            health: Health::default(),
+        }
+    }
+}
+
+impl Default for Process {
+    fn default() -> Self {
+        Process { env: Vec::new() }
+    }
+}
+
+impl Default for Filesystem {
+    fn default() -> Self {
+        let ro = [
+            "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32",
+        ];
+        Filesystem {
+            read_only: ro.iter().map(PathBuf::from).collect(),
+            read_write: Vec::new(),
+            tmp_size: ByteSize::bytes(512 << 20),
+            shm_size: ByteSize::bytes(64 << 20),
+        }
+    }
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network { inner_port: 4096 }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: ByteSize::bytes(2 << 30),
+            swap: ByteSize::bytes(0),
+            pids: 1024,
+            cpu: 2.0,
+        }
+    }
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        use std::time::Duration;
+        Health {
+            path: "/global/health".into(),
+            timeout: HumanDuration(Duration::from_secs(10)),
+            interval: HumanDuration(Duration::from_secs(30)),
+            failures: 3,
+        }
+    }
+}
+
+/// A policy that failed to load: always names the source, and where known the
+/// line, column and offending text.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy {file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("policy {file}: mode {mode:04o} is wider than 0640; run `chmod 0640 {file}`")]
+    LooseMode { file: String, mode: u32 },
+    #[error("policy {file}: owned by uid {uid}, expected root or uid {caller}")]
+    Owner { file: String, uid: u32, caller: u32 },
+    #[error("policy {file}: not a regular file")]
+    NotAFile { file: String },
+    #[error("policy {file}:{line}:{column}: {message}{near}")]
+    Parse {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+        near: Near,
+    },
+    #[error("policy {file}: {field}: {message}")]
+    Invalid {
+        file: String,
+        field: String,
+        message: String,
+    },
+}
+
+/// The source line an error points at, shown as ` (at `...`)`.
+#[derive(Debug, Default)]
+pub struct Near(pub Option<String>);
+
+impl fmt::Display for Near {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(s) => write!(f, " (at `{s}`)"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Policy {
+    /// The embedded default policy.
+    pub fn builtin() -> Policy {
+        // The embedded policy is checked by a unit test; a failure here is a build defect.
+        Policy::parse(DEFAULT_POLICY_TOML, DEFAULT_POLICY_NAME)
+            .unwrap_or_else(|e| panic!("built-in policy is invalid: {e}"))
+    }
+
+    /// Load a policy file, refusing loose permissions and foreign owners.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let file = path.display().to_string();
+        let f = std::fs::File::open(path).map_err(|source| PolicyError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        let meta = f.metadata().map_err(|source| PolicyError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(PolicyError::NotAFile { file });
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & !0o640 != 0 {
+            return Err(PolicyError::LooseMode { file, mode });
+        }
+        // SAFETY: geteuid has no preconditions.
+        let caller = unsafe { libc::geteuid() };
+        if meta.uid() != 0 && meta.uid() != caller {
+            return Err(PolicyError::Owner {
+                file,
+                uid: meta.uid(),
+                caller,
+            });
+        }
+        let text = std::io::read_to_string(f).map_err(|source| PolicyError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Policy::parse(&text, &file)
+    }
+
+    /// Parse and validate TOML text; `file` names the source in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Policy, PolicyError> {
+        let policy: Policy = toml::from_str(text).map_err(|e| {
+            let (line, column, near) = match e.span() {
+                Some(span) => locate(text, span.start),
+                None => (0, 0, None),
+            };
+            PolicyError::Parse {
+                file: file.to_string(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+                near: Near(near),
+            }
+        })?;
+        policy
+            .validate()
+            .map_err(|(field, message)| PolicyError::Invalid {
+                file: file.to_string(),
+                field,
+                message,
+            })?;
+        Ok(policy)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |f: &str, m: String| Err((f.to_string(), m));
+        for (i, name) in self.process.env.iter().enumerate() {
+            if let Err(m) = check_env_name(name) {
+                return err(&format!("process.env[{i}]"), m);
+            }
+        }
+        for (field, list) in [
+            ("filesystem.read_only", &self.filesystem.read_only),
+            ("filesystem.read_write", &self.filesystem.read_write),
+        ] {
+            for (i, p) in list.iter().enumerate() {
+                if let Err(m) = check_sandbox_path(p) {
+                    return err(&format!("{field}[{i}]"), m);
+                }
+            }
+        }
+        let tmp = self.filesystem.tmp_size.0;
+        if tmp.is_none_or(|n| n < (1 << 20)) {
+            return err(
+                "filesystem.tmp_size",
+                format!(
+                    "{} is out of range (1M or more, not \"max\")",
+                    self.filesystem.tmp_size
+                ),
+            );
+        }
+        if self.filesystem.shm_size.0.is_none_or(|n| n < (1 << 20)) {
+            return err(
+                "filesystem.shm_size",
+                format!(
+                    "{} is out of range (1M or more, not \"max\")",
+                    self.filesystem.shm_size
+                ),
+            );
+        }
+        if self.network.inner_port == 0 {
+            return err("network.inner_port", "0 is not a port (1-65535)".into());
+        }
+        if self.limits.memory.0.is_some_and(|n| n < (4 << 20)) {
+            return err(
+                "limits.memory",
+                format!("{} is too small (4M or more)", self.limits.memory),
+            );
+        }
+        if self.limits.pids == 0 {
+            return err(
+                "limits.pids",
+                "0 would not even allow the payload (1 or more)".into(),
+            );
+        }
+        if !(self.limits.cpu.is_finite() && self.limits.cpu >= 0.01 && self.limits.cpu <= 1024.0) {
+            return err(
+                "limits.cpu",
+                format!("{} is out of range (0.01 to 1024 cores)", self.limits.cpu),
+            );
+        }
+        if !self.health.path.starts_with('/')
+            || self.health.path.len() > 1024
+            || self.health.path.chars().any(|c| c.is_control() || c == ' ')
+        {
+            return err(
+                "health.path",
+                format!(
+                    "{:?} must be an absolute URL path without spaces or control characters",
+                    self.health.path
+                ),
+            );
+        }
+        if self.health.timeout.0.is_zero() || self.health.interval.0.is_zero() {
+            return err("health", "timeout and interval must be more than 0".into());
+        }
+        if self.health.failures == 0 {
+            return err("health.failures", "must be 1 or more".into());
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line and column of a byte offset, and that line's text.
+fn locate(text: &str, offset: usize) -> (usize, usize, Option<String>) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let line_text = text[line_start..].lines().next().unwrap_or("").trim();
+    (
+        line,
+        column,
+        (!line_text.is_empty()).then(|| line_text.chars().take(120).collect()),
+    )
+}
+
+/// Environment variable names that may be passed through. Loader and shell
+/// start-up variables are refused: they would turn the launcher's environment
+/// into code running in the sandbox.
+pub fn check_env_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!(
+            "{name:?} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*, at most 128)"
+        ));
+    }
+    if name.starts_with("LD_")
+        || [
+            "BASH_ENV",
+            "ENV",
+            "PYTHONSTARTUP",
+            "NODE_OPTIONS",
+            "PERL5OPT",
+        ]
+        .contains(&name)
+    {
+        return Err(format!(
+            "{name} may not be passed into a sandbox: it makes programs load code"
+        ));
+    }
+    Ok(())
+}
+
+/// A path inside the sandbox: absolute, normalised, no `..`, not `/` itself.
+pub fn check_sandbox_path(p: &Path) -> Result<(), String> {
+    if !p.is_absolute() {
+        return Err(format!("{} is not an absolute path", p.display()));
+    }
+    if p.components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(format!("{} contains `.` or `..`", p.display()));
+    }
+    if p.parent().is_none() {
+        return Err("`/` cannot be bound into a sandbox".to_string());
+    }
+    if p.as_os_str().len() > 4096 {
+        return Err("path is longer than 4096 bytes".to_string());
+    }
+    for reserved in ["/proc", "/dev", "/sys"] {
+        if p.starts_with(reserved) {
+            return Err(format!(
+                "{} is under {reserved}, which the sandbox builds itself",
+                p.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_policy_parses_and_has_the_documented_keys() {
+        let p = Policy::builtin();
+        assert_eq!(p.limits.memory, ByteSize::bytes(2 << 30));
+        assert_eq!(p.limits.swap, ByteSize::bytes(0));
+        assert_eq!(p.limits.pids, 1024);
+        assert_eq!(p.limits.cpu, 2.0);
+        assert_eq!(p.filesystem.tmp_size, ByteSize::bytes(512 << 20));
+        assert_eq!(p.network.inner_port, 4096);
+        assert_eq!(p.health.path, "/global/health");
+        assert_eq!(p.health.timeout.0.as_secs(), 10);
+        assert_eq!(p.health.interval.0.as_secs(), 30);
+        assert_eq!(p.health.failures, 3);
+        assert!(p.filesystem.read_only.contains(&PathBuf::from("/usr")));
+    }
+
+    #[test]
+    fn empty_policy_is_all_defaults() {
+        assert_eq!(Policy::parse("", "t").unwrap(), Policy::default());
+    }
+
+    #[test]
+    fn unknown_key_error_names_file_line_and_field() {
+        let e = Policy::parse("[limits]\npids = 5\nmemroy = \"1G\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("policy p.toml:3:1: "), "{e}");
+        assert!(e.contains("memroy"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_error_names_line_and_shows_the_field() {
+        let e = Policy::parse("[filesystem]\ntmp_size = \"12Q\"\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("p.toml:2:"), "{e}");
+        assert!(e.contains("tmp_size"), "{e}");
+        assert!(e.contains("12Q"), "{e}");
+        let e = Policy::parse("[network]\ninner_port = 70000\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("p.toml:2:") && e.contains("inner_port"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_field() {
+        let cases = [
+            ("[process]\nenv = [\"LD_PRELOAD\"]", "process.env[0]"),
+            ("[process]\nenv = [\"A-B\"]", "process.env[0]"),
+            (
+                "[filesystem]\nread_only = [\"usr\"]",
+                "filesystem.read_only[0]",
+            ),
+            (
+                "[filesystem]\nread_write = [\"/x/../etc\"]",
+                "filesystem.read_write[0]",
+            ),
+            (
+                "[filesystem]\nread_write = [\"/proc/sys\"]",
+                "filesystem.read_write[0]",
+            ),
+            ("[limits]\npids = 0", "limits.pids"),
+            ("[limits]\ncpu = 0.0", "limits.cpu"),
+            ("[limits]\nmemory = \"1K\"", "limits.memory"),
+            ("[network]\ninner_port = 0", "network.inner_port"),
+            ("[health]\npath = \"x\"", "health.path"),
+        ];
+        for (text, field) in cases {
+            let e = Policy::parse(text, "p.toml").unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("policy p.toml: {field}:")),
+                "{text}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn loose_mode_and_missing_files_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir =
+            std::env::temp_dir().join(format!("swarmcell-policy-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("p.toml");
+        std::fs::write(&f, "").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Policy::load(&f).unwrap_err().to_string();
+        assert!(e.contains("mode 0644 is wider than 0640"), "{e}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(Policy::load(&f).is_ok());
+        let e = Policy::load(&dir.join("missing.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.toml: cannot read"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
