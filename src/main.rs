@@ -13,11 +13,7 @@ use swarmcell::policy::{self, Policy};
 use swarmcell::uidalloc::UidRange;
 
 #[derive(Parser)]
-#[command(
-    name = "swarmcell",
-    version,
-    about = "A hardened sandbox launcher for AI coding-agent servers"
-)]
+#[command(name = "swarmcell", version, about = "A hardened sandbox launcher for AI coding-agent servers")]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -98,11 +94,7 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() {
-                launch::EXIT_LAUNCHER_ERROR
-            } else {
-                0
-            };
+            let code = if e.use_stderr() { launch::EXIT_LAUNCHER_ERROR } else { 0 };
             let _ = e.print();
             return ExitCode::from(code);
         }
@@ -111,10 +103,7 @@ fn main() -> ExitCode {
         launch::init::main(fd);
     }
     swarmcell::logging::init(matches!(cli.log_format, LogFormat::Json), &cli.log_level);
-    let log = LogConfig {
-        json: matches!(cli.log_format, LogFormat::Json),
-        level: cli.log_level.clone(),
-    };
+    let log = LogConfig { json: matches!(cli.log_format, LogFormat::Json), level: cli.log_level.clone() };
     let result = match cli.command {
         Command::Init { .. } => unreachable!("handled above"),
         Command::Probe { name } => return ExitCode::from(swarmcell::probe::main(&name)),
@@ -162,8 +151,7 @@ fn run(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
     }
     .map_err(|e| launcher(e.to_string()))?;
     for p in args.ro.iter().chain(&args.rw) {
-        policy::check_sandbox_path(p)
-            .map_err(|m| launcher(format!("--ro/--rw {}: {m}", p.display())))?;
+        policy::check_sandbox_path(p).map_err(|m| launcher(format!("--ro/--rw {}: {m}", p.display())))?;
     }
     let uid_range = UidRange::parse(&args.uid_range).map_err(|e| launcher(e.to_string()))?;
     let req = parent::RunRequest {

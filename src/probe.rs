@@ -22,33 +22,19 @@ fn tiocsti() -> (bool, String) {
     let c: libc::c_char = b'x' as libc::c_char;
     // SAFETY: TIOCSTI reads one byte from the pointer.
     let r = unsafe { libc::ioctl(std::io::stdin().as_raw_fd(), libc::TIOCSTI, &c) };
-    if r == 0 {
-        (false, "TIOCSTI pushed input into the terminal".into())
-    } else {
-        (
-            true,
-            format!("TIOCSTI failed: {}", nix::errno::Errno::last()),
-        )
-    }
+    if r == 0 { (false, "TIOCSTI pushed input into the terminal".into()) } else { (true, format!("TIOCSTI failed: {}", nix::errno::Errno::last())) }
 }
 
 /// List descriptors above stderr (other than the one reading /proc/self/fd).
 fn fds() -> (bool, String) {
     let entries: Vec<String> = match std::fs::read_dir("/proc/self/fd") {
-        Ok(d) => d
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect(),
+        Ok(d) => d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
         Err(e) => return (false, format!("cannot list /proc/self/fd: {e}")),
     };
     let extra: Vec<String> = entries
         .into_iter()
         .filter(|n| n.parse::<i32>().is_ok_and(|fd| fd > 2))
-        .filter(|n| {
-            std::fs::read_link(format!("/proc/self/fd/{n}"))
-                .map(|t| !t.starts_with("/proc"))
-                .unwrap_or(false)
-        })
+        .filter(|n| std::fs::read_link(format!("/proc/self/fd/{n}")).map(|t| !t.starts_with("/proc")).unwrap_or(false))
         .collect();
     (extra.is_empty(), format!("descriptors above 2: {extra:?}"))
 }

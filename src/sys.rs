@@ -33,10 +33,7 @@ impl std::error::Error for SysError {}
 pub type SysResult<T> = Result<T, SysError>;
 
 fn fail<T>(call: impl FnOnce() -> String) -> SysResult<T> {
-    Err(SysError {
-        call: call(),
-        errno: Errno::last(),
-    })
+    Err(SysError { call: call(), errno: Errno::last() })
 }
 
 fn check(ret: libc::c_long, call: impl FnOnce() -> String) -> SysResult<libc::c_long> {
@@ -45,10 +42,7 @@ fn check(ret: libc::c_long, call: impl FnOnce() -> String) -> SysResult<libc::c_
 
 pub fn cstring(s: impl AsRef<std::ffi::OsStr>) -> SysResult<CString> {
     use std::os::unix::ffi::OsStrExt;
-    CString::new(s.as_ref().as_bytes()).map_err(|_| SysError {
-        call: format!("path {:?} contains a NUL byte", s.as_ref()),
-        errno: Errno::EINVAL,
-    })
+    CString::new(s.as_ref().as_bytes()).map_err(|_| SysError { call: format!("path {:?} contains a NUL byte", s.as_ref()), errno: Errno::EINVAL })
 }
 
 // ---- new mount API (Linux >= 5.12 for mount_setattr) ----
@@ -81,94 +75,39 @@ pub fn open_tree_clone(path: &Path, recursive: bool) -> SysResult<OwnedFd> {
     let flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | if recursive { AT_RECURSIVE } else { 0 };
     // SAFETY: c is a valid NUL-terminated string; the kernel returns a new fd we own.
     let ret = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
-    let fd = check(ret, || {
-        format!(
-            "open_tree({path:?}, OPEN_TREE_CLONE{})",
-            if recursive { "|AT_RECURSIVE" } else { "" }
-        )
-    })?;
+    let fd = check(ret, || format!("open_tree({path:?}, OPEN_TREE_CLONE{})", if recursive { "|AT_RECURSIVE" } else { "" }))?;
     // SAFETY: fd is a fresh descriptor returned by the kernel.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// `mount_setattr(fd, "", AT_EMPTY_PATH[|AT_RECURSIVE], attr)` on a mount fd.
-pub fn mount_setattr_fd(
-    fd: RawFd,
-    recursive: bool,
-    set: u64,
-    userns_fd: Option<RawFd>,
-) -> SysResult<()> {
-    let attr = MountAttr {
-        attr_set: set,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns_fd.map(|f| f as u64).unwrap_or(0),
-    };
+pub fn mount_setattr_fd(fd: RawFd, recursive: bool, set: u64, userns_fd: Option<RawFd>) -> SysResult<()> {
+    let attr = MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd: userns_fd.map(|f| f as u64).unwrap_or(0) };
     let flags = AT_EMPTY_PATH | if recursive { AT_RECURSIVE } else { 0 };
     // SAFETY: attr is a valid mount_attr of the size passed; "" is a valid C string.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd,
-            c"".as_ptr(),
-            flags,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    check(ret, || {
-        format!(
-            "mount_setattr(fd {fd}, {}, set={set:#x})",
-            if recursive { "AT_RECURSIVE" } else { "0" }
-        )
-    })
-    .map(drop)
+    let ret = unsafe { libc::syscall(libc::SYS_mount_setattr, fd, c"".as_ptr(), flags, &attr as *const MountAttr, std::mem::size_of::<MountAttr>()) };
+    check(ret, || format!("mount_setattr(fd {fd}, {}, set={set:#x})", if recursive { "AT_RECURSIVE" } else { "0" })).map(drop)
 }
 
 /// `move_mount(from_fd, "", to_fd, "", F_EMPTY_PATH|T_EMPTY_PATH)`: attach a detached
 /// mount exactly onto the directory or file `to_fd` refers to, with no path lookup.
 pub fn move_mount_fd(from_fd: RawFd, to_fd: RawFd, what: &Path) -> SysResult<()> {
     // SAFETY: both paths are valid empty C strings; fds are plain integers to the kernel.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            from_fd,
-            c"".as_ptr(),
-            to_fd,
-            c"".as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
-        )
-    };
+    let ret =
+        unsafe { libc::syscall(libc::SYS_move_mount, from_fd, c"".as_ptr(), to_fd, c"".as_ptr(), MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) };
     check(ret, || format!("move_mount(fd {from_fd} -> {what:?})")).map(drop)
 }
 
 /// Classic `mount(2)`.
-pub fn mount(
-    src: Option<&str>,
-    target: &Path,
-    fstype: Option<&str>,
-    flags: libc::c_ulong,
-    data: Option<&str>,
-) -> SysResult<()> {
+pub fn mount(src: Option<&str>, target: &Path, fstype: Option<&str>, flags: libc::c_ulong, data: Option<&str>) -> SysResult<()> {
     let src_c = src.map(cstring).transpose()?;
     let target_c = cstring(target)?;
     let fstype_c = fstype.map(cstring).transpose()?;
     let data_c = data.map(cstring).transpose()?;
     let p = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
     // SAFETY: every pointer is either null or a valid C string that outlives the call.
-    let ret = unsafe {
-        libc::mount(
-            p(&src_c),
-            target_c.as_ptr(),
-            p(&fstype_c),
-            flags,
-            p(&data_c).cast(),
-        )
-    };
-    check(ret.into(), || {
-        format!("mount({src:?}, {target:?}, {fstype:?}, {flags:#x}, {data:?})")
-    })
-    .map(drop)
+    let ret = unsafe { libc::mount(p(&src_c), target_c.as_ptr(), p(&fstype_c), flags, p(&data_c).cast()) };
+    check(ret.into(), || format!("mount({src:?}, {target:?}, {fstype:?}, {flags:#x}, {data:?})")).map(drop)
 }
 
 pub fn umount_detach(target: &Path) -> SysResult<()> {
@@ -195,16 +134,7 @@ pub fn pivot_root(new_root: &Path, put_old: &Path) -> SysResult<()> {
 pub fn clone_fork(flags: libc::c_int) -> SysResult<libc::pid_t> {
     // SAFETY: a NULL stack makes clone behave like fork; the caller upholds the
     // async-signal-safety rule in the child.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (flags | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
+    let ret = unsafe { libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize) };
     check(ret, || format!("clone({flags:#x})")).map(|p| p as libc::pid_t)
 }
 
@@ -225,8 +155,7 @@ pub fn setresgid(gid: libc::gid_t) -> SysResult<()> {
 /// Drop every supplementary group (raw syscall: this thread only).
 pub fn clear_groups() -> SysResult<()> {
     // SAFETY: size 0 with a null list is the documented way to clear groups.
-    let ret =
-        unsafe { libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) };
+    let ret = unsafe { libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) };
     check(ret, || "setgroups(0, [])".to_string()).map(drop)
 }
 
@@ -277,21 +206,9 @@ pub fn fd_is_open(fd: RawFd) -> bool {
 }
 
 /// `openat(dir, name, flags|O_CLOEXEC|O_NOFOLLOW)`: one path component, never a symlink.
-pub fn openat_nofollow(
-    dir: RawFd,
-    name: &CStr,
-    flags: libc::c_int,
-    mode: libc::mode_t,
-) -> SysResult<OwnedFd> {
+pub fn openat_nofollow(dir: RawFd, name: &CStr, flags: libc::c_int, mode: libc::mode_t) -> SysResult<OwnedFd> {
     // SAFETY: name is a valid C string.
-    let ret = unsafe {
-        libc::openat(
-            dir,
-            name.as_ptr(),
-            flags | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-            mode,
-        )
-    };
+    let ret = unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC | libc::O_NOFOLLOW, mode) };
     let fd = check(ret.into(), || format!("openat({dir}, {name:?})"))?;
     // SAFETY: fresh fd from the kernel.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
@@ -313,26 +230,14 @@ pub fn symlinkat(target: &Path, dir: RawFd, name: &CStr) -> SysResult<()> {
 pub fn fchown(fd: &impl AsRawFd, uid: libc::uid_t, gid: libc::gid_t) -> SysResult<()> {
     // SAFETY: integer arguments.
     let ret = unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) };
-    check(ret.into(), || {
-        format!("fchown({}, {uid}, {gid})", fd.as_raw_fd())
-    })
-    .map(drop)
+    check(ret.into(), || format!("fchown({}, {uid}, {gid})", fd.as_raw_fd())).map(drop)
 }
 
 pub fn socketpair_seqpacket() -> SysResult<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: fds is a valid 2-element array.
-    let ret = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    check(ret.into(), || {
-        "socketpair(AF_UNIX, SOCK_SEQPACKET)".to_string()
-    })?;
+    let ret = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
+    check(ret.into(), || "socketpair(AF_UNIX, SOCK_SEQPACKET)".to_string())?;
     // SAFETY: both are fresh fds.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
@@ -390,10 +295,7 @@ pub fn set_sigmask(how: libc::c_int, set: &libc::sigset_t) -> SysResult<()> {
     // SAFETY: set is a valid sigset_t.
     let ret = unsafe { libc::pthread_sigmask(how, set, std::ptr::null_mut()) };
     if ret != 0 {
-        return Err(SysError {
-            call: "pthread_sigmask".into(),
-            errno: Errno::from_raw(ret),
-        });
+        return Err(SysError { call: "pthread_sigmask".into(), errno: Errno::from_raw(ret) });
     }
     Ok(())
 }
@@ -441,20 +343,10 @@ const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 /// its own new user namespace: without this, the exec of `swarmcell __init` by a
 /// uid that is not root inside that namespace would drop them all.
 pub fn raise_ambient_all() -> Result<(), Errno> {
-    let mut hdr = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
+    let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
     let mut data = [CapData::default(); 2];
     // SAFETY: hdr and data are the v3 layout the kernel expects (two data words).
-    if unsafe {
-        libc::syscall(
-            libc::SYS_capget,
-            &mut hdr as *mut CapHeader,
-            data.as_mut_ptr(),
-        )
-    } != 0
-    {
+    if unsafe { libc::syscall(libc::SYS_capget, &mut hdr as *mut CapHeader, data.as_mut_ptr()) } != 0 {
         return Err(Errno::last());
     }
     for d in &mut data {

@@ -3,11 +3,17 @@
 /// Files written into the sandbox's /etc, as (name, contents).
 pub fn files(hostname: &str, uid: u32, gid: u32, home: &str) -> Vec<(&'static str, String)> {
     vec![
-        ("passwd", format!("agent:x:{uid}:{gid}:swarmcell sandbox user:{home}:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")),
+        (
+            "passwd",
+            format!("agent:x:{uid}:{gid}:swarmcell sandbox user:{home}:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
+        ),
         ("group", format!("agent:x:{gid}:\nnogroup:x:65534:\n")),
         ("hostname", format!("{hostname}\n")),
         ("hosts", format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n")),
-        ("nsswitch.conf", "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n".into()),
+        (
+            "nsswitch.conf",
+            "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n".into(),
+        ),
         // The sandbox has no route anywhere; names resolve through the egress proxy.
         ("resolv.conf", "# swarmcell: no DNS inside the sandbox\n".into()),
     ]
@@ -23,9 +29,6 @@ mod tests {
         assert!(passwd.contains(":/tmp/home:"), "{passwd}");
         let hosts = &files.iter().find(|(n, _)| *n == "hosts").unwrap().1;
         assert!(hosts.contains("localhost sc-abc"));
-        assert!(
-            !files.iter().any(|(_, c)| c.contains("root:")),
-            "no root entry"
-        );
+        assert!(!files.iter().any(|(_, c)| c.contains("root:")), "no root entry");
     }
 }

@@ -6,9 +6,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::launch::spec::MountEntry;
-use crate::sys::{
-    self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, SysError,
-};
+use crate::sys::{self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, SysError};
 
 /// Device nodes bound from the host into the sandbox's /dev.
 pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
@@ -16,23 +14,11 @@ pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tt
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
     #[error("{what} {path}: {source}")]
-    Path {
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Path { what: &'static str, path: PathBuf, source: std::io::Error },
     #[error("{what} {path}: cannot prepare the mount: {source}")]
-    Sys {
-        what: &'static str,
-        path: PathBuf,
-        source: SysError,
-    },
+    Sys { what: &'static str, path: PathBuf, source: SysError },
     #[error("{what} {path}: {reason}")]
-    Refused {
-        what: &'static str,
-        path: PathBuf,
-        reason: String,
-    },
+    Refused { what: &'static str, path: PathBuf, reason: String },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -50,18 +36,12 @@ pub struct PreparedMounts {
 
 impl PreparedMounts {
     fn push_tree(&mut self, target: PathBuf, is_file: bool, fd: OwnedFd) {
-        self.entries.push(MountEntry::Tree {
-            target,
-            is_file,
-            fd_index: self.fds.len(),
-        });
+        self.entries.push(MountEntry::Tree { target, is_file, fd_index: self.fds.len() });
         self.fds.push(fd);
     }
 
     fn covers(&self, path: &Path) -> bool {
-        self.entries
-            .iter()
-            .any(|e| matches!(e, MountEntry::Tree { .. }) && path.starts_with(e.target()))
+        self.entries.iter().any(|e| matches!(e, MountEntry::Tree { .. }) && path.starts_with(e.target()))
     }
 
     /// Bind a host path at the same path inside the sandbox.
@@ -69,56 +49,30 @@ impl PreparedMounts {
     /// `required = false` skips paths this host does not have (policy defaults
     /// such as /lib32). A path that is itself a symlink is recreated as a symlink,
     /// and its target is bound too unless something already covers it.
-    pub fn add_bind(
-        &mut self,
-        path: &Path,
-        access: Access,
-        required: bool,
-        what: &'static str,
-    ) -> Result<(), BindError> {
+    pub fn add_bind(&mut self, path: &Path, access: Access, required: bool, what: &'static str) -> Result<(), BindError> {
         let meta = match std::fs::symlink_metadata(path) {
             Ok(m) => m,
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(source) => {
-                return Err(BindError::Path {
-                    what,
-                    path: path.into(),
-                    source,
-                });
+                return Err(BindError::Path { what, path: path.into(), source });
             }
         };
         // Resolve symlinks in the parent directories so that no sandbox path crosses one.
         let parent = path.parent().unwrap_or(Path::new("/"));
-        let parent = parent.canonicalize().map_err(|source| BindError::Path {
-            what,
-            path: path.into(),
-            source,
-        })?;
+        let parent = parent.canonicalize().map_err(|source| BindError::Path { what, path: path.into(), source })?;
         let target = match path.file_name() {
             Some(name) => parent.join(name),
             None => {
-                return Err(BindError::Refused {
-                    what,
-                    path: path.into(),
-                    reason: "cannot bind `/`".into(),
-                });
+                return Err(BindError::Refused { what, path: path.into(), reason: "cannot bind `/`".into() });
             }
         };
         if meta.file_type().is_symlink() {
-            let link = std::fs::read_link(path).map_err(|source| BindError::Path {
-                what,
-                path: path.into(),
-                source,
-            })?;
+            let link = std::fs::read_link(path).map_err(|source| BindError::Path { what, path: path.into(), source })?;
             let resolved = match path.canonicalize() {
                 Ok(p) => p,
                 Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
                 Err(source) => {
-                    return Err(BindError::Path {
-                        what,
-                        path: path.into(),
-                        source,
-                    });
+                    return Err(BindError::Path { what, path: path.into(), source });
                 }
             };
             self.entries.push(MountEntry::Symlink { target, link });
@@ -128,24 +82,10 @@ impl PreparedMounts {
             return Ok(());
         }
         if !(meta.is_dir() || meta.is_file()) {
-            return Err(BindError::Refused {
-                what,
-                path: path.into(),
-                reason: "not a directory or regular file".into(),
-            });
+            return Err(BindError::Refused { what, path: path.into(), reason: "not a directory or regular file".into() });
         }
-        let flags = MOUNT_ATTR_NOSUID
-            | MOUNT_ATTR_NODEV
-            | if access == Access::ReadOnly {
-                MOUNT_ATTR_RDONLY
-            } else {
-                0
-            };
-        let fd = detached_tree(&target, true, flags).map_err(|source| BindError::Sys {
-            what,
-            path: path.into(),
-            source,
-        })?;
+        let flags = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | if access == Access::ReadOnly { MOUNT_ATTR_RDONLY } else { 0 };
+        let fd = detached_tree(&target, true, flags).map_err(|source| BindError::Sys { what, path: path.into(), source })?;
         self.push_tree(target, meta.is_file(), fd);
         Ok(())
     }
@@ -154,13 +94,11 @@ impl PreparedMounts {
     pub fn add_devices(&mut self) -> Result<(), BindError> {
         for dev in DEVICES {
             let path = PathBuf::from("/dev").join(dev);
-            let fd = detached_tree(&path, false, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC).map_err(
-                |source| BindError::Sys {
-                    what: "device",
-                    path: path.clone(),
-                    source,
-                },
-            )?;
+            let fd = detached_tree(&path, false, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC).map_err(|source| BindError::Sys {
+                what: "device",
+                path: path.clone(),
+                source,
+            })?;
             self.push_tree(path, true, fd);
         }
         Ok(())
@@ -169,13 +107,11 @@ impl PreparedMounts {
     /// The worktree: read-write, nosuid, nodev; only its own mount (submounts
     /// below it stay out of the sandbox). The caller may idmap it afterwards.
     pub fn add_worktree(&mut self, worktree: &Path) -> Result<usize, BindError> {
-        let fd = detached_tree(worktree, false, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV).map_err(
-            |source| BindError::Sys {
-                what: "worktree",
-                path: worktree.into(),
-                source,
-            },
-        )?;
+        let fd = detached_tree(worktree, false, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV).map_err(|source| BindError::Sys {
+            what: "worktree",
+            path: worktree.into(),
+            source,
+        })?;
         self.push_tree(worktree.into(), false, fd);
         Ok(self.fds.len() - 1)
     }

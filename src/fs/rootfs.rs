@@ -31,41 +31,20 @@ pub struct RootfsError {
 }
 
 fn step<T>(what: impl Into<String>, r: Result<T, SysError>) -> Result<T, RootfsError> {
-    r.map_err(|source| RootfsError {
-        step: what.into(),
-        source,
-    })
+    r.map_err(|source| RootfsError { step: what.into(), source })
 }
 
 pub fn build(spec: &InitSpec, fds: &[OwnedFd]) -> Result<(), RootfsError> {
     let staging = Path::new(STAGING);
-    step(
-        "make mounts private",
-        sys::mount(
-            None,
-            Path::new("/"),
-            None,
-            libc::MS_REC | libc::MS_PRIVATE,
-            None,
-        ),
-    )?;
+    step("make mounts private", sys::mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None))?;
     step(
         "root tmpfs",
-        sys::mount(
-            Some("tmpfs"),
-            staging,
-            Some("tmpfs"),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            Some("mode=0755,size=8m,nr_inodes=4096"),
-        ),
+        sys::mount(Some("tmpfs"), staging, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("mode=0755,size=8m,nr_inodes=4096")),
     )?;
     let root = step("open root", open_dir_path(staging))?;
 
     for dir in ["proc", "dev", "tmp", "etc"] {
-        step(
-            format!("mkdir /{dir}"),
-            ensure_path(&root, Path::new(dir), false),
-        )?;
+        step(format!("mkdir /{dir}"), ensure_path(&root, Path::new(dir), false))?;
     }
     mount_tmp(staging, spec)?;
     mount_dev(staging, &root, spec)?;
@@ -81,91 +60,42 @@ pub fn build(spec: &InitSpec, fds: &[OwnedFd]) -> Result<(), RootfsError> {
     drop(root);
 
     step("chdir to new root", chdir(staging))?;
-    step(
-        "pivot_root",
-        sys::pivot_root(Path::new("."), Path::new(".")),
-    )?;
+    step("pivot_root", sys::pivot_root(Path::new("."), Path::new(".")))?;
     // The old root is now stacked on top of "."; detaching it removes every host
     // mount from this namespace.
     step("detach old root", sys::umount_detach(Path::new(".")))?;
     step("chdir /", chdir(Path::new("/")))?;
-    step(
-        "read-only /",
-        remount_readonly(Path::new("/"), libc::MS_NOSUID | libc::MS_NODEV),
-    )?;
-    step(
-        "read-only /dev",
-        remount_readonly(Path::new("/dev"), libc::MS_NOSUID | libc::MS_NOEXEC),
-    )?;
+    step("read-only /", remount_readonly(Path::new("/"), libc::MS_NOSUID | libc::MS_NODEV))?;
+    step("read-only /dev", remount_readonly(Path::new("/dev"), libc::MS_NOSUID | libc::MS_NOEXEC))?;
     Ok(())
 }
 
 fn mount_tmp(staging: &Path, spec: &InitSpec) -> Result<(), RootfsError> {
     let opts = format!("mode=1777,size={}", spec.tmp_size);
-    step(
-        "mount /tmp",
-        sys::mount(
-            Some("tmpfs"),
-            &staging.join("tmp"),
-            Some("tmpfs"),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            Some(&opts),
-        ),
-    )
+    step("mount /tmp", sys::mount(Some("tmpfs"), &staging.join("tmp"), Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&opts)))
 }
 
 fn mount_dev(staging: &Path, root: &OwnedFd, spec: &InitSpec) -> Result<(), RootfsError> {
     let dev = staging.join("dev");
-    step(
-        "mount /dev",
-        sys::mount(
-            Some("tmpfs"),
-            &dev,
-            Some("tmpfs"),
-            libc::MS_NOSUID | libc::MS_NOEXEC,
-            Some("mode=0755,size=64k"),
-        ),
-    )?;
+    step("mount /dev", sys::mount(Some("tmpfs"), &dev, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NOEXEC, Some("mode=0755,size=64k")))?;
     for d in ["dev/pts", "dev/shm"] {
-        step(
-            format!("mkdir /{d}"),
-            ensure_path(root, Path::new(d), false),
-        )?;
+        step(format!("mkdir /{d}"), ensure_path(root, Path::new(d), false))?;
     }
     // A private devpts instance: the sandbox sees only its own ptys.
     step(
         "mount /dev/pts",
-        sys::mount(
-            Some("devpts"),
-            &dev.join("pts"),
-            Some("devpts"),
-            libc::MS_NOSUID | libc::MS_NOEXEC,
-            Some("newinstance,ptmxmode=0666,mode=0620"),
-        ),
+        sys::mount(Some("devpts"), &dev.join("pts"), Some("devpts"), libc::MS_NOSUID | libc::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620")),
     )?;
     let shm_opts = format!("mode=1777,size={}", spec.shm_size);
     step(
         "mount /dev/shm",
-        sys::mount(
-            Some("tmpfs"),
-            &dev.join("shm"),
-            Some("tmpfs"),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            Some(&shm_opts),
-        ),
+        sys::mount(Some("tmpfs"), &dev.join("shm"), Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, Some(&shm_opts)),
     )?;
     let dev_fd = step("open /dev", open_dir_path(&dev))?;
-    for (name, link) in [
-        ("ptmx", "pts/ptmx"),
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        step(
-            format!("symlink /dev/{name}"),
-            sys::symlinkat(Path::new(link), dev_fd.as_raw_fd(), &cstr(name)),
-        )?;
+    for (name, link) in
+        [("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")]
+    {
+        step(format!("symlink /dev/{name}"), sys::symlinkat(Path::new(link), dev_fd.as_raw_fd(), &cstr(name)))?;
     }
     Ok(())
 }
@@ -174,16 +104,7 @@ fn mount_proc(staging: &Path, root: &OwnedFd) -> Result<(), RootfsError> {
     let proc_dir = staging.join("proc");
     // Mounted while the host's /proc is still visible in this namespace, as the
     // kernel requires for a new proc instance in a user namespace.
-    step(
-        "mount /proc",
-        sys::mount(
-            Some("proc"),
-            &proc_dir,
-            Some("proc"),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            None,
-        ),
-    )?;
+    step("mount /proc", sys::mount(Some("proc"), &proc_dir, Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None))?;
     for name in PROC_READ_ONLY {
         let path = proc_dir.join(name);
         let target = match ensure_existing(root, &Path::new("proc").join(name)) {
@@ -191,22 +112,10 @@ fn mount_proc(staging: &Path, root: &OwnedFd) -> Result<(), RootfsError> {
             Err(e) if e.errno == Errno::ENOENT => continue,
             Err(e) => return step(format!("open /proc/{name}"), Err(e)),
         };
-        let tree = step(
-            format!("clone /proc/{name}"),
-            sys::open_tree_clone(&path, true),
-        )?;
-        let flags = sys::MOUNT_ATTR_RDONLY
-            | sys::MOUNT_ATTR_NOSUID
-            | sys::MOUNT_ATTR_NODEV
-            | sys::MOUNT_ATTR_NOEXEC;
-        step(
-            format!("read-only /proc/{name}"),
-            sys::mount_setattr_fd(tree.as_raw_fd(), true, flags, None),
-        )?;
-        step(
-            format!("attach /proc/{name}"),
-            sys::move_mount_fd(tree.as_raw_fd(), target.as_raw_fd(), &path),
-        )?;
+        let tree = step(format!("clone /proc/{name}"), sys::open_tree_clone(&path, true))?;
+        let flags = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC;
+        step(format!("read-only /proc/{name}"), sys::mount_setattr_fd(tree.as_raw_fd(), true, flags, None))?;
+        step(format!("attach /proc/{name}"), sys::move_mount_fd(tree.as_raw_fd(), target.as_raw_fd(), &path))?;
     }
     Ok(())
 }
@@ -215,31 +124,17 @@ fn attach(root: &OwnedFd, entry: &MountEntry, fds: &[OwnedFd]) -> Result<(), Roo
     let target = entry.target();
     let rel = target.strip_prefix("/").unwrap_or(target);
     match entry {
-        MountEntry::Tree {
-            is_file, fd_index, ..
-        } => {
+        MountEntry::Tree { is_file, fd_index, .. } => {
             let tree = fds.get(*fd_index).ok_or_else(|| RootfsError {
                 step: format!("attach {}", target.display()),
-                source: SysError {
-                    call: format!("mount fd #{fd_index} missing"),
-                    errno: Errno::EBADF,
-                },
+                source: SysError { call: format!("mount fd #{fd_index} missing"), errno: Errno::EBADF },
             })?;
-            let point = step(
-                format!("mount point {}", target.display()),
-                ensure_path(root, rel, *is_file),
-            )?;
-            step(
-                format!("attach {}", target.display()),
-                sys::move_mount_fd(tree.as_raw_fd(), point.as_raw_fd(), target),
-            )
+            let point = step(format!("mount point {}", target.display()), ensure_path(root, rel, *is_file))?;
+            step(format!("attach {}", target.display()), sys::move_mount_fd(tree.as_raw_fd(), point.as_raw_fd(), target))
         }
         MountEntry::Symlink { link, .. } => {
             let (parent, name) = split(rel);
-            let dir = step(
-                format!("parent of {}", target.display()),
-                ensure_path(root, parent, false),
-            )?;
+            let dir = step(format!("parent of {}", target.display()), ensure_path(root, parent, false))?;
             match sys::symlinkat(link, dir.as_raw_fd(), &cstr(name)) {
                 Err(e) if e.errno == Errno::EEXIST => Ok(()),
                 r => step(format!("symlink {}", target.display()), r),
@@ -250,29 +145,16 @@ fn attach(root: &OwnedFd, entry: &MountEntry, fds: &[OwnedFd]) -> Result<(), Roo
 
 fn write_etc(root: &OwnedFd, spec: &InitSpec) -> Result<(), RootfsError> {
     let etc = step("open /etc", ensure_path(root, Path::new("etc"), false))?;
-    let etc_dir = step(
-        "open /etc",
-        sys::openat_nofollow(etc.as_raw_fd(), c".", libc::O_DIRECTORY | libc::O_RDONLY, 0),
-    )?;
-    for (name, contents) in
-        crate::fs::etc::files(&spec.id, spec.uid, spec.gid, &spec.home.to_string_lossy())
-    {
+    let etc_dir = step("open /etc", sys::openat_nofollow(etc.as_raw_fd(), c".", libc::O_DIRECTORY | libc::O_RDONLY, 0))?;
+    for (name, contents) in crate::fs::etc::files(&spec.id, spec.uid, spec.gid, &spec.home.to_string_lossy()) {
         let fd = step(
             format!("create /etc/{name}"),
-            sys::openat_nofollow(
-                etc_dir.as_raw_fd(),
-                &cstr(name),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-                0o644,
-            ),
+            sys::openat_nofollow(etc_dir.as_raw_fd(), &cstr(name), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o644),
         )?;
         let mut f = std::fs::File::from(fd);
         f.write_all(contents.as_bytes()).map_err(|e| RootfsError {
             step: format!("write /etc/{name}"),
-            source: SysError {
-                call: "write".into(),
-                errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-            },
+            source: SysError { call: "write".into(), errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)) },
         })?;
     }
     Ok(())
@@ -282,16 +164,7 @@ fn write_etc(root: &OwnedFd, spec: &InitSpec) -> Result<(), RootfsError> {
 /// creating missing directories (and the final file when `is_file`). Returns an
 /// `O_PATH` fd of the final component, usable as a `move_mount` target.
 fn ensure_path(root: &OwnedFd, rel: &Path, is_file: bool) -> Result<OwnedFd, SysError> {
-    let comps: Vec<&OsStr> = rel
-        .components()
-        .filter_map(|c| {
-            if let Component::Normal(n) = c {
-                Some(n)
-            } else {
-                None
-            }
-        })
-        .collect();
+    let comps: Vec<&OsStr> = rel.components().filter_map(|c| if let Component::Normal(n) = c { Some(n) } else { None }).collect();
     let mut cur = dup(root)?;
     for (i, name) in comps.iter().enumerate() {
         let last = i + 1 == comps.len();
@@ -300,12 +173,7 @@ fn ensure_path(root: &OwnedFd, rel: &Path, is_file: bool) -> Result<OwnedFd, Sys
             Ok(fd) => fd,
             Err(e) if e.errno == Errno::ENOENT => {
                 if last && is_file {
-                    sys::openat_nofollow(
-                        cur.as_raw_fd(),
-                        &cname,
-                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-                        0o644,
-                    )?;
+                    sys::openat_nofollow(cur.as_raw_fd(), &cname, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o644)?;
                 } else {
                     sys::mkdirat(cur.as_raw_fd(), &cname, 0o755)?;
                 }
@@ -324,10 +192,7 @@ fn ensure_existing(root: &OwnedFd, rel: &Path) -> Result<OwnedFd, SysError> {
 }
 
 fn split(rel: &Path) -> (&Path, &OsStr) {
-    (
-        rel.parent().unwrap_or(Path::new("")),
-        rel.file_name().unwrap_or(OsStr::new("")),
-    )
+    (rel.parent().unwrap_or(Path::new("")), rel.file_name().unwrap_or(OsStr::new("")))
 }
 
 fn cstr(s: impl AsRef<OsStr>) -> CString {
@@ -337,26 +202,15 @@ fn cstr(s: impl AsRef<OsStr>) -> CString {
 }
 
 fn dup(fd: &OwnedFd) -> Result<OwnedFd, SysError> {
-    fd.try_clone().map_err(|e| SysError {
-        call: "dup".into(),
-        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EBADF)),
-    })
+    fd.try_clone().map_err(|e| SysError { call: "dup".into(), errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EBADF)) })
 }
 
 fn open_dir_path(path: &Path) -> Result<OwnedFd, SysError> {
     let c = sys::cstring(path)?;
     // SAFETY: c is a valid C string.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-        )
-    };
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC | libc::O_NOFOLLOW) };
     if fd < 0 {
-        return Err(SysError {
-            call: format!("open({path:?}, O_PATH|O_DIRECTORY)"),
-            errno: Errno::last(),
-        });
+        return Err(SysError { call: format!("open({path:?}, O_PATH|O_DIRECTORY)"), errno: Errno::last() });
     }
     // SAFETY: fresh fd.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -368,27 +222,15 @@ fn fchmod_path(fd: &OwnedFd, mode: libc::mode_t) -> Result<(), SysError> {
     // SAFETY: c is a valid C string; chmod through the O_PATH fd's magic link.
     let ret = unsafe { libc::chmod(c.as_ptr(), mode) };
     if ret < 0 {
-        return Err(SysError {
-            call: format!("chmod({}, {mode:o})", fd.as_raw_fd()),
-            errno: Errno::last(),
-        });
+        return Err(SysError { call: format!("chmod({}, {mode:o})", fd.as_raw_fd()), errno: Errno::last() });
     }
     Ok(())
 }
 
 fn chdir(path: &Path) -> Result<(), SysError> {
-    nix::unistd::chdir(path).map_err(|errno| SysError {
-        call: format!("chdir({path:?})"),
-        errno,
-    })
+    nix::unistd::chdir(path).map_err(|errno| SysError { call: format!("chdir({path:?})"), errno })
 }
 
 fn remount_readonly(path: &Path, keep: libc::c_ulong) -> Result<(), SysError> {
-    sys::mount(
-        None,
-        path,
-        None,
-        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | keep,
-        None,
-    )
+    sys::mount(None, path, None, libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | keep, None)
 }

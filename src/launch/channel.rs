@@ -73,13 +73,7 @@ impl Channel {
         let iov = [IoSlice::new(&bytes)];
         let rights = [ControlMessage::ScmRights(fds)];
         let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
-        sendmsg::<()>(
-            self.fd.as_raw_fd(),
-            &iov,
-            cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        )?;
+        sendmsg::<()>(self.fd.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
         Ok(())
     }
 
@@ -89,12 +83,7 @@ impl Channel {
         let (len, fds, truncated) = {
             let mut iov = [IoSliceMut::new(&mut buf)];
             let msg = loop {
-                match recvmsg::<()>(
-                    self.fd.as_raw_fd(),
-                    &mut iov,
-                    Some(&mut cmsg),
-                    MsgFlags::MSG_CMSG_CLOEXEC,
-                ) {
+                match recvmsg::<()>(self.fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
                     Err(nix::Error::EINTR) => continue,
                     other => break other?,
                 }
@@ -103,19 +92,10 @@ impl Channel {
             for c in msg.cmsgs()? {
                 if let ControlMessageOwned::ScmRights(received) = c {
                     // SAFETY: SCM_RIGHTS fds are new descriptors installed for us.
-                    fds.extend(
-                        received
-                            .into_iter()
-                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                    );
+                    fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
                 }
             }
-            (
-                msg.bytes,
-                fds,
-                msg.flags
-                    .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC),
-            )
+            (msg.bytes, fds, msg.flags.intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC))
         };
         if truncated {
             return Err(ChannelError::TooLarge(len));
@@ -135,9 +115,7 @@ impl Channel {
     pub fn recv_from_init(&self) -> Result<FromInit, ChannelError> {
         let (msg, fds) = self.recv::<FromInit>()?;
         if !fds.is_empty() {
-            return Err(ChannelError::Unexpected(
-                "file descriptors from the sandbox".into(),
-            ));
+            return Err(ChannelError::Unexpected("file descriptors from the sandbox".into()));
         }
         Ok(msg)
     }
@@ -155,11 +133,7 @@ impl Channel {
 
     /// True when the parent has closed its end (it died or gave up).
     pub fn peer_gone(&self) -> bool {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: 0,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: 0, revents: 0 };
         // SAFETY: pfd is a valid pollfd; timeout 0 never blocks.
         let n = unsafe { libc::poll(&mut pfd, 1, 0) };
         n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
@@ -183,10 +157,7 @@ mod tests {
             home: "/tmp/home".into(),
             argv: vec!["/bin/true".into()],
             env: vec![],
-            log: LogConfig {
-                json: false,
-                level: "warn".into(),
-            },
+            log: LogConfig { json: false, level: "warn".into() },
         }
     }
 
@@ -199,13 +170,8 @@ mod tests {
         let (got, fds) = child.recv_spec().unwrap();
         assert_eq!(got.id, "sc-test");
         assert_eq!(fds.len(), 1);
-        child
-            .send_to_parent(&FromInit::Exited(PayloadStatus::Signaled(15)))
-            .unwrap();
-        assert!(matches!(
-            parent.recv_from_init().unwrap(),
-            FromInit::Exited(PayloadStatus::Signaled(15))
-        ));
+        child.send_to_parent(&FromInit::Exited(PayloadStatus::Signaled(15))).unwrap();
+        assert!(matches!(parent.recv_from_init().unwrap(), FromInit::Exited(PayloadStatus::Signaled(15))));
     }
 
     #[test]

@@ -28,14 +28,7 @@ use super::spec::{InitSpec, PayloadStatus};
 use crate::sys;
 
 /// Signals init forwards to the payload.
-const FORWARDED: [libc::c_int; 6] = [
-    libc::SIGINT,
-    libc::SIGTERM,
-    libc::SIGHUP,
-    libc::SIGQUIT,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-];
+const FORWARDED: [libc::c_int; 6] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];
 
 enum Failure {
     Setup(String),
@@ -52,15 +45,13 @@ impl<E: std::fmt::Display> From<E> for Failure {
 pub fn main(channel_fd: RawFd) -> ! {
     sys::reset_signal_dispositions();
     let _ = sys::set_sigmask(libc::SIG_SETMASK, &sys::sigset(&[]));
-    if !sys::fd_is_open(channel_fd)
-        || crate::fds::close_all_except(channel_fd).is_err()
-        || sys::set_cloexec(channel_fd, true).is_err()
-    {
-        eprintln!(
-            "swarmcell __init: invalid channel fd {channel_fd}; this mode is started by `swarmcell run` only"
-        );
+    if !sys::fd_is_open(channel_fd) || crate::fds::close_all_except(channel_fd).is_err() || sys::set_cloexec(channel_fd, true).is_err() {
+        eprintln!("swarmcell __init: invalid channel fd {channel_fd}; this mode is started by `swarmcell run` only");
         std::process::exit(super::EXIT_LAUNCHER_ERROR.into());
     }
+    // Exec'd as /proc/self/exe; name ourselves for ps and /proc/1/stat.
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"swarmcell-init".as_ptr()) };
     // SAFETY: the fd was passed to us by the launcher and is owned by nobody else.
     let chan = Channel::new(unsafe { OwnedFd::from_raw_fd(channel_fd) });
     let (spec, fds) = match chan.recv_spec() {
@@ -71,9 +62,7 @@ pub fn main(channel_fd: RawFd) -> ! {
     crate::logging::init(spec.log.json, &spec.log.level);
     let msg = match run(&chan, &spec, fds) {
         Ok(status) => FromInit::Exited(status),
-        Err(Failure::Setup(message)) => FromInit::SetupFailed {
-            message: format!("sandbox {}: {message}", spec.id),
-        },
+        Err(Failure::Setup(message)) => FromInit::SetupFailed { message: format!("sandbox {}: {message}", spec.id) },
         Err(Failure::Exec { path, errno }) => FromInit::ExecFailed { path, errno },
     };
     let code = match &msg {
@@ -87,35 +76,24 @@ pub fn main(channel_fd: RawFd) -> ! {
 fn run(chan: &Channel, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStatus, Failure> {
     // SAFETY: getpid has no preconditions.
     if unsafe { libc::getpid() } != 1 {
-        return Err(Failure::Setup(
-            "sandbox init is not pid 1 of a new PID namespace".into(),
-        ));
+        return Err(Failure::Setup("sandbox init is not pid 1 of a new PID namespace".into()));
     }
     // The launcher dropped its supplementary groups; a leftover one (host gid 0)
     // would grant group access to host files.
     if sys::supplementary_group_count()? != 0 {
-        return Err(Failure::Setup(
-            "sandbox init still has supplementary groups".into(),
-        ));
+        return Err(Failure::Setup("sandbox init still has supplementary groups".into()));
     }
     sys::setresgid(spec.gid)?;
     sys::setresuid(spec.uid)?;
     // The credential change cleared the parent-death signal; re-arm it, then make
     // sure the parent did not die in between.
-    sys::prctl(
-        libc::PR_SET_PDEATHSIG,
-        libc::SIGKILL as libc::c_ulong,
-        "PR_SET_PDEATHSIG",
-    )?;
+    sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, "PR_SET_PDEATHSIG")?;
     if chan.peer_gone() {
         return Err(Failure::Setup("launcher exited".into()));
     }
     // SAFETY: unshare with a namespace flag; we are single-threaded.
     if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
-        return Err(Failure::Setup(format!(
-            "unshare(CLONE_NEWCGROUP): {}",
-            nix::errno::Errno::last()
-        )));
+        return Err(Failure::Setup(format!("unshare(CLONE_NEWCGROUP): {}", nix::errno::Errno::last())));
     }
     crate::fs::rootfs::build(spec, &fds)?;
     drop(fds);
@@ -130,26 +108,19 @@ fn run(chan: &Channel, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStat
 
     // SAFETY: this process is single-threaded (a fresh exec), so the child may run
     // ordinary code; it only makes the syscalls in payload::exec anyway.
-    let payload_pid =
-        match unsafe { nix::unistd::fork() }.map_err(|e| Failure::Setup(format!("fork: {e}")))? {
-            nix::unistd::ForkResult::Child => {
-                drop(err_r);
-                payload::exec(&prepared, err_w.as_raw_fd())
-            }
-            nix::unistd::ForkResult::Parent { child } => child.as_raw(),
-        };
+    let payload_pid = match unsafe { nix::unistd::fork() }.map_err(|e| Failure::Setup(format!("fork: {e}")))? {
+        nix::unistd::ForkResult::Child => {
+            drop(err_r);
+            payload::exec(&prepared, err_w.as_raw_fd())
+        }
+        nix::unistd::ForkResult::Parent { child } => child.as_raw(),
+    };
     drop(err_w);
     if let Some((stage, errno)) = read_exec_error(err_r) {
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(payload_pid), None);
         return Err(match stage {
-            Some(Stage::Execve) => Failure::Exec {
-                path: spec.argv[0].clone(),
-                errno,
-            },
-            other => Failure::Setup(format!(
-                "payload set-up failed at {other:?}: {}",
-                nix::errno::Errno::from_raw(errno)
-            )),
+            Some(Stage::Execve) => Failure::Exec { path: spec.argv[0].clone(), errno },
+            other => Failure::Setup(format!("payload set-up failed at {other:?}: {}", nix::errno::Errno::from_raw(errno))),
         });
     }
 
@@ -168,42 +139,22 @@ fn resolve_program(spec: &InitSpec) -> PathBuf {
     if prog.contains('/') {
         return PathBuf::from(prog);
     }
-    let path_var = spec
-        .env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or("/usr/bin:/bin");
-    path_var
-        .split(':')
-        .filter(|d| d.starts_with('/'))
-        .map(|d| Path::new(d).join(prog))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(prog))
+    let path_var = spec.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or("/usr/bin:/bin");
+    path_var.split(':').filter(|d| d.starts_with('/')).map(|d| Path::new(d).join(prog)).find(|p| p.is_file()).unwrap_or_else(|| PathBuf::from(prog))
 }
 
 fn prepare_exec(spec: &InitSpec) -> Result<PreparedExec, Failure> {
     let path = resolve_program(spec);
     if !path.is_absolute() && !spec.argv[0].contains('/') {
-        return Err(Failure::Exec {
-            path: spec.argv[0].clone(),
-            errno: libc::ENOENT,
-        });
+        return Err(Failure::Exec { path: spec.argv[0].clone(), errno: libc::ENOENT });
     }
     Ok(PreparedExec {
         path: sys::cstring(&path)?,
-        argv: spec
-            .argv
-            .iter()
-            .map(sys::cstring)
-            .collect::<Result<_, _>>()?,
+        argv: spec.argv.iter().map(sys::cstring).collect::<Result<_, _>>()?,
         envp: spec
             .env
             .iter()
-            .map(|(k, v)| {
-                CString::new(format!("{k}={v}"))
-                    .map_err(|_| Failure::Setup(format!("variable {k} contains a NUL byte")))
-            })
+            .map(|(k, v)| CString::new(format!("{k}={v}")).map_err(|_| Failure::Setup(format!("variable {k} contains a NUL byte"))))
             .collect::<Result<_, _>>()?,
         cwd: sys::cstring(&spec.cwd)?,
     })
@@ -222,12 +173,7 @@ fn read_exec_error(err_r: OwnedFd) -> Option<(Option<Stage>, i32)> {
             Err(_) => break,
         }
     }
-    (got == buf.len()).then(|| {
-        (
-            Stage::from_u8(buf[4]),
-            i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]),
-        )
-    })
+    (got == buf.len()).then(|| (Stage::from_u8(buf[4]), i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]])))
 }
 
 /// Reap every child (orphans are re-parented to us), forward signals to the

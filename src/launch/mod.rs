@@ -30,10 +30,7 @@ pub fn random_u32() -> u32 {
     if n != 4 {
         // getrandom cannot fail for 4 bytes once the pool is initialised; fall back
         // to the pid and time rather than abort.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         return t ^ std::process::id().rotate_left(16);
     }
     u32::from_ne_bytes(b)
@@ -50,8 +47,7 @@ pub fn valid_sandbox_id(id: &str) -> bool {
     !b.is_empty()
         && b.len() <= 63
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 #[cfg(test)]

@@ -59,30 +59,20 @@ pub enum RunError {
     #[error("cannot create the sandbox namespaces: {0}")]
     Namespaces(String),
     #[error("{what}: {source}")]
-    Sys {
-        what: &'static str,
-        source: SysError,
-    },
+    Sys { what: &'static str, source: SysError },
     #[error(transparent)]
     Channel(#[from] ChannelError),
     #[error("{0}")]
     Setup(String),
     #[error("cannot {verb} {path:?}: {errno} ({})", errno.desc())]
-    Exec {
-        verb: &'static str,
-        path: String,
-        errno: Errno,
-    },
+    Exec { verb: &'static str, path: String, errno: Errno },
 }
 
 impl RunError {
     /// The documented exit code: 127 not found, 126 cannot execute, 125 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
-            RunError::Exec {
-                errno: Errno::ENOENT,
-                ..
-            } => super::EXIT_NOT_FOUND,
+            RunError::Exec { errno: Errno::ENOENT, .. } => super::EXIT_NOT_FOUND,
             RunError::Exec { .. } => super::EXIT_CANNOT_EXECUTE,
             _ => super::EXIT_LAUNCHER_ERROR,
         }
@@ -103,10 +93,7 @@ pub struct Worktree {
 
 /// Directories that may never be a worktree: binding one read-write would hand
 /// the sandbox the host's system.
-const FORBIDDEN_WORKTREES: [&str; 12] = [
-    "/", "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/var", "/root", "/home",
-    "/opt",
-];
+const FORBIDDEN_WORKTREES: [&str; 12] = ["/", "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/var", "/root", "/home", "/opt"];
 
 pub fn resolve_worktree(path: &Path) -> Result<Worktree, RunError> {
     let canonical = match path.canonicalize() {
@@ -116,28 +103,16 @@ pub fn resolve_worktree(path: &Path) -> Result<Worktree, RunError> {
         }
         Err(e) => return invalid(format!("worktree {}: {e}", path.display())),
     };
-    let meta = std::fs::metadata(&canonical)
-        .map_err(|e| RunError::Invalid(format!("worktree {}: {e}", path.display())))?;
+    let meta = std::fs::metadata(&canonical).map_err(|e| RunError::Invalid(format!("worktree {}: {e}", path.display())))?;
     if !meta.is_dir() {
         return invalid(format!("worktree {} is not a directory", path.display()));
     }
-    if FORBIDDEN_WORKTREES
-        .iter()
-        .any(|f| canonical == Path::new(f))
-        || ["/proc", "/sys", "/dev", "/run/swarmcell"]
-            .iter()
-            .any(|p| canonical.starts_with(p))
+    if FORBIDDEN_WORKTREES.iter().any(|f| canonical == Path::new(f))
+        || ["/proc", "/sys", "/dev", "/run/swarmcell"].iter().any(|p| canonical.starts_with(p))
     {
-        return invalid(format!(
-            "worktree {} is a system directory",
-            canonical.display()
-        ));
+        return invalid(format!("worktree {} is a system directory", canonical.display()));
     }
-    Ok(Worktree {
-        path: canonical,
-        uid: meta.uid(),
-        gid: meta.gid(),
-    })
+    Ok(Worktree { path: canonical, uid: meta.uid(), gid: meta.gid() })
 }
 
 /// The sandbox's ids inside its namespace: the worktree owner's unless given.
@@ -147,45 +122,23 @@ fn inside_ids(req: &RunRequest, wt: &Worktree) -> Result<(u32, u32), RunError> {
         return if req.uid.is_some() {
             invalid("--uid 0 is refused: a sandbox never runs as root")
         } else {
-            invalid(format!(
-                "worktree {} is owned by root; chown it to an unprivileged user or pass --uid UID (not 0)",
-                wt.path.display()
-            ))
+            invalid(format!("worktree {} is owned by root; chown it to an unprivileged user or pass --uid UID (not 0)", wt.path.display()))
         };
     }
-    let gid = req
-        .gid
-        .unwrap_or(if req.uid.is_some() { uid } else { wt.gid });
+    let gid = req.gid.unwrap_or(if req.uid.is_some() { uid } else { wt.gid });
     if gid == 0 {
-        return invalid(format!(
-            "worktree {} belongs to group root; chgrp it or pass --gid GID (not 0)",
-            wt.path.display()
-        ));
+        return invalid(format!("worktree {} belongs to group root; chgrp it or pass --gid GID (not 0)", wt.path.display()));
     }
     Ok((uid, gid))
 }
 
 fn environment(policy: &Policy, id: &str) -> Vec<(String, String)> {
-    let clean = |v: String| {
-        (!v.is_empty() && v.len() < 256 && !v.chars().any(char::is_control)).then_some(v)
-    };
+    let clean = |v: String| (!v.is_empty() && v.len() < 256 && !v.chars().any(char::is_control)).then_some(v);
     let mut env = vec![
         ("PATH".to_string(), SANDBOX_PATH.to_string()),
         ("HOME".to_string(), SANDBOX_HOME.to_string()),
-        (
-            "TERM".to_string(),
-            std::env::var("TERM")
-                .ok()
-                .and_then(clean)
-                .unwrap_or_else(|| "dumb".into()),
-        ),
-        (
-            "LANG".to_string(),
-            std::env::var("LANG")
-                .ok()
-                .and_then(clean)
-                .unwrap_or_else(|| "C.UTF-8".into()),
-        ),
+        ("TERM".to_string(), std::env::var("TERM").ok().and_then(clean).unwrap_or_else(|| "dumb".into())),
+        ("LANG".to_string(), std::env::var("LANG").ok().and_then(clean).unwrap_or_else(|| "C.UTF-8".into())),
         ("USER".to_string(), "agent".to_string()),
         ("SWARMCELL_SANDBOX_ID".to_string(), id.to_string()),
     ];
@@ -208,24 +161,16 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return invalid(
-            "swarmcell run must run as root: it maps every sandbox to its own unprivileged host uid",
-        );
+        return invalid("swarmcell run must run as root: it maps every sandbox to its own unprivileged host uid");
     }
     let ready = take_ready_fd(req.ready_fd)?;
     let wt = resolve_worktree(&req.worktree)?;
     let (uid, gid) = inside_ids(req, &wt)?;
     let id = super::new_sandbox_id();
     let env = environment(&req.policy, &id);
-    let args_bytes: usize = req.argv.iter().map(|a| a.len() + 1).sum::<usize>()
-        + env
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 2)
-            .sum::<usize>();
+    let args_bytes: usize = req.argv.iter().map(|a| a.len() + 1).sum::<usize>() + env.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>();
     if args_bytes > MAX_ARGS_BYTES {
-        return invalid(format!(
-            "arguments and environment are {args_bytes} bytes, more than {MAX_ARGS_BYTES}"
-        ));
+        return invalid(format!("arguments and environment are {args_bytes} bytes, more than {MAX_ARGS_BYTES}"));
     }
     let lease = uidalloc::allocate(&req.state_dir, req.uid_range, super::random_u32())?;
     let spec = InitSpec {
@@ -242,33 +187,15 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         log: req.log.clone(),
     };
     let signals = SignalGuard::block()?;
-    let mut sandbox = match start(
-        req,
-        &wt,
-        spec.clone(),
-        IdMap {
-            inside_uid: uid,
-            host_uid: lease.uid,
-            inside_gid: gid,
-            host_gid: lease.uid,
-        },
-        req.idmap,
-    ) {
+    // A per-sandbox host uid behind an idmapped worktree, or (without idmapping)
+    // the worktree owner's own ids.
+    let leased = IdMap { inside_uid: uid, host_uid: lease.uid, inside_gid: gid, host_gid: lease.uid };
+    let direct = IdMap { inside_uid: uid, host_uid: uid, inside_gid: gid, host_gid: gid };
+    let first = if req.idmap { start(req, &wt, spec.clone(), leased, true) } else { start(req, &wt, spec.clone(), direct, false) };
+    let mut sandbox = match first {
         Err(Fallback::Idmap) => {
             tracing::warn!(worktree = %wt.path.display(), "this filesystem cannot idmap mounts; the sandbox runs as the worktree owner's uid");
-            start(
-                req,
-                &wt,
-                spec,
-                IdMap {
-                    inside_uid: uid,
-                    host_uid: uid,
-                    inside_gid: gid,
-                    host_gid: gid,
-                },
-                false,
-            )
-            .map_err(Fallback::into_error)?
+            start(req, &wt, spec, direct, false).map_err(Fallback::into_error)?
         }
         other => other.map_err(Fallback::into_error)?,
     };
@@ -299,13 +226,7 @@ impl<E: Into<RunError>> From<E> for Fallback {
     }
 }
 
-fn start(
-    req: &RunRequest,
-    wt: &Worktree,
-    mut spec: InitSpec,
-    map: IdMap,
-    idmap: bool,
-) -> Result<Sandbox, Fallback> {
+fn start(req: &RunRequest, wt: &Worktree, mut spec: InitSpec, map: IdMap, idmap: bool) -> Result<Sandbox, Fallback> {
     let mut mounts = PreparedMounts::default();
     for p in &req.policy.filesystem.read_only {
         mounts.add_bind(p, Access::ReadOnly, false, "read-only path")?;
@@ -329,23 +250,13 @@ fn start(
     map.write(sandbox.pid)?;
     if idmap {
         let userns_path = format!("/proc/{}/ns/user", sandbox.pid);
-        let userns = std::fs::File::open(&userns_path)
-            .map_err(|e| RunError::Setup(format!("open {userns_path}: {e}")))?;
-        if let Err(e) = sys::mount_setattr_fd(
-            mounts.fds[worktree_fd].as_raw_fd(),
-            false,
-            sys::MOUNT_ATTR_IDMAP,
-            Some(userns.as_raw_fd()),
-        ) {
+        let userns = std::fs::File::open(&userns_path).map_err(|e| RunError::Setup(format!("open {userns_path}: {e}")))?;
+        if let Err(e) = sys::mount_setattr_fd(mounts.fds[worktree_fd].as_raw_fd(), false, sys::MOUNT_ATTR_IDMAP, Some(userns.as_raw_fd())) {
             if matches!(e.errno, Errno::EINVAL | Errno::EOPNOTSUPP | Errno::ENOSYS) {
                 tracing::debug!(error = %e, "idmapped mount refused");
                 return Err(Fallback::Idmap);
             }
-            return Err(RunError::Sys {
-                what: "idmapping the worktree mount",
-                source: e,
-            }
-            .into());
+            return Err(RunError::Sys { what: "idmapping the worktree mount", source: e }.into());
         }
     }
     sandbox.channel.send_spec(&spec, &mounts.raw_fds())?;
@@ -356,14 +267,9 @@ fn start(
 fn take_ready_fd(fd: Option<RawFd>) -> Result<Option<OwnedFd>, RunError> {
     let Some(fd) = fd else { return Ok(None) };
     if fd <= 2 || !sys::fd_is_open(fd) {
-        return invalid(format!(
-            "--ready-fd {fd} is not an open file descriptor above 2"
-        ));
+        return invalid(format!("--ready-fd {fd} is not an open file descriptor above 2"));
     }
-    sys::set_cloexec(fd, true).map_err(|source| RunError::Sys {
-        what: "--ready-fd",
-        source,
-    })?;
+    sys::set_cloexec(fd, true).map_err(|source| RunError::Sys { what: "--ready-fd", source })?;
     // SAFETY: the caller handed us this descriptor; from now on we own it.
     Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
@@ -375,13 +281,7 @@ pub struct SignalGuard {
     old: libc::sigset_t,
 }
 
-const LAUNCHER_SIGNALS: [libc::c_int; 5] = [
-    libc::SIGCHLD,
-    libc::SIGINT,
-    libc::SIGTERM,
-    libc::SIGHUP,
-    libc::SIGQUIT,
-];
+const LAUNCHER_SIGNALS: [libc::c_int; 5] = [libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
 impl SignalGuard {
     fn block() -> Result<SignalGuard, RunError> {
@@ -395,19 +295,10 @@ impl SignalGuard {
         // SAFETY: set is valid; -1 creates a new signalfd.
         let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
         if fd < 0 {
-            return Err(RunError::Sys {
-                what: "signalfd",
-                source: SysError {
-                    call: "signalfd".into(),
-                    errno: Errno::last(),
-                },
-            });
+            return Err(RunError::Sys { what: "signalfd", source: SysError { call: "signalfd".into(), errno: Errno::last() } });
         }
         // SAFETY: fresh fd.
-        Ok(SignalGuard {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            old,
-        })
+        Ok(SignalGuard { fd: unsafe { OwnedFd::from_raw_fd(fd) }, old })
     }
 
     /// Next pending signal, if any.
@@ -416,13 +307,7 @@ impl SignalGuard {
         let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
         let size = std::mem::size_of::<libc::signalfd_siginfo>();
         // SAFETY: reading into a correctly sized buffer.
-        let n = unsafe {
-            libc::read(
-                self.fd.as_raw_fd(),
-                (&mut info as *mut libc::signalfd_siginfo).cast(),
-                size,
-            )
-        };
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
         (n == size as isize).then_some(info.ssi_signo as libc::c_int)
     }
 }
@@ -445,20 +330,10 @@ struct Sandbox {
 
 impl Sandbox {
     fn spawn(host_uid: u32) -> Result<Sandbox, RunError> {
-        let (parent_end, child_end) =
-            sys::socketpair_seqpacket().map_err(|source| RunError::Sys {
-                what: "creating the sandbox channel",
-                source,
-            })?;
+        let (parent_end, child_end) = sys::socketpair_seqpacket().map_err(|source| RunError::Sys { what: "creating the sandbox channel", source })?;
         let child_fd = child_end.as_raw_fd();
-        let fd_arg = CString::new(child_fd.to_string())
-            .map_err(|_| RunError::Setup("fd argument".into()))?;
-        let argv = [
-            c"swarmcell".as_ptr(),
-            c"__init".as_ptr(),
-            fd_arg.as_ptr(),
-            std::ptr::null(),
-        ];
+        let fd_arg = CString::new(child_fd.to_string()).map_err(|_| RunError::Setup("fd argument".into()))?;
+        let argv = [c"swarmcell".as_ptr(), c"__init".as_ptr(), fd_arg.as_ptr(), std::ptr::null()];
         let envp = [std::ptr::null::<libc::c_char>()];
         let pid = match sys::clone_fork(crate::ns::CLONE_FLAGS) {
             Ok(0) => {
@@ -480,60 +355,30 @@ impl Sandbox {
             }
             Ok(pid) => pid,
             Err(e) => {
-                return Err(RunError::Namespaces(crate::ns::diagnose_clone_failure(
-                    e.errno,
-                )));
+                return Err(RunError::Namespaces(crate::ns::diagnose_clone_failure(e.errno)));
             }
         };
         drop(child_end);
-        Ok(Sandbox {
-            pid,
-            host_uid,
-            channel: Channel::new(parent_end),
-            reaped: false,
-        })
+        Ok(Sandbox { pid, host_uid, channel: Channel::new(parent_end), reaped: false })
     }
 
     /// Poll the channel and the launcher's signals until init is gone.
-    fn wait(
-        &mut self,
-        signals: &SignalGuard,
-        mut ready: Option<OwnedFd>,
-        id: &str,
-    ) -> Result<PayloadStatus, RunError> {
+    fn wait(&mut self, signals: &SignalGuard, mut ready: Option<OwnedFd>, id: &str) -> Result<PayloadStatus, RunError> {
         let mut status = None;
         let mut failure: Option<RunError> = None;
         let mut channel_open = true;
         let mut init_status = 0;
         while channel_open || !self.reaped {
             let mut pfds = [
-                libc::pollfd {
-                    fd: signals.fd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: if channel_open {
-                        self.channel.raw_fd()
-                    } else {
-                        -1
-                    },
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
+                libc::pollfd { fd: signals.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: if channel_open { self.channel.raw_fd() } else { -1 }, events: libc::POLLIN, revents: 0 },
             ];
             // SAFETY: pfds is a valid array of two pollfds.
             if unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) } < 0 {
                 if Errno::last() == Errno::EINTR {
                     continue;
                 }
-                return Err(RunError::Sys {
-                    what: "waiting for the sandbox",
-                    source: SysError {
-                        call: "poll".into(),
-                        errno: Errno::last(),
-                    },
-                });
+                return Err(RunError::Sys { what: "waiting for the sandbox", source: SysError { call: "poll".into(), errno: Errno::last() } });
             }
             if pfds[1].revents != 0 {
                 match self.channel.recv_from_init() {
@@ -544,20 +389,10 @@ impl Sandbox {
                         }
                     }
                     Ok(FromInit::Exited(s)) => status = Some(s),
-                    Ok(FromInit::SetupFailed { message }) => {
-                        failure = Some(RunError::Setup(message))
-                    }
+                    Ok(FromInit::SetupFailed { message }) => failure = Some(RunError::Setup(message)),
                     Ok(FromInit::ExecFailed { path, errno }) => {
                         let errno = Errno::from_raw(errno);
-                        failure = Some(RunError::Exec {
-                            verb: if errno == Errno::ENOENT {
-                                "find"
-                            } else {
-                                "execute"
-                            },
-                            path,
-                            errno,
-                        });
+                        failure = Some(RunError::Exec { verb: if errno == Errno::ENOENT { "find" } else { "execute" }, path, errno });
                     }
                     Err(ChannelError::Closed) => channel_open = false,
                     Err(e) => {
@@ -570,9 +405,7 @@ impl Sandbox {
                 if sig == libc::SIGCHLD {
                     if !self.reaped {
                         // SAFETY: init_status is a valid int.
-                        if unsafe { libc::waitpid(self.pid, &mut init_status, libc::WNOHANG) }
-                            == self.pid
-                        {
+                        if unsafe { libc::waitpid(self.pid, &mut init_status, libc::WNOHANG) } == self.pid {
                             self.reaped = true;
                         }
                     }
@@ -591,18 +424,14 @@ impl Sandbox {
             } else {
                 format!("exit status {}", libc::WEXITSTATUS(init_status))
             };
-            RunError::Setup(format!(
-                "sandbox {id}: init ended without reporting the payload's status ({how})"
-            ))
+            RunError::Setup(format!("sandbox {id}: init ended without reporting the payload's status ({how})"))
         })
     }
 }
 
 fn write_ready(fd: OwnedFd, id: &str, pid: libc::pid_t) {
     use std::io::Write;
-    let line = serde_json::json!({ "id": id, "pid": pid, "port": serde_json::Value::Null })
-        .to_string()
-        + "\n";
+    let line = serde_json::json!({ "id": id, "pid": pid, "port": serde_json::Value::Null }).to_string() + "\n";
     let mut f = std::fs::File::from(fd);
     if let Err(e) = f.write_all(line.as_bytes()) {
         tracing::warn!(error = %e, "could not write the ready line to --ready-fd");

@@ -28,15 +28,7 @@ pub enum Stage {
 
 impl Stage {
     pub fn from_u8(b: u8) -> Option<Stage> {
-        [
-            Stage::Session,
-            Stage::Privileges,
-            Stage::Descriptors,
-            Stage::Chdir,
-            Stage::Execve,
-        ]
-        .into_iter()
-        .find(|s| *s as u8 == b)
+        [Stage::Session, Stage::Privileges, Stage::Descriptors, Stage::Chdir, Stage::Execve].into_iter().find(|s| *s as u8 == b)
     }
 }
 

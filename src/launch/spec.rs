@@ -27,11 +27,7 @@ pub struct InitSpec {
 pub enum MountEntry {
     /// A detached mount tree (the `fd_index`-th fd sent with the spec), already
     /// flagged read-only/nosuid/nodev/idmapped by the parent, attached at `target`.
-    Tree {
-        target: PathBuf,
-        is_file: bool,
-        fd_index: usize,
-    },
+    Tree { target: PathBuf, is_file: bool, fd_index: usize },
     /// A symlink recreated inside the sandbox (e.g. `/lib -> usr/lib`).
     Symlink { target: PathBuf, link: PathBuf },
 }

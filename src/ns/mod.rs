@@ -6,32 +6,20 @@ pub mod user;
 /// Namespaces created by the `clone` that starts the sandbox init. The cgroup
 /// namespace is entered by init itself (`unshare`), after the parent has placed
 /// it in its cgroup, so that the namespace's root is the sandbox's own cgroup.
-pub const CLONE_FLAGS: libc::c_int = libc::CLONE_NEWUSER
-    | libc::CLONE_NEWNS
-    | libc::CLONE_NEWPID
-    | libc::CLONE_NEWNET
-    | libc::CLONE_NEWIPC
-    | libc::CLONE_NEWUTS;
+pub const CLONE_FLAGS: libc::c_int =
+    libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
 
 /// A one-line diagnosis for a failed `clone(CLONE_NEWUSER|...)`, naming the host
 /// setting that caused it and how to change it.
 pub fn diagnose_clone_failure(errno: nix::errno::Errno) -> String {
-    let read = |p: &str| {
-        std::fs::read_to_string(p)
-            .ok()
-            .map(|s| s.trim().to_string())
-    };
+    let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string());
     if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
         return "user namespaces are disabled (user.max_user_namespaces = 0); enable them with `sysctl -w user.max_user_namespaces=15000`".into();
     }
-    if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0")
-        && errno == nix::errno::Errno::EPERM
-    {
+    if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") && errno == nix::errno::Errno::EPERM {
         return "user namespaces are restricted (kernel.unprivileged_userns_clone = 0); run swarmcell as root or `sysctl -w kernel.unprivileged_userns_clone=1`".into();
     }
-    if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1")
-        && errno == nix::errno::Errno::EPERM
-    {
+    if read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1") && errno == nix::errno::Errno::EPERM {
         return "AppArmor restricts user namespaces (kernel.apparmor_restrict_unprivileged_userns = 1); install an AppArmor profile for swarmcell that allows `userns`, or set the sysctl to 0".into();
     }
     if user::is_nested() {

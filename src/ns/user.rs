@@ -13,10 +13,7 @@ pub enum MapError {
     #[error("refusing to run the sandbox as {kind} 0 inside its user namespace")]
     InsideRoot { kind: &'static str },
     #[error("writing {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,20 +40,13 @@ impl IdMap {
         if self.inside_gid == 0 {
             return Err(MapError::InsideRoot { kind: "gid" });
         }
-        Ok((
-            format!("{} {} 1\n", self.inside_uid, self.host_uid),
-            format!("{} {} 1\n", self.inside_gid, self.host_gid),
-        ))
+        Ok((format!("{} {} 1\n", self.inside_uid, self.host_uid), format!("{} {} 1\n", self.inside_gid, self.host_gid)))
     }
 
     /// Write `setgroups` = deny, then the uid and gid maps of process `pid`.
     pub fn write(&self, pid: libc::pid_t) -> Result<(), MapError> {
         let (uid_map, gid_map) = self.render()?;
-        for (file, contents) in [
-            ("setgroups", "deny\n"),
-            ("uid_map", uid_map.as_str()),
-            ("gid_map", gid_map.as_str()),
-        ] {
+        for (file, contents) in [("setgroups", "deny\n"), ("uid_map", uid_map.as_str()), ("gid_map", gid_map.as_str())] {
             let path = PathBuf::from(format!("/proc/{pid}/{file}"));
             std::fs::write(&path, contents).map_err(|source| MapError::Write { path, source })?;
         }
@@ -78,38 +68,13 @@ mod tests {
 
     #[test]
     fn maps_never_involve_root() {
-        let ok = IdMap {
-            inside_uid: 4242,
-            host_uid: 0x6000_0001,
-            inside_gid: 4243,
-            host_gid: 0x6000_0001,
-        };
+        let ok = IdMap { inside_uid: 4242, host_uid: 0x6000_0001, inside_gid: 4243, host_gid: 0x6000_0001 };
         let (u, g) = ok.render().unwrap();
         assert_eq!(u, "4242 1610612737 1\n");
         assert_eq!(g, "4243 1610612737 1\n");
-        assert!(matches!(
-            IdMap { host_uid: 0, ..ok }.render(),
-            Err(MapError::HostRoot { kind: "uid" })
-        ));
-        assert!(matches!(
-            IdMap { host_gid: 0, ..ok }.render(),
-            Err(MapError::HostRoot { kind: "gid" })
-        ));
-        assert!(matches!(
-            IdMap {
-                inside_uid: 0,
-                ..ok
-            }
-            .render(),
-            Err(MapError::InsideRoot { kind: "uid" })
-        ));
-        assert!(matches!(
-            IdMap {
-                inside_gid: 0,
-                ..ok
-            }
-            .render(),
-            Err(MapError::InsideRoot { kind: "gid" })
-        ));
+        assert!(matches!(IdMap { host_uid: 0, ..ok }.render(), Err(MapError::HostRoot { kind: "uid" })));
+        assert!(matches!(IdMap { host_gid: 0, ..ok }.render(), Err(MapError::HostRoot { kind: "gid" })));
+        assert!(matches!(IdMap { inside_uid: 0, ..ok }.render(), Err(MapError::InsideRoot { kind: "uid" })));
+        assert!(matches!(IdMap { inside_gid: 0, ..ok }.render(), Err(MapError::InsideRoot { kind: "gid" })));
     }
 }

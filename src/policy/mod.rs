@@ -94,9 +94,7 @@ impl Default for Process {
 
 impl Default for Filesystem {
     fn default() -> Self {
-        let ro = [
-            "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32",
-        ];
+        let ro = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"];
         Filesystem {
             read_only: ro.iter().map(PathBuf::from).collect(),
             read_write: Vec::new(),
@@ -114,12 +112,7 @@ impl Default for Network {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            memory: ByteSize::bytes(2 << 30),
-            swap: ByteSize::bytes(0),
-            pids: 1024,
-            cpu: 2.0,
-        }
+        Limits { memory: ByteSize::bytes(2 << 30), swap: ByteSize::bytes(0), pids: 1024, cpu: 2.0 }
     }
 }
 
@@ -140,10 +133,7 @@ impl Default for Health {
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("policy {file}: cannot read: {source}")]
-    Read {
-        file: String,
-        source: std::io::Error,
-    },
+    Read { file: String, source: std::io::Error },
     #[error("policy {file}: mode {mode:04o} is wider than 0640; run `chmod 0640 {file}`")]
     LooseMode { file: String, mode: u32 },
     #[error("policy {file}: owned by uid {uid}, expected root or uid {caller}")]
@@ -151,19 +141,9 @@ pub enum PolicyError {
     #[error("policy {file}: not a regular file")]
     NotAFile { file: String },
     #[error("policy {file}:{line}:{column}: {message}{near}")]
-    Parse {
-        file: String,
-        line: usize,
-        column: usize,
-        message: String,
-        near: Near,
-    },
+    Parse { file: String, line: usize, column: usize, message: String, near: Near },
     #[error("policy {file}: {field}: {message}")]
-    Invalid {
-        file: String,
-        field: String,
-        message: String,
-    },
+    Invalid { file: String, field: String, message: String },
 }
 
 /// The source line an error points at, shown as ` (at `...`)`.
@@ -183,21 +163,14 @@ impl Policy {
     /// The embedded default policy.
     pub fn builtin() -> Policy {
         // The embedded policy is checked by a unit test; a failure here is a build defect.
-        Policy::parse(DEFAULT_POLICY_TOML, DEFAULT_POLICY_NAME)
-            .unwrap_or_else(|e| panic!("built-in policy is invalid: {e}"))
+        Policy::parse(DEFAULT_POLICY_TOML, DEFAULT_POLICY_NAME).unwrap_or_else(|e| panic!("built-in policy is invalid: {e}"))
     }
 
     /// Load a policy file, refusing loose permissions and foreign owners.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         let file = path.display().to_string();
-        let f = std::fs::File::open(path).map_err(|source| PolicyError::Read {
-            file: file.clone(),
-            source,
-        })?;
-        let meta = f.metadata().map_err(|source| PolicyError::Read {
-            file: file.clone(),
-            source,
-        })?;
+        let f = std::fs::File::open(path).map_err(|source| PolicyError::Read { file: file.clone(), source })?;
+        let meta = f.metadata().map_err(|source| PolicyError::Read { file: file.clone(), source })?;
         if !meta.is_file() {
             return Err(PolicyError::NotAFile { file });
         }
@@ -208,16 +181,9 @@ impl Policy {
         // SAFETY: geteuid has no preconditions.
         let caller = unsafe { libc::geteuid() };
         if meta.uid() != 0 && meta.uid() != caller {
-            return Err(PolicyError::Owner {
-                file,
-                uid: meta.uid(),
-                caller,
-            });
+            return Err(PolicyError::Owner { file, uid: meta.uid(), caller });
         }
-        let text = std::io::read_to_string(f).map_err(|source| PolicyError::Read {
-            file: file.clone(),
-            source,
-        })?;
+        let text = std::io::read_to_string(f).map_err(|source| PolicyError::Read { file: file.clone(), source })?;
         Policy::parse(&text, &file)
     }
 
@@ -228,21 +194,9 @@ impl Policy {
                 Some(span) => locate(text, span.start),
                 None => (0, 0, None),
             };
-            PolicyError::Parse {
-                file: file.to_string(),
-                line,
-                column,
-                message: e.message().trim().to_string(),
-                near: Near(near),
-            }
+            PolicyError::Parse { file: file.to_string(), line, column, message: e.message().trim().to_string(), near: Near(near) }
         })?;
-        policy
-            .validate()
-            .map_err(|(field, message)| PolicyError::Invalid {
-                file: file.to_string(),
-                field,
-                message,
-            })?;
+        policy.validate().map_err(|(field, message)| PolicyError::Invalid { file: file.to_string(), field, message })?;
         Ok(policy)
     }
 
@@ -253,10 +207,7 @@ impl Policy {
                 return err(&format!("process.env[{i}]"), m);
             }
         }
-        for (field, list) in [
-            ("filesystem.read_only", &self.filesystem.read_only),
-            ("filesystem.read_write", &self.filesystem.read_write),
-        ] {
+        for (field, list) in [("filesystem.read_only", &self.filesystem.read_only), ("filesystem.read_write", &self.filesystem.read_write)] {
             for (i, p) in list.iter().enumerate() {
                 if let Err(m) = check_sandbox_path(p) {
                     return err(&format!("{field}[{i}]"), m);
@@ -265,55 +216,25 @@ impl Policy {
         }
         let tmp = self.filesystem.tmp_size.0;
         if tmp.is_none_or(|n| n < (1 << 20)) {
-            return err(
-                "filesystem.tmp_size",
-                format!(
-                    "{} is out of range (1M or more, not \"max\")",
-                    self.filesystem.tmp_size
-                ),
-            );
+            return err("filesystem.tmp_size", format!("{} is out of range (1M or more, not \"max\")", self.filesystem.tmp_size));
         }
         if self.filesystem.shm_size.0.is_none_or(|n| n < (1 << 20)) {
-            return err(
-                "filesystem.shm_size",
-                format!(
-                    "{} is out of range (1M or more, not \"max\")",
-                    self.filesystem.shm_size
-                ),
-            );
+            return err("filesystem.shm_size", format!("{} is out of range (1M or more, not \"max\")", self.filesystem.shm_size));
         }
         if self.network.inner_port == 0 {
             return err("network.inner_port", "0 is not a port (1-65535)".into());
         }
         if self.limits.memory.0.is_some_and(|n| n < (4 << 20)) {
-            return err(
-                "limits.memory",
-                format!("{} is too small (4M or more)", self.limits.memory),
-            );
+            return err("limits.memory", format!("{} is too small (4M or more)", self.limits.memory));
         }
         if self.limits.pids == 0 {
-            return err(
-                "limits.pids",
-                "0 would not even allow the payload (1 or more)".into(),
-            );
+            return err("limits.pids", "0 would not even allow the payload (1 or more)".into());
         }
         if !(self.limits.cpu.is_finite() && self.limits.cpu >= 0.01 && self.limits.cpu <= 1024.0) {
-            return err(
-                "limits.cpu",
-                format!("{} is out of range (0.01 to 1024 cores)", self.limits.cpu),
-            );
+            return err("limits.cpu", format!("{} is out of range (0.01 to 1024 cores)", self.limits.cpu));
         }
-        if !self.health.path.starts_with('/')
-            || self.health.path.len() > 1024
-            || self.health.path.chars().any(|c| c.is_control() || c == ' ')
-        {
-            return err(
-                "health.path",
-                format!(
-                    "{:?} must be an absolute URL path without spaces or control characters",
-                    self.health.path
-                ),
-            );
+        if !self.health.path.starts_with('/') || self.health.path.len() > 1024 || self.health.path.chars().any(|c| c.is_control() || c == ' ') {
+            return err("health.path", format!("{:?} must be an absolute URL path without spaces or control characters", self.health.path));
         }
         if self.health.timeout.0.is_zero() || self.health.interval.0.is_zero() {
             return err("health", "timeout and interval must be more than 0".into());
@@ -333,11 +254,7 @@ fn locate(text: &str, offset: usize) -> (usize, usize, Option<String>) {
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let column = before[line_start..].chars().count() + 1;
     let line_text = text[line_start..].lines().next().unwrap_or("").trim();
-    (
-        line,
-        column,
-        (!line_text.is_empty()).then(|| line_text.chars().take(120).collect()),
-    )
+    (line, column, (!line_text.is_empty()).then(|| line_text.chars().take(120).collect()))
 }
 
 /// Environment variable names that may be passed through. Loader and shell
@@ -349,23 +266,10 @@ pub fn check_env_name(name: &str) -> Result<(), String> {
         && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if !valid {
-        return Err(format!(
-            "{name:?} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*, at most 128)"
-        ));
+        return Err(format!("{name:?} is not a valid variable name ([A-Za-z_][A-Za-z0-9_]*, at most 128)"));
     }
-    if name.starts_with("LD_")
-        || [
-            "BASH_ENV",
-            "ENV",
-            "PYTHONSTARTUP",
-            "NODE_OPTIONS",
-            "PERL5OPT",
-        ]
-        .contains(&name)
-    {
-        return Err(format!(
-            "{name} may not be passed into a sandbox: it makes programs load code"
-        ));
+    if name.starts_with("LD_") || ["BASH_ENV", "ENV", "PYTHONSTARTUP", "NODE_OPTIONS", "PERL5OPT"].contains(&name) {
+        return Err(format!("{name} may not be passed into a sandbox: it makes programs load code"));
     }
     Ok(())
 }
@@ -375,9 +279,7 @@ pub fn check_sandbox_path(p: &Path) -> Result<(), String> {
     if !p.is_absolute() {
         return Err(format!("{} is not an absolute path", p.display()));
     }
-    if p.components()
-        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-    {
+    if p.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
         return Err(format!("{} contains `.` or `..`", p.display()));
     }
     if p.parent().is_none() {
@@ -388,10 +290,7 @@ pub fn check_sandbox_path(p: &Path) -> Result<(), String> {
     }
     for reserved in ["/proc", "/dev", "/sys"] {
         if p.starts_with(reserved) {
-            return Err(format!(
-                "{} is under {reserved}, which the sandbox builds itself",
-                p.display()
-            ));
+            return Err(format!("{} is under {reserved}, which the sandbox builds itself", p.display()));
         }
     }
     Ok(())
@@ -424,24 +323,18 @@ mod tests {
 
     #[test]
     fn unknown_key_error_names_file_line_and_field() {
-        let e = Policy::parse("[limits]\npids = 5\nmemroy = \"1G\"\n", "p.toml")
-            .unwrap_err()
-            .to_string();
+        let e = Policy::parse("[limits]\npids = 5\nmemroy = \"1G\"\n", "p.toml").unwrap_err().to_string();
         assert!(e.starts_with("policy p.toml:3:1: "), "{e}");
         assert!(e.contains("memroy"), "{e}");
     }
 
     #[test]
     fn bad_value_error_names_line_and_shows_the_field() {
-        let e = Policy::parse("[filesystem]\ntmp_size = \"12Q\"\n", "p.toml")
-            .unwrap_err()
-            .to_string();
+        let e = Policy::parse("[filesystem]\ntmp_size = \"12Q\"\n", "p.toml").unwrap_err().to_string();
         assert!(e.contains("p.toml:2:"), "{e}");
         assert!(e.contains("tmp_size"), "{e}");
         assert!(e.contains("12Q"), "{e}");
-        let e = Policy::parse("[network]\ninner_port = 70000\n", "p.toml")
-            .unwrap_err()
-            .to_string();
+        let e = Policy::parse("[network]\ninner_port = 70000\n", "p.toml").unwrap_err().to_string();
         assert!(e.contains("p.toml:2:") && e.contains("inner_port"), "{e}");
     }
 
@@ -450,18 +343,9 @@ mod tests {
         let cases = [
             ("[process]\nenv = [\"LD_PRELOAD\"]", "process.env[0]"),
             ("[process]\nenv = [\"A-B\"]", "process.env[0]"),
-            (
-                "[filesystem]\nread_only = [\"usr\"]",
-                "filesystem.read_only[0]",
-            ),
-            (
-                "[filesystem]\nread_write = [\"/x/../etc\"]",
-                "filesystem.read_write[0]",
-            ),
-            (
-                "[filesystem]\nread_write = [\"/proc/sys\"]",
-                "filesystem.read_write[0]",
-            ),
+            ("[filesystem]\nread_only = [\"usr\"]", "filesystem.read_only[0]"),
+            ("[filesystem]\nread_write = [\"/x/../etc\"]", "filesystem.read_write[0]"),
+            ("[filesystem]\nread_write = [\"/proc/sys\"]", "filesystem.read_write[0]"),
             ("[limits]\npids = 0", "limits.pids"),
             ("[limits]\ncpu = 0.0", "limits.cpu"),
             ("[limits]\nmemory = \"1K\"", "limits.memory"),
@@ -470,18 +354,14 @@ mod tests {
         ];
         for (text, field) in cases {
             let e = Policy::parse(text, "p.toml").unwrap_err().to_string();
-            assert!(
-                e.starts_with(&format!("policy p.toml: {field}:")),
-                "{text}: {e}"
-            );
+            assert!(e.starts_with(&format!("policy p.toml: {field}:")), "{text}: {e}");
         }
     }
 
     #[test]
     fn loose_mode_and_missing_files_are_refused() {
         use std::os::unix::fs::PermissionsExt;
-        let dir =
-            std::env::temp_dir().join(format!("swarmcell-policy-test-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("swarmcell-policy-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("p.toml");
         std::fs::write(&f, "").unwrap();
@@ -490,9 +370,7 @@ mod tests {
         assert!(e.contains("mode 0644 is wider than 0640"), "{e}");
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
         assert!(Policy::load(&f).is_ok());
-        let e = Policy::load(&dir.join("missing.toml"))
-            .unwrap_err()
-            .to_string();
+        let e = Policy::load(&dir.join("missing.toml")).unwrap_err().to_string();
         assert!(e.contains("missing.toml: cannot read"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

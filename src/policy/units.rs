@@ -34,12 +34,7 @@ impl fmt::Display for ByteSize {
         let Some(n) = self.0 else {
             return f.write_str("max");
         };
-        const UNITS: [(u64, &str); 4] = [
-            (1 << 40, "T"),
-            (1 << 30, "G"),
-            (1 << 20, "M"),
-            (1 << 10, "K"),
-        ];
+        const UNITS: [(u64, &str); 4] = [(1 << 40, "T"), (1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
         for (mult, suffix) in UNITS {
             if n != 0 && n % mult == 0 {
                 return write!(f, "{}{suffix}", n / mult);
@@ -63,20 +58,14 @@ pub fn parse_size(s: &str) -> Result<Option<u64>, String> {
                 "G" | "g" | "GiB" => 1 << 30,
                 "T" | "t" | "TiB" => 1 << 40,
                 other => {
-                    return Err(format!(
-                        "invalid size {s:?}: unknown unit {other:?} (use K, M, G, T or \"max\")"
-                    ));
+                    return Err(format!("invalid size {s:?}: unknown unit {other:?} (use K, M, G, T or \"max\")"));
                 }
             };
             (&t[..i], mult)
         }
     };
-    let n: u64 = digits.parse().map_err(|_| {
-        format!("invalid size {s:?}: expected a number with an optional K/M/G/T unit")
-    })?;
-    n.checked_mul(mult)
-        .map(Some)
-        .ok_or_else(|| format!("invalid size {s:?}: too large"))
+    let n: u64 = digits.parse().map_err(|_| format!("invalid size {s:?}: expected a number with an optional K/M/G/T unit"))?;
+    n.checked_mul(mult).map(Some).ok_or_else(|| format!("invalid size {s:?}: too large"))
 }
 
 /// A duration written as `N(ms|s|m|h)`.
@@ -100,35 +89,24 @@ impl From<HumanDuration> for String {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 == 0 {
-            write!(f, "{}s", ms / 1000)
-        } else {
-            write!(f, "{ms}ms")
-        }
+        if ms % 1000 == 0 { write!(f, "{}s", ms / 1000) } else { write!(f, "{ms}ms") }
     }
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("invalid duration {s:?}: missing unit (ms, s, m or h)"))?;
-    let n: u64 = t[..split].parse().map_err(|_| {
-        format!("invalid duration {s:?}: expected a number followed by ms, s, m or h")
-    })?;
+    let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(|| format!("invalid duration {s:?}: missing unit (ms, s, m or h)"))?;
+    let n: u64 = t[..split].parse().map_err(|_| format!("invalid duration {s:?}: expected a number followed by ms, s, m or h"))?;
     let ms = match &t[split..] {
         "ms" => Some(n),
         "s" => n.checked_mul(1000),
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
         other => {
-            return Err(format!(
-                "invalid duration {s:?}: unknown unit {other:?} (use ms, s, m or h)"
-            ));
+            return Err(format!("invalid duration {s:?}: unknown unit {other:?} (use ms, s, m or h)"));
         }
     };
-    ms.map(Duration::from_millis)
-        .ok_or_else(|| format!("invalid duration {s:?}: too large"))
+    ms.map(Duration::from_millis).ok_or_else(|| format!("invalid duration {s:?}: too large"))
 }
 
 #[cfg(test)]
@@ -161,9 +139,6 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("3d").is_err());
-        assert_eq!(
-            HumanDuration(Duration::from_millis(1500)).to_string(),
-            "1500ms"
-        );
+        assert_eq!(HumanDuration(Duration::from_millis(1500)).to_string(), "1500ms");
     }
 }

@@ -1,0 +1,106 @@
+//! Shared helpers for the privileged integration tests: they run the real
+//! `swarmcell` binary as root against the real kernel, in fixtures under a
+//! fresh temporary directory that is removed afterwards.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const OWNER: u32 = 4242;
+/// The default per-sandbox host uid range (see `swarmcell run --uid-range`).
+pub const UID_BASE: u32 = 0x6000_0000;
+pub const UID_COUNT: u32 = 65536;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_swarmcell")
+}
+
+/// These tests need root (namespaces, mounts, uid maps). They fail, never skip.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "privileged test: run as root (scripts/test does); it cannot pass or skip otherwise");
+}
+
+/// A temporary directory with a worktree owned by OWNER (0700), removed on drop.
+pub struct Fixture {
+    pub dir: PathBuf,
+    pub worktree: PathBuf,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        require_root();
+        let out = Command::new("mktemp").args(["-d", "/tmp/swarmcell-test.XXXXXXXX"]).output().expect("mktemp");
+        assert!(out.status.success());
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let worktree = dir.join("wt");
+        make_owned_dir(&worktree, OWNER, OWNER);
+        Fixture { dir, worktree }
+    }
+
+    /// `swarmcell run --worktree WT [extra...] -- /bin/sh -c SCRIPT`.
+    pub fn sh(&self, extra: &[&str], script: &str) -> Output {
+        self.run(extra, &["/bin/sh", "-c", script])
+    }
+
+    pub fn run(&self, extra: &[&str], cmd: &[&str]) -> Output {
+        let out = self.command(extra, cmd).output().expect("spawn swarmcell");
+        assert_no_sandbox_left();
+        out
+    }
+
+    pub fn command(&self, extra: &[&str], cmd: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.arg("run").arg("--worktree").arg(&self.worktree).args(extra).arg("--").args(cmd);
+        c.stdin(Stdio::null());
+        c
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn make_owned_dir(path: &Path, uid: u32, gid: u32) {
+    std::fs::create_dir_all(path).unwrap();
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Assert exit status 0 and return stdout.
+pub fn ok(o: &Output) -> String {
+    assert_eq!(o.status.code(), Some(0), "stdout: {}\nstderr: {}", stdout(o), stderr(o));
+    stdout(o)
+}
+
+/// No process runs as a per-sandbox uid or the test owner, and no uid lease is held.
+pub fn assert_no_sandbox_left() {
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
+        let uid: u32 =
+            status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let in_range = (UID_BASE..UID_BASE + UID_COUNT).contains(&uid) || uid == OWNER;
+        assert!(!in_range, "sandbox process left behind: pid {pid} uid {uid}\n{status}");
+    }
+    let leases = std::fs::read_dir("/run/swarmcell/uids").map(|d| d.count()).unwrap_or(0);
+    assert_eq!(leases, 0, "a uid lease is still held in /run/swarmcell/uids");
+}
+
+/// Where the swarmcell binary lives, to bind it read-only for `__probe`.
+pub fn bin_dir() -> String {
+    Path::new(bin()).parent().unwrap().to_string_lossy().into_owned()
+}
