@@ -1,37 +1,35 @@
-//! Child side: drop every capability from every set. Runs in the sandbox, after
-//! the root filesystem is built and before the payload is exec'd.
+//! Child side: drop every capability from every set, with raw syscalls only, so
+//! that it is safe between `fork` and `execve` (no allocation, no locks).
 
-use caps::CapSet;
+use crate::sys::{self, Errno, SysError};
 
 #[derive(Debug, thiserror::Error)]
 #[error("dropping capabilities: {0}")]
-pub struct CapsError(String);
+pub struct CapsError(#[from] SysError);
 
-/// The highest capability number this kernel knows (it may know more than the
-/// `caps` crate does, so the bounding set is dropped by number).
-fn last_cap() -> u8 {
+/// The highest capability number this kernel knows. Read before forking: the
+/// kernel may know more capabilities than any crate's list.
+pub fn last_cap() -> u32 {
     std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(63)
 }
 
-/// Drop the bounding set and clear ambient, inheritable, effective and permitted.
-/// Needs CAP_SETPCAP in the effective set for the bounding set, so call it before
-/// anything else clears capabilities.
-pub fn drop_all() -> Result<(), CapsError> {
-    for cap in 0..=last_cap() {
-        // SAFETY: PR_CAPBSET_DROP takes a capability number; EINVAL past the last one.
-        let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
-        if ret < 0 && nix::errno::Errno::last() != nix::errno::Errno::EINVAL {
-            return Err(CapsError(format!("prctl(PR_CAPBSET_DROP, {cap}): {}", nix::errno::Errno::last())));
+/// Drop the bounding set (needs CAP_SETPCAP, so first), clear the ambient set,
+/// then clear inheritable, permitted and effective. Async-signal-safe.
+pub fn drop_all(last_cap: u32) -> Result<(), CapsError> {
+    for cap in 0..=last_cap {
+        match sys::prctl(libc::PR_CAPBSET_DROP, cap.into(), "PR_CAPBSET_DROP") {
+            Err(e) if e.errno == Errno::EINVAL => break,
+            r => r.map(drop)?,
         }
     }
-    for set in [CapSet::Ambient, CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
-        caps::clear(None, set).map_err(|e| CapsError(format!("clear {set:?}: {e}")))?;
-    }
+    sys::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, "PR_CAP_AMBIENT_CLEAR_ALL")?;
+    sys::clear_capabilities()?;
     Ok(())
 }
 
 /// `PR_SET_NO_NEW_PRIVS`: no exec can ever grant privileges again (setuid bits
-/// and file capabilities are ignored).
+/// and file capabilities are ignored). Async-signal-safe.
 pub fn set_no_new_privs() -> Result<(), CapsError> {
-    crate::sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS").map(drop).map_err(|e| CapsError(e.to_string()))
+    sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")?;
+    Ok(())
 }

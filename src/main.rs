@@ -91,6 +91,12 @@ enum PolicyCommand {
 }
 
 fn main() -> ExitCode {
+    // The sandbox init is exec'd on every launch: skip the CLI parser.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() == Some(std::ffi::OsStr::new("__init")) {
+        let fd = args.next().and_then(|a| a.to_str().and_then(|s| s.parse().ok())).unwrap_or(-1);
+        launch::init::main(fd);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -99,13 +105,10 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    if let Command::Init { fd } = cli.command {
-        launch::init::main(fd);
-    }
     swarmcell::logging::init(matches!(cli.log_format, LogFormat::Json), &cli.log_level);
     let log = LogConfig { json: matches!(cli.log_format, LogFormat::Json), level: cli.log_level.clone() };
     let result = match cli.command {
-        Command::Init { .. } => unreachable!("handled above"),
+        Command::Init { fd } => launch::init::main(fd),
         Command::Probe { name } => return ExitCode::from(swarmcell::probe::main(&name)),
         Command::Run(args) => run(args, log),
         Command::Policy(PolicyCommand::Check { file }) => Policy::load(&file)

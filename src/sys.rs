@@ -165,9 +165,10 @@ pub fn supplementary_group_count() -> SysResult<usize> {
     check(ret.into(), || "getgroups(0)".to_string()).map(|n| n as usize)
 }
 
+/// Integer-argument `prctl`. Async-signal-safe (the name is formatted on error only).
 pub fn prctl(option: libc::c_int, arg2: libc::c_ulong, name: &str) -> SysResult<libc::c_int> {
-    // SAFETY: integer-argument prctl options only.
-    let ret = unsafe { libc::prctl(option, arg2, 0, 0, 0) };
+    // SAFETY: integer-argument prctl options only; unused arguments are 0.
+    let ret = unsafe { libc::prctl(option, arg2, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
     check(ret.into(), || format!("prctl({name}, {arg2})")).map(|r| r as libc::c_int)
 }
 
@@ -335,6 +336,15 @@ struct CapData {
 }
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Clear the effective, permitted and inheritable sets. Async-signal-safe.
+pub fn clear_capabilities() -> SysResult<()> {
+    let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let data = [CapData::default(); 2];
+    // SAFETY: hdr and data are the v3 layout the kernel expects (two data words).
+    let ret = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
+    check(ret, || "capset(all empty)".to_string()).map(drop)
+}
 
 /// Make every permitted capability inheritable and ambient, so that it survives
 /// the next `execve` of an unprivileged binary. Async-signal-safe.

@@ -131,8 +131,7 @@ mod tests {
     use super::*;
 
     fn temp_state() -> PathBuf {
-        let p = std::env::temp_dir().join(format!("swarmcell-uid-test-{}-{}", std::process::id(), rand_u32()));
-        p
+        std::env::temp_dir().join(format!("swarmcell-uid-test-{}-{}", std::process::id(), rand_u32()))
     }
 
     fn rand_u32() -> u32 {

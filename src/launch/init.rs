@@ -95,8 +95,10 @@ fn run(chan: &Channel, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStat
     if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
         return Err(Failure::Setup(format!("unshare(CLONE_NEWCGROUP): {}", nix::errno::Errno::last())));
     }
+    tracing::debug!("init: credentials set");
     crate::fs::rootfs::build(spec, &fds)?;
     drop(fds);
+    tracing::debug!("init: root built");
     sys::sethostname(&spec.id)?;
     sys::loopback_up()?;
 
@@ -116,6 +118,7 @@ fn run(chan: &Channel, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStat
         nix::unistd::ForkResult::Parent { child } => child.as_raw(),
     };
     drop(err_w);
+    tracing::debug!("init: payload forked");
     if let Some((stage, errno)) = read_exec_error(err_r) {
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(payload_pid), None);
         return Err(match stage {
@@ -126,7 +129,7 @@ fn run(chan: &Channel, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStat
 
     // init keeps no privilege: it only reaps and signals processes of its own uid.
     crate::caps::set_no_new_privs()?;
-    crate::caps::drop_all()?;
+    crate::caps::drop_all(prepared.last_cap)?;
     sys::prctl(libc::PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")?;
     let _ = chan.send_to_parent(&FromInit::Running);
     tracing::debug!(sandbox = %spec.id, payload_pid, "payload running");
@@ -148,16 +151,13 @@ fn prepare_exec(spec: &InitSpec) -> Result<PreparedExec, Failure> {
     if !path.is_absolute() && !spec.argv[0].contains('/') {
         return Err(Failure::Exec { path: spec.argv[0].clone(), errno: libc::ENOENT });
     }
-    Ok(PreparedExec {
-        path: sys::cstring(&path)?,
-        argv: spec.argv.iter().map(sys::cstring).collect::<Result<_, _>>()?,
-        envp: spec
-            .env
-            .iter()
-            .map(|(k, v)| CString::new(format!("{k}={v}")).map_err(|_| Failure::Setup(format!("variable {k} contains a NUL byte"))))
-            .collect::<Result<_, _>>()?,
-        cwd: sys::cstring(&spec.cwd)?,
-    })
+    let argv = spec.argv.iter().map(sys::cstring).collect::<Result<_, _>>()?;
+    let envp = spec
+        .env
+        .iter()
+        .map(|(k, v)| CString::new(format!("{k}={v}")).map_err(|_| Failure::Setup(format!("variable {k} contains a NUL byte"))))
+        .collect::<Result<_, _>>()?;
+    Ok(PreparedExec::new(sys::cstring(&path)?, argv, envp, sys::cstring(&spec.cwd)?, crate::caps::last_cap()))
 }
 
 /// EOF means the exec succeeded (the pipe was close-on-exec).

@@ -227,6 +227,12 @@ impl<E: Into<RunError>> From<E> for Fallback {
 }
 
 fn start(req: &RunRequest, wt: &Worktree, mut spec: InitSpec, map: IdMap, idmap: bool) -> Result<Sandbox, Fallback> {
+    // Clone first: the child's exec of `swarmcell __init` then overlaps with the
+    // host-side mount preparation below (it waits for the spec anyway).
+    let sandbox = Sandbox::spawn(map.host_uid)?;
+    tracing::debug!(pid = sandbox.pid, "init cloned");
+    map.write(sandbox.pid)?;
+
     let mut mounts = PreparedMounts::default();
     for p in &req.policy.filesystem.read_only {
         mounts.add_bind(p, Access::ReadOnly, false, "read-only path")?;
@@ -244,10 +250,6 @@ fn start(req: &RunRequest, wt: &Worktree, mut spec: InitSpec, map: IdMap, idmap:
     let worktree_fd = mounts.add_worktree(&wt.path)?;
     mounts.sort();
     spec.mounts = mounts.entries.clone();
-
-    let host_uid = map.host_uid;
-    let sandbox = Sandbox::spawn(host_uid)?;
-    map.write(sandbox.pid)?;
     if idmap {
         let userns_path = format!("/proc/{}/ns/user", sandbox.pid);
         let userns = std::fs::File::open(&userns_path).map_err(|e| RunError::Setup(format!("open {userns_path}: {e}")))?;
@@ -260,6 +262,7 @@ fn start(req: &RunRequest, wt: &Worktree, mut spec: InitSpec, map: IdMap, idmap:
         }
     }
     sandbox.channel.send_spec(&spec, &mounts.raw_fds())?;
+    tracing::debug!("spec sent");
     Ok(sandbox)
 }
 

@@ -7,12 +7,26 @@ use std::os::fd::RawFd;
 
 use crate::sys;
 
-/// What the payload execs, prepared before the fork.
+/// What the payload execs, prepared before the fork so that the child only
+/// makes system calls.
 pub struct PreparedExec {
     pub path: CString,
-    pub argv: Vec<CString>,
-    pub envp: Vec<CString>,
+    // Owned here so that the pointer arrays below stay valid.
+    _argv: Vec<CString>,
+    _envp: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp_ptrs: Vec<*const libc::c_char>,
     pub cwd: CString,
+    /// `/proc/sys/kernel/cap_last_cap`, read before the fork.
+    pub last_cap: u32,
+}
+
+impl PreparedExec {
+    pub fn new(path: CString, argv: Vec<CString>, envp: Vec<CString>, cwd: CString, last_cap: u32) -> PreparedExec {
+        let ptrs = |v: &[CString]| v.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
+        let (argv_ptrs, envp_ptrs) = (ptrs(&argv), ptrs(&envp));
+        PreparedExec { path, _argv: argv, _envp: envp, argv_ptrs, envp_ptrs, cwd, last_cap }
+    }
 }
 
 /// Where the payload's set-up failed, reported to init through the error pipe.
@@ -60,7 +74,7 @@ pub fn exec(p: &PreparedExec, err_fd: RawFd) -> ! {
     if let Err(e) = sys::set_sigmask(libc::SIG_SETMASK, &sys::sigset(&[])) {
         fail(err_fd, Stage::Session, errno_of(&e));
     }
-    if crate::caps::set_no_new_privs().is_err() || crate::caps::drop_all().is_err() {
+    if crate::caps::set_no_new_privs().is_err() || crate::caps::drop_all(p.last_cap).is_err() {
         fail(err_fd, Stage::Privileges, nix::errno::Errno::last() as i32);
     }
     // Everything but stdio closes at exec (the error pipe included).
@@ -71,11 +85,8 @@ pub fn exec(p: &PreparedExec, err_fd: RawFd) -> ! {
     if unsafe { libc::chdir(p.cwd.as_ptr()) } != 0 {
         fail(err_fd, Stage::Chdir, nix::errno::Errno::last() as i32);
     }
-    let mut argv: Vec<*const libc::c_char> = p.argv.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = p.envp.iter().map(|a| a.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    // SAFETY: path, argv and envp are NUL-terminated arrays of valid C strings.
-    unsafe { libc::execve(p.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    // SAFETY: path is a valid C string; argv_ptrs and envp_ptrs are NULL-terminated
+    // arrays of pointers into CStrings that outlive this call.
+    unsafe { libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr()) };
     fail(err_fd, Stage::Execve, nix::errno::Errno::last() as i32)
 }

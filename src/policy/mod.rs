@@ -17,7 +17,7 @@ use units::{ByteSize, HumanDuration};
 pub const DEFAULT_POLICY_TOML: &str = include_str!("../../policies/opencode.toml");
 pub const DEFAULT_POLICY_NAME: &str = "<built-in opencode.toml>";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
     pub process: Process,
@@ -27,7 +27,7 @@ pub struct Policy {
     pub health: Health,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Process {
     /// Variables copied from the launcher's environment, by name, besides
@@ -72,24 +72,6 @@ pub struct Health {
     pub timeout: HumanDuration,
     pub interval: HumanDuration,
     pub failures: u32,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            process: Process::default(),
-            filesystem: Filesystem::default(),
-            network: Network::default(),
-            limits: Limits::default(),
-            health: Health::default(),
-        }
-    }
-}
-
-impl Default for Process {
-    fn default() -> Self {
-        Process { env: Vec::new() }
-    }
 }
 
 impl Default for Filesystem {

@@ -36,7 +36,7 @@ impl fmt::Display for ByteSize {
         };
         const UNITS: [(u64, &str); 4] = [(1 << 40, "T"), (1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
         for (mult, suffix) in UNITS {
-            if n != 0 && n % mult == 0 {
+            if n != 0 && n.is_multiple_of(mult) {
                 return write!(f, "{}{suffix}", n / mult);
             }
         }
@@ -89,7 +89,7 @@ impl From<HumanDuration> for String {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 == 0 { write!(f, "{}s", ms / 1000) } else { write!(f, "{ms}ms") }
+        if ms.is_multiple_of(1000) { write!(f, "{}s", ms / 1000) } else { write!(f, "{ms}ms") }
     }
 }
 
