@@ -6,16 +6,19 @@
 //!   `launch::payload` (fork → exec), talking over `launch::channel`;
 //! - `fs::host_binds` (parent) and `fs::rootfs` (child): the filesystem view;
 //! - `ns` (maps, namespace diagnostics), `caps`, `fds`, `uidalloc`;
+//! - `landlock` and `seccomp`: prepared before the fork, applied last in the payload;
 //! - `sys`: every raw system call.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod caps;
 pub mod fds;
 pub mod fs;
+pub mod landlock;
 pub mod launch;
 pub mod logging;
 pub mod ns;
 pub mod policy;
 pub mod probe;
+pub mod seccomp;
 pub mod sys;
 pub mod uidalloc;

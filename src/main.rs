@@ -41,7 +41,7 @@ enum Command {
     #[command(name = "__init", hide = true)]
     Init { fd: i32 },
     #[command(name = "__probe", hide = true)]
-    Probe { name: String },
+    Probe { name: String, arg: Option<String> },
 }
 
 #[derive(clap::Args)]
@@ -109,7 +109,7 @@ fn main() -> ExitCode {
     let log = LogConfig { json: matches!(cli.log_format, LogFormat::Json), level: cli.log_level.clone() };
     let result = match cli.command {
         Command::Init { fd } => launch::init::main(fd),
-        Command::Probe { name } => return ExitCode::from(swarmcell::probe::main(&name)),
+        Command::Probe { name, arg } => return ExitCode::from(swarmcell::probe::main(&name, arg.as_deref())),
         Command::Run(args) => run(args, log),
         Command::Policy(PolicyCommand::Check { file }) => Policy::load(&file)
             .map(|_| {
@@ -118,13 +118,13 @@ fn main() -> ExitCode {
             })
             .map_err(|e| (e.to_string(), launch::EXIT_LAUNCHER_ERROR)),
         Command::Policy(PolicyCommand::Explain { file }) => {
-            let policy = match file {
-                Some(f) => Policy::load(&f),
-                None => Ok(Policy::builtin()),
+            let (policy, source) = match &file {
+                Some(f) => (Policy::load(f), f.display().to_string()),
+                None => (Ok(Policy::builtin()), policy::DEFAULT_POLICY_NAME.to_string()),
             };
             policy
                 .map(|p| {
-                    print!("{}", toml::to_string_pretty(&p).unwrap_or_default());
+                    print!("{}", policy::explain::explain(&p, &source));
                     0
                 })
                 .map_err(|e| (e.to_string(), launch::EXIT_LAUNCHER_ERROR))

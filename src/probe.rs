@@ -1,40 +1,363 @@
-//! `swarmcell __probe NAME`: small checks run *inside* a sandbox by the tests
-//! (and later by `swarmcell verify`). Each prints one line and exits 0 when the
-//! sandbox held (`blocked: ...`), 1 when it did not (`ESCAPED: ...`).
+//! `swarmcell __probe NAME [ARG]`: checks run *inside* a sandbox by the tests
+//! (and by `swarmcell verify`). Each line is `NAME STATUS DETAIL` with STATUS one
+//! of `blocked` (refused as intended), `ESCAPED` (the call succeeded), `other`
+//! (refused, but not with the intended errno: the filter did not catch it) or
+//! `ok` (a call that must keep working did). Exit 0 when every check held.
 
+use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 
-pub fn main(name: &str) -> u8 {
-    let (held, detail) = match name {
-        "tiocsti" => tiocsti(),
-        "fds" => fds(),
-        other => {
-            eprintln!("swarmcell __probe: unknown probe {other:?} (known: tiocsti, fds)");
+use nix::errno::Errno;
+
+pub fn main(name: &str, arg: Option<&str>) -> u8 {
+    let results = match (name, arg) {
+        ("tiocsti", _) => vec![tiocsti()],
+        ("fds", _) => vec![fds()],
+        ("seccomp", _) => seccomp_battery(),
+        ("read", Some(path)) => vec![read(path)],
+        ("bind", Some(port)) => vec![tcp("bind", port)],
+        ("connect", Some(port)) => vec![tcp("connect", port)],
+        ("http-get", Some(target)) => vec![http_get(target)],
+        _ => {
+            eprintln!(
+                "swarmcell __probe: unknown probe {name:?} (tiocsti, fds, seccomp, read PATH, bind PORT, connect PORT, http-get HOST:PORT/PATH)"
+            );
             return 2;
         }
     };
-    println!("{}: {detail}", if held { "blocked" } else { "ESCAPED" });
+    let mut held = true;
+    for r in &results {
+        println!("{} {} {}", r.name, r.status.word(), r.detail);
+        held &= matches!(r.status, Status::Blocked | Status::Ok);
+    }
     if held { 0 } else { 1 }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Blocked,
+    Escaped,
+    Other,
+    Ok,
+    Broken,
+}
+
+impl Status {
+    pub fn word(self) -> &'static str {
+        match self {
+            Status::Blocked => "blocked",
+            Status::Escaped => "ESCAPED",
+            Status::Other => "other",
+            Status::Ok => "ok",
+            Status::Broken => "BROKEN",
+        }
+    }
+}
+
+pub struct Check {
+    pub name: String,
+    pub status: Status,
+    pub detail: String,
+}
+
+fn check(name: &str, status: Status, detail: impl Into<String>) -> Check {
+    Check { name: name.to_string(), status, detail: detail.into() }
+}
+
+/// Classify a call that must fail with `want`.
+fn denied(name: &str, want: Errno, r: Result<i64, Errno>) -> Check {
+    match r {
+        Ok(v) => check(name, Status::Escaped, format!("succeeded ({v})")),
+        Err(e) if e == want => check(name, Status::Blocked, format!("{e}")),
+        Err(e) => check(name, Status::Other, format!("{e}, expected {want}")),
+    }
+}
+
+/// Classify a call that must keep working.
+fn allowed(name: &str, r: Result<i64, Errno>) -> Check {
+    match r {
+        Ok(_) => check(name, Status::Ok, "works"),
+        Err(e) => check(name, Status::Broken, format!("{e}")),
+    }
+}
+
+fn sc(nr: libc::c_long, a: [usize; 6]) -> Result<i64, Errno> {
+    // SAFETY: every probe passes arguments that are either plain integers or
+    // pointers to live, correctly sized buffers (or null/invalid on purpose, which
+    // the kernel rejects with EFAULT/EBADF instead of dereferencing).
+    let r = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]) };
+    if r < 0 { Err(Errno::last()) } else { Ok(r) }
+}
+
+/// Run `f` in a forked child (for calls that would change the probe itself) and
+/// return what it reported: its exit code is 0 for success or the errno.
+fn in_child(f: impl FnOnce() -> Result<i64, Errno>) -> Result<i64, Errno> {
+    // SAFETY: the probe is single-threaded; the child only makes syscalls and exits.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            let code = match f() {
+                Ok(_) => 0,
+                Err(e) => e as i32,
+            };
+            // SAFETY: leave without running the parent's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => match nix::sys::wait::waitpid(child, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(0),
+            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => Err(Errno::from_raw(code)),
+            Ok(other) => {
+                eprintln!("probe child ended abnormally: {other:?}");
+                Err(Errno::ECHILD)
+            }
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// A raw clone with fork semantics whose child exits at once.
+fn clone_and_reap(flags: usize) -> Result<i64, Errno> {
+    let pid = sc(libc::SYS_clone, [flags | libc::SIGCHLD as usize, 0, 0, 0, 0, 0])?;
+    if pid == 0 {
+        // SAFETY: the clone child exits immediately.
+        unsafe { libc::_exit(0) };
+    }
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+    Ok(pid)
+}
+
+fn clone3_and_reap() -> Result<i64, Errno> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+    }
+    let args = CloneArgs { exit_signal: libc::SIGCHLD as u64, ..Default::default() };
+    let pid = sc(libc::SYS_clone3, [&args as *const CloneArgs as usize, std::mem::size_of::<CloneArgs>(), 0, 0, 0, 0])?;
+    if pid == 0 {
+        // SAFETY: the clone child exits immediately.
+        unsafe { libc::_exit(0) };
+    }
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+    Ok(pid)
+}
+
+const BAD_FD: usize = usize::MAX; // -1
+
+/// Every call the default seccomp profile refuses, with arguments for which the
+/// kernel itself would answer differently (success, EBADF, EFAULT, ENOTTY...)
+/// wherever one exists, so `blocked` means the filter answered.
+pub fn seccomp_battery() -> Vec<Check> {
+    let tmp = c"/tmp";
+    let empty = c"";
+    let p = |c: &std::ffi::CStr| c.as_ptr() as usize;
+    let eperm = Errno::EPERM;
+    let mut out = vec![
+        denied("unshare(CLONE_NEWUSER)", eperm, in_child(|| sc(libc::SYS_unshare, [libc::CLONE_NEWUSER as usize, 0, 0, 0, 0, 0]))),
+        denied("unshare(CLONE_NEWNET)", eperm, in_child(|| sc(libc::SYS_unshare, [libc::CLONE_NEWNET as usize, 0, 0, 0, 0, 0]))),
+        denied("setns(bad fd)", eperm, sc(libc::SYS_setns, [BAD_FD, 0, 0, 0, 0, 0])),
+        denied("clone(CLONE_NEWUSER)", eperm, clone_and_reap(libc::CLONE_NEWUSER as usize)),
+        denied("clone(CLONE_NEWNS)", eperm, clone_and_reap(libc::CLONE_NEWNS as usize)),
+        denied("clone3", Errno::ENOSYS, clone3_and_reap()),
+        denied("mount(tmpfs)", eperm, sc(libc::SYS_mount, [p(c"none"), p(tmp), p(c"tmpfs"), 0, 0, 0])),
+        denied("umount2(/tmp)", eperm, sc(libc::SYS_umount2, [p(tmp), 0, 0, 0, 0, 0])),
+        denied("pivot_root", eperm, sc(libc::SYS_pivot_root, [p(tmp), p(tmp), 0, 0, 0, 0])),
+        denied("chroot(/tmp)", eperm, sc(libc::SYS_chroot, [p(tmp), 0, 0, 0, 0, 0])),
+        denied("move_mount(bad fd)", eperm, sc(libc::SYS_move_mount, [BAD_FD, p(empty), BAD_FD, p(empty), 0, 0])),
+        denied("open_tree(/tmp)", eperm, sc(libc::SYS_open_tree, [libc::AT_FDCWD as usize, p(tmp), libc::O_CLOEXEC as usize, 0, 0, 0])),
+        denied("fsopen(tmpfs)", eperm, sc(libc::SYS_fsopen, [p(c"tmpfs"), 0, 0, 0, 0, 0])),
+        denied("fsconfig(bad fd)", eperm, sc(libc::SYS_fsconfig, [BAD_FD, 0, 0, 0, 0, 0])),
+        denied("fsmount(bad fd)", eperm, sc(libc::SYS_fsmount, [BAD_FD, 0, 0, 0, 0, 0])),
+        denied("fspick(/tmp)", eperm, sc(libc::SYS_fspick, [libc::AT_FDCWD as usize, p(tmp), 0, 0, 0, 0])),
+        denied("mount_setattr(bad fd)", eperm, sc(libc::SYS_mount_setattr, [BAD_FD, p(empty), 0x1000, 0, 32, 0])),
+        denied("bpf", eperm, sc(libc::SYS_bpf, [5, 0, 0, 0, 0, 0])),
+        denied("perf_event_open(NULL)", eperm, sc(libc::SYS_perf_event_open, [0, 0, BAD_FD, BAD_FD, 0, 0])),
+        denied("userfaultfd(USER_MODE_ONLY)", eperm, sc(libc::SYS_userfaultfd, [1 | libc::O_CLOEXEC as usize, 0, 0, 0, 0, 0])),
+        denied("io_uring_setup(NULL)", eperm, sc(libc::SYS_io_uring_setup, [1, 0, 0, 0, 0, 0])),
+        denied("io_uring_enter(bad fd)", eperm, sc(libc::SYS_io_uring_enter, [BAD_FD, 0, 0, 0, 0, 0])),
+        denied("io_uring_register(bad fd)", eperm, sc(libc::SYS_io_uring_register, [BAD_FD, 0, 0, 0, 0, 0])),
+        denied("keyctl(GET_KEYRING_ID)", eperm, sc(libc::SYS_keyctl, [0, (-2i64) as usize, 0, 0, 0, 0])),
+        denied("add_key(NULL)", eperm, sc(libc::SYS_add_key, [0, 0, 0, 0, 0, 0])),
+        denied("request_key(NULL)", eperm, sc(libc::SYS_request_key, [0, 0, 0, 0, 0, 0])),
+        denied("kexec_load", eperm, sc(libc::SYS_kexec_load, [0, 0, 0, 0, 0, 0])),
+        denied("kexec_file_load", eperm, sc(libc::SYS_kexec_file_load, [BAD_FD, BAD_FD, 0, 0, 0, 0])),
+        denied("init_module(NULL)", eperm, sc(libc::SYS_init_module, [0, 0, 0, 0, 0, 0])),
+        denied("finit_module(bad fd)", eperm, sc(libc::SYS_finit_module, [BAD_FD, 0, 0, 0, 0, 0])),
+        denied("delete_module(NULL)", eperm, sc(libc::SYS_delete_module, [0, 0, 0, 0, 0, 0])),
+        denied("open_by_handle_at(bad fd)", eperm, sc(libc::SYS_open_by_handle_at, [BAD_FD, 0, 0, 0, 0, 0])),
+        denied("name_to_handle_at(NULL)", eperm, sc(libc::SYS_name_to_handle_at, [libc::AT_FDCWD as usize, p(tmp), 0, 0, 0, 0])),
+        denied("swapon(NULL)", eperm, sc(libc::SYS_swapon, [0, 0, 0, 0, 0, 0])),
+        denied("swapoff(NULL)", eperm, sc(libc::SYS_swapoff, [0, 0, 0, 0, 0, 0])),
+        denied("reboot(bad magic)", eperm, sc(libc::SYS_reboot, [0, 0, 0, 0, 0, 0])),
+        denied("acct(NULL)", eperm, sc(libc::SYS_acct, [0, 0, 0, 0, 0, 0])),
+        denied("syslog(SIZE_BUFFER)", eperm, sc(libc::SYS_syslog, [10, 0, 0, 0, 0, 0])),
+        denied("quotactl(NULL)", eperm, sc(libc::SYS_quotactl, [0, 0, 0, 0, 0, 0])),
+        denied("lookup_dcookie", eperm, sc(libc::SYS_lookup_dcookie, [0, 0, 0, 0, 0, 0])),
+        denied("vhangup", eperm, sc(libc::SYS_vhangup, [0, 0, 0, 0, 0, 0])),
+        denied("settimeofday(NULL, NULL)", eperm, sc(libc::SYS_settimeofday, [0, 0, 0, 0, 0, 0])),
+        denied("clock_settime(NULL)", eperm, sc(libc::SYS_clock_settime, [libc::CLOCK_REALTIME as usize, 0, 0, 0, 0, 0])),
+        denied("clock_adjtime(NULL)", eperm, sc(libc::SYS_clock_adjtime, [libc::CLOCK_REALTIME as usize, 0, 0, 0, 0, 0])),
+        denied("adjtimex(NULL)", eperm, sc(libc::SYS_adjtimex, [0, 0, 0, 0, 0, 0])),
+        denied("ptrace(TRACEME)", eperm, in_child(|| sc(libc::SYS_ptrace, [libc::PTRACE_TRACEME as usize, 0, 0, 0, 0, 0]))),
+        denied("process_vm_readv(self, empty)", eperm, sc(libc::SYS_process_vm_readv, [std::process::id() as usize, 0, 0, 0, 0, 0])),
+        denied("process_vm_writev(self, empty)", eperm, sc(libc::SYS_process_vm_writev, [std::process::id() as usize, 0, 0, 0, 0, 0])),
+        denied("personality(PER_LINUX32)", eperm, in_child(|| sc(libc::SYS_personality, [0x0008, 0, 0, 0, 0, 0]))),
+        denied("ioctl(TIOCSTI)", eperm, sc(libc::SYS_ioctl, [BAD_FD, libc::TIOCSTI as usize, p(c"x"), 0, 0, 0])),
+        denied("ioctl(TIOCLINUX)", eperm, sc(libc::SYS_ioctl, [BAD_FD, libc::TIOCLINUX as usize, 0, 0, 0, 0])),
+        denied("ioctl(TIOCSTI, high bits set)", eperm, sc(libc::SYS_ioctl, [BAD_FD, (1usize << 32) | libc::TIOCSTI as usize, 0, 0, 0, 0])),
+        denied("socket(AF_PACKET)", eperm, close_ok(sc(libc::SYS_socket, [libc::AF_PACKET as usize, libc::SOCK_RAW as usize, 0, 0, 0, 0]))),
+        denied("socket(AF_VSOCK)", eperm, close_ok(sc(libc::SYS_socket, [libc::AF_VSOCK as usize, libc::SOCK_STREAM as usize, 0, 0, 0, 0]))),
+        denied("socket(AF_ALG)", eperm, close_ok(sc(libc::SYS_socket, [libc::AF_ALG as usize, libc::SOCK_SEQPACKET as usize, 0, 0, 0, 0]))),
+        denied(
+            "socket(AF_NETLINK, NETLINK_AUDIT)",
+            eperm,
+            close_ok(sc(libc::SYS_socket, [libc::AF_NETLINK as usize, libc::SOCK_RAW as usize, libc::NETLINK_AUDIT as usize, 0, 0, 0])),
+        ),
+        denied(
+            "socket(AF_NETLINK, NETLINK_KOBJECT_UEVENT)",
+            eperm,
+            close_ok(sc(libc::SYS_socket, [libc::AF_NETLINK as usize, libc::SOCK_RAW as usize, libc::NETLINK_KOBJECT_UEVENT as usize, 0, 0, 0])),
+        ),
+        // What a server needs keeps working.
+        allowed("fork", clone_and_reap(0)),
+        allowed("socket(AF_INET)", close_ok(sc(libc::SYS_socket, [libc::AF_INET as usize, libc::SOCK_STREAM as usize, 0, 0, 0, 0]))),
+        allowed("socket(AF_INET6)", close_ok(sc(libc::SYS_socket, [libc::AF_INET6 as usize, libc::SOCK_DGRAM as usize, 0, 0, 0, 0]))),
+        allowed("socket(AF_UNIX)", close_ok(sc(libc::SYS_socket, [libc::AF_UNIX as usize, libc::SOCK_STREAM as usize, 0, 0, 0, 0]))),
+        allowed(
+            "socket(AF_NETLINK, NETLINK_ROUTE)",
+            close_ok(sc(libc::SYS_socket, [libc::AF_NETLINK as usize, libc::SOCK_RAW as usize, libc::NETLINK_ROUTE as usize, 0, 0, 0])),
+        ),
+        allowed("personality(query)", sc(libc::SYS_personality, [0xffff_ffff, 0, 0, 0, 0, 0])),
+    ];
+    out.extend(arch_checks());
+    out
+}
+
+fn close_ok(r: Result<i64, Errno>) -> Result<i64, Errno> {
+    if let Ok(fd) = r {
+        // SAFETY: closing the descriptor the probe just created.
+        unsafe { libc::close(fd as i32) };
+    }
+    r
+}
+
+#[cfg(target_arch = "x86_64")]
+fn arch_checks() -> Vec<Check> {
+    const X32_BIT: libc::c_long = 0x4000_0000;
+    let x32 = denied("x32 getpid", Errno::EPERM, sc(X32_BIT | libc::SYS_getpid, [0; 6]));
+    // An i386 system call (int 0x80) from a 64-bit process: a foreign
+    // architecture for the filter, which kills the process.
+    // SAFETY: the forked child only issues the interrupt and exits.
+    let i386 = match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            let ret: i64;
+            // SAFETY: i386 getpid (20) takes no arguments and returns in eax.
+            unsafe { std::arch::asm!("int 0x80", inlateout("rax") 20i64 => ret) };
+            // SAFETY: exit without unwinding.
+            unsafe { libc::_exit(if ret > 0 { 0 } else { 1 }) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => match nix::sys::wait::waitpid(child, None) {
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGSYS, _)) => {
+                check("i386 int 0x80", Status::Blocked, "killed by SIGSYS")
+            }
+            Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => check("i386 int 0x80", Status::Escaped, "i386 getpid succeeded"),
+            other => check("i386 int 0x80", Status::Other, format!("{other:?}")),
+        },
+        Err(e) => check("i386 int 0x80", Status::Broken, format!("fork: {e}")),
+    };
+    vec![x32, i386]
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn arch_checks() -> Vec<Check> {
+    Vec::new()
+}
+
 /// Push a character into the input queue of the terminal on stdin.
-fn tiocsti() -> (bool, String) {
+fn tiocsti() -> Check {
     let c: libc::c_char = b'x' as libc::c_char;
     // SAFETY: TIOCSTI reads one byte from the pointer.
     let r = unsafe { libc::ioctl(std::io::stdin().as_raw_fd(), libc::TIOCSTI, &c) };
-    if r == 0 { (false, "TIOCSTI pushed input into the terminal".into()) } else { (true, format!("TIOCSTI failed: {}", nix::errno::Errno::last())) }
+    if r == 0 {
+        check("tiocsti", Status::Escaped, "TIOCSTI pushed input into the terminal")
+    } else {
+        check("tiocsti", Status::Blocked, format!("TIOCSTI failed: {}", Errno::last()))
+    }
 }
 
-/// List descriptors above stderr (other than the one reading /proc/self/fd).
-fn fds() -> (bool, String) {
+/// Descriptors above stderr, other than the one listing /proc/self/fd.
+fn fds() -> Check {
     let entries: Vec<String> = match std::fs::read_dir("/proc/self/fd") {
         Ok(d) => d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
-        Err(e) => return (false, format!("cannot list /proc/self/fd: {e}")),
+        Err(e) => return check("fds", Status::Broken, format!("cannot list /proc/self/fd: {e}")),
     };
+    let own = format!("/proc/{}/fd", std::process::id());
     let extra: Vec<String> = entries
         .into_iter()
         .filter(|n| n.parse::<i32>().is_ok_and(|fd| fd > 2))
-        .filter(|n| std::fs::read_link(format!("/proc/self/fd/{n}")).map(|t| !t.starts_with("/proc")).unwrap_or(false))
+        .filter(|n| std::fs::read_link(format!("/proc/self/fd/{n}")).map(|t| t.to_string_lossy() != own).unwrap_or(false))
         .collect();
-    (extra.is_empty(), format!("descriptors above 2: {extra:?}"))
+    let status = if extra.is_empty() { Status::Blocked } else { Status::Escaped };
+    check("fds", status, format!("descriptors above 2: {extra:?}"))
+}
+
+/// Read a file: `ESCAPED` when its contents could be read.
+fn read(path: &str) -> Check {
+    let name = format!("read({path})");
+    match std::fs::File::open(path).and_then(|mut f| {
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).map(|_| buf.len())
+    }) {
+        Ok(n) => check(&name, Status::Escaped, format!("read {n} bytes")),
+        Err(e) => check(&name, Status::Blocked, e.to_string()),
+    }
+}
+
+/// TCP bind or connect on 127.0.0.1:PORT. Connect counts as allowed when the
+/// kernel let it through to the port (connected or refused by nobody listening).
+fn tcp(what: &str, port: &str) -> Check {
+    let name = format!("{what}({port})");
+    let Ok(port) = port.parse::<u16>() else { return check(&name, Status::Broken, "not a port") };
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let r = if what == "bind" {
+        std::net::TcpListener::bind(addr).map(drop)
+    } else {
+        match std::net::TcpStream::connect(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+            other => other.map(drop),
+        }
+    };
+    match r {
+        Ok(()) => check(&name, Status::Escaped, "allowed"),
+        Err(e) => check(&name, Status::Blocked, e.to_string()),
+    }
+}
+
+/// A minimal HTTP/1.1 GET: `ok` with the status line when a response came.
+fn http_get(target: &str) -> Check {
+    let name = format!("http-get({target})");
+    let (hostport, path) = target.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((target, "/".into()));
+    let attempt = || -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect(hostport)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n")?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        Ok(resp)
+    };
+    match attempt() {
+        Ok(resp) => {
+            let status = resp.lines().next().unwrap_or("").to_string();
+            let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").chars().take(200).collect::<String>();
+            check(&name, if status.contains(" 200 ") { Status::Ok } else { Status::Broken }, format!("{status} {body}"))
+        }
+        Err(e) => check(&name, Status::Broken, e.to_string()),
+    }
 }

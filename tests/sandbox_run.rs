@@ -166,13 +166,20 @@ fn tiocsti_on_the_controlling_pty_fails_inside() {
         let mut direct = std::process::Command::new(bin());
         direct.args(["__probe", "tiocsti"]);
         let out = with_ctty(direct, &slave, Some(OWNER));
-        assert!(stdout(&out).starts_with("ESCAPED"), "the probe cannot detect TIOCSTI: {}{}", stdout(&out), stderr(&out));
+        assert!(stdout(&out).starts_with("tiocsti ESCAPED"), "the probe cannot detect TIOCSTI: {}{}", stdout(&out), stderr(&out));
     }
-    let mut cmd = std::process::Command::new(bin());
-    cmd.args(["run", "--worktree"]).arg(&f.worktree).args(["--ro", &bin_dir(), "--", bin(), "__probe", "tiocsti"]);
-    let out = with_ctty(cmd, &slave, None);
-    assert_no_sandbox_left();
-    assert!(stdout(&out).starts_with("blocked: TIOCSTI failed"), "{}{}", stdout(&out), stderr(&out));
+    // Refused by the seccomp filter and, with the filter's rules removed, by the
+    // kernel: after setsid() the terminal is no longer the payload's controlling tty.
+    let weak = f.dir.join("no-seccomp.toml");
+    std::fs::write(&weak, "[seccomp]\ndeny = []\n").unwrap();
+    std::fs::set_permissions(&weak, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for extra in [vec![], vec!["--policy".to_string(), weak.to_string_lossy().into_owned()]] {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args(["run", "--worktree"]).arg(&f.worktree).args(&extra).args(["--ro", &bin_dir(), "--", bin(), "__probe", "tiocsti"]);
+        let out = with_ctty(cmd, &slave, None);
+        assert_no_sandbox_left();
+        assert!(stdout(&out).starts_with("tiocsti blocked TIOCSTI failed: EPERM"), "{extra:?}: {}{}", stdout(&out), stderr(&out));
+    }
 }
 
 #[test]

@@ -158,6 +158,8 @@ mod tests {
             argv: vec!["/bin/true".into()],
             env: vec![],
             log: LogConfig { json: false, level: "warn".into() },
+            landlock: Default::default(),
+            seccomp: vec![],
         }
     }
 

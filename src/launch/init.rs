@@ -103,6 +103,8 @@ fn run(chan: &Channel, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStat
     sys::loopback_up()?;
 
     let prepared = prepare_exec(spec)?;
+    let landlock = crate::landlock::prepare(&spec.landlock)?;
+    tracing::debug!(abi = crate::landlock::kernel_abi(), mode = ?spec.landlock.mode, seccomp_programs = prepared.seccomp.len(), "init: filters prepared");
     let watched: Vec<libc::c_int> = FORWARDED.iter().copied().chain([libc::SIGCHLD]).collect();
     let mask = sys::sigset(&watched);
     sys::set_sigmask(libc::SIG_BLOCK, &mask)?;
@@ -113,9 +115,12 @@ fn run(chan: &Channel, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStat
     let payload_pid = match unsafe { nix::unistd::fork() }.map_err(|e| Failure::Setup(format!("fork: {e}")))? {
         nix::unistd::ForkResult::Child => {
             drop(err_r);
-            payload::exec(&prepared, err_w.as_raw_fd())
+            payload::exec(&prepared, landlock, err_w.as_raw_fd())
         }
-        nix::unistd::ForkResult::Parent { child } => child.as_raw(),
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(landlock);
+            child.as_raw()
+        }
     };
     drop(err_w);
     tracing::debug!("init: payload forked");
@@ -157,7 +162,8 @@ fn prepare_exec(spec: &InitSpec) -> Result<PreparedExec, Failure> {
         .iter()
         .map(|(k, v)| CString::new(format!("{k}={v}")).map_err(|_| Failure::Setup(format!("variable {k} contains a NUL byte"))))
         .collect::<Result<_, _>>()?;
-    Ok(PreparedExec::new(sys::cstring(&path)?, argv, envp, sys::cstring(&spec.cwd)?, crate::caps::last_cap()))
+    let seccomp = super::spec::decode_bpf(&spec.seccomp);
+    Ok(PreparedExec::new(sys::cstring(&path)?, argv, envp, sys::cstring(&spec.cwd)?, crate::caps::last_cap(), seccomp))
 }
 
 /// EOF means the exec succeeded (the pipe was close-on-exec).

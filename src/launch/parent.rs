@@ -25,7 +25,7 @@ use crate::uidalloc::{self, UidAllocError, UidRange};
 
 /// Inside the sandbox, HOME is private and empty (on the sandbox's /tmp).
 pub const SANDBOX_HOME: &str = "/tmp/home";
-pub const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const SANDBOX_PATH: &str = "/opt/swarmcell/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Most bytes of argv + environment passed into a sandbox.
 pub const MAX_ARGS_BYTES: usize = 128 * 1024;
 
@@ -151,6 +151,26 @@ fn environment(policy: &Policy, id: &str) -> Vec<(String, String)> {
     env
 }
 
+/// Landlock rules in sandbox paths: what the mounts show, minus `mount_only`.
+fn landlock_spec(req: &RunRequest, wt: &Worktree) -> crate::landlock::LandlockSpec {
+    let fs = &req.policy.filesystem;
+    let mut read_exec: Vec<PathBuf> = fs.read_only.iter().chain(&req.extra_ro).cloned().collect();
+    read_exec.extend(["/etc", "/proc", "/dev"].map(PathBuf::from));
+    let mut read_write: Vec<PathBuf> = vec![wt.path.clone(), "/tmp".into(), "/dev/shm".into(), "/dev/pts".into()];
+    read_write.extend(fs.read_write.iter().chain(&req.extra_rw).cloned());
+    let inner = req.policy.network.inner_port;
+    let mut connect_ports = vec![inner];
+    connect_ports.extend(req.policy.network.forwards.iter().filter(|p| **p != inner));
+    crate::landlock::LandlockSpec {
+        mode: req.policy.landlock,
+        read_exec,
+        read_write,
+        device_files: crate::fs::host_binds::DEVICES.iter().map(|d| PathBuf::from("/dev").join(d)).collect(),
+        bind_ports: vec![inner],
+        connect_ports,
+    }
+}
+
 /// Run one sandbox in the foreground and return the payload's exit code.
 pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     if req.argv.is_empty() {
@@ -172,6 +192,10 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     if args_bytes > MAX_ARGS_BYTES {
         return invalid(format!("arguments and environment are {args_bytes} bytes, more than {MAX_ARGS_BYTES}"));
     }
+    if let Some(missing) = crate::landlock::check_host(req.policy.landlock).map_err(|e| RunError::Invalid(e.to_string()))? {
+        tracing::warn!("{missing}");
+    }
+    let seccomp = crate::seccomp::compile(&req.policy.seccomp.deny).map_err(|e| RunError::Invalid(e.to_string()))?;
     let lease = uidalloc::allocate(&req.state_dir, req.uid_range, super::random_u32())?;
     let spec = InitSpec {
         id: id.clone(),
@@ -185,6 +209,8 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         argv: req.argv.clone(),
         env,
         log: req.log.clone(),
+        landlock: landlock_spec(req, &wt),
+        seccomp: super::spec::encode_bpf(&seccomp),
     };
     let signals = SignalGuard::block()?;
     // A per-sandbox host uid behind an idmapped worktree, or (without idmapping)
@@ -245,6 +271,9 @@ fn start(req: &RunRequest, wt: &Worktree, mut spec: InitSpec, map: IdMap, idmap:
     }
     for p in &req.extra_rw {
         mounts.add_bind(p, Access::ReadWrite, true, "--rw path")?;
+    }
+    for p in &req.policy.filesystem.mount_only {
+        mounts.add_bind(p, Access::ReadOnly, true, "mount-only path")?;
     }
     mounts.add_devices()?;
     let worktree_fd = mounts.add_worktree(&wt.path)?;

@@ -19,13 +19,22 @@ pub struct PreparedExec {
     pub cwd: CString,
     /// `/proc/sys/kernel/cap_last_cap`, read before the fork.
     pub last_cap: u32,
+    /// seccomp programs, loaded in order, last before execve.
+    pub seccomp: Vec<seccompiler::BpfProgram>,
 }
 
 impl PreparedExec {
-    pub fn new(path: CString, argv: Vec<CString>, envp: Vec<CString>, cwd: CString, last_cap: u32) -> PreparedExec {
+    pub fn new(
+        path: CString,
+        argv: Vec<CString>,
+        envp: Vec<CString>,
+        cwd: CString,
+        last_cap: u32,
+        seccomp: Vec<seccompiler::BpfProgram>,
+    ) -> PreparedExec {
         let ptrs = |v: &[CString]| v.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
         let (argv_ptrs, envp_ptrs) = (ptrs(&argv), ptrs(&envp));
-        PreparedExec { path, _argv: argv, _envp: envp, argv_ptrs, envp_ptrs, cwd, last_cap }
+        PreparedExec { path, _argv: argv, _envp: envp, argv_ptrs, envp_ptrs, cwd, last_cap, seccomp }
     }
 }
 
@@ -38,11 +47,15 @@ pub enum Stage {
     Descriptors = 3,
     Chdir = 4,
     Execve = 5,
+    Landlock = 6,
+    Seccomp = 7,
 }
 
 impl Stage {
     pub fn from_u8(b: u8) -> Option<Stage> {
-        [Stage::Session, Stage::Privileges, Stage::Descriptors, Stage::Chdir, Stage::Execve].into_iter().find(|s| *s as u8 == b)
+        [Stage::Session, Stage::Privileges, Stage::Descriptors, Stage::Chdir, Stage::Execve, Stage::Landlock, Stage::Seccomp]
+            .into_iter()
+            .find(|s| *s as u8 == b)
     }
 }
 
@@ -65,7 +78,7 @@ fn errno_of(e: &sys::SysError) -> i32 {
 
 /// Become the payload. Never returns: on failure, reports on `err_fd` (a
 /// close-on-exec pipe, so a successful exec closes it and init reads EOF).
-pub fn exec(p: &PreparedExec, err_fd: RawFd) -> ! {
+pub fn exec(p: &PreparedExec, landlock: Option<::landlock::RulesetCreated>, err_fd: RawFd) -> ! {
     // A new session without a controlling terminal: TIOCSTI and job-control
     // signals cannot reach the supervisor's terminal.
     if let Err(e) = sys::setsid() {
@@ -77,13 +90,25 @@ pub fn exec(p: &PreparedExec, err_fd: RawFd) -> ! {
     if crate::caps::set_no_new_privs().is_err() || crate::caps::drop_all(p.last_cap).is_err() {
         fail(err_fd, Stage::Privileges, nix::errno::Errno::last() as i32);
     }
-    // Everything but stdio closes at exec (the error pipe included).
+    // Everything but stdio closes at exec (the error pipe and the Landlock
+    // ruleset included).
     if let Err(e) = sys::close_range(3, u32::MAX, sys::CLOSE_RANGE_CLOEXEC) {
         fail(err_fd, Stage::Descriptors, errno_of(&e));
     }
     // SAFETY: cwd is a valid C string.
     if unsafe { libc::chdir(p.cwd.as_ptr()) } != 0 {
         fail(err_fd, Stage::Chdir, nix::errno::Errno::last() as i32);
+    }
+    if let Some(ruleset) = landlock
+        && crate::landlock::enforce(ruleset).is_err()
+    {
+        fail(err_fd, Stage::Landlock, nix::errno::Errno::last() as i32);
+    }
+    // Last before execve: from here on only the filtered calls remain.
+    for program in &p.seccomp {
+        if let Err(e) = crate::seccomp::load(program) {
+            fail(err_fd, Stage::Seccomp, errno_of(&e));
+        }
     }
     // SAFETY: path is a valid C string; argv_ptrs and envp_ptrs are NULL-terminated
     // arrays of pointers into CStrings that outlive this call.

@@ -21,6 +21,18 @@ pub struct InitSpec {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub log: LogConfig,
+    pub landlock: crate::landlock::LandlockSpec,
+    /// Compiled seccomp programs, loaded in order: (code, jt, jf, k) per instruction.
+    pub seccomp: Vec<Vec<(u16, u8, u8, u32)>>,
+}
+
+/// Flatten compiled BPF for the channel.
+pub fn encode_bpf(programs: &[seccompiler::BpfProgram]) -> Vec<Vec<(u16, u8, u8, u32)>> {
+    programs.iter().map(|p| p.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect()).collect()
+}
+
+pub fn decode_bpf(programs: &[Vec<(u16, u8, u8, u32)>]) -> Vec<seccompiler::BpfProgram> {
+    programs.iter().map(|p| p.iter().map(|&(code, jt, jf, k)| seccompiler::sock_filter { code, jt, jf, k }).collect()).collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

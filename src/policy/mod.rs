@@ -4,6 +4,7 @@
 //! embedded default policy). Unknown keys are errors, and every error names the
 //! file, the line and the field.
 
+pub mod explain;
 pub mod units;
 
 use std::fmt;
@@ -20,11 +21,31 @@ pub const DEFAULT_POLICY_NAME: &str = "<built-in opencode.toml>";
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
+    /// Landlock: "best-effort" (default), "required" or "off".
+    pub landlock: crate::landlock::Mode,
     pub process: Process,
     pub filesystem: Filesystem,
     pub network: Network,
     pub limits: Limits,
     pub health: Health,
+    pub seccomp: Seccomp,
+}
+
+/// The default seccomp rules, reviewable as data.
+pub const DEFAULT_SECCOMP_TOML: &str = include_str!("../../policies/seccomp/default.toml");
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Seccomp {
+    /// System calls refused; every other call is allowed. Default: policies/seccomp/default.toml.
+    pub deny: Vec<crate::seccomp::DenyRule>,
+}
+
+impl Default for Seccomp {
+    fn default() -> Self {
+        // Checked by a unit test; a failure here is a build defect.
+        toml::from_str(DEFAULT_SECCOMP_TOML).unwrap_or_else(|e| panic!("built-in seccomp rules are invalid: {e}"))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -42,6 +63,10 @@ pub struct Filesystem {
     pub read_only: Vec<PathBuf>,
     /// Host paths bound read-write besides the worktree; they must exist.
     pub read_write: Vec<PathBuf>,
+    /// Host paths bound read-only but given no Landlock rule, so that they stay
+    /// unreadable while Landlock is enforced. Only for verifying that Landlock
+    /// holds on its own; never needed in production.
+    pub mount_only: Vec<PathBuf>,
     /// Size of the private /tmp tmpfs.
     pub tmp_size: ByteSize,
     /// Size of the private /dev/shm tmpfs.
@@ -53,6 +78,9 @@ pub struct Filesystem {
 pub struct Network {
     /// The port the payload listens on inside its own network namespace.
     pub inner_port: u16,
+    /// Host loopback ports the sandbox may reach through outbound forwards
+    /// (Agent Mail, Temporal, PostgreSQL); Landlock allows TCP connect to these.
+    pub forwards: Vec<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,6 +108,7 @@ impl Default for Filesystem {
         Filesystem {
             read_only: ro.iter().map(PathBuf::from).collect(),
             read_write: Vec::new(),
+            mount_only: Vec::new(),
             tmp_size: ByteSize::bytes(512 << 20),
             shm_size: ByteSize::bytes(64 << 20),
         }
@@ -88,7 +117,7 @@ impl Default for Filesystem {
 
 impl Default for Network {
     fn default() -> Self {
-        Network { inner_port: 4096 }
+        Network { inner_port: 4096, forwards: vec![8765, 7233, 5432] }
     }
 }
 
@@ -189,7 +218,11 @@ impl Policy {
                 return err(&format!("process.env[{i}]"), m);
             }
         }
-        for (field, list) in [("filesystem.read_only", &self.filesystem.read_only), ("filesystem.read_write", &self.filesystem.read_write)] {
+        for (field, list) in [
+            ("filesystem.read_only", &self.filesystem.read_only),
+            ("filesystem.read_write", &self.filesystem.read_write),
+            ("filesystem.mount_only", &self.filesystem.mount_only),
+        ] {
             for (i, p) in list.iter().enumerate() {
                 if let Err(m) = check_sandbox_path(p) {
                     return err(&format!("{field}[{i}]"), m);
@@ -205,6 +238,12 @@ impl Policy {
         }
         if self.network.inner_port == 0 {
             return err("network.inner_port", "0 is not a port (1-65535)".into());
+        }
+        if let Some(i) = self.network.forwards.iter().position(|p| *p == 0) {
+            return err(&format!("network.forwards[{i}]"), "0 is not a port (1-65535)".into());
+        }
+        if let Err(e) = crate::seccomp::validate(&self.seccomp.deny) {
+            return err("seccomp", e.to_string());
         }
         if self.limits.memory.0.is_some_and(|n| n < (4 << 20)) {
             return err("limits.memory", format!("{} is too small (4M or more)", self.limits.memory));
@@ -301,6 +340,19 @@ mod tests {
     #[test]
     fn empty_policy_is_all_defaults() {
         assert_eq!(Policy::parse("", "t").unwrap(), Policy::default());
+        assert_eq!(Policy::default().landlock, crate::landlock::Mode::BestEffort);
+        assert!(Policy::default().seccomp.deny.len() > 10);
+    }
+
+    #[test]
+    fn a_policy_can_replace_the_seccomp_rules_and_turn_landlock_off() {
+        let p = Policy::parse("landlock = \"off\"\n[seccomp]\ndeny = []\n", "t").unwrap();
+        assert_eq!(p.landlock, crate::landlock::Mode::Off);
+        assert!(p.seccomp.deny.is_empty());
+        let e = Policy::parse("landlock = \"maybe\"\n", "t").unwrap_err().to_string();
+        assert!(e.contains("t:1:") && e.contains("maybe"), "{e}");
+        let e = Policy::parse("[[seccomp.deny]]\nsyscalls = [\"nope\"]\nreason = \"x\"\n", "t").unwrap_err().to_string();
+        assert!(e.contains("seccomp") && e.contains("nope"), "{e}");
     }
 
     #[test]

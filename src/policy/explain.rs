@@ -1,0 +1,79 @@
+//! `swarmcell policy explain`: the resolved policy as a person reads it.
+//! Depends only on the policy (not on the host), so its output is stable.
+
+use std::fmt::Write;
+
+use super::Policy;
+use crate::fs::host_binds::DEVICES;
+
+pub fn explain(p: &Policy, source: &str) -> String {
+    let mut o = String::new();
+    let fs = &p.filesystem;
+    let list = |v: &[std::path::PathBuf]| {
+        if v.is_empty() { "(none)".to_string() } else { v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ") }
+    };
+    let _ = writeln!(o, "policy: {source}");
+    let _ = writeln!(o);
+    let _ = writeln!(o, "mounts (everything else of the host is absent):");
+    let _ = writeln!(o, "  /                  tmpfs, read-only; generated /etc (passwd, group, hosts, hostname, nsswitch.conf, resolv.conf)");
+    for path in &fs.read_only {
+        let _ = writeln!(o, "  {:<18} host path, read-only, nosuid, nodev (skipped when absent)", path.display());
+    }
+    for path in &fs.read_write {
+        let _ = writeln!(o, "  {:<18} host path, read-write, nosuid, nodev", path.display());
+    }
+    for path in &fs.mount_only {
+        let _ = writeln!(o, "  {:<18} host path, read-only, no Landlock rule (unreadable while Landlock holds)", path.display());
+    }
+    let _ = writeln!(o, "  {:<18} the worktree at its own path, read-write, nosuid, nodev, idmapped to its owner; the cwd", "WORKTREE");
+    let _ = writeln!(o, "  {:<18} tmpfs {}, nosuid, nodev; HOME=/tmp/home", "/tmp", fs.tmp_size);
+    let _ = writeln!(o, "  {:<18} tmpfs, read-only, noexec: {}; private devpts; shm tmpfs {}", "/dev", DEVICES.join(" "), fs.shm_size);
+    let _ = writeln!(o, "  {:<18} new proc; /proc/sys, /proc/irq, /proc/bus read-only", "/proc");
+    let _ = writeln!(o);
+    let _ = writeln!(o, "landlock: {}", p.landlock);
+    let mut ro = fs.read_only.clone();
+    ro.extend(["/etc", "/proc", "/dev"].map(std::path::PathBuf::from));
+    let _ = writeln!(o, "  read, execute:     {}", list(&ro));
+    let mut rw: Vec<std::path::PathBuf> = vec!["WORKTREE".into(), "/tmp".into(), "/dev/shm".into(), "/dev/pts".into()];
+    rw.extend(fs.read_write.iter().cloned());
+    let _ = writeln!(o, "  read-write:        {}", list(&rw));
+    let _ = writeln!(o, "  device read-write: {}", DEVICES.iter().map(|d| format!("/dev/{d}")).collect::<Vec<_>>().join(" "));
+    let inner = p.network.inner_port;
+    let mut connect = vec![inner];
+    connect.extend(p.network.forwards.iter().filter(|x| **x != inner));
+    let ports = |v: &[u16]| v.iter().map(u16::to_string).collect::<Vec<_>>().join(" ");
+    let _ = writeln!(o, "  tcp bind:          {inner} (ABI 4)");
+    let _ = writeln!(o, "  tcp connect:       {} (ABI 4)", ports(&connect));
+    let _ = writeln!(o, "  scopes:            abstract unix sockets, signals (ABI 6)");
+    let _ = writeln!(o);
+    let _ = writeln!(o, "seccomp: every system call not listed is allowed; x32 refused (EPERM), foreign architectures killed");
+    for r in &p.seccomp.deny {
+        let args = r
+            .args
+            .iter()
+            .map(|a| match a.mask {
+                Some(m) => format!("arg{} & {m:#x} {} {:#x}", a.arg, a.op, a.value),
+                None => format!("arg{} {} {:#x}", a.arg, a.op, a.value),
+            })
+            .collect::<Vec<_>>();
+        let when = if args.is_empty() { String::new() } else { format!(" when {}", args.join(" and ")) };
+        let _ = writeln!(o, "  {:<7} {}{when}", r.errno, r.syscalls.join(", "));
+        let _ = writeln!(o, "          why: {}", r.reason);
+    }
+    let _ = writeln!(o);
+    let l = &p.limits;
+    let _ = writeln!(o, "limits: memory {}, swap {}, pids {}, cpu {} cores", l.memory, l.swap, l.pids, l.cpu);
+    let _ = writeln!(
+        o,
+        "network: only lo; inner port {inner}; forwards {}",
+        if p.network.forwards.is_empty() { "(none)".into() } else { ports(&p.network.forwards) }
+    );
+    let h = &p.health;
+    let _ = writeln!(o, "health: GET {} until 2xx, timeout {}, then every {}, alert after {} failures", h.path, h.timeout, h.interval, h.failures);
+    let _ = writeln!(
+        o,
+        "environment: PATH HOME TERM LANG USER SWARMCELL_SANDBOX_ID{}",
+        p.process.env.iter().map(|e| format!(" {e}")).collect::<String>()
+    );
+    o
+}
