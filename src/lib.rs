@@ -6,15 +6,18 @@
 //!   `launch::payload` (fork → exec), talking over `launch::channel`;
 //! - `fs::host_binds` (parent) and `fs::rootfs` (child): the filesystem view;
 //! - `ns` (maps, namespace diagnostics), `caps`, `fds`, `uidalloc`;
+//! - `cgroups` (parent): the sandbox's cgroup, v2 or v1, limits, kill, gc;
 //! - `landlock` and `seccomp`: prepared before the fork, applied last in the payload;
 //! - `sys`: every raw system call.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod caps;
+pub mod cgroups;
 pub mod fds;
 pub mod fs;
 pub mod landlock;
 pub mod launch;
+pub mod lease;
 pub mod logging;
 pub mod ns;
 pub mod policy;

@@ -34,10 +34,17 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run CMD in a new sandbox confined to a worktree, in the foreground.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate or show a policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Remove the cgroups of sandboxes whose launcher is gone (also done at every start).
+    Gc {
+        #[arg(long, default_value = "/run/swarmcell")]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "swarmcell")]
+        cgroup_parent: String,
+    },
     #[command(name = "__init", hide = true)]
     Init { fd: i32 },
     #[command(name = "__probe", hide = true)]
@@ -77,6 +84,18 @@ struct RunArgs {
     /// Where swarmcell keeps its locks (root-only).
     #[arg(long, default_value = "/run/swarmcell")]
     state_dir: PathBuf,
+    /// Memory limit for this run (overrides the policy), e.g. 256M.
+    #[arg(long)]
+    memory: Option<String>,
+    /// Process limit for this run (overrides the policy).
+    #[arg(long)]
+    pids: Option<u64>,
+    /// CPU limit in cores for this run (overrides the policy), e.g. 0.5.
+    #[arg(long)]
+    cpu: Option<f64>,
+    /// Directory inside swarmcell's own cgroup that holds the sandboxes' cgroups.
+    #[arg(long, default_value = "swarmcell")]
+    cgroup_parent: String,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     cmd: Vec<String>,
@@ -110,7 +129,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init { fd } => launch::init::main(fd),
         Command::Probe { name, arg } => return ExitCode::from(swarmcell::probe::main(&name, arg.as_deref())),
-        Command::Run(args) => run(args, log),
+        Command::Run(args) => run(*args, log),
+        Command::Gc { state_dir, cgroup_parent } => gc(&state_dir, &cgroup_parent),
         Command::Policy(PolicyCommand::Check { file }) => Policy::load(&file)
             .map(|_| {
                 println!("policy {}: ok", file.display());
@@ -152,7 +172,12 @@ fn run(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
         Some(f) => Policy::load(f),
         None => Ok(Policy::builtin()),
     }
-    .map_err(|e| launcher(e.to_string()))?;
+    .map_err(|e| launcher(e.to_string()))?
+    .with_limit_overrides(args.memory.as_deref(), args.pids, args.cpu)
+    .map_err(launcher)?;
+    if !swarmcell::cgroups::valid_parent_name(&args.cgroup_parent) {
+        return Err(launcher(format!("--cgroup-parent {:?}: one path component of letters, digits, '.', '_' or '-'", args.cgroup_parent)));
+    }
     for p in args.ro.iter().chain(&args.rw) {
         policy::check_sandbox_path(p).map_err(|m| launcher(format!("--ro/--rw {}: {m}", p.display())))?;
     }
@@ -170,6 +195,20 @@ fn run(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
         log,
         state_dir: args.state_dir,
         uid_range,
+        cgroup_parent: args.cgroup_parent,
     };
     parent::run(&req).map_err(|e| (e.to_string(), e.exit_code()))
+}
+
+fn gc(state_dir: &std::path::Path, parent: &str) -> Result<u8, (String, u8)> {
+    let launcher = |m: String| (m, launch::EXIT_LAUNCHER_ERROR);
+    if !swarmcell::cgroups::valid_parent_name(parent) {
+        return Err(launcher(format!("--cgroup-parent {parent:?}: one path component of letters, digits, '.', '_' or '-'")));
+    }
+    let layout = swarmcell::cgroups::Layout::detect().map_err(|e| launcher(e.to_string()))?;
+    let removed = swarmcell::cgroups::gc(&layout, parent, state_dir).map_err(|e| launcher(e.to_string()))?;
+    for id in &removed {
+        println!("removed stale cgroup of {id}");
+    }
+    Ok(0)
 }

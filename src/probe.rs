@@ -18,9 +18,10 @@ pub fn main(name: &str, arg: Option<&str>) -> u8 {
         ("bind", Some(port)) => vec![tcp("bind", port)],
         ("connect", Some(port)) => vec![tcp("connect", port)],
         ("http-get", Some(target)) => vec![http_get(target)],
+        ("alloc", Some(mib)) => vec![alloc(mib)],
         _ => {
             eprintln!(
-                "swarmcell __probe: unknown probe {name:?} (tiocsti, fds, seccomp, read PATH, bind PORT, connect PORT, http-get HOST:PORT/PATH)"
+                "swarmcell __probe: unknown probe {name:?} (tiocsti, fds, seccomp, read PATH, bind PORT, connect PORT, http-get HOST:PORT/PATH, alloc MIB)"
             );
             return 2;
         }
@@ -360,4 +361,18 @@ fn http_get(target: &str) -> Check {
         }
         Err(e) => check(&name, Status::Broken, e.to_string()),
     }
+}
+
+/// Allocate and touch MIB mebibytes, 16 MiB at a time, reporting progress on
+/// stderr. `ESCAPED` when all of it could be had.
+fn alloc(mib: &str) -> Check {
+    let name = format!("alloc({mib} MiB)");
+    let Ok(total) = mib.parse::<usize>() else { return check(&name, Status::Broken, "not a number") };
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    for i in 0..total.div_ceil(16) {
+        // Touch every page so the memory is really charged to the cgroup.
+        chunks.push(vec![0xA5; 16 << 20]);
+        eprintln!("allocated {} MiB", (i + 1) * 16);
+    }
+    check(&name, Status::Escaped, format!("allocated {} chunks", chunks.len()))
 }

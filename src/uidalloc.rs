@@ -1,15 +1,12 @@
 //! Parent side: give each sandbox its own unprivileged host uid from a range.
 //!
-//! A slot is a lock file `<state>/uids/<uid>.lock` held with `flock` for the
-//! sandbox's lifetime: the kernel releases it when the launcher dies, so a crash
-//! never leaks a uid, and separate `swarmcell` processes never share one.
-//! Released slots unlink their file (locked → unlink → close; a taker checks that
-//! the file it locked is still the one at the path).
+//! A slot is a [`Lease`] on `<state>/uids/<uid>.lock` for the sandbox's
+//! lifetime: a crash never leaks a uid, and separate `swarmcell` processes never
+//! share one.
 
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use crate::lease::{Lease, LeaseError, ensure_private_dir};
 
 /// Default range: 65536 uids starting at 0x60000000, far above login users and
 /// systemd's dynamic and container ranges.
@@ -20,12 +17,10 @@ pub const DEFAULT_COUNT: u32 = 65536;
 pub enum UidAllocError {
     #[error("uid range: {0}")]
     Range(String),
-    #[error("state directory {path}: {message}")]
-    StateDir { path: PathBuf, message: String },
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
     #[error("all {0} sandbox uids in the range are in use")]
     Exhausted(u32),
-    #[error("uid lock {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,39 +54,7 @@ impl Default for UidRange {
 #[derive(Debug)]
 pub struct UidLease {
     pub uid: u32,
-    path: PathBuf,
-    file: Option<File>,
-}
-
-impl Drop for UidLease {
-    fn drop(&mut self) {
-        // Unlink while still holding the lock, so a waiter re-checks the inode.
-        let _ = std::fs::remove_file(&self.path);
-        self.file.take();
-    }
-}
-
-/// Create (or check) a root-only state directory: it holds lock files, so a
-/// directory writable by others would let them steal or block sandboxes.
-pub fn ensure_private_dir(path: &Path) -> Result<(), UidAllocError> {
-    let err = |message: String| UidAllocError::StateDir { path: path.into(), message };
-    if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path) {
-        return Err(err(e.to_string()));
-    }
-    let meta = std::fs::symlink_metadata(path).map_err(|e| err(e.to_string()))?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    if !meta.is_dir() {
-        return Err(err("is not a directory".into()));
-    }
-    if meta.uid() != me || meta.mode() & 0o022 != 0 {
-        return Err(err(format!(
-            "must be owned by uid {me} and not writable by group or others (owner {}, mode {:04o})",
-            meta.uid(),
-            meta.mode() & 0o7777
-        )));
-    }
-    Ok(())
+    _lease: Lease,
 }
 
 /// Take a free uid from `range`, starting the search at `start_hint`.
@@ -101,34 +64,17 @@ pub fn allocate(state_dir: &Path, range: UidRange, start_hint: u32) -> Result<Ui
     ensure_private_dir(&dir)?;
     for i in 0..range.count {
         let uid = range.base + (start_hint.wrapping_add(i) % range.count);
-        let path = dir.join(format!("{uid}.lock"));
-        if let Some(file) = try_lock(&path)? {
-            return Ok(UidLease { uid, path, file: Some(file) });
+        if let Some(lease) = Lease::try_acquire(&dir.join(format!("{uid}.lock")))? {
+            return Ok(UidLease { uid, _lease: lease });
         }
     }
     Err(UidAllocError::Exhausted(range.count))
 }
 
-fn try_lock(path: &Path) -> Result<Option<File>, UidAllocError> {
-    let io = |source| UidAllocError::Io { path: path.into(), source };
-    let file =
-        OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io)?;
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = std::io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(None) } else { Err(io(e)) };
-    }
-    // The previous holder may have unlinked the file between our open and flock.
-    let ours = file.metadata().map_err(io)?;
-    match std::fs::symlink_metadata(path) {
-        Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => Ok(Some(file)),
-        _ => Ok(None),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn temp_state() -> PathBuf {
         std::env::temp_dir().join(format!("swarmcell-uid-test-{}-{}", std::process::id(), rand_u32()))
@@ -162,6 +108,12 @@ mod tests {
         assert_eq!(allocate(&state, range, 0).unwrap().uid, freed);
         drop((a, c));
         assert_eq!(std::fs::read_dir(state.join("uids")).unwrap().count(), 0, "lock files removed");
+        // A lock file whose holder died without unlinking it is swept; a held one is not.
+        let held = allocate(&state, range, 0).unwrap();
+        std::fs::write(state.join("uids/200002.lock"), "").unwrap();
+        assert_eq!(crate::lease::sweep(&state.join("uids")).unwrap(), 1);
+        assert_eq!(std::fs::read_dir(state.join("uids")).unwrap().count(), 1);
+        drop(held);
         std::fs::remove_dir_all(&state).unwrap();
     }
 

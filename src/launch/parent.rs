@@ -44,6 +44,9 @@ pub struct RunRequest {
     pub log: LogConfig,
     pub state_dir: PathBuf,
     pub uid_range: UidRange,
+    /// Name of the directory, inside the launcher's own cgroup, that holds the
+    /// sandboxes' cgroups.
+    pub cgroup_parent: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +57,10 @@ pub enum RunError {
     Bind(#[from] BindError),
     #[error(transparent)]
     Uid(#[from] UidAllocError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroups::CgroupError),
+    #[error(transparent)]
+    Lease(#[from] crate::lease::LeaseError),
     #[error(transparent)]
     Map(#[from] MapError),
     #[error("cannot create the sandbox namespaces: {0}")]
@@ -196,7 +203,17 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         tracing::warn!("{missing}");
     }
     let seccomp = crate::seccomp::compile(&req.policy.seccomp.deny).map_err(|e| RunError::Invalid(e.to_string()))?;
+    let layout = crate::cgroups::Layout::detect()?;
+    match crate::cgroups::gc(&layout, &req.cgroup_parent, &req.state_dir) {
+        Ok(ids) if !ids.is_empty() => tracing::info!(removed = ?ids, "removed stale sandbox cgroups"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not remove stale sandbox cgroups"),
+    }
     let lease = uidalloc::allocate(&req.state_dir, req.uid_range, super::random_u32())?;
+    // Held for the sandbox's life: `gc` leaves the cgroup of a held id alone.
+    let sandbox_lease = crate::lease::Lease::try_acquire(&req.state_dir.join("sandboxes").join(format!("{id}.lock")))?
+        .ok_or_else(|| RunError::Setup(format!("sandbox id {id} is already in use")))?;
+    let mut cgroup = crate::cgroups::create(&layout, &req.cgroup_parent, &id, &req.policy.cgroup_limits())?;
     let spec = InitSpec {
         id: id.clone(),
         uid,
@@ -217,18 +234,27 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     // the worktree owner's own ids.
     let leased = IdMap { inside_uid: uid, host_uid: lease.uid, inside_gid: gid, host_gid: lease.uid };
     let direct = IdMap { inside_uid: uid, host_uid: uid, inside_gid: gid, host_gid: gid };
-    let first = if req.idmap { start(req, &wt, spec.clone(), leased, true) } else { start(req, &wt, spec.clone(), direct, false) };
+    let first = if req.idmap { start(req, &wt, spec.clone(), leased, true, &cgroup) } else { start(req, &wt, spec.clone(), direct, false, &cgroup) };
     let mut sandbox = match first {
         Err(Fallback::Idmap) => {
             tracing::warn!(worktree = %wt.path.display(), "this filesystem cannot idmap mounts; the sandbox runs as the worktree owner's uid");
-            start(req, &wt, spec, direct, false).map_err(Fallback::into_error)?
+            start(req, &wt, spec, direct, false, &cgroup).map_err(Fallback::into_error)?
         }
         other => other.map_err(Fallback::into_error)?,
     };
-    tracing::info!(sandbox = %id, pid = sandbox.pid, host_uid = sandbox.host_uid, "sandbox started");
-    let status = sandbox.wait(&signals, ready, &id);
-    drop(lease);
-    status.map(PayloadStatus::exit_code)
+    tracing::info!(sandbox = %id, pid = sandbox.pid, host_uid = sandbox.host_uid, cgroup_version = cgroup.version(), "sandbox started");
+    let ready_info = ReadyInfo { id: &id, cgroups: cgroup.paths() };
+    let status = sandbox.wait(&signals, ready, &ready_info);
+    drop(sandbox);
+    let oom_kills = cgroup.oom_kills();
+    cgroup.kill_and_remove()?;
+    drop((lease, sandbox_lease));
+    let status = status?;
+    if status == PayloadStatus::Signaled(libc::SIGKILL) && oom_kills > 0 {
+        let limit = cgroup.memory_limit().map_or("none".to_string(), |m| crate::policy::units::ByteSize::bytes(m).to_string());
+        eprintln!("swarmcell: sandbox {id}: killed: out of memory, limit {limit}");
+    }
+    Ok(status.exit_code())
 }
 
 /// `start` with idmapping reports this when the filesystem cannot idmap.
@@ -252,12 +278,22 @@ impl<E: Into<RunError>> From<E> for Fallback {
     }
 }
 
-fn start(req: &RunRequest, wt: &Worktree, mut spec: InitSpec, map: IdMap, idmap: bool) -> Result<Sandbox, Fallback> {
+fn start(
+    req: &RunRequest,
+    wt: &Worktree,
+    mut spec: InitSpec,
+    map: IdMap,
+    idmap: bool,
+    cgroup: &crate::cgroups::SandboxCgroup,
+) -> Result<Sandbox, Fallback> {
     // Clone first: the child's exec of `swarmcell __init` then overlaps with the
     // host-side mount preparation below (it waits for the spec anyway).
     let sandbox = Sandbox::spawn(map.host_uid)?;
     tracing::debug!(pid = sandbox.pid, "init cloned");
     map.write(sandbox.pid)?;
+    // Before init runs anything of the payload's: every process of the sandbox
+    // is born inside the cgroup, and init's cgroup namespace is rooted there.
+    cgroup.add_process(sandbox.pid)?;
 
     let mut mounts = PreparedMounts::default();
     for p in &req.policy.filesystem.read_only {
@@ -395,7 +431,8 @@ impl Sandbox {
     }
 
     /// Poll the channel and the launcher's signals until init is gone.
-    fn wait(&mut self, signals: &SignalGuard, mut ready: Option<OwnedFd>, id: &str) -> Result<PayloadStatus, RunError> {
+    fn wait(&mut self, signals: &SignalGuard, mut ready: Option<OwnedFd>, info: &ReadyInfo) -> Result<PayloadStatus, RunError> {
+        let id = info.id;
         let mut status = None;
         let mut failure: Option<RunError> = None;
         let mut channel_open = true;
@@ -417,7 +454,7 @@ impl Sandbox {
                     Ok(FromInit::Running) => {
                         tracing::info!(sandbox = %id, "ready");
                         if let Some(fd) = ready.take() {
-                            write_ready(fd, id, self.pid);
+                            write_ready(fd, info, self.pid);
                         }
                     }
                     Ok(FromInit::Exited(s)) => status = Some(s),
@@ -461,9 +498,15 @@ impl Sandbox {
     }
 }
 
-fn write_ready(fd: OwnedFd, id: &str, pid: libc::pid_t) {
+/// What the ready line reports besides the pid.
+struct ReadyInfo<'a> {
+    id: &'a str,
+    cgroups: Vec<PathBuf>,
+}
+
+fn write_ready(fd: OwnedFd, info: &ReadyInfo, pid: libc::pid_t) {
     use std::io::Write;
-    let line = serde_json::json!({ "id": id, "pid": pid, "port": serde_json::Value::Null }).to_string() + "\n";
+    let line = serde_json::json!({ "id": info.id, "pid": pid, "port": serde_json::Value::Null, "cgroups": info.cgroups }).to_string() + "\n";
     let mut f = std::fs::File::from(fd);
     if let Err(e) = f.write_all(line.as_bytes()) {
         tracing::warn!(error = %e, "could not write the ready line to --ready-fd");

@@ -211,6 +211,27 @@ impl Policy {
         Ok(policy)
     }
 
+    /// Apply `--memory`, `--pids` and `--cpu` for one run, validated like the file.
+    pub fn with_limit_overrides(mut self, memory: Option<&str>, pids: Option<u64>, cpu: Option<f64>) -> Result<Policy, String> {
+        if let Some(m) = memory {
+            self.limits.memory = ByteSize::try_from(m.to_string()).map_err(|e| format!("--memory: {e}"))?;
+        }
+        if let Some(p) = pids {
+            self.limits.pids = p;
+        }
+        if let Some(c) = cpu {
+            self.limits.cpu = c;
+        }
+        self.validate().map_err(|(field, message)| format!("--{}: {message}", field.trim_start_matches("limits.")))?;
+        Ok(self)
+    }
+
+    /// The cgroup limits this policy asks for.
+    pub fn cgroup_limits(&self) -> crate::cgroups::Limits {
+        let l = &self.limits;
+        crate::cgroups::Limits { memory: l.memory.0, swap: l.swap.0, pids: Some(l.pids), cpu: Some(l.cpu) }
+    }
+
     fn validate(&self) -> Result<(), (String, String)> {
         let err = |f: &str, m: String| Err((f.to_string(), m));
         for (i, name) in self.process.env.iter().enumerate() {

@@ -85,19 +85,59 @@ pub fn ok(o: &Output) -> String {
     stdout(o)
 }
 
-/// No process runs as a per-sandbox uid or the test owner, and no uid lease is held.
+/// No process runs as a per-sandbox uid or the test owner, and no lease or
+/// cgroup is left. Orphans of a killed launcher are reaped by the host's pid 1,
+/// which may take a moment: a process must be gone within 5 s.
 pub fn assert_no_sandbox_left() {
+    let start = std::time::Instant::now();
+    loop {
+        let left = sandbox_processes();
+        if left.is_empty() {
+            break;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(5), "sandbox processes left behind:\n{}", left.join("\n---\n"));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for dir in ["uids", "sandboxes"] {
+        let leases = std::fs::read_dir(format!("/run/swarmcell/{dir}")).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(leases, 0, "a lease is still held in /run/swarmcell/{dir}");
+    }
+    assert_no_cgroup_left();
+}
+
+/// No sandbox cgroup, and no empty `swarmcell` parent, in any hierarchy.
+pub fn assert_no_cgroup_left() {
+    let layout = swarmcell::cgroups::Layout::detect().expect("cgroups");
+    let left = swarmcell::cgroups::sandbox_dirs(&layout, "swarmcell");
+    assert!(left.is_empty(), "sandbox cgroups left behind: {left:?}");
+}
+
+/// Read the ready line a `--ready-fd 3` run writes into `path`.
+pub fn ready_line(path: &Path) -> serde_json::Value {
+    for _ in 0..1000 {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && text.ends_with('\n')
+        {
+            return serde_json::from_str(text.trim()).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("no ready line in {}", path.display());
+}
+
+fn sandbox_processes() -> Vec<String> {
+    let mut left = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let name = entry.file_name();
         let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
         let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
         let uid: u32 =
             status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let in_range = (UID_BASE..UID_BASE + UID_COUNT).contains(&uid) || uid == OWNER;
-        assert!(!in_range, "sandbox process left behind: pid {pid} uid {uid}\n{status}");
+        if (UID_BASE..UID_BASE + UID_COUNT).contains(&uid) || uid == OWNER {
+            left.push(format!("pid {pid} uid {uid}\n{}", status.lines().take(8).collect::<Vec<_>>().join("\n")));
+        }
     }
-    let leases = std::fs::read_dir("/run/swarmcell/uids").map(|d| d.count()).unwrap_or(0);
-    assert_eq!(leases, 0, "a uid lease is still held in /run/swarmcell/uids");
+    left
 }
 
 /// Where the swarmcell binary lives, to bind it read-only for `__probe`.
