@@ -59,6 +59,19 @@ impl Lease {
     }
 }
 
+/// Take a lock that should be free (a fresh, random name): a concurrent
+/// [`sweep`] may remove the file between our open and flock, so try again a few
+/// times before concluding someone really holds it.
+pub fn acquire_fresh(path: &Path) -> Result<Option<Lease>, LeaseError> {
+    for _ in 0..5 {
+        if let Some(l) = Lease::try_acquire(path)? {
+            return Ok(Some(l));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    Ok(None)
+}
+
 /// Remove the lock files in `dir` that nobody holds (left by holders that were
 /// killed before they could unlink them). Returns how many were removed.
 pub fn sweep(dir: &Path) -> Result<usize, LeaseError> {

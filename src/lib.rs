@@ -11,16 +11,19 @@
 //! - `sys`: every raw system call.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod broker;
 pub mod caps;
 pub mod cgroups;
 pub mod fds;
 pub mod fs;
+pub mod health;
 pub mod landlock;
 pub mod launch;
 pub mod lease;
 pub mod logging;
 pub mod ns;
 pub mod policy;
+pub mod ports;
 pub mod probe;
 pub mod seccomp;
 pub mod sys;

@@ -96,6 +96,25 @@ struct RunArgs {
     /// Directory inside swarmcell's own cgroup that holds the sandboxes' cgroups.
     #[arg(long, default_value = "swarmcell")]
     cgroup_parent: String,
+    /// Host port on 127.0.0.1 brokered to the payload's inner port: `auto` (the
+    /// next free one of --port-range) or a number in the range. Without it, no port.
+    #[arg(long, value_name = "auto|N")]
+    port: Option<String>,
+    /// Host ports sandboxes may get (at most 1001).
+    #[arg(long, default_value = "8000-9000")]
+    port_range: String,
+    /// Readiness: `http` (GET the policy's health path until 2xx) or `none` (a TCP connection is enough).
+    #[arg(long, default_value = "http")]
+    health: String,
+    /// How long to wait for health (default: the policy's, 10s).
+    #[arg(long, value_name = "DURATION")]
+    health_timeout: Option<String>,
+    /// After SIGTERM, how long before everything in the sandbox is killed.
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    stop_timeout: String,
+    /// Most concurrent connections through the broker.
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     cmd: Vec<String>,
@@ -182,6 +201,23 @@ fn run(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
         policy::check_sandbox_path(p).map_err(|m| launcher(format!("--ro/--rw {}: {m}", p.display())))?;
     }
     let uid_range = UidRange::parse(&args.uid_range).map_err(|e| launcher(e.to_string()))?;
+    let port_range = swarmcell::ports::PortRange::parse(&args.port_range).map_err(|e| launcher(e.to_string()))?;
+    let port = match args.port.as_deref() {
+        None => parent::PortChoice::None,
+        Some("auto") => parent::PortChoice::Auto,
+        Some(n) => parent::PortChoice::Fixed(n.parse().map_err(|_| launcher(format!("--port {n:?}: expected auto or a port number")))?),
+    };
+    let health = match args.health.as_str() {
+        "http" => parent::HealthMode::Http,
+        "none" => parent::HealthMode::Tcp,
+        other => return Err(launcher(format!("--health {other:?}: expected http or none"))),
+    };
+    let duration = |flag: &str, v: &str| policy::units::parse_duration(v).map_err(|e| launcher(format!("{flag}: {e}")));
+    let health_timeout = args.health_timeout.as_deref().map(|v| duration("--health-timeout", v)).transpose()?;
+    let stop_timeout = duration("--stop-timeout", &args.stop_timeout)?;
+    if args.max_connections == 0 {
+        return Err(launcher("--max-connections must be 1 or more".into()));
+    }
     let req = parent::RunRequest {
         worktree: args.worktree,
         policy,
@@ -196,6 +232,12 @@ fn run(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
         state_dir: args.state_dir,
         uid_range,
         cgroup_parent: args.cgroup_parent,
+        port,
+        port_range,
+        health,
+        health_timeout,
+        stop_timeout,
+        max_connections: args.max_connections,
     };
     parent::run(&req).map_err(|e| (e.to_string(), e.exit_code()))
 }

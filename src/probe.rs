@@ -19,9 +19,11 @@ pub fn main(name: &str, arg: Option<&str>) -> u8 {
         ("connect", Some(port)) => vec![tcp("connect", port)],
         ("http-get", Some(target)) => vec![http_get(target)],
         ("alloc", Some(mib)) => vec![alloc(mib)],
+        ("serve", Some(port)) => return serve(port, false),
+        ("bench-server", Some(port)) => return serve(port, true),
         _ => {
             eprintln!(
-                "swarmcell __probe: unknown probe {name:?} (tiocsti, fds, seccomp, read PATH, bind PORT, connect PORT, http-get HOST:PORT/PATH, alloc MIB)"
+                "swarmcell __probe: unknown probe {name:?} (tiocsti, fds, seccomp, read PATH, bind PORT, connect PORT, http-get HOST:PORT/PATH, alloc MIB, serve PORT, bench-server PORT)"
             );
             return 2;
         }
@@ -375,4 +377,93 @@ fn alloc(mib: &str) -> Check {
         eprintln!("allocated {} MiB", (i + 1) * 16);
     }
     check(&name, Status::Escaped, format!("allocated {} chunks", chunks.len()))
+}
+
+/// A small HTTP/1.1 server on 127.0.0.1:PORT (`serve`): every request gets
+/// `200 {"healthy":true}`. With `bench`, a connection's first byte picks a mode
+/// instead: `E` echo, `S` sink (count bytes until EOF, answer the count as 8
+/// bytes), `G` generate (send the 8-byte count that follows, then close).
+/// Runs until killed.
+pub fn serve(port: &str, bench: bool) -> u8 {
+    let Ok(port) = port.parse::<u16>() else {
+        eprintln!("serve: {port:?} is not a port");
+        return 2;
+    };
+    let listener = match std::net::TcpListener::bind(("127.0.0.1", port)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("serve: bind 127.0.0.1:{port}: {e}");
+            return 1;
+        }
+    };
+    for conn in listener.incoming().flatten() {
+        let _ = conn.set_nodelay(true);
+        std::thread::spawn(move || if bench { bench_conn(conn) } else { http_conn(conn) });
+    }
+    0
+}
+
+fn http_conn(mut conn: std::net::TcpStream) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.drain(..end + 4);
+            let body = "{\"healthy\":true}";
+            let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            if conn.write_all(resp.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn bench_conn(mut conn: std::net::TcpStream) {
+    let mut mode = [0u8; 1];
+    if conn.read_exact(&mut mode).is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    match mode[0] {
+        b'E' => loop {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if conn.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        },
+        b'S' => {
+            let mut total: u64 = 0;
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => total += n as u64,
+                    Err(_) => return,
+                }
+            }
+            let _ = conn.write_all(&total.to_le_bytes());
+        }
+        b'G' => {
+            let mut n = [0u8; 8];
+            if conn.read_exact(&mut n).is_err() {
+                return;
+            }
+            let mut left = u64::from_le_bytes(n);
+            while left > 0 {
+                let k = left.min(buf.len() as u64) as usize;
+                if conn.write_all(&buf[..k]).is_err() {
+                    return;
+                }
+                left -= k as u64;
+            }
+        }
+        _ => {}
+    }
 }

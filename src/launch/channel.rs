@@ -157,6 +157,7 @@ mod tests {
             home: "/tmp/home".into(),
             argv: vec!["/bin/true".into()],
             env: vec![],
+            stop_timeout_ms: 5000,
             log: LogConfig { json: false, level: "warn".into() },
             landlock: Default::default(),
             seccomp: vec![],

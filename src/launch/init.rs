@@ -138,7 +138,38 @@ fn run(chan: &Channel, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStat
     sys::prctl(libc::PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")?;
     let _ = chan.send_to_parent(&FromInit::Running);
     tracing::debug!(sandbox = %spec.id, payload_pid, "payload running");
-    Ok(reap_until_payload_exits(payload_pid, &mask))
+    let status = reap_until_payload_exits(payload_pid, &mask);
+    drain(&mask, std::time::Duration::from_millis(spec.stop_timeout_ms));
+    Ok(status)
+}
+
+/// The payload is gone: ask whatever it left behind to stop (SIGTERM), reap it
+/// for up to `timeout`; when init then exits, the kernel kills the rest.
+fn drain(mask: &libc::sigset_t, timeout: std::time::Duration) {
+    // SAFETY: kill(-1) from pid 1 signals every other process of this PID namespace.
+    if unsafe { libc::kill(-1, libc::SIGTERM) } != 0 {
+        return; // ESRCH: nobody left
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        loop {
+            // SAFETY: waitpid with WNOHANG on any child; no status is read.
+            let pid = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+            if pid == 0 {
+                break;
+            }
+            if pid < 0 {
+                return; // ECHILD: all reaped
+            }
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let ts = libc::timespec { tv_sec: left.as_secs() as libc::time_t, tv_nsec: left.subsec_nanos() as libc::c_long };
+        // SAFETY: mask and ts are valid; the siginfo pointer may be null.
+        unsafe { libc::sigtimedwait(mask, std::ptr::null_mut(), &ts) };
+    }
 }
 
 /// Resolve the program like `execvp`, but against the sandbox's PATH and root.

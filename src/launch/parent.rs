@@ -47,6 +47,31 @@ pub struct RunRequest {
     /// Name of the directory, inside the launcher's own cgroup, that holds the
     /// sandboxes' cgroups.
     pub cgroup_parent: String,
+    /// Host port for the broker: none, the next free one of the range, or a given one.
+    pub port: PortChoice,
+    pub port_range: crate::ports::PortRange,
+    /// How readiness is decided when there is a port.
+    pub health: HealthMode,
+    /// Overall health deadline (default: the policy's).
+    pub health_timeout: Option<std::time::Duration>,
+    /// SIGTERM first, SIGKILL to everything after this long.
+    pub stop_timeout: std::time::Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortChoice {
+    None,
+    Auto,
+    Fixed(u16),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthMode {
+    /// GET the policy's health path through the broker until 2xx.
+    Http,
+    /// A TCP connection to the inner port is enough.
+    Tcp,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +86,10 @@ pub enum RunError {
     Cgroup(#[from] crate::cgroups::CgroupError),
     #[error(transparent)]
     Lease(#[from] crate::lease::LeaseError),
+    #[error(transparent)]
+    Port(#[from] crate::ports::PortError),
+    #[error("sandbox {id}: {source}")]
+    Health { id: String, source: crate::health::HealthError },
     #[error(transparent)]
     Map(#[from] MapError),
     #[error("cannot create the sandbox namespaces: {0}")]
@@ -139,7 +168,7 @@ fn inside_ids(req: &RunRequest, wt: &Worktree) -> Result<(u32, u32), RunError> {
     Ok((uid, gid))
 }
 
-fn environment(policy: &Policy, id: &str) -> Vec<(String, String)> {
+fn environment(policy: &Policy, id: &str, port: Option<u16>) -> Vec<(String, String)> {
     let clean = |v: String| (!v.is_empty() && v.len() < 256 && !v.chars().any(char::is_control)).then_some(v);
     let mut env = vec![
         ("PATH".to_string(), SANDBOX_PATH.to_string()),
@@ -149,6 +178,9 @@ fn environment(policy: &Policy, id: &str) -> Vec<(String, String)> {
         ("USER".to_string(), "agent".to_string()),
         ("SWARMCELL_SANDBOX_ID".to_string(), id.to_string()),
     ];
+    if port.is_some() {
+        env.push(("SWARMCELL_PORT".to_string(), policy.network.inner_port.to_string()));
+    }
     for name in &policy.process.env {
         if let Ok(v) = std::env::var(name) {
             env.retain(|(k, _)| k != name);
@@ -194,8 +226,16 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     let wt = resolve_worktree(&req.worktree)?;
     let (uid, gid) = inside_ids(req, &wt)?;
     let id = super::new_sandbox_id();
-    let env = environment(&req.policy, &id);
-    let args_bytes: usize = req.argv.iter().map(|a| a.len() + 1).sum::<usize>() + env.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>();
+    let host_port = match req.port {
+        PortChoice::None => None,
+        PortChoice::Auto => Some(crate::ports::allocate(&req.state_dir, req.port_range)?),
+        PortChoice::Fixed(p) => Some(crate::ports::take(&req.state_dir, req.port_range, p)?),
+    };
+    let env = environment(&req.policy, &id, host_port.as_ref().map(|p| p.port));
+    // `{port}` in the arguments is the port the payload listens on inside.
+    let inner = req.policy.network.inner_port.to_string();
+    let argv: Vec<String> = req.argv.iter().map(|a| a.replace("{port}", &inner)).collect();
+    let args_bytes: usize = argv.iter().map(|a| a.len() + 1).sum::<usize>() + env.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>();
     if args_bytes > MAX_ARGS_BYTES {
         return invalid(format!("arguments and environment are {args_bytes} bytes, more than {MAX_ARGS_BYTES}"));
     }
@@ -211,7 +251,7 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     }
     let lease = uidalloc::allocate(&req.state_dir, req.uid_range, super::random_u32())?;
     // Held for the sandbox's life: `gc` leaves the cgroup of a held id alone.
-    let sandbox_lease = crate::lease::Lease::try_acquire(&req.state_dir.join("sandboxes").join(format!("{id}.lock")))?
+    let sandbox_lease = crate::lease::acquire_fresh(&req.state_dir.join("sandboxes").join(format!("{id}.lock")))?
         .ok_or_else(|| RunError::Setup(format!("sandbox id {id} is already in use")))?;
     let mut cgroup = crate::cgroups::create(&layout, &req.cgroup_parent, &id, &req.policy.cgroup_limits())?;
     let spec = InitSpec {
@@ -223,8 +263,9 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         shm_size: req.policy.filesystem.shm_size.0.unwrap_or(64 << 20),
         cwd: wt.path.clone(),
         home: SANDBOX_HOME.into(),
-        argv: req.argv.clone(),
+        argv,
         env,
+        stop_timeout_ms: req.stop_timeout.as_millis() as u64,
         log: req.log.clone(),
         landlock: landlock_spec(req, &wt),
         seccomp: super::spec::encode_bpf(&seccomp),
@@ -243,12 +284,36 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         other => other.map_err(Fallback::into_error)?,
     };
     tracing::info!(sandbox = %id, pid = sandbox.pid, host_uid = sandbox.host_uid, cgroup_version = cgroup.version(), "sandbox started");
-    let ready_info = ReadyInfo { id: &id, cgroups: cgroup.paths() };
-    let status = sandbox.wait(&signals, ready, &ready_info);
+    let port = host_port.as_ref().map(|p| p.port);
+    let mut broker = None;
+    let mut health = None;
+    if let Some(lease) = &host_port {
+        let netns =
+            crate::broker::Netns::of_pid(sandbox.pid).map_err(|e| RunError::Setup(format!("opening the sandbox's network namespace: {e}")))?;
+        let listener = lease.listener.try_clone().map_err(|e| RunError::Setup(format!("broker listener: {e}")))?;
+        let inner = req.policy.network.inner_port;
+        broker = Some(
+            crate::broker::Broker::start(listener, netns.clone(), inner, req.max_connections)
+                .map_err(|e| RunError::Setup(format!("starting the broker: {e}")))?,
+        );
+        let check = match req.health {
+            HealthMode::Http => crate::health::Check::Http { port: lease.port, path: req.policy.health.path.clone() },
+            HealthMode::Tcp => crate::health::Check::Tcp { netns: crate::health::NetnsPort { netns, port: inner } },
+        };
+        health = Some(HealthWatch::start(check, req.health_timeout.unwrap_or(req.policy.health.timeout.0))?);
+    }
+    let ready_info = ReadyInfo { id: &id, port, cgroups: cgroup.paths() };
+    let status = sandbox.wait(&signals, ready, &ready_info, health.as_ref(), req.stop_timeout);
+    if let Some(h) = health {
+        h.finish();
+    }
+    if let Some(mut b) = broker {
+        b.stop();
+    }
     drop(sandbox);
     let oom_kills = cgroup.oom_kills();
     cgroup.kill_and_remove()?;
-    drop((lease, sandbox_lease));
+    drop((lease, sandbox_lease, host_port));
     let status = status?;
     if status == PayloadStatus::Signaled(libc::SIGKILL) && oom_kills > 0 {
         let limit = cgroup.memory_limit().map_or("none".to_string(), |m| crate::policy::units::ByteSize::bytes(m).to_string());
@@ -431,30 +496,55 @@ impl Sandbox {
     }
 
     /// Poll the channel and the launcher's signals until init is gone.
-    fn wait(&mut self, signals: &SignalGuard, mut ready: Option<OwnedFd>, info: &ReadyInfo) -> Result<PayloadStatus, RunError> {
+    /// Poll the channel, the launcher's signals and the health check until init
+    /// is gone. A stop signal is forwarded (init passes it to the payload) and,
+    /// after `stop_timeout`, followed by SIGKILL.
+    fn wait(
+        &mut self,
+        signals: &SignalGuard,
+        mut ready: Option<OwnedFd>,
+        info: &ReadyInfo,
+        health: Option<&HealthWatch>,
+        stop_timeout: std::time::Duration,
+    ) -> Result<PayloadStatus, RunError> {
         let id = info.id;
         let mut status = None;
         let mut failure: Option<RunError> = None;
         let mut channel_open = true;
+        let mut health_open = health.is_some();
+        let mut running = false;
+        let mut kill_at: Option<std::time::Instant> = None;
+        let mut killed_after_stop_timeout = false;
         let mut init_status = 0;
         while channel_open || !self.reaped {
+            let timeout = kill_at.map_or(-1, |t| t.saturating_duration_since(std::time::Instant::now()).as_millis().min(i32::MAX as u128) as i32);
             let mut pfds = [
                 libc::pollfd { fd: signals.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
                 libc::pollfd { fd: if channel_open { self.channel.raw_fd() } else { -1 }, events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: health.filter(|_| health_open).map_or(-1, |h| h.done_fd()), events: libc::POLLIN, revents: 0 },
             ];
-            // SAFETY: pfds is a valid array of two pollfds.
-            if unsafe { libc::poll(pfds.as_mut_ptr(), 2, -1) } < 0 {
+            // SAFETY: pfds is a valid array of three pollfds.
+            if unsafe { libc::poll(pfds.as_mut_ptr(), 3, timeout) } < 0 {
                 if Errno::last() == Errno::EINTR {
                     continue;
                 }
                 return Err(RunError::Sys { what: "waiting for the sandbox", source: SysError { call: "poll".into(), errno: Errno::last() } });
             }
+            if kill_at.is_some_and(|t| std::time::Instant::now() >= t) && !self.reaped {
+                tracing::warn!(sandbox = %id, "still running {} after SIGTERM; killing", crate::policy::units::HumanDuration(stop_timeout));
+                let _ = sys::kill(self.pid, libc::SIGKILL);
+                kill_at = None;
+                killed_after_stop_timeout = true;
+            }
             if pfds[1].revents != 0 {
                 match self.channel.recv_from_init() {
                     Ok(FromInit::Running) => {
-                        tracing::info!(sandbox = %id, "ready");
-                        if let Some(fd) = ready.take() {
-                            write_ready(fd, info, self.pid);
+                        running = true;
+                        if health.is_none() {
+                            tracing::info!(sandbox = %id, "ready");
+                            if let Some(fd) = ready.take() {
+                                write_ready(fd, info, self.pid);
+                            }
                         }
                     }
                     Ok(FromInit::Exited(s)) => status = Some(s),
@@ -470,22 +560,50 @@ impl Sandbox {
                     }
                 }
             }
+            if pfds[2].revents != 0
+                && let Some(h) = health
+            {
+                health_open = false;
+                match h.result() {
+                    Some(Ok(took)) if running || status.is_none() => {
+                        tracing::info!(sandbox = %id, port = info.port, healthy_after_ms = took.as_millis() as u64, "ready");
+                        if let Some(fd) = ready.take() {
+                            write_ready(fd, info, self.pid);
+                        }
+                    }
+                    Some(Err(e)) if !matches!(e, crate::health::HealthError::Cancelled) && status.is_none() && failure.is_none() => {
+                        failure = Some(RunError::Health { id: id.to_string(), source: e });
+                        let _ = sys::kill(self.pid, libc::SIGKILL);
+                    }
+                    _ => {}
+                }
+            }
             while let Some(sig) = signals.next() {
                 if sig == libc::SIGCHLD {
-                    if !self.reaped {
-                        // SAFETY: init_status is a valid int.
-                        if unsafe { libc::waitpid(self.pid, &mut init_status, libc::WNOHANG) } == self.pid {
-                            self.reaped = true;
+                    // SAFETY: init_status is a valid int.
+                    if !self.reaped && unsafe { libc::waitpid(self.pid, &mut init_status, libc::WNOHANG) } == self.pid {
+                        self.reaped = true;
+                        if let Some(h) = health {
+                            h.cancel();
                         }
                     }
                 } else if !self.reaped {
                     tracing::debug!(sandbox = %id, signal = sig, "forwarding signal");
                     let _ = sys::kill(self.pid, sig);
+                    if [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT].contains(&sig) && kill_at.is_none() {
+                        kill_at = Some(std::time::Instant::now() + stop_timeout);
+                        if let Some(h) = health {
+                            h.cancel();
+                        }
+                    }
                 }
             }
         }
         if let Some(f) = failure {
             return Err(f);
+        }
+        if killed_after_stop_timeout && status.is_none() {
+            return Ok(PayloadStatus::Signaled(libc::SIGKILL));
         }
         status.ok_or_else(|| {
             let how = if libc::WIFSIGNALED(init_status) {
@@ -498,15 +616,65 @@ impl Sandbox {
     }
 }
 
+/// The health check, on a thread of its own; the wait loop polls `done_fd`.
+struct HealthWatch {
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    result: std::sync::Arc<std::sync::Mutex<Option<Result<std::time::Duration, crate::health::HealthError>>>>,
+    done_r: OwnedFd,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HealthWatch {
+    fn start(check: crate::health::Check, deadline: std::time::Duration) -> Result<HealthWatch, RunError> {
+        let (done_r, done_w) = sys::pipe_cloexec().map_err(|source| RunError::Sys { what: "health pipe", source })?;
+        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let result = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let thread = {
+            let (cancel, result) = (cancel.clone(), result.clone());
+            std::thread::Builder::new()
+                .name("health".into())
+                .spawn(move || {
+                    let r = crate::health::wait(&check, deadline, &cancel);
+                    if let Ok(mut slot) = result.lock() {
+                        *slot = Some(r);
+                    }
+                    drop(done_w); // EOF wakes the wait loop
+                })
+                .map_err(|e| RunError::Setup(format!("starting the health check: {e}")))?
+        };
+        Ok(HealthWatch { cancel, result, done_r, thread: Some(thread) })
+    }
+
+    fn done_fd(&self) -> i32 {
+        self.done_r.as_raw_fd()
+    }
+
+    fn result(&self) -> Option<Result<std::time::Duration, crate::health::HealthError>> {
+        self.result.lock().ok().and_then(|mut r| r.take())
+    }
+
+    fn cancel(&self) {
+        self.cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn finish(mut self) {
+        self.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// What the ready line reports besides the pid.
 struct ReadyInfo<'a> {
     id: &'a str,
+    port: Option<u16>,
     cgroups: Vec<PathBuf>,
 }
 
 fn write_ready(fd: OwnedFd, info: &ReadyInfo, pid: libc::pid_t) {
     use std::io::Write;
-    let line = serde_json::json!({ "id": info.id, "pid": pid, "port": serde_json::Value::Null, "cgroups": info.cgroups }).to_string() + "\n";
+    let line = serde_json::json!({ "id": info.id, "pid": pid, "port": info.port, "cgroups": info.cgroups }).to_string() + "\n";
     let mut f = std::fs::File::from(fd);
     if let Err(e) = f.write_all(line.as_bytes()) {
         tracing::warn!(error = %e, "could not write the ready line to --ready-fd");

@@ -20,6 +20,9 @@ pub struct InitSpec {
     pub home: PathBuf,
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// After the payload exits, how long the rest of the sandbox gets between
+    /// SIGTERM and the end of the PID namespace.
+    pub stop_timeout_ms: u64,
     pub log: LogConfig,
     pub landlock: crate::landlock::LandlockSpec,
     /// Compiled seccomp programs, loaded in order: (code, jt, jf, k) per instruction.

@@ -98,8 +98,10 @@ pub fn assert_no_sandbox_left() {
         assert!(start.elapsed() < std::time::Duration::from_secs(5), "sandbox processes left behind:\n{}", left.join("\n---\n"));
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    for dir in ["uids", "sandboxes"] {
-        let leases = std::fs::read_dir(format!("/run/swarmcell/{dir}")).map(|d| d.count()).unwrap_or(0);
+    for dir in ["uids", "sandboxes", "ports"] {
+        let leases = std::fs::read_dir(format!("/run/swarmcell/{dir}"))
+            .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".lock")).count())
+            .unwrap_or(0);
         assert_eq!(leases, 0, "a lease is still held in /run/swarmcell/{dir}");
     }
     assert_no_cgroup_left();

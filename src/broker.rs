@@ -1,0 +1,207 @@
+//! Parent side: the port broker (INV-004). The host side listens on
+//! 127.0.0.1:PORT only; for each connection a thread enters the sandbox's network
+//! namespace (`setns`), connects to 127.0.0.1:INNER_PORT there (a socket stays in
+//! the namespace it was created in), and the two sockets are joined with
+//! `splice` through a pipe in each direction: no copy through user space.
+//!
+//! Half-close is forwarded (EOF on one side shuts down writing on the other), a
+//! reset or error closes both, a full side blocks the other (backpressure), and
+//! at most `max_connections` relays run at once.
+
+use std::fs::File;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+
+const PIPE_SIZE: libc::c_int = 1 << 20;
+const RELAY_STACK: usize = 64 * 1024;
+
+/// Counters, readable while the broker runs (metrics).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connections: AtomicU64,
+    pub refused: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub active: AtomicUsize,
+}
+
+pub struct Broker {
+    pub stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    listener: Arc<TcpListener>,
+    accept: Option<JoinHandle<()>>,
+}
+
+/// A way into the sandbox's network namespace.
+#[derive(Clone)]
+pub struct Netns(Arc<File>);
+
+impl Netns {
+    pub fn of_pid(pid: libc::pid_t) -> std::io::Result<Netns> {
+        Ok(Netns(Arc::new(File::open(format!("/proc/{pid}/ns/net"))?)))
+    }
+
+    /// Move the calling thread into the namespace (for good: use a thread of its own).
+    pub fn enter(&self) -> std::io::Result<()> {
+        // SAFETY: setns on an fd we own; it affects only the calling thread.
+        if unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Connect to 127.0.0.1:port inside the namespace, from a short-lived thread.
+    pub fn connect(&self, port: u16) -> std::io::Result<TcpStream> {
+        let ns = self.clone();
+        std::thread::Builder::new()
+            .stack_size(RELAY_STACK)
+            .spawn(move || {
+                ns.enter()?;
+                TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))
+            })?
+            .join()
+            .map_err(|_| std::io::Error::other("netns connect thread panicked"))?
+    }
+}
+
+impl Broker {
+    pub fn start(listener: TcpListener, netns: Netns, inner_port: u16, max_connections: usize) -> std::io::Result<Broker> {
+        let stats = Arc::new(Stats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let listener = Arc::new(listener);
+        let accept = {
+            let (stats, stop, listener) = (stats.clone(), stop.clone(), listener.clone());
+            std::thread::Builder::new()
+                .name("broker-accept".into())
+                .spawn(move || accept_loop(&listener, &netns, inner_port, max_connections, &stats, &stop))?
+        };
+        Ok(Broker { stats, stop, listener, accept: Some(accept) })
+    }
+
+    /// Stop accepting and close the listener (the port is free afterwards).
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the blocking accept() with an error.
+        // SAFETY: shutdown on the listener's fd, which stays open until drop.
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn accept_loop(listener: &TcpListener, netns: &Netns, inner: u16, max: usize, stats: &Arc<Stats>, stop: &AtomicBool) {
+    loop {
+        let (client, _) = match listener.accept() {
+            Ok(c) => c,
+            Err(_) if stop.load(Ordering::SeqCst) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted || e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "broker accept failed");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+        };
+        if stats.active.load(Ordering::SeqCst) >= max {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(max, "broker connection limit reached; connection closed");
+            continue;
+        }
+        stats.connections.fetch_add(1, Ordering::Relaxed);
+        stats.active.fetch_add(1, Ordering::SeqCst);
+        let (netns, stats) = (netns.clone(), stats.clone());
+        let spawned = std::thread::Builder::new().stack_size(RELAY_STACK).spawn(move || {
+            relay(client, &netns, inner, &stats);
+            stats.active.fetch_sub(1, Ordering::SeqCst);
+        });
+        if spawned.is_err() {
+            tracing::warn!("broker could not start a relay thread");
+        }
+    }
+}
+
+fn relay(client: TcpStream, netns: &Netns, inner: u16, stats: &Arc<Stats>) {
+    // This thread enters the sandbox's namespace only to create the socket.
+    let server = match netns.enter().and_then(|_| TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], inner)))) {
+        Ok(s) => s,
+        Err(_) => return, // nothing listens inside (yet): the client sees the connection close
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (c2, s2) = match (client.try_clone(), server.try_clone()) {
+        (Ok(c), Ok(s)) => (c, s),
+        _ => return,
+    };
+    let back = {
+        let stats = stats.clone();
+        std::thread::Builder::new().stack_size(RELAY_STACK).spawn(move || pump(&s2, &c2, &stats.bytes_out))
+    };
+    pump(&client, &server, &stats.bytes_in);
+    if let Ok(t) = back {
+        let _ = t.join();
+    }
+}
+
+/// Move bytes from `from` to `to` until EOF or error, through a pipe with splice.
+fn pump(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) {
+    let Ok((pr, pw)) = crate::sys::pipe_cloexec() else {
+        let _ = from.shutdown(Shutdown::Both);
+        return;
+    };
+    // SAFETY: F_SETPIPE_SZ on our pipe; failure only means a smaller buffer.
+    unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+    match splice_loop(from, to, &pr, &pw, counter) {
+        // EOF: forward the half-close and let the other direction finish.
+        Ok(()) => {
+            let _ = to.shutdown(Shutdown::Write);
+        }
+        // Reset or error: end both directions.
+        Err(_) => {
+            let _ = from.shutdown(Shutdown::Both);
+            let _ = to.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn splice_loop(from: &TcpStream, to: &TcpStream, pr: &OwnedFd, pw: &OwnedFd, counter: &AtomicU64) -> std::io::Result<()> {
+    // No SPLICE_F_MORE: on a socket it corks like MSG_MORE, holding a small
+    // reply back for the 200 ms cork timer.
+    let flags = libc::SPLICE_F_MOVE;
+    loop {
+        // SAFETY: splice between fds we own, with null offsets (sockets and pipes).
+        let n = unsafe { libc::splice(from.as_raw_fd(), std::ptr::null_mut(), pw.as_raw_fd(), std::ptr::null_mut(), PIPE_SIZE as usize, flags) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let mut left = n as usize;
+        while left > 0 {
+            // SAFETY: as above.
+            let m = unsafe { libc::splice(pr.as_raw_fd(), std::ptr::null_mut(), to.as_raw_fd(), std::ptr::null_mut(), left, flags) };
+            if m < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            left -= m as usize;
+        }
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
