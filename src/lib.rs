@@ -11,6 +11,7 @@
 //! - `sys`: every raw system call.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod bench;
 pub mod broker;
 pub mod caps;
 pub mod cgroups;

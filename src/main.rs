@@ -38,6 +38,9 @@ enum Command {
     /// Validate or show a policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Benchmarks (see benches/).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Remove the cgroups of sandboxes whose launcher is gone (also done at every start).
     Gc {
         #[arg(long, default_value = "/run/swarmcell")]
@@ -121,6 +124,20 @@ struct RunArgs {
 }
 
 #[derive(Subcommand)]
+enum BenchCommand {
+    /// The broker against direct loopback and socat: throughput, latency, launch-to-healthy.
+    Broker {
+        /// Bytes each way for the throughput runs.
+        #[arg(long, default_value = "2G")]
+        bytes: String,
+        #[arg(long, default_value_t = 20000)]
+        pings: usize,
+        #[arg(long, default_value_t = 20)]
+        launches: usize,
+    },
+}
+
+#[derive(Subcommand)]
 enum PolicyCommand {
     /// Check a policy file; exit 0 if valid, 125 with the error otherwise.
     Check { file: PathBuf },
@@ -150,6 +167,7 @@ fn main() -> ExitCode {
         Command::Probe { name, arg } => return ExitCode::from(swarmcell::probe::main(&name, arg.as_deref())),
         Command::Run(args) => run(*args, log),
         Command::Gc { state_dir, cgroup_parent } => gc(&state_dir, &cgroup_parent),
+        Command::Bench(BenchCommand::Broker { bytes, pings, launches }) => bench_broker(&bytes, pings, launches),
         Command::Policy(PolicyCommand::Check { file }) => Policy::load(&file)
             .map(|_| {
                 println!("policy {}: ok", file.display());
@@ -253,4 +271,15 @@ fn gc(state_dir: &std::path::Path, parent: &str) -> Result<u8, (String, u8)> {
         println!("removed stale cgroup of {id}");
     }
     Ok(0)
+}
+
+fn bench_broker(bytes: &str, pings: usize, launches: usize) -> Result<u8, (String, u8)> {
+    let launcher = |m: String| (m, launch::EXIT_LAUNCHER_ERROR);
+    let bytes = policy::units::parse_size(bytes).map_err(launcher)?.ok_or_else(|| launcher("--bytes cannot be max".into()))?;
+    if pings == 0 || launches == 0 {
+        return Err(launcher("--pings and --launches must be 1 or more".into()));
+    }
+    let wt = swarmcell::bench::TempWorktree::new().map_err(launcher)?;
+    let opts = swarmcell::bench::Options { bytes, pings, launches, worktree: wt.path() };
+    swarmcell::bench::broker(&opts).map(|_| 0).map_err(launcher)
 }

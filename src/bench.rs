@@ -1,0 +1,264 @@
+//! `swarmcell bench broker`: the broker against a direct loopback connection and
+//! against `socat` forwarding, side by side in one run on this machine:
+//! bulk throughput each way, 64-byte ping-pong latency (p50, p99), and
+//! launch-to-healthy of a small HTTP server minus that server's own start-up.
+//!
+//! The servers are `swarmcell __probe bench-server` / `serve`: the same program
+//! directly on the host, inside a sandbox (through the broker), and behind socat.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Options {
+    pub bytes: u64,
+    pub pings: usize,
+    pub launches: usize,
+    pub worktree: PathBuf,
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+fn exe() -> Result<PathBuf, String> {
+    std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))
+}
+
+fn free_port() -> Result<u16, String> {
+    // The kernel picks an unused ephemeral port; it stays free for the moment we need.
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+fn wait_connectable(port: u16, timeout: Duration) -> Result<Duration, String> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Err(format!("nothing listens on 127.0.0.1:{port}"))
+}
+
+/// `swarmcell run --port auto ... -- swarmcell __probe MODE {port}`; returns the
+/// launcher and its host port, waiting for the ready line.
+fn sandboxed(opts: &Options, mode: &str, health: &str) -> Result<(Killed, u16, Duration), String> {
+    let exe = exe()?;
+    let bindir = exe.parent().ok_or("binary has no directory")?.to_path_buf();
+    let (mut r, w) = std::io::pipe().map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let mut cmd = Command::new(&exe);
+    cmd.args(["run", "--port", "auto", "--health", health, "--ready-fd", "3", "--ro"])
+        .arg(&bindir)
+        .arg("--worktree")
+        .arg(&opts.worktree)
+        .arg("--")
+        .arg(&exe)
+        .args(["__probe", mode, "{port}"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let wfd = std::os::fd::AsRawFd::as_raw_fd(&w);
+    // SAFETY: dup2 in the child before exec is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(
+            &mut cmd,
+            move || {
+                if libc::dup2(wfd, 3) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+            },
+        );
+    }
+    let child = Killed(cmd.spawn().map_err(|e| format!("starting swarmcell run: {e}"))?);
+    drop(w);
+    let mut line = String::new();
+    r.read_to_string(&mut line).map_err(|e| e.to_string())?;
+    let took = start.elapsed();
+    let v: serde_json::Value = serde_json::from_str(line.trim()).map_err(|e| format!("no ready line ({e}): {line:?}"))?;
+    let port = v["port"].as_u64().ok_or("ready line without a port")? as u16;
+    Ok((child, port, took))
+}
+
+fn upload(port: u16, bytes: u64) -> Result<Duration, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    let chunk = vec![0x5Au8; 1 << 20];
+    let start = Instant::now();
+    s.write_all(b"S").map_err(|e| e.to_string())?;
+    let mut left = bytes;
+    while left > 0 {
+        let k = left.min(chunk.len() as u64) as usize;
+        s.write_all(&chunk[..k]).map_err(|e| e.to_string())?;
+        left -= k as u64;
+    }
+    s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    let mut n = [0u8; 8];
+    s.read_exact(&mut n).map_err(|e| e.to_string())?;
+    if u64::from_le_bytes(n) != bytes {
+        return Err(format!("server counted {} of {bytes} bytes", u64::from_le_bytes(n)));
+    }
+    Ok(start.elapsed())
+}
+
+fn download(port: u16, bytes: u64) -> Result<Duration, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 1 << 20];
+    let start = Instant::now();
+    s.write_all(b"G").and_then(|_| s.write_all(&bytes.to_le_bytes())).map_err(|e| e.to_string())?;
+    let mut got = 0u64;
+    loop {
+        match s.read(&mut buf).map_err(|e| e.to_string())? {
+            0 => break,
+            k => got += k as u64,
+        }
+    }
+    if got != bytes {
+        return Err(format!("received {got} of {bytes} bytes"));
+    }
+    Ok(start.elapsed())
+}
+
+/// Round-trip times of `n` 64-byte messages on one connection, sorted.
+fn pingpong(port: u16, n: usize) -> Result<Vec<Duration>, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    s.write_all(b"E").map_err(|e| e.to_string())?;
+    let msg = [0x42u8; 64];
+    let mut back = [0u8; 64];
+    let mut rtts = Vec::with_capacity(n);
+    for i in 0..n + 200 {
+        let t = Instant::now();
+        s.write_all(&msg).and_then(|_| s.read_exact(&mut back)).map_err(|e| e.to_string())?;
+        if i >= 200 {
+            rtts.push(t.elapsed()); // the first 200 warm up
+        }
+    }
+    rtts.sort();
+    Ok(rtts)
+}
+
+fn pct(v: &[Duration], p: f64) -> Duration {
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+struct Row {
+    name: &'static str,
+    up: f64,
+    down: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+fn measure(name: &'static str, port: u16, opts: &Options) -> Result<Row, String> {
+    let gib = |d: Duration| opts.bytes as f64 / d.as_secs_f64() / f64::from(1u32 << 30);
+    let up = gib(upload(port, opts.bytes)?);
+    let down = gib(download(port, opts.bytes)?);
+    let rtts = pingpong(port, opts.pings)?;
+    Ok(Row { name, up, down, p50: pct(&rtts, 0.5), p99: pct(&rtts, 0.99) })
+}
+
+pub fn broker(opts: &Options) -> Result<(), String> {
+    let exe = exe()?;
+    println!("swarmcell bench broker: {} MiB each way, {} pings of 64 bytes, {} launches", opts.bytes >> 20, opts.pings, opts.launches);
+    // Direct: the bench server on the host's loopback.
+    let direct_port = free_port()?;
+    let _direct = Killed(Command::new(&exe).args(["__probe", "bench-server", &direct_port.to_string()]).spawn().map_err(|e| e.to_string())?);
+    wait_connectable(direct_port, Duration::from_secs(5))?;
+    // socat forwarding to the same server.
+    let socat_port = free_port()?;
+    let socat = Command::new("socat")
+        .args([format!("TCP-LISTEN:{socat_port},bind=127.0.0.1,reuseaddr,fork"), format!("TCP:127.0.0.1:{direct_port}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Killed);
+    // The broker: the same server inside a sandbox.
+    let (_sandbox, broker_port, _) = sandboxed(opts, "bench-server", "none")?;
+
+    let mut rows = vec![measure("direct loopback", direct_port, opts)?, measure("swarmcell broker", broker_port, opts)?];
+    match &socat {
+        Ok(_) => {
+            wait_connectable(socat_port, Duration::from_secs(5))?;
+            rows.push(measure("socat", socat_port, opts)?);
+        }
+        Err(e) => println!("(socat not run: {e}; install it with scripts/setup)"),
+    }
+    println!();
+    println!("{:<18} {:>12} {:>12} {:>10} {:>10}", "path", "up GiB/s", "down GiB/s", "p50 µs", "p99 µs");
+    for r in &rows {
+        println!("{:<18} {:>12.2} {:>12.2} {:>10.1} {:>10.1}", r.name, r.up, r.down, r.p50.as_secs_f64() * 1e6, r.p99.as_secs_f64() * 1e6);
+    }
+    let d = &rows[0];
+    for r in &rows[1..] {
+        println!(
+            "{}: throughput {:.2}x up, {:.2}x down of direct; added latency p50 {:+.1} µs, p99 {:+.1} µs",
+            r.name,
+            r.up / d.up,
+            r.down / d.down,
+            (r.p50.as_secs_f64() - d.p50.as_secs_f64()) * 1e6,
+            (r.p99.as_secs_f64() - d.p99.as_secs_f64()) * 1e6
+        );
+    }
+
+    // Launch-to-healthy against the server's own start-up.
+    let mut own = Vec::new();
+    let mut launched = Vec::new();
+    let check_ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for _ in 0..opts.launches {
+        let port = free_port()?;
+        let start = Instant::now();
+        let server = Killed(Command::new(&exe).args(["__probe", "serve", &port.to_string()]).spawn().map_err(|e| e.to_string())?);
+        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        crate::health::wait(&crate::health::Check::Http { port, path: "/".into() }, Duration::from_secs(5), &cancel).map_err(|e| e.to_string())?;
+        own.push(start.elapsed());
+        drop(server);
+        let (sandbox, _, took) = sandboxed(opts, "serve", "http")?;
+        launched.push(took);
+        drop(sandbox);
+    }
+    let (own, launched) = (median(own), median(launched));
+    println!();
+    println!(
+        "launch-to-healthy: server alone {:.2} ms, in a sandbox through the broker {:.2} ms (medians of {}): overhead {:.2} ms",
+        check_ms(own),
+        check_ms(launched),
+        opts.launches,
+        check_ms(launched.saturating_sub(own))
+    );
+    Ok(())
+}
+
+/// A worktree for the bench under a fresh temporary directory, owned by an
+/// unprivileged uid; removed on drop.
+pub struct TempWorktree(pub PathBuf);
+
+impl TempWorktree {
+    pub fn new() -> Result<TempWorktree, String> {
+        let dir = std::env::temp_dir().join(format!("swarmcell-bench-{}-{}", std::process::id(), crate::launch::random_u32()));
+        std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let wt = dir.join("wt");
+        std::fs::create_dir(&wt).map_err(|e| e.to_string())?;
+        std::os::unix::fs::chown(&wt, Some(10000), Some(10000)).map_err(|e| e.to_string())?;
+        Ok(TempWorktree(dir))
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.0.join("wt")
+    }
+}
+
+impl Drop for TempWorktree {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
