@@ -17,6 +17,7 @@ pub mod caps;
 pub mod cgroups;
 pub mod fds;
 pub mod fs;
+pub mod git;
 pub mod health;
 pub mod landlock;
 pub mod launch;

@@ -38,6 +38,9 @@ enum Command {
     /// Validate or show a policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Git worktrees for agents: BASE/AGENT_ID on branch agent/AGENT_ID/NAME.
+    #[command(subcommand)]
+    Worktree(WorktreeCommand),
     /// Benchmarks (see benches/).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -118,9 +121,45 @@ struct RunArgs {
     /// Most concurrent connections through the broker.
     #[arg(long, default_value_t = 256)]
     max_connections: usize,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The command and its arguments (default: the policy's `process.command`).
+    #[arg(last = true, value_name = "CMD")]
     cmd: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum WorktreeCommand {
+    /// Create BASE/AGENT_ID as a worktree of REPO on a new branch agent/AGENT_ID/NAME (0700).
+    Add {
+        repo: PathBuf,
+        agent_id: String,
+        #[arg(long, default_value = swarmcell::git::DEFAULT_BASE)]
+        base: PathBuf,
+        /// Branch leaf NAME (default: work).
+        #[arg(long)]
+        branch: Option<String>,
+        /// Owner UID[:GID] of the worktree (default: the repository's owner; never root).
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Remove the worktree of AGENT_ID (its branch is kept).
+    Remove {
+        agent_id: String,
+        #[arg(long, default_value = swarmcell::git::DEFAULT_BASE)]
+        base: PathBuf,
+        /// Remove even with uncommitted changes.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List swarmcell's worktrees.
+    List {
+        #[arg(long, default_value = swarmcell::git::DEFAULT_BASE)]
+        base: PathBuf,
+    },
+    /// Remove every swarmcell worktree under BASE and run `git worktree prune`.
+    Prune {
+        #[arg(long, default_value = swarmcell::git::DEFAULT_BASE)]
+        base: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -167,6 +206,7 @@ fn main() -> ExitCode {
         Command::Probe { name, arg } => return ExitCode::from(swarmcell::probe::main(&name, arg.as_deref())),
         Command::Run(args) => run(*args, log),
         Command::Gc { state_dir, cgroup_parent } => gc(&state_dir, &cgroup_parent),
+        Command::Worktree(cmd) => worktree(cmd),
         Command::Bench(BenchCommand::Broker { bytes, pings, launches }) => bench_broker(&bytes, pings, launches),
         Command::Policy(PolicyCommand::Check { file }) => Policy::load(&file)
             .map(|_| {
@@ -236,6 +276,7 @@ fn run(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
     if args.max_connections == 0 {
         return Err(launcher("--max-connections must be 1 or more".into()));
     }
+    let req_policy_command = policy.process.command.clone();
     let req = parent::RunRequest {
         worktree: args.worktree,
         policy,
@@ -245,7 +286,7 @@ fn run(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
         uid: args.uid,
         gid: args.gid,
         idmap: !args.no_idmap,
-        argv: args.cmd,
+        argv: if args.cmd.is_empty() { req_policy_command.clone() } else { args.cmd },
         log,
         state_dir: args.state_dir,
         uid_range,
@@ -282,4 +323,40 @@ fn bench_broker(bytes: &str, pings: usize, launches: usize) -> Result<u8, (Strin
     let wt = swarmcell::bench::TempWorktree::new().map_err(launcher)?;
     let opts = swarmcell::bench::Options { bytes, pings, launches, worktree: wt.path() };
     swarmcell::bench::broker(&opts).map(|_| 0).map_err(launcher)
+}
+
+fn worktree(cmd: WorktreeCommand) -> Result<u8, (String, u8)> {
+    use swarmcell::git;
+    let launcher = |m: String| (m, launch::EXIT_LAUNCHER_ERROR);
+    match cmd {
+        WorktreeCommand::Add { repo, agent_id, base, branch, owner } => {
+            let owner = owner
+                .map(|o| {
+                    let (u, g) = o.split_once(':').unwrap_or((&o, &o));
+                    match (u.parse::<u32>(), g.parse::<u32>()) {
+                        (Ok(u), Ok(g)) => Ok((u, g)),
+                        _ => Err(launcher(format!("--owner {o:?}: expected UID or UID:GID"))),
+                    }
+                })
+                .transpose()?;
+            let req = git::AddRequest { repo: &repo, id: &agent_id, base: &base, branch: branch.as_deref(), owner };
+            let path = git::add(&req).map_err(|e| launcher(e.to_string()))?;
+            println!("{}", path.display());
+        }
+        WorktreeCommand::Remove { agent_id, base, force } => {
+            let path = git::remove(&base, &agent_id, force).map_err(|e| launcher(e.to_string()))?;
+            println!("removed {}", path.display());
+        }
+        WorktreeCommand::List { base } => {
+            for w in git::list(&base).map_err(|e| launcher(e.to_string()))? {
+                println!("{}\t{}\t{}\t{}", w.id, w.path.display(), w.branch, w.repo.display());
+            }
+        }
+        WorktreeCommand::Prune { base } => {
+            for id in git::prune(&base).map_err(|e| launcher(e.to_string()))? {
+                println!("removed {id}");
+            }
+        }
+    }
+    Ok(0)
 }

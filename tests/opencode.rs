@@ -31,3 +31,166 @@ fn opencode_serves_health_inside_the_default_sandbox() {
     // OpenCode's own state went to the sandbox's private HOME, not the host's.
     assert!(text.contains(".local") || text.contains(".config") || text.contains(".cache"), "{text}");
 }
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .args(["-c", "safe.directory=*", "-c", "user.name=t", "-c", "user.email=t@t", "-C"])
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// One HTTP request to 127.0.0.1:PORT with reqwest; (status, body).
+fn http(port: u16, method: &str, path_and_query: &str, body: &str) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = reqwest::Client::builder().no_proxy().timeout(std::time::Duration::from_secs(20)).build().unwrap();
+        let url = format!("http://127.0.0.1:{port}{path_and_query}");
+        let req = match method {
+            "POST" => client.post(url).header("content-type", "application/json").body(body.to_string()),
+            _ => client.get(url),
+        };
+        let resp = req.send().await.unwrap_or_else(|e| panic!("{method} {path_and_query}: {e}"));
+        let status = resp.status().as_u16();
+        (status, resp.text().await.unwrap_or_default())
+    })
+}
+
+fn q(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+/// State OpenCode would write under a HOME: (path, modification time) of each.
+fn host_opencode_state() -> Vec<(std::path::PathBuf, Option<std::time::SystemTime>)> {
+    let home = std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()));
+    [".config/opencode", ".local/share/opencode", ".cache/opencode", ".local/state/opencode"]
+        .iter()
+        .map(|p| {
+            let p = home.join(p);
+            let m = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+            (p, m)
+        })
+        .collect()
+}
+
+#[test]
+fn two_agents_run_isolated_opencode_servers_in_their_worktrees() {
+    require_opencode();
+    let f = Fixture::new();
+    let repo = f.dir.join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README.md"), "# shared\n").unwrap();
+    git(&repo, &["add", "README.md"]);
+    git(&repo, &["commit", "-q", "-m", "initial"]);
+    std::process::Command::new("chown").args(["-R", &format!("{OWNER}:{OWNER}")]).arg(&repo).status().unwrap();
+    let base = f.dir.join("worktrees");
+    for id in ["a", "b"] {
+        let out = std::process::Command::new(bin()).args(["worktree", "add"]).arg(&repo).arg(id).arg("--base").arg(&base).output().unwrap();
+        ok(&out);
+        std::fs::write(base.join(id).join(format!("{id}.txt")), format!("secret of agent {id}")).unwrap();
+        std::os::unix::fs::chown(base.join(id).join(format!("{id}.txt")), Some(OWNER), Some(OWNER)).unwrap();
+    }
+    // A world-readable host file: only the sandbox keeps it out of reach.
+    let host_file = f.dir.join("host-secret.txt");
+    std::fs::write(&host_file, "host secret").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state_before = host_opencode_state();
+    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+
+    // Launch the default policy's command (opencode serve) for each agent.
+    let mut launchers = Vec::new();
+    for id in ["a", "b"] {
+        let ready = f.dir.join(format!("ready-{id}"));
+        let file = std::fs::File::create(&ready).unwrap();
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+        let mut c = std::process::Command::new(bin());
+        c.args(["run", "--port", "auto", "--health-timeout", "60s", "--ready-fd", "3", "--worktree"]).arg(base.join(id));
+        // SAFETY: fcntl/dup2 before exec are async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut c, move || {
+                let r = if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(fd, 3) };
+                if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+            });
+        }
+        let log = std::fs::File::create(f.dir.join(format!("launcher-{id}.log"))).unwrap();
+        let child = c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log).spawn().unwrap();
+        // SAFETY: the parent's copy is not needed.
+        unsafe { libc::close(fd) };
+        launchers.push((id, child, ready));
+    }
+    struct Stop(Vec<std::process::Child>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                if let Ok(None) = c.try_wait() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+    }
+    let mut ports = Vec::new();
+    let mut guard = Stop(Vec::new());
+    for (id, child, ready) in launchers {
+        guard.0.push(child);
+        let start = std::time::Instant::now();
+        let info = loop {
+            if let Ok(t) = std::fs::read_to_string(&ready)
+                && t.ends_with('\n')
+            {
+                break serde_json::from_str::<serde_json::Value>(t.trim()).unwrap();
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(70),
+                "agent {id} never became healthy: {}",
+                std::fs::read_to_string(f.dir.join(format!("launcher-{id}.log"))).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        ports.push((id, info["port"].as_u64().unwrap() as u16));
+    }
+
+    for (id, port) in &ports {
+        let other = if *id == "a" { "b" } else { "a" };
+        let (status, session) = http(*port, "POST", "/session", "{}");
+        assert_eq!(status, 200, "POST /session for {id}: {session}");
+        let session: serde_json::Value = serde_json::from_str(&session).unwrap_or_else(|e| panic!("{e}: {session}"));
+        assert!(session["id"].as_str().unwrap().starts_with("ses"), "{session}");
+        assert_eq!(session["directory"].as_str().unwrap(), base.join(id).to_str().unwrap());
+        // Its own file, through OpenCode's file API.
+        let (status, body) = http(*port, "GET", &format!("/file/content?path={id}.txt"), "");
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(&format!("secret of agent {id}")), "{body}");
+        // The other agent's file: by absolute path, and by pointing the API at its worktree.
+        let theirs = base.join(other).join(format!("{other}.txt"));
+        for path in [
+            format!("/file/content?path={}", q(theirs.to_str().unwrap())),
+            format!("/file/content?directory={}&path={other}.txt", q(base.join(other).to_str().unwrap())),
+            format!("/file/content?path={}", q(host_file.to_str().unwrap())),
+            format!("/file/content?directory={}&path=host-secret.txt", q(f.dir.to_str().unwrap())),
+        ] {
+            let (_, body) = http(*port, "GET", &path, "");
+            assert!(!body.contains("secret of agent") && !body.contains("host secret"), "{id} read through {path}: {body}");
+        }
+    }
+
+    for c in &guard.0 {
+        // SAFETY: signalling our own children.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    }
+    for c in &mut guard.0 {
+        let status = c.wait().unwrap();
+        assert!(status.code().is_some(), "launcher ended by {status:?}");
+    }
+    assert_no_sandbox_left();
+    assert_eq!(std::fs::read_to_string("/proc/self/mountinfo").unwrap(), mounts_before, "host mounts changed");
+    assert_eq!(host_opencode_state(), state_before, "OpenCode wrote into the host's HOME");
+    for (_, port) in &ports {
+        assert!(std::net::TcpStream::connect(("127.0.0.1", *port)).is_err(), "port {port} still answers");
+    }
+    ok(&std::process::Command::new(bin()).args(["worktree", "prune", "--base"]).arg(&base).output().unwrap());
+}

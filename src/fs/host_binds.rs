@@ -104,15 +104,14 @@ impl PreparedMounts {
         Ok(())
     }
 
-    /// The worktree: read-write, nosuid, nodev; only its own mount (submounts
-    /// below it stay out of the sandbox). The caller may idmap it afterwards.
-    pub fn add_worktree(&mut self, worktree: &Path) -> Result<usize, BindError> {
-        let fd = detached_tree(worktree, false, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV).map_err(|source| BindError::Sys {
-            what: "worktree",
-            path: worktree.into(),
-            source,
-        })?;
-        self.push_tree(worktree.into(), false, fd);
+    /// A tree that belongs to the worktree's owner (the worktree itself, and the
+    /// parts of its git repository): only its own mount (submounts below it stay
+    /// out of the sandbox), nosuid, nodev. Returns the fd index so that the
+    /// caller can idmap it once the sandbox's user namespace exists.
+    pub fn add_owned(&mut self, path: &Path, access: Access, what: &'static str) -> Result<usize, BindError> {
+        let flags = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | if access == Access::ReadOnly { MOUNT_ATTR_RDONLY } else { 0 };
+        let fd = detached_tree(path, false, flags).map_err(|source| BindError::Sys { what, path: path.into(), source })?;
+        self.push_tree(path.into(), false, fd);
         Ok(self.fds.len() - 1)
     }
 

@@ -119,12 +119,14 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T, RunError> {
     Err(RunError::Invalid(msg.into()))
 }
 
-/// A validated worktree: canonical path and owner.
+/// A validated worktree: canonical path, owner, and what the sandbox needs of
+/// its git repository when it is a linked worktree.
 #[derive(Debug)]
 pub struct Worktree {
     pub path: PathBuf,
     pub uid: u32,
     pub gid: u32,
+    pub git: Option<crate::git::SandboxGit>,
 }
 
 /// Directories that may never be a worktree: binding one read-write would hand
@@ -148,7 +150,8 @@ pub fn resolve_worktree(path: &Path) -> Result<Worktree, RunError> {
     {
         return invalid(format!("worktree {} is a system directory", canonical.display()));
     }
-    Ok(Worktree { path: canonical, uid: meta.uid(), gid: meta.gid() })
+    let git = crate::git::sandbox_view(&canonical).map_err(|e| RunError::Invalid(format!("worktree {}: {e}", canonical.display())))?;
+    Ok(Worktree { path: canonical, uid: meta.uid(), gid: meta.gid(), git })
 }
 
 /// The sandbox's ids inside its namespace: the worktree owner's unless given.
@@ -176,6 +179,11 @@ fn environment(policy: &Policy, id: &str, port: Option<u16>) -> Vec<(String, Str
         ("TERM".to_string(), std::env::var("TERM").ok().and_then(clean).unwrap_or_else(|| "dumb".into())),
         ("LANG".to_string(), std::env::var("LANG").ok().and_then(clean).unwrap_or_else(|| "C.UTF-8".into())),
         ("USER".to_string(), "agent".to_string()),
+        // Tools' state stays in the sandbox's private HOME, never the host user's.
+        ("XDG_CONFIG_HOME".to_string(), format!("{SANDBOX_HOME}/.config")),
+        ("XDG_DATA_HOME".to_string(), format!("{SANDBOX_HOME}/.local/share")),
+        ("XDG_CACHE_HOME".to_string(), format!("{SANDBOX_HOME}/.cache")),
+        ("XDG_STATE_HOME".to_string(), format!("{SANDBOX_HOME}/.local/state")),
         ("SWARMCELL_SANDBOX_ID".to_string(), id.to_string()),
     ];
     if port.is_some() {
@@ -197,6 +205,10 @@ fn landlock_spec(req: &RunRequest, wt: &Worktree) -> crate::landlock::LandlockSp
     read_exec.extend(["/etc", "/proc", "/dev"].map(PathBuf::from));
     let mut read_write: Vec<PathBuf> = vec![wt.path.clone(), "/tmp".into(), "/dev/shm".into(), "/dev/pts".into()];
     read_write.extend(fs.read_write.iter().chain(&req.extra_rw).cloned());
+    if let Some(git) = &wt.git {
+        read_exec.push(git.common.clone());
+        read_write.extend(git.writable.iter().cloned());
+    }
     let inner = req.policy.network.inner_port;
     let mut connect_ports = vec![inner];
     connect_ports.extend(req.policy.network.forwards.iter().filter(|p| **p != inner));
@@ -213,7 +225,7 @@ fn landlock_spec(req: &RunRequest, wt: &Worktree) -> crate::landlock::LandlockSp
 /// Run one sandbox in the foreground and return the payload's exit code.
 pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     if req.argv.is_empty() {
-        return invalid("no command given (usage: swarmcell run --worktree DIR -- CMD ARGS...)");
+        return invalid("no command given and the policy has none (usage: swarmcell run --worktree DIR -- CMD ARGS...)");
     }
     if req.argv.iter().any(|a| a.contains('\0')) {
         return invalid("an argument contains a NUL byte");
@@ -377,18 +389,26 @@ fn start(
         mounts.add_bind(p, Access::ReadOnly, true, "mount-only path")?;
     }
     mounts.add_devices()?;
-    let worktree_fd = mounts.add_worktree(&wt.path)?;
+    let mut owned = vec![mounts.add_owned(&wt.path, Access::ReadWrite, "worktree")?];
+    if let Some(git) = &wt.git {
+        owned.push(mounts.add_owned(&git.common, Access::ReadOnly, "git common dir")?);
+        for dir in &git.writable {
+            owned.push(mounts.add_owned(dir, Access::ReadWrite, "git writable dir")?);
+        }
+    }
     mounts.sort();
     spec.mounts = mounts.entries.clone();
     if idmap {
         let userns_path = format!("/proc/{}/ns/user", sandbox.pid);
         let userns = std::fs::File::open(&userns_path).map_err(|e| RunError::Setup(format!("open {userns_path}: {e}")))?;
-        if let Err(e) = sys::mount_setattr_fd(mounts.fds[worktree_fd].as_raw_fd(), false, sys::MOUNT_ATTR_IDMAP, Some(userns.as_raw_fd())) {
-            if matches!(e.errno, Errno::EINVAL | Errno::EOPNOTSUPP | Errno::ENOSYS) {
-                tracing::debug!(error = %e, "idmapped mount refused");
-                return Err(Fallback::Idmap);
+        for index in owned {
+            if let Err(e) = sys::mount_setattr_fd(mounts.fds[index].as_raw_fd(), false, sys::MOUNT_ATTR_IDMAP, Some(userns.as_raw_fd())) {
+                if matches!(e.errno, Errno::EINVAL | Errno::EOPNOTSUPP | Errno::ENOSYS) {
+                    tracing::debug!(error = %e, "idmapped mount refused");
+                    return Err(Fallback::Idmap);
+                }
+                return Err(RunError::Sys { what: "idmapping the worktree mount", source: e }.into());
             }
-            return Err(RunError::Sys { what: "idmapping the worktree mount", source: e }.into());
         }
     }
     sandbox.channel.send_spec(&spec, &mounts.raw_fds())?;

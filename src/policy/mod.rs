@@ -51,6 +51,9 @@ impl Default for Seccomp {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Process {
+    /// The payload when `swarmcell run` is given no command (`{port}` is the
+    /// inner port). Default: none.
+    pub command: Vec<String>,
     /// Variables copied from the launcher's environment, by name, besides
     /// PATH, HOME, TERM and LANG, which swarmcell sets itself.
     pub env: Vec<String>,
@@ -234,6 +237,9 @@ impl Policy {
 
     fn validate(&self) -> Result<(), (String, String)> {
         let err = |f: &str, m: String| Err((f.to_string(), m));
+        if self.process.command.iter().any(|a| a.contains('\0') || a.len() > 4096) {
+            return err("process.command", "arguments must be NUL-free and at most 4096 bytes".into());
+        }
         for (i, name) in self.process.env.iter().enumerate() {
             if let Err(m) = check_env_name(name) {
                 return err(&format!("process.env[{i}]"), m);
