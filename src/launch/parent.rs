@@ -371,6 +371,7 @@ fn start(
     // Before init runs anything of the payload's: every process of the sandbox
     // is born inside the cgroup, and init's cgroup namespace is rooted there.
     cgroup.add_process(sandbox.pid)?;
+    tracing::debug!("init placed in its cgroup");
 
     let mut mounts = PreparedMounts::default();
     for p in &req.policy.filesystem.read_only {
