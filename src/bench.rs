@@ -51,13 +51,13 @@ fn wait_connectable(port: u16, timeout: Duration) -> Result<Duration, String> {
 
 /// `swarmcell run --port auto ... -- swarmcell __probe MODE {port}`; returns the
 /// launcher and its host port, waiting for the ready line.
-fn sandboxed(opts: &Options, mode: &str, health: &str) -> Result<(Killed, u16, Duration), String> {
+fn sandboxed(opts: &Options, mode: &str, health: &str, broker: &str) -> Result<(Killed, u16, Duration), String> {
     let exe = exe()?;
     let bindir = exe.parent().ok_or("binary has no directory")?.to_path_buf();
     let (mut r, w) = std::io::pipe().map_err(|e| e.to_string())?;
     let start = Instant::now();
     let mut cmd = Command::new(&exe);
-    cmd.args(["run", "--port", "auto", "--health", health, "--ready-fd", "3", "--ro"])
+    cmd.args(["run", "--port", "auto", "--broker", broker, "--health", health, "--ready-fd", "3", "--ro"])
         .arg(&bindir)
         .arg("--worktree")
         .arg(&opts.worktree)
@@ -182,10 +182,15 @@ pub fn broker(opts: &Options) -> Result<(), String> {
         .stderr(Stdio::null())
         .spawn()
         .map(Killed);
-    // The broker: the same server inside a sandbox.
-    let (_sandbox, broker_port, _) = sandboxed(opts, "bench-server", "none")?;
+    // The same server inside a sandbox, behind the broker in each mode.
+    let (_handoff, handoff_port, _) = sandboxed(opts, "bench-server", "none", "handoff")?;
+    let (_relay, relay_port, _) = sandboxed(opts, "bench-server", "none", "relay")?;
 
-    let mut rows = vec![measure("direct loopback", direct_port, opts)?, measure("swarmcell broker", broker_port, opts)?];
+    let mut rows = vec![
+        measure("direct loopback", direct_port, opts)?,
+        measure("broker (handoff)", handoff_port, opts)?,
+        measure("broker (relay)", relay_port, opts)?,
+    ];
     match &socat {
         Ok(_) => {
             wait_connectable(socat_port, Duration::from_secs(5))?;
@@ -222,7 +227,7 @@ pub fn broker(opts: &Options) -> Result<(), String> {
         crate::health::wait(&crate::health::Check::Http { port, path: "/".into() }, Duration::from_secs(5), &cancel).map_err(|e| e.to_string())?;
         own.push(start.elapsed());
         drop(server);
-        let (sandbox, _, took) = sandboxed(opts, "serve", "http")?;
+        let (sandbox, _, took) = sandboxed(opts, "serve", "http", "handoff")?;
         launched.push(took);
         drop(sandbox);
     }

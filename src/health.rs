@@ -11,12 +11,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Check {
     /// `GET http://127.0.0.1:PORT<path>` until a 2xx answer.
     Http { port: u16, path: String },
-    /// A TCP connection to the inner port inside the sandbox is enough.
+    /// A TCP connection to the inner port inside the sandbox is enough (relay).
     Tcp { netns: NetnsPort },
+    /// With socket handoff: the payload has taken over the host port's socket
+    /// (the flag) and a connection to it succeeds.
+    HandedOff { port: u16, flag: Arc<AtomicBool> },
 }
 
 #[derive(Clone)]
@@ -76,6 +79,7 @@ pub fn wait(check: &Check, deadline: Duration, cancel: &Arc<AtomicBool>) -> Resu
                 matches!(r, Ok(r) if r.status().is_success())
             }),
             Check::Tcp { netns } => netns.netns.connect(netns.port).is_ok(),
+            Check::HandedOff { port, flag } => flag.load(Ordering::SeqCst) && std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok(),
         };
         if healthy {
             return Ok(start.elapsed());

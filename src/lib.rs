@@ -18,6 +18,7 @@ pub mod cgroups;
 pub mod fds;
 pub mod fs;
 pub mod git;
+pub mod handoff;
 pub mod health;
 pub mod landlock;
 pub mod launch;

@@ -118,9 +118,13 @@ struct RunArgs {
     /// After SIGTERM, how long before everything in the sandbox is killed.
     #[arg(long, value_name = "DURATION", default_value = "5s")]
     stop_timeout: String,
-    /// Most concurrent connections through the broker.
+    /// Most concurrent connections through the relay.
     #[arg(long, default_value_t = 256)]
     max_connections: usize,
+    /// `handoff`: the payload's listening socket becomes the host port's (native
+    /// speed; falls back to the relay); `relay`: every connection is relayed.
+    #[arg(long, default_value = "handoff")]
+    broker: String,
     /// The command and its arguments (default: the policy's `process.command`).
     #[arg(last = true, value_name = "CMD")]
     cmd: Vec<String>,
@@ -273,6 +277,11 @@ fn run(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
     let duration = |flag: &str, v: &str| policy::units::parse_duration(v).map_err(|e| launcher(format!("{flag}: {e}")));
     let health_timeout = args.health_timeout.as_deref().map(|v| duration("--health-timeout", v)).transpose()?;
     let stop_timeout = duration("--stop-timeout", &args.stop_timeout)?;
+    let broker = match args.broker.as_str() {
+        "handoff" => parent::BrokerMode::Handoff,
+        "relay" => parent::BrokerMode::Relay,
+        other => return Err(launcher(format!("--broker {other:?}: expected handoff or relay"))),
+    };
     if args.max_connections == 0 {
         return Err(launcher("--max-connections must be 1 or more".into()));
     }
@@ -297,6 +306,7 @@ fn run(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
         health_timeout,
         stop_timeout,
         max_connections: args.max_connections,
+        broker,
     };
     parent::run(&req).map_err(|e| (e.to_string(), e.exit_code()))
 }

@@ -12,6 +12,7 @@
 //! bit 30 set) is refused with EPERM.
 
 use std::collections::BTreeMap;
+use std::os::fd::RawFd;
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch};
 use serde::{Deserialize, Serialize};
@@ -215,6 +216,43 @@ fn arch_guard() -> BpfProgram {
     }
     p.push(stmt(RET_K, libc::SECCOMP_RET_ALLOW));
     p
+}
+
+/// A filter that turns every `bind()` into a user notification for the
+/// launcher (socket handoff, see `crate::handoff`); foreign architectures are
+/// left to the guard.
+pub fn bind_notify_program() -> BpfProgram {
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x05 | 0x10;
+    const RET_K: u16 = 0x06;
+    let native = if cfg!(target_arch = "aarch64") { AUDIT_ARCH_AARCH64 } else { AUDIT_ARCH_X86_64 };
+    vec![
+        stmt(LD_W_ABS, 4),
+        jump(JEQ_K, native, 0, 3),
+        stmt(LD_W_ABS, 0),
+        jump(JEQ_K, libc::SYS_bind as u32, 0, 1),
+        stmt(RET_K, libc::SECCOMP_RET_USER_NOTIF),
+        stmt(RET_K, libc::SECCOMP_RET_ALLOW),
+    ]
+}
+
+/// Load a program that creates a notification listener; returns its fd.
+/// Async-signal-safe.
+pub fn load_with_listener(program: &[seccompiler::sock_filter]) -> Result<RawFd, crate::sys::SysError> {
+    let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut libc::sock_filter };
+    // SAFETY: as in `load`; NEW_LISTENER makes the kernel return a new fd.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER as u32,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if ret < 0 {
+        return Err(crate::sys::SysError { call: "seccomp(SECCOMP_SET_MODE_FILTER, NEW_LISTENER)".into(), errno: crate::sys::Errno::last() });
+    }
+    Ok(ret as RawFd)
 }
 
 /// Load one compiled program into the calling thread. Async-signal-safe; needs

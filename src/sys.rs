@@ -386,3 +386,62 @@ pub fn raise_ambient_all() -> Result<(), Errno> {
     }
     Ok(())
 }
+
+// ---- passing one fd over a unix socket ----
+
+/// Send `fd` with one byte over the unix socket `sock`. Async-signal-safe.
+pub fn send_fd(sock: RawFd, fd: RawFd) -> SysResult<()> {
+    let mut byte = [b'F'];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    // Space for one fd: CMSG_SPACE(4) is 24 on 64-bit targets.
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr is plain data; the CMSG macros stay within `control`, which
+    // is large enough and 8-byte aligned.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+        if libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) < 0 {
+            return fail(|| format!("sendmsg({sock}, SCM_RIGHTS {fd})"));
+        }
+    }
+    Ok(())
+}
+
+/// Receive one fd sent by [`send_fd`]; `None` when the peer closed without sending.
+pub fn recv_fd(sock: RawFd) -> SysResult<Option<OwnedFd>> {
+    let mut byte = [0u8];
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    let mut control = [0u64; 4];
+    // SAFETY: as in send_fd; the received fd, if any, is new and ours.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        let n = loop {
+            let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
+            if n < 0 && Errno::last() == Errno::EINTR {
+                continue;
+            }
+            break n;
+        };
+        if n < 0 {
+            return fail(|| format!("recvmsg({sock})"));
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if n == 0 || cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
+            return Ok(None);
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
+        Ok(Some(OwnedFd::from_raw_fd(fd)))
+    }
+}

@@ -210,10 +210,13 @@ fn a_payload_ignoring_sigterm_is_killed_after_the_stop_timeout() {
 }
 
 #[test]
-fn bulk_transfers_half_close_and_the_connection_cap_work_through_the_broker() {
+fn bulk_transfers_half_close_and_the_connection_cap_work_through_the_relay() {
     let f = Fixture::new();
-    let (mut child, ready) =
-        start(&f, &["--port", "auto", "--health", "none", "--max-connections", "2"], &[bin(), "__probe", "bench-server", "{port}"]);
+    let (mut child, ready) = start(
+        &f,
+        &["--port", "auto", "--broker", "relay", "--health", "none", "--max-connections", "2"],
+        &[bin(), "__probe", "bench-server", "{port}"],
+    );
     let port = port_of(&ready_of(&ready));
     // Upload 64 MiB, half-close, and get the server's count back.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -261,4 +264,67 @@ fn bulk_transfers_half_close_and_the_connection_cap_work_through_the_broker() {
     sigterm(&child);
     child.wait();
     assert_no_sandbox_left();
+}
+
+#[test]
+fn with_socket_handoff_the_payload_itself_listens_on_the_host_port() {
+    let f = Fixture::new();
+    let (mut child, ready) = start(&f, &["--port", "auto", "--health", "none"], &[bin(), "__probe", "bench-server", "{port}"]);
+    let info = ready_of(&ready);
+    let port = port_of(&info);
+    // The listening socket on 127.0.0.1:port is in the payload's fd table.
+    let inode = listening_inode(port).expect("a listener on the port");
+    let init = info["pid"].as_i64().unwrap();
+    let holders = socket_holders(&inode);
+    let payload_holds = holders.iter().any(|pid| status_field(*pid, "PPid") == Some(init.to_string()));
+    assert!(payload_holds, "holders of the listener {holders:?}, sandbox init {init}");
+    // Bulk data both ways and an echo, straight to the payload.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"S").unwrap();
+    let chunk = vec![1u8; 1 << 20];
+    for _ in 0..32 {
+        s.write_all(&chunk).unwrap();
+    }
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut n = [0u8; 8];
+    s.read_exact(&mut n).unwrap();
+    assert_eq!(u64::from_le_bytes(n), 32 << 20);
+    let mut e = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    e.write_all(b"Eping").unwrap();
+    let mut r = [0u8; 4];
+    e.read_exact(&mut r).unwrap();
+    assert_eq!(&r, b"ping");
+    // Other binds inside still go through the kernel and Landlock: the probe's
+    // bind of another port is refused.
+    sigterm(&child);
+    assert_eq!(child.wait().code(), Some(143));
+    assert_no_sandbox_left();
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
+fn listening_inode(port: u16) -> Option<String> {
+    std::fs::read_to_string("/proc/net/tcp").ok()?.lines().skip(1).find_map(|l| {
+        let c: Vec<&str> = l.split_whitespace().collect();
+        (c[3] == "0A" && c[1] == format!("0100007F:{port:04X}")).then(|| c[9].to_string())
+    })
+}
+
+fn socket_holders(inode: &str) -> Vec<i64> {
+    let target = format!("socket:[{inode}]");
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i64>() else { continue };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        if fds.flatten().any(|fd| std::fs::read_link(fd.path()).map(|t| t.to_string_lossy() == target).unwrap_or(false)) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn status_field(pid: i64, key: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")).map(|v| v.trim().to_string()))
 }

@@ -112,12 +112,15 @@ impl Channel {
         self.send(&ToInit::Spec(Box::new(spec.clone())), fds)
     }
 
-    pub fn recv_from_init(&self) -> Result<FromInit, ChannelError> {
-        let (msg, fds) = self.recv::<FromInit>()?;
-        if !fds.is_empty() {
-            return Err(ChannelError::Unexpected("file descriptors from the sandbox".into()));
+    /// A message from init; only `Running` may carry a descriptor (the seccomp
+    /// notification listener for socket handoff), at most one.
+    pub fn recv_from_init(&self) -> Result<(FromInit, Option<OwnedFd>), ChannelError> {
+        let (msg, mut fds) = self.recv::<FromInit>()?;
+        match (&msg, fds.len()) {
+            (_, 0) => Ok((msg, None)),
+            (FromInit::Running, 1) => Ok((msg, fds.pop())),
+            _ => Err(ChannelError::Unexpected("file descriptors from the sandbox".into())),
         }
-        Ok(msg)
     }
 
     // ---- child side ----
@@ -129,6 +132,11 @@ impl Channel {
 
     pub fn send_to_parent(&self, msg: &FromInit) -> Result<(), ChannelError> {
         self.send(msg, &[])
+    }
+
+    /// `Running`, with the handoff listener when there is one.
+    pub fn send_running(&self, notify: Option<RawFd>) -> Result<(), ChannelError> {
+        self.send(&FromInit::Running, notify.as_slice())
     }
 
     /// True when the parent has closed its end (it died or gave up).
@@ -158,6 +166,7 @@ mod tests {
             argv: vec!["/bin/true".into()],
             env: vec![],
             stop_timeout_ms: 5000,
+            handoff: false,
             log: LogConfig { json: false, level: "warn".into() },
             landlock: Default::default(),
             seccomp: vec![],
@@ -174,7 +183,9 @@ mod tests {
         assert_eq!(got.id, "sc-test");
         assert_eq!(fds.len(), 1);
         child.send_to_parent(&FromInit::Exited(PayloadStatus::Signaled(15))).unwrap();
-        assert!(matches!(parent.recv_from_init().unwrap(), FromInit::Exited(PayloadStatus::Signaled(15))));
+        assert!(matches!(parent.recv_from_init().unwrap(), (FromInit::Exited(PayloadStatus::Signaled(15)), None)));
+        child.send_running(Some(f.as_raw_fd())).unwrap();
+        assert!(matches!(parent.recv_from_init().unwrap(), (FromInit::Running, Some(_))));
     }
 
     #[test]

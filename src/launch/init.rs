@@ -102,7 +102,10 @@ fn run(chan: &Channel, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStat
     sys::sethostname(&spec.id)?;
     sys::loopback_up()?;
 
-    let prepared = prepare_exec(spec)?;
+    let mut prepared = prepare_exec(spec)?;
+    // Socket handoff: the payload sends its bind-notification listener here.
+    let notify_pair = if spec.handoff { Some(sys::socketpair_seqpacket()?) } else { None };
+    prepared.notify_sock = notify_pair.as_ref().map(|(_, child)| child.as_raw_fd());
     let landlock = crate::landlock::prepare(&spec.landlock)?;
     tracing::debug!(abi = crate::landlock::kernel_abi(), mode = ?spec.landlock.mode, seccomp_programs = prepared.seccomp.len(), "init: filters prepared");
     let watched: Vec<libc::c_int> = FORWARDED.iter().copied().chain([libc::SIGCHLD]).collect();
@@ -124,6 +127,14 @@ fn run(chan: &Channel, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStat
     };
     drop(err_w);
     tracing::debug!("init: payload forked");
+    let notify = match notify_pair {
+        Some((ours, theirs)) => {
+            drop(theirs);
+            // The payload sends the listener before exec, or exits (EOF).
+            sys::recv_fd(ours.as_raw_fd())?
+        }
+        None => None,
+    };
     if let Some((stage, errno)) = read_exec_error(err_r) {
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(payload_pid), None);
         return Err(match stage {
@@ -136,7 +147,8 @@ fn run(chan: &Channel, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStat
     crate::caps::set_no_new_privs()?;
     crate::caps::drop_all(prepared.last_cap)?;
     sys::prctl(libc::PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")?;
-    let _ = chan.send_to_parent(&FromInit::Running);
+    let _ = chan.send_running(notify.as_ref().map(|f| f.as_raw_fd()));
+    drop(notify);
     tracing::debug!(sandbox = %spec.id, payload_pid, "payload running");
     let status = reap_until_payload_exits(payload_pid, &mask);
     drain(&mask, std::time::Duration::from_millis(spec.stop_timeout_ms));

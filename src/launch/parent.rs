@@ -57,6 +57,16 @@ pub struct RunRequest {
     /// SIGTERM first, SIGKILL to everything after this long.
     pub stop_timeout: std::time::Duration,
     pub max_connections: usize,
+    pub broker: BrokerMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerMode {
+    /// The payload's listening socket is the host port's (native speed); the
+    /// relay takes over when the handoff cannot be set up.
+    Handoff,
+    /// Every connection is relayed into the sandbox's network namespace.
+    Relay,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,6 +288,7 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         argv,
         env,
         stop_timeout_ms: req.stop_timeout.as_millis() as u64,
+        handoff: host_port.is_some() && req.broker == BrokerMode::Handoff,
         log: req.log.clone(),
         landlock: landlock_spec(req, &wt),
         seccomp: super::spec::encode_bpf(&seccomp),
@@ -297,29 +308,53 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     };
     tracing::info!(sandbox = %id, pid = sandbox.pid, host_uid = sandbox.host_uid, cgroup_version = cgroup.version(), "sandbox started");
     let port = host_port.as_ref().map(|p| p.port);
-    let mut broker = None;
+    let inner = req.policy.network.inner_port;
+    let mut relay = None;
+    let mut handoff = None;
     let mut health = None;
+    let handed_off = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut netns = None;
     if let Some(lease) = &host_port {
-        let netns =
-            crate::broker::Netns::of_pid(sandbox.pid).map_err(|e| RunError::Setup(format!("opening the sandbox's network namespace: {e}")))?;
-        let listener = lease.listener.try_clone().map_err(|e| RunError::Setup(format!("broker listener: {e}")))?;
-        let inner = req.policy.network.inner_port;
-        broker = Some(
-            crate::broker::Broker::start(listener, netns.clone(), inner, req.max_connections)
-                .map_err(|e| RunError::Setup(format!("starting the broker: {e}")))?,
-        );
-        let check = match req.health {
-            HealthMode::Http => crate::health::Check::Http { port: lease.port, path: req.policy.health.path.clone() },
-            HealthMode::Tcp => crate::health::Check::Tcp { netns: crate::health::NetnsPort { netns, port: inner } },
+        let ns = crate::broker::Netns::of_pid(sandbox.pid).map_err(|e| RunError::Setup(format!("opening the sandbox's network namespace: {e}")))?;
+        if req.broker == BrokerMode::Relay {
+            relay = Some(start_relay(lease, &ns, inner, req.max_connections)?);
+        }
+        let check = match (req.health, req.broker) {
+            (HealthMode::Http, _) => crate::health::Check::Http { port: lease.port, path: req.policy.health.path.clone() },
+            (HealthMode::Tcp, BrokerMode::Relay) => crate::health::Check::Tcp { netns: crate::health::NetnsPort { netns: ns.clone(), port: inner } },
+            (HealthMode::Tcp, BrokerMode::Handoff) => crate::health::Check::HandedOff { port: lease.port, flag: handed_off.clone() },
         };
         health = Some(HealthWatch::start(check, req.health_timeout.unwrap_or(req.policy.health.timeout.0))?);
+        netns = Some(ns);
     }
+    // When the payload runs: serve its bind notifications, or relay when the
+    // handoff could not be set up.
+    let mut on_running = |notify: Option<OwnedFd>| {
+        let (Some(lease), Some(ns)) = (&host_port, &netns) else { return };
+        if req.broker != BrokerMode::Handoff {
+            return;
+        }
+        let started = notify.ok_or_else(|| "no bind-notification listener from the sandbox".to_string()).and_then(|n| {
+            let listener = lease.listener.try_clone().map_err(|e| e.to_string())?;
+            crate::handoff::Handoff::start(n, listener, inner, handed_off.clone()).map_err(|e| e.to_string())
+        });
+        match started {
+            Ok(h) => handoff = Some(h),
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "socket handoff unavailable; relaying connections instead");
+                relay = start_relay(lease, ns, inner, req.max_connections).ok();
+            }
+        }
+    };
     let ready_info = ReadyInfo { id: &id, port, cgroups: cgroup.paths() };
-    let status = sandbox.wait(&signals, ready, &ready_info, health.as_ref(), req.stop_timeout);
+    let status = sandbox.wait(&signals, ready, &ready_info, health.as_ref(), req.stop_timeout, &mut on_running);
     if let Some(h) = health {
         h.finish();
     }
-    if let Some(mut b) = broker {
+    if let Some(mut h) = handoff {
+        h.stop();
+    }
+    if let Some(mut b) = relay {
         b.stop();
     }
     drop(sandbox);
@@ -332,6 +367,11 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         eprintln!("swarmcell: sandbox {id}: killed: out of memory, limit {limit}");
     }
     Ok(status.exit_code())
+}
+
+fn start_relay(lease: &crate::ports::PortLease, ns: &crate::broker::Netns, inner: u16, max: usize) -> Result<crate::broker::Broker, RunError> {
+    let listener = lease.listener.try_clone().map_err(|e| RunError::Setup(format!("broker listener: {e}")))?;
+    crate::broker::Broker::start(listener, ns.clone(), inner, max).map_err(|e| RunError::Setup(format!("starting the broker: {e}")))
 }
 
 /// `start` with idmapping reports this when the filesystem cannot idmap.
@@ -527,6 +567,7 @@ impl Sandbox {
         info: &ReadyInfo,
         health: Option<&HealthWatch>,
         stop_timeout: std::time::Duration,
+        on_running: &mut dyn FnMut(Option<OwnedFd>),
     ) -> Result<PayloadStatus, RunError> {
         let id = info.id;
         let mut status = None;
@@ -559,8 +600,9 @@ impl Sandbox {
             }
             if pfds[1].revents != 0 {
                 match self.channel.recv_from_init() {
-                    Ok(FromInit::Running) => {
+                    Ok((FromInit::Running, notify)) => {
                         running = true;
+                        on_running(notify);
                         if health.is_none() {
                             tracing::info!(sandbox = %id, "ready");
                             if let Some(fd) = ready.take() {
@@ -568,9 +610,9 @@ impl Sandbox {
                             }
                         }
                     }
-                    Ok(FromInit::Exited(s)) => status = Some(s),
-                    Ok(FromInit::SetupFailed { message }) => failure = Some(RunError::Setup(message)),
-                    Ok(FromInit::ExecFailed { path, errno }) => {
+                    Ok((FromInit::Exited(s), _)) => status = Some(s),
+                    Ok((FromInit::SetupFailed { message }, _)) => failure = Some(RunError::Setup(message)),
+                    Ok((FromInit::ExecFailed { path, errno }, _)) => {
                         let errno = Errno::from_raw(errno);
                         failure = Some(RunError::Exec { verb: if errno == Errno::ENOENT { "find" } else { "execute" }, path, errno });
                     }

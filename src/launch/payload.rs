@@ -21,6 +21,8 @@ pub struct PreparedExec {
     pub last_cap: u32,
     /// seccomp programs, loaded in order, last before execve.
     pub seccomp: Vec<seccompiler::BpfProgram>,
+    /// Socket handoff: where to send the bind-notification listener (to init).
+    pub notify_sock: Option<RawFd>,
 }
 
 impl PreparedExec {
@@ -34,7 +36,7 @@ impl PreparedExec {
     ) -> PreparedExec {
         let ptrs = |v: &[CString]| v.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
         let (argv_ptrs, envp_ptrs) = (ptrs(&argv), ptrs(&envp));
-        PreparedExec { path, _argv: argv, _envp: envp, argv_ptrs, envp_ptrs, cwd, last_cap, seccomp }
+        PreparedExec { path, _argv: argv, _envp: envp, argv_ptrs, envp_ptrs, cwd, last_cap, seccomp, notify_sock: None }
     }
 }
 
@@ -108,6 +110,22 @@ pub fn exec(p: &PreparedExec, landlock: Option<::landlock::RulesetCreated>, err_
     for program in &p.seccomp {
         if let Err(e) = crate::seccomp::load(program) {
             fail(err_fd, Stage::Seccomp, errno_of(&e));
+        }
+    }
+    if let Some(sock) = p.notify_sock {
+        // The bind-notification filter; its listener goes to init (and on to the
+        // launcher) and is closed here: the payload must never answer its own.
+        let program = crate::seccomp::bind_notify_program();
+        match crate::seccomp::load_with_listener(&program) {
+            Ok(listener) => {
+                let sent = crate::sys::send_fd(sock, listener);
+                // SAFETY: closing the listener fd we just created.
+                unsafe { libc::close(listener) };
+                if let Err(e) = sent {
+                    fail(err_fd, Stage::Seccomp, errno_of(&e));
+                }
+            }
+            Err(e) => fail(err_fd, Stage::Seccomp, errno_of(&e)),
         }
     }
     // SAFETY: path is a valid C string; argv_ptrs and envp_ptrs are NULL-terminated

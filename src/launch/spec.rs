@@ -25,6 +25,9 @@ pub struct InitSpec {
     pub stop_timeout_ms: u64,
     pub log: LogConfig,
     pub landlock: crate::landlock::LandlockSpec,
+    /// Socket handoff: the payload turns its bind() calls into notifications
+    /// for the launcher (see crate::handoff).
+    pub handoff: bool,
     /// Compiled seccomp programs, loaded in order: (code, jt, jf, k) per instruction.
     pub seccomp: Vec<Vec<(u16, u8, u8, u32)>>,
 }
