@@ -41,6 +41,20 @@ enum Command {
     /// Git worktrees for agents: BASE/AGENT_ID on branch agent/AGENT_ID/NAME.
     #[command(subcommand)]
     Worktree(WorktreeCommand),
+    /// The escape battery: try to break out of a real sandbox and report.
+    Verify {
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Live attestation of a running sandbox, read from /proc and cgroupfs.
+    Inspect {
+        /// Sandbox id (sc-...) or the pid of its init or payload.
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmarks (see benches/).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -54,7 +68,11 @@ enum Command {
     #[command(name = "__init", hide = true)]
     Init { fd: i32 },
     #[command(name = "__probe", hide = true)]
-    Probe { name: String, arg: Option<String> },
+    Probe {
+        name: String,
+        #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -207,10 +225,17 @@ fn main() -> ExitCode {
     let log = LogConfig { json: matches!(cli.log_format, LogFormat::Json), level: cli.log_level.clone() };
     let result = match cli.command {
         Command::Init { fd } => launch::init::main(fd),
-        Command::Probe { name, arg } => return ExitCode::from(swarmcell::probe::main(&name, arg.as_deref())),
+        Command::Probe { name, args } if name == "verify" => return ExitCode::from(swarmcell::verify_probe::main(&args)),
+        Command::Probe { name, args } => return ExitCode::from(swarmcell::probe::main(&name, args.first().map(String::as_str))),
         Command::Run(args) => run(*args, log),
         Command::Gc { state_dir, cgroup_parent } => gc(&state_dir, &cgroup_parent),
         Command::Worktree(cmd) => worktree(cmd),
+        Command::Verify { policy, json } => {
+            swarmcell::verify::run(&swarmcell::verify::Options { policy, json }).map_err(|e| (format!("verify: {e}"), launch::EXIT_LAUNCHER_ERROR))
+        }
+        Command::Inspect { target, json } => {
+            swarmcell::inspect::run(&target, json).map(|_| 0).map_err(|e| (format!("inspect: {e}"), launch::EXIT_LAUNCHER_ERROR))
+        }
         Command::Bench(BenchCommand::Broker { bytes, pings, launches }) => bench_broker(&bytes, pings, launches),
         Command::Policy(PolicyCommand::Check { file }) => Policy::load(&file)
             .map(|_| {

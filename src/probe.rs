@@ -19,6 +19,7 @@ pub fn main(name: &str, arg: Option<&str>) -> u8 {
         ("connect", Some(port)) => vec![tcp("connect", port)],
         ("http-get", Some(target)) => vec![http_get(target)],
         ("alloc", Some(mib)) => vec![alloc(mib)],
+        ("forks", Some(n)) => return forks(n),
         ("serve", Some(port)) => return serve(port, false),
         ("bench-server", Some(port)) => return serve(port, true),
         _ => {
@@ -46,6 +47,17 @@ pub enum Status {
 }
 
 impl Status {
+    /// The fixed status names of `swarmcell verify --json`.
+    pub fn json(self) -> &'static str {
+        match self {
+            Status::Blocked => "blocked",
+            Status::Escaped => "ESCAPED",
+            Status::Other => "not_applicable",
+            Status::Ok => "ok",
+            Status::Broken => "BROKEN",
+        }
+    }
+
     pub fn word(self) -> &'static str {
         match self {
             Status::Blocked => "blocked",
@@ -466,4 +478,31 @@ fn bench_conn(mut conn: std::net::TcpStream) {
         }
         _ => {}
     }
+}
+
+/// Fork up to N children that wait; print `forked=K` and end them. Used by
+/// `verify` under a small pids limit.
+fn forks(n: &str) -> u8 {
+    let Ok(n) = n.parse::<usize>() else { return 2 };
+    let mut children = Vec::new();
+    for _ in 0..n {
+        // SAFETY: the probe is single-threaded; the child only pauses.
+        match unsafe { libc::fork() } {
+            0 => loop {
+                // SAFETY: wait for the signal that ends us.
+                unsafe { libc::pause() };
+            },
+            pid if pid > 0 => children.push(pid),
+            _ => break,
+        }
+    }
+    println!("forked={}", children.len());
+    for pid in &children {
+        // SAFETY: ending our own children and reaping them.
+        unsafe {
+            libc::kill(*pid, libc::SIGKILL);
+            libc::waitpid(*pid, std::ptr::null_mut(), 0);
+        }
+    }
+    0
 }

@@ -1,0 +1,220 @@
+//! `swarmcell verify [--policy FILE] [--json]`: the escape battery an auditor
+//! runs. Parent side: sets up targets on the host (a world-readable secret, a
+//! sibling worktree, a root-only file hard-linked into the worktree, symlinks
+//! out of it, a host loopback listener, a host abstract unix socket, a leaked
+//! descriptor), runs `swarmcell __probe verify` inside a real sandbox built from
+//! the policy, runs the memory and process-limit checks in sandboxes of their
+//! own, and reports each check as blocked / ESCAPED / not_applicable / ok / BROKEN.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+pub const OWNER: u32 = 10000;
+
+pub struct Options {
+    pub policy: Option<PathBuf>,
+    pub json: bool,
+}
+
+struct Fixture(PathBuf);
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn setup(dir: &Path) -> std::io::Result<()> {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    let wt = dir.join("wt");
+    std::fs::create_dir(&wt)?;
+    let sibling = dir.join("sibling");
+    std::fs::create_dir(&sibling)?;
+    std::fs::write(sibling.join("theirs.txt"), "another agent's work")?;
+    std::fs::write(dir.join("host-secret.txt"), "host secret")?;
+    std::fs::set_permissions(dir.join("host-secret.txt"), std::fs::Permissions::from_mode(0o644))?;
+    std::fs::write(dir.join("root-only"), "root only")?;
+    std::fs::set_permissions(dir.join("root-only"), std::fs::Permissions::from_mode(0o600))?;
+    std::fs::hard_link(dir.join("root-only"), wt.join("hardlink-secret"))?;
+    std::os::unix::fs::symlink(dir.join("host-secret.txt"), wt.join("symlink-out"))?;
+    std::os::unix::fs::symlink("/etc/shadow", wt.join("symlink-shadow"))?;
+    for p in [&wt, &sibling, &sibling.join("theirs.txt")] {
+        std::os::unix::fs::chown(p, Some(OWNER), Some(OWNER))?;
+    }
+    for p in ["symlink-out", "symlink-shadow"] {
+        std::os::unix::fs::lchown(wt.join(p), Some(OWNER), Some(OWNER))?;
+    }
+    std::fs::set_permissions(&wt, std::fs::Permissions::from_mode(0o700))
+}
+
+fn check(name: &str, status: &str, detail: impl Into<String>) -> Value {
+    json!({ "name": name, "status": status, "detail": detail.into() })
+}
+
+fn run_sandbox(exe: &Path, policy: &Option<PathBuf>, wt: &Path, extra: &[&str], cmd: &[&str]) -> std::io::Result<std::process::Output> {
+    let mut c = Command::new(exe);
+    c.arg("run").arg("--worktree").arg(wt);
+    if let Some(p) = policy {
+        c.arg("--policy").arg(p);
+    }
+    let bindir = exe.parent().unwrap_or(Path::new("/"));
+    c.arg("--ro").arg(bindir).args(extra).arg("--").arg(exe).args(cmd);
+    c.stdin(Stdio::null()).output()
+}
+
+pub fn run(opts: &Options) -> Result<u8, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let policy = match &opts.policy {
+        Some(p) => crate::policy::Policy::load(p).map_err(|e| e.to_string())?,
+        None => crate::policy::Policy::builtin(),
+    };
+    let dir = std::env::temp_dir().join(format!("swarmcell-verify-{}-{}", std::process::id(), crate::launch::random_u32()));
+    std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let fixture = Fixture(dir.clone());
+    setup(&fixture.0).map_err(|e| format!("setting up the verify fixture in {}: {e}", dir.display()))?;
+    let wt = dir.join("wt");
+
+    // Host-side targets the sandbox must not reach.
+    let host = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let host_port = host.local_addr().map_err(|e| e.to_string())?.port();
+    let abstract_name = format!("swarmcell-verify-{}", crate::launch::random_u32());
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes()).map_err(|e| e.to_string())?;
+    let _abstract = std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| e.to_string())?;
+    // A descriptor leaked on purpose: not close-on-exec, at a known number.
+    let devnull = std::fs::File::open("/dev/null").map_err(|e| e.to_string())?;
+    const LEAKED: i32 = 97;
+    // SAFETY: dup2 onto a fixed number (without CLOEXEC) for the run; closed below.
+    if unsafe { libc::dup2(devnull.as_raw_fd(), LEAKED) } != LEAKED {
+        return Err("dup2 for the inherited-descriptor check failed".into());
+    }
+
+    let mut checks: Vec<Value> = Vec::new();
+    let inner = policy.network.inner_port.to_string();
+    let hp = host_port.to_string();
+    let leaked = LEAKED.to_string();
+    let host_secret = dir.join("host-secret.txt").display().to_string();
+    let sibling = dir.join("sibling/theirs.txt").display().to_string();
+    let wt_s = wt.display().to_string();
+    let args = [
+        "__probe",
+        "verify",
+        "--host-secret",
+        &host_secret,
+        "--sibling",
+        &sibling,
+        "--host-port",
+        &hp,
+        "--abstract",
+        &abstract_name,
+        "--inherited-fd",
+        &leaked,
+        "--inner-port",
+        &inner,
+        "--worktree",
+        &wt_s,
+    ];
+    let out = run_sandbox(&exe, &opts.policy, &wt, &[], &args);
+    // SAFETY: closing the descriptor leaked for the check.
+    unsafe { libc::close(LEAKED) };
+    let out = out.map_err(|e| format!("running the battery: {e}"))?;
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    if lines.is_empty() {
+        return Err(format!("the battery did not run: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    checks.extend(lines);
+
+    // Limits, each in a sandbox of its own so that hitting them ends only it.
+    let mem = run_sandbox(&exe, &opts.policy, &wt, &["--memory", "64M"], &["__probe", "alloc", "256"]).map_err(|e| e.to_string())?;
+    checks.push(match mem.status.code() {
+        Some(137) => check("exceed the memory limit", "blocked", "allocating 256 MiB under a 64M limit: OOM-killed"),
+        Some(1) => check("exceed the memory limit", "ESCAPED", "allocated 256 MiB under a 64M limit"),
+        other => check("exceed the memory limit", "BROKEN", format!("unexpected exit {other:?}: {}", String::from_utf8_lossy(&mem.stderr).trim())),
+    });
+    let pids = run_sandbox(&exe, &opts.policy, &wt, &["--pids", "32"], &["__probe", "forks", "64"]).map_err(|e| e.to_string())?;
+    let made: Option<u32> =
+        String::from_utf8_lossy(&pids.stdout).split_whitespace().find_map(|w| w.strip_prefix("forked=").and_then(|n| n.parse().ok()));
+    checks.push(match made {
+        Some(n) if n < 32 => check("exceed the process limit", "blocked", format!("{n} of 64 forks under pids = 32")),
+        Some(n) => check("exceed the process limit", "ESCAPED", format!("{n} of 64 forks under pids = 32")),
+        None => check("exceed the process limit", "BROKEN", String::from_utf8_lossy(&pids.stderr).trim().to_string()),
+    });
+    drop(devnull);
+
+    let count = |s: &str| checks.iter().filter(|c| c["status"] == s).count();
+    let summary = json!({
+        "blocked": count("blocked"), "escaped": count("ESCAPED"), "ok": count("ok"), "broken": count("BROKEN"), "not_applicable": count("not_applicable"), "total": checks.len(),
+    });
+    let kernel = kernel_features();
+    if opts.json {
+        println!("{}", json!({ "checks": checks, "summary": summary, "kernel": kernel }));
+    } else {
+        println!(
+            "swarmcell verify: {} checks against a sandbox from {}",
+            checks.len(),
+            opts.policy.as_ref().map_or("the built-in policy".to_string(), |p| p.display().to_string())
+        );
+        println!();
+        for c in &checks {
+            println!("{:<15} {:<50} {}", c["status"].as_str().unwrap_or(""), c["name"].as_str().unwrap_or(""), c["detail"].as_str().unwrap_or(""));
+        }
+        println!();
+        println!(
+            "summary: {} blocked, {} ESCAPED, {} ok, {} BROKEN, {} not applicable",
+            summary["blocked"], summary["escaped"], summary["ok"], summary["broken"], summary["not_applicable"]
+        );
+        println!("kernel:");
+        for (k, v) in kernel.as_object().into_iter().flatten() {
+            println!("  {k}: {}", v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
+        }
+    }
+    Ok(if count("ESCAPED") > 0 {
+        1
+    } else if count("BROKEN") > 0 {
+        2
+    } else {
+        0
+    })
+}
+
+/// What this kernel offers and what it means for the guarantees.
+pub fn kernel_features() -> Value {
+    // SAFETY: utsname is plain data filled by uname.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: u is a valid utsname.
+    let release = if unsafe { libc::uname(&mut u) } == 0 {
+        // SAFETY: uname NUL-terminates the field.
+        unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy().into_owned()
+    } else {
+        "unknown".into()
+    };
+    let abi = crate::landlock::kernel_abi();
+    let landlock_meaning = match abi {
+        0 => "absent: filesystem confinement rests on the mounts alone".to_string(),
+        a if a < crate::landlock::NET_ABI => format!("ABI {a}: filesystem rules only, no TCP or scope rules"),
+        a if a < crate::landlock::SCOPE_ABI => format!("ABI {a}: filesystem and TCP rules, no scopes"),
+        a => format!("ABI {a}: filesystem, TCP and scope rules"),
+    };
+    let seccomp = std::fs::read_to_string("/proc/self/status").map(|s| s.contains("Seccomp:")).unwrap_or(false);
+    let cgroups = match crate::cgroups::Layout::detect() {
+        Ok(l) => format!(
+            "v{} ({})",
+            l.version(),
+            if l.version() == 2 { "memory.oom.group, cgroup.kill" } else { "hybrid or v1: freeze-kill, no oom.group" }
+        ),
+        Err(e) => format!("unusable: {e}"),
+    };
+    let userns = std::fs::read_to_string("/proc/sys/user/max_user_namespaces").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into());
+    json!({
+        "release": release,
+        "landlock_abi": abi,
+        "landlock": landlock_meaning,
+        "seccomp": if seccomp { "filter mode available" } else { "absent: no system call filtering" },
+        "cgroups": cgroups,
+        "max_user_namespaces": userns,
+    })
+}
