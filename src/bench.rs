@@ -86,8 +86,39 @@ fn sandboxed(opts: &Options, mode: &str, health: &str, broker: &str) -> Result<(
     Ok((child, port, took))
 }
 
+/// A connection to the bench server at `target` (HOST:PORT), directly or through
+/// an HTTP CONNECT proxy.
+fn dial(target: &str, proxy: Option<&str>) -> Result<TcpStream, String> {
+    let Some(proxy) = proxy else { return TcpStream::connect(target).map_err(|e| format!("{target}: {e}")) };
+    let mut s = TcpStream::connect(proxy).map_err(|e| format!("proxy {proxy}: {e}"))?;
+    write!(s, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).map_err(|e| format!("proxy answer: {e}"))?;
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("proxy refused: {}", head.lines().next().unwrap_or("")));
+    }
+    Ok(s)
+}
+
+/// `__probe bench-client TARGET BYTES [PROXY]`: upload and download BYTES,
+/// print `up=GiB/s down=GiB/s`.
+pub fn client(target: &str, bytes: u64, proxy: Option<&str>) -> Result<String, String> {
+    let gib = |d: Duration| bytes as f64 / d.as_secs_f64() / f64::from(1u32 << 30);
+    let up = gib(upload_on(dial(target, proxy)?, bytes)?);
+    let down = gib(download_on(dial(target, proxy)?, bytes)?);
+    Ok(format!("up={up:.3} down={down:.3}"))
+}
+
 fn upload(port: u16, bytes: u64) -> Result<Duration, String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    upload_on(TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?, bytes)
+}
+
+fn upload_on(mut s: TcpStream, bytes: u64) -> Result<Duration, String> {
     let chunk = vec![0x5Au8; 1 << 20];
     let start = Instant::now();
     s.write_all(b"S").map_err(|e| e.to_string())?;
@@ -107,7 +138,10 @@ fn upload(port: u16, bytes: u64) -> Result<Duration, String> {
 }
 
 fn download(port: u16, bytes: u64) -> Result<Duration, String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    download_on(TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?, bytes)
+}
+
+fn download_on(mut s: TcpStream, bytes: u64) -> Result<Duration, String> {
     let mut buf = vec![0u8; 1 << 20];
     let start = Instant::now();
     s.write_all(b"G").and_then(|_| s.write_all(&bytes.to_le_bytes())).map_err(|e| e.to_string())?;
@@ -240,6 +274,71 @@ pub fn broker(opts: &Options) -> Result<(), String> {
         opts.launches,
         check_ms(launched.saturating_sub(own))
     );
+    Ok(())
+}
+
+/// `swarmcell bench egress`: bulk throughput from inside a sandbox to a host
+/// loopback server through an outbound forward and through the egress proxy,
+/// against the same client connecting directly on the host.
+pub fn egress(opts: &Options) -> Result<(), String> {
+    let exe = exe()?;
+    let bindir = exe.parent().ok_or("binary has no directory")?.to_path_buf();
+    let port = free_port()?;
+    let _server = Killed(Command::new(&exe).args(["__probe", "bench-server", &port.to_string()]).spawn().map_err(|e| e.to_string())?);
+    wait_connectable(port, Duration::from_secs(5))?;
+    let bytes = opts.bytes.to_string();
+    let parse = |out: std::process::Output, what: &str| -> Result<(f64, f64), String> {
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let get = |k: &str| text.split_whitespace().find_map(|w| w.strip_prefix(k).and_then(|v| v.parse::<f64>().ok()));
+        match (get("up="), get("down=")) {
+            (Some(u), Some(d)) => Ok((u, d)),
+            _ => Err(format!("{what}: {}{}", text, String::from_utf8_lossy(&out.stderr))),
+        }
+    };
+    let target = format!("127.0.0.1:{port}");
+    let direct = parse(Command::new(&exe).args(["__probe", "bench-client", &target, &bytes]).output().map_err(|e| e.to_string())?, "direct")?;
+    let sandboxed = |extra: Vec<String>, cmd: Vec<String>, what: &str| -> Result<(f64, f64), String> {
+        let out = Command::new(&exe)
+            .arg("run")
+            .arg("--worktree")
+            .arg(&opts.worktree)
+            .arg("--ro")
+            .arg(&bindir)
+            .args(&extra)
+            .arg("--")
+            .arg(&exe)
+            .args(&cmd)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        parse(out, what)
+    };
+    let forward = sandboxed(
+        vec!["--forward".into(), port.to_string()],
+        vec!["__probe".into(), "bench-client".into(), target.clone(), bytes.clone()],
+        "forward",
+    )?;
+    let name = format!("bench.test.invalid:{port}");
+    let proxy = sandboxed(
+        vec![
+            "--allow-host".into(),
+            name.clone(),
+            "--resolve".into(),
+            "bench.test.invalid=127.0.0.1".into(),
+            "--allow-address".into(),
+            "127.0.0.1".into(),
+        ],
+        vec!["__probe".into(), "bench-client".into(), name, bytes, "127.0.0.1:3128".into()],
+        "proxy",
+    )?;
+    println!("swarmcell bench egress: {} MiB each way", opts.bytes >> 20);
+    println!("{:<22} {:>10} {:>12}", "path", "up GiB/s", "down GiB/s");
+    for (name, (u, d)) in [("direct loopback", direct), ("outbound forward", forward), ("egress proxy (CONNECT)", proxy)] {
+        println!("{name:<22} {u:>10.2} {d:>12.2}");
+    }
+    for (name, (u, d)) in [("outbound forward", forward), ("egress proxy", proxy)] {
+        println!("{name}: {:.2}x up, {:.2}x down of direct", u / direct.0, d / direct.1);
+    }
     Ok(())
 }
 

@@ -53,30 +53,64 @@ impl Netns {
         Ok(())
     }
 
-    /// Connect to 127.0.0.1:port inside the namespace, from a short-lived thread.
-    pub fn connect(&self, port: u16) -> std::io::Result<TcpStream> {
+    /// Run `f` on a short-lived thread inside the namespace.
+    fn inside<T: Send + 'static>(&self, f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> std::io::Result<T> {
         let ns = self.clone();
         std::thread::Builder::new()
             .stack_size(RELAY_STACK)
             .spawn(move || {
                 ns.enter()?;
-                TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))
+                f()
             })?
             .join()
-            .map_err(|_| std::io::Error::other("netns connect thread panicked"))?
+            .map_err(|_| std::io::Error::other("netns thread panicked"))?
+    }
+
+    /// Connect to 127.0.0.1:port inside the namespace.
+    pub fn connect(&self, port: u16) -> std::io::Result<TcpStream> {
+        self.inside(move || TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))))
+    }
+
+    /// Listen on 127.0.0.1:port inside the namespace (created by the launcher,
+    /// never by code running as the sandbox).
+    pub fn listen(&self, port: u16) -> std::io::Result<TcpListener> {
+        self.inside(move || TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))))
+    }
+
+    /// Bring the namespace's loopback interface up.
+    pub fn loopback_up(&self) -> std::io::Result<()> {
+        self.inside(|| crate::sys::loopback_up().map_err(|e| std::io::Error::from_raw_os_error(e.errno as i32)))
+    }
+}
+
+/// Where a relay connects each accepted connection.
+#[derive(Clone)]
+pub enum Dest {
+    /// 127.0.0.1:port inside a sandbox (the inbound broker).
+    Inside(Netns, u16),
+    /// 127.0.0.1:port on the host (an outbound forward).
+    Host(u16),
+}
+
+impl Dest {
+    fn connect(&self) -> std::io::Result<TcpStream> {
+        match self {
+            // This relay thread enters the sandbox's namespace only to create the socket.
+            Dest::Inside(ns, port) => ns.enter().and_then(|_| TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], *port)))),
+            Dest::Host(port) => TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], *port))),
+        }
     }
 }
 
 impl Broker {
-    pub fn start(listener: TcpListener, netns: Netns, inner_port: u16, max_connections: usize) -> std::io::Result<Broker> {
+    /// Relay every connection accepted on `listener` to `dest`.
+    pub fn start(listener: TcpListener, dest: Dest, max_connections: usize) -> std::io::Result<Broker> {
         let stats = Arc::new(Stats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let listener = Arc::new(listener);
         let accept = {
             let (stats, stop, listener) = (stats.clone(), stop.clone(), listener.clone());
-            std::thread::Builder::new()
-                .name("broker-accept".into())
-                .spawn(move || accept_loop(&listener, &netns, inner_port, max_connections, &stats, &stop))?
+            std::thread::Builder::new().name("broker-accept".into()).spawn(move || accept_loop(&listener, &dest, max_connections, &stats, &stop))?
         };
         Ok(Broker { stats, stop, listener, accept: Some(accept) })
     }
@@ -99,7 +133,7 @@ impl Drop for Broker {
     }
 }
 
-fn accept_loop(listener: &TcpListener, netns: &Netns, inner: u16, max: usize, stats: &Arc<Stats>, stop: &AtomicBool) {
+fn accept_loop(listener: &TcpListener, dest: &Dest, max: usize, stats: &Arc<Stats>, stop: &AtomicBool) {
     loop {
         let (client, _) = match listener.accept() {
             Ok(c) => c,
@@ -118,9 +152,9 @@ fn accept_loop(listener: &TcpListener, netns: &Netns, inner: u16, max: usize, st
         }
         stats.connections.fetch_add(1, Ordering::Relaxed);
         stats.active.fetch_add(1, Ordering::SeqCst);
-        let (netns, stats) = (netns.clone(), stats.clone());
+        let (dest, stats) = (dest.clone(), stats.clone());
         let spawned = std::thread::Builder::new().stack_size(RELAY_STACK).spawn(move || {
-            relay(client, &netns, inner, &stats);
+            relay(client, &dest, &stats);
             stats.active.fetch_sub(1, Ordering::SeqCst);
         });
         if spawned.is_err() {
@@ -129,12 +163,16 @@ fn accept_loop(listener: &TcpListener, netns: &Netns, inner: u16, max: usize, st
     }
 }
 
-fn relay(client: TcpStream, netns: &Netns, inner: u16, stats: &Arc<Stats>) {
-    // This thread enters the sandbox's namespace only to create the socket.
-    let server = match netns.enter().and_then(|_| TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], inner)))) {
+fn relay(client: TcpStream, dest: &Dest, stats: &Arc<Stats>) {
+    let server = match dest.connect() {
         Ok(s) => s,
-        Err(_) => return, // nothing listens inside (yet): the client sees the connection close
+        Err(_) => return, // nothing listens there (yet): the client sees the connection close
     };
+    join(client, server, stats);
+}
+
+/// Copy both ways between two connected sockets until both directions end.
+pub fn join(client: TcpStream, server: TcpStream, stats: &Arc<Stats>) {
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let (c2, s2) = match (client.try_clone(), server.try_clone()) {

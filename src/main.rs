@@ -143,6 +143,18 @@ struct RunArgs {
     /// speed; falls back to the relay); `relay`: every connection is relayed.
     #[arg(long, default_value = "handoff")]
     broker: String,
+    /// Another host loopback port the sandbox may reach at 127.0.0.1:PORT (repeatable).
+    #[arg(long = "forward", value_name = "PORT")]
+    forwards: Vec<u16>,
+    /// Another host name the egress proxy allows (repeatable; `*.suffix`, `:port`).
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allow_hosts: Vec<String>,
+    /// A non-public address an allowed name may resolve to (repeatable).
+    #[arg(long = "allow-address", value_name = "IP")]
+    allow_addresses: Vec<std::net::IpAddr>,
+    /// Resolve NAME to IP in the egress proxy instead of asking DNS (repeatable).
+    #[arg(long = "resolve", value_name = "NAME=IP")]
+    resolve: Vec<String>,
     /// The command and its arguments (default: the policy's `process.command`).
     #[arg(last = true, value_name = "CMD")]
     cmd: Vec<String>,
@@ -196,6 +208,11 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         launches: usize,
     },
+    /// Outbound forward and egress proxy against direct loopback: throughput.
+    Egress {
+        #[arg(long, default_value = "1G")]
+        bytes: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -226,7 +243,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init { fd } => launch::init::main(fd),
         Command::Probe { name, args } if name == "verify" => return ExitCode::from(swarmcell::verify_probe::main(&args)),
-        Command::Probe { name, args } => return ExitCode::from(swarmcell::probe::main(&name, args.first().map(String::as_str))),
+        Command::Probe { name, args } => return ExitCode::from(swarmcell::probe::main(&name, &args)),
         Command::Run(args) => run(*args, log),
         Command::Gc { state_dir, cgroup_parent } => gc(&state_dir, &cgroup_parent),
         Command::Worktree(cmd) => worktree(cmd),
@@ -237,6 +254,7 @@ fn main() -> ExitCode {
             swarmcell::inspect::run(&target, json).map(|_| 0).map_err(|e| (format!("inspect: {e}"), launch::EXIT_LAUNCHER_ERROR))
         }
         Command::Bench(BenchCommand::Broker { bytes, pings, launches }) => bench_broker(&bytes, pings, launches),
+        Command::Bench(BenchCommand::Egress { bytes }) => bench_egress(&bytes),
         Command::Policy(PolicyCommand::Check { file }) => Policy::load(&file)
             .map(|_| {
                 println!("policy {}: ok", file.display());
@@ -307,6 +325,18 @@ fn run(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
         "relay" => parent::BrokerMode::Relay,
         other => return Err(launcher(format!("--broker {other:?}: expected handoff or relay"))),
     };
+    for h in &args.allow_hosts {
+        swarmcell::egress::check_entry(h).map_err(|m| launcher(format!("--allow-host {m}")))?;
+    }
+    if let Some(p) = args.forwards.iter().find(|p| **p == 0 || **p == policy.network.inner_port || **p == policy.network.proxy_port) {
+        return Err(launcher(format!("--forward {p}: must be a port other than the inner port and the proxy port")));
+    }
+    let mut resolve = std::collections::HashMap::new();
+    for r in &args.resolve {
+        let (name, ip) = r.split_once('=').ok_or_else(|| launcher(format!("--resolve {r:?}: expected NAME=IP")))?;
+        let ip = ip.parse().map_err(|_| launcher(format!("--resolve {r:?}: {ip:?} is not an IP address")))?;
+        resolve.insert(name.trim_end_matches('.').to_ascii_lowercase(), ip);
+    }
     if args.max_connections == 0 {
         return Err(launcher("--max-connections must be 1 or more".into()));
     }
@@ -332,6 +362,10 @@ fn run(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
         stop_timeout,
         max_connections: args.max_connections,
         broker,
+        extra_forwards: args.forwards,
+        extra_allow_hosts: args.allow_hosts,
+        extra_allow_addresses: args.allow_addresses,
+        resolve,
     };
     parent::run(&req).map_err(|e| (e.to_string(), e.exit_code()))
 }
@@ -394,4 +428,12 @@ fn worktree(cmd: WorktreeCommand) -> Result<u8, (String, u8)> {
         }
     }
     Ok(0)
+}
+
+fn bench_egress(bytes: &str) -> Result<u8, (String, u8)> {
+    let launcher = |m: String| (m, launch::EXIT_LAUNCHER_ERROR);
+    let bytes = policy::units::parse_size(bytes).map_err(launcher)?.ok_or_else(|| launcher("--bytes cannot be max".into()))?;
+    let wt = swarmcell::bench::TempWorktree::new().map_err(launcher)?;
+    let opts = swarmcell::bench::Options { bytes, pings: 1, launches: 1, worktree: wt.path() };
+    swarmcell::bench::egress(&opts).map(|_| 0).map_err(launcher)
 }

@@ -9,7 +9,8 @@ use std::os::fd::AsRawFd;
 
 use nix::errno::Errno;
 
-pub fn main(name: &str, arg: Option<&str>) -> u8 {
+pub fn main(name: &str, rest: &[String]) -> u8 {
+    let arg = rest.first().map(String::as_str);
     let results = match (name, arg) {
         ("tiocsti", _) => vec![tiocsti()],
         ("fds", _) => vec![fds()],
@@ -20,6 +21,7 @@ pub fn main(name: &str, arg: Option<&str>) -> u8 {
         ("http-get", Some(target)) => vec![http_get(target)],
         ("alloc", Some(mib)) => vec![alloc(mib)],
         ("forks", Some(n)) => return forks(n),
+        ("bench-client", _) => return bench_client(rest),
         ("serve", Some(port)) => return serve(port, false),
         ("bench-server", Some(port)) => return serve(port, true),
         _ => {
@@ -424,10 +426,11 @@ fn http_conn(mut conn: std::net::TcpStream) {
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            buf.drain(..end + 4);
+            let head: Vec<u8> = buf.drain(..end + 4).collect();
+            let close = String::from_utf8_lossy(&head).to_ascii_lowercase().contains("connection: close");
             let body = "{\"healthy\":true}";
             let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-            if conn.write_all(resp.as_bytes()).is_err() {
+            if conn.write_all(resp.as_bytes()).is_err() || close {
                 return;
             }
         }
@@ -505,4 +508,22 @@ fn forks(n: &str) -> u8 {
         }
     }
     0
+}
+
+/// `bench-client TARGET BYTES [PROXY]` (see `crate::bench::client`).
+fn bench_client(args: &[String]) -> u8 {
+    let (Some(target), Some(bytes)) = (args.first(), args.get(1).and_then(|b| b.parse::<u64>().ok())) else {
+        eprintln!("bench-client TARGET BYTES [PROXY]");
+        return 2;
+    };
+    match crate::bench::client(target, bytes, args.get(2).map(String::as_str)) {
+        Ok(line) => {
+            println!("{line}");
+            0
+        }
+        Err(e) => {
+            eprintln!("bench-client: {e}");
+            1
+        }
+    }
 }

@@ -58,6 +58,30 @@ pub struct RunRequest {
     pub stop_timeout: std::time::Duration,
     pub max_connections: usize,
     pub broker: BrokerMode,
+    /// Outbound forwards and egress rules for this run, on top of the policy's.
+    pub extra_forwards: Vec<u16>,
+    pub extra_allow_hosts: Vec<String>,
+    pub extra_allow_addresses: Vec<std::net::IpAddr>,
+    /// Fixed resolutions for the egress proxy (`--resolve NAME=IP`).
+    pub resolve: std::collections::HashMap<String, std::net::IpAddr>,
+}
+
+impl RunRequest {
+    /// Host loopback ports reachable from inside: the policy's and `--forward`s.
+    pub fn forwards(&self) -> Vec<u16> {
+        let mut f = self.policy.network.forwards.clone();
+        f.extend(self.extra_forwards.iter().filter(|p| !self.policy.network.forwards.contains(p)));
+        f
+    }
+
+    fn egress_rules(&self) -> crate::egress::Rules {
+        let n = &self.policy.network;
+        crate::egress::Rules {
+            hosts: n.egress_allow.iter().chain(&self.extra_allow_hosts).cloned().collect(),
+            addresses: n.egress_allow_addresses.iter().filter_map(|a| a.parse().ok()).chain(self.extra_allow_addresses.iter().copied()).collect(),
+            resolve: self.resolve.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +223,14 @@ fn environment(policy: &Policy, id: &str, port: Option<u16>) -> Vec<(String, Str
     if port.is_some() {
         env.push(("SWARMCELL_PORT".to_string(), policy.network.inner_port.to_string()));
     }
+    // Every outbound HTTP(S) request goes through the egress proxy.
+    let proxy = format!("http://127.0.0.1:{}", policy.network.proxy_port);
+    for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+        env.push((k.to_string(), proxy.clone()));
+    }
+    for k in ["NO_PROXY", "no_proxy"] {
+        env.push((k.to_string(), "localhost,127.0.0.1,::1".to_string()));
+    }
     for name in &policy.process.env {
         if let Ok(v) = std::env::var(name) {
             env.retain(|(k, _)| k != name);
@@ -220,8 +252,8 @@ fn landlock_spec(req: &RunRequest, wt: &Worktree) -> crate::landlock::LandlockSp
         read_write.extend(git.writable.iter().cloned());
     }
     let inner = req.policy.network.inner_port;
-    let mut connect_ports = vec![inner];
-    connect_ports.extend(req.policy.network.forwards.iter().filter(|p| **p != inner));
+    let mut connect_ports = vec![inner, req.policy.network.proxy_port];
+    connect_ports.extend(req.forwards().into_iter().filter(|p| *p != inner));
     crate::landlock::LandlockSpec {
         mode: req.policy.landlock,
         read_exec,
@@ -309,6 +341,20 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     tracing::info!(sandbox = %id, pid = sandbox.pid, host_uid = sandbox.host_uid, cgroup_version = cgroup.version(), "sandbox started");
     let port = host_port.as_ref().map(|p| p.port);
     let inner = req.policy.network.inner_port;
+    // Outbound forwards and the egress proxy.
+    let mut outbound_relays = Vec::new();
+    let mut proxies = Vec::new();
+    for (kind, listener) in std::mem::take(&mut sandbox.outbound) {
+        match kind {
+            Outbound::Forward(p) => outbound_relays.push(
+                crate::broker::Broker::start(listener, crate::broker::Dest::Host(p), req.max_connections)
+                    .map_err(|e| RunError::Setup(format!("outbound forward {p}: {e}")))?,
+            ),
+            Outbound::Proxy => proxies.push(
+                crate::egress::Proxy::start(listener, req.egress_rules(), id.clone()).map_err(|e| RunError::Setup(format!("egress proxy: {e}")))?,
+            ),
+        }
+    }
     let mut relay = None;
     let mut handoff = None;
     let mut health = None;
@@ -357,6 +403,12 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     if let Some(mut b) = relay {
         b.stop();
     }
+    for mut b in outbound_relays {
+        b.stop();
+    }
+    for mut p in proxies {
+        p.stop();
+    }
     drop(sandbox);
     let oom_kills = cgroup.oom_kills();
     cgroup.kill_and_remove()?;
@@ -371,7 +423,8 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
 
 fn start_relay(lease: &crate::ports::PortLease, ns: &crate::broker::Netns, inner: u16, max: usize) -> Result<crate::broker::Broker, RunError> {
     let listener = lease.listener.try_clone().map_err(|e| RunError::Setup(format!("broker listener: {e}")))?;
-    crate::broker::Broker::start(listener, ns.clone(), inner, max).map_err(|e| RunError::Setup(format!("starting the broker: {e}")))
+    crate::broker::Broker::start(listener, crate::broker::Dest::Inside(ns.clone(), inner), max)
+        .map_err(|e| RunError::Setup(format!("starting the broker: {e}")))
 }
 
 /// `start` with idmapping reports this when the filesystem cannot idmap.
@@ -412,6 +465,16 @@ fn start(
     // is born inside the cgroup, and init's cgroup namespace is rooted there.
     cgroup.add_process(sandbox.pid)?;
     tracing::debug!("init placed in its cgroup");
+    // Outbound: listeners inside the sandbox's network namespace, made by the
+    // launcher before the payload exists (its first connection just queues).
+    let mut sandbox = sandbox;
+    let ns = crate::broker::Netns::of_pid(sandbox.pid).map_err(|e| RunError::Setup(format!("opening the sandbox's network namespace: {e}")))?;
+    ns.loopback_up().map_err(|e| RunError::Setup(format!("bringing up the sandbox's loopback: {e}")))?;
+    let listen = |port: u16, what: &str| ns.listen(port).map_err(|e| RunError::Setup(format!("{what} on 127.0.0.1:{port} inside the sandbox: {e}")));
+    for port in req.forwards() {
+        sandbox.outbound.push((Outbound::Forward(port), listen(port, "outbound forward")?));
+    }
+    sandbox.outbound.push((Outbound::Proxy, listen(req.policy.network.proxy_port, "egress proxy")?));
 
     let mut mounts = PreparedMounts::default();
     for p in &req.policy.filesystem.read_only {
@@ -520,6 +583,14 @@ struct Sandbox {
     host_uid: u32,
     channel: Channel,
     reaped: bool,
+    /// Listeners inside the sandbox for outbound traffic, served once it runs.
+    outbound: Vec<(Outbound, std::net::TcpListener)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Outbound {
+    Forward(u16),
+    Proxy,
 }
 
 impl Sandbox {
@@ -553,7 +624,7 @@ impl Sandbox {
             }
         };
         drop(child_end);
-        Ok(Sandbox { pid, host_uid, channel: Channel::new(parent_end), reaped: false })
+        Ok(Sandbox { pid, host_uid, channel: Channel::new(parent_end), reaped: false, outbound: Vec::new() })
     }
 
     /// Poll the channel and the launcher's signals until init is gone.

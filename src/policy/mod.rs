@@ -84,6 +84,14 @@ pub struct Network {
     /// Host loopback ports the sandbox may reach through outbound forwards
     /// (Agent Mail, Temporal, PostgreSQL); Landlock allows TCP connect to these.
     pub forwards: Vec<u16>,
+    /// The egress proxy's port inside the sandbox (HTTP_PROXY/HTTPS_PROXY).
+    pub proxy_port: u16,
+    /// Host names the egress proxy allows: `name`, `*.suffix`, optionally `:port`
+    /// (443 and 80 otherwise).
+    pub egress_allow: Vec<String>,
+    /// Addresses an allowed name may resolve to although they are not public
+    /// (loopback, private, link-local are refused otherwise). Default: none.
+    pub egress_allow_addresses: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,7 +128,7 @@ impl Default for Filesystem {
 
 impl Default for Network {
     fn default() -> Self {
-        Network { inner_port: 4096, forwards: vec![8765, 7233, 5432] }
+        Network { inner_port: 4096, forwards: vec![8765, 7233, 5432], proxy_port: 3128, egress_allow: Vec::new(), egress_allow_addresses: Vec::new() }
     }
 }
 
@@ -268,6 +276,23 @@ impl Policy {
         }
         if let Some(i) = self.network.forwards.iter().position(|p| *p == 0) {
             return err(&format!("network.forwards[{i}]"), "0 is not a port (1-65535)".into());
+        }
+        let n = &self.network;
+        if n.proxy_port == 0 || n.proxy_port == n.inner_port || n.forwards.contains(&n.proxy_port) {
+            return err("network.proxy_port", format!("{} must be a port (1-65535) other than the inner port and the forwards", n.proxy_port));
+        }
+        if n.forwards.contains(&n.inner_port) {
+            return err("network.forwards", format!("{} is the inner port", n.inner_port));
+        }
+        for (i, e) in n.egress_allow.iter().enumerate() {
+            if let Err(m) = crate::egress::check_entry(e) {
+                return err(&format!("network.egress_allow[{i}]"), m);
+            }
+        }
+        for (i, a) in n.egress_allow_addresses.iter().enumerate() {
+            if a.parse::<std::net::IpAddr>().is_err() {
+                return err(&format!("network.egress_allow_addresses[{i}]"), format!("{a:?} is not an IP address"));
+            }
         }
         if let Err(e) = crate::seccomp::validate(&self.seccomp.deny) {
             return err("seccomp", e.to_string());
