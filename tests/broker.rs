@@ -5,67 +5,18 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A launcher in the background; SIGKILLed if the test panics before it ended
-/// (the sandbox init's parent-death signal then ends the sandbox).
-struct Launcher(Child);
-
-impl Launcher {
-    fn id(&self) -> u32 {
-        self.0.id()
-    }
-
-    fn wait(&mut self) -> std::process::ExitStatus {
-        self.0.wait().unwrap()
-    }
-}
-
-impl Drop for Launcher {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// `swarmcell run --ready-fd 3 --ro BINDIR ... -- CMD` in the background.
 fn start(f: &Fixture, extra: &[&str], cmd: &[&str]) -> (Launcher, PathBuf) {
-    let ready = f.dir.join(format!("ready-{}", swarmcell::launch::random_u32()));
-    let file = std::fs::File::create(&ready).unwrap();
-    let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
     let dir = bin_dir();
-    let mut all = vec!["--ready-fd", "3", "--ro", &dir];
-    all.extend_from_slice(extra);
-    let mut c = f.command(&all, cmd);
-    // SAFETY: fcntl/dup2 in the child before exec are async-signal-safe.
-    unsafe {
-        c.pre_exec(move || {
-            let r = if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(fd, 3) };
-            if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
-        });
-    }
-    let log = std::fs::File::create(ready.with_extension("stderr")).unwrap();
-    let child = c.stdout(Stdio::null()).stderr(Stdio::from(log)).spawn().unwrap();
-    // SAFETY: the parent's copy is not needed.
-    unsafe { libc::close(fd) };
-    (Launcher(child), ready)
+    f.spawn(&[&["--ro", dir.as_str()][..], extra].concat(), cmd)
 }
 
 fn serve() -> Vec<&'static str> {
     vec![bin(), "__probe", "serve", "{port}"]
-}
-
-/// The ready line, or a panic that shows what the launcher said.
-fn ready_of(ready: &std::path::Path) -> serde_json::Value {
-    let r = std::panic::catch_unwind(|| ready_line(ready));
-    r.unwrap_or_else(|_| panic!("no ready line; launcher stderr: {}", std::fs::read_to_string(ready.with_extension("stderr")).unwrap_or_default()))
 }
 
 fn port_of(ready: &serde_json::Value) -> u16 {
@@ -82,8 +33,7 @@ fn http_get(port: u16, path: &str) -> std::io::Result<String> {
 }
 
 fn sigterm(child: &Launcher) {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.sigterm();
 }
 
 #[test]

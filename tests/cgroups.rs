@@ -4,37 +4,10 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// Start a sandbox in the background with `--ready-fd 3` pointing at a file.
-fn spawn_with_ready(f: &Fixture, extra: &[&str], cmd: &[&str]) -> (std::process::Child, PathBuf) {
-    let ready = f.dir.join(format!("ready-{}", swarmcell::launch::random_u32()));
-    let file = std::fs::File::create(&ready).unwrap();
-    let mut all = vec!["--ready-fd", "3"];
-    all.extend_from_slice(extra);
-    let mut c = f.command(&all, cmd);
-    let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
-    // SAFETY: dup2 in the child before exec is async-signal-safe.
-    unsafe {
-        c.pre_exec(move || {
-            // dup2 onto itself would keep close-on-exec set.
-            let r = if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(fd, 3) };
-            if r < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    // SAFETY: the parent's copy is no longer needed.
-    unsafe { libc::close(fd) };
-    (child, ready)
-}
 
 fn cgroup_dir(ready: &serde_json::Value, needle: &str) -> PathBuf {
     ready["cgroups"]
@@ -73,7 +46,7 @@ fn a_fork_bomb_stops_at_the_pids_limit() {
     let f = Fixture::new();
     // The bomb runs for at most 2 s (the payload waits on a sleep started first).
     let script = "sleep 2 & s=$!; bomb() { bomb & bomb; }; bomb 2>/dev/null & wait $s";
-    let (mut child, ready) = spawn_with_ready(&f, &["--pids", "64"], &["/bin/sh", "-c", script]);
+    let (mut child, ready) = f.spawn(&["--pids", "64"], &["/bin/sh", "-c", script]);
     let info = ready_line(&ready);
     let dir = cgroup_dir(&info, "pids");
     let (mut peak, mut refused) = (0, 0);
@@ -83,7 +56,7 @@ fn a_fork_bomb_stops_at_the_pids_limit() {
         refused = read_u64(&dir.join("pids.events"), Some("max "));
         std::thread::sleep(Duration::from_millis(20));
     }
-    let status = child.wait().unwrap();
+    let status = child.wait();
     assert_no_sandbox_left();
     assert!(peak <= 64, "pids.current reached {peak}");
     // The kernel counts every fork it refused at pids.max: the bomb hit the limit.
@@ -94,7 +67,7 @@ fn a_fork_bomb_stops_at_the_pids_limit() {
 #[test]
 fn a_busy_loop_gets_at_most_its_cpu_quota() {
     let f = Fixture::new();
-    let (mut child, ready) = spawn_with_ready(&f, &["--cpu", "0.5"], &["/bin/sh", "-c", "while :; do :; done"]);
+    let (mut child, ready) = f.spawn(&["--cpu", "0.5"], &["/bin/sh", "-c", "while :; do :; done"]);
     let info = ready_line(&ready);
     // cgroup v1 accounts CPU time in cpuacct.usage (ns), v2 in cpu.stat (µs).
     let usage = |dirs: &serde_json::Value| -> Duration {
@@ -107,9 +80,8 @@ fn a_busy_loop_gets_at_most_its_cpu_quota() {
     let (u0, t0) = (usage(&info), Instant::now());
     std::thread::sleep(Duration::from_secs(2));
     let (u1, t1) = (usage(&info), Instant::now());
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert_eq!(child.wait().unwrap().code(), Some(143));
+    child.sigterm();
+    assert_eq!(child.wait().code(), Some(143));
     assert_no_sandbox_left();
     let rate = (u1 - u0).as_secs_f64() / (t1 - t0).as_secs_f64();
     assert!(rate <= 0.6, "the busy loop used {rate:.2} CPU-seconds per second under cpu = 0.5");
@@ -119,12 +91,11 @@ fn a_busy_loop_gets_at_most_its_cpu_quota() {
 #[test]
 fn kill_9_of_the_launcher_leaves_no_sandbox_process_and_gc_removes_its_cgroup() {
     let f = Fixture::new();
-    let (mut child, ready) = spawn_with_ready(&f, &[], &["/bin/sh", "-c", "sleep 60 & sleep 60 & wait"]);
+    let (mut child, ready) = f.spawn(&[], &["/bin/sh", "-c", "sleep 60 & sleep 60 & wait"]);
     let info = ready_line(&ready);
     let dirs: Vec<PathBuf> = info["cgroups"].as_array().unwrap().iter().map(|p| PathBuf::from(p.as_str().unwrap())).collect();
-    // SAFETY: SIGKILL to our own child, the launcher.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    child.wait().unwrap();
+    child.sigkill();
+    child.wait();
     // The init's parent-death signal ends the whole PID namespace.
     let start = Instant::now();
     while dirs.iter().any(|d| std::fs::read_to_string(d.join("cgroup.procs")).map(|s| !s.trim().is_empty()).unwrap_or(false)) {
@@ -140,11 +111,10 @@ fn kill_9_of_the_launcher_leaves_no_sandbox_process_and_gc_removes_its_cgroup() 
 #[test]
 fn the_next_start_removes_a_stale_cgroup_by_itself() {
     let f = Fixture::new();
-    let (mut child, ready) = spawn_with_ready(&f, &[], &["/bin/sleep", "60"]);
+    let (mut child, ready) = f.spawn(&[], &["/bin/sleep", "60"]);
     let info = ready_line(&ready);
-    // SAFETY: SIGKILL to our own child, the launcher.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    child.wait().unwrap();
+    child.sigkill();
+    child.wait();
     let stale = cgroup_dir(&info, "pids");
     let start = Instant::now();
     while std::fs::read_to_string(stale.join("cgroup.procs")).map(|s| !s.trim().is_empty()).unwrap_or(false) {

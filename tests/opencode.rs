@@ -32,16 +32,6 @@ fn opencode_serves_health_inside_the_default_sandbox() {
     assert!(text.contains(".local") || text.contains(".config") || text.contains(".cache"), "{text}");
 }
 
-fn git(dir: &std::path::Path, args: &[&str]) {
-    let out = std::process::Command::new("git")
-        .args(["-c", "safe.directory=*", "-c", "user.name=t", "-c", "user.email=t@t", "-C"])
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// One HTTP request to 127.0.0.1:PORT with reqwest; (status, body).
 fn http(port: u16, method: &str, path_and_query: &str, body: &str) -> (u16, String) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -79,13 +69,7 @@ fn host_opencode_state() -> Vec<(std::path::PathBuf, Option<std::time::SystemTim
 fn two_agents_run_isolated_opencode_servers_in_their_worktrees() {
     require_opencode();
     let f = Fixture::new();
-    let repo = f.dir.join("repo");
-    std::fs::create_dir(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    std::fs::write(repo.join("README.md"), "# shared\n").unwrap();
-    git(&repo, &["add", "README.md"]);
-    git(&repo, &["commit", "-q", "-m", "initial"]);
-    std::process::Command::new("chown").args(["-R", &format!("{OWNER}:{OWNER}")]).arg(&repo).status().unwrap();
+    let repo = owned_repo(&f.dir);
     let base = f.dir.join("worktrees");
     for id in ["a", "b"] {
         let out = std::process::Command::new(bin()).args(["worktree", "add"]).arg(&repo).arg(id).arg("--base").arg(&base).output().unwrap();
@@ -103,55 +87,23 @@ fn two_agents_run_isolated_opencode_servers_in_their_worktrees() {
 
     // Launch the default policy's command (opencode serve) for each agent.
     let mut launchers = Vec::new();
-    for id in ["a", "b"] {
-        let ready = f.dir.join(format!("ready-{id}"));
-        let file = std::fs::File::create(&ready).unwrap();
-        let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
-        let mut c = std::process::Command::new(bin());
-        c.args(["run", "--port", "auto", "--health-timeout", "60s", "--ready-fd", "3", "--worktree"]).arg(base.join(id));
-        // SAFETY: fcntl/dup2 before exec are async-signal-safe.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut c, move || {
-                let r = if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(fd, 3) };
-                if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
-            });
-        }
-        let log = std::fs::File::create(f.dir.join(format!("launcher-{id}.log"))).unwrap();
-        let child = c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log).spawn().unwrap();
-        // SAFETY: the parent's copy is not needed.
-        unsafe { libc::close(fd) };
-        launchers.push((id, child, ready));
-    }
-    struct Stop(Vec<std::process::Child>);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            for c in &mut self.0 {
-                if let Ok(None) = c.try_wait() {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                }
-            }
-        }
-    }
     let mut ports = Vec::new();
-    let mut guard = Stop(Vec::new());
-    for (id, child, ready) in launchers {
-        guard.0.push(child);
+    for id in ["a", "b"] {
+        launchers.push(spawn_run(&f.dir, &base.join(id), &["--port", "auto", "--health-timeout", "60s"], &[]));
+    }
+    for (id, (_, ready)) in ["a", "b"].iter().zip(&launchers) {
         let start = std::time::Instant::now();
         let info = loop {
-            if let Ok(t) = std::fs::read_to_string(&ready)
+            if let Ok(t) = std::fs::read_to_string(ready)
                 && t.ends_with('\n')
             {
                 break serde_json::from_str::<serde_json::Value>(t.trim()).unwrap();
             }
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(70),
-                "agent {id} never became healthy: {}",
-                std::fs::read_to_string(f.dir.join(format!("launcher-{id}.log"))).unwrap_or_default()
-            );
+            let log = std::fs::read_to_string(ready.with_extension("stderr")).unwrap_or_default();
+            assert!(start.elapsed() < std::time::Duration::from_secs(70), "agent {id} never became healthy: {log}");
             std::thread::sleep(std::time::Duration::from_millis(50));
         };
-        ports.push((id, info["port"].as_u64().unwrap() as u16));
+        ports.push((*id, info["port"].as_u64().unwrap() as u16));
     }
 
     for (id, port) in &ports {
@@ -178,12 +130,11 @@ fn two_agents_run_isolated_opencode_servers_in_their_worktrees() {
         }
     }
 
-    for c in &guard.0 {
-        // SAFETY: signalling our own children.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    for (l, _) in &launchers {
+        l.sigterm();
     }
-    for c in &mut guard.0 {
-        let status = c.wait().unwrap();
+    for (l, _) in &mut launchers {
+        let status = l.wait();
         assert!(status.code().is_some(), "launcher ended by {status:?}");
     }
     assert_no_sandbox_left();

@@ -83,29 +83,7 @@ fn weakened_policies_make_sampled_checks_report_escaped() {
 #[test]
 fn inspect_reports_what_proc_shows_for_a_running_sandbox() {
     let f = Fixture::new();
-    let ready = f.dir.join("ready");
-    let file = std::fs::File::create(&ready).unwrap();
-    let mut c = f.command(&["--ready-fd", "3", "--pids", "77"], &["/bin/sleep", "30"]);
-    let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
-    // SAFETY: fcntl/dup2 before exec are async-signal-safe.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut c, move || {
-            let r = if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(fd, 3) };
-            if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
-        });
-    }
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            if let Ok(None) = self.0.try_wait() {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
-    }
-    let mut child = Kill(c.spawn().unwrap());
-    // SAFETY: the parent's copy is not needed.
-    unsafe { libc::close(fd) };
+    let (child, ready) = f.spawn(&["--pids", "77"], &["/bin/sleep", "30"]);
     let info = ready_line(&ready);
     let (id, init) = (info["id"].as_str().unwrap().to_string(), info["pid"].as_i64().unwrap());
     let inspect = |target: &str| -> serde_json::Value {
@@ -140,8 +118,8 @@ fn inspect_reports_what_proc_shows_for_a_running_sandbox() {
     assert_eq!(by_id["interfaces"], serde_json::json!(["lo"]));
     let out = std::process::Command::new(bin()).args(["inspect", "sc-000000000000"]).output().unwrap();
     assert_eq!(out.status.code(), Some(125));
-    // SAFETY: ending our own child.
-    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
-    child.0.wait().unwrap();
+    let mut child = child;
+    child.sigterm();
+    child.wait();
     assert_no_sandbox_left();
 }

@@ -4,28 +4,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out =
-        Command::new("git").args(["-c", "safe.directory=*", "-c", "user.name=t", "-c", "user.email=t@t", "-C"]).arg(dir).args(args).output().unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// A repository owned by OWNER with one commit, and the base for worktrees.
 fn repo(f: &Fixture) -> (PathBuf, PathBuf) {
-    let repo = f.dir.join("repo");
-    std::fs::create_dir(&repo).unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    std::fs::write(repo.join("README.md"), "# demo\n").unwrap();
-    git(&repo, &["add", "README.md"]);
-    git(&repo, &["commit", "-q", "-m", "initial"]);
-    Command::new("chown").args(["-R", &format!("{OWNER}:{OWNER}")]).arg(&repo).status().unwrap();
-    (repo, f.dir.join("worktrees"))
+    (owned_repo(&f.dir), f.dir.join("worktrees"))
 }
 
 fn worktree(args: &[&str]) -> std::process::Output {

@@ -51,6 +51,12 @@ impl Fixture {
         out
     }
 
+    /// `swarmcell run --ready-fd 3 [extra] -- cmd` on this fixture's worktree, in
+    /// the background (see [`spawn_run`]).
+    pub fn spawn(&self, extra: &[&str], cmd: &[&str]) -> (Launcher, PathBuf) {
+        spawn_run(&self.dir, &self.worktree, extra, cmd)
+    }
+
     pub fn command(&self, extra: &[&str], cmd: &[&str]) -> Command {
         let mut c = Command::new(bin());
         c.arg("run").arg("--worktree").arg(&self.worktree).args(extra).arg("--").args(cmd);
@@ -83,6 +89,89 @@ pub fn stderr(o: &Output) -> String {
 pub fn ok(o: &Output) -> String {
     assert_eq!(o.status.code(), Some(0), "stdout: {}\nstderr: {}", stdout(o), stderr(o));
     stdout(o)
+}
+
+/// A launcher running in the background. Dropped while still running (a test
+/// failed), it is SIGKILLed: the sandbox init's parent-death signal then ends
+/// the sandbox, so a failure never leaks into the next test.
+pub struct Launcher(pub std::process::Child);
+
+impl Launcher {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.0.wait().unwrap()
+    }
+
+    pub fn sigterm(&self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+    }
+
+    pub fn sigkill(&self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
+    }
+}
+
+impl Drop for Launcher {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// `swarmcell run --ready-fd 3 --worktree WT [extra] -- cmd` in the background;
+/// the ready line goes to a file in `dir` (returned), stderr next to it (`.stderr`).
+pub fn spawn_run(dir: &Path, worktree: &Path, extra: &[&str], cmd: &[&str]) -> (Launcher, PathBuf) {
+    use std::os::unix::process::CommandExt;
+    let ready = dir.join(format!("ready-{}", swarmcell::launch::random_u32()));
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(std::fs::File::create(&ready).unwrap());
+    let mut c = Command::new(bin());
+    c.args(["run", "--ready-fd", "3", "--worktree"]).arg(worktree).args(extra).arg("--").args(cmd);
+    // SAFETY: fcntl/dup2 in the child before exec are async-signal-safe; dup2
+    // onto itself would keep close-on-exec set, hence the fcntl.
+    unsafe {
+        c.pre_exec(move || {
+            let r = if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(fd, 3) };
+            if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+        });
+    }
+    let log = std::fs::File::create(ready.with_extension("stderr")).unwrap();
+    let child = c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    // SAFETY: the parent's copy is not needed.
+    unsafe { libc::close(fd) };
+    (Launcher(child), ready)
+}
+
+/// The ready line, or a panic that shows what the launcher said.
+pub fn ready_of(ready: &Path) -> serde_json::Value {
+    let r = std::panic::catch_unwind(|| ready_line(ready));
+    r.unwrap_or_else(|_| panic!("no ready line; launcher stderr: {}", std::fs::read_to_string(ready.with_extension("stderr")).unwrap_or_default()))
+}
+
+/// `git` as root on a repository owned by the test user.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out =
+        Command::new("git").args(["-c", "safe.directory=*", "-c", "user.name=t", "-c", "user.email=t@t", "-C"]).arg(dir).args(args).output().unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A repository at DIR/repo owned by OWNER, with one commit on main.
+pub fn owned_repo(dir: &Path) -> PathBuf {
+    let repo = dir.join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("README.md"), "# demo\n").unwrap();
+    git(&repo, &["add", "README.md"]);
+    git(&repo, &["commit", "-q", "-m", "initial"]);
+    Command::new("chown").args(["-R", &format!("{OWNER}:{OWNER}")]).arg(&repo).status().unwrap();
+    repo
 }
 
 /// No process runs as a per-sandbox uid or the test owner, and no lease or
