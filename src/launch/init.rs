@@ -10,7 +10,7 @@
 //!    parent-death signal that the uid change cleared;
 //! 4. enter a new cgroup namespace rooted at the cgroup the parent placed us in;
 //! 5. build the root filesystem and `pivot_root` into it;
-//! 6. hostname, loopback up;
+//! 6. hostname (the launcher already brought `lo` up);
 //! 7. fork the payload ([`super::payload`]): setsid, no_new_privs, drop all
 //!    capabilities, close fds, chdir to the worktree, execve;
 //! 8. drop our own capabilities and stay as a reaping init that forwards signals;
@@ -99,8 +99,9 @@ fn run(chan: &Channel, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStat
     crate::fs::rootfs::build(spec, &fds)?;
     drop(fds);
     tracing::debug!("init: root built");
+    // (lo was brought up by the launcher, which also created the outbound
+    // listeners in this network namespace.)
     sys::sethostname(&spec.id)?;
-    sys::loopback_up()?;
 
     let mut prepared = prepare_exec(spec)?;
     // Socket handoff: the payload sends its bind-notification listener here.

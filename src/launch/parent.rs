@@ -359,11 +359,10 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     let mut handoff = None;
     let mut health = None;
     let handed_off = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut netns = None;
-    if let Some(lease) = &host_port {
-        let ns = crate::broker::Netns::of_pid(sandbox.pid).map_err(|e| RunError::Setup(format!("opening the sandbox's network namespace: {e}")))?;
+    let netns = sandbox.netns.clone();
+    if let (Some(lease), Some(ns)) = (&host_port, &netns) {
         if req.broker == BrokerMode::Relay {
-            relay = Some(start_relay(lease, &ns, inner, req.max_connections)?);
+            relay = Some(start_relay(lease, ns, inner, req.max_connections)?);
         }
         let check = match (req.health, req.broker) {
             (HealthMode::Http, _) => crate::health::Check::Http { port: lease.port, path: req.policy.health.path.clone() },
@@ -371,7 +370,6 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
             (HealthMode::Tcp, BrokerMode::Handoff) => crate::health::Check::HandedOff { port: lease.port, flag: handed_off.clone() },
         };
         health = Some(HealthWatch::start(check, req.health_timeout.unwrap_or(req.policy.health.timeout.0))?);
-        netns = Some(ns);
     }
     // When the payload runs: serve its bind notifications, or relay when the
     // handoff could not be set up.
@@ -397,19 +395,8 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     if let Some(h) = health {
         h.finish();
     }
-    if let Some(mut h) = handoff {
-        h.stop();
-    }
-    if let Some(mut b) = relay {
-        b.stop();
-    }
-    for mut b in outbound_relays {
-        b.stop();
-    }
-    for mut p in proxies {
-        p.stop();
-    }
-    drop(sandbox);
+    // Each stops its threads and closes its listener when dropped.
+    drop((handoff, relay, outbound_relays, proxies, sandbox));
     let oom_kills = cgroup.oom_kills();
     cgroup.kill_and_remove()?;
     drop((lease, sandbox_lease, host_port));
@@ -469,6 +456,7 @@ fn start(
     // launcher before the payload exists (its first connection just queues).
     let mut sandbox = sandbox;
     let ns = crate::broker::Netns::of_pid(sandbox.pid).map_err(|e| RunError::Setup(format!("opening the sandbox's network namespace: {e}")))?;
+    sandbox.netns = Some(ns.clone());
     ns.loopback_up().map_err(|e| RunError::Setup(format!("bringing up the sandbox's loopback: {e}")))?;
     let listen = |port: u16, what: &str| ns.listen(port).map_err(|e| RunError::Setup(format!("{what} on 127.0.0.1:{port} inside the sandbox: {e}")));
     for port in req.forwards() {
@@ -585,6 +573,8 @@ struct Sandbox {
     reaped: bool,
     /// Listeners inside the sandbox for outbound traffic, served once it runs.
     outbound: Vec<(Outbound, std::net::TcpListener)>,
+    /// The sandbox's network namespace (for the broker and health checks).
+    netns: Option<crate::broker::Netns>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -624,7 +614,7 @@ impl Sandbox {
             }
         };
         drop(child_end);
-        Ok(Sandbox { pid, host_uid, channel: Channel::new(parent_end), reaped: false, outbound: Vec::new() })
+        Ok(Sandbox { pid, host_uid, channel: Channel::new(parent_end), reaped: false, outbound: Vec::new(), netns: None })
     }
 
     /// Poll the channel and the launcher's signals until init is gone.
