@@ -389,19 +389,29 @@ pub fn raise_ambient_all() -> Result<(), Errno> {
 
 // ---- passing one fd over a unix socket ----
 
+/// A msghdr with one data iovec and room for one fd in `control`.
+///
+/// # Safety
+/// The returned header points into `iov` and `control`, which must outlive it.
+unsafe fn one_fd_msghdr(iov: &mut libc::iovec, control: &mut [u64; 4]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(control) as _;
+    msg
+}
+
 /// Send `fd` with one byte over the unix socket `sock`. Async-signal-safe.
 pub fn send_fd(sock: RawFd, fd: RawFd) -> SysResult<()> {
     let mut byte = [b'F'];
     let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
-    // Space for one fd: CMSG_SPACE(4) is 24 on 64-bit targets.
+    // Space for one fd: CMSG_SPACE(4) is 24 on 64-bit targets; 8-byte aligned.
     let mut control = [0u64; 4];
-    // SAFETY: msghdr is plain data; the CMSG macros stay within `control`, which
-    // is large enough and 8-byte aligned.
+    // SAFETY: the CMSG macros stay within `control`; iov and control outlive msg.
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
+        let mut msg = one_fd_msghdr(&mut iov, &mut control);
         msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as _;
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
@@ -420,13 +430,9 @@ pub fn recv_fd(sock: RawFd) -> SysResult<Option<OwnedFd>> {
     let mut byte = [0u8];
     let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
     let mut control = [0u64; 4];
-    // SAFETY: as in send_fd; the received fd, if any, is new and ours.
+    // SAFETY: iov and control outlive msg; a received fd is new and ours.
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        let mut msg = one_fd_msghdr(&mut iov, &mut control);
         let n = loop {
             let n = libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC);
             if n < 0 && Errno::last() == Errno::EINTR {
