@@ -15,6 +15,7 @@ pub mod bench;
 pub mod broker;
 pub mod caps;
 pub mod cgroups;
+pub mod daemon;
 pub mod egress;
 pub mod fds;
 pub mod fs;

@@ -41,6 +41,25 @@ enum Command {
     /// Git worktrees for agents: BASE/AGENT_ID on branch agent/AGENT_ID/NAME.
     #[command(subcommand)]
     Worktree(WorktreeCommand),
+    /// The supervisor service: a control socket, health monitoring and restarts,
+    /// an audit log and Prometheus metrics.
+    Daemon {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override the config's control socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Override the config's state directory.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Talk to the daemon.
+    Ctl {
+        #[arg(long, default_value = "/run/swarmcell/control.sock")]
+        socket: PathBuf,
+        #[command(subcommand)]
+        cmd: CtlCommand,
+    },
     /// The escape battery: try to break out of a real sandbox and report.
     Verify {
         #[arg(long)]
@@ -161,6 +180,34 @@ struct RunArgs {
 }
 
 #[derive(Subcommand)]
+enum CtlCommand {
+    /// Launch a sandbox; prints {"id","port","pid"} once it is healthy.
+    Launch {
+        #[arg(long)]
+        worktree: PathBuf,
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        task: Option<String>,
+        #[arg(last = true, required = true, value_name = "CMD")]
+        cmd: Vec<String>,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Stop {
+        id: String,
+    },
+    Inspect {
+        id: String,
+    },
+    Logs {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum WorktreeCommand {
     /// Create BASE/AGENT_ID as a worktree of REPO on a new branch agent/AGENT_ID/NAME (0700).
     Add {
@@ -247,6 +294,8 @@ fn main() -> ExitCode {
         Command::Run(args) => run(*args, log),
         Command::Gc { state_dir, cgroup_parent } => gc(&state_dir, &cgroup_parent),
         Command::Worktree(cmd) => worktree(cmd),
+        Command::Daemon { config, socket, state_dir } => daemon(config, socket, state_dir),
+        Command::Ctl { socket, cmd } => ctl(&socket, cmd),
         Command::Verify { policy, json } => {
             swarmcell::verify::run(&swarmcell::verify::Options { policy, json }).map_err(|e| (format!("verify: {e}"), launch::EXIT_LAUNCHER_ERROR))
         }
@@ -436,4 +485,63 @@ fn bench_egress(bytes: &str) -> Result<u8, (String, u8)> {
     let wt = swarmcell::bench::TempWorktree::new().map_err(launcher)?;
     let opts = swarmcell::bench::Options { bytes, pings: 1, launches: 1, worktree: wt.path() };
     swarmcell::bench::egress(&opts).map(|_| 0).map_err(launcher)
+}
+
+fn daemon(config: Option<PathBuf>, socket: Option<PathBuf>, state_dir: Option<PathBuf>) -> Result<u8, (String, u8)> {
+    use swarmcell::daemon::{Daemon, config::Config};
+    let launcher = |m: String| (m, launch::EXIT_LAUNCHER_ERROR);
+    swarmcell::fds::cloexec_inherited().map_err(|e| launcher(e.to_string()))?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(launcher("swarmcell daemon must run as root".into()));
+    }
+    let mut cfg = match &config {
+        Some(p) => Config::load(p).map_err(launcher)?,
+        None => Config::default(),
+    };
+    if let Some(s) = socket {
+        cfg.socket = s;
+    }
+    if let Some(d) = state_dir {
+        cfg.state_dir = d;
+    }
+    cfg.validate().map_err(launcher)?;
+    let mut d = Daemon::new(cfg).map_err(launcher)?;
+    d.serve().map(|_| 0).map_err(launcher)
+}
+
+fn ctl(socket: &std::path::Path, cmd: CtlCommand) -> Result<u8, (String, u8)> {
+    use swarmcell::daemon::protocol::Request;
+    let (req, list_json) = match cmd {
+        CtlCommand::Launch { worktree, agent, task, cmd } => (Request::Launch { worktree, agent, task, argv: cmd }, false),
+        CtlCommand::List { json } => (Request::List, json),
+        CtlCommand::Stop { id } => (Request::Stop { id }, false),
+        CtlCommand::Inspect { id } => (Request::Inspect { id }, false),
+        CtlCommand::Logs { id } => (Request::Logs { id }, false),
+    };
+    let is_list = matches!(req, Request::List);
+    let resp = swarmcell::daemon::ctl(socket, &req).map_err(|e| (e, launch::EXIT_LAUNCHER_ERROR))?;
+    if resp["ok"] != true {
+        return Err((resp["error"].as_str().unwrap_or("request failed").to_string(), launch::EXIT_LAUNCHER_ERROR));
+    }
+    match &req {
+        Request::Launch { .. } => println!("{}", serde_json::json!({ "id": resp["id"], "port": resp["port"], "pid": resp["pid"] })),
+        Request::Logs { .. } => print!("{}", resp["log"].as_str().unwrap_or("")),
+        Request::Inspect { .. } => println!("{}", resp["inspect"]),
+        _ if is_list && !list_json => {
+            for s in resp["sandboxes"].as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    s["id"].as_str().unwrap_or(""),
+                    s["state"].as_str().unwrap_or(""),
+                    s["port"],
+                    s["agent"].as_str().unwrap_or("-"),
+                    s["worktree"].as_str().unwrap_or("")
+                );
+            }
+        }
+        _ if is_list => println!("{}", resp["sandboxes"]),
+        _ => println!("{resp}"),
+    }
+    Ok(0)
 }
