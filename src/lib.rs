@@ -12,6 +12,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod bench;
+pub mod bench_daemon;
 pub mod broker;
 pub mod caps;
 pub mod cgroups;

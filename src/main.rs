@@ -255,6 +255,13 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         launches: usize,
     },
+    /// The daemon: soak (launch/stop N) and scale (M at once).
+    Daemon {
+        #[arg(long, default_value_t = 1000)]
+        soak: usize,
+        #[arg(long, default_value_t = 1001)]
+        scale: usize,
+    },
     /// Outbound forward and egress proxy against direct loopback: throughput.
     Egress {
         #[arg(long, default_value = "1G")]
@@ -304,6 +311,9 @@ fn main() -> ExitCode {
         }
         Command::Bench(BenchCommand::Broker { bytes, pings, launches }) => bench_broker(&bytes, pings, launches),
         Command::Bench(BenchCommand::Egress { bytes }) => bench_egress(&bytes),
+        Command::Bench(BenchCommand::Daemon { soak, scale }) => {
+            swarmcell::bench_daemon::run(soak, scale).map(|_| 0).map_err(|e| (e, launch::EXIT_LAUNCHER_ERROR))
+        }
         Command::Policy(PolicyCommand::Check { file }) => Policy::load(&file)
             .map(|_| {
                 println!("policy {}: ok", file.display());

@@ -94,6 +94,8 @@ pub struct Daemon {
     health_failures: u32,
     health_path: String,
     logs: PathBuf,
+    /// The policy's env allowlist: names of secrets passed into sandboxes.
+    secret_names: Vec<String>,
 }
 
 fn peer_cred(s: &UnixStream) -> Option<libc::ucred> {
@@ -155,14 +157,18 @@ impl Daemon {
             health_interval: policy.health.interval.0,
             health_failures: policy.health.failures,
             health_path: policy.health.path.clone(),
+            secret_names: policy.process.env.clone(),
             logs,
             cfg,
         })
     }
 
-    /// Serve until SIGTERM or SIGINT; then stop every sandbox.
+    /// Serve until SIGTERM or SIGINT; then stop every sandbox. The loop sleeps
+    /// until a request, a ready line, a child's exit (SIGCHLD) or the next due
+    /// health check or restart: an idle daemon uses no CPU.
     pub fn serve(&mut self) -> Result<(), String> {
-        let set = crate::sys::sigset(&[libc::SIGTERM, libc::SIGINT]);
+        raise_nofile();
+        let set = crate::sys::sigset(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD]);
         crate::sys::set_sigmask(libc::SIG_BLOCK, &set).map_err(|e| e.to_string())?;
         // SAFETY: a signalfd for the blocked signals.
         let sfd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
@@ -182,9 +188,10 @@ impl Daemon {
                 let fd = self.sandboxes[id].ready.as_ref().map_or(-1, |r| r.get_ref().as_raw_fd());
                 fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
             }
+            let timeout = self.next_due().map_or(-1, |t| t.saturating_duration_since(Instant::now()).as_millis().min(60_000) as i32);
             // SAFETY: fds is a valid array of pollfds.
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
-            if fds[0].revents != 0 {
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if fds[0].revents != 0 && drain_signals(&sfd) {
                 self.shutdown();
                 return Ok(());
             }
@@ -256,6 +263,11 @@ impl Daemon {
                     return reply(json!({ "ok": false, "error": format!("{} sandboxes are running (max_sandboxes)", self.sandboxes.len()) }));
                 }
                 let id = format!("d-{:08x}", crate::launch::random_u32());
+                // Secrets reach a sandbox only by name, through the policy's env
+                // allowlist; each hand-over is audited (the value never is).
+                for name in self.secret_names.iter().filter(|n| std::env::var_os(n).is_some()) {
+                    self.audit.event("secret_access", json!({ "id": id, "agent": agent, "name": name, "uid": uid }));
+                }
                 match self.spawn(&id, &wt, &argv) {
                     Ok((child, ready, log)) => {
                         self.counters.launches += 1;
@@ -387,6 +399,18 @@ impl Daemon {
                 self.sandboxes.remove(id);
             }
         }
+    }
+
+    /// When the loop must wake up by itself: the next health check or restart.
+    fn next_due(&self) -> Option<Instant> {
+        self.sandboxes
+            .values()
+            .filter_map(|e| match e.state {
+                State::Running => Some(e.next_health),
+                State::Restarting => e.restart_at,
+                _ => None,
+            })
+            .min()
     }
 
     /// Exits, restarts and health checks.
@@ -542,6 +566,34 @@ fn describe(status: Option<std::process::ExitStatus>) -> String {
     match status {
         Some(s) => s.code().map(|c| format!("exit {c}")).or_else(|| s.signal().map(|n| format!("signal {n}"))).unwrap_or_default(),
         None => "unknown".into(),
+    }
+}
+
+/// Read every pending signal; true when one asks the daemon to stop.
+fn drain_signals(sfd: &OwnedFd) -> bool {
+    let mut stop = false;
+    loop {
+        // SAFETY: signalfd_siginfo is plain data; read into it.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reading into a correctly sized buffer.
+        let n = unsafe { libc::read(sfd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+        if n != size as isize {
+            return stop;
+        }
+        stop |= info.ssi_signo == libc::SIGTERM as u32 || info.ssi_signo == libc::SIGINT as u32;
+    }
+}
+
+/// One descriptor or so per sandbox: lift the soft limit to the hard one.
+fn raise_nofile() {
+    // SAFETY: rlimit is plain data; get then set our own limit.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
     }
 }
 
