@@ -174,6 +174,11 @@ fn three_sandboxes_are_launched_listed_stopped_and_restarted() {
     assert_eq!(metric(&m, "swarmcell_restarts_total"), 1.0);
     assert!(metric(&m, "swarmcell_health_failures_total") >= 1.0);
     assert_eq!(m.iter().filter(|(n, _)| n.starts_with("swarmcell_sandbox_pids{")).count(), 2, "{body}");
+    assert_eq!(m.iter().filter(|(n, _)| n.starts_with("swarmcell_sandbox_cpu_seconds_total{")).count(), 2, "{body}");
+    // Three launches and one restart reached health.
+    assert_eq!(metric(&m, "swarmcell_launch_seconds_count"), 4.0, "{body}");
+    assert_eq!(metric(&m, "swarmcell_launch_seconds_bucket{le=\"+Inf\"}"), 4.0);
+    assert!(metric(&m, "swarmcell_launch_seconds_sum") > 0.0);
     // Stopping the daemon stops every sandbox.
     d.stop();
     assert_no_sandbox_left();

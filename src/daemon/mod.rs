@@ -48,6 +48,8 @@ struct Entry {
     failures: u32,
     next_health: Instant,
     log: PathBuf,
+    /// When the current `swarmcell run` was started (launch latency).
+    started: Instant,
 }
 
 struct Audit(std::fs::File);
@@ -75,7 +77,13 @@ impl Audit {
     }
 }
 
+/// Launch-to-healthy latency buckets (seconds), Prometheus histogram.
+const LATENCY_BUCKETS: [f64; 8] = [0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0];
+
 struct Counters {
+    launch_latency: [u64; LATENCY_BUCKETS.len()],
+    launch_latency_sum: f64,
+    launch_latency_count: u64,
     launches: u64,
     restarts: u64,
     health_failures: u64,
@@ -153,7 +161,15 @@ impl Daemon {
             metrics,
             audit,
             sandboxes: BTreeMap::new(),
-            counters: Counters { launches: 0, restarts: 0, health_failures: 0, auth_denied: 0 },
+            counters: Counters {
+                launch_latency: [0; LATENCY_BUCKETS.len()],
+                launch_latency_sum: 0.0,
+                launch_latency_count: 0,
+                launches: 0,
+                restarts: 0,
+                health_failures: 0,
+                auth_denied: 0,
+            },
             health_interval: policy.health.interval.0,
             health_failures: policy.health.failures,
             health_path: policy.health.path.clone(),
@@ -289,6 +305,7 @@ impl Daemon {
                                 failures: 0,
                                 next_health: now + self.health_interval,
                                 log,
+                                started: now,
                             },
                         );
                     }
@@ -375,6 +392,15 @@ impl Daemon {
         let restart = e.restarts > 0;
         match (n, serde_json::from_str::<Value>(line.trim())) {
             (Ok(k), Ok(info)) if k > 0 => {
+                let secs = e.started.elapsed().as_secs_f64();
+                let c = &mut self.counters;
+                for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+                    if secs <= *b {
+                        c.launch_latency[i] += 1;
+                    }
+                }
+                c.launch_latency_sum += secs;
+                c.launch_latency_count += 1;
                 e.info = info;
                 e.state = State::Running;
                 e.failures = 0;
@@ -478,6 +504,7 @@ impl Daemon {
                     e.ready = Some(ready);
                     e.state = State::Starting;
                     e.restarts += 1;
+                    e.started = Instant::now();
                     e.next_health = Instant::now() + self.health_interval;
                 }
             }
@@ -526,8 +553,18 @@ impl Daemon {
         ] {
             o.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"));
         }
+        o.push_str("# HELP swarmcell_launch_seconds Launch to healthy.\n# TYPE swarmcell_launch_seconds histogram\n");
+        for (b, n) in LATENCY_BUCKETS.iter().zip(self.counters.launch_latency) {
+            o.push_str(&format!("swarmcell_launch_seconds_bucket{{le=\"{b}\"}} {n}\n"));
+        }
+        o.push_str(&format!("swarmcell_launch_seconds_bucket{{le=\"+Inf\"}} {}\n", self.counters.launch_latency_count));
+        o.push_str(&format!("swarmcell_launch_seconds_sum {}\n", self.counters.launch_latency_sum));
+        o.push_str(&format!("swarmcell_launch_seconds_count {}\n", self.counters.launch_latency_count));
         o.push_str("# HELP swarmcell_sandbox_memory_bytes Memory charged to a sandbox's cgroup.\n# TYPE swarmcell_sandbox_memory_bytes gauge\n");
         let mut pids = String::from("# HELP swarmcell_sandbox_pids Processes in a sandbox's cgroup.\n# TYPE swarmcell_sandbox_pids gauge\n");
+        let mut cpu = String::from(
+            "# HELP swarmcell_sandbox_cpu_seconds_total CPU time used by a sandbox's cgroup.\n# TYPE swarmcell_sandbox_cpu_seconds_total counter\n",
+        );
         for (id, e) in &self.sandboxes {
             for dir in e.info["cgroups"].as_array().into_iter().flatten().filter_map(Value::as_str) {
                 let dir = std::path::Path::new(dir);
@@ -539,9 +576,23 @@ impl Daemon {
                 if let Ok(v) = std::fs::read_to_string(dir.join("pids.current")) {
                     pids.push_str(&format!("swarmcell_sandbox_pids{{id=\"{id}\"}} {}\n", v.trim()));
                 }
+                // v1 cpuacct.usage is in ns; v2 cpu.stat usage_usec in µs.
+                let used =
+                    std::fs::read_to_string(dir.join("cpuacct.usage")).ok().and_then(|v| v.trim().parse::<f64>().ok()).map(|ns| ns / 1e9).or_else(
+                        || {
+                            std::fs::read_to_string(dir.join("cpu.stat"))
+                                .ok()?
+                                .lines()
+                                .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse::<f64>().ok())
+                                .map(|us| us / 1e6)
+                        },
+                    );
+                if let Some(secs) = used {
+                    cpu.push_str(&format!("swarmcell_sandbox_cpu_seconds_total{{id=\"{id}\"}} {secs}\n"));
+                }
             }
         }
-        o + &pids
+        o + &pids + &cpu
     }
 
     fn shutdown(&mut self) {
