@@ -71,15 +71,20 @@ impl Netns {
         self.inside(move || TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))))
     }
 
-    /// Listen on 127.0.0.1:port inside the namespace (created by the launcher,
-    /// never by code running as the sandbox).
-    pub fn listen(&self, port: u16) -> std::io::Result<TcpListener> {
-        self.inside(move || TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))))
-    }
-
-    /// Bring the namespace's loopback interface up.
-    pub fn loopback_up(&self) -> std::io::Result<()> {
-        self.inside(|| crate::sys::loopback_up().map_err(|e| std::io::Error::from_raw_os_error(e.errno as i32)))
+    /// Bring the namespace's loopback interface up and listen on 127.0.0.1 on
+    /// each of `ports`, in one trip into the namespace (the listeners are the
+    /// launcher's, never created by code running as the sandbox).
+    pub fn loopback_up_and_listen(&self, ports: Vec<u16>) -> std::io::Result<Vec<TcpListener>> {
+        self.inside(move || {
+            crate::sys::loopback_up().map_err(|e| std::io::Error::from_raw_os_error(e.errno as i32))?;
+            ports
+                .iter()
+                .map(|p| {
+                    TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], *p)))
+                        .map_err(|e| std::io::Error::new(e.kind(), format!("127.0.0.1:{p}: {e}")))
+                })
+                .collect()
+        })
     }
 }
 

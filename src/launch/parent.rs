@@ -457,12 +457,13 @@ fn start(
     let mut sandbox = sandbox;
     let ns = crate::broker::Netns::of_pid(sandbox.pid).map_err(|e| RunError::Setup(format!("opening the sandbox's network namespace: {e}")))?;
     sandbox.netns = Some(ns.clone());
-    ns.loopback_up().map_err(|e| RunError::Setup(format!("bringing up the sandbox's loopback: {e}")))?;
-    let listen = |port: u16, what: &str| ns.listen(port).map_err(|e| RunError::Setup(format!("{what} on 127.0.0.1:{port} inside the sandbox: {e}")));
-    for port in req.forwards() {
-        sandbox.outbound.push((Outbound::Forward(port), listen(port, "outbound forward")?));
-    }
-    sandbox.outbound.push((Outbound::Proxy, listen(req.policy.network.proxy_port, "egress proxy")?));
+    let forwards = req.forwards();
+    let kinds: Vec<Outbound> = forwards.iter().map(|p| Outbound::Forward(*p)).chain([Outbound::Proxy]).collect();
+    let ports: Vec<u16> = forwards.into_iter().chain([req.policy.network.proxy_port]).collect();
+    let listeners = ns
+        .loopback_up_and_listen(ports)
+        .map_err(|e| RunError::Setup(format!("outbound listeners inside the sandbox (forwards, egress proxy): {e}")))?;
+    sandbox.outbound = kinds.into_iter().zip(listeners).collect();
 
     let mut mounts = PreparedMounts::default();
     for p in &req.policy.filesystem.read_only {
