@@ -261,7 +261,7 @@ pub fn broker(opts: &Options) -> Result<(), String> {
         crate::health::wait(&crate::health::Check::Http { port, path: "/".into() }, Duration::from_secs(5), &cancel).map_err(|e| e.to_string())?;
         own.push(start.elapsed());
         drop(server);
-        let (sandbox, _, took) = sandboxed(opts, "serve", "http", "handoff")?;
+        let (sandbox, _, took) = sandboxed(opts, "serve", "http", "relay")?;
         launched.push(took);
         drop(sandbox);
     }

@@ -158,9 +158,13 @@ struct RunArgs {
     /// Most concurrent connections through the relay.
     #[arg(long, default_value_t = 256)]
     max_connections: usize,
+    /// `relay` (default): every connection is relayed into the sandbox.
     /// `handoff`: the payload's listening socket becomes the host port's (native
-    /// speed; falls back to the relay); `relay`: every connection is relayed.
-    #[arg(long, default_value = "handoff")]
+    /// speed), but that socket lives in the host's network namespace: a payload
+    /// can turn it back into a client socket and reach host-loopback services on
+    /// the ports Landlock allows (see README). Opt-in, and refused without
+    /// Landlock's TCP rules.
+    #[arg(long, default_value = "relay")]
     broker: String,
     /// Another host loopback port the sandbox may reach at 127.0.0.1:PORT (repeatable).
     #[arg(long = "forward", value_name = "PORT")]

@@ -21,6 +21,7 @@ pub fn main(name: &str, rest: &[String]) -> u8 {
         ("http-get", Some(target)) => vec![http_get(target)],
         ("alloc", Some(mib)) => vec![alloc(mib)],
         ("forks", Some(n)) => return forks(n),
+        ("reuse-listener", Some(port)) => vec![reuse_listener(port)],
         ("bench-client", _) => return bench_client(rest),
         ("serve", Some(port)) => return serve(port, false),
         ("bench-server", Some(port)) => return serve(port, true),
@@ -524,6 +525,50 @@ fn bench_client(args: &[String]) -> u8 {
         Err(e) => {
             eprintln!("bench-client: {e}");
             1
+        }
+    }
+}
+
+/// Bind and listen on $SWARMCELL_PORT (the inner port), then turn that socket
+/// back into an unconnected one (shutdown) and connect it to 127.0.0.1:PORT.
+/// `ESCAPED` when the connection reaches a listener: with socket handoff the
+/// socket lives in the host's network namespace, so PORT is the host's.
+fn reuse_listener(port: &str) -> Check {
+    let name = format!("reuse the listening socket to reach 127.0.0.1:{port}");
+    let (Ok(target), Some(inner)) = (port.parse::<u16>(), std::env::var("SWARMCELL_PORT").ok().and_then(|p| p.parse::<u16>().ok())) else {
+        return check(&name, Status::Broken, "needs a port and SWARMCELL_PORT");
+    };
+    let addr = |p: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: p.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a socket this probe owns, with valid sockaddrs.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        let a = addr(inner);
+        if s < 0 || libc::bind(s, (&a as *const libc::sockaddr_in).cast(), len) != 0 || libc::listen(s, 8) != 0 {
+            return check(&name, Status::Broken, format!("bind/listen on {inner}: {}", Errno::last()));
+        }
+        libc::shutdown(s, libc::SHUT_RD);
+        let t = addr(target);
+        let r = libc::connect(s, (&t as *const libc::sockaddr_in).cast(), len);
+        let e = Errno::last();
+        // Connecting to one's own bound address is TCP's self-connection: it
+        // reaches nothing but this socket.
+        let mut local: libc::sockaddr_in = std::mem::zeroed();
+        let mut peer: libc::sockaddr_in = std::mem::zeroed();
+        let (mut l1, mut l2) = (len, len);
+        libc::getsockname(s, (&mut local as *mut libc::sockaddr_in).cast(), &mut l1);
+        libc::getpeername(s, (&mut peer as *mut libc::sockaddr_in).cast(), &mut l2);
+        let own = local.sin_port == peer.sin_port && local.sin_addr.s_addr == peer.sin_addr.s_addr;
+        libc::close(s);
+        match (r, own) {
+            (0, true) => check(&name, Status::Blocked, "reached only itself (self-connection inside the sandbox)"),
+            (0, false) => check(&name, Status::Escaped, "connected to another socket"),
+            _ => check(&name, Status::Blocked, e.to_string()),
         }
     }
 }

@@ -219,7 +219,7 @@ fn bulk_transfers_half_close_and_the_connection_cap_work_through_the_relay() {
 #[test]
 fn with_socket_handoff_the_payload_itself_listens_on_the_host_port() {
     let f = Fixture::new();
-    let (mut child, ready) = start(&f, &["--port", "auto", "--health", "none"], &[bin(), "__probe", "bench-server", "{port}"]);
+    let (mut child, ready) = start(&f, &["--port", "auto", "--broker", "handoff", "--health", "none"], &[bin(), "__probe", "bench-server", "{port}"]);
     let info = ready_of(&ready);
     let port = port_of(&info);
     // The listening socket on 127.0.0.1:port is in the payload's fd table.
@@ -277,4 +277,33 @@ fn status_field(pid: i64, key: &str) -> Option<String> {
         .ok()?
         .lines()
         .find_map(|l| l.strip_prefix(&format!("{key}:")).map(|v| v.trim().to_string()))
+}
+
+#[test]
+fn with_the_default_relay_the_payload_holds_no_host_socket() {
+    // The attack that socket handoff allows: turn the listening socket back
+    // into a client socket and connect to a host-loopback service on a port
+    // Landlock allows (here the inner port, with a host listener on it).
+    let f = Fixture::new();
+    let host = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = host.local_addr().unwrap().port();
+    host.set_nonblocking(true).unwrap();
+    let policy = f.dir.join("inner.toml");
+    std::fs::write(&policy, format!("[network]\ninner_port = {port}\n")).unwrap();
+    std::fs::set_permissions(&policy, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let dir = bin_dir();
+    let out = f.run(
+        &["--policy", policy.to_str().unwrap(), "--port", "auto", "--health", "none", "--ro", &dir],
+        &[bin(), "__probe", "reuse-listener", &port.to_string()],
+    );
+    let text = stdout(&out);
+    assert!(text.contains(" blocked "), "{text}{}", stderr(&out));
+    assert!(host.accept().is_err(), "the host listener got a connection from the sandbox");
+    // And handoff is refused where Landlock cannot restrict TCP connect.
+    let off = f.dir.join("off.toml");
+    std::fs::write(&off, "landlock = \"off\"\n").unwrap();
+    std::fs::set_permissions(&off, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = f.run(&["--policy", off.to_str().unwrap(), "--port", "auto", "--broker", "handoff"], &["/bin/true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("--broker handoff needs Landlock's TCP rules"), "{}", stderr(&out));
 }

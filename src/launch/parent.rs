@@ -86,10 +86,14 @@ impl RunRequest {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerMode {
-    /// The payload's listening socket is the host port's (native speed); the
-    /// relay takes over when the handoff cannot be set up.
+    /// Opt-in: the payload's listening socket is the host port's (native
+    /// speed); the relay takes over when the handoff cannot be set up. The
+    /// payload holds a socket of the host's network namespace: it can turn it
+    /// into a client socket and reach host-loopback services on the ports its
+    /// Landlock connect rule allows.
     Handoff,
-    /// Every connection is relayed into the sandbox's network namespace.
+    /// The default: every connection is relayed into the sandbox's network
+    /// namespace; the payload holds no host socket.
     Relay,
 }
 
@@ -280,6 +284,17 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     let wt = resolve_worktree(&req.worktree)?;
     let (uid, gid) = inside_ids(req, &wt)?;
     let id = super::new_sandbox_id();
+    // Handoff gives the payload a socket of the host's network namespace; only
+    // Landlock's TCP connect rule keeps it from reaching other host services.
+    if req.port != PortChoice::None
+        && req.broker == BrokerMode::Handoff
+        && (req.policy.landlock == crate::landlock::Mode::Off || crate::landlock::kernel_abi() < crate::landlock::NET_ABI)
+    {
+        return invalid(format!(
+            "--broker handoff needs Landlock's TCP rules (ABI >= {}, landlock not \"off\"): without them the handed-off socket could reach any host service; use --broker relay",
+            crate::landlock::NET_ABI
+        ));
+    }
     let host_port = match req.port {
         PortChoice::None => None,
         PortChoice::Auto => Some(crate::ports::allocate(&req.state_dir, req.port_range)?),
