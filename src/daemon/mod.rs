@@ -50,7 +50,14 @@ struct Entry {
     log: PathBuf,
     /// When the current `swarmcell run` was started (launch latency).
     started: Instant,
+    /// A stop in progress: SIGKILL after this, and who asked.
+    stop_deadline: Option<Instant>,
+    stop_by: Option<u32>,
 }
+
+/// How long a stopping sandbox gets before its launcher is killed (its own
+/// --stop-timeout, 5 s, is inside this).
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 struct Audit(std::fs::File);
 
@@ -306,6 +313,8 @@ impl Daemon {
                                 next_health: now + self.health_interval,
                                 log,
                                 started: now,
+                                stop_deadline: None,
+                                stop_by: None,
                             },
                         );
                     }
@@ -313,16 +322,17 @@ impl Daemon {
                 }
             }
             Request::Stop { id } => match self.sandboxes.get_mut(&id) {
-                Some(e) => {
+                // Answered when the sandbox is gone (see `tick`), so one slow
+                // stop never blocks other clients.
+                Some(e) if e.state != State::Stopping => {
                     e.state = State::Stopping;
+                    e.stop_deadline = Some(Instant::now() + STOP_GRACE);
+                    e.stop_by = Some(uid);
+                    e.pending = Some(s);
                     // SAFETY: SIGTERM to our own child, the sandbox's launcher.
                     unsafe { libc::kill(e.child.id() as i32, libc::SIGTERM) };
-                    let status = describe(wait_with_timeout(&mut e.child, Duration::from_secs(10)));
-                    let (agent, worktree) = (e.agent.clone(), e.worktree.clone());
-                    self.sandboxes.remove(&id);
-                    self.audit.event("sandbox_stop", json!({ "id": id, "agent": agent, "worktree": worktree, "uid": uid, "outcome": status }));
-                    reply(json!({ "ok": true, "id": id, "status": status }))
                 }
+                Some(_) => reply(json!({ "ok": false, "error": format!("sandbox {id} is already stopping") })),
                 None => reply(json!({ "ok": false, "error": format!("no sandbox {id}") })),
             },
             Request::List => reply(json!({ "ok": true, "sandboxes": self.list() })),
@@ -434,6 +444,7 @@ impl Daemon {
             .filter_map(|e| match e.state {
                 State::Running => Some(e.next_health),
                 State::Restarting => e.restart_at,
+                State::Stopping => e.stop_deadline,
                 _ => None,
             })
             .min()
@@ -445,6 +456,23 @@ impl Daemon {
         let ids: Vec<String> = self.sandboxes.keys().cloned().collect();
         for id in ids {
             let Some(e) = self.sandboxes.get_mut(&id) else { continue };
+            if e.state == State::Stopping {
+                let exited = match e.child.try_wait() {
+                    Ok(Some(s)) => Some(Some(s)),
+                    _ if e.stop_deadline.is_some_and(|t| now >= t) => Some(wait_with_timeout(&mut e.child, Duration::ZERO)),
+                    _ => None,
+                };
+                if let Some(status) = exited {
+                    let status = describe(status);
+                    let (agent, worktree, uid) = (e.agent.clone(), e.worktree.clone(), e.stop_by);
+                    if let Some(mut s) = e.pending.take() {
+                        let _ = writeln!(s, "{}", json!({ "ok": true, "id": id, "status": status }));
+                    }
+                    self.sandboxes.remove(&id);
+                    self.audit.event("sandbox_stop", json!({ "id": id, "agent": agent, "worktree": worktree, "uid": uid, "outcome": status }));
+                }
+                continue;
+            }
             if e.state == State::Running
                 && let Ok(Some(status)) = e.child.try_wait()
             {
