@@ -354,64 +354,11 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         other => other.map_err(Fallback::into_error)?,
     };
     tracing::info!(sandbox = %id, pid = sandbox.pid, host_uid = sandbox.host_uid, cgroup_version = cgroup.version(), "sandbox started");
-    let port = host_port.as_ref().map(|p| p.port);
-    let inner = req.policy.network.inner_port;
-    // Outbound forwards and the egress proxy.
-    let mut outbound_relays = Vec::new();
-    let mut proxies = Vec::new();
-    for (kind, listener) in std::mem::take(&mut sandbox.outbound) {
-        match kind {
-            Outbound::Forward(p) => outbound_relays.push(
-                crate::broker::Broker::start(listener, crate::broker::Dest::Host(p), req.max_connections)
-                    .map_err(|e| RunError::Setup(format!("outbound forward {p}: {e}")))?,
-            ),
-            Outbound::Proxy => proxies.push(
-                crate::egress::Proxy::start(listener, req.egress_rules(), id.clone()).map_err(|e| RunError::Setup(format!("egress proxy: {e}")))?,
-            ),
-        }
-    }
-    let mut relay = None;
-    let mut handoff = None;
-    let mut health = None;
-    let handed_off = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let netns = sandbox.netns.clone();
-    if let (Some(lease), Some(ns)) = (&host_port, &netns) {
-        if req.broker == BrokerMode::Relay {
-            relay = Some(start_relay(lease, ns, inner, req.max_connections)?);
-        }
-        let check = match (req.health, req.broker) {
-            (HealthMode::Http, _) => crate::health::Check::Http { port: lease.port, path: req.policy.health.path.clone() },
-            (HealthMode::Tcp, BrokerMode::Relay) => crate::health::Check::Tcp { netns: crate::health::NetnsPort { netns: ns.clone(), port: inner } },
-            (HealthMode::Tcp, BrokerMode::Handoff) => crate::health::Check::HandedOff { port: lease.port, flag: handed_off.clone() },
-        };
-        health = Some(HealthWatch::start(check, req.health_timeout.unwrap_or(req.policy.health.timeout.0))?);
-    }
-    // When the payload runs: serve its bind notifications, or relay when the
-    // handoff could not be set up.
-    let mut on_running = |notify: Option<OwnedFd>| {
-        let (Some(lease), Some(ns)) = (&host_port, &netns) else { return };
-        if req.broker != BrokerMode::Handoff {
-            return;
-        }
-        let started = notify.ok_or_else(|| "no bind-notification listener from the sandbox".to_string()).and_then(|n| {
-            let listener = lease.listener.try_clone().map_err(|e| e.to_string())?;
-            crate::handoff::Handoff::start(n, listener, inner, handed_off.clone()).map_err(|e| e.to_string())
-        });
-        match started {
-            Ok(h) => handoff = Some(h),
-            Err(e) => {
-                tracing::warn!(sandbox = %id, error = %e, "socket handoff unavailable; relaying connections instead");
-                relay = start_relay(lease, ns, inner, req.max_connections).ok();
-            }
-        }
-    };
-    let ready_info = ReadyInfo { id: &id, port, cgroups: cgroup.paths() };
-    let status = sandbox.wait(&signals, ready, &ready_info, health.as_ref(), req.stop_timeout, &mut on_running);
-    if let Some(h) = health {
-        h.finish();
-    }
-    // Each stops its threads and closes its listener when dropped.
-    drop((handoff, relay, outbound_relays, proxies, sandbox));
+    let mut network = Network::start(req, &id, host_port.as_ref(), &mut sandbox)?;
+    let ready_info = ReadyInfo { id: &id, port: host_port.as_ref().map(|p| p.port), cgroups: cgroup.paths() };
+    let status = sandbox.wait(&signals, ready, &ready_info, &mut network, req.stop_timeout);
+    network.finish();
+    drop(sandbox);
     let oom_kills = cgroup.oom_kills();
     cgroup.kill_and_remove()?;
     drop((lease, sandbox_lease, host_port));
@@ -421,6 +368,94 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         eprintln!("swarmcell: sandbox {id}: killed: out of memory, limit {limit}");
     }
     Ok(status.exit_code())
+}
+
+/// The launcher's network services for one sandbox: outbound forwards and the
+/// egress proxy, the inbound broker (relay, or socket handoff once the payload
+/// runs) and the health check. Each stops its threads when dropped.
+struct Network<'a> {
+    req: &'a RunRequest,
+    id: String,
+    lease: Option<&'a crate::ports::PortLease>,
+    netns: Option<crate::broker::Netns>,
+    handed_off: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    relay: Option<crate::broker::Broker>,
+    handoff: Option<crate::handoff::Handoff>,
+    outbound: Vec<crate::broker::Broker>,
+    proxies: Vec<crate::egress::Proxy>,
+    health: Option<HealthWatch>,
+}
+
+impl<'a> Network<'a> {
+    fn start(req: &'a RunRequest, id: &str, lease: Option<&'a crate::ports::PortLease>, sandbox: &mut Sandbox) -> Result<Network<'a>, RunError> {
+        let inner = req.policy.network.inner_port;
+        let mut net = Network {
+            req,
+            id: id.to_string(),
+            lease,
+            netns: sandbox.netns.clone(),
+            handed_off: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            relay: None,
+            handoff: None,
+            outbound: Vec::new(),
+            proxies: Vec::new(),
+            health: None,
+        };
+        for (kind, listener) in std::mem::take(&mut sandbox.outbound) {
+            match kind {
+                Outbound::Forward(p) => net.outbound.push(
+                    crate::broker::Broker::start(listener, crate::broker::Dest::Host(p), req.max_connections)
+                        .map_err(|e| RunError::Setup(format!("outbound forward {p}: {e}")))?,
+                ),
+                Outbound::Proxy => net.proxies.push(
+                    crate::egress::Proxy::start(listener, req.egress_rules(), id.to_string())
+                        .map_err(|e| RunError::Setup(format!("egress proxy: {e}")))?,
+                ),
+            }
+        }
+        if let (Some(lease), Some(ns)) = (lease, &net.netns) {
+            if req.broker == BrokerMode::Relay {
+                net.relay = Some(start_relay(lease, ns, inner, req.max_connections)?);
+            }
+            let check = match (req.health, req.broker) {
+                (HealthMode::Http, _) => crate::health::Check::Http { port: lease.port, path: req.policy.health.path.clone() },
+                (HealthMode::Tcp, BrokerMode::Relay) => {
+                    crate::health::Check::Tcp { netns: crate::health::NetnsPort { netns: ns.clone(), port: inner } }
+                }
+                (HealthMode::Tcp, BrokerMode::Handoff) => crate::health::Check::HandedOff { port: lease.port, flag: net.handed_off.clone() },
+            };
+            net.health = Some(HealthWatch::start(check, req.health_timeout.unwrap_or(req.policy.health.timeout.0))?);
+        }
+        Ok(net)
+    }
+
+    /// The payload runs: serve its bind notifications, or relay when the
+    /// handoff could not be set up.
+    fn on_running(&mut self, notify: Option<OwnedFd>) {
+        let (Some(lease), Some(ns)) = (self.lease, &self.netns) else { return };
+        if self.req.broker != BrokerMode::Handoff {
+            return;
+        }
+        let inner = self.req.policy.network.inner_port;
+        let started = notify.ok_or_else(|| "no bind-notification listener from the sandbox".to_string()).and_then(|n| {
+            let listener = lease.listener.try_clone().map_err(|e| e.to_string())?;
+            crate::handoff::Handoff::start(n, listener, inner, self.handed_off.clone()).map_err(|e| e.to_string())
+        });
+        match started {
+            Ok(h) => self.handoff = Some(h),
+            Err(e) => {
+                tracing::warn!(sandbox = %self.id, error = %e, "socket handoff unavailable; relaying connections instead");
+                self.relay = start_relay(lease, ns, inner, self.req.max_connections).ok();
+            }
+        }
+    }
+
+    /// Stop the health check, then (by dropping them) every service.
+    fn finish(mut self) {
+        if let Some(h) = self.health.take() {
+            h.finish();
+        }
+    }
 }
 
 fn start_relay(lease: &crate::ports::PortLease, ns: &crate::broker::Netns, inner: u16, max: usize) -> Result<crate::broker::Broker, RunError> {
@@ -642,15 +677,14 @@ impl Sandbox {
         signals: &SignalGuard,
         mut ready: Option<OwnedFd>,
         info: &ReadyInfo,
-        health: Option<&HealthWatch>,
+        network: &mut Network,
         stop_timeout: std::time::Duration,
-        on_running: &mut dyn FnMut(Option<OwnedFd>),
     ) -> Result<PayloadStatus, RunError> {
         let id = info.id;
         let mut status = None;
         let mut failure: Option<RunError> = None;
         let mut channel_open = true;
-        let mut health_open = health.is_some();
+        let mut health_open = network.health.is_some();
         let mut running = false;
         let mut kill_at: Option<std::time::Instant> = None;
         let mut killed_after_stop_timeout = false;
@@ -660,7 +694,7 @@ impl Sandbox {
             let mut pfds = [
                 libc::pollfd { fd: signals.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
                 libc::pollfd { fd: if channel_open { self.channel.raw_fd() } else { -1 }, events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: health.filter(|_| health_open).map_or(-1, |h| h.done_fd()), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: network.health.as_ref().filter(|_| health_open).map_or(-1, |h| h.done_fd()), events: libc::POLLIN, revents: 0 },
             ];
             // SAFETY: pfds is a valid array of three pollfds.
             if unsafe { libc::poll(pfds.as_mut_ptr(), 3, timeout) } < 0 {
@@ -679,8 +713,8 @@ impl Sandbox {
                 match self.channel.recv_from_init() {
                     Ok((FromInit::Running, notify)) => {
                         running = true;
-                        on_running(notify);
-                        if health.is_none() {
+                        network.on_running(notify);
+                        if network.health.is_none() {
                             tracing::info!(sandbox = %id, "ready");
                             if let Some(fd) = ready.take() {
                                 write_ready(fd, info, self.pid);
@@ -701,7 +735,7 @@ impl Sandbox {
                 }
             }
             if pfds[2].revents != 0
-                && let Some(h) = health
+                && let Some(h) = &network.health
             {
                 health_open = false;
                 match h.result() {
@@ -723,7 +757,7 @@ impl Sandbox {
                     // SAFETY: init_status is a valid int.
                     if !self.reaped && unsafe { libc::waitpid(self.pid, &mut init_status, libc::WNOHANG) } == self.pid {
                         self.reaped = true;
-                        if let Some(h) = health {
+                        if let Some(h) = &network.health {
                             h.cancel();
                         }
                     }
@@ -732,7 +766,7 @@ impl Sandbox {
                     let _ = sys::kill(self.pid, sig);
                     if [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT].contains(&sig) && kill_at.is_none() {
                         kill_at = Some(std::time::Instant::now() + stop_timeout);
-                        if let Some(h) = health {
+                        if let Some(h) = &network.health {
                             h.cancel();
                         }
                     }
