@@ -41,7 +41,7 @@ pub fn explain(p: &Policy, source: &str) -> String {
     let _ = writeln!(o, "  read-write:        {}", list(&rw));
     let _ = writeln!(o, "  device read-write: {}", DEVICES.iter().map(|d| format!("/dev/{d}")).collect::<Vec<_>>().join(" "));
     let inner = p.network.inner_port;
-    let mut connect = vec![inner];
+    let mut connect = vec![inner, p.network.proxy_port];
     connect.extend(p.network.forwards.iter().filter(|x| **x != inner));
     let ports = |v: &[u16]| v.iter().map(u16::to_string).collect::<Vec<_>>().join(" ");
     let _ = writeln!(o, "  tcp bind:          {inner} (ABI 4)");
@@ -65,10 +65,18 @@ pub fn explain(p: &Policy, source: &str) -> String {
     let _ = writeln!(o);
     let l = &p.limits;
     let _ = writeln!(o, "limits: memory {}, swap {}, pids {}, cpu {} cores", l.memory, l.swap, l.pids, l.cpu);
+    let n = &p.network;
     let _ = writeln!(
         o,
-        "network: only lo; inner port {inner}; forwards {}",
-        if p.network.forwards.is_empty() { "(none)".into() } else { ports(&p.network.forwards) }
+        "network: only lo; inner port {inner}; forwards to host loopback {}",
+        if n.forwards.is_empty() { "(none)".into() } else { ports(&n.forwards) }
+    );
+    let _ = writeln!(
+        o,
+        "egress: proxy at 127.0.0.1:{} inside; allowed hosts {}; non-public addresses allowed {}",
+        n.proxy_port,
+        if n.egress_allow.is_empty() { "(none)".to_string() } else { n.egress_allow.join(" ") },
+        if n.egress_allow_addresses.is_empty() { "(none)".to_string() } else { n.egress_allow_addresses.join(" ") }
     );
     let h = &p.health;
     let _ = writeln!(o, "health: GET {} until 2xx, timeout {}, then every {}, alert after {} failures", h.path, h.timeout, h.interval, h.failures);
