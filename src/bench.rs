@@ -67,14 +67,9 @@ fn sandboxed(opts: &Options, mode: &str, health: &str, broker: &str) -> Result<(
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     let wfd = std::os::fd::AsRawFd::as_raw_fd(&w);
-    // SAFETY: dup2 in the child before exec is async-signal-safe.
+    // SAFETY: install_fd_for_exec is async-signal-safe.
     unsafe {
-        std::os::unix::process::CommandExt::pre_exec(
-            &mut cmd,
-            move || {
-                if libc::dup2(wfd, 3) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
-            },
-        );
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || crate::sys::install_fd_for_exec(wfd, 3));
     }
     let child = Killed(cmd.spawn().map_err(|e| format!("starting swarmcell run: {e}"))?);
     drop(w);

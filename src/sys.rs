@@ -451,3 +451,12 @@ pub fn recv_fd(sock: RawFd) -> SysResult<Option<OwnedFd>> {
         Ok(Some(OwnedFd::from_raw_fd(fd)))
     }
 }
+
+/// In a child between fork and exec: make `fd` available as `target` across the
+/// exec. `dup2` onto itself would leave close-on-exec set, so that case clears
+/// the flag instead. Async-signal-safe.
+pub fn install_fd_for_exec(fd: RawFd, target: RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl and dup2 on integer fds; no memory is touched.
+    let r = unsafe { if fd == target { libc::fcntl(fd, libc::F_SETFD, 0) } else { libc::dup2(fd, target) } };
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}

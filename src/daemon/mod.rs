@@ -378,12 +378,13 @@ impl Daemon {
         }
         c.arg("--").args(argv);
         c.stdin(Stdio::null()).stdout(log.try_clone().map_err(|e| e.to_string())?).stderr(log);
-        // SAFETY: dup2 and prctl are async-signal-safe. The parent-death signal
+        // SAFETY: install_fd_for_exec and prctl are async-signal-safe. The parent-death signal
         // ends the sandbox if the daemon dies (the daemon is single-threaded, so
         // the "parent" thread lives as long as the daemon).
         unsafe {
             c.pre_exec(move || {
-                if libc::dup2(wfd, 3) < 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                crate::sys::install_fd_for_exec(wfd, 3)?;
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())

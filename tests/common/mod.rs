@@ -133,13 +133,9 @@ pub fn spawn_run(dir: &Path, worktree: &Path, extra: &[&str], cmd: &[&str]) -> (
     let fd = std::os::fd::IntoRawFd::into_raw_fd(std::fs::File::create(&ready).unwrap());
     let mut c = Command::new(bin());
     c.args(["run", "--ready-fd", "3", "--worktree"]).arg(worktree).args(extra).arg("--").args(cmd);
-    // SAFETY: fcntl/dup2 in the child before exec are async-signal-safe; dup2
-    // onto itself would keep close-on-exec set, hence the fcntl.
+    // SAFETY: install_fd_for_exec is async-signal-safe.
     unsafe {
-        c.pre_exec(move || {
-            let r = if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(fd, 3) };
-            if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
-        });
+        c.pre_exec(move || swarmcell::sys::install_fd_for_exec(fd, 3));
     }
     let log = std::fs::File::create(ready.with_extension("stderr")).unwrap();
     let child = c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap();
