@@ -57,6 +57,29 @@ pub struct LandlockSpec {
     pub connect_ports: Vec<u16>,
 }
 
+/// The rules a policy gives a sandbox on `worktree` (sandbox paths): what the
+/// mounts show (minus `mount_only`), the devices, the inner port, the proxy and
+/// `forwards`. One place for `swarmcell run` and `policy explain`; the launcher
+/// adds a linked worktree's git directories.
+pub fn rules_for(policy: &crate::policy::Policy, worktree: &Path, extra_ro: &[PathBuf], extra_rw: &[PathBuf], forwards: &[u16]) -> LandlockSpec {
+    let fs = &policy.filesystem;
+    let mut read_exec: Vec<PathBuf> = fs.read_only.iter().chain(extra_ro).cloned().collect();
+    read_exec.extend(["/etc", "/proc", "/dev"].map(PathBuf::from));
+    let mut read_write: Vec<PathBuf> = vec![worktree.to_path_buf(), "/tmp".into(), "/dev/shm".into(), "/dev/pts".into()];
+    read_write.extend(fs.read_write.iter().chain(extra_rw).cloned());
+    let inner = policy.network.inner_port;
+    let mut connect_ports = vec![inner, policy.network.proxy_port];
+    connect_ports.extend(forwards.iter().filter(|p| **p != inner));
+    LandlockSpec {
+        mode: policy.landlock,
+        read_exec,
+        read_write,
+        device_files: crate::fs::host_binds::DEVICES.iter().map(|d| PathBuf::from("/dev").join(d)).collect(),
+        bind_ports: vec![inner],
+        connect_ports,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LandlockError {
     #[error(

@@ -246,26 +246,12 @@ fn environment(policy: &Policy, id: &str, port: Option<u16>) -> Vec<(String, Str
 
 /// Landlock rules in sandbox paths: what the mounts show, minus `mount_only`.
 fn landlock_spec(req: &RunRequest, wt: &Worktree) -> crate::landlock::LandlockSpec {
-    let fs = &req.policy.filesystem;
-    let mut read_exec: Vec<PathBuf> = fs.read_only.iter().chain(&req.extra_ro).cloned().collect();
-    read_exec.extend(["/etc", "/proc", "/dev"].map(PathBuf::from));
-    let mut read_write: Vec<PathBuf> = vec![wt.path.clone(), "/tmp".into(), "/dev/shm".into(), "/dev/pts".into()];
-    read_write.extend(fs.read_write.iter().chain(&req.extra_rw).cloned());
+    let mut spec = crate::landlock::rules_for(&req.policy, &wt.path, &req.extra_ro, &req.extra_rw, &req.forwards());
     if let Some(git) = &wt.git {
-        read_exec.push(git.common.clone());
-        read_write.extend(git.writable.iter().cloned());
+        spec.read_exec.push(git.common.clone());
+        spec.read_write.extend(git.writable.iter().cloned());
     }
-    let inner = req.policy.network.inner_port;
-    let mut connect_ports = vec![inner, req.policy.network.proxy_port];
-    connect_ports.extend(req.forwards().into_iter().filter(|p| *p != inner));
-    crate::landlock::LandlockSpec {
-        mode: req.policy.landlock,
-        read_exec,
-        read_write,
-        device_files: crate::fs::host_binds::DEVICES.iter().map(|d| PathBuf::from("/dev").join(d)).collect(),
-        bind_ports: vec![inner],
-        connect_ports,
-    }
+    spec
 }
 
 /// Run one sandbox in the foreground and return the payload's exit code.
