@@ -16,6 +16,7 @@ pub mod bench_daemon;
 pub mod broker;
 pub mod caps;
 pub mod cgroups;
+pub mod config_file;
 pub mod daemon;
 pub mod egress;
 pub mod fds;

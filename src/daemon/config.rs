@@ -1,7 +1,7 @@
-//! The daemon's configuration: TOML, strictly parsed, refused when its mode is
-//! wider than 0640 or it is not owned by root (or the service's own uid).
+//! The daemon's configuration: TOML, strictly parsed, read through
+//! [`crate::config_file`] (regular file, 0640 or stricter, owned by root or the
+//! service's own uid).
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -55,18 +55,7 @@ impl Default for Config {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, String> {
-        let f = std::fs::File::open(path).map_err(|e| format!("config {}: {e}", path.display()))?;
-        let meta = f.metadata().map_err(|e| format!("config {}: {e}", path.display()))?;
-        let mode = meta.mode() & 0o7777;
-        if mode & !0o640 != 0 {
-            return Err(format!("config {}: mode {mode:04o} is wider than 0640; run `chmod 0640 {}`", path.display(), path.display()));
-        }
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
-        if meta.uid() != 0 && meta.uid() != me {
-            return Err(format!("config {}: owned by uid {}, expected root or uid {me}", path.display(), meta.uid()));
-        }
-        let text = std::io::read_to_string(f).map_err(|e| format!("config {}: {e}", path.display()))?;
+        let text = crate::config_file::read(path).map_err(|r| format!("config {}: {r}", path.display()))?;
         let c: Config = toml::from_str(&text).map_err(|e| format!("config {}: {}", path.display(), e.message().trim()))?;
         c.validate().map_err(|m| format!("config {}: {m}", path.display()))?;
         Ok(c)

@@ -8,7 +8,6 @@ pub mod explain;
 pub mod units;
 
 use std::fmt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -154,14 +153,9 @@ impl Default for Health {
 /// line, column and offending text.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("policy {file}: cannot read: {source}")]
-    Read { file: String, source: std::io::Error },
-    #[error("policy {file}: mode {mode:04o} is wider than 0640; run `chmod 0640 {file}`")]
-    LooseMode { file: String, mode: u32 },
-    #[error("policy {file}: owned by uid {uid}, expected root or uid {caller}")]
-    Owner { file: String, uid: u32, caller: u32 },
-    #[error("policy {file}: not a regular file")]
-    NotAFile { file: String },
+    /// Unreadable, not a regular file, too open, or owned by someone else.
+    #[error("policy {file}: {reason}")]
+    File { file: String, reason: crate::config_file::Refusal },
     #[error("policy {file}:{line}:{column}: {message}{near}")]
     Parse { file: String, line: usize, column: usize, message: String, near: Near },
     #[error("policy {file}: {field}: {message}")]
@@ -191,21 +185,7 @@ impl Policy {
     /// Load a policy file, refusing loose permissions and foreign owners.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         let file = path.display().to_string();
-        let f = std::fs::File::open(path).map_err(|source| PolicyError::Read { file: file.clone(), source })?;
-        let meta = f.metadata().map_err(|source| PolicyError::Read { file: file.clone(), source })?;
-        if !meta.is_file() {
-            return Err(PolicyError::NotAFile { file });
-        }
-        let mode = meta.mode() & 0o7777;
-        if mode & !0o640 != 0 {
-            return Err(PolicyError::LooseMode { file, mode });
-        }
-        // SAFETY: geteuid has no preconditions.
-        let caller = unsafe { libc::geteuid() };
-        if meta.uid() != 0 && meta.uid() != caller {
-            return Err(PolicyError::Owner { file, uid: meta.uid(), caller });
-        }
-        let text = std::io::read_to_string(f).map_err(|source| PolicyError::Read { file: file.clone(), source })?;
+        let text = crate::config_file::read(path).map_err(|reason| PolicyError::File { file: file.clone(), reason })?;
         Policy::parse(&text, &file)
     }
 
