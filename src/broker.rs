@@ -122,13 +122,18 @@ impl Broker {
 
     /// Stop accepting and close the listener (the port is free afterwards).
     pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wakes the blocking accept() with an error.
-        // SAFETY: shutdown on the listener's fd, which stays open until drop.
-        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
-        }
+        stop_accepting(&self.stop, &self.listener, &mut self.accept);
+    }
+}
+
+/// End a thread blocked in `accept()` on `listener`: set its stop flag, wake
+/// it with `shutdown` (accept then fails), and join it.
+pub fn stop_accepting(stop: &AtomicBool, listener: &TcpListener, thread: &mut Option<JoinHandle<()>>) {
+    stop.store(true, Ordering::SeqCst);
+    // SAFETY: shutdown on the listener's fd, which stays open until its owner drops it.
+    unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+    if let Some(t) = thread.take() {
+        let _ = t.join();
     }
 }
 

@@ -157,12 +157,7 @@ impl Proxy {
     }
 
     pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // SAFETY: shutdown wakes the blocking accept; the fd stays open until drop.
-        unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&*self.listener), libc::SHUT_RDWR) };
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        crate::broker::stop_accepting(&self.stop, &self.listener, &mut self.thread);
     }
 }
 
