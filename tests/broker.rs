@@ -32,6 +32,21 @@ fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// Send MIB mebibytes to a bench-server in sink mode, half-close, and return
+/// the byte count the server reports.
+fn upload_and_count(port: u16, mib: usize) -> u64 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"S").unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    for _ in 0..mib {
+        s.write_all(&chunk).unwrap();
+    }
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut n = [0u8; 8];
+    s.read_exact(&mut n).unwrap();
+    u64::from_le_bytes(n)
+}
+
 fn sigterm(child: &Launcher) {
     child.sigterm();
 }
@@ -168,18 +183,7 @@ fn bulk_transfers_half_close_and_the_connection_cap_work_through_the_relay() {
         &[bin(), "__probe", "bench-server", "{port}"],
     );
     let port = port_of(&ready_of(&ready));
-    // Upload 64 MiB, half-close, and get the server's count back.
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"S").unwrap();
-    let chunk = vec![7u8; 1 << 20];
-    for _ in 0..64 {
-        s.write_all(&chunk).unwrap();
-    }
-    s.shutdown(Shutdown::Write).unwrap();
-    let mut n = [0u8; 8];
-    s.read_exact(&mut n).unwrap();
-    assert_eq!(u64::from_le_bytes(n), 64 << 20);
-    drop(s);
+    assert_eq!(upload_and_count(port, 64), 64 << 20);
     // Download 64 MiB.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(b"G").unwrap();
@@ -228,17 +232,8 @@ fn with_socket_handoff_the_payload_itself_listens_on_the_host_port() {
     let holders = socket_holders(&inode);
     let payload_holds = holders.iter().any(|pid| status_field(*pid, "PPid") == Some(init.to_string()));
     assert!(payload_holds, "holders of the listener {holders:?}, sandbox init {init}");
-    // Bulk data both ways and an echo, straight to the payload.
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(b"S").unwrap();
-    let chunk = vec![1u8; 1 << 20];
-    for _ in 0..32 {
-        s.write_all(&chunk).unwrap();
-    }
-    s.shutdown(Shutdown::Write).unwrap();
-    let mut n = [0u8; 8];
-    s.read_exact(&mut n).unwrap();
-    assert_eq!(u64::from_le_bytes(n), 32 << 20);
+    // Bulk data and an echo, straight to the payload.
+    assert_eq!(upload_and_count(port, 32), 32 << 20);
     let mut e = TcpStream::connect(("127.0.0.1", port)).unwrap();
     e.write_all(b"Eping").unwrap();
     let mut r = [0u8; 4];
