@@ -80,11 +80,12 @@ pub fn run(soak: usize, scale: usize) -> Result<(), String> {
     std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
     let socket = dir.join("ctl.sock");
     let config = dir.join("daemon.toml");
-    let state = PathBuf::from("/run/swarmcell");
+    let state = PathBuf::from(crate::lease::HOST_STATE_DIR);
+    let (daemon_state, logs) = (dir.join("state"), dir.join("logs"));
     std::fs::write(
         &config,
         format!(
-            "socket = {socket:?}\nworktree_base = {base:?}\ncommands = [{exe:?}]\npolicy = {policy:?}\naudit_log = {:?}\nmetrics = \"\"\nrestart = false\n",
+            "socket = {socket:?}\nworktree_base = {base:?}\ncommands = [{exe:?}]\npolicy = {policy:?}\naudit_log = {:?}\nmetrics = \"\"\nrestart = false\nstate_dir = {daemon_state:?}\nlog_dir = {logs:?}\n",
             dir.join("audit.log")
         ),
     )
@@ -132,14 +133,16 @@ pub fn run(soak: usize, scale: usize) -> Result<(), String> {
             took.as_secs_f64() * 1000.0 / soak as f64
         );
         println!(
-            "  daemon RSS {} KiB -> {} KiB, open fds {} -> {}; leaked: {} sandbox cgroups, {} port locks, {} host mounts",
+            "  daemon RSS {} KiB -> {} KiB, open fds {} -> {}; leaked: {} sandbox cgroups, {} port locks, {} host mounts, {} records, {} logs",
             rss0,
             status_kb(pid, "VmRSS:"),
             fds0,
             fd_count(pid),
             leaked_cgroups,
             port_locks(&state),
-            mounts() as i64 - mounts0 as i64
+            mounts() as i64 - mounts0 as i64,
+            std::fs::read_dir(crate::daemon::records::dir(&daemon_state)).map(|d| d.count()).unwrap_or(0),
+            std::fs::read_dir(&logs).map(|d| d.count()).unwrap_or(0),
         );
     }
 

@@ -12,24 +12,16 @@ use std::fs::File;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
+
+use crate::broker_stats::SharedCounters;
 
 const PIPE_SIZE: libc::c_int = 1 << 20;
 const RELAY_STACK: usize = 64 * 1024;
 
-/// Counters, readable while the broker runs (metrics).
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub connections: AtomicU64,
-    pub refused: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    pub active: AtomicUsize,
-}
-
 pub struct Broker {
-    pub stats: Arc<Stats>,
+    pub stats: Arc<SharedCounters>,
     stop: Arc<AtomicBool>,
     listener: Arc<TcpListener>,
     accept: Option<JoinHandle<()>>,
@@ -108,9 +100,8 @@ impl Dest {
 }
 
 impl Broker {
-    /// Relay every connection accepted on `listener` to `dest`.
-    pub fn start(listener: TcpListener, dest: Dest, max_connections: usize) -> std::io::Result<Broker> {
-        let stats = Arc::new(Stats::default());
+    /// Relay every connection accepted on `listener` to `dest`, counting in `stats`.
+    pub fn start(listener: TcpListener, dest: Dest, max_connections: usize, stats: Arc<SharedCounters>) -> std::io::Result<Broker> {
         let stop = Arc::new(AtomicBool::new(false));
         let listener = Arc::new(listener);
         let accept = {
@@ -143,7 +134,7 @@ impl Drop for Broker {
     }
 }
 
-fn accept_loop(listener: &TcpListener, dest: &Dest, max: usize, stats: &Arc<Stats>, stop: &AtomicBool) {
+fn accept_loop(listener: &TcpListener, dest: &Dest, max: usize, stats: &Arc<SharedCounters>, stop: &AtomicBool) {
     loop {
         let (client, _) = match listener.accept() {
             Ok(c) => c,
@@ -155,7 +146,7 @@ fn accept_loop(listener: &TcpListener, dest: &Dest, max: usize, stats: &Arc<Stat
                 continue;
             }
         };
-        if stats.active.load(Ordering::SeqCst) >= max {
+        if stats.active.load(Ordering::SeqCst) >= max as u64 {
             stats.refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(max, "broker connection limit reached; connection closed");
             continue;
@@ -173,7 +164,7 @@ fn accept_loop(listener: &TcpListener, dest: &Dest, max: usize, stats: &Arc<Stat
     }
 }
 
-fn relay(client: TcpStream, dest: &Dest, stats: &Arc<Stats>) {
+fn relay(client: TcpStream, dest: &Dest, stats: &Arc<SharedCounters>) {
     let server = match dest.connect() {
         Ok(s) => s,
         Err(_) => return, // nothing listens there (yet): the client sees the connection close
@@ -182,7 +173,7 @@ fn relay(client: TcpStream, dest: &Dest, stats: &Arc<Stats>) {
 }
 
 /// Copy both ways between two connected sockets until both directions end.
-pub fn join(client: TcpStream, server: TcpStream, stats: &Arc<Stats>) {
+pub fn join(client: TcpStream, server: TcpStream, stats: &Arc<SharedCounters>) {
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let (c2, s2) = match (client.try_clone(), server.try_clone()) {

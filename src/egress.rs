@@ -140,6 +140,7 @@ impl Proxy {
         let stop = Arc::new(AtomicBool::new(false));
         let listener = Arc::new(listener);
         let rules = Arc::new(rules);
+        let stats = Arc::new(crate::broker_stats::SharedCounters::private()?);
         let thread = {
             let (stop, listener) = (stop.clone(), listener.clone());
             std::thread::Builder::new().name("egress-proxy".into()).spawn(move || {
@@ -148,8 +149,8 @@ impl Proxy {
                         return;
                     }
                     let Ok(conn) = conn else { continue };
-                    let (rules, sandbox) = (rules.clone(), sandbox.clone());
-                    let _ = std::thread::Builder::new().stack_size(128 * 1024).spawn(move || serve(conn, &rules, &sandbox));
+                    let (rules, sandbox, stats) = (rules.clone(), sandbox.clone(), stats.clone());
+                    let _ = std::thread::Builder::new().stack_size(128 * 1024).spawn(move || serve(conn, &rules, &sandbox, &stats));
                 }
             })?
         };
@@ -191,7 +192,7 @@ fn read_head(conn: &mut TcpStream) -> Option<(String, Vec<u8>)> {
     }
 }
 
-fn serve(mut conn: TcpStream, rules: &Rules, sandbox: &str) {
+fn serve(mut conn: TcpStream, rules: &Rules, sandbox: &str, stats: &Arc<crate::broker_stats::SharedCounters>) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let Some((head, rest)) = read_head(&mut conn) else { return deny(conn, "malformed request") };
     let first = head.lines().next().unwrap_or("");
@@ -249,7 +250,7 @@ fn serve(mut conn: TcpStream, rules: &Rules, sandbox: &str) {
     if !rest.is_empty() && upstream.write_all(&rest).is_err() {
         return;
     }
-    crate::broker::join(conn, upstream, &Arc::new(crate::broker::Stats::default()));
+    crate::broker::join(conn, upstream, stats);
 }
 
 #[cfg(test)]

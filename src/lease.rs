@@ -9,6 +9,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+/// Where every launcher on the host keeps its leases (uids, ports, sandbox ids):
+/// one directory, so that no two launchers hand out the same uid or port.
+pub const HOST_STATE_DIR: &str = "/run/swarmcell";
+
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
     #[error("state directory {path}: {message}")]

@@ -14,6 +14,7 @@
 pub mod bench;
 pub mod bench_daemon;
 pub mod broker;
+pub mod broker_stats;
 pub mod caps;
 pub mod cgroups;
 pub mod config_file;

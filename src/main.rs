@@ -49,7 +49,7 @@ enum Command {
         /// Override the config's control socket.
         #[arg(long)]
         socket: Option<PathBuf>,
-        /// Override the config's state directory.
+        /// Override the config's state directory (the daemon's records and instance lock).
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
@@ -79,7 +79,7 @@ enum Command {
     Bench(BenchCommand),
     /// Remove the cgroups of sandboxes whose launcher is gone (also done at every start).
     Gc {
-        #[arg(long, default_value = "/run/swarmcell")]
+        #[arg(long, default_value = swarmcell::lease::HOST_STATE_DIR)]
         state_dir: PathBuf,
         #[arg(long, default_value = "swarmcell")]
         cgroup_parent: String,
@@ -111,6 +111,9 @@ struct RunArgs {
     /// Write one JSON line {"id","pid","port"} to this fd when the sandbox runs, then close it.
     #[arg(long, value_name = "FD")]
     ready_fd: Option<i32>,
+    /// A sealed memfd page (from the daemon) in which the broker counts connections and bytes.
+    #[arg(long, value_name = "FD", hide = true)]
+    stats_fd: Option<i32>,
     /// Host uid that owns files the sandbox writes (default: the worktree's owner; never 0).
     #[arg(long)]
     uid: Option<u32>,
@@ -124,8 +127,10 @@ struct RunArgs {
     /// Per-sandbox host uids, BASE-LAST.
     #[arg(long, default_value = "1610612736-1610678271")]
     uid_range: String,
-    /// Where swarmcell keeps its locks (root-only).
-    #[arg(long, default_value = "/run/swarmcell")]
+    /// Where swarmcell keeps its leases of uids, ports and sandbox ids
+    /// (root-only). Every launcher on a host must use the same one: launchers
+    /// with different ones could hand two sandboxes the same host uid.
+    #[arg(long, default_value = swarmcell::lease::HOST_STATE_DIR)]
     state_dir: PathBuf,
     /// Memory limit for this run (overrides the policy), e.g. 256M.
     #[arg(long)]
@@ -143,6 +148,10 @@ struct RunArgs {
     /// next free one of --port-range) or a number in the range. Without it, no port.
     #[arg(long, value_name = "auto|N")]
     port: Option<String>,
+    /// With --port auto: take this port when it is free (the daemon asks a
+    /// restarted sandbox for its previous port).
+    #[arg(long, value_name = "N", requires = "port")]
+    prefer_port: Option<u16>,
     /// Host ports sandboxes may get (at most 1001).
     #[arg(long, default_value = "8000-9000")]
     port_range: String,
@@ -372,7 +381,11 @@ fn run(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
     let port_range = swarmcell::ports::PortRange::parse(&args.port_range).map_err(|e| launcher(e.to_string()))?;
     let port = match args.port.as_deref() {
         None => parent::PortChoice::None,
-        Some("auto") => parent::PortChoice::Auto,
+        Some("auto") => match args.prefer_port {
+            Some(p) => parent::PortChoice::Prefer(p),
+            None => parent::PortChoice::Auto,
+        },
+        Some(_) if args.prefer_port.is_some() => return Err(launcher("--prefer-port goes with --port auto".into())),
         Some(n) => parent::PortChoice::Fixed(n.parse().map_err(|_| launcher(format!("--port {n:?}: expected auto or a port number")))?),
     };
     let health = match args.health.as_str() {
@@ -410,6 +423,7 @@ fn run(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
         extra_ro: args.ro,
         extra_rw: args.rw,
         ready_fd: args.ready_fd,
+        stats_fd: args.stats_fd,
         uid: args.uid,
         gid: args.gid,
         idmap: !args.no_idmap,

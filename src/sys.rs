@@ -252,7 +252,51 @@ pub fn pipe_cloexec() -> SysResult<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+pub fn set_nonblocking(fd: RawFd) -> SysResult<()> {
+    // SAFETY: fcntl on an integer fd.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    check(flags.into(), || format!("fcntl({fd}, F_GETFL)"))?;
+    // SAFETY: as above.
+    let ret = unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) };
+    check(ret.into(), || format!("fcntl({fd}, F_SETFL, O_NONBLOCK)")).map(drop)
+}
+
+/// A CLOEXEC duplicate of `fd` numbered `min` or above (so that installing
+/// other descriptors at low numbers in a child cannot overwrite it).
+pub fn dup_at_least(fd: RawFd, min: RawFd) -> SysResult<OwnedFd> {
+    // SAFETY: fcntl on an integer fd; the new fd is ours.
+    let ret = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) };
+    check(ret.into(), || format!("fcntl({fd}, F_DUPFD_CLOEXEC, {min})"))?;
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret) })
+}
+
 // ---- network ----
+
+/// Start connecting to 127.0.0.1:`port` without waiting: the socket is
+/// non-blocking and becomes writable when the connection is made or has failed
+/// (then `take_error` says why).
+pub fn tcp_connect_loopback_nonblocking(port: u16) -> SysResult<std::net::TcpStream> {
+    // SAFETY: a plain socket call.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    check(fd.into(), || "socket(AF_INET, SOCK_STREAM|SOCK_NONBLOCK)".to_string())?;
+    // SAFETY: fresh fd.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: addr is a valid sockaddr_in of the given length.
+    let ret = unsafe {
+        libc::connect(sock.as_raw_fd(), (&addr as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+    };
+    if ret < 0 && Errno::last() != Errno::EINPROGRESS {
+        return fail(|| format!("connect(127.0.0.1:{port})"));
+    }
+    Ok(std::net::TcpStream::from(sock))
+}
 
 /// Bring the loopback interface up in the current network namespace.
 pub fn loopback_up() -> SysResult<()> {

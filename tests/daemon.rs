@@ -22,16 +22,23 @@ struct Daemon {
 }
 
 impl Daemon {
-    /// A daemon on a socket and audit log under the fixture, allowing the
-    /// swarmcell binary (for `__probe serve`) below the fixture's `base`.
+    /// A daemon on a socket, state directory, log directory and audit log under
+    /// the fixture, allowing the swarmcell binary (for `__probe serve`) below
+    /// the fixture's `base`.
     fn start(f: &Fixture) -> Daemon {
+        Daemon::start_with(f, "", "")
+    }
+
+    /// As `start`, with more policy text (e.g. a `[health]` section) and config lines.
+    fn start_with(f: &Fixture, policy_extra: &str, config_extra: &str) -> Daemon {
         let base = f.dir.join("base");
         for id in ["a", "b", "c"] {
             make_owned_dir(&base.join(id), OWNER, OWNER);
         }
         std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let policy = f.dir.join("policy.toml");
-        std::fs::write(&policy, format!("[filesystem]\nread_only = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", {:?}]\n", bin_dir())).unwrap();
+        std::fs::write(&policy, format!("[filesystem]\nread_only = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", {:?}]\n{policy_extra}", bin_dir()))
+            .unwrap();
         std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o600)).unwrap();
         let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let config = f.dir.join("daemon.toml");
@@ -39,8 +46,14 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "socket = {:?}\nsocket_group = {OWNER}\nallowed_uids = [0]\nworktree_base = {:?}\ncommands = [{:?}]\npolicy = {:?}\naudit_log = {:?}\nmetrics = \"127.0.0.1:{metrics}\"\n",
-                d.socket, base, bin(), policy, d.audit
+                "socket = {:?}\nsocket_group = {OWNER}\nallowed_uids = [0]\nworktree_base = {:?}\ncommands = [{:?}]\npolicy = {:?}\naudit_log = {:?}\nmetrics = \"127.0.0.1:{metrics}\"\nstate_dir = {:?}\nlog_dir = {:?}\n{config_extra}",
+                d.socket,
+                base,
+                bin(),
+                policy,
+                d.audit,
+                d.state_dir(),
+                f.dir.join("logs")
             ),
         )
         .unwrap();
@@ -62,6 +75,28 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(10));
         }
         self
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// The daemon's records of the sandboxes it manages.
+    fn records(&self) -> Vec<serde_json::Value> {
+        let mut v: Vec<serde_json::Value> = std::fs::read_dir(self.state_dir().join("records"))
+            .map(|d| d.flatten().map(|e| serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap()).collect())
+            .unwrap_or_default();
+        v.sort_by_key(|r| r["id"].as_str().unwrap_or("").to_string());
+        v
+    }
+
+    fn scrape(&self) -> Vec<(String, f64)> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics)).unwrap();
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+        parse_metrics(resp.split_once("\r\n\r\n").unwrap().1)
     }
 
     fn ctl(&self, args: &[&str]) -> std::process::Output {
@@ -108,7 +143,7 @@ impl Drop for Daemon {
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < Duration::from_secs(15), "timed out waiting for {what}");
+        assert!(start.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -127,7 +162,27 @@ fn parse_metrics(text: &str) -> Vec<(String, f64)> {
 }
 
 fn metric(m: &[(String, f64)], name: &str) -> f64 {
-    m.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no metric {name}")).1
+    m.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no metric {name} in {m:?}")).1
+}
+
+/// GET / on a sandbox's host port; the whole response.
+fn http_get(port: u16, request: &[u8]) -> Vec<u8> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(request).unwrap();
+    let mut r = Vec::new();
+    s.read_to_end(&mut r).unwrap();
+    r
+}
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+
+/// The payload (init's only child) of a sandbox whose init is `init`.
+fn payload_of(init: i64) -> i32 {
+    std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap().trim().parse().unwrap()
+}
+
+fn find<'a>(list: &'a [serde_json::Value], id: &serde_json::Value) -> &'a serde_json::Value {
+    list.iter().find(|s| &s["id"] == id).unwrap_or_else(|| panic!("{id} not in {list:?}"))
 }
 
 #[test]
@@ -136,54 +191,120 @@ fn three_sandboxes_are_launched_listed_stopped_and_restarted() {
     let mut d = Daemon::start(&f);
     let launched: Vec<serde_json::Value> = ["a", "b", "c"].iter().map(|a| d.launch(a)).collect();
     for l in &launched {
-        let port = l["port"].as_u64().unwrap() as u16;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        write!(s, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap();
-        let mut r = String::new();
-        s.read_to_string(&mut r).unwrap();
-        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        let r = http_get(l["port"].as_u64().unwrap() as u16, GET);
+        assert!(r.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&r));
     }
     let list = d.list();
     assert_eq!(list.len(), 3);
     assert!(list.iter().all(|s| s["state"] == "running"));
-    // Stop one.
+    // One record per sandbox in the state directory, naming its live launcher.
+    let records = d.records();
+    assert_eq!(records.len(), 3);
+    for (r, l) in records.iter().zip(&list) {
+        assert_eq!((&r["id"], &r["port"]), (&l["id"], &l["port"]));
+        assert!(std::path::Path::new(&format!("/proc/{}", r["launcher"]["pid"])).exists());
+    }
+    // Stop one: its record and log go with it.
     let id = launched[0]["id"].as_str().unwrap();
     ok(&d.ctl(&["stop", id]));
     assert_eq!(d.list().len(), 2);
-    // A payload killed from outside is restarted.
+    assert_eq!(d.records().len(), 2);
+    assert!(!f.dir.join(format!("logs/{id}.log")).exists());
+    // A payload killed from outside is restarted, on the port it had.
     let victim = &launched[1];
-    let init = victim["pid"].as_i64().unwrap();
-    let payload: i32 = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap().trim().parse().unwrap();
     // SAFETY: killing the sandbox payload this test started (through the daemon).
-    unsafe { libc::kill(payload, libc::SIGKILL) };
+    unsafe { libc::kill(payload_of(victim["pid"].as_i64().unwrap()), libc::SIGKILL) };
     wait_until("the restart", || d.audit_events("sandbox_restart").iter().any(|e| e["id"] == victim["id"] && e["outcome"] == "ready"));
     assert!(d.audit_events("health_failure").iter().any(|e| e["id"] == victim["id"]));
     let after = d.list();
-    let restarted = after.iter().find(|s| s["id"] == victim["id"]).unwrap();
+    let restarted = find(&after, &victim["id"]);
     assert_eq!(restarted["restarts"], 1);
     assert_ne!(restarted["pid"], victim["pid"]);
+    assert_eq!(restarted["port"], victim["port"], "a restarted sandbox keeps its port");
+    assert!(http_get(victim["port"].as_u64().unwrap() as u16, GET).starts_with(b"HTTP/1.1 200"));
     // Metrics parse and match.
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", d.metrics)).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let body = resp.split_once("\r\n\r\n").unwrap().1;
-    let m = parse_metrics(body);
-    assert_eq!(metric(&m, "swarmcell_sandboxes{state=\"running\"}"), 2.0, "{body}");
+    let m = d.scrape();
+    assert_eq!(metric(&m, "swarmcell_sandboxes{state=\"running\"}"), 2.0);
     assert_eq!(metric(&m, "swarmcell_launches_total"), 3.0);
     assert_eq!(metric(&m, "swarmcell_restarts_total"), 1.0);
     assert!(metric(&m, "swarmcell_health_failures_total") >= 1.0);
-    assert_eq!(m.iter().filter(|(n, _)| n.starts_with("swarmcell_sandbox_pids{")).count(), 2, "{body}");
-    assert_eq!(m.iter().filter(|(n, _)| n.starts_with("swarmcell_sandbox_cpu_seconds_total{")).count(), 2, "{body}");
+    for family in ["swarmcell_sandbox_pids{", "swarmcell_sandbox_cpu_seconds_total{", "swarmcell_sandbox_memory_bytes{"] {
+        assert_eq!(m.iter().filter(|(n, _)| n.starts_with(family)).count(), 2, "{family}: {m:?}");
+    }
+    // Each sandbox's cgroup holds at least its payload.
+    for l in [&launched[1], &launched[2]] {
+        assert!(metric(&m, &format!("swarmcell_sandbox_pids{{id=\"{}\"}}", l["id"].as_str().unwrap())) >= 1.0);
+    }
     // Three launches and one restart reached health.
-    assert_eq!(metric(&m, "swarmcell_launch_seconds_count"), 4.0, "{body}");
+    assert_eq!(metric(&m, "swarmcell_launch_seconds_count"), 4.0);
     assert_eq!(metric(&m, "swarmcell_launch_seconds_bucket{le=\"+Inf\"}"), 4.0);
     assert!(metric(&m, "swarmcell_launch_seconds_sum") > 0.0);
-    // Stopping the daemon stops every sandbox.
+    // Stopping the daemon stops every sandbox and forgets them.
     d.stop();
     assert_no_sandbox_left();
     assert!(!d.socket.exists());
+    assert!(d.records().is_empty());
     assert_eq!(d.audit_events("server_shutdown").len(), 1);
+}
+
+#[test]
+fn broker_connections_and_bytes_are_counted_per_sandbox() {
+    let f = Fixture::new();
+    // No health checks of the daemon's own during the measurement.
+    let mut d = Daemon::start_with(&f, "[health]\ninterval = \"1h\"\n", "");
+    let l = d.launch("a");
+    let (id, port) = (l["id"].as_str().unwrap().to_string(), l["port"].as_u64().unwrap() as u16);
+    let series = |m: &[(String, f64)], name: &str, labels: &str| metric(m, &format!("{name}{{id=\"{id}\"{labels}}}"));
+    let before = d.scrape();
+    let mut received = 0;
+    for _ in 0..5 {
+        let r = http_get(port, GET);
+        assert!(r.starts_with(b"HTTP/1.1 200"));
+        received += r.len();
+    }
+    wait_until("the relays to end", || series(&d.scrape(), "swarmcell_sandbox_broker_active_connections", "") == 0.0);
+    let after = d.scrape();
+    let delta = |name: &str, labels: &str| series(&after, name, labels) - series(&before, name, labels);
+    assert_eq!(delta("swarmcell_sandbox_broker_connections_total", ""), 5.0);
+    assert_eq!(delta("swarmcell_sandbox_broker_bytes_total", ",direction=\"in\""), (5 * GET.len()) as f64);
+    assert_eq!(delta("swarmcell_sandbox_broker_bytes_total", ",direction=\"out\""), received as f64);
+    assert_eq!(metric(&after, "swarmcell_broker_connections_total") - metric(&before, "swarmcell_broker_connections_total"), 5.0);
+    // The totals keep a stopped sandbox's traffic; its own series are gone.
+    ok(&d.ctl(&["stop", &id]));
+    let gone = d.scrape();
+    assert!(!gone.iter().any(|(n, _)| n.contains(&id)));
+    assert_eq!(metric(&gone, "swarmcell_broker_bytes_total{direction=\"out\"}"), metric(&after, "swarmcell_broker_bytes_total{direction=\"out\"}"));
+    d.stop();
+    assert_no_sandbox_left();
+}
+
+#[test]
+fn a_payload_that_stops_answering_is_restarted_after_failed_health_checks() {
+    let f = Fixture::new();
+    let mut d = Daemon::start_with(&f, "[health]\ninterval = \"1s\"\nfailures = 2\n", "");
+    let l = d.launch("a");
+    // An authorised client that connects and sends nothing does not hold up the daemon.
+    let idle = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    assert!(d.ctl(&["list"]).status.success());
+    idle.set_nonblocking(true).unwrap();
+    let err = (&idle).read(&mut [0u8; 1]).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "the idle client is still waiting, unanswered");
+    // A stopped payload accepts connections (the kernel does) but never answers.
+    let payload = payload_of(l["pid"].as_i64().unwrap());
+    // SAFETY: stopping the payload this test started (through the daemon).
+    unsafe { libc::kill(payload, libc::SIGSTOP) };
+    wait_until("the health alert", || d.audit_events("health_alert").iter().any(|e| e["id"] == l["id"]));
+    wait_until("the restart", || d.audit_events("sandbox_restart").iter().any(|e| e["id"] == l["id"] && e["outcome"] == "ready"));
+    let failures: Vec<_> = d.audit_events("health_failure").into_iter().filter(|e| e["reason"] == "health check failed").collect();
+    assert!(failures.len() >= 2, "{failures:?}");
+    assert_eq!(failures[1]["consecutive"], 2);
+    let now = d.list();
+    let s = find(&now, &l["id"]);
+    assert_eq!((s["restarts"].as_u64(), &s["port"]), (Some(1), &l["port"]));
+    assert!(!std::path::Path::new(&format!("/proc/{payload}")).exists(), "the stopped payload was killed");
+    assert!(http_get(l["port"].as_u64().unwrap() as u16, GET).starts_with(b"HTTP/1.1 200"));
+    d.stop();
+    assert_no_sandbox_left();
 }
 
 #[test]
@@ -235,21 +356,63 @@ fn invalid_requests_are_refused_and_change_nothing() {
     assert!(d.audit_events("sandbox_launch").is_empty());
 }
 
-#[test]
-fn kill_9_of_the_daemon_then_a_restart_leaves_nothing_unmanaged() {
-    let f = Fixture::new();
-    let mut d = Daemon::start(&f);
-    d.launch("a");
-    d.launch("b");
+fn kill_9(d: &mut Daemon) {
     let mut c = d.child.take().unwrap();
     c.kill().unwrap();
     c.wait().unwrap();
-    // Every sandbox's launcher got SIGTERM from its parent-death signal.
+}
+
+#[test]
+fn after_kill_9_a_restarted_daemon_relaunches_its_sandboxes_and_leaves_nothing_unmanaged() {
+    let f = Fixture::new();
+    let mut d = Daemon::start(&f);
+    let before = [d.launch("a"), d.launch("b")];
+    kill_9(&mut d);
+    // Every launcher got SIGTERM from its parent-death signal; the records stay.
     assert_no_sandbox_left();
+    assert_eq!(d.records().len(), 2);
+    let mut d = d.spawn();
+    wait_until("the relaunches", || d.list().iter().filter(|s| s["state"] == "running").count() == 2);
+    let list = d.list();
+    for b in &before {
+        let s = find(&list, &b["id"]);
+        assert_eq!(s["port"], b["port"], "a relaunched sandbox gets its port back");
+        assert_ne!(s["pid"], b["pid"]);
+        assert!(http_get(b["port"].as_u64().unwrap() as u16, GET).starts_with(b"HTTP/1.1 200"));
+    }
+    let recovered = d.audit_events("sandbox_recovered");
+    assert_eq!(recovered.iter().filter(|e| e["outcome"] == "relaunched").count(), 2, "{recovered:?}");
+    // Everything sandboxes hold on the host belongs to a sandbox the daemon lists.
+    let held = held();
+    let sandbox_ids: std::collections::BTreeSet<String> = list.iter().map(|s| s["sandbox"].as_str().unwrap().to_string()).collect();
+    let ports: std::collections::BTreeSet<u16> = list.iter().map(|s| s["port"].as_u64().unwrap() as u16).collect();
+    assert_eq!((&held.cgroups, &held.sandbox_leases, &held.ports), (&sandbox_ids, &sandbox_ids, &ports));
+    assert_eq!(held.processes, 4, "an init and a payload per sandbox, nothing else: {held:?}");
+    // With recover = "discard", the next crash's sandboxes are forgotten.
+    kill_9(&mut d);
+    let config = std::fs::read_to_string(d.dir.join("daemon.toml")).unwrap() + "recover = \"discard\"\n";
+    std::fs::write(d.dir.join("daemon.toml"), config).unwrap();
     let mut d = d.spawn();
     assert!(d.list().is_empty());
-    d.stop();
+    assert!(d.records().is_empty());
+    assert_eq!(d.audit_events("sandbox_recovered").iter().filter(|e| e["outcome"] == "discarded").count(), 2);
     assert_no_sandbox_left();
+    d.stop();
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_or_socket_is_refused() {
+    let f = Fixture::new();
+    let d = Daemon::start(&f);
+    let out = Command::new(bin()).arg("daemon").arg("--config").arg(d.dir.join("daemon.toml")).output().unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("another swarmcell daemon uses the state directory"), "{}", stderr(&out));
+    let other_state = f.dir.join("state2");
+    let out = Command::new(bin()).arg("daemon").arg("--config").arg(d.dir.join("daemon.toml")).arg("--state-dir").arg(&other_state).output().unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("another daemon is listening on it"), "{}", stderr(&out));
+    // The first one still answers.
+    assert!(d.ctl(&["list"]).status.success());
 }
 
 #[test]

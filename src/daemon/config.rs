@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::policy::units::ByteSize;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -30,8 +32,25 @@ pub struct Config {
     pub restart: bool,
     /// Most sandboxes at once.
     pub max_sandboxes: usize,
-    /// State and locks (as `swarmcell run --state-dir`).
+    /// The daemon's own state: one record per managed sandbox (for recovery
+    /// after a crash) and its instance lock. (The host-wide leases of uids,
+    /// ports and sandbox ids stay in /run/swarmcell, shared by every launcher.)
     pub state_dir: PathBuf,
+    /// After a crash, what happens to the sandboxes the records name: their
+    /// launchers are ended either way, then they are launched again ("relaunch")
+    /// or forgotten ("discard").
+    pub recover: Recover,
+    /// Each sandbox's output, one file per sandbox (0640).
+    pub log_dir: PathBuf,
+    /// A sandbox log past this size is rotated (one old file kept).
+    pub log_max: ByteSize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recover {
+    Relaunch,
+    Discard,
 }
 
 impl Default for Config {
@@ -48,7 +67,10 @@ impl Default for Config {
             metrics: "127.0.0.1:9464".into(),
             restart: true,
             max_sandboxes: 1001,
-            state_dir: "/run/swarmcell".into(),
+            state_dir: "/run/swarmcell/daemon".into(),
+            recover: Recover::Relaunch,
+            log_dir: "/var/log/swarmcell/sandboxes".into(),
+            log_max: ByteSize::bytes(8 << 20),
         }
     }
 }
@@ -62,8 +84,11 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if !self.worktree_base.is_absolute() || !self.socket.is_absolute() || !self.audit_log.is_absolute() {
-            return Err("socket, worktree_base and audit_log must be absolute paths".into());
+        if [&self.worktree_base, &self.socket, &self.audit_log, &self.state_dir, &self.log_dir].iter().any(|p| !p.is_absolute()) {
+            return Err("socket, worktree_base, audit_log, state_dir and log_dir must be absolute paths".into());
+        }
+        if self.log_max.0.is_none_or(|n| n < 4096) {
+            return Err("log_max must be a size of at least 4K".into());
         }
         if self.commands.is_empty() || self.commands.iter().any(|c| c.is_empty() || c.chars().any(super::protocol::is_shell_meta)) {
             return Err("commands must list at least one program, without shell metacharacters".into());

@@ -1,29 +1,46 @@
 //! `swarmcell daemon`: the supervisor for many sandboxes on one host.
 //!
-//! A single-threaded loop (poll) over the control socket, the ready pipes of
-//! starting sandboxes, the metrics listener and its own signals. Each sandbox is
-//! a `swarmcell run` child with PR_SET_PDEATHSIG=SIGTERM: if the daemon dies,
-//! every sandbox shuts down by itself (the documented recovery choice: sandboxes
-//! are killed, not adopted), and the next start's gc removes what is left.
-//! Requests are authorised by SO_PEERCRED and validated before anything is done.
+//! A single-threaded loop (poll) over its signals, the control socket and its
+//! clients, the metrics listener and its scrapers, and per sandbox the ready
+//! pipe, the output pipe and the health check in flight. Nothing in the loop
+//! blocks on a peer: clients and health checks are non-blocking state machines
+//! with deadlines, and the loop sleeps until a descriptor is ready or the next
+//! deadline, so an idle daemon uses no CPU.
+//!
+//! Each sandbox is a `swarmcell run` child with PR_SET_PDEATHSIG=SIGTERM, and a
+//! record in the state directory. If the daemon dies, every sandbox shuts down
+//! by itself; the next daemon ends any launcher still alive, removes stale
+//! cgroups and leases, and relaunches the recorded sandboxes (or discards them:
+//! `recover`). Requests are authorised by SO_PEERCRED and validated before
+//! anything is done.
 
+pub mod audit;
 pub mod config;
+mod conn;
+pub mod health_probe;
+mod log_sink;
+pub mod metrics;
 pub mod protocol;
+pub mod records;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use config::Config;
+use audit::Audit;
+use config::{Config, Recover};
+use conn::{Conn, Input, Phase};
+use health_probe::Probe;
+use log_sink::LogSink;
 use protocol::Request;
+use records::Record;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -33,69 +50,50 @@ enum State {
     Stopping,
 }
 
+/// What happens when a stopping sandbox's launcher has exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterExit {
+    Remove,
+    Restart,
+}
+
 struct Entry {
-    agent: Option<String>,
-    task: Option<String>,
-    worktree: PathBuf,
-    argv: Vec<String>,
+    rec: Record,
     child: Child,
+    /// The launcher's ready line, until it comes (or the pipe closes).
     ready: Option<BufReader<std::fs::File>>,
-    pending: Option<UnixStream>,
+    /// The client waiting for this launch or stop.
+    waiting: Option<u64>,
     info: Value,
     state: State,
-    restarts: u32,
+    after_exit: AfterExit,
     restart_at: Option<Instant>,
+    /// Starts in a row that never became healthy.
+    failed_starts: u32,
+    /// Health checks in a row that failed.
     failures: u32,
     next_health: Instant,
-    log: PathBuf,
+    probe: Option<Probe>,
+    log: LogSink,
     /// When the current `swarmcell run` was started (launch latency).
     started: Instant,
     /// A stop in progress: SIGKILL after this, and who asked.
     stop_deadline: Option<Instant>,
     stop_by: Option<u32>,
+    /// The broker's counters, shared with every launcher of this sandbox.
+    broker: crate::broker_stats::SharedCounters,
+    broker_fd: OwnedFd,
 }
 
 /// How long a stopping sandbox gets before its launcher is killed (its own
 /// --stop-timeout, 5 s, is inside this).
 const STOP_GRACE: Duration = Duration::from_secs(10);
-
-struct Audit(std::fs::File);
-
-impl Audit {
-    fn open(path: &std::path::Path) -> Result<Audit, String> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
-        let f =
-            std::fs::OpenOptions::new().create(true).append(true).mode(0o640).open(path).map_err(|e| format!("audit log {}: {e}", path.display()))?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o640)).map_err(|e| e.to_string())?;
-        Ok(Audit(f))
-    }
-
-    /// One JSON line per event, with the time, to the file and the log.
-    fn event(&mut self, event: &str, fields: Value) {
-        let time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-        let mut v = json!({ "time": time, "event": event });
-        if let (Some(o), Some(f)) = (v.as_object_mut(), fields.as_object()) {
-            o.extend(f.clone());
-        }
-        let _ = writeln!(self.0, "{v}");
-        tracing::info!(target: "audit", "{v}");
-    }
-}
-
-/// Launch-to-healthy latency buckets (seconds), Prometheus histogram.
-const LATENCY_BUCKETS: [f64; 8] = [0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0];
-
-struct Counters {
-    launch_latency: [u64; LATENCY_BUCKETS.len()],
-    launch_latency_sum: f64,
-    launch_latency_count: u64,
-    launches: u64,
-    restarts: u64,
-    health_failures: u64,
-    auth_denied: u64,
-}
+/// Starts in a row that may fail before a sandbox is given up.
+const MAX_FAILED_STARTS: u32 = 5;
+/// Most control clients and metrics scrapers served at once; more are closed.
+const MAX_CLIENTS: usize = 256;
+/// Largest metrics request head read.
+const MAX_SCRAPE_REQUEST: usize = 8 * 1024;
 
 pub struct Daemon {
     cfg: Config,
@@ -104,13 +102,26 @@ pub struct Daemon {
     metrics: Option<std::net::TcpListener>,
     audit: Audit,
     sandboxes: BTreeMap<String, Entry>,
-    counters: Counters,
+    clients: BTreeMap<u64, Conn<UnixStream>>,
+    scrapers: BTreeMap<u64, Conn<std::net::TcpStream>>,
+    next_conn: u64,
+    counters: metrics::Counters,
     health_interval: Duration,
     health_failures: u32,
     health_path: String,
-    logs: PathBuf,
     /// The policy's env allowlist: names of secrets passed into sandboxes.
     secret_names: Vec<String>,
+    /// Held while the daemon runs: one daemon per state directory.
+    _instance: crate::lease::Lease,
+}
+
+/// What a poll entry belongs to.
+enum Watch {
+    Ready(String),
+    Log(String),
+    Probe(String),
+    Client(u64),
+    Scraper(u64),
 }
 
 fn peer_cred(s: &UnixStream) -> Option<libc::ucred> {
@@ -129,66 +140,90 @@ impl Daemon {
             Some(p) => crate::policy::Policy::load(p).map_err(|e| e.to_string())?,
             None => crate::policy::Policy::builtin(),
         };
+        crate::lease::ensure_private_dir(&cfg.state_dir).map_err(|e| e.to_string())?;
+        let instance = crate::lease::Lease::try_acquire(&cfg.state_dir.join("daemon.lock"))
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("another swarmcell daemon uses the state directory {}", cfg.state_dir.display()))?;
+        crate::lease::ensure_private_dir(&cfg.log_dir).map_err(|e| e.to_string())?;
         let mut audit = Audit::open(&cfg.audit_log)?;
-        // Crash recovery: cgroups and locks left by sandboxes of a dead daemon.
-        if let Ok(layout) = crate::cgroups::Layout::detect() {
-            match crate::cgroups::gc(&layout, "swarmcell", &cfg.state_dir) {
-                Ok(ids) if !ids.is_empty() => audit.event("stale_cleanup", json!({ "removed": ids })),
-                _ => {}
-            }
-        }
-        if let Some(dir) = cfg.socket.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
-        match std::fs::symlink_metadata(&cfg.socket) {
-            Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => std::fs::remove_file(&cfg.socket).map_err(|e| e.to_string())?,
-            Ok(_) => return Err(format!("{} exists and is not a socket", cfg.socket.display())),
-            Err(_) => {}
-        }
-        let listener = UnixListener::bind(&cfg.socket).map_err(|e| format!("control socket {}: {e}", cfg.socket.display()))?;
-        std::fs::set_permissions(&cfg.socket, std::fs::Permissions::from_mode(0o660)).map_err(|e| e.to_string())?;
-        if let Some(gid) = cfg.socket_group {
-            std::os::unix::fs::chown(&cfg.socket, None, Some(gid)).map_err(|e| e.to_string())?;
-        }
-        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let listener = bind_control_socket(&cfg)?;
         let metrics = if cfg.metrics.is_empty() {
             None
         } else {
             let l = std::net::TcpListener::bind(&cfg.metrics).map_err(|e| format!("metrics {}: {e}", cfg.metrics))?;
-            l.set_nonblocking(true).map_err(|e| e.to_string())?;
+            l.set_nonblocking(true).map_err(|e| format!("metrics {}: {e}", cfg.metrics))?;
             Some(l)
         };
-        let logs = cfg.state_dir.join("daemon-logs");
-        crate::lease::ensure_private_dir(&cfg.state_dir).map_err(|e| e.to_string())?;
-        crate::lease::ensure_private_dir(&logs).map_err(|e| e.to_string())?;
-        audit.event("server_startup", json!({ "socket": cfg.socket, "pid": std::process::id() }));
-        Ok(Daemon {
+        audit.event("server_startup", json!({ "socket": cfg.socket, "pid": std::process::id(), "outcome": "ok" }));
+        let mut d = Daemon {
             exe,
             listener,
             metrics,
             audit,
             sandboxes: BTreeMap::new(),
-            counters: Counters {
-                launch_latency: [0; LATENCY_BUCKETS.len()],
-                launch_latency_sum: 0.0,
-                launch_latency_count: 0,
-                launches: 0,
-                restarts: 0,
-                health_failures: 0,
-                auth_denied: 0,
-            },
+            clients: BTreeMap::new(),
+            scrapers: BTreeMap::new(),
+            next_conn: 0,
+            counters: metrics::Counters::default(),
             health_interval: policy.health.interval.0,
             health_failures: policy.health.failures,
             health_path: policy.health.path.clone(),
             secret_names: policy.process.env.clone(),
-            logs,
+            _instance: instance,
             cfg,
-        })
+        };
+        d.recover();
+        Ok(d)
     }
 
-    /// Serve until SIGTERM or SIGINT; then stop every sandbox. The loop sleeps
-    /// until a request, a ready line, a child's exit (SIGCHLD) or the next due
-    /// health check or restart: an idle daemon uses no CPU.
+    /// After a crash: end the launchers the records name that still run, remove
+    /// stale cgroups and leases, then relaunch or forget the recorded sandboxes.
+    fn recover(&mut self) {
+        let (records, bad) = records::load_all(&self.cfg.state_dir);
+        if !bad.is_empty() {
+            self.audit.event("stale_cleanup", json!({ "unreadable_records": bad, "outcome": "removed" }));
+        }
+        let ended = records::end_launchers(&records, STOP_GRACE);
+        if let Ok(layout) = crate::cgroups::Layout::detect() {
+            match crate::cgroups::gc(&layout, "swarmcell", Path::new(crate::lease::HOST_STATE_DIR)) {
+                Ok(ids) if !ids.is_empty() => self.audit.event("stale_cleanup", json!({ "removed": ids, "outcome": "removed" })),
+                Ok(_) => {}
+                Err(e) => self.audit.event("stale_cleanup", json!({ "outcome": "failed", "error": e.to_string() })),
+            }
+        }
+        for mut rec in records {
+            let was_running = ended.contains(&rec.id);
+            let checked = protocol::check_launch(
+                &rec.worktree,
+                rec.agent.as_deref(),
+                rec.task.as_deref(),
+                &rec.argv,
+                &self.cfg.worktree_base,
+                &self.cfg.commands,
+            );
+            let fields = json!({ "id": rec.id, "agent": rec.agent, "uid": rec.uid, "worktree": rec.worktree, "launcher_was_running": was_running });
+            let outcome = match (self.cfg.recover, checked) {
+                (Recover::Discard, _) => "discarded".to_string(),
+                (Recover::Relaunch, Err(e)) => format!("refused: {e}"),
+                (Recover::Relaunch, Ok(wt)) => {
+                    rec.worktree = wt;
+                    rec.launcher = None;
+                    match self.add(rec.clone(), None) {
+                        Ok(()) => "relaunched".to_string(),
+                        Err(e) => format!("failed: {e}"),
+                    }
+                }
+            };
+            if outcome != "relaunched" {
+                records::remove(&self.cfg.state_dir, &rec.id);
+            }
+            let mut fields = fields;
+            fields["outcome"] = json!(outcome);
+            self.audit.event("sandbox_recovered", fields);
+        }
+    }
+
+    /// Serve until SIGTERM or SIGINT; then stop every sandbox.
     pub fn serve(&mut self) -> Result<(), String> {
         raise_nofile();
         let set = crate::sys::sigset(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD]);
@@ -196,7 +231,7 @@ impl Daemon {
         // SAFETY: a signalfd for the blocked signals.
         let sfd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
         if sfd < 0 {
-            return Err("signalfd failed".into());
+            return Err(format!("signalfd: {}", std::io::Error::last_os_error()));
         }
         // SAFETY: fresh fd.
         let sfd = unsafe { OwnedFd::from_raw_fd(sfd) };
@@ -206,10 +241,30 @@ impl Daemon {
                 libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
                 libc::pollfd { fd: self.metrics.as_ref().map_or(-1, |m| m.as_raw_fd()), events: libc::POLLIN, revents: 0 },
             ];
-            let ids: Vec<String> = self.sandboxes.iter().filter(|(_, e)| e.ready.is_some()).map(|(id, _)| id.clone()).collect();
-            for id in &ids {
-                let fd = self.sandboxes[id].ready.as_ref().map_or(-1, |r| r.get_ref().as_raw_fd());
-                fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
+            let mut watches = Vec::new();
+            for (id, e) in &self.sandboxes {
+                if let Some(r) = &e.ready {
+                    fds.push(libc::pollfd { fd: r.get_ref().as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                    watches.push(Watch::Ready(id.clone()));
+                }
+                fds.push(e.log.pollfd());
+                watches.push(Watch::Log(id.clone()));
+                if let Some(p) = &e.probe {
+                    fds.push(p.pollfd());
+                    watches.push(Watch::Probe(id.clone()));
+                }
+            }
+            for (cid, c) in &self.clients {
+                if let Some(p) = c.pollfd() {
+                    fds.push(p);
+                    watches.push(Watch::Client(*cid));
+                }
+            }
+            for (cid, c) in &self.scrapers {
+                if let Some(p) = c.pollfd() {
+                    fds.push(p);
+                    watches.push(Watch::Scraper(*cid));
+                }
             }
             let timeout = self.next_due().map_or(-1, |t| t.saturating_duration_since(Instant::now()).as_millis().min(60_000) as i32);
             // SAFETY: fds is a valid array of pollfds.
@@ -222,21 +277,40 @@ impl Daemon {
                 self.accept_clients();
             }
             if fds[2].revents != 0 {
-                self.serve_metrics();
+                self.accept_scrapers();
             }
-            for (i, id) in ids.iter().enumerate() {
-                if fds[3 + i].revents != 0 {
-                    self.on_ready(id);
+            for (w, p) in watches.iter().zip(&fds[3..]) {
+                if p.revents == 0 {
+                    continue;
+                }
+                match w {
+                    Watch::Ready(id) => self.on_ready(id),
+                    Watch::Log(id) => {
+                        if let Some(e) = self.sandboxes.get_mut(id) {
+                            e.log.drain();
+                        }
+                    }
+                    Watch::Probe(id) => {
+                        let result = self.sandboxes.get_mut(id).and_then(|e| e.probe.as_mut()).and_then(Probe::advance);
+                        if let Some(ok) = result {
+                            self.health_result(id, ok);
+                        }
+                    }
+                    Watch::Client(cid) => self.on_client(*cid),
+                    Watch::Scraper(cid) => self.on_scraper(*cid),
                 }
             }
             self.tick();
         }
     }
 
+    fn conn_id(&mut self) -> u64 {
+        self.next_conn += 1;
+        self.next_conn
+    }
+
     fn accept_clients(&mut self) {
-        while let Ok((mut s, _)) = self.listener.accept() {
-            let _ = s.set_nonblocking(false);
-            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        while let Ok((s, _)) = self.listener.accept() {
             let cred = peer_cred(&s);
             let allowed = cred.is_some_and(|c| self.cfg.allowed_uids.contains(&c.uid) || self.cfg.allowed_gids.contains(&c.gid));
             if !allowed {
@@ -245,32 +319,66 @@ impl Daemon {
                     "auth_denied",
                     json!({ "uid": cred.map(|c| c.uid), "gid": cred.map(|c| c.gid), "pid": cred.map(|c| c.pid), "outcome": "refused" }),
                 );
-                let _ = writeln!(s, "{}", json!({ "ok": false, "error": "not authorised" }));
+                // Answered without being read; a peer that does not read loses the answer.
+                let _ = s.set_nonblocking(true);
+                let _ = writeln!(&s, "{}", json!({ "ok": false, "error": "not authorised" }));
                 continue;
             }
-            let uid = cred.map(|c| c.uid).unwrap_or(u32::MAX);
-            let mut line = Vec::new();
-            let n = BufReader::new((&s).take(protocol::MAX_REQUEST as u64 + 1)).read_until(b'\n', &mut line);
-            if n.is_err() || line.len() > protocol::MAX_REQUEST {
-                self.audit.event("policy_violation", json!({ "uid": uid, "error": "request too large or unreadable", "outcome": "refused" }));
-                let _ =
-                    writeln!(s, "{}", json!({ "ok": false, "error": format!("request larger than {} bytes or unreadable", protocol::MAX_REQUEST) }));
+            // (Clients waiting for a launch or stop are bounded by max_sandboxes.)
+            if self.clients.values().filter(|c| c.phase != Phase::Waiting).count() >= MAX_CLIENTS {
+                let _ = s.set_nonblocking(true);
+                let _ = writeln!(&s, "{}", json!({ "ok": false, "error": "too many clients; try again" }));
                 continue;
             }
-            match serde_json::from_slice::<Request>(&line) {
-                Ok(req) => self.handle(req, s, uid),
-                Err(e) => {
-                    self.audit.event("policy_violation", json!({ "uid": uid, "error": e.to_string(), "outcome": "refused" }));
-                    let _ = writeln!(s, "{}", json!({ "ok": false, "error": format!("bad request: {e}") }));
-                }
+            let uid = cred.map_or(u32::MAX, |c| c.uid);
+            if s.set_nonblocking(true).is_err() {
+                continue;
             }
+            let cid = self.conn_id();
+            self.clients.insert(cid, Conn::new(s, uid));
+            // The request is often there already.
+            self.on_client(cid);
         }
     }
 
-    fn handle(&mut self, req: Request, mut s: UnixStream, uid: u32) {
-        let mut reply = |v: Value| {
-            let _ = writeln!(s, "{v}");
-        };
+    fn on_client(&mut self, cid: u64) {
+        let Some(c) = self.clients.get_mut(&cid) else { return };
+        let uid = c.uid;
+        match c.phase {
+            Phase::Replying => {
+                if c.flush() {
+                    self.clients.remove(&cid);
+                }
+            }
+            Phase::Waiting => {}
+            Phase::Reading => match c.read(protocol::MAX_REQUEST, b"\n") {
+                Input::Partial => {}
+                Input::Bad(why) => {
+                    self.audit.event("policy_violation", json!({ "uid": uid, "error": why, "outcome": "refused" }));
+                    let msg = format!("{why} (a request is one JSON line of at most {} bytes)", protocol::MAX_REQUEST);
+                    self.answer(cid, json!({ "ok": false, "error": msg }));
+                }
+                Input::Line(line) => match serde_json::from_slice::<Request>(&line) {
+                    Ok(req) => self.handle(req, cid, uid),
+                    Err(e) => {
+                        self.audit.event("policy_violation", json!({ "uid": uid, "error": e.to_string(), "outcome": "refused" }));
+                        self.answer(cid, json!({ "ok": false, "error": format!("bad request: {e}") }));
+                    }
+                },
+            },
+        }
+    }
+
+    /// Send the one-line reply to client `cid` (if it is still there).
+    fn answer(&mut self, cid: u64, v: Value) {
+        if let Some(c) = self.clients.get_mut(&cid)
+            && c.reply(format!("{v}\n").into_bytes())
+        {
+            self.clients.remove(&cid);
+        }
+    }
+
+    fn handle(&mut self, req: Request, cid: u64, uid: u32) {
         match req {
             Request::Launch { worktree, agent, task, argv } => {
                 let checked =
@@ -279,79 +387,68 @@ impl Daemon {
                     Ok(wt) => wt,
                     Err(e) => {
                         self.audit.event("policy_violation", json!({ "uid": uid, "agent": agent, "error": e, "outcome": "refused" }));
-                        return reply(json!({ "ok": false, "error": e }));
+                        return self.answer(cid, json!({ "ok": false, "error": e }));
                     }
                 };
                 if self.sandboxes.len() >= self.cfg.max_sandboxes {
-                    return reply(json!({ "ok": false, "error": format!("{} sandboxes are running (max_sandboxes)", self.sandboxes.len()) }));
+                    let e = format!("{} sandboxes are running (max_sandboxes)", self.sandboxes.len());
+                    return self.answer(cid, json!({ "ok": false, "error": e }));
                 }
-                let id = format!("d-{:08x}", crate::launch::random_u32());
-                // Secrets reach a sandbox only by name, through the policy's env
-                // allowlist; each hand-over is audited (the value never is).
-                for name in self.secret_names.iter().filter(|n| std::env::var_os(n).is_some()) {
-                    self.audit.event("secret_access", json!({ "id": id, "agent": agent, "name": name, "uid": uid }));
-                }
-                match self.spawn(&id, &wt, &argv) {
-                    Ok((child, ready, log)) => {
-                        self.counters.launches += 1;
-                        let now = Instant::now();
-                        self.sandboxes.insert(
-                            id,
-                            Entry {
-                                agent,
-                                task,
-                                worktree: wt,
-                                argv,
-                                child,
-                                ready: Some(ready),
-                                pending: Some(s),
-                                info: Value::Null,
-                                state: State::Starting,
-                                restarts: 0,
-                                restart_at: None,
-                                failures: 0,
-                                next_health: now + self.health_interval,
-                                log,
-                                started: now,
-                                stop_deadline: None,
-                                stop_by: None,
-                            },
-                        );
+                let id = loop {
+                    let id = format!("d-{:08x}", crate::launch::random_u32());
+                    if !self.sandboxes.contains_key(&id) {
+                        break id;
                     }
-                    Err(e) => reply(json!({ "ok": false, "error": e })),
+                };
+                let rec = Record { id: id.clone(), agent, task, worktree: wt, argv, uid, port: None, restarts: 0, launcher: None };
+                match self.add(rec, Some(cid)) {
+                    Ok(()) => {
+                        if let Some(c) = self.clients.get_mut(&cid) {
+                            c.phase = Phase::Waiting;
+                        }
+                    }
+                    Err(e) => self.answer(cid, json!({ "ok": false, "error": e })),
                 }
             }
             Request::Stop { id } => match self.sandboxes.get_mut(&id) {
-                // Answered when the sandbox is gone (see `tick`), so one slow
-                // stop never blocks other clients.
-                Some(e) if e.state != State::Stopping => {
-                    e.state = State::Stopping;
-                    e.stop_deadline = Some(Instant::now() + STOP_GRACE);
+                // Answered when the sandbox is gone (see `tick`).
+                Some(e) if e.state != State::Stopping || e.after_exit == AfterExit::Restart => {
                     e.stop_by = Some(uid);
-                    e.pending = Some(s);
-                    // SAFETY: SIGTERM to our own child, the sandbox's launcher.
-                    unsafe { libc::kill(e.child.id() as i32, libc::SIGTERM) };
+                    let launching = e.waiting.replace(cid);
+                    if let Some(l) = launching {
+                        self.answer(l, json!({ "ok": false, "error": format!("sandbox {id} was stopped before it was ready") }));
+                    }
+                    if let Some(c) = self.clients.get_mut(&cid) {
+                        c.phase = Phase::Waiting;
+                    }
+                    self.begin_stop(&id, AfterExit::Remove);
                 }
-                Some(_) => reply(json!({ "ok": false, "error": format!("sandbox {id} is already stopping") })),
-                None => reply(json!({ "ok": false, "error": format!("no sandbox {id}") })),
+                Some(_) => self.answer(cid, json!({ "ok": false, "error": format!("sandbox {id} is already stopping") })),
+                None => self.answer(cid, json!({ "ok": false, "error": format!("no sandbox {id}") })),
             },
-            Request::List => reply(json!({ "ok": true, "sandboxes": self.list() })),
-            Request::Inspect { id } => {
-                let pid = self.sandboxes.get(&id).and_then(|e| e.info["pid"].as_i64());
-                match pid.map(|p| crate::inspect::find(&p.to_string())) {
-                    Some(Ok((init, payload))) => reply(json!({ "ok": true, "inspect": crate::inspect::report(init, payload) })),
-                    Some(Err(e)) => reply(json!({ "ok": false, "error": e })),
-                    None => reply(json!({ "ok": false, "error": format!("no running sandbox {id}") })),
-                }
+            Request::List => {
+                let list = self.list();
+                self.answer(cid, json!({ "ok": true, "sandboxes": list }));
             }
-            Request::Logs { id } => match self.sandboxes.get(&id) {
-                Some(e) => {
-                    let text = std::fs::read(&e.log).unwrap_or_default();
-                    let tail = &text[text.len().saturating_sub(64 * 1024)..];
-                    reply(json!({ "ok": true, "log": String::from_utf8_lossy(tail) }))
-                }
-                None => reply(json!({ "ok": false, "error": format!("no sandbox {id}") })),
-            },
+            Request::Inspect { id } => {
+                let pid = self.sandboxes.get(&id).filter(|e| e.state == State::Running).and_then(|e| e.info["pid"].as_i64());
+                let v = match pid.map(|p| crate::inspect::find(&p.to_string())) {
+                    Some(Ok((init, payload))) => json!({ "ok": true, "inspect": crate::inspect::report(init, payload) }),
+                    Some(Err(e)) => json!({ "ok": false, "error": e }),
+                    None => json!({ "ok": false, "error": format!("no running sandbox {id}") }),
+                };
+                self.answer(cid, v);
+            }
+            Request::Logs { id } => {
+                let v = match self.sandboxes.get_mut(&id) {
+                    Some(e) => {
+                        e.log.drain();
+                        json!({ "ok": true, "log": String::from_utf8_lossy(&e.log.tail(64 * 1024)) })
+                    }
+                    None => json!({ "ok": false, "error": format!("no sandbox {id}") }),
+                };
+                self.answer(cid, v);
+            }
         }
     }
 
@@ -359,210 +456,362 @@ impl Daemon {
         self.sandboxes
             .iter()
             .map(|(id, e)| {
-                json!({ "id": id, "state": format!("{:?}", e.state).to_lowercase(), "agent": e.agent, "task": e.task, "worktree": e.worktree,
-                        "port": e.info["port"], "pid": e.info["pid"], "sandbox": e.info["id"], "restarts": e.restarts })
+                json!({ "id": id, "state": format!("{:?}", e.state).to_lowercase(), "agent": e.rec.agent, "task": e.rec.task,
+                        "worktree": e.rec.worktree, "port": e.info["port"], "pid": e.info["pid"], "sandbox": e.info["id"],
+                        "restarts": e.rec.restarts })
             })
             .collect()
     }
 
-    /// `swarmcell run --port auto --ready-fd 3 ...` for one sandbox.
-    fn spawn(&self, id: &str, wt: &std::path::Path, argv: &[String]) -> Result<(Child, BufReader<std::fs::File>, PathBuf), String> {
-        let (r, w) = std::io::pipe().map_err(|e| e.to_string())?;
-        let wfd = w.as_raw_fd();
-        let log_path = self.logs.join(format!("{id}.log"));
-        let log = std::fs::OpenOptions::new().create(true).append(true).mode(0o640).open(&log_path).map_err(|e| e.to_string())?;
+    /// Start managing a sandbox: its counters page, its log, its first launcher
+    /// and its record. `waiting` is the client to answer when it is healthy.
+    fn add(&mut self, mut rec: Record, waiting: Option<u64>) -> Result<(), String> {
+        // Secrets reach a sandbox only by name, through the policy's env
+        // allowlist; each hand-over is audited (the value never is).
+        for name in self.secret_names.iter().filter(|n| std::env::var_os(n).is_some()) {
+            self.audit.event("secret_access", json!({ "id": rec.id, "agent": rec.agent, "name": name, "uid": rec.uid, "outcome": "passed" }));
+        }
+        let (broker, broker_fd) = crate::broker_stats::SharedCounters::create().map_err(|e| format!("broker counters: {e}"))?;
+        let log = LogSink::new(self.cfg.log_dir.join(format!("{}.log", rec.id)), self.cfg.log_max.0.unwrap_or(u64::MAX))
+            .map_err(|e| format!("sandbox log in {}: {e}", self.cfg.log_dir.display()))?;
+        let (child, ready) = match self.spawn(&rec, &log, &broker_fd) {
+            Ok(s) => s,
+            Err(e) => {
+                log.remove();
+                return Err(e);
+            }
+        };
+        rec.launcher = records::Process::of(child.id() as i32);
+        if let Err(e) = records::save(&self.cfg.state_dir, &rec) {
+            // Without a record the sandbox could not be recovered: do not run it.
+            self.audit.event("sandbox_launch", json!({ "id": rec.id, "agent": rec.agent, "uid": rec.uid, "outcome": "failed", "error": e }));
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+            log.remove();
+            return Err(e);
+        }
+        self.counters.launches += 1;
+        let now = Instant::now();
+        self.sandboxes.insert(
+            rec.id.clone(),
+            Entry {
+                rec,
+                child,
+                ready: Some(ready),
+                waiting,
+                info: Value::Null,
+                state: State::Starting,
+                after_exit: AfterExit::Remove,
+                restart_at: None,
+                failed_starts: 0,
+                failures: 0,
+                next_health: now + self.health_interval,
+                probe: None,
+                log,
+                started: now,
+                stop_deadline: None,
+                stop_by: None,
+                broker,
+                broker_fd,
+            },
+        );
+        Ok(())
+    }
+
+    /// `swarmcell run --port auto --ready-fd 3 --stats-fd 4 ...` for one sandbox,
+    /// asking for its previous port again when it had one.
+    fn spawn(&self, rec: &Record, log: &LogSink, broker_fd: &OwnedFd) -> Result<(Child, BufReader<std::fs::File>), String> {
+        let (r, w) = std::io::pipe().map_err(|e| format!("ready pipe: {e}"))?;
+        // Above 4, so that installing fds 3 and 4 in the child cannot overwrite either.
+        let w = crate::sys::dup_at_least(w.as_raw_fd(), 10).map_err(|e| e.to_string())?;
+        let stats = crate::sys::dup_at_least(broker_fd.as_raw_fd(), 10).map_err(|e| e.to_string())?;
+        let (wfd, sfd) = (w.as_raw_fd(), stats.as_raw_fd());
+        let out = |what| log.writer.try_clone().map_err(|e| format!("sandbox log {what}: {e}"));
         let mut c = Command::new(&self.exe);
-        c.args(["run", "--port", "auto", "--ready-fd", "3", "--state-dir"]).arg(&self.cfg.state_dir).arg("--worktree").arg(wt);
+        c.args(["run", "--port", "auto", "--ready-fd", "3", "--stats-fd", "4", "--worktree"]).arg(&rec.worktree);
+        if let Some(p) = rec.port {
+            c.args(["--prefer-port", &p.to_string()]);
+        }
         if let Some(p) = &self.cfg.policy {
             c.arg("--policy").arg(p);
         }
-        c.arg("--").args(argv);
-        c.stdin(Stdio::null()).stdout(log.try_clone().map_err(|e| e.to_string())?).stderr(log);
-        // SAFETY: install_fd_for_exec and prctl are async-signal-safe. The parent-death signal
-        // ends the sandbox if the daemon dies (the daemon is single-threaded, so
-        // the "parent" thread lives as long as the daemon).
+        c.arg("--").args(&rec.argv);
+        c.stdin(Stdio::null()).stdout(out("stdout")?).stderr(out("stderr")?);
+        let daemon = std::process::id() as libc::pid_t;
+        // SAFETY: dup2, fcntl, prctl and getppid are async-signal-safe. The
+        // parent-death signal ends the sandbox if the daemon dies (the daemon is
+        // single-threaded, so the "parent" thread lives as long as the daemon);
+        // the getppid check closes the window in which the daemon died before
+        // the signal was armed.
         unsafe {
             c.pre_exec(move || {
                 crate::sys::install_fd_for_exec(wfd, 3)?;
+                crate::sys::install_fd_for_exec(sfd, 4)?;
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() != daemon {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                 }
                 Ok(())
             });
         }
         let child = c.spawn().map_err(|e| format!("starting swarmcell run: {e}"))?;
-        drop(w);
-        Ok((child, BufReader::new(std::fs::File::from(OwnedFd::from(r))), log_path))
+        Ok((child, BufReader::new(std::fs::File::from(OwnedFd::from(r)))))
     }
 
     fn on_ready(&mut self, id: &str) {
         let Some(e) = self.sandboxes.get_mut(id) else { return };
         let mut line = String::new();
-        let n = e.ready.as_mut().map(|r| r.read_line(&mut line)).unwrap_or(Ok(0));
+        let n = e.ready.as_mut().map_or(Ok(0), |r| r.read_line(&mut line));
         e.ready = None;
-        let restart = e.restarts > 0;
-        match (n, serde_json::from_str::<Value>(line.trim())) {
-            (Ok(k), Ok(info)) if k > 0 => {
-                let secs = e.started.elapsed().as_secs_f64();
-                let c = &mut self.counters;
-                for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
-                    if secs <= *b {
-                        c.launch_latency[i] += 1;
-                    }
-                }
-                c.launch_latency_sum += secs;
-                c.launch_latency_count += 1;
-                e.info = info;
-                e.state = State::Running;
-                e.failures = 0;
-                let out = json!({ "ok": true, "id": id, "port": e.info["port"], "pid": e.info["pid"], "sandbox": e.info["id"] });
-                if let Some(mut s) = e.pending.take() {
-                    let _ = writeln!(s, "{out}");
-                }
-                let (agent, worktree) = (e.agent.clone(), e.worktree.clone());
-                let event = if restart { "sandbox_restart" } else { "sandbox_launch" };
-                self.audit.event(event, json!({ "id": id, "agent": agent, "worktree": worktree, "port": out["port"], "outcome": "ready" }));
-            }
-            _ => {
-                // The launcher exited (or wrote nothing) before being ready.
-                let status = describe(wait_with_timeout(&mut e.child, Duration::from_secs(10)));
-                let log = std::fs::read_to_string(&e.log).unwrap_or_default();
-                let reason = log.lines().rev().find(|l| l.starts_with("swarmcell:")).unwrap_or("").to_string();
-                if let Some(mut s) = e.pending.take() {
-                    let _ = writeln!(s, "{}", json!({ "ok": false, "error": format!("sandbox failed to start ({status}): {reason}") }));
-                }
-                let agent = e.agent.clone();
-                self.audit.event("sandbox_launch", json!({ "id": id, "agent": agent, "outcome": "failed", "error": reason }));
-                self.sandboxes.remove(id);
-            }
+        let restart = e.rec.restarts > 0;
+        let info = match (n, serde_json::from_str::<Value>(line.trim())) {
+            (Ok(k), Ok(info)) if k > 0 => info,
+            _ => return self.start_failed(id),
+        };
+        self.counters.observe_launch(e.started.elapsed().as_secs_f64());
+        e.rec.port = info["port"].as_u64().and_then(|p| u16::try_from(p).ok());
+        e.info = info;
+        e.state = State::Running;
+        e.failures = 0;
+        e.failed_starts = 0;
+        e.next_health = Instant::now() + self.health_interval;
+        let out = json!({ "ok": true, "id": id, "port": e.info["port"], "pid": e.info["pid"], "sandbox": e.info["id"] });
+        let fields = json!({ "id": id, "agent": e.rec.agent, "uid": e.rec.uid, "worktree": e.rec.worktree, "port": out["port"],
+                             "sandbox": out["sandbox"], "outcome": "ready" });
+        let (waiting, rec) = (e.waiting.take(), e.rec.clone());
+        if let Err(err) = records::save(&self.cfg.state_dir, &rec) {
+            tracing::error!(id, error = %err, "could not update the sandbox record");
+        }
+        self.audit.event(if restart { "sandbox_restart" } else { "sandbox_launch" }, fields);
+        if let Some(cid) = waiting {
+            self.answer(cid, out);
         }
     }
 
-    /// When the loop must wake up by itself: the next health check or restart.
-    fn next_due(&self) -> Option<Instant> {
-        self.sandboxes
-            .values()
-            .filter_map(|e| match e.state {
-                State::Running => Some(e.next_health),
-                State::Restarting => e.restart_at,
-                State::Stopping => e.stop_deadline,
-                _ => None,
-            })
-            .min()
+    /// The launcher exited (or closed its ready pipe) before the sandbox was
+    /// healthy. A client's launch fails; a restart or a recovery tries again
+    /// with back-off, up to MAX_FAILED_STARTS in a row.
+    fn start_failed(&mut self, id: &str) {
+        let Some(e) = self.sandboxes.get_mut(id) else { return };
+        // The pipe closes when the launcher exits: this wait is short.
+        let status = describe(wait_with_timeout(&mut e.child, Duration::from_secs(2)));
+        e.log.drain();
+        let tail = e.log.tail(4096);
+        let reason = String::from_utf8_lossy(&tail).lines().rev().find(|l| l.starts_with("swarmcell:")).unwrap_or("").to_string();
+        e.failed_starts += 1;
+        let error = format!("sandbox failed to start ({status}): {reason}");
+        let fields = json!({ "id": id, "agent": e.rec.agent, "uid": e.rec.uid, "outcome": "failed", "error": error });
+        if let Some(cid) = e.waiting.take() {
+            self.audit.event("sandbox_launch", fields);
+            self.answer(cid, json!({ "ok": false, "error": error }));
+            return self.remove(id, false);
+        }
+        self.audit.event("sandbox_restart", fields);
+        self.schedule_restart(id);
     }
 
-    /// Exits, restarts and health checks.
+    /// When the loop must wake up by itself.
+    fn next_due(&self) -> Option<Instant> {
+        let sandboxes = self.sandboxes.values().filter_map(|e| match e.state {
+            State::Running => Some(e.probe.as_ref().map_or(e.next_health, |p| p.deadline)),
+            State::Restarting => e.restart_at,
+            State::Stopping => e.stop_deadline,
+            State::Starting => None,
+        });
+        let clients = self.clients.values().filter(|c| c.phase != Phase::Waiting).map(|c| c.deadline);
+        let scrapers = self.scrapers.values().map(|c| c.deadline);
+        sandboxes.chain(clients).chain(scrapers).min()
+    }
+
+    /// Deadlines, exits, restarts and health checks.
     fn tick(&mut self) {
         let now = Instant::now();
+        self.clients.retain(|_, c| c.phase == Phase::Waiting || now < c.deadline);
+        self.scrapers.retain(|_, c| now < c.deadline);
         let ids: Vec<String> = self.sandboxes.keys().cloned().collect();
         for id in ids {
             let Some(e) = self.sandboxes.get_mut(&id) else { continue };
-            if e.state == State::Stopping {
-                let exited = match e.child.try_wait() {
-                    Ok(Some(s)) => Some(Some(s)),
-                    _ if e.stop_deadline.is_some_and(|t| now >= t) => Some(wait_with_timeout(&mut e.child, Duration::ZERO)),
-                    _ => None,
-                };
-                if let Some(status) = exited {
-                    let status = describe(status);
-                    let (agent, worktree, uid) = (e.agent.clone(), e.worktree.clone(), e.stop_by);
-                    if let Some(mut s) = e.pending.take() {
-                        let _ = writeln!(s, "{}", json!({ "ok": true, "id": id, "status": status }));
-                    }
-                    self.sandboxes.remove(&id);
-                    self.audit.event("sandbox_stop", json!({ "id": id, "agent": agent, "worktree": worktree, "uid": uid, "outcome": status }));
-                }
-                continue;
-            }
-            if e.state == State::Running
-                && let Ok(Some(status)) = e.child.try_wait()
-            {
-                self.counters.health_failures += 1;
-                let agent = e.agent.clone();
-                self.audit.event("health_failure", json!({ "id": id, "agent": agent, "reason": format!("payload exited: {status}") }));
-                self.schedule_restart(&id);
-                continue;
-            }
-            if e.state == State::Restarting && e.restart_at.is_some_and(|t| now >= t) {
-                self.restart(&id);
-                continue;
-            }
-            if e.state == State::Running && now >= e.next_health {
-                e.next_health = now + self.health_interval;
-                let port = e.info["port"].as_u64().unwrap_or(0) as u16;
-                if !health_ok(port, &self.health_path) {
-                    e.failures += 1;
-                    self.counters.health_failures += 1;
-                    let (agent, failures) = (e.agent.clone(), e.failures);
-                    self.audit.event("health_failure", json!({ "id": id, "agent": agent, "reason": "health check failed", "consecutive": failures }));
-                    if failures >= self.health_failures {
-                        self.audit.event("health_alert", json!({ "id": id, "agent": agent, "consecutive": failures }));
-                        // SAFETY: SIGTERM to our own child; it is restarted below.
-                        unsafe { libc::kill(e.child.id() as i32, libc::SIGTERM) };
-                        let _ = wait_with_timeout(&mut e.child, Duration::from_secs(10));
+            match e.state {
+                State::Stopping => {
+                    let exited = match e.child.try_wait() {
+                        Ok(Some(s)) => Some(Some(s)),
+                        _ if e.stop_deadline.is_some_and(|t| now >= t) => Some(wait_with_timeout(&mut e.child, Duration::ZERO)),
+                        _ => None,
+                    };
+                    let Some(status) = exited else { continue };
+                    if e.after_exit == AfterExit::Restart {
                         self.schedule_restart(&id);
+                        continue;
                     }
-                } else {
-                    e.failures = 0;
+                    let status = describe(status);
+                    let fields = json!({ "id": id, "agent": e.rec.agent, "worktree": e.rec.worktree, "uid": e.stop_by, "outcome": status });
+                    if let Some(cid) = e.waiting.take() {
+                        self.answer(cid, json!({ "ok": true, "id": id, "status": status }));
+                    }
+                    self.audit.event("sandbox_stop", fields);
+                    self.remove(&id, true);
                 }
+                State::Running => {
+                    if let Ok(Some(status)) = e.child.try_wait() {
+                        self.counters.health_failures += 1;
+                        let fields = json!({ "id": id, "agent": e.rec.agent, "uid": e.rec.uid, "reason": format!("payload exited: {status}"),
+                                             "outcome": "restart" });
+                        self.audit.event("health_failure", fields);
+                        self.schedule_restart(&id);
+                    } else if e.probe.as_ref().is_some_and(|p| now >= p.deadline) {
+                        self.health_result(&id, false);
+                    } else if e.probe.is_none() && now >= e.next_health {
+                        e.next_health = now + self.health_interval;
+                        let port = e.info["port"].as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
+                        match Probe::start(port, &self.health_path) {
+                            Ok(p) => e.probe = Some(p),
+                            Err(_) => self.health_result(&id, false),
+                        }
+                    }
+                }
+                State::Restarting if e.restart_at.is_some_and(|t| now >= t) => self.restart(&id),
+                State::Restarting | State::Starting => {}
             }
         }
+    }
+
+    /// The outcome of one health check.
+    fn health_result(&mut self, id: &str, ok: bool) {
+        let Some(e) = self.sandboxes.get_mut(id) else { return };
+        e.probe = None;
+        if ok {
+            e.failures = 0;
+            return;
+        }
+        e.failures += 1;
+        self.counters.health_failures += 1;
+        let fields = json!({ "id": id, "agent": e.rec.agent, "uid": e.rec.uid, "reason": "health check failed", "consecutive": e.failures,
+                             "outcome": if e.failures >= self.health_failures { "restart" } else { "retry" } });
+        let alert = e.failures >= self.health_failures;
+        self.audit.event("health_failure", fields.clone());
+        if alert {
+            self.audit.event("health_alert", fields);
+            self.begin_stop(id, AfterExit::Restart);
+        }
+    }
+
+    /// SIGTERM to the launcher (which stops its sandbox); SIGKILL after STOP_GRACE.
+    fn begin_stop(&mut self, id: &str, after: AfterExit) {
+        let Some(e) = self.sandboxes.get_mut(id) else { return };
+        e.after_exit = after;
+        e.probe = None;
+        if e.state == State::Restarting {
+            // Nothing runs: a stop ends it at the next tick.
+            e.stop_deadline = Some(Instant::now());
+        } else if e.state != State::Stopping {
+            e.stop_deadline = Some(Instant::now() + STOP_GRACE);
+            // SAFETY: SIGTERM to our own child, the sandbox's launcher (not yet reaped: state is not Restarting).
+            unsafe { libc::kill(e.child.id() as i32, libc::SIGTERM) };
+        }
+        e.ready = None;
+        e.state = State::Stopping;
     }
 
     fn schedule_restart(&mut self, id: &str) {
         let Some(e) = self.sandboxes.get_mut(id) else { return };
         let _ = e.child.try_wait();
-        if !self.cfg.restart {
-            self.sandboxes.remove(id);
-            return;
+        if !self.cfg.restart || e.failed_starts >= MAX_FAILED_STARTS {
+            let outcome =
+                if self.cfg.restart { format!("given up after {MAX_FAILED_STARTS} failed starts") } else { "exited; restart is off".into() };
+            let fields = json!({ "id": id, "agent": e.rec.agent, "worktree": e.rec.worktree, "uid": e.rec.uid, "outcome": outcome });
+            self.audit.event("sandbox_stop", fields);
+            return self.remove(id, false);
         }
         // Back off: 1 s, 2 s, 4 s ... at most 30 s.
-        let delay = Duration::from_secs(1u64 << e.restarts.min(5)).min(Duration::from_secs(30));
+        let delay = Duration::from_secs(1u64 << e.rec.restarts.min(5)).min(Duration::from_secs(30));
         e.state = State::Restarting;
+        e.after_exit = AfterExit::Remove;
+        e.ready = None;
+        e.stop_deadline = None;
         e.restart_at = Some(Instant::now() + delay);
     }
 
     fn restart(&mut self, id: &str) {
         let Some(e) = self.sandboxes.get(id) else { return };
-        let (wt, argv) = (e.worktree.clone(), e.argv.clone());
-        match self.spawn(id, &wt, &argv) {
-            Ok((child, ready, _)) => {
+        match self.spawn(&e.rec, &e.log, &e.broker_fd) {
+            Ok((child, ready)) => {
                 self.counters.restarts += 1;
-                if let Some(e) = self.sandboxes.get_mut(id) {
-                    e.child = child;
-                    e.ready = Some(ready);
-                    e.state = State::Starting;
-                    e.restarts += 1;
-                    e.started = Instant::now();
-                    e.next_health = Instant::now() + self.health_interval;
+                let Some(e) = self.sandboxes.get_mut(id) else { return };
+                e.child = child;
+                e.ready = Some(ready);
+                e.state = State::Starting;
+                e.rec.restarts += 1;
+                e.rec.launcher = records::Process::of(e.child.id() as i32);
+                e.started = Instant::now();
+                if let Err(err) = records::save(&self.cfg.state_dir, &e.rec) {
+                    tracing::error!(id, error = %err, "could not update the sandbox record");
                 }
             }
             Err(err) => {
                 self.audit.event("sandbox_restart", json!({ "id": id, "outcome": "failed", "error": err }));
+                if let Some(e) = self.sandboxes.get_mut(id) {
+                    e.failed_starts += 1;
+                }
                 self.schedule_restart(id);
             }
         }
     }
 
-    fn serve_metrics(&mut self) {
-        let Some(l) = &self.metrics else { return };
-        while let Ok((mut s, _)) = l.accept() {
-            let _ = s.set_nonblocking(false);
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf);
-            let body = self.metrics_text();
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+    /// Forget a sandbox whose launcher has exited: its record, its counters
+    /// (kept in the totals) and, with `remove_log`, its log (a failed one's is
+    /// kept for the post-mortem).
+    fn remove(&mut self, id: &str, remove_log: bool) {
+        let Some(mut e) = self.sandboxes.remove(id) else { return };
+        records::remove(&self.cfg.state_dir, id);
+        self.counters.retire(&e.broker);
+        e.log.drain();
+        if remove_log {
+            e.log.remove();
+        }
+        if let Some(cid) = e.waiting.take() {
+            self.answer(cid, json!({ "ok": false, "error": format!("sandbox {id} is gone") }));
+        }
+    }
+
+    fn accept_scrapers(&mut self) {
+        while let Some(Ok((s, _))) = self.metrics.as_ref().map(std::net::TcpListener::accept) {
+            if self.scrapers.len() >= MAX_CLIENTS || s.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let cid = self.conn_id();
+            self.scrapers.insert(cid, Conn::new(s, 0));
+            self.on_scraper(cid);
+        }
+    }
+
+    /// Read the HTTP request head, then send the metrics whatever was asked.
+    fn on_scraper(&mut self, cid: u64) {
+        let Some(c) = self.scrapers.get_mut(&cid) else { return };
+        let done = match c.phase {
+            Phase::Reading => match c.read(MAX_SCRAPE_REQUEST, b"\r\n\r\n") {
+                Input::Partial => false,
+                Input::Bad(_) => true,
+                Input::Line(_) => {
+                    let body = self.metrics_text();
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    self.scrapers.get_mut(&cid).is_none_or(|c| c.reply(response.into_bytes()))
+                }
+            },
+            _ => c.flush(),
+        };
+        if done {
+            self.scrapers.remove(&cid);
         }
     }
 
     /// Prometheus text exposition format.
     pub fn metrics_text(&self) -> String {
-        let mut o = String::new();
         let count = |state: State| self.sandboxes.values().filter(|e| e.state == state).count();
         let by_state = [
             ("starting", count(State::Starting)),
@@ -570,74 +819,72 @@ impl Daemon {
             ("restarting", count(State::Restarting)),
             ("stopping", count(State::Stopping)),
         ];
-        o.push_str("# HELP swarmcell_sandboxes Sandboxes by state.\n# TYPE swarmcell_sandboxes gauge\n");
-        for (s, n) in by_state {
-            o.push_str(&format!("swarmcell_sandboxes{{state=\"{s}\"}} {n}\n"));
-        }
-        for (name, help, v) in [
-            ("swarmcell_launches_total", "Sandboxes launched.", self.counters.launches),
-            ("swarmcell_restarts_total", "Sandboxes restarted.", self.counters.restarts),
-            ("swarmcell_health_failures_total", "Failed health checks and payload exits.", self.counters.health_failures),
-            ("swarmcell_auth_denied_total", "Refused control connections.", self.counters.auth_denied),
-        ] {
-            o.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"));
-        }
-        o.push_str("# HELP swarmcell_launch_seconds Launch to healthy.\n# TYPE swarmcell_launch_seconds histogram\n");
-        for (b, n) in LATENCY_BUCKETS.iter().zip(self.counters.launch_latency) {
-            o.push_str(&format!("swarmcell_launch_seconds_bucket{{le=\"{b}\"}} {n}\n"));
-        }
-        o.push_str(&format!("swarmcell_launch_seconds_bucket{{le=\"+Inf\"}} {}\n", self.counters.launch_latency_count));
-        o.push_str(&format!("swarmcell_launch_seconds_sum {}\n", self.counters.launch_latency_sum));
-        o.push_str(&format!("swarmcell_launch_seconds_count {}\n", self.counters.launch_latency_count));
-        o.push_str("# HELP swarmcell_sandbox_memory_bytes Memory charged to a sandbox's cgroup.\n# TYPE swarmcell_sandbox_memory_bytes gauge\n");
-        let mut pids = String::from("# HELP swarmcell_sandbox_pids Processes in a sandbox's cgroup.\n# TYPE swarmcell_sandbox_pids gauge\n");
-        let mut cpu = String::from(
-            "# HELP swarmcell_sandbox_cpu_seconds_total CPU time used by a sandbox's cgroup.\n# TYPE swarmcell_sandbox_cpu_seconds_total counter\n",
-        );
-        for (id, e) in &self.sandboxes {
-            for dir in e.info["cgroups"].as_array().into_iter().flatten().filter_map(Value::as_str) {
-                let dir = std::path::Path::new(dir);
-                for file in ["memory.current", "memory.usage_in_bytes"] {
-                    if let Ok(v) = std::fs::read_to_string(dir.join(file)) {
-                        o.push_str(&format!("swarmcell_sandbox_memory_bytes{{id=\"{id}\"}} {}\n", v.trim()));
-                    }
-                }
-                if let Ok(v) = std::fs::read_to_string(dir.join("pids.current")) {
-                    pids.push_str(&format!("swarmcell_sandbox_pids{{id=\"{id}\"}} {}\n", v.trim()));
-                }
-                // v1 cpuacct.usage is in ns; v2 cpu.stat usage_usec in µs.
-                let used =
-                    std::fs::read_to_string(dir.join("cpuacct.usage")).ok().and_then(|v| v.trim().parse::<f64>().ok()).map(|ns| ns / 1e9).or_else(
-                        || {
-                            std::fs::read_to_string(dir.join("cpu.stat"))
-                                .ok()?
-                                .lines()
-                                .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse::<f64>().ok())
-                                .map(|us| us / 1e6)
-                        },
-                    );
-                if let Some(secs) = used {
-                    cpu.push_str(&format!("swarmcell_sandbox_cpu_seconds_total{{id=\"{id}\"}} {secs}\n"));
-                }
-            }
-        }
-        o + &pids + &cpu
+        let views: Vec<metrics::SandboxView> = self
+            .sandboxes
+            .iter()
+            .map(|(id, e)| metrics::SandboxView {
+                id,
+                cgroups: if e.state == State::Running {
+                    e.info["cgroups"].as_array().into_iter().flatten().filter_map(Value::as_str).collect()
+                } else {
+                    vec![]
+                },
+                broker: &e.broker,
+            })
+            .collect();
+        metrics::render(&self.counters, &by_state, &views)
     }
 
+    /// Stop every sandbox (SIGTERM to all, one shared grace period, then SIGKILL)
+    /// and forget their records: a stopped daemon relaunches nothing.
     fn shutdown(&mut self) {
         let ids: Vec<String> = self.sandboxes.keys().cloned().collect();
-        for e in self.sandboxes.values_mut() {
-            e.state = State::Stopping;
-            // SAFETY: SIGTERM to our own children.
-            unsafe { libc::kill(e.child.id() as i32, libc::SIGTERM) };
+        for id in &ids {
+            self.begin_stop(id, AfterExit::Remove);
         }
+        let deadline = Instant::now() + STOP_GRACE;
         for e in self.sandboxes.values_mut() {
-            let _ = wait_with_timeout(&mut e.child, Duration::from_secs(10));
+            let _ = wait_with_timeout(&mut e.child, deadline.saturating_duration_since(Instant::now()));
         }
-        self.sandboxes.clear();
+        for id in &ids {
+            if let Some(e) = self.sandboxes.get_mut(id)
+                && let Some(cid) = e.waiting.take()
+            {
+                self.answer(cid, json!({ "ok": false, "error": "the daemon is shutting down" }));
+            }
+            self.remove(id, true);
+        }
         let _ = std::fs::remove_file(&self.cfg.socket);
         self.audit.event("server_shutdown", json!({ "stopped": ids, "outcome": "ok" }));
     }
+}
+
+/// The control socket, mode 0660 (group: `socket_group`). A socket file left by
+/// a dead daemon is replaced; one a live daemon answers on is not.
+fn bind_control_socket(cfg: &Config) -> Result<UnixListener, String> {
+    let path = &cfg.socket;
+    let err = |e: std::io::Error| format!("control socket {}: {e}", path.display());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(format!("control socket {}: another daemon is listening on it", path.display()));
+            }
+            std::fs::remove_file(path).map_err(err)?;
+        }
+        Ok(_) => return Err(format!("control socket {} exists and is not a socket", path.display())),
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    if let Some(gid) = cfg.socket_group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
+    }
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok(listener)
 }
 
 /// "exit N" or "signal N".
@@ -665,7 +912,7 @@ fn drain_signals(sfd: &OwnedFd) -> bool {
     }
 }
 
-/// One descriptor or so per sandbox: lift the soft limit to the hard one.
+/// A few descriptors per sandbox: lift the soft limit to the hard one.
 fn raise_nofile() {
     // SAFETY: rlimit is plain data; get then set our own limit.
     unsafe {
@@ -677,13 +924,14 @@ fn raise_nofile() {
     }
 }
 
+/// Wait for a child up to `timeout`, then SIGKILL it and reap it.
 fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
     let start = Instant::now();
     loop {
         if let Ok(Some(s)) = child.try_wait() {
             return Some(s);
         }
-        if start.elapsed() > timeout {
+        if start.elapsed() >= timeout {
             let _ = child.kill();
             return child.wait().ok();
         }
@@ -691,27 +939,17 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<std::proces
     }
 }
 
-/// One health request through the sandbox's port, with a 1 s timeout.
-fn health_ok(port: u16, path: &str) -> bool {
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&std::net::SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(1)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    if write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 16];
-    matches!(s.read(&mut buf), Ok(n) if n >= 12 && buf[9] == b'2')
-}
-
 /// `swarmcell ctl`: send one request, print the response.
-pub fn ctl(socket: &std::path::Path, req: &Request) -> Result<Value, String> {
+pub fn ctl(socket: &Path, req: &Request) -> Result<Value, String> {
     let mut s = UnixStream::connect(socket).map_err(|e| format!("control socket {}: {e}", socket.display()))?;
     let line = serde_json::to_string(req).map_err(|e| e.to_string())?;
     // A refused peer is answered without being read: the answer is still there
     // to read when the write fails.
     let _ = writeln!(s, "{line}");
     let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).map_err(|e| e.to_string())?;
+    BufReader::new(s).read_line(&mut line).map_err(|e| format!("control socket {}: {e}", socket.display()))?;
+    if line.is_empty() {
+        return Err(format!("control socket {}: the daemon closed the connection without an answer", socket.display()));
+    }
     serde_json::from_str(line.trim()).map_err(|e| format!("bad response {line:?}: {e}"))
 }

@@ -35,6 +35,8 @@ pub struct RunRequest {
     pub extra_ro: Vec<PathBuf>,
     pub extra_rw: Vec<PathBuf>,
     pub ready_fd: Option<RawFd>,
+    /// A sealed memfd page for the broker's counters (the daemon reads it).
+    pub stats_fd: Option<RawFd>,
     /// Host uid/gid that owns what the sandbox writes (default: the worktree's owner).
     pub uid: Option<u32>,
     pub gid: Option<u32>,
@@ -101,6 +103,8 @@ pub enum BrokerMode {
 pub enum PortChoice {
     None,
     Auto,
+    /// This one when it can be had, else the next free one.
+    Prefer(u16),
     Fixed(u16),
 }
 
@@ -267,6 +271,11 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         return invalid("swarmcell run must run as root: it maps every sandbox to its own unprivileged host uid");
     }
     let ready = take_ready_fd(req.ready_fd)?;
+    let broker_stats = match req.stats_fd {
+        Some(fd) => crate::broker_stats::SharedCounters::adopt(fd),
+        None => crate::broker_stats::SharedCounters::private(),
+    }
+    .map_err(|e| RunError::Invalid(e.to_string()))?;
     let wt = resolve_worktree(&req.worktree)?;
     let (uid, gid) = inside_ids(req, &wt)?;
     let id = super::new_sandbox_id();
@@ -284,6 +293,9 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     let host_port = match req.port {
         PortChoice::None => None,
         PortChoice::Auto => Some(crate::ports::allocate(&req.state_dir, req.port_range)?),
+        PortChoice::Prefer(p) => {
+            Some(crate::ports::take(&req.state_dir, req.port_range, p).or_else(|_| crate::ports::allocate(&req.state_dir, req.port_range))?)
+        }
         PortChoice::Fixed(p) => Some(crate::ports::take(&req.state_dir, req.port_range, p)?),
     };
     let env = environment(&req.policy, &id, host_port.as_ref().map(|p| p.port));
@@ -340,7 +352,7 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         other => other.map_err(Fallback::into_error)?,
     };
     tracing::info!(sandbox = %id, pid = sandbox.pid, host_uid = sandbox.host_uid, cgroup_version = cgroup.version(), "sandbox started");
-    let mut network = Network::start(req, &id, host_port.as_ref(), &mut sandbox)?;
+    let mut network = Network::start(req, &id, host_port.as_ref(), &mut sandbox, std::sync::Arc::new(broker_stats))?;
     let ready_info = ReadyInfo { id: &id, port: host_port.as_ref().map(|p| p.port), cgroups: cgroup.paths() };
     let status = sandbox.wait(&signals, ready, &ready_info, &mut network, req.stop_timeout);
     network.finish();
@@ -366,6 +378,8 @@ struct Network<'a> {
     netns: Option<crate::broker::Netns>,
     handed_off: std::sync::Arc<std::sync::atomic::AtomicBool>,
     relay: Option<crate::broker::Broker>,
+    /// The inbound broker's counters (relay mode; a handoff has no data path to count).
+    relay_stats: std::sync::Arc<crate::broker_stats::SharedCounters>,
     handoff: Option<crate::handoff::Handoff>,
     outbound: Vec<crate::broker::Broker>,
     proxies: Vec<crate::egress::Proxy>,
@@ -373,7 +387,13 @@ struct Network<'a> {
 }
 
 impl<'a> Network<'a> {
-    fn start(req: &'a RunRequest, id: &str, lease: Option<&'a crate::ports::PortLease>, sandbox: &mut Sandbox) -> Result<Network<'a>, RunError> {
+    fn start(
+        req: &'a RunRequest,
+        id: &str,
+        lease: Option<&'a crate::ports::PortLease>,
+        sandbox: &mut Sandbox,
+        relay_stats: std::sync::Arc<crate::broker_stats::SharedCounters>,
+    ) -> Result<Network<'a>, RunError> {
         let inner = req.policy.network.inner_port;
         let mut net = Network {
             req,
@@ -382,6 +402,7 @@ impl<'a> Network<'a> {
             netns: sandbox.netns.clone(),
             handed_off: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
             relay: None,
+            relay_stats,
             handoff: None,
             outbound: Vec::new(),
             proxies: Vec::new(),
@@ -390,7 +411,8 @@ impl<'a> Network<'a> {
         for (kind, listener) in std::mem::take(&mut sandbox.outbound) {
             match kind {
                 Outbound::Forward(p) => net.outbound.push(
-                    crate::broker::Broker::start(listener, crate::broker::Dest::Host(p), req.max_connections)
+                    crate::broker_stats::SharedCounters::private()
+                        .and_then(|stats| crate::broker::Broker::start(listener, crate::broker::Dest::Host(p), req.max_connections, stats.into()))
                         .map_err(|e| RunError::Setup(format!("outbound forward {p}: {e}")))?,
                 ),
                 Outbound::Proxy => net.proxies.push(
@@ -401,7 +423,7 @@ impl<'a> Network<'a> {
         }
         if let (Some(lease), Some(ns)) = (lease, &net.netns) {
             if req.broker == BrokerMode::Relay {
-                net.relay = Some(start_relay(lease, ns, inner, req.max_connections)?);
+                net.relay = Some(start_relay(lease, ns, inner, req.max_connections, &net.relay_stats)?);
             }
             let check = match (req.health, req.broker) {
                 (HealthMode::Http, _) => crate::health::Check::Http { port: lease.port, path: req.policy.health.path.clone() },
@@ -431,7 +453,7 @@ impl<'a> Network<'a> {
             Ok(h) => self.handoff = Some(h),
             Err(e) => {
                 tracing::warn!(sandbox = %self.id, error = %e, "socket handoff unavailable; relaying connections instead");
-                self.relay = start_relay(lease, ns, inner, self.req.max_connections).ok();
+                self.relay = start_relay(lease, ns, inner, self.req.max_connections, &self.relay_stats).ok();
             }
         }
     }
@@ -444,9 +466,15 @@ impl<'a> Network<'a> {
     }
 }
 
-fn start_relay(lease: &crate::ports::PortLease, ns: &crate::broker::Netns, inner: u16, max: usize) -> Result<crate::broker::Broker, RunError> {
+fn start_relay(
+    lease: &crate::ports::PortLease,
+    ns: &crate::broker::Netns,
+    inner: u16,
+    max: usize,
+    stats: &std::sync::Arc<crate::broker_stats::SharedCounters>,
+) -> Result<crate::broker::Broker, RunError> {
     let listener = lease.listener.try_clone().map_err(|e| RunError::Setup(format!("broker listener: {e}")))?;
-    crate::broker::Broker::start(listener, crate::broker::Dest::Inside(ns.clone(), inner), max)
+    crate::broker::Broker::start(listener, crate::broker::Dest::Inside(ns.clone(), inner), max, stats.clone())
         .map_err(|e| RunError::Setup(format!("starting the broker: {e}")))
 }
 

@@ -187,6 +187,34 @@ pub fn assert_no_sandbox_left() {
     }
 }
 
+/// What sandboxes hold on the host now, by name: cgroups (sandbox ids), port
+/// leases, sandbox-id leases, and how many sandbox processes run.
+#[derive(Debug)]
+pub struct Held {
+    pub cgroups: std::collections::BTreeSet<String>,
+    pub ports: std::collections::BTreeSet<u16>,
+    pub sandbox_leases: std::collections::BTreeSet<String>,
+    pub processes: usize,
+}
+
+pub fn held() -> Held {
+    let locks = |dir: &str| -> Vec<String> {
+        std::fs::read_dir(format!("/run/swarmcell/{dir}"))
+            .map(|d| d.flatten().filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".lock").map(String::from)).collect())
+            .unwrap_or_default()
+    };
+    let layout = swarmcell::cgroups::Layout::detect().expect("cgroups");
+    Held {
+        cgroups: swarmcell::cgroups::sandbox_dirs(&layout, "swarmcell")
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect(),
+        ports: locks("ports").iter().filter_map(|p| p.parse().ok()).collect(),
+        sandbox_leases: locks("sandboxes").into_iter().collect(),
+        processes: sandbox_processes().len(),
+    }
+}
+
 /// Sandbox processes, held lock files and sandbox cgroups, described.
 fn leftovers() -> Vec<String> {
     let mut left = sandbox_processes();

@@ -1,0 +1,154 @@
+//! A client of the daemon (control socket, or metrics scraper) as the poll loop
+//! sees it: a non-blocking socket, the request being read up to its terminator,
+//! and the reply being written. No client can hold up the loop: an idle or
+//! slow one only has a deadline.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+/// How long a client has to send its request, and to take its reply.
+pub const DEADLINE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the request line.
+    Reading,
+    /// Its request is in progress (a launch waiting for health, a stop waiting
+    /// for the exit); not polled, answered by the daemon later.
+    Waiting,
+    /// Writing the reply; closed when it is out.
+    Replying,
+}
+
+pub struct Conn<S> {
+    stream: S,
+    pub uid: u32,
+    pub phase: Phase,
+    pub deadline: Instant,
+    input: Vec<u8>,
+    output: Vec<u8>,
+}
+
+/// What reading produced.
+pub enum Input {
+    /// Not a whole line yet.
+    Partial,
+    Line(Vec<u8>),
+    /// Longer than the limit, closed early, or a read error.
+    Bad(&'static str),
+}
+
+impl<S: Read + Write + AsRawFd> Conn<S> {
+    /// `stream` must be non-blocking already.
+    pub fn new(stream: S, uid: u32) -> Conn<S> {
+        Conn { stream, uid, phase: Phase::Reading, deadline: Instant::now() + DEADLINE, input: Vec::new(), output: Vec::new() }
+    }
+
+    /// The poll entry, or None when this connection is not to be polled.
+    pub fn pollfd(&self) -> Option<libc::pollfd> {
+        let events = match self.phase {
+            Phase::Reading => libc::POLLIN,
+            Phase::Replying => libc::POLLOUT,
+            // Not polled: a client that hangs up while waiting would make poll
+            // report POLLHUP on every round.
+            Phase::Waiting => return None,
+        };
+        Some(libc::pollfd { fd: self.stream.as_raw_fd(), events, revents: 0 })
+    }
+
+    /// Read what is there, up to `limit` bytes ending with `terminator`.
+    pub fn read(&mut self, limit: usize, terminator: &[u8]) -> Input {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => return Input::Bad("closed before a whole request"),
+                Ok(n) => {
+                    self.input.extend_from_slice(&buf[..n]);
+                    if let Some(at) = self.input.windows(terminator.len()).position(|w| w == terminator) {
+                        let end = at + terminator.len();
+                        return if end > limit + terminator.len() {
+                            Input::Bad("request too large")
+                        } else {
+                            Input::Line(self.input.drain(..end).collect())
+                        };
+                    }
+                    if self.input.len() > limit {
+                        return Input::Bad("request too large");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Input::Partial,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return Input::Bad("unreadable request"),
+            }
+        }
+    }
+
+    /// Queue the reply and start writing it; true when it is all out (or the
+    /// client is gone) and the connection can be dropped.
+    pub fn reply(&mut self, output: Vec<u8>) -> bool {
+        self.output = output;
+        self.phase = Phase::Replying;
+        self.deadline = Instant::now() + DEADLINE;
+        self.flush()
+    }
+
+    /// Write what is pending; true when done (all written, or the client is gone).
+    pub fn flush(&mut self) -> bool {
+        while !self.output.is_empty() {
+            match self.stream.write(&self.output) {
+                Ok(n) => {
+                    self.output.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return true,
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    fn conn(s: UnixStream) -> Conn<UnixStream> {
+        s.set_nonblocking(true).unwrap();
+        Conn::new(s, 0)
+    }
+
+    #[test]
+    fn a_request_line_arrives_in_pieces_and_a_long_one_is_cut_off() {
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let mut c = conn(server);
+        assert!(matches!(c.read(100, b"\n"), Input::Partial));
+        client.write_all(b"{\"cmd\":").unwrap();
+        assert!(matches!(c.read(100, b"\n"), Input::Partial));
+        client.write_all(b"\"list\"}\n").unwrap();
+        assert!(matches!(c.read(100, b"\n"), Input::Line(l) if l == b"{\"cmd\":\"list\"}\n"));
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let mut c = conn(server);
+        client.write_all(&[b'x'; 200]).unwrap();
+        assert!(matches!(c.read(100, b"\n"), Input::Bad("request too large")));
+    }
+
+    #[test]
+    fn a_reply_larger_than_the_socket_buffer_is_written_as_the_client_reads() {
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let mut c = conn(server);
+        let big = vec![b'y'; 4 << 20];
+        assert!(!c.reply(big.clone()), "4 MiB do not fit in a socket buffer");
+        let reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            client.read_to_string(&mut s).unwrap();
+            s
+        });
+        while !c.flush() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(c);
+        assert_eq!(reader.join().unwrap().len(), big.len());
+    }
+}
