@@ -40,15 +40,19 @@ impl Lease {
     /// Take the lock at `path`, or `None` when someone holds it.
     pub fn try_acquire(path: &Path) -> Result<Option<Lease>, LeaseError> {
         let io = |source| LeaseError::Io { path: path.into(), source };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(io)?;
+        let open = |create: bool| {
+            OpenOptions::new().read(true).write(true).create(create).truncate(false).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(path)
+        };
+        let file = match open(false) {
+            // It exists: held, or left by a holder that was killed.
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match create_locked(path).map_err(io)? {
+                Some(file) => return Ok(Some(Lease { path: path.into(), file: Some(file) })),
+                // Created by someone else meanwhile, or no O_TMPFILE here.
+                None => open(true).map_err(io)?,
+            },
+            Err(e) => return Err(io(e)),
+        };
         // SAFETY: flock on an fd we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let e = std::io::Error::last_os_error();
@@ -63,9 +67,36 @@ impl Lease {
     }
 }
 
-/// Take a lock that should be free (a fresh, random name): a concurrent
-/// [`sweep`] may remove the file between our open and flock, so try again a few
-/// times before concluding someone really holds it.
+/// A new lock file at `path`, already locked when it appears: an unnamed file
+/// (O_TMPFILE) is locked, then linked into place. No sweeper can find it
+/// unlocked between creation and `flock` (which, with 1001 launchers sweeping
+/// at once, made fresh leases fail). `None` when `path` exists.
+fn create_locked(path: &Path) -> std::io::Result<Option<File>> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file = match OpenOptions::new().read(true).write(true).mode(0o600).custom_flags(libc::O_TMPFILE).open(dir) {
+        Ok(f) => f,
+        // A filesystem without O_TMPFILE: the caller's open-then-lock path.
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) || e.raw_os_error() == Some(libc::EISDIR) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // SAFETY: flock on an fd we own; nobody else can reach this unnamed inode.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let from = crate::sys::cstring(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(|e| std::io::Error::from_raw_os_error(e.errno as i32))?;
+    let to = crate::sys::cstring(path).map_err(|e| std::io::Error::from_raw_os_error(e.errno as i32))?;
+    // SAFETY: linkat with two NUL-terminated paths; AT_SYMLINK_FOLLOW resolves the /proc fd link to the inode.
+    if unsafe { libc::linkat(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::EEXIST) { Ok(None) } else { Err(e) };
+    }
+    Ok(Some(file))
+}
+
+/// Take a lock that should be free (a fresh, random name). Where the file
+/// system has no O_TMPFILE, a concurrent [`sweep`] may remove the file between
+/// our open and flock, so try again a few times before concluding someone
+/// really holds it.
 pub fn acquire_fresh(path: &Path) -> Result<Option<Lease>, LeaseError> {
     for _ in 0..5 {
         if let Some(l) = Lease::try_acquire(path)? {
@@ -111,4 +142,48 @@ pub fn ensure_private_dir(path: &Path) -> Result<(), LeaseError> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn a_fresh_lease_is_never_taken_away_by_a_sweeper_running_at_the_same_time() {
+        let dir = std::env::temp_dir().join(format!("swarmcell-lease-{}-{}", std::process::id(), crate::launch::random_u32()));
+        ensure_private_dir(&dir).unwrap();
+        let stop = AtomicBool::new(false);
+        let (refused, stolen) = std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = sweep(&dir);
+                }
+            });
+            let (mut refused, mut stolen) = (0, 0);
+            for i in 0..3000 {
+                let path = dir.join(format!("{i}.lock"));
+                let lease = Lease::try_acquire(&path).ok().flatten();
+                refused += usize::from(lease.is_none());
+                // Held: a sweeper leaves it alone, and another taker is refused.
+                stolen += usize::from(lease.is_some() && !matches!(Lease::try_acquire(&path), Ok(None)));
+            }
+            stop.store(true, Ordering::Relaxed);
+            (refused, stolen)
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!((refused, stolen), (0, 0), "fresh leases refused, held leases taken");
+    }
+
+    #[test]
+    fn a_lock_file_left_by_a_killed_holder_is_taken_over() {
+        let dir = std::env::temp_dir().join(format!("swarmcell-lease-{}-{}", std::process::id(), crate::launch::random_u32()));
+        ensure_private_dir(&dir).unwrap();
+        let path = dir.join("8000.lock");
+        std::fs::write(&path, "").unwrap();
+        let lease = Lease::try_acquire(&path).unwrap().expect("an unheld file is free");
+        drop(lease);
+        assert!(!path.exists(), "released leases unlink their file");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -17,6 +17,7 @@ pub struct Counters {
     pub launch_latency_count: u64,
     pub launches: u64,
     pub restarts: u64,
+    pub health_checks: u64,
     pub health_failures: u64,
     pub auth_denied: u64,
     /// Broker totals of sandboxes that are gone (live ones are added when rendering).
@@ -66,6 +67,7 @@ pub fn render(c: &Counters, by_state: &[(&str, usize)], sandboxes: &[SandboxView
     for (name, help, v) in [
         ("swarmcell_launches_total", "Sandboxes launched.", c.launches),
         ("swarmcell_restarts_total", "Sandboxes restarted.", c.restarts),
+        ("swarmcell_health_checks_total", "Health checks made.", c.health_checks),
         ("swarmcell_health_failures_total", "Failed health checks and payload exits.", c.health_failures),
         ("swarmcell_auth_denied_total", "Refused control connections.", c.auth_denied),
     ] {

@@ -90,8 +90,9 @@ struct Entry {
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Starts in a row that may fail before a sandbox is given up.
 const MAX_FAILED_STARTS: u32 = 5;
-/// Most control clients and metrics scrapers served at once; more are closed.
-const MAX_CLIENTS: usize = 256;
+/// Most control clients and metrics scrapers being read or answered at once
+/// (each holds a descriptor and up to MAX_REQUEST bytes); more are closed.
+const MAX_CLIENTS: usize = 2048;
 /// Largest metrics request head read.
 const MAX_SCRAPE_REQUEST: usize = 8 * 1024;
 
@@ -113,6 +114,9 @@ pub struct Daemon {
     secret_names: Vec<String>,
     /// Held while the daemon runs: one daemon per state directory.
     _instance: crate::lease::Lease,
+    /// A SIGCHLD came: look for launchers that exited (only then, so that a
+    /// wake-up costs no syscall per sandbox).
+    reap_due: bool,
 }
 
 /// What a poll entry belongs to.
@@ -170,6 +174,7 @@ impl Daemon {
             health_path: policy.health.path.clone(),
             secret_names: policy.process.env.clone(),
             _instance: instance,
+            reap_due: false,
             cfg,
         };
         d.recover();
@@ -269,9 +274,13 @@ impl Daemon {
             let timeout = self.next_due().map_or(-1, |t| t.saturating_duration_since(Instant::now()).as_millis().min(60_000) as i32);
             // SAFETY: fds is a valid array of pollfds.
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-            if fds[0].revents != 0 && drain_signals(&sfd) {
-                self.shutdown();
-                return Ok(());
+            if fds[0].revents != 0 {
+                let (stop, child) = drain_signals(&sfd);
+                if stop {
+                    self.shutdown();
+                    return Ok(());
+                }
+                self.reap_due |= child;
             }
             if fds[1].revents != 0 {
                 self.accept_clients();
@@ -577,6 +586,8 @@ impl Daemon {
         e.state = State::Running;
         e.failures = 0;
         e.failed_starts = 0;
+        // Its SIGCHLD may have been read while it was still starting.
+        self.reap_due = true;
         e.next_health = Instant::now() + self.health_interval;
         let out = json!({ "ok": true, "id": id, "port": e.info["port"], "pid": e.info["pid"], "sandbox": e.info["id"] });
         let fields = json!({ "id": id, "agent": e.rec.agent, "uid": e.rec.uid, "worktree": e.rec.worktree, "port": out["port"],
@@ -629,6 +640,7 @@ impl Daemon {
     /// Deadlines, exits, restarts and health checks.
     fn tick(&mut self) {
         let now = Instant::now();
+        let reap = std::mem::take(&mut self.reap_due);
         self.clients.retain(|_, c| c.phase == Phase::Waiting || now < c.deadline);
         self.scrapers.retain(|_, c| now < c.deadline);
         let ids: Vec<String> = self.sandboxes.keys().cloned().collect();
@@ -636,7 +648,7 @@ impl Daemon {
             let Some(e) = self.sandboxes.get_mut(&id) else { continue };
             match e.state {
                 State::Stopping => {
-                    let exited = match e.child.try_wait() {
+                    let exited = match if reap { e.child.try_wait() } else { Ok(None) } {
                         Ok(Some(s)) => Some(Some(s)),
                         _ if e.stop_deadline.is_some_and(|t| now >= t) => Some(wait_with_timeout(&mut e.child, Duration::ZERO)),
                         _ => None,
@@ -648,14 +660,16 @@ impl Daemon {
                     }
                     let status = describe(status);
                     let fields = json!({ "id": id, "agent": e.rec.agent, "worktree": e.rec.worktree, "uid": e.stop_by, "outcome": status });
-                    if let Some(cid) = e.waiting.take() {
-                        self.answer(cid, json!({ "ok": true, "id": id, "status": status }));
-                    }
+                    // Answered once everything is gone: record, log, counters.
+                    let waiting = e.waiting.take();
                     self.audit.event("sandbox_stop", fields);
                     self.remove(&id, true);
+                    if let Some(cid) = waiting {
+                        self.answer(cid, json!({ "ok": true, "id": id, "status": status }));
+                    }
                 }
                 State::Running => {
-                    if let Ok(Some(status)) = e.child.try_wait() {
+                    if let Some(status) = reap.then(|| e.child.try_wait().ok().flatten()).flatten() {
                         self.counters.health_failures += 1;
                         let fields = json!({ "id": id, "agent": e.rec.agent, "uid": e.rec.uid, "reason": format!("payload exited: {status}"),
                                              "outcome": "restart" });
@@ -666,6 +680,7 @@ impl Daemon {
                     } else if e.probe.is_none() && now >= e.next_health {
                         e.next_health = now + self.health_interval;
                         let port = e.info["port"].as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
+                        self.counters.health_checks += 1;
                         match Probe::start(port, &self.health_path) {
                             Ok(p) => e.probe = Some(p),
                             Err(_) => self.health_result(&id, false),
@@ -896,9 +911,9 @@ fn describe(status: Option<std::process::ExitStatus>) -> String {
     }
 }
 
-/// Read every pending signal; true when one asks the daemon to stop.
-fn drain_signals(sfd: &OwnedFd) -> bool {
-    let mut stop = false;
+/// Read every pending signal: (one asks the daemon to stop, a child exited).
+fn drain_signals(sfd: &OwnedFd) -> (bool, bool) {
+    let (mut stop, mut child) = (false, false);
     loop {
         // SAFETY: signalfd_siginfo is plain data; read into it.
         let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
@@ -906,9 +921,10 @@ fn drain_signals(sfd: &OwnedFd) -> bool {
         // SAFETY: reading into a correctly sized buffer.
         let n = unsafe { libc::read(sfd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
         if n != size as isize {
-            return stop;
+            return (stop, child);
         }
         stop |= info.ssi_signo == libc::SIGTERM as u32 || info.ssi_signo == libc::SIGINT as u32;
+        child |= info.ssi_signo == libc::SIGCHLD as u32;
     }
 }
 
