@@ -105,3 +105,25 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_config_is_valid_and_matches_the_defaults() {
+        let c: Config = toml::from_str(include_str!("../../systemd/daemon.toml.example")).unwrap();
+        c.validate().unwrap();
+        let d = Config::default();
+        assert_eq!((&c.socket, &c.state_dir, &c.log_dir, c.recover, c.log_max), (&d.socket, &d.state_dir, &d.log_dir, d.recover, d.log_max));
+    }
+
+    #[test]
+    fn relative_paths_tiny_logs_and_public_metrics_are_refused() {
+        let bad = |text: &str| toml::from_str::<Config>(text).map_err(|e| e.to_string()).and_then(|c| c.validate()).unwrap_err();
+        assert!(bad("state_dir = \"run\"").contains("absolute"));
+        assert!(bad("log_max = \"1K\"").contains("log_max"));
+        assert!(bad("metrics = \"0.0.0.0:9464\"").contains("loopback"));
+        assert!(bad("recover = \"adopt\"").contains("unknown variant"));
+    }
+}
