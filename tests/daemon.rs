@@ -23,8 +23,8 @@ struct Daemon {
 
 impl Daemon {
     /// A daemon on a socket, state directory, log directory and audit log under
-    /// the fixture, allowing the swarmcell binary (for `__probe serve`) below
-    /// the fixture's `base`.
+    /// the fixture, allowing the swarmcell binary (for `__probe serve`) and
+    /// `yes` below the fixture's `base`.
     fn start(f: &Fixture) -> Daemon {
         Daemon::start_with(f, "", "")
     }
@@ -46,7 +46,7 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "socket = {:?}\nsocket_group = {OWNER}\nallowed_uids = [0]\nworktree_base = {:?}\ncommands = [{:?}]\npolicy = {:?}\naudit_log = {:?}\nmetrics = \"127.0.0.1:{metrics}\"\nstate_dir = {:?}\nlog_dir = {:?}\n{config_extra}",
+                "socket = {:?}\nsocket_group = {OWNER}\nallowed_uids = [0]\nworktree_base = {:?}\ncommands = [{:?}, \"/usr/bin/yes\"]\npolicy = {:?}\naudit_log = {:?}\nmetrics = \"127.0.0.1:{metrics}\"\nstate_dir = {:?}\nlog_dir = {:?}\n{config_extra}",
                 d.socket,
                 base,
                 bin(),
@@ -305,6 +305,27 @@ fn a_payload_that_stops_answering_is_restarted_after_failed_health_checks() {
     assert!(http_get(l["port"].as_u64().unwrap() as u16, GET).starts_with(b"HTTP/1.1 200"));
     d.stop();
     assert_no_sandbox_left();
+}
+
+#[test]
+fn a_sandbox_that_prints_without_end_costs_at_most_twice_log_max_of_disk() {
+    let f = Fixture::new();
+    let d = Daemon::start_with(&f, "[health]\ntimeout = \"2s\"\n", "log_max = \"64K\"\n");
+    let wt = f.dir.join("base/a");
+    // `yes` prints as fast as it can and never serves its port: the launch fails after 2 s.
+    let out = d.ctl(&["launch", "--worktree", wt.to_str().unwrap(), "--", "/usr/bin/yes"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("not healthy"), "{}", stderr(&out));
+    let logs: Vec<(String, u64)> = std::fs::read_dir(f.dir.join("logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+        .collect();
+    assert_eq!(logs.len(), 2, "the log and its rotated part, kept after a failed start: {logs:?}");
+    assert!(logs.iter().all(|(_, len)| *len <= 64 * 1024), "{logs:?}");
+    let rotated = logs.iter().find(|(n, _)| n.ends_with(".log.1")).unwrap();
+    let text = std::fs::read_to_string(f.dir.join("logs").join(&rotated.0)).unwrap();
+    assert!(text.len() > 60 * 1024 && text.bytes().all(|b| b == b'y' || b == b'\n'), "a full rotated part of yes output");
 }
 
 #[test]
