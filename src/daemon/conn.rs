@@ -35,7 +35,9 @@ pub enum Input {
     /// Not a whole line yet.
     Partial,
     Line(Vec<u8>),
-    /// Longer than the limit, closed early, or a read error.
+    /// Closed without sending anything.
+    Closed,
+    /// Longer than the limit, closed in the middle, or a read error.
     Bad(&'static str),
 }
 
@@ -62,6 +64,7 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
         let mut buf = [0u8; 16 * 1024];
         loop {
             match self.stream.read(&mut buf) {
+                Ok(0) if self.input.is_empty() => return Input::Closed,
                 Ok(0) => return Input::Bad("closed before a whole request"),
                 Ok(n) => {
                     self.input.extend_from_slice(&buf[..n]);

@@ -271,7 +271,8 @@ impl Daemon {
                     watches.push(Watch::Scraper(*cid));
                 }
             }
-            let timeout = self.next_due().map_or(-1, |t| t.saturating_duration_since(Instant::now()).as_millis().min(60_000) as i32);
+            // Rounded up: waking before a deadline would only loop back here.
+            let timeout = self.next_due().map_or(-1, |t| t.saturating_duration_since(Instant::now()).as_micros().div_ceil(1000).min(60_000) as i32);
             // SAFETY: fds is a valid array of pollfds.
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if fds[0].revents != 0 {
@@ -362,6 +363,9 @@ impl Daemon {
             Phase::Waiting => {}
             Phase::Reading => match c.read(protocol::MAX_REQUEST, b"\n") {
                 Input::Partial => {}
+                Input::Closed => {
+                    self.clients.remove(&cid);
+                }
                 Input::Bad(why) => {
                     self.audit.event("policy_violation", json!({ "uid": uid, "error": why, "outcome": "refused" }));
                     let msg = format!("{why} (a request is one JSON line of at most {} bytes)", protocol::MAX_REQUEST);
@@ -808,7 +812,7 @@ impl Daemon {
         let done = match c.phase {
             Phase::Reading => match c.read(MAX_SCRAPE_REQUEST, b"\r\n\r\n") {
                 Input::Partial => false,
-                Input::Bad(_) => true,
+                Input::Bad(_) | Input::Closed => true,
                 Input::Line(_) => {
                     let body = self.metrics_text();
                     let response = format!(

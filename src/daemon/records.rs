@@ -63,6 +63,11 @@ fn start_time(pid: i32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
+/// The daemon's sandbox ids: `d-` and 8 hex digits (they name files).
+pub fn valid_id(id: &str) -> bool {
+    id.strip_prefix("d-").is_some_and(|h| h.len() == 8 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 pub fn dir(state_dir: &Path) -> PathBuf {
     state_dir.join("records")
 }
@@ -98,7 +103,7 @@ pub fn load_all(state_dir: &Path) -> (Vec<Record>, Vec<String>) {
         let name = e.file_name().to_string_lossy().into_owned();
         let parsed = std::fs::read(&path).ok().and_then(|t| serde_json::from_slice::<Record>(&t).ok());
         match parsed {
-            Some(r) if name == format!("{}.json", r.id) => records.push(r),
+            Some(r) if valid_id(&r.id) && name == format!("{}.json", r.id) => records.push(r),
             _ => {
                 bad.push(name);
                 let _ = std::fs::remove_file(&path);
@@ -157,14 +162,16 @@ mod tests {
     #[test]
     fn records_survive_a_round_trip_and_junk_is_removed() {
         let state = temp_state();
-        save(&state, &record("d-1", None)).unwrap();
-        save(&state, &record("d-2", Process::of(std::process::id() as i32))).unwrap();
+        save(&state, &record("d-00000001", None)).unwrap();
+        save(&state, &record("d-00000002", Process::of(std::process::id() as i32))).unwrap();
         std::fs::write(dir(&state).join("junk.json"), "{").unwrap();
-        let (records, bad) = load_all(&state);
-        assert_eq!(records.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["d-1", "d-2"]);
-        assert_eq!(bad, ["junk.json"]);
+        save(&state, &record("..", None)).unwrap();
+        let (records, mut bad) = load_all(&state);
+        assert_eq!(records.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["d-00000001", "d-00000002"]);
+        bad.sort();
+        assert_eq!(bad, ["...json", "junk.json"]);
         assert!(!dir(&state).join("junk.json").exists());
-        remove(&state, "d-1");
+        remove(&state, "d-00000001");
         assert_eq!(load_all(&state).0.len(), 1);
         std::fs::remove_dir_all(&state).unwrap();
     }
@@ -176,8 +183,8 @@ mod tests {
         let p = Process::of(live.id() as i32).unwrap();
         // The second record names a pid that now belongs to a different process (start time differs).
         let reused = Process { pid: other.id() as i32, start_time: Process::of(other.id() as i32).unwrap().start_time + 1 };
-        let ended = end_launchers(&[record("d-1", Some(p)), record("d-2", Some(reused))], Duration::from_secs(5));
-        assert_eq!(ended, ["d-1"]);
+        let ended = end_launchers(&[record("d-00000001", Some(p)), record("d-00000002", Some(reused))], Duration::from_secs(5));
+        assert_eq!(ended, ["d-00000001"]);
         assert!(live.wait().unwrap().code().is_none(), "ended by a signal");
         assert!(other.try_wait().unwrap().is_none(), "a reused pid is not touched");
         other.kill().unwrap();
