@@ -137,6 +137,8 @@ pub fn run(soak: usize, scale: usize) -> Result<(), String> {
             }
         }
         let took = t.elapsed();
+        // The daemon closes the last client's connection just after answering it.
+        std::thread::sleep(Duration::from_millis(200));
         let leaked_cgroups = crate::cgroups::Layout::detect().map(|l| crate::cgroups::sandbox_dirs(&l, "swarmcell").len()).unwrap_or(0);
         println!(
             "soak: {soak} launch+stop through the daemon in {:.1} s ({:.1} ms each)",

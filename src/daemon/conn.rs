@@ -5,7 +5,10 @@
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+use super::poller::{IN, NOTHING, OUT, Poller, Watched};
 
 /// How long a client has to send its request, and to take its reply.
 pub const DEADLINE: Duration = Duration::from_secs(5);
@@ -15,16 +18,16 @@ pub enum Phase {
     /// Reading the request line.
     Reading,
     /// Its request is in progress (a launch waiting for health, a stop waiting
-    /// for the exit); not polled, answered by the daemon later.
+    /// for the exit); not watched, answered by the daemon later.
     Waiting,
     /// Writing the reply; closed when it is out.
     Replying,
 }
 
-pub struct Conn<S> {
-    stream: S,
+pub struct Conn<S: AsRawFd> {
+    stream: Watched<S>,
     pub uid: u32,
-    pub phase: Phase,
+    phase: Phase,
     pub deadline: Instant,
     input: Vec<u8>,
     output: Vec<u8>,
@@ -42,21 +45,20 @@ pub enum Input {
 }
 
 impl<S: Read + Write + AsRawFd> Conn<S> {
-    /// `stream` must be non-blocking already.
-    pub fn new(stream: S, uid: u32) -> Conn<S> {
-        Conn { stream, uid, phase: Phase::Reading, deadline: Instant::now() + DEADLINE, input: Vec::new(), output: Vec::new() }
+    /// `stream` must be non-blocking already; it is watched under `token`.
+    pub fn new(poller: &Rc<Poller>, stream: S, uid: u32, token: u64) -> std::io::Result<Conn<S>> {
+        let stream = Watched::new(poller, stream, IN, token)?;
+        Ok(Conn { stream, uid, phase: Phase::Reading, deadline: Instant::now() + DEADLINE, input: Vec::new(), output: Vec::new() })
     }
 
-    /// The poll entry, or None when this connection is not to be polled.
-    pub fn pollfd(&self) -> Option<libc::pollfd> {
-        let events = match self.phase {
-            Phase::Reading => libc::POLLIN,
-            Phase::Replying => libc::POLLOUT,
-            // Not polled: a client that hangs up while waiting would make poll
-            // report POLLHUP on every round.
-            Phase::Waiting => return None,
-        };
-        Some(libc::pollfd { fd: self.stream.as_raw_fd(), events, revents: 0 })
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// The request is being carried out: stop watching until the reply.
+    pub fn wait(&mut self) {
+        self.phase = Phase::Waiting;
+        self.stream.interest(NOTHING);
     }
 
     /// Read what is there, up to `limit` bytes ending with `terminator`.
@@ -93,7 +95,11 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
         self.output = output;
         self.phase = Phase::Replying;
         self.deadline = Instant::now() + DEADLINE;
-        self.flush()
+        let done = self.flush();
+        if !done {
+            self.stream.interest(OUT);
+        }
+        done
     }
 
     /// Write what is pending; true when done (all written, or the client is gone).
@@ -119,7 +125,7 @@ mod tests {
 
     fn conn(s: UnixStream) -> Conn<UnixStream> {
         s.set_nonblocking(true).unwrap();
-        Conn::new(s, 0)
+        Conn::new(&Poller::new().unwrap(), s, 0, 1).unwrap()
     }
 
     #[test]

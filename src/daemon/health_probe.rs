@@ -5,14 +5,16 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+use super::poller::{IN, OUT, Poller, Watched};
 
 /// How long one check may take.
 pub const TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct Probe {
-    stream: TcpStream,
+    stream: Watched<TcpStream>,
     request: Vec<u8>,
     sent: bool,
     status: [u8; 12],
@@ -21,10 +23,11 @@ pub struct Probe {
 }
 
 impl Probe {
-    pub fn start(port: u16, path: &str) -> std::io::Result<Probe> {
+    /// Connect; the socket is watched under `token`.
+    pub fn start(poller: &Rc<Poller>, token: u64, port: u16, path: &str) -> std::io::Result<Probe> {
         let stream = crate::sys::tcp_connect_loopback_nonblocking(port).map_err(|e| std::io::Error::from_raw_os_error(e.errno as i32))?;
         Ok(Probe {
-            stream,
+            stream: Watched::new(poller, stream, OUT, token)?,
             request: format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").into_bytes(),
             sent: false,
             status: [0; 12],
@@ -33,12 +36,7 @@ impl Probe {
         })
     }
 
-    /// What to poll for.
-    pub fn pollfd(&self) -> libc::pollfd {
-        libc::pollfd { fd: self.stream.as_raw_fd(), events: if self.sent { libc::POLLIN } else { libc::POLLOUT }, revents: 0 }
-    }
-
-    /// Go on after poll reported the socket ready: `Some(healthy)` when decided.
+    /// Go on after the socket was reported ready: `Some(healthy)` when decided.
     pub fn advance(&mut self) -> Option<bool> {
         if !self.sent {
             if !matches!(self.stream.take_error(), Ok(None)) {
@@ -46,7 +44,10 @@ impl Probe {
             }
             // The request is far smaller than a socket buffer: one write.
             match self.stream.write(&self.request) {
-                Ok(n) if n == self.request.len() => self.sent = true,
+                Ok(n) if n == self.request.len() => {
+                    self.sent = true;
+                    self.stream.interest(IN);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
                 _ => return Some(false),
             }
@@ -74,18 +75,23 @@ impl Probe {
 mod tests {
     use super::*;
 
-    fn run(p: &mut Probe) -> Option<bool> {
+    fn run(poller: &Rc<Poller>, p: &mut Probe) -> Option<bool> {
+        let mut ready = Vec::new();
         while Instant::now() < p.deadline {
-            let mut fd = p.pollfd();
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut fd, 1, 50) };
-            if fd.revents != 0
+            poller.wait(50, &mut ready);
+            if !ready.is_empty()
                 && let Some(r) = p.advance()
             {
                 return Some(r);
             }
         }
         None
+    }
+
+    fn check(port: u16) -> Option<bool> {
+        let poller = Poller::new().unwrap();
+        // (Refused at once or when the connection completes: both are a failure.)
+        Probe::start(&poller, 1, port, "/h").map_or(Some(false), |mut p| run(&poller, &mut p))
     }
 
     fn server(reply: &'static [u8]) -> u16 {
@@ -106,16 +112,15 @@ mod tests {
 
     #[test]
     fn a_2xx_is_healthy_and_anything_else_is_not() {
-        assert_eq!(run(&mut Probe::start(server(b"HTTP/1.1 200 OK\r\n\r\n"), "/h").unwrap()), Some(true));
-        assert_eq!(run(&mut Probe::start(server(b"HTTP/1.1 503 No\r\n\r\n"), "/h").unwrap()), Some(false));
-        assert_eq!(run(&mut Probe::start(server(b"HTTP/1.1 2"), "/h").unwrap()), Some(false), "a short answer");
+        assert_eq!(check(server(b"HTTP/1.1 200 OK\r\n\r\n")), Some(true));
+        assert_eq!(check(server(b"HTTP/1.1 503 No\r\n\r\n")), Some(false));
+        assert_eq!(check(server(b"HTTP/1.1 2")), Some(false), "a short answer");
     }
 
     #[test]
     fn a_closed_port_fails_and_a_silent_server_runs_into_the_deadline() {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        // (Refused at once or when the connection completes: both are a failure.)
-        assert_eq!(Probe::start(closed, "/").map_or(Some(false), |mut p| run(&mut p)), Some(false));
-        assert_eq!(run(&mut Probe::start(server(b""), "/").unwrap()), None, "undecided until the caller's deadline");
+        assert_eq!(check(closed), Some(false));
+        assert_eq!(check(server(b"")), None, "undecided until the caller's deadline");
     }
 }

@@ -9,9 +9,12 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use super::poller::{IN, Poller, Watched};
 
 pub struct LogSink {
-    pipe: File,
+    pipe: Watched<File>,
     /// The write end, duplicated into every launcher of this sandbox (also across restarts).
     pub writer: OwnedFd,
     path: PathBuf,
@@ -32,16 +35,13 @@ fn open_log(path: &Path, truncate: bool) -> std::io::Result<File> {
 }
 
 impl LogSink {
-    pub fn new(path: PathBuf, max: u64) -> std::io::Result<LogSink> {
+    /// The pipe's read end is watched under `token`.
+    pub fn new(poller: &Rc<Poller>, token: u64, path: PathBuf, max: u64) -> std::io::Result<LogSink> {
         let (r, w) = crate::sys::pipe_cloexec().map_err(|e| std::io::Error::from_raw_os_error(e.errno as i32))?;
         crate::sys::set_nonblocking(r.as_raw_fd()).map_err(|e| std::io::Error::from_raw_os_error(e.errno as i32))?;
         let file = open_log(&path, false)?;
         let written = file.metadata()?.len();
-        Ok(LogSink { pipe: File::from(r), writer: w, path, file, written, max })
-    }
-
-    pub fn pollfd(&self) -> libc::pollfd {
-        libc::pollfd { fd: self.pipe.as_raw_fd(), events: libc::POLLIN, revents: 0 }
+        Ok(LogSink { pipe: Watched::new(poller, File::from(r), IN, token)?, writer: w, path, file, written, max })
     }
 
     /// Move what the pipe holds into the file (at most a few reads: the loop comes back).
@@ -92,7 +92,7 @@ mod tests {
     fn output_past_the_limit_is_rotated_and_the_disk_use_stays_bounded() {
         let dir = std::env::temp_dir().join(format!("swarmcell-logs-{}-{}", std::process::id(), crate::launch::random_u32()));
         std::fs::create_dir(&dir).unwrap();
-        let mut sink = LogSink::new(dir.join("d-1.log"), 1000).unwrap();
+        let mut sink = LogSink::new(&Poller::new().unwrap(), 1, dir.join("d-1.log"), 1000).unwrap();
         let mut w = File::from(sink.writer.try_clone().unwrap());
         for i in 0..30 {
             w.write_all(format!("{i:03} {}\n", "x".repeat(95)).as_bytes()).unwrap();

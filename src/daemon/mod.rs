@@ -1,11 +1,12 @@
 //! `swarmcell daemon`: the supervisor for many sandboxes on one host.
 //!
-//! A single-threaded loop (poll) over its signals, the control socket and its
+//! A single-threaded loop (epoll) over its signals, the control socket and its
 //! clients, the metrics listener and its scrapers, and per sandbox the ready
 //! pipe, the output pipe and the health check in flight. Nothing in the loop
 //! blocks on a peer: clients and health checks are non-blocking state machines
 //! with deadlines, and the loop sleeps until a descriptor is ready or the next
-//! deadline, so an idle daemon uses no CPU.
+//! deadline, so an idle daemon uses no CPU, and a wake-up costs what happened,
+//! not the number of sandboxes.
 //!
 //! Each sandbox is a `swarmcell run` child with PR_SET_PDEATHSIG=SIGTERM, and a
 //! record in the state directory. If the daemon dies, every sandbox shuts down
@@ -20,16 +21,18 @@ mod conn;
 pub mod health_probe;
 mod log_sink;
 pub mod metrics;
+mod poller;
 pub mod protocol;
 pub mod records;
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -39,6 +42,7 @@ use config::{Config, Recover};
 use conn::{Conn, Input, Phase};
 use health_probe::Probe;
 use log_sink::LogSink;
+use poller::{IN, Poller, Watched};
 use protocol::Request;
 use records::Record;
 
@@ -59,9 +63,11 @@ enum AfterExit {
 
 struct Entry {
     rec: Record,
+    /// Names this sandbox's descriptors in the poller (see [`token`]).
+    key: u64,
     child: Child,
-    /// The launcher's ready line, until it comes (or the pipe closes).
-    ready: Option<BufReader<std::fs::File>>,
+    /// The launcher's ready line (non-blocking pipe), until it comes or the pipe closes.
+    ready: Option<Watched<std::fs::File>>,
     /// The client waiting for this launch or stop.
     waiting: Option<u64>,
     info: Value,
@@ -96,8 +102,27 @@ const MAX_CLIENTS: usize = 2048;
 /// Largest metrics request head read.
 const MAX_SCRAPE_REQUEST: usize = 8 * 1024;
 
+/// Poller tokens: three fixed ones, then a kind in the top byte and a key
+/// (a sandbox's `key`, or a client's id) below it.
+const T_SIGNALS: u64 = 0;
+const T_CONTROL: u64 = 1;
+const T_METRICS: u64 = 2;
+const READY: u64 = 1 << 56;
+const LOG: u64 = 2 << 56;
+const PROBE: u64 = 3 << 56;
+const CLIENT: u64 = 4 << 56;
+const SCRAPER: u64 = 5 << 56;
+const KEY: u64 = (1 << 56) - 1;
+
+fn token(kind: u64, key: u64) -> u64 {
+    kind | (key & KEY)
+}
+
 pub struct Daemon {
     cfg: Config,
+    poller: Rc<Poller>,
+    /// Sandbox ids by their `key`.
+    by_key: HashMap<u64, String>,
     exe: PathBuf,
     listener: UnixListener,
     metrics: Option<std::net::TcpListener>,
@@ -117,15 +142,6 @@ pub struct Daemon {
     /// A SIGCHLD came: look for launchers that exited (only then, so that a
     /// wake-up costs no syscall per sandbox).
     reap_due: bool,
-}
-
-/// What a poll entry belongs to.
-enum Watch {
-    Ready(String),
-    Log(String),
-    Probe(String),
-    Client(u64),
-    Scraper(u64),
 }
 
 fn peer_cred(s: &UnixStream) -> Option<libc::ucred> {
@@ -150,6 +166,7 @@ impl Daemon {
             .ok_or_else(|| format!("another swarmcell daemon uses the state directory {}", cfg.state_dir.display()))?;
         crate::lease::ensure_private_dir(&cfg.log_dir).map_err(|e| e.to_string())?;
         let mut audit = Audit::open(&cfg.audit_log)?;
+        let poller = Poller::new().map_err(|e| format!("epoll: {e}"))?;
         let listener = bind_control_socket(&cfg)?;
         let metrics = if cfg.metrics.is_empty() {
             None
@@ -160,6 +177,8 @@ impl Daemon {
         };
         audit.event("server_startup", json!({ "socket": cfg.socket, "pid": std::process::id(), "outcome": "ok" }));
         let mut d = Daemon {
+            poller,
+            by_key: HashMap::new(),
             exe,
             listener,
             metrics,
@@ -240,74 +259,51 @@ impl Daemon {
         }
         // SAFETY: fresh fd.
         let sfd = unsafe { OwnedFd::from_raw_fd(sfd) };
+        let poller = self.poller.clone();
+        let watch = |fd: RawFd, t: u64| poller.add_forever(fd, IN, t).map_err(|e| format!("epoll: {e}"));
+        watch(sfd.as_raw_fd(), T_SIGNALS)?;
+        watch(self.listener.as_raw_fd(), T_CONTROL)?;
+        if let Some(m) = &self.metrics {
+            watch(m.as_raw_fd(), T_METRICS)?;
+        }
+        let mut ready = Vec::new();
         loop {
-            let mut fds = vec![
-                libc::pollfd { fd: sfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: self.metrics.as_ref().map_or(-1, |m| m.as_raw_fd()), events: libc::POLLIN, revents: 0 },
-            ];
-            let mut watches = Vec::new();
-            for (id, e) in &self.sandboxes {
-                if let Some(r) = &e.ready {
-                    fds.push(libc::pollfd { fd: r.get_ref().as_raw_fd(), events: libc::POLLIN, revents: 0 });
-                    watches.push(Watch::Ready(id.clone()));
-                }
-                fds.push(e.log.pollfd());
-                watches.push(Watch::Log(id.clone()));
-                if let Some(p) = &e.probe {
-                    fds.push(p.pollfd());
-                    watches.push(Watch::Probe(id.clone()));
-                }
-            }
-            for (cid, c) in &self.clients {
-                if let Some(p) = c.pollfd() {
-                    fds.push(p);
-                    watches.push(Watch::Client(*cid));
-                }
-            }
-            for (cid, c) in &self.scrapers {
-                if let Some(p) = c.pollfd() {
-                    fds.push(p);
-                    watches.push(Watch::Scraper(*cid));
-                }
-            }
             // Rounded up: waking before a deadline would only loop back here.
             let timeout = self.next_due().map_or(-1, |t| t.saturating_duration_since(Instant::now()).as_micros().div_ceil(1000).min(60_000) as i32);
-            // SAFETY: fds is a valid array of pollfds.
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-            if fds[0].revents != 0 {
-                let (stop, child) = drain_signals(&sfd);
-                if stop {
-                    self.shutdown();
-                    return Ok(());
-                }
-                self.reap_due |= child;
-            }
-            if fds[1].revents != 0 {
-                self.accept_clients();
-            }
-            if fds[2].revents != 0 {
-                self.accept_scrapers();
-            }
-            for (w, p) in watches.iter().zip(&fds[3..]) {
-                if p.revents == 0 {
-                    continue;
-                }
-                match w {
-                    Watch::Ready(id) => self.on_ready(id),
-                    Watch::Log(id) => {
-                        if let Some(e) = self.sandboxes.get_mut(id) {
-                            e.log.drain();
+            poller.wait(timeout, &mut ready);
+            for &t in &ready {
+                match t {
+                    T_SIGNALS => {
+                        let (stop, child) = drain_signals(&sfd);
+                        if stop {
+                            self.shutdown();
+                            return Ok(());
+                        }
+                        self.reap_due |= child;
+                    }
+                    T_CONTROL => self.accept_clients(),
+                    T_METRICS => self.accept_scrapers(),
+                    _ if t & !KEY == CLIENT => self.on_client(t & KEY),
+                    _ if t & !KEY == SCRAPER => self.on_scraper(t & KEY),
+                    _ => {
+                        // A sandbox's descriptor (it may have gone earlier in this round).
+                        let Some(id) = self.by_key.get(&(t & KEY)).cloned() else { continue };
+                        match t & !KEY {
+                            READY => self.on_ready(&id),
+                            LOG => {
+                                if let Some(e) = self.sandboxes.get_mut(&id) {
+                                    e.log.drain();
+                                }
+                            }
+                            PROBE => {
+                                let result = self.sandboxes.get_mut(&id).and_then(|e| e.probe.as_mut()).and_then(Probe::advance);
+                                if let Some(ok) = result {
+                                    self.health_result(&id, ok);
+                                }
+                            }
+                            _ => {}
                         }
                     }
-                    Watch::Probe(id) => {
-                        let result = self.sandboxes.get_mut(id).and_then(|e| e.probe.as_mut()).and_then(Probe::advance);
-                        if let Some(ok) = result {
-                            self.health_result(id, ok);
-                        }
-                    }
-                    Watch::Client(cid) => self.on_client(*cid),
-                    Watch::Scraper(cid) => self.on_scraper(*cid),
                 }
             }
             self.tick();
@@ -335,7 +331,7 @@ impl Daemon {
                 continue;
             }
             // (Clients waiting for a launch or stop are bounded by max_sandboxes.)
-            if self.clients.values().filter(|c| c.phase != Phase::Waiting).count() >= MAX_CLIENTS {
+            if self.clients.values().filter(|c| *c.phase() != Phase::Waiting).count() >= MAX_CLIENTS {
                 let _ = s.set_nonblocking(true);
                 let _ = writeln!(&s, "{}", json!({ "ok": false, "error": "too many clients; try again" }));
                 continue;
@@ -345,16 +341,18 @@ impl Daemon {
                 continue;
             }
             let cid = self.conn_id();
-            self.clients.insert(cid, Conn::new(s, uid));
-            // The request is often there already.
-            self.on_client(cid);
+            if let Ok(c) = Conn::new(&self.poller, s, uid, token(CLIENT, cid)) {
+                self.clients.insert(cid, c);
+                // The request is often there already.
+                self.on_client(cid);
+            }
         }
     }
 
     fn on_client(&mut self, cid: u64) {
         let Some(c) = self.clients.get_mut(&cid) else { return };
         let uid = c.uid;
-        match c.phase {
+        match c.phase() {
             Phase::Replying => {
                 if c.flush() {
                     self.clients.remove(&cid);
@@ -417,7 +415,7 @@ impl Daemon {
                 match self.add(rec, Some(cid)) {
                     Ok(()) => {
                         if let Some(c) = self.clients.get_mut(&cid) {
-                            c.phase = Phase::Waiting;
+                            c.wait();
                         }
                     }
                     Err(e) => self.answer(cid, json!({ "ok": false, "error": e })),
@@ -432,7 +430,7 @@ impl Daemon {
                         self.answer(l, json!({ "ok": false, "error": format!("sandbox {id} was stopped before it was ready") }));
                     }
                     if let Some(c) = self.clients.get_mut(&cid) {
-                        c.phase = Phase::Waiting;
+                        c.wait();
                     }
                     self.begin_stop(&id, AfterExit::Remove);
                 }
@@ -485,9 +483,11 @@ impl Daemon {
             self.audit.event("secret_access", json!({ "id": rec.id, "agent": rec.agent, "name": name, "uid": rec.uid, "outcome": "passed" }));
         }
         let (broker, broker_fd) = crate::broker_stats::SharedCounters::create().map_err(|e| format!("broker counters: {e}"))?;
-        let log = LogSink::new(self.cfg.log_dir.join(format!("{}.log", rec.id)), self.cfg.log_max.0.unwrap_or(u64::MAX))
-            .map_err(|e| format!("sandbox log in {}: {e}", self.cfg.log_dir.display()))?;
-        let (child, ready) = match self.spawn(&rec, &log, &broker_fd) {
+        let key = self.conn_id();
+        let log =
+            LogSink::new(&self.poller, token(LOG, key), self.cfg.log_dir.join(format!("{}.log", rec.id)), self.cfg.log_max.0.unwrap_or(u64::MAX))
+                .map_err(|e| format!("sandbox log in {}: {e}", self.cfg.log_dir.display()))?;
+        let (child, ready) = match self.spawn(&rec, &log, &broker_fd, key) {
             Ok(s) => s,
             Err(e) => {
                 log.remove();
@@ -506,10 +506,12 @@ impl Daemon {
         }
         self.counters.launches += 1;
         let now = Instant::now();
+        self.by_key.insert(key, rec.id.clone());
         self.sandboxes.insert(
             rec.id.clone(),
             Entry {
                 rec,
+                key,
                 child,
                 ready: Some(ready),
                 waiting,
@@ -534,8 +536,10 @@ impl Daemon {
 
     /// `swarmcell run --port auto --ready-fd 3 --stats-fd 4 ...` for one sandbox,
     /// asking for its previous port again when it had one.
-    fn spawn(&self, rec: &Record, log: &LogSink, broker_fd: &OwnedFd) -> Result<(Child, BufReader<std::fs::File>), String> {
+    fn spawn(&self, rec: &Record, log: &LogSink, broker_fd: &OwnedFd, key: u64) -> Result<(Child, Watched<std::fs::File>), String> {
         let (r, w) = std::io::pipe().map_err(|e| format!("ready pipe: {e}"))?;
+        crate::sys::set_nonblocking(r.as_raw_fd()).map_err(|e| format!("ready pipe: {e}"))?;
+        let r = Watched::new(&self.poller, std::fs::File::from(OwnedFd::from(r)), IN, token(READY, key)).map_err(|e| format!("epoll: {e}"))?;
         // Above 4, so that installing fds 3 and 4 in the child cannot overwrite either.
         let w = crate::sys::dup_at_least(w.as_raw_fd(), 10).map_err(|e| e.to_string())?;
         let stats = crate::sys::dup_at_least(broker_fd.as_raw_fd(), 10).map_err(|e| e.to_string())?;
@@ -571,17 +575,23 @@ impl Daemon {
             });
         }
         let child = c.spawn().map_err(|e| format!("starting swarmcell run: {e}"))?;
-        Ok((child, BufReader::new(std::fs::File::from(OwnedFd::from(r)))))
+        Ok((child, r))
     }
 
     fn on_ready(&mut self, id: &str) {
         let Some(e) = self.sandboxes.get_mut(id) else { return };
-        let mut line = String::new();
-        let n = e.ready.as_mut().map_or(Ok(0), |r| r.read_line(&mut line));
+        let Some(pipe) = e.ready.as_mut() else { return };
+        // The launcher writes its line in one write (< PIPE_BUF), then closes the pipe.
+        let mut line = [0u8; 4096];
+        let n = match pipe.read(&mut line) {
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(_) => 0,
+        };
         e.ready = None;
         let restart = e.rec.restarts > 0;
-        let info = match (n, serde_json::from_str::<Value>(line.trim())) {
-            (Ok(k), Ok(info)) if k > 0 => info,
+        let info = match serde_json::from_slice::<Value>(line[..n].trim_ascii()) {
+            Ok(info) if n > 0 => info,
             _ => return self.start_failed(id),
         };
         self.counters.observe_launch(e.started.elapsed().as_secs_f64());
@@ -636,7 +646,7 @@ impl Daemon {
             State::Stopping => e.stop_deadline,
             State::Starting => None,
         });
-        let clients = self.clients.values().filter(|c| c.phase != Phase::Waiting).map(|c| c.deadline);
+        let clients = self.clients.values().filter(|c| *c.phase() != Phase::Waiting).map(|c| c.deadline);
         let scrapers = self.scrapers.values().map(|c| c.deadline);
         sandboxes.chain(clients).chain(scrapers).min()
     }
@@ -645,9 +655,16 @@ impl Daemon {
     fn tick(&mut self) {
         let now = Instant::now();
         let reap = std::mem::take(&mut self.reap_due);
-        self.clients.retain(|_, c| c.phase == Phase::Waiting || now < c.deadline);
+        self.clients.retain(|_, c| *c.phase() == Phase::Waiting || now < c.deadline);
         self.scrapers.retain(|_, c| now < c.deadline);
-        let ids: Vec<String> = self.sandboxes.keys().cloned().collect();
+        // Only the sandboxes with something due (all of them after a SIGCHLD).
+        let due = |e: &Entry| match e.state {
+            State::Stopping => e.stop_deadline.is_some_and(|t| now >= t),
+            State::Running => e.probe.as_ref().map_or(now >= e.next_health, |p| now >= p.deadline),
+            State::Restarting => e.restart_at.is_some_and(|t| now >= t),
+            State::Starting => false,
+        };
+        let ids: Vec<String> = self.sandboxes.iter().filter(|(_, e)| reap || due(e)).map(|(id, _)| id.clone()).collect();
         for id in ids {
             let Some(e) = self.sandboxes.get_mut(&id) else { continue };
             match e.state {
@@ -685,7 +702,7 @@ impl Daemon {
                         e.next_health = now + self.health_interval;
                         let port = e.info["port"].as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
                         self.counters.health_checks += 1;
-                        match Probe::start(port, &self.health_path) {
+                        match Probe::start(&self.poller, token(PROBE, e.key), port, &self.health_path) {
                             Ok(p) => e.probe = Some(p),
                             Err(_) => self.health_result(&id, false),
                         }
@@ -755,7 +772,7 @@ impl Daemon {
 
     fn restart(&mut self, id: &str) {
         let Some(e) = self.sandboxes.get(id) else { return };
-        match self.spawn(&e.rec, &e.log, &e.broker_fd) {
+        match self.spawn(&e.rec, &e.log, &e.broker_fd, e.key) {
             Ok((child, ready)) => {
                 self.counters.restarts += 1;
                 let Some(e) = self.sandboxes.get_mut(id) else { return };
@@ -784,6 +801,7 @@ impl Daemon {
     /// kept for the post-mortem).
     fn remove(&mut self, id: &str, remove_log: bool) {
         let Some(mut e) = self.sandboxes.remove(id) else { return };
+        self.by_key.remove(&e.key);
         records::remove(&self.cfg.state_dir, id);
         self.counters.retire(&e.broker);
         e.log.drain();
@@ -801,15 +819,17 @@ impl Daemon {
                 continue;
             }
             let cid = self.conn_id();
-            self.scrapers.insert(cid, Conn::new(s, 0));
-            self.on_scraper(cid);
+            if let Ok(c) = Conn::new(&self.poller, s, 0, token(SCRAPER, cid)) {
+                self.scrapers.insert(cid, c);
+                self.on_scraper(cid);
+            }
         }
     }
 
     /// Read the HTTP request head, then send the metrics whatever was asked.
     fn on_scraper(&mut self, cid: u64) {
         let Some(c) = self.scrapers.get_mut(&cid) else { return };
-        let done = match c.phase {
+        let done = match c.phase() {
             Phase::Reading => match c.read(MAX_SCRAPE_REQUEST, b"\r\n\r\n") {
                 Input::Partial => false,
                 Input::Bad(_) | Input::Closed => true,
