@@ -117,6 +117,7 @@ pub fn run(soak: usize, scale: usize) -> Result<(), String> {
             agent: None,
             task: None,
             argv: vec![exe.display().to_string(), "__probe".into(), "serve".into(), "{port}".into()],
+            policy: None,
         };
         let r = crate::daemon::ctl(&socket, &req)?;
         if r["ok"] != true {

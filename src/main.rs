@@ -198,11 +198,15 @@ enum CtlCommand {
     Launch {
         #[arg(long)]
         worktree: PathBuf,
+        /// One of the policy files the daemon's config allows (`policies`).
+        #[arg(long)]
+        policy: Option<PathBuf>,
         #[arg(long)]
         agent: Option<String>,
         #[arg(long)]
         task: Option<String>,
-        #[arg(last = true, required = true, value_name = "CMD")]
+        /// The payload (default: the policy's `process.command`).
+        #[arg(last = true, value_name = "CMD")]
         cmd: Vec<String>,
     },
     List {
@@ -541,7 +545,7 @@ fn daemon(config: Option<PathBuf>, socket: Option<PathBuf>, state_dir: Option<Pa
 fn ctl(socket: &std::path::Path, cmd: CtlCommand) -> Result<u8, (String, u8)> {
     use swarmcell::daemon::protocol::Request;
     let (req, list_json) = match cmd {
-        CtlCommand::Launch { worktree, agent, task, cmd } => (Request::Launch { worktree, agent, task, argv: cmd }, false),
+        CtlCommand::Launch { worktree, policy, agent, task, cmd } => (Request::Launch { worktree, agent, task, argv: cmd, policy }, false),
         CtlCommand::List { json } => (Request::List, json),
         CtlCommand::Stop { id } => (Request::Stop { id }, false),
         CtlCommand::Inspect { id } => (Request::Inspect { id }, false),

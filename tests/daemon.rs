@@ -329,6 +329,43 @@ fn a_sandbox_that_prints_without_end_costs_at_most_twice_log_max_of_disk() {
 }
 
 #[test]
+fn a_launch_may_name_an_allowed_policy_whose_command_and_limits_apply() {
+    let f = Fixture::new();
+    // A second policy, allowed by the config: its own command and process limit.
+    let strict = f.dir.join("strict.toml");
+    std::fs::write(
+        &strict,
+        format!(
+            "[process]\ncommand = [{:?}, \"__probe\", \"serve\", \"{{port}}\"]\n[filesystem]\nread_only = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", {:?}]\n[limits]\npids = 77\n",
+            bin(),
+            bin_dir()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&strict, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let unlisted = f.dir.join("unlisted.toml");
+    std::fs::copy(&strict, &unlisted).unwrap();
+    let mut d = Daemon::start_with(&f, "", &format!("policies = [{strict:?}]\n"));
+    let wt = f.dir.join("base/a");
+    // No command given: the policy's.
+    let l: serde_json::Value =
+        serde_json::from_str(&ok(&d.ctl(&["launch", "--worktree", wt.to_str().unwrap(), "--policy", strict.to_str().unwrap()]))).unwrap();
+    let inspect: serde_json::Value = serde_json::from_str(&ok(&d.ctl(&["inspect", l["id"].as_str().unwrap()]))).unwrap();
+    let pids = inspect["cgroups"].as_array().unwrap().iter().find(|c| c["files"].get("pids.max").is_some()).expect("pids cgroup");
+    assert_eq!(pids["files"]["pids.max"], "77", "the named policy's limit");
+    assert!(http_get(l["port"].as_u64().unwrap() as u16, GET).starts_with(b"HTTP/1.1 200"));
+    assert_eq!(d.records()[0]["policy"], strict.to_str().unwrap());
+    // A policy the config does not list is refused, even with the same content.
+    let out = d.ctl(&["launch", "--worktree", wt.to_str().unwrap(), "--policy", unlisted.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("is not one the daemon's config allows"), "{}", stderr(&out));
+    assert_eq!(d.list().len(), 1);
+    assert!(d.audit_events("policy_violation").iter().any(|e| e["error"].as_str().unwrap().contains("unlisted.toml")));
+    d.stop();
+    assert_no_sandbox_left();
+}
+
+#[test]
 fn a_peer_that_is_not_allowed_is_refused_and_audited() {
     let f = Fixture::new();
     let d = Daemon::start(&f);

@@ -22,8 +22,11 @@ pub struct Config {
     pub worktree_base: PathBuf,
     /// Programs a launch may run (argv[0], exactly).
     pub commands: Vec<String>,
-    /// Policy for every sandbox (default: the built-in one).
+    /// Policy for a sandbox whose launch names none (default: the built-in one).
     pub policy: Option<PathBuf>,
+    /// Other policy files a launch may name (`ctl launch --policy FILE`); no
+    /// others, since a policy can widen a sandbox.
+    pub policies: Vec<PathBuf>,
     /// JSON-lines audit log (0640).
     pub audit_log: PathBuf,
     /// Prometheus metrics on this loopback address ("" turns them off).
@@ -63,6 +66,7 @@ impl Default for Config {
             worktree_base: crate::git::DEFAULT_BASE.into(),
             commands: vec!["opencode".into()],
             policy: None,
+            policies: Vec::new(),
             audit_log: "/var/log/swarmcell/audit.log".into(),
             metrics: "127.0.0.1:9464".into(),
             restart: true,
@@ -86,6 +90,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if [&self.worktree_base, &self.socket, &self.audit_log, &self.state_dir, &self.log_dir].iter().any(|p| !p.is_absolute()) {
             return Err("socket, worktree_base, audit_log, state_dir and log_dir must be absolute paths".into());
+        }
+        if let Some(p) = self.policy.iter().chain(&self.policies).find(|p| !p.is_absolute()) {
+            return Err(format!("policy {}: policies must be absolute paths", p.display()));
         }
         if self.log_max.0.is_none_or(|n| n < 4096) {
             return Err("log_max must be a size of at least 4K".into());

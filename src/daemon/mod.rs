@@ -61,8 +61,16 @@ enum AfterExit {
     Restart,
 }
 
+/// A sandbox's health checking, from its policy.
+struct HealthSpec {
+    interval: Duration,
+    failures: u32,
+    path: String,
+}
+
 struct Entry {
     rec: Record,
+    health: HealthSpec,
     /// Names this sandbox's descriptors in the poller (see [`token`]).
     key: u64,
     child: Child,
@@ -132,11 +140,8 @@ pub struct Daemon {
     scrapers: BTreeMap<u64, Conn<std::net::TcpStream>>,
     next_conn: u64,
     counters: metrics::Counters,
-    health_interval: Duration,
-    health_failures: u32,
-    health_path: String,
-    /// The policy's env allowlist: names of secrets passed into sandboxes.
-    secret_names: Vec<String>,
+    /// The config's `policy` (or the built-in one), for launches that name none.
+    default_policy: crate::policy::Policy,
     /// Held while the daemon runs: one daemon per state directory.
     _instance: crate::lease::Lease,
     /// A SIGCHLD came: look for launchers that exited (only then, so that a
@@ -188,10 +193,7 @@ impl Daemon {
             scrapers: BTreeMap::new(),
             next_conn: 0,
             counters: metrics::Counters::default(),
-            health_interval: policy.health.interval.0,
-            health_failures: policy.health.failures,
-            health_path: policy.health.path.clone(),
-            secret_names: policy.process.env.clone(),
+            default_policy: policy,
             _instance: instance,
             reap_due: false,
             cfg,
@@ -217,22 +219,26 @@ impl Daemon {
         }
         for mut rec in records {
             let was_running = ended.contains(&rec.id);
-            let checked = protocol::check_launch(
-                &rec.worktree,
-                rec.agent.as_deref(),
-                rec.task.as_deref(),
-                &rec.argv,
-                &self.cfg.worktree_base,
-                &self.cfg.commands,
-            );
+            // Checked again: the config or the policy may have changed since.
+            let checked = self.policy_for(rec.policy.as_deref()).and_then(|(_, policy)| {
+                let wt = protocol::check_launch(
+                    &rec.worktree,
+                    rec.agent.as_deref(),
+                    rec.task.as_deref(),
+                    &rec.argv,
+                    &self.cfg.worktree_base,
+                    &self.cfg.commands,
+                )?;
+                Ok((wt, policy))
+            });
             let fields = json!({ "id": rec.id, "agent": rec.agent, "uid": rec.uid, "worktree": rec.worktree, "launcher_was_running": was_running });
             let outcome = match (self.cfg.recover, checked) {
                 (Recover::Discard, _) => "discarded".to_string(),
                 (Recover::Relaunch, Err(e)) => format!("refused: {e}"),
-                (Recover::Relaunch, Ok(wt)) => {
+                (Recover::Relaunch, Ok((wt, policy))) => {
                     rec.worktree = wt;
                     rec.launcher = None;
-                    match self.add(rec.clone(), None) {
+                    match self.add(rec.clone(), &policy, None) {
                         Ok(()) => "relaunched".to_string(),
                         Err(e) => format!("failed: {e}"),
                     }
@@ -391,11 +397,16 @@ impl Daemon {
 
     fn handle(&mut self, req: Request, cid: u64, uid: u32) {
         match req {
-            Request::Launch { worktree, agent, task, argv } => {
-                let checked =
-                    protocol::check_launch(&worktree, agent.as_deref(), task.as_deref(), &argv, &self.cfg.worktree_base, &self.cfg.commands);
-                let wt = match checked {
-                    Ok(wt) => wt,
+            Request::Launch { worktree, agent, task, argv, policy } => {
+                let checked = self.policy_for(policy.as_deref()).and_then(|(policy_path, policy)| {
+                    // No command: the policy's own (`process.command`), checked like any other.
+                    let argv = if argv.is_empty() { policy.process.command.clone() } else { argv };
+                    let wt =
+                        protocol::check_launch(&worktree, agent.as_deref(), task.as_deref(), &argv, &self.cfg.worktree_base, &self.cfg.commands)?;
+                    Ok((wt, argv, policy_path, policy))
+                });
+                let (wt, argv, policy_path, policy) = match checked {
+                    Ok(c) => c,
                     Err(e) => {
                         self.audit.event("policy_violation", json!({ "uid": uid, "agent": agent, "error": e, "outcome": "refused" }));
                         return self.answer(cid, json!({ "ok": false, "error": e }));
@@ -411,8 +422,9 @@ impl Daemon {
                         break id;
                     }
                 };
-                let rec = Record { id: id.clone(), agent, task, worktree: wt, argv, uid, port: None, restarts: 0, launcher: None };
-                match self.add(rec, Some(cid)) {
+                let rec =
+                    Record { id: id.clone(), agent, task, worktree: wt, argv, policy: policy_path, uid, port: None, restarts: 0, launcher: None };
+                match self.add(rec, &policy, Some(cid)) {
                     Ok(()) => {
                         if let Some(c) = self.clients.get_mut(&cid) {
                             c.wait();
@@ -463,6 +475,19 @@ impl Daemon {
         }
     }
 
+    /// The policy a launch names (it must be one of the config's `policies`,
+    /// or its `policy`), or the default one: (its path, the policy).
+    fn policy_for(&self, requested: Option<&Path>) -> Result<(Option<PathBuf>, crate::policy::Policy), String> {
+        let Some(requested) = requested else { return Ok((self.cfg.policy.clone(), self.default_policy.clone())) };
+        let canonical = requested.canonicalize().map_err(|e| format!("policy {}: {e}", requested.display()))?;
+        let allowed = self.cfg.policies.iter().chain(&self.cfg.policy).any(|p| p.canonicalize().is_ok_and(|p| p == canonical));
+        if !allowed {
+            return Err(format!("policy {} is not one the daemon's config allows (`policies`)", requested.display()));
+        }
+        let policy = crate::policy::Policy::load(&canonical).map_err(|e| e.to_string())?;
+        Ok((Some(canonical), policy))
+    }
+
     fn list(&self) -> Vec<Value> {
         self.sandboxes
             .iter()
@@ -476,10 +501,10 @@ impl Daemon {
 
     /// Start managing a sandbox: its counters page, its log, its first launcher
     /// and its record. `waiting` is the client to answer when it is healthy.
-    fn add(&mut self, mut rec: Record, waiting: Option<u64>) -> Result<(), String> {
+    fn add(&mut self, mut rec: Record, policy: &crate::policy::Policy, waiting: Option<u64>) -> Result<(), String> {
         // Secrets reach a sandbox only by name, through the policy's env
         // allowlist; each hand-over is audited (the value never is).
-        for name in self.secret_names.iter().filter(|n| std::env::var_os(n).is_some()) {
+        for name in policy.process.env.iter().filter(|n| std::env::var_os(n).is_some()) {
             self.audit.event("secret_access", json!({ "id": rec.id, "agent": rec.agent, "name": name, "uid": rec.uid, "outcome": "passed" }));
         }
         let (broker, broker_fd) = crate::broker_stats::SharedCounters::create().map_err(|e| format!("broker counters: {e}"))?;
@@ -506,12 +531,15 @@ impl Daemon {
         }
         self.counters.launches += 1;
         let now = Instant::now();
+        let health = HealthSpec { interval: policy.health.interval.0, failures: policy.health.failures, path: policy.health.path.clone() };
         self.by_key.insert(key, rec.id.clone());
         self.sandboxes.insert(
             rec.id.clone(),
             Entry {
                 rec,
                 key,
+                next_health: now + health.interval,
+                health,
                 child,
                 ready: Some(ready),
                 waiting,
@@ -521,7 +549,6 @@ impl Daemon {
                 restart_at: None,
                 failed_starts: 0,
                 failures: 0,
-                next_health: now + self.health_interval,
                 probe: None,
                 log,
                 started: now,
@@ -550,7 +577,7 @@ impl Daemon {
         if let Some(p) = rec.port {
             c.args(["--prefer-port", &p.to_string()]);
         }
-        if let Some(p) = &self.cfg.policy {
+        if let Some(p) = rec.policy.as_ref().or(self.cfg.policy.as_ref()) {
             c.arg("--policy").arg(p);
         }
         c.arg("--").args(&rec.argv);
@@ -602,7 +629,7 @@ impl Daemon {
         e.failed_starts = 0;
         // Its SIGCHLD may have been read while it was still starting.
         self.reap_due = true;
-        e.next_health = Instant::now() + self.health_interval;
+        e.next_health = Instant::now() + e.health.interval;
         let out = json!({ "ok": true, "id": id, "port": e.info["port"], "pid": e.info["pid"], "sandbox": e.info["id"] });
         let fields = json!({ "id": id, "agent": e.rec.agent, "uid": e.rec.uid, "worktree": e.rec.worktree, "port": out["port"],
                              "sandbox": out["sandbox"], "outcome": "ready" });
@@ -699,10 +726,10 @@ impl Daemon {
                     } else if e.probe.as_ref().is_some_and(|p| now >= p.deadline) {
                         self.health_result(&id, false);
                     } else if e.probe.is_none() && now >= e.next_health {
-                        e.next_health = now + self.health_interval;
+                        e.next_health = now + e.health.interval;
                         let port = e.info["port"].as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
                         self.counters.health_checks += 1;
-                        match Probe::start(&self.poller, token(PROBE, e.key), port, &self.health_path) {
+                        match Probe::start(&self.poller, token(PROBE, e.key), port, &e.health.path) {
                             Ok(p) => e.probe = Some(p),
                             Err(_) => self.health_result(&id, false),
                         }
@@ -725,8 +752,8 @@ impl Daemon {
         e.failures += 1;
         self.counters.health_failures += 1;
         let fields = json!({ "id": id, "agent": e.rec.agent, "uid": e.rec.uid, "reason": "health check failed", "consecutive": e.failures,
-                             "outcome": if e.failures >= self.health_failures { "restart" } else { "retry" } });
-        let alert = e.failures >= self.health_failures;
+                             "outcome": if e.failures >= e.health.failures { "restart" } else { "retry" } });
+        let alert = e.failures >= e.health.failures;
         self.audit.event("health_failure", fields.clone());
         if alert {
             self.audit.event("health_alert", fields);

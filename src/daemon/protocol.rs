@@ -20,7 +20,12 @@ pub enum Request {
         agent: Option<String>,
         #[serde(default)]
         task: Option<String>,
+        /// Empty: the policy's `process.command`.
+        #[serde(default)]
         argv: Vec<String>,
+        /// One of the policies the daemon's config allows (`policies`).
+        #[serde(default)]
+        policy: Option<PathBuf>,
     },
     Stop {
         id: String,

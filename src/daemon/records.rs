@@ -22,6 +22,9 @@ pub struct Record {
     pub task: Option<String>,
     pub worktree: PathBuf,
     pub argv: Vec<String>,
+    /// The policy it was launched with (None: the daemon's default).
+    #[serde(default)]
+    pub policy: Option<PathBuf>,
     /// Who asked for it (SO_PEERCRED uid).
     pub uid: u32,
     /// The host port it was given last (asked for again on a relaunch).
@@ -146,6 +149,7 @@ mod tests {
             task: None,
             worktree: "/w".into(),
             argv: vec!["x".into()],
+            policy: None,
             uid: 0,
             port: Some(8000),
             restarts: 0,
