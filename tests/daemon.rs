@@ -379,6 +379,22 @@ fn a_peer_that_is_not_allowed_is_refused_and_audited() {
 }
 
 #[test]
+fn sighup_reopens_the_audit_log_after_it_was_moved_away() {
+    let f = Fixture::new();
+    let d = Daemon::start(&f);
+    let rotated = f.dir.join("audit.log.1");
+    std::fs::rename(&d.audit, &rotated).unwrap();
+    // SAFETY: SIGHUP to the daemon this test started.
+    unsafe { libc::kill(d.child.as_ref().unwrap().id() as i32, libc::SIGHUP) };
+    wait_until("the new audit log", || !d.audit_events("audit_reopened").is_empty());
+    let out = Command::new(bin()).arg("ctl").arg("--socket").arg(&d.socket).arg("list").uid(OWNER).gid(OWNER).output().unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(d.audit_events("auth_denied").len(), 1, "later events go to the new file");
+    assert_eq!(std::fs::metadata(&d.audit).unwrap().permissions().mode() & 0o777, 0o640);
+    assert!(std::fs::read_to_string(&rotated).unwrap().contains("server_startup"));
+}
+
+#[test]
 fn invalid_requests_are_refused_and_change_nothing() {
     let f = Fixture::new();
     let d = Daemon::start(&f);

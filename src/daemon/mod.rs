@@ -256,7 +256,7 @@ impl Daemon {
     /// Serve until SIGTERM or SIGINT; then stop every sandbox.
     pub fn serve(&mut self) -> Result<(), String> {
         raise_nofile();
-        let set = crate::sys::sigset(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD]);
+        let set = crate::sys::sigset(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD, libc::SIGHUP]);
         crate::sys::set_sigmask(libc::SIG_BLOCK, &set).map_err(|e| e.to_string())?;
         // SAFETY: a signalfd for the blocked signals.
         let sfd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
@@ -280,12 +280,15 @@ impl Daemon {
             for &t in &ready {
                 match t {
                     T_SIGNALS => {
-                        let (stop, child) = drain_signals(&sfd);
-                        if stop {
+                        let signals = drain_signals(&sfd);
+                        if signals.stop {
                             self.shutdown();
                             return Ok(());
                         }
-                        self.reap_due |= child;
+                        self.reap_due |= signals.child;
+                        if signals.reopen {
+                            self.reopen_audit_log();
+                        }
                     }
                     T_CONTROL => self.accept_clients(),
                     T_METRICS => self.accept_scrapers(),
@@ -814,7 +817,8 @@ impl Daemon {
                 }
             }
             Err(err) => {
-                self.audit.event("sandbox_restart", json!({ "id": id, "outcome": "failed", "error": err }));
+                let fields = json!({ "id": id, "agent": e.rec.agent, "uid": e.rec.uid, "outcome": "failed", "error": err });
+                self.audit.event("sandbox_restart", fields);
                 if let Some(e) = self.sandboxes.get_mut(id) {
                     e.failed_starts += 1;
                 }
@@ -873,6 +877,18 @@ impl Daemon {
         };
         if done {
             self.scrapers.remove(&cid);
+        }
+    }
+
+    /// SIGHUP: a new audit log file at the same path (the old one was moved
+    /// away, e.g. by logrotate). On failure the old file stays in use.
+    fn reopen_audit_log(&mut self) {
+        match Audit::open(&self.cfg.audit_log) {
+            Ok(a) => {
+                self.audit = a;
+                self.audit.event("audit_reopened", json!({ "pid": std::process::id(), "outcome": "ok" }));
+            }
+            Err(e) => self.audit.event("audit_reopened", json!({ "outcome": "failed", "error": e })),
         }
     }
 
@@ -962,9 +978,19 @@ fn describe(status: Option<std::process::ExitStatus>) -> String {
     }
 }
 
-/// Read every pending signal: (one asks the daemon to stop, a child exited).
-fn drain_signals(sfd: &OwnedFd) -> (bool, bool) {
-    let (mut stop, mut child) = (false, false);
+#[derive(Default)]
+struct Signals {
+    /// SIGTERM or SIGINT.
+    stop: bool,
+    /// SIGCHLD.
+    child: bool,
+    /// SIGHUP: reopen the audit log (after logrotate moved it).
+    reopen: bool,
+}
+
+/// Read every pending signal.
+fn drain_signals(sfd: &OwnedFd) -> Signals {
+    let mut got = Signals::default();
     loop {
         // SAFETY: signalfd_siginfo is plain data; read into it.
         let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
@@ -972,10 +998,12 @@ fn drain_signals(sfd: &OwnedFd) -> (bool, bool) {
         // SAFETY: reading into a correctly sized buffer.
         let n = unsafe { libc::read(sfd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
         if n != size as isize {
-            return (stop, child);
+            return got;
         }
-        stop |= info.ssi_signo == libc::SIGTERM as u32 || info.ssi_signo == libc::SIGINT as u32;
-        child |= info.ssi_signo == libc::SIGCHLD as u32;
+        let signo = info.ssi_signo as libc::c_int;
+        got.stop |= signo == libc::SIGTERM || signo == libc::SIGINT;
+        got.child |= signo == libc::SIGCHLD;
+        got.reopen |= signo == libc::SIGHUP;
     }
 }
 
