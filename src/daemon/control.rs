@@ -1,0 +1,298 @@
+//! The daemon's listeners (parent side, in the daemon's loop): control
+//! clients (authorised by SO_PEERCRED, one validated request each) and metrics
+//! scrapers; and `swarmcell ctl`, the client.
+
+use super::*;
+
+impl Daemon {
+    pub(super) fn accept_clients(&mut self) {
+        while let Ok((s, _)) = self.listener.accept() {
+            let cred = peer_cred(&s);
+            let allowed = cred.is_some_and(|c| self.cfg.allowed_uids.contains(&c.uid) || self.cfg.allowed_gids.contains(&c.gid));
+            if !allowed {
+                self.counters.auth_denied += 1;
+                self.audit.event(
+                    "auth_denied",
+                    json!({ "uid": cred.map(|c| c.uid), "gid": cred.map(|c| c.gid), "pid": cred.map(|c| c.pid), "outcome": "refused" }),
+                );
+                // Answered without being read; a peer that does not read loses the answer.
+                let _ = s.set_nonblocking(true);
+                let _ = writeln!(&s, "{}", json!({ "ok": false, "error": "not authorised" }));
+                continue;
+            }
+            // (Clients waiting for a launch or stop are bounded by max_sandboxes.)
+            if self.clients.values().filter(|c| *c.phase() != Phase::Waiting).count() >= MAX_CLIENTS {
+                let _ = s.set_nonblocking(true);
+                let _ = writeln!(&s, "{}", json!({ "ok": false, "error": "too many clients; try again" }));
+                continue;
+            }
+            let uid = cred.map_or(u32::MAX, |c| c.uid);
+            if s.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let cid = self.conn_id();
+            if let Ok(c) = Conn::new(&self.poller, s, uid, token(CLIENT, cid)) {
+                self.clients.insert(cid, c);
+                // The request is often there already.
+                self.on_client(cid);
+            }
+        }
+    }
+
+    pub(super) fn on_client(&mut self, cid: u64) {
+        let Some(c) = self.clients.get_mut(&cid) else { return };
+        let uid = c.uid;
+        match c.phase() {
+            Phase::Replying => {
+                if c.flush() {
+                    self.clients.remove(&cid);
+                }
+            }
+            Phase::Waiting => {}
+            Phase::Reading => match c.read(protocol::MAX_REQUEST, b"\n") {
+                Input::Partial => {}
+                Input::Closed => {
+                    self.clients.remove(&cid);
+                }
+                Input::Bad(why) => {
+                    self.audit.event("policy_violation", json!({ "uid": uid, "error": why, "outcome": "refused" }));
+                    let msg = format!("{why} (a request is one JSON line of at most {} bytes)", protocol::MAX_REQUEST);
+                    self.answer(cid, json!({ "ok": false, "error": msg }));
+                }
+                Input::Line(line) => match serde_json::from_slice::<Request>(&line) {
+                    Ok(req) => self.handle(req, cid, uid),
+                    Err(e) => {
+                        self.audit.event("policy_violation", json!({ "uid": uid, "error": e.to_string(), "outcome": "refused" }));
+                        self.answer(cid, json!({ "ok": false, "error": format!("bad request: {e}") }));
+                    }
+                },
+            },
+        }
+    }
+
+    /// Send the one-line reply to client `cid` (if it is still there).
+    pub(super) fn answer(&mut self, cid: u64, v: Value) {
+        if let Some(c) = self.clients.get_mut(&cid)
+            && c.reply(format!("{v}\n").into_bytes())
+        {
+            self.clients.remove(&cid);
+        }
+    }
+
+    pub(super) fn handle(&mut self, req: Request, cid: u64, uid: u32) {
+        match req {
+            Request::Launch { worktree, agent, task, argv, policy } => {
+                let checked = self.policy_for(policy.as_deref()).and_then(|(policy_path, policy)| {
+                    // No command: the policy's own (`process.command`), checked like any other.
+                    let argv = if argv.is_empty() { policy.process.command.clone() } else { argv };
+                    let wt =
+                        protocol::check_launch(&worktree, agent.as_deref(), task.as_deref(), &argv, &self.cfg.worktree_base, &self.cfg.commands)?;
+                    Ok((wt, argv, policy_path, policy))
+                });
+                let (wt, argv, policy_path, policy) = match checked {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.audit.event("policy_violation", json!({ "uid": uid, "agent": agent, "error": e, "outcome": "refused" }));
+                        return self.answer(cid, json!({ "ok": false, "error": e }));
+                    }
+                };
+                if self.sandboxes.len() >= self.cfg.max_sandboxes {
+                    let e = format!("{} sandboxes are running (max_sandboxes)", self.sandboxes.len());
+                    return self.answer(cid, json!({ "ok": false, "error": e }));
+                }
+                let id = loop {
+                    let id = format!("d-{:08x}", crate::launch::random_u32());
+                    if !self.sandboxes.contains_key(&id) {
+                        break id;
+                    }
+                };
+                let rec =
+                    Record { id: id.clone(), agent, task, worktree: wt, argv, policy: policy_path, uid, port: None, restarts: 0, launcher: None };
+                match self.add(rec, &policy, Some(cid)) {
+                    Ok(()) => {
+                        if let Some(c) = self.clients.get_mut(&cid) {
+                            c.wait();
+                        }
+                    }
+                    Err(e) => self.answer(cid, json!({ "ok": false, "error": e })),
+                }
+            }
+            Request::Stop { id } => match self.sandboxes.get_mut(&id) {
+                // Answered when the sandbox is gone (see `tick`).
+                Some(e) if e.state != State::Stopping || e.after_exit == AfterExit::Restart => {
+                    e.stop_by = Some(uid);
+                    let launching = e.waiting.replace(cid);
+                    if let Some(l) = launching {
+                        self.answer(l, json!({ "ok": false, "error": format!("sandbox {id} was stopped before it was ready") }));
+                    }
+                    if let Some(c) = self.clients.get_mut(&cid) {
+                        c.wait();
+                    }
+                    self.begin_stop(&id, AfterExit::Remove);
+                }
+                Some(_) => self.answer(cid, json!({ "ok": false, "error": format!("sandbox {id} is already stopping") })),
+                None => self.answer(cid, json!({ "ok": false, "error": format!("no sandbox {id}") })),
+            },
+            Request::List => {
+                let list = self.list();
+                self.answer(cid, json!({ "ok": true, "sandboxes": list }));
+            }
+            Request::Inspect { id } => {
+                let pid = self.sandboxes.get(&id).filter(|e| e.state == State::Running).and_then(|e| e.info["pid"].as_i64());
+                let v = match pid.map(|p| crate::inspect::find(&p.to_string())) {
+                    Some(Ok((init, payload))) => json!({ "ok": true, "inspect": crate::inspect::report(init, payload) }),
+                    Some(Err(e)) => json!({ "ok": false, "error": e }),
+                    None => json!({ "ok": false, "error": format!("no running sandbox {id}") }),
+                };
+                self.answer(cid, v);
+            }
+            Request::Logs { id } => {
+                let v = match self.sandboxes.get_mut(&id) {
+                    Some(e) => {
+                        e.log.drain();
+                        json!({ "ok": true, "log": String::from_utf8_lossy(&e.log.tail(64 * 1024)) })
+                    }
+                    None => json!({ "ok": false, "error": format!("no sandbox {id}") }),
+                };
+                self.answer(cid, v);
+            }
+        }
+    }
+
+    /// The policy a launch names (it must be one of the config's `policies`,
+    /// or its `policy`), or the default one: (its path, the policy).
+    pub(super) fn policy_for(&self, requested: Option<&Path>) -> Result<(Option<PathBuf>, crate::policy::Policy), String> {
+        let Some(requested) = requested else { return Ok((self.cfg.policy.clone(), self.default_policy.clone())) };
+        let canonical = requested.canonicalize().map_err(|e| format!("policy {}: {e}", requested.display()))?;
+        let allowed = self.cfg.policies.iter().chain(&self.cfg.policy).any(|p| p.canonicalize().is_ok_and(|p| p == canonical));
+        if !allowed {
+            return Err(format!("policy {} is not one the daemon's config allows (`policies`)", requested.display()));
+        }
+        let policy = crate::policy::Policy::load(&canonical).map_err(|e| e.to_string())?;
+        Ok((Some(canonical), policy))
+    }
+
+    pub(super) fn list(&self) -> Vec<Value> {
+        self.sandboxes
+            .iter()
+            .map(|(id, e)| {
+                json!({ "id": id, "state": format!("{:?}", e.state).to_lowercase(), "agent": e.rec.agent, "task": e.rec.task,
+                        "worktree": e.rec.worktree, "port": e.info["port"], "pid": e.info["pid"], "sandbox": e.info["id"],
+                        "restarts": e.rec.restarts })
+            })
+            .collect()
+    }
+
+    pub(super) fn accept_scrapers(&mut self) {
+        while let Some(Ok((s, _))) = self.metrics.as_ref().map(std::net::TcpListener::accept) {
+            if self.scrapers.len() >= MAX_CLIENTS || s.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let cid = self.conn_id();
+            if let Ok(c) = Conn::new(&self.poller, s, 0, token(SCRAPER, cid)) {
+                self.scrapers.insert(cid, c);
+                self.on_scraper(cid);
+            }
+        }
+    }
+
+    /// Read the HTTP request head, then send the metrics whatever was asked.
+    pub(super) fn on_scraper(&mut self, cid: u64) {
+        let Some(c) = self.scrapers.get_mut(&cid) else { return };
+        let done = match c.phase() {
+            Phase::Reading => match c.read(MAX_SCRAPE_REQUEST, b"\r\n\r\n") {
+                Input::Partial => false,
+                Input::Bad(_) | Input::Closed => true,
+                Input::Line(_) => {
+                    let body = self.metrics_text();
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    self.scrapers.get_mut(&cid).is_none_or(|c| c.reply(response.into_bytes()))
+                }
+            },
+            _ => c.flush(),
+        };
+        if done {
+            self.scrapers.remove(&cid);
+        }
+    }
+
+    /// Prometheus text exposition format.
+    pub fn metrics_text(&self) -> String {
+        let count = |state: State| self.sandboxes.values().filter(|e| e.state == state).count();
+        let by_state = [
+            ("starting", count(State::Starting)),
+            ("running", count(State::Running)),
+            ("restarting", count(State::Restarting)),
+            ("stopping", count(State::Stopping)),
+        ];
+        let views: Vec<metrics::SandboxView> = self
+            .sandboxes
+            .iter()
+            .map(|(id, e)| metrics::SandboxView {
+                id,
+                cgroups: if e.state == State::Running {
+                    e.info["cgroups"].as_array().into_iter().flatten().filter_map(Value::as_str).collect()
+                } else {
+                    vec![]
+                },
+                broker: &e.broker,
+            })
+            .collect();
+        metrics::render(&self.counters, &by_state, &views)
+    }
+}
+
+pub(super) fn peer_cred(s: &UnixStream) -> Option<libc::ucred> {
+    // SAFETY: ucred is plain data; getsockopt fills it.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: valid pointers and length.
+    let r = unsafe { libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len) };
+    (r == 0).then_some(cred)
+}
+
+/// The control socket, mode 0660 (group: `socket_group`). A socket file left by
+/// a dead daemon is replaced; one a live daemon answers on is not.
+pub(super) fn bind_control_socket(cfg: &Config) -> Result<UnixListener, String> {
+    let path = &cfg.socket;
+    let err = |e: std::io::Error| format!("control socket {}: {e}", path.display());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(format!("control socket {}: another daemon is listening on it", path.display()));
+            }
+            std::fs::remove_file(path).map_err(err)?;
+        }
+        Ok(_) => return Err(format!("control socket {} exists and is not a socket", path.display())),
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    if let Some(gid) = cfg.socket_group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
+    }
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok(listener)
+}
+
+/// `swarmcell ctl`: send one request, print the response.
+pub fn ctl(socket: &Path, req: &Request) -> Result<Value, String> {
+    let mut s = UnixStream::connect(socket).map_err(|e| format!("control socket {}: {e}", socket.display()))?;
+    let line = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    // A refused peer is answered without being read: the answer is still there
+    // to read when the write fails.
+    let _ = writeln!(s, "{line}");
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).map_err(|e| format!("control socket {}: {e}", socket.display()))?;
+    if line.is_empty() {
+        return Err(format!("control socket {}: the daemon closed the connection without an answer", socket.display()));
+    }
+    serde_json::from_str(line.trim()).map_err(|e| format!("bad response {line:?}: {e}"))
+}

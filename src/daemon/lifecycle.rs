@@ -1,0 +1,395 @@
+//! A sandbox's life in the daemon: launch (`swarmcell run` child, record, log,
+//! counters), readiness, health checks, restarts with back-off, stop, removal.
+
+use super::*;
+
+impl Daemon {
+    /// Start managing a sandbox: its counters page, its log, its first launcher
+    /// and its record. `waiting` is the client to answer when it is healthy.
+    pub(super) fn add(&mut self, mut rec: Record, policy: &crate::policy::Policy, waiting: Option<u64>) -> Result<(), String> {
+        // Secrets reach a sandbox only by name, through the policy's env
+        // allowlist; each hand-over is audited (the value never is).
+        for name in policy.process.env.iter().filter(|n| std::env::var_os(n).is_some()) {
+            self.audit.event("secret_access", json!({ "id": rec.id, "agent": rec.agent, "name": name, "uid": rec.uid, "outcome": "passed" }));
+        }
+        let (broker, broker_fd) = crate::broker_stats::SharedCounters::create().map_err(|e| format!("broker counters: {e}"))?;
+        let key = self.conn_id();
+        let log =
+            LogSink::new(&self.poller, token(LOG, key), self.cfg.log_dir.join(format!("{}.log", rec.id)), self.cfg.log_max.0.unwrap_or(u64::MAX))
+                .map_err(|e| format!("sandbox log in {}: {e}", self.cfg.log_dir.display()))?;
+        let (child, ready) = match self.spawn(&rec, &log, &broker_fd, key) {
+            Ok(s) => s,
+            Err(e) => {
+                log.remove();
+                return Err(e);
+            }
+        };
+        rec.launcher = records::Process::of(child.id() as i32);
+        if let Err(e) = records::save(&self.cfg.state_dir, &rec) {
+            // Without a record the sandbox could not be recovered: do not run it.
+            self.audit.event("sandbox_launch", json!({ "id": rec.id, "agent": rec.agent, "uid": rec.uid, "outcome": "failed", "error": e }));
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+            log.remove();
+            return Err(e);
+        }
+        self.counters.launches += 1;
+        let now = Instant::now();
+        let health = HealthSpec { interval: policy.health.interval.0, failures: policy.health.failures, path: policy.health.path.clone() };
+        self.by_key.insert(key, rec.id.clone());
+        self.sandboxes.insert(
+            rec.id.clone(),
+            Entry {
+                rec,
+                key,
+                next_health: now + health.interval,
+                health,
+                child,
+                ready: Some(ready),
+                waiting,
+                info: Value::Null,
+                state: State::Starting,
+                after_exit: AfterExit::Remove,
+                restart_at: None,
+                failed_starts: 0,
+                failures: 0,
+                probe: None,
+                log,
+                started: now,
+                stop_deadline: None,
+                stop_by: None,
+                broker,
+                broker_fd,
+            },
+        );
+        Ok(())
+    }
+
+    /// `swarmcell run --port auto --ready-fd 3 --stats-fd 4 ...` for one sandbox,
+    /// asking for its previous port again when it had one.
+    pub(super) fn spawn(&self, rec: &Record, log: &LogSink, broker_fd: &OwnedFd, key: u64) -> Result<(Child, Watched<std::fs::File>), String> {
+        let (r, w) = std::io::pipe().map_err(|e| format!("ready pipe: {e}"))?;
+        crate::sys::set_nonblocking(r.as_raw_fd()).map_err(|e| format!("ready pipe: {e}"))?;
+        let r = Watched::new(&self.poller, std::fs::File::from(OwnedFd::from(r)), IN, token(READY, key)).map_err(|e| format!("epoll: {e}"))?;
+        // Above 4, so that installing fds 3 and 4 in the child cannot overwrite either.
+        let w = crate::sys::dup_at_least(w.as_raw_fd(), 10).map_err(|e| e.to_string())?;
+        let stats = crate::sys::dup_at_least(broker_fd.as_raw_fd(), 10).map_err(|e| e.to_string())?;
+        let (wfd, sfd) = (w.as_raw_fd(), stats.as_raw_fd());
+        let out = |what| log.writer.try_clone().map_err(|e| format!("sandbox log {what}: {e}"));
+        let mut c = Command::new(&self.exe);
+        c.args(["run", "--port", "auto", "--ready-fd", "3", "--stats-fd", "4", "--worktree"]).arg(&rec.worktree);
+        if let Some(p) = rec.port {
+            c.args(["--prefer-port", &p.to_string()]);
+        }
+        if let Some(p) = rec.policy.as_ref().or(self.cfg.policy.as_ref()) {
+            c.arg("--policy").arg(p);
+        }
+        c.arg("--").args(&rec.argv);
+        c.stdin(Stdio::null()).stdout(out("stdout")?).stderr(out("stderr")?);
+        let daemon = std::process::id() as libc::pid_t;
+        // SAFETY: dup2, fcntl, prctl and getppid are async-signal-safe. The
+        // parent-death signal ends the sandbox if the daemon dies (the daemon is
+        // single-threaded, so the "parent" thread lives as long as the daemon);
+        // the getppid check closes the window in which the daemon died before
+        // the signal was armed.
+        unsafe {
+            c.pre_exec(move || {
+                crate::sys::install_fd_for_exec(wfd, 3)?;
+                crate::sys::install_fd_for_exec(sfd, 4)?;
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() != daemon {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+        let child = c.spawn().map_err(|e| format!("starting swarmcell run: {e}"))?;
+        Ok((child, r))
+    }
+
+    pub(super) fn on_ready(&mut self, id: &str) {
+        let Some(e) = self.sandboxes.get_mut(id) else { return };
+        let Some(pipe) = e.ready.as_mut() else { return };
+        // The launcher writes its line in one write (< PIPE_BUF), then closes the pipe.
+        let mut line = [0u8; 4096];
+        let n = match pipe.read(&mut line) {
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(_) => 0,
+        };
+        e.ready = None;
+        let restart = e.rec.restarts > 0;
+        let info = match serde_json::from_slice::<Value>(line[..n].trim_ascii()) {
+            Ok(info) if n > 0 => info,
+            _ => return self.start_failed(id),
+        };
+        self.counters.observe_launch(e.started.elapsed().as_secs_f64());
+        e.rec.port = info["port"].as_u64().and_then(|p| u16::try_from(p).ok());
+        e.info = info;
+        e.state = State::Running;
+        e.failures = 0;
+        e.failed_starts = 0;
+        // Its SIGCHLD may have been read while it was still starting.
+        self.reap_due = true;
+        e.next_health = Instant::now() + e.health.interval;
+        let out = json!({ "ok": true, "id": id, "port": e.info["port"], "pid": e.info["pid"], "sandbox": e.info["id"] });
+        let fields = json!({ "id": id, "agent": e.rec.agent, "uid": e.rec.uid, "worktree": e.rec.worktree, "port": out["port"],
+                             "sandbox": out["sandbox"], "outcome": "ready" });
+        let (waiting, rec) = (e.waiting.take(), e.rec.clone());
+        if let Err(err) = records::save(&self.cfg.state_dir, &rec) {
+            tracing::error!(id, error = %err, "could not update the sandbox record");
+        }
+        self.audit.event(if restart { "sandbox_restart" } else { "sandbox_launch" }, fields);
+        if let Some(cid) = waiting {
+            self.answer(cid, out);
+        }
+    }
+
+    /// The launcher exited (or closed its ready pipe) before the sandbox was
+    /// healthy. A client's launch fails; a restart or a recovery tries again
+    /// with back-off, up to MAX_FAILED_STARTS in a row.
+    pub(super) fn start_failed(&mut self, id: &str) {
+        let Some(e) = self.sandboxes.get_mut(id) else { return };
+        // The pipe closes when the launcher exits: this wait is short.
+        let status = describe(wait_with_timeout(&mut e.child, Duration::from_secs(2)));
+        e.log.drain();
+        let tail = e.log.tail(4096);
+        let reason = String::from_utf8_lossy(&tail).lines().rev().find(|l| l.starts_with("swarmcell:")).unwrap_or("").to_string();
+        e.failed_starts += 1;
+        let error = format!("sandbox failed to start ({status}): {reason}");
+        let fields = json!({ "id": id, "agent": e.rec.agent, "uid": e.rec.uid, "outcome": "failed", "error": error });
+        if let Some(cid) = e.waiting.take() {
+            self.audit.event("sandbox_launch", fields);
+            self.answer(cid, json!({ "ok": false, "error": error }));
+            return self.remove(id, false);
+        }
+        self.audit.event("sandbox_restart", fields);
+        self.schedule_restart(id);
+    }
+
+    /// When the loop must wake up by itself.
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        let sandboxes = self.sandboxes.values().filter_map(|e| match e.state {
+            State::Running => Some(e.probe.as_ref().map_or(e.next_health, |p| p.deadline)),
+            State::Restarting => e.restart_at,
+            State::Stopping => e.stop_deadline,
+            State::Starting => None,
+        });
+        let clients = self.clients.values().filter(|c| *c.phase() != Phase::Waiting).map(|c| c.deadline);
+        let scrapers = self.scrapers.values().map(|c| c.deadline);
+        sandboxes.chain(clients).chain(scrapers).min()
+    }
+
+    /// Deadlines, exits, restarts and health checks.
+    pub(super) fn tick(&mut self) {
+        let now = Instant::now();
+        let reap = std::mem::take(&mut self.reap_due);
+        self.clients.retain(|_, c| *c.phase() == Phase::Waiting || now < c.deadline);
+        self.scrapers.retain(|_, c| now < c.deadline);
+        // Only the sandboxes with something due (all of them after a SIGCHLD).
+        let due = |e: &Entry| match e.state {
+            State::Stopping => e.stop_deadline.is_some_and(|t| now >= t),
+            State::Running => e.probe.as_ref().map_or(now >= e.next_health, |p| now >= p.deadline),
+            State::Restarting => e.restart_at.is_some_and(|t| now >= t),
+            State::Starting => false,
+        };
+        let ids: Vec<String> = self.sandboxes.iter().filter(|(_, e)| reap || due(e)).map(|(id, _)| id.clone()).collect();
+        for id in ids {
+            let Some(e) = self.sandboxes.get_mut(&id) else { continue };
+            match e.state {
+                State::Stopping => {
+                    let exited = match if reap { e.child.try_wait() } else { Ok(None) } {
+                        Ok(Some(s)) => Some(Some(s)),
+                        _ if e.stop_deadline.is_some_and(|t| now >= t) => Some(wait_with_timeout(&mut e.child, Duration::ZERO)),
+                        _ => None,
+                    };
+                    let Some(status) = exited else { continue };
+                    if e.after_exit == AfterExit::Restart {
+                        self.schedule_restart(&id);
+                        continue;
+                    }
+                    let status = describe(status);
+                    let fields = json!({ "id": id, "agent": e.rec.agent, "worktree": e.rec.worktree, "uid": e.stop_by, "outcome": status });
+                    // Answered once everything is gone: record, log, counters.
+                    let waiting = e.waiting.take();
+                    self.audit.event("sandbox_stop", fields);
+                    self.remove(&id, true);
+                    if let Some(cid) = waiting {
+                        self.answer(cid, json!({ "ok": true, "id": id, "status": status }));
+                    }
+                }
+                State::Running => {
+                    if let Some(status) = reap.then(|| e.child.try_wait().ok().flatten()).flatten() {
+                        self.counters.health_failures += 1;
+                        let fields = json!({ "id": id, "agent": e.rec.agent, "uid": e.rec.uid, "reason": format!("payload exited: {status}"),
+                                             "outcome": "restart" });
+                        self.audit.event("health_failure", fields);
+                        self.schedule_restart(&id);
+                    } else if e.probe.as_ref().is_some_and(|p| now >= p.deadline) {
+                        self.health_result(&id, false);
+                    } else if e.probe.is_none() && now >= e.next_health {
+                        e.next_health = now + e.health.interval;
+                        let port = e.info["port"].as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
+                        self.counters.health_checks += 1;
+                        match Probe::start(&self.poller, token(PROBE, e.key), port, &e.health.path) {
+                            Ok(p) => e.probe = Some(p),
+                            Err(_) => self.health_result(&id, false),
+                        }
+                    }
+                }
+                State::Restarting if e.restart_at.is_some_and(|t| now >= t) => self.restart(&id),
+                State::Restarting | State::Starting => {}
+            }
+        }
+    }
+
+    /// The outcome of one health check.
+    pub(super) fn health_result(&mut self, id: &str, ok: bool) {
+        let Some(e) = self.sandboxes.get_mut(id) else { return };
+        e.probe = None;
+        if ok {
+            e.failures = 0;
+            return;
+        }
+        e.failures += 1;
+        self.counters.health_failures += 1;
+        let fields = json!({ "id": id, "agent": e.rec.agent, "uid": e.rec.uid, "reason": "health check failed", "consecutive": e.failures,
+                             "outcome": if e.failures >= e.health.failures { "restart" } else { "retry" } });
+        let alert = e.failures >= e.health.failures;
+        self.audit.event("health_failure", fields.clone());
+        if alert {
+            self.audit.event("health_alert", fields);
+            self.begin_stop(id, AfterExit::Restart);
+        }
+    }
+
+    /// SIGTERM to the launcher (which stops its sandbox); SIGKILL after STOP_GRACE.
+    pub(super) fn begin_stop(&mut self, id: &str, after: AfterExit) {
+        let Some(e) = self.sandboxes.get_mut(id) else { return };
+        e.after_exit = after;
+        e.probe = None;
+        if e.state == State::Restarting {
+            // Nothing runs: a stop ends it at the next tick.
+            e.stop_deadline = Some(Instant::now());
+        } else if e.state != State::Stopping {
+            e.stop_deadline = Some(Instant::now() + STOP_GRACE);
+            // SAFETY: SIGTERM to our own child, the sandbox's launcher (not yet reaped: state is not Restarting).
+            unsafe { libc::kill(e.child.id() as i32, libc::SIGTERM) };
+        }
+        e.ready = None;
+        e.state = State::Stopping;
+    }
+
+    pub(super) fn schedule_restart(&mut self, id: &str) {
+        let Some(e) = self.sandboxes.get_mut(id) else { return };
+        let _ = e.child.try_wait();
+        if !self.cfg.restart || e.failed_starts >= MAX_FAILED_STARTS {
+            let outcome =
+                if self.cfg.restart { format!("given up after {MAX_FAILED_STARTS} failed starts") } else { "exited; restart is off".into() };
+            let fields = json!({ "id": id, "agent": e.rec.agent, "worktree": e.rec.worktree, "uid": e.rec.uid, "outcome": outcome });
+            self.audit.event("sandbox_stop", fields);
+            return self.remove(id, false);
+        }
+        // Back off: 1 s, 2 s, 4 s ... at most 30 s.
+        let delay = Duration::from_secs(1u64 << e.rec.restarts.min(5)).min(Duration::from_secs(30));
+        e.state = State::Restarting;
+        e.after_exit = AfterExit::Remove;
+        e.ready = None;
+        e.stop_deadline = None;
+        e.restart_at = Some(Instant::now() + delay);
+    }
+
+    pub(super) fn restart(&mut self, id: &str) {
+        let Some(e) = self.sandboxes.get(id) else { return };
+        match self.spawn(&e.rec, &e.log, &e.broker_fd, e.key) {
+            Ok((child, ready)) => {
+                self.counters.restarts += 1;
+                let Some(e) = self.sandboxes.get_mut(id) else { return };
+                e.child = child;
+                e.ready = Some(ready);
+                e.state = State::Starting;
+                e.rec.restarts += 1;
+                e.rec.launcher = records::Process::of(e.child.id() as i32);
+                e.started = Instant::now();
+                if let Err(err) = records::save(&self.cfg.state_dir, &e.rec) {
+                    tracing::error!(id, error = %err, "could not update the sandbox record");
+                }
+            }
+            Err(err) => {
+                let fields = json!({ "id": id, "agent": e.rec.agent, "uid": e.rec.uid, "outcome": "failed", "error": err });
+                self.audit.event("sandbox_restart", fields);
+                if let Some(e) = self.sandboxes.get_mut(id) {
+                    e.failed_starts += 1;
+                }
+                self.schedule_restart(id);
+            }
+        }
+    }
+
+    /// Forget a sandbox whose launcher has exited: its record, its counters
+    /// (kept in the totals) and, with `remove_log`, its log (a failed one's is
+    /// kept for the post-mortem).
+    pub(super) fn remove(&mut self, id: &str, remove_log: bool) {
+        let Some(mut e) = self.sandboxes.remove(id) else { return };
+        self.by_key.remove(&e.key);
+        records::remove(&self.cfg.state_dir, id);
+        self.counters.retire(&e.broker);
+        e.log.drain();
+        if remove_log {
+            e.log.remove();
+        }
+        if let Some(cid) = e.waiting.take() {
+            self.answer(cid, json!({ "ok": false, "error": format!("sandbox {id} is gone") }));
+        }
+    }
+
+    /// Stop every sandbox (SIGTERM to all, one shared grace period, then SIGKILL)
+    /// and forget their records: a stopped daemon relaunches nothing.
+    pub(super) fn shutdown(&mut self) {
+        let ids: Vec<String> = self.sandboxes.keys().cloned().collect();
+        for id in &ids {
+            self.begin_stop(id, AfterExit::Remove);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for e in self.sandboxes.values_mut() {
+            let _ = wait_with_timeout(&mut e.child, deadline.saturating_duration_since(Instant::now()));
+        }
+        for id in &ids {
+            if let Some(e) = self.sandboxes.get_mut(id)
+                && let Some(cid) = e.waiting.take()
+            {
+                self.answer(cid, json!({ "ok": false, "error": "the daemon is shutting down" }));
+            }
+            self.remove(id, true);
+        }
+        let _ = std::fs::remove_file(&self.cfg.socket);
+        self.audit.event("server_shutdown", json!({ "stopped": ids, "outcome": "ok" }));
+    }
+}
+
+/// "exit N" or "signal N".
+pub(super) fn describe(status: Option<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Some(s) => s.code().map(|c| format!("exit {c}")).or_else(|| s.signal().map(|n| format!("signal {n}"))).unwrap_or_default(),
+        None => "unknown".into(),
+    }
+}
+
+/// Wait for a child up to `timeout`, then SIGKILL it and reap it.
+pub(super) fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if start.elapsed() >= timeout {
+            let _ = child.kill();
+            return child.wait().ok();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
