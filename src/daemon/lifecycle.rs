@@ -340,6 +340,10 @@ impl Daemon {
         e.log.drain();
         if remove_log {
             e.log.remove();
+        } else {
+            drop(e.log);
+            let live: Vec<&str> = self.sandboxes.keys().map(String::as_str).collect();
+            log_sink::prune_kept(&self.cfg.log_dir, &live, log_sink::MAX_KEPT);
         }
         if let Some(cid) = e.waiting.take() {
             self.answer(cid, json!({ "ok": false, "error": format!("sandbox {id} is gone") }));

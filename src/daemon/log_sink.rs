@@ -84,6 +84,30 @@ impl LogSink {
     }
 }
 
+/// Logs kept of sandboxes that failed (for the post-mortem), at most.
+pub const MAX_KEPT: usize = 64;
+
+/// Remove the oldest logs in `dir` that belong to no sandbox in `live`, so that
+/// at most `keep` sandboxes' logs stay (a client launching failing sandboxes
+/// again and again cannot fill the disk either).
+pub fn prune_kept(dir: &Path, live: &[&str], keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut kept: Vec<(std::time::SystemTime, String)> = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_suffix(".log") else { continue };
+        if !live.contains(&id) {
+            kept.push((e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH), id.to_string()));
+        }
+    }
+    kept.sort();
+    let excess = kept.len().saturating_sub(keep);
+    for (_, id) in &kept[..excess] {
+        let _ = std::fs::remove_file(dir.join(format!("{id}.log.1")));
+        let _ = std::fs::remove_file(dir.join(format!("{id}.log")));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +129,24 @@ mod tests {
         sink.remove();
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
         std::fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_the_newest_logs_of_gone_sandboxes_are_kept() {
+        let dir = std::env::temp_dir().join(format!("swarmcell-logs-{}-{}", std::process::id(), crate::launch::random_u32()));
+        std::fs::create_dir(&dir).unwrap();
+        for i in 0..5 {
+            std::fs::write(dir.join(format!("d-{i}.log")), "x").unwrap();
+            std::fs::write(dir.join(format!("d-{i}.log.1")), "x").unwrap();
+            // Distinct modification times, oldest first.
+            let t = std::time::SystemTime::now() - std::time::Duration::from_secs(100 - i);
+            std::fs::File::options().write(true).open(dir.join(format!("d-{i}.log"))).unwrap().set_modified(t).unwrap();
+        }
+        // d-0 is the oldest but still running: never removed.
+        prune_kept(&dir, &["d-0"], 2);
+        let mut left: Vec<String> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["d-0.log", "d-0.log.1", "d-3.log", "d-3.log.1", "d-4.log", "d-4.log.1"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
