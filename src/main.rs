@@ -132,6 +132,10 @@ struct RunArgs {
     /// with different ones could hand two sandboxes the same host uid.
     #[arg(long, default_value = swarmcell::lease::HOST_STATE_DIR)]
     state_dir: PathBuf,
+    /// Skip the sweep of stale cgroups and leases at start (for a supervisor
+    /// that sweeps itself, like the daemon).
+    #[arg(long, hide = true)]
+    no_gc: bool,
     /// Memory limit for this run (overrides the policy), e.g. 256M.
     #[arg(long)]
     memory: Option<String>,
@@ -434,6 +438,7 @@ fn run(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
         argv: if args.cmd.is_empty() { req_policy_command.clone() } else { args.cmd },
         log,
         state_dir: args.state_dir,
+        gc: !args.no_gc,
         uid_range,
         cgroup_parent: args.cgroup_parent,
         port,

@@ -248,6 +248,28 @@ fn three_sandboxes_are_launched_listed_stopped_and_restarted() {
 }
 
 #[test]
+fn a_killed_launcher_leaves_nothing_behind_and_its_sandbox_comes_back() {
+    let f = Fixture::new();
+    let mut d = Daemon::start(&f);
+    let l = d.launch("a");
+    let sandbox = d.list()[0]["sandbox"].clone();
+    let launcher = d.records()[0]["launcher"]["pid"].as_i64().unwrap() as i32;
+    // SAFETY: SIGKILL to the launcher the daemon started for this test; it cannot clean up.
+    unsafe { libc::kill(launcher, libc::SIGKILL) };
+    wait_until("the restart", || d.audit_events("sandbox_restart").iter().any(|e| e["outcome"] == "ready"));
+    // The daemon swept what the killed launcher left (its launchers do not sweep at start).
+    let swept = d.audit_events("stale_cleanup");
+    assert!(swept.iter().any(|e| e["removed"].as_array().is_some_and(|r| r.contains(&sandbox))), "{swept:?}");
+    let now = d.list();
+    let held = held();
+    let ids: std::collections::BTreeSet<String> = now.iter().map(|s| s["sandbox"].as_str().unwrap().to_string()).collect();
+    assert_eq!((&held.cgroups, &held.sandbox_leases), (&ids, &ids));
+    assert_eq!(held.ports.iter().copied().collect::<Vec<_>>(), [l["port"].as_u64().unwrap() as u16], "the same port, once");
+    d.stop();
+    assert_no_sandbox_left();
+}
+
+#[test]
 fn broker_connections_and_bytes_are_counted_per_sandbox() {
     let f = Fixture::new();
     // No health checks of the daemon's own during the measurement.

@@ -78,7 +78,9 @@ impl Daemon {
         let (wfd, sfd) = (w.as_raw_fd(), stats.as_raw_fd());
         let out = |what| log.writer.try_clone().map_err(|e| format!("sandbox log {what}: {e}"));
         let mut c = Command::new(&self.exe);
-        c.args(["run", "--port", "auto", "--ready-fd", "3", "--stats-fd", "4", "--worktree"]).arg(&rec.worktree);
+        // --no-gc: a burst of launches would each sweep every lease and cgroup
+        // (quadratic); the daemon sweeps at start and after a launcher is killed.
+        c.args(["run", "--no-gc", "--port", "auto", "--ready-fd", "3", "--stats-fd", "4", "--worktree"]).arg(&rec.worktree);
         if let Some(p) = rec.port {
             c.args(["--prefer-port", &p.to_string()]);
         }
@@ -154,7 +156,10 @@ impl Daemon {
     pub(super) fn start_failed(&mut self, id: &str) {
         let Some(e) = self.sandboxes.get_mut(id) else { return };
         // The pipe closes when the launcher exits: this wait is short.
-        let status = describe(wait_with_timeout(&mut e.child, Duration::from_secs(2)));
+        let status = wait_with_timeout(&mut e.child, Duration::from_secs(2));
+        self.stale_due |= killed(status);
+        let Some(e) = self.sandboxes.get_mut(id) else { return };
+        let status = describe(status);
         e.log.drain();
         let tail = e.log.tail(4096);
         let reason = String::from_utf8_lossy(&tail).lines().rev().find(|l| l.starts_with("swarmcell:")).unwrap_or("").to_string();
@@ -207,6 +212,7 @@ impl Daemon {
                         _ => None,
                     };
                     let Some(status) = exited else { continue };
+                    self.stale_due |= killed(status);
                     if e.after_exit == AfterExit::Restart {
                         self.schedule_restart(&id);
                         continue;
@@ -223,6 +229,7 @@ impl Daemon {
                 }
                 State::Running => {
                     if let Some(status) = reap.then(|| e.child.try_wait().ok().flatten()).flatten() {
+                        self.stale_due |= killed(Some(status));
                         self.counters.health_failures += 1;
                         let fields = json!({ "id": id, "agent": e.rec.agent, "uid": e.rec.uid, "reason": format!("payload exited: {status}"),
                                              "outcome": "restart" });
@@ -369,6 +376,8 @@ impl Daemon {
             }
             self.remove(id, true);
         }
+        // Launchers killed at the deadline could not clean up after themselves.
+        self.sweep_stale();
         let _ = std::fs::remove_file(&self.cfg.socket);
         self.audit.event("server_shutdown", json!({ "stopped": ids, "outcome": "ok" }));
     }
@@ -384,6 +393,12 @@ pub(super) fn describe(status: Option<std::process::ExitStatus>) -> String {
 }
 
 /// Wait for a child up to `timeout`, then SIGKILL it and reap it.
+/// Ended by a signal: a launcher that could not remove its cgroup and leases.
+fn killed(status: Option<std::process::ExitStatus>) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status.is_none_or(|s| s.signal().is_some())
+}
+
 pub(super) fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
     let start = Instant::now();
     loop {

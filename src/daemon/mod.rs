@@ -156,6 +156,9 @@ pub struct Daemon {
     /// A SIGCHLD came: look for launchers that exited (only then, so that a
     /// wake-up costs no syscall per sandbox).
     reap_due: bool,
+    /// A launcher was killed: sweep stale cgroups and leases (the launchers
+    /// the daemon starts do not sweep at every start, see `spawn`).
+    stale_due: bool,
 }
 
 impl Daemon {
@@ -196,6 +199,7 @@ impl Daemon {
             default_policy: policy,
             _instance: instance,
             reap_due: false,
+            stale_due: false,
             cfg,
         };
         d.recover();
@@ -210,13 +214,7 @@ impl Daemon {
             self.audit.event("stale_cleanup", json!({ "unreadable_records": bad, "outcome": "removed" }));
         }
         let ended = records::end_launchers(&records, STOP_GRACE);
-        if let Ok(layout) = crate::cgroups::Layout::detect() {
-            match crate::cgroups::gc(&layout, "swarmcell", Path::new(crate::lease::HOST_STATE_DIR)) {
-                Ok(ids) if !ids.is_empty() => self.audit.event("stale_cleanup", json!({ "removed": ids, "outcome": "removed" })),
-                Ok(_) => {}
-                Err(e) => self.audit.event("stale_cleanup", json!({ "outcome": "failed", "error": e.to_string() })),
-            }
-        }
+        self.sweep_stale();
         for mut rec in records {
             let was_running = ended.contains(&rec.id);
             // Checked again: the config or the policy may have changed since.
@@ -250,6 +248,17 @@ impl Daemon {
             let mut fields = fields;
             fields["outcome"] = json!(outcome);
             self.audit.event("sandbox_recovered", fields);
+        }
+    }
+
+    /// Remove the cgroups and leases of sandboxes whose launcher is gone.
+    fn sweep_stale(&mut self) {
+        self.stale_due = false;
+        let Ok(layout) = crate::cgroups::Layout::detect() else { return };
+        match crate::cgroups::gc(&layout, "swarmcell", Path::new(crate::lease::HOST_STATE_DIR)) {
+            Ok(ids) if !ids.is_empty() => self.audit.event("stale_cleanup", json!({ "removed": ids, "outcome": "removed" })),
+            Ok(_) => {}
+            Err(e) => self.audit.event("stale_cleanup", json!({ "outcome": "failed", "error": e.to_string() })),
         }
     }
 
@@ -316,6 +325,9 @@ impl Daemon {
                 }
             }
             self.tick();
+            if self.stale_due {
+                self.sweep_stale();
+            }
         }
     }
 

@@ -45,6 +45,8 @@ pub struct RunRequest {
     pub argv: Vec<String>,
     pub log: LogConfig,
     pub state_dir: PathBuf,
+    /// Sweep stale cgroups and leases first (off for a supervisor that sweeps itself).
+    pub gc: bool,
     pub uid_range: UidRange,
     /// Name of the directory, inside the launcher's own cgroup, that holds the
     /// sandboxes' cgroups.
@@ -311,10 +313,12 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     }
     let seccomp = crate::seccomp::compile(&req.policy.seccomp.deny).map_err(|e| RunError::Invalid(e.to_string()))?;
     let layout = crate::cgroups::Layout::detect()?;
-    match crate::cgroups::gc(&layout, &req.cgroup_parent, &req.state_dir) {
-        Ok(ids) if !ids.is_empty() => tracing::info!(removed = ?ids, "removed stale sandbox cgroups"),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "could not remove stale sandbox cgroups"),
+    if req.gc {
+        match crate::cgroups::gc(&layout, &req.cgroup_parent, &req.state_dir) {
+            Ok(ids) if !ids.is_empty() => tracing::info!(removed = ?ids, "removed stale sandbox cgroups"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not remove stale sandbox cgroups"),
+        }
     }
     let lease = uidalloc::allocate(&req.state_dir, req.uid_range, super::random_u32())?;
     // Held for the sandbox's life: `gc` leaves the cgroup of a held id alone.
