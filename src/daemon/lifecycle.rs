@@ -31,6 +31,7 @@ impl Daemon {
             let mut child = child;
             let _ = child.kill();
             let _ = child.wait();
+            self.stale_due = true;
             log.remove();
             return Err(e);
         }
