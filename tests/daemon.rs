@@ -181,6 +181,16 @@ fn payload_of(init: i64) -> i32 {
     std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap().trim().parse().unwrap()
 }
 
+/// Everything sandboxes hold on the host (cgroups, sandbox-id and port leases,
+/// processes) belongs to a sandbox of `list` (the daemon's), and nothing else.
+fn assert_host_holds_only(list: &[serde_json::Value]) {
+    let held = held();
+    let ids: std::collections::BTreeSet<String> = list.iter().map(|s| s["sandbox"].as_str().unwrap().to_string()).collect();
+    let ports: std::collections::BTreeSet<u16> = list.iter().map(|s| s["port"].as_u64().unwrap() as u16).collect();
+    assert_eq!((&held.cgroups, &held.sandbox_leases, &held.ports), (&ids, &ids, &ports));
+    assert_eq!(held.processes, 2 * list.len(), "an init and a payload per sandbox, nothing else: {held:?}\n{}", sandbox_process_list());
+}
+
 fn find<'a>(list: &'a [serde_json::Value], id: &serde_json::Value) -> &'a serde_json::Value {
     list.iter().find(|s| &s["id"] == id).unwrap_or_else(|| panic!("{id} not in {list:?}"))
 }
@@ -261,10 +271,8 @@ fn a_killed_launcher_leaves_nothing_behind_and_its_sandbox_comes_back() {
     let swept = d.audit_events("stale_cleanup");
     assert!(swept.iter().any(|e| e["removed"].as_array().is_some_and(|r| r.contains(&sandbox))), "{swept:?}");
     let now = d.list();
-    let held = held();
-    let ids: std::collections::BTreeSet<String> = now.iter().map(|s| s["sandbox"].as_str().unwrap().to_string()).collect();
-    assert_eq!((&held.cgroups, &held.sandbox_leases), (&ids, &ids));
-    assert_eq!(held.ports.iter().copied().collect::<Vec<_>>(), [l["port"].as_u64().unwrap() as u16], "the same port, once");
+    assert_eq!(now[0]["port"], l["port"], "the same port");
+    assert_host_holds_only(&now);
     d.stop();
     assert_no_sandbox_left();
 }
@@ -478,12 +486,7 @@ fn after_kill_9_a_restarted_daemon_relaunches_its_sandboxes_and_leaves_nothing_u
     }
     let recovered = d.audit_events("sandbox_recovered");
     assert_eq!(recovered.iter().filter(|e| e["outcome"] == "relaunched").count(), 2, "{recovered:?}");
-    // Everything sandboxes hold on the host belongs to a sandbox the daemon lists.
-    let held = held();
-    let sandbox_ids: std::collections::BTreeSet<String> = list.iter().map(|s| s["sandbox"].as_str().unwrap().to_string()).collect();
-    let ports: std::collections::BTreeSet<u16> = list.iter().map(|s| s["port"].as_u64().unwrap() as u16).collect();
-    assert_eq!((&held.cgroups, &held.sandbox_leases, &held.ports), (&sandbox_ids, &sandbox_ids, &ports));
-    assert_eq!(held.processes, 4, "an init and a payload per sandbox, nothing else: {held:?}");
+    assert_host_holds_only(&list);
     // With recover = "discard", the next crash's sandboxes are forgotten.
     kill_9(&mut d);
     let config = std::fs::read_to_string(d.dir.join("daemon.toml")).unwrap() + "recover = \"discard\"\n";

@@ -188,7 +188,9 @@ pub fn assert_no_sandbox_left() {
 }
 
 /// What sandboxes hold on the host now, by name: cgroups (sandbox ids), port
-/// leases, sandbox-id leases, and how many sandbox processes run.
+/// leases, sandbox-id leases, and how many sandbox processes run (zombies left
+/// to the host's pid 1 to reap, e.g. the init of a SIGKILLed launcher, do not
+/// run and are not counted).
 #[derive(Debug)]
 pub struct Held {
     pub cgroups: std::collections::BTreeSet<String>,
@@ -211,7 +213,7 @@ pub fn held() -> Held {
             .collect(),
         ports: locks("ports").iter().filter_map(|p| p.parse().ok()).collect(),
         sandbox_leases: locks("sandboxes").into_iter().collect(),
-        processes: sandbox_processes().len(),
+        processes: sandbox_processes().iter().filter(|p| !p.contains("\nState:\tZ")).count(),
     }
 }
 
@@ -245,6 +247,10 @@ pub fn ready_line(path: &Path) -> serde_json::Value {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     panic!("no ready line in {}", path.display());
+}
+
+pub fn sandbox_process_list() -> String {
+    sandbox_processes().join("\n---\n")
 }
 
 fn sandbox_processes() -> Vec<String> {
