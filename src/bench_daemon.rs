@@ -44,11 +44,9 @@ fn fd_count(pid: u32) -> usize {
 
 /// utime + stime of a process, in seconds.
 fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
-    let f: Vec<u64> = after.split_whitespace().filter_map(|v| v.parse().ok()).collect();
-    // Fields after the comm: state(skipped, not numeric) ppid pgrp ... utime is the 12th numeric.
-    let (utime, stime) = (f.get(10).copied().unwrap_or(0), f.get(11).copied().unwrap_or(0));
+    let fields = crate::daemon::records::proc_stat(pid as i32).unwrap_or_default();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let (utime, stime) = (field(14), field(15));
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     (utime + stime) as f64 / hz

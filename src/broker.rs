@@ -21,7 +21,6 @@ const PIPE_SIZE: libc::c_int = 1 << 20;
 const RELAY_STACK: usize = 64 * 1024;
 
 pub struct Broker {
-    pub stats: Arc<SharedCounters>,
     stop: Arc<AtomicBool>,
     listener: Arc<TcpListener>,
     accept: Option<JoinHandle<()>>,
@@ -105,10 +104,10 @@ impl Broker {
         let stop = Arc::new(AtomicBool::new(false));
         let listener = Arc::new(listener);
         let accept = {
-            let (stats, stop, listener) = (stats.clone(), stop.clone(), listener.clone());
+            let (stop, listener) = (stop.clone(), listener.clone());
             std::thread::Builder::new().name("broker-accept".into()).spawn(move || accept_loop(&listener, &dest, max_connections, &stats, &stop))?
         };
-        Ok(Broker { stats, stop, listener, accept: Some(accept) })
+        Ok(Broker { stop, listener, accept: Some(accept) })
     }
 
     /// Stop accepting and close the listener (the port is free afterwards).

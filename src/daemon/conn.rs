@@ -28,7 +28,7 @@ pub struct Conn<S: AsRawFd> {
     stream: Watched<S>,
     pub uid: u32,
     phase: Phase,
-    pub deadline: Instant,
+    deadline: Instant,
     input: Vec<u8>,
     output: Vec<u8>,
 }
@@ -53,6 +53,12 @@ impl<S: Read + Write + AsRawFd> Conn<S> {
 
     pub fn phase(&self) -> &Phase {
         &self.phase
+    }
+
+    /// When it is dropped if still here: being read or answered. A client
+    /// whose request is in progress has none (the daemon answers it).
+    pub fn deadline(&self) -> Option<Instant> {
+        (self.phase != Phase::Waiting).then_some(self.deadline)
     }
 
     /// The request is being carried out: stop watching until the reply.

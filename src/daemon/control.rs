@@ -21,7 +21,7 @@ impl Daemon {
                 continue;
             }
             // (Clients waiting for a launch or stop are bounded by max_sandboxes.)
-            if self.clients.values().filter(|c| *c.phase() != Phase::Waiting).count() >= MAX_CLIENTS {
+            if self.clients.values().filter(|c| c.deadline().is_some()).count() >= MAX_CLIENTS {
                 let _ = s.set_nonblocking(true);
                 let _ = writeln!(&s, "{}", json!({ "ok": false, "error": "too many clients; try again" }));
                 continue;

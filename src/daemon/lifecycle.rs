@@ -178,14 +178,9 @@ impl Daemon {
 
     /// When the loop must wake up by itself.
     pub(super) fn next_due(&self) -> Option<Instant> {
-        let sandboxes = self.sandboxes.values().filter_map(|e| match e.state {
-            State::Running => Some(e.probe.as_ref().map_or(e.next_health, |p| p.deadline)),
-            State::Restarting => e.restart_at,
-            State::Stopping => e.stop_deadline,
-            State::Starting => None,
-        });
-        let clients = self.clients.values().filter(|c| *c.phase() != Phase::Waiting).map(|c| c.deadline);
-        let scrapers = self.scrapers.values().map(|c| c.deadline);
+        let sandboxes = self.sandboxes.values().filter_map(Entry::deadline);
+        let clients = self.clients.values().filter_map(Conn::deadline);
+        let scrapers = self.scrapers.values().filter_map(Conn::deadline);
         sandboxes.chain(clients).chain(scrapers).min()
     }
 
@@ -193,16 +188,11 @@ impl Daemon {
     pub(super) fn tick(&mut self) {
         let now = Instant::now();
         let reap = std::mem::take(&mut self.reap_due);
-        self.clients.retain(|_, c| *c.phase() == Phase::Waiting || now < c.deadline);
-        self.scrapers.retain(|_, c| now < c.deadline);
+        self.clients.retain(|_, c| c.deadline().is_none_or(|t| now < t));
+        self.scrapers.retain(|_, c| c.deadline().is_none_or(|t| now < t));
         // Only the sandboxes with something due (all of them after a SIGCHLD).
-        let due = |e: &Entry| match e.state {
-            State::Stopping => e.stop_deadline.is_some_and(|t| now >= t),
-            State::Running => e.probe.as_ref().map_or(now >= e.next_health, |p| now >= p.deadline),
-            State::Restarting => e.restart_at.is_some_and(|t| now >= t),
-            State::Starting => false,
-        };
-        let ids: Vec<String> = self.sandboxes.iter().filter(|(_, e)| reap || due(e)).map(|(id, _)| id.clone()).collect();
+        let ids: Vec<String> =
+            self.sandboxes.iter().filter(|(_, e)| reap || e.deadline().is_some_and(|t| now >= t)).map(|(id, _)| id.clone()).collect();
         for id in ids {
             let Some(e) = self.sandboxes.get_mut(&id) else { continue };
             match e.state {

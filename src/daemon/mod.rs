@@ -108,6 +108,19 @@ struct Entry {
     broker_fd: OwnedFd,
 }
 
+impl Entry {
+    /// When the loop must next act on this sandbox by itself: a health check
+    /// (or the one in flight running out), a restart, or a stop running out.
+    fn deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::Running => Some(self.probe.as_ref().map_or(self.next_health, |p| p.deadline)),
+            State::Restarting => self.restart_at,
+            State::Stopping => self.stop_deadline,
+            State::Starting => None,
+        }
+    }
+}
+
 /// How long a stopping sandbox gets before its launcher is killed (its own
 /// --stop-timeout, 5 s, is inside this).
 const STOP_GRACE: Duration = Duration::from_secs(10);

@@ -54,16 +54,21 @@ impl Process {
     }
 }
 
-/// The start time of a live (non-zombie) process.
-fn start_time(pid: i32) -> Option<u64> {
+/// The fields of /proc/PID/stat from field 3 (the state) on: element `n - 3`
+/// is field `n`. The command name (field 2) may contain spaces and
+/// parentheses, so the split is after its last ')'.
+pub fn proc_stat(pid: i32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // fields[0] is the state (field 3), so field 22 is fields[19].
-    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
+    Some(stat.rsplit_once(')')?.1.split_whitespace().map(String::from).collect())
+}
+
+/// The start time (field 22) of a live (non-zombie) process.
+fn start_time(pid: i32) -> Option<u64> {
+    let fields = proc_stat(pid)?;
+    if fields.first().is_some_and(|s| s == "Z" || s == "X") {
         return None;
     }
-    fields.get(19)?.parse().ok()
+    fields.get(22 - 3)?.parse().ok()
 }
 
 /// The daemon's sandbox ids: `d-` and 8 hex digits (they name files).
