@@ -6,8 +6,14 @@
 //!   beneath the worktree, /tmp and the policy's read-write paths, read/write on
 //!   the device nodes; nothing else, so a path that a mount mistake made visible
 //!   stays out of reach;
-//! - network (ABI >= 4): TCP bind only on the inner port, TCP connect only to the
-//!   inner port and the configured forwards;
+//! - network (ABI >= 4), only with socket handoff: TCP connect only to the inner
+//!   port, the proxy and the configured forwards. The sandbox's loopback is its
+//!   own (a network namespace with only `lo`): with the relay broker no socket
+//!   of the payload's can reach the host, so binding and connecting any port
+//!   there protects nothing and would break an agent's test servers. A
+//!   handed-off listening socket belongs to the host's namespace and can be
+//!   turned into a client, so there the connect rule is what keeps it from
+//!   other host services;
 //! - scopes (ABI >= 6): abstract unix sockets and signals stay inside the sandbox.
 
 use std::path::{Path, PathBuf};
@@ -53,29 +59,40 @@ pub struct LandlockSpec {
     pub read_exec: Vec<PathBuf>,
     pub read_write: Vec<PathBuf>,
     pub device_files: Vec<PathBuf>,
-    pub bind_ports: Vec<u16>,
-    pub connect_ports: Vec<u16>,
+    /// TCP ports the payload may connect to; `None`: TCP is not restricted
+    /// (relay broker: the loopback is the sandbox's own).
+    pub connect_ports: Option<Vec<u16>>,
 }
 
 /// The rules a policy gives a sandbox on `worktree` (sandbox paths): what the
-/// mounts show (minus `mount_only`), the devices, the inner port, the proxy and
-/// `forwards`. One place for `swarmcell run` and `policy explain`; the launcher
-/// adds a linked worktree's git directories.
-pub fn rules_for(policy: &crate::policy::Policy, worktree: &Path, extra_ro: &[PathBuf], extra_rw: &[PathBuf], forwards: &[u16]) -> LandlockSpec {
+/// mounts show (minus `mount_only`), the devices and, with socket `handoff`,
+/// TCP connect only to the inner port, the proxy and `forwards`. One place for
+/// `swarmcell run` and `policy explain`; the launcher adds a linked worktree's
+/// git directories.
+pub fn rules_for(
+    policy: &crate::policy::Policy,
+    worktree: &Path,
+    extra_ro: &[PathBuf],
+    extra_rw: &[PathBuf],
+    forwards: &[u16],
+    handoff: bool,
+) -> LandlockSpec {
     let fs = &policy.filesystem;
     let mut read_exec: Vec<PathBuf> = fs.read_only.iter().chain(extra_ro).cloned().collect();
     read_exec.extend(["/etc", "/proc", "/dev"].map(PathBuf::from));
     let mut read_write: Vec<PathBuf> = vec![worktree.to_path_buf(), "/tmp".into(), "/dev/shm".into(), "/dev/pts".into()];
     read_write.extend(fs.read_write.iter().chain(extra_rw).cloned());
     let inner = policy.network.inner_port;
-    let mut connect_ports = vec![inner, policy.network.proxy_port];
-    connect_ports.extend(forwards.iter().filter(|p| **p != inner));
+    let connect_ports = handoff.then(|| {
+        let mut ports = vec![inner, policy.network.proxy_port];
+        ports.extend(forwards.iter().filter(|p| **p != inner));
+        ports
+    });
     LandlockSpec {
         mode: policy.landlock,
         read_exec,
         read_write,
         device_files: crate::fs::host_binds::DEVICES.iter().map(|d| PathBuf::from("/dev").join(d)).collect(),
-        bind_ports: vec![inner],
         connect_ports,
     }
 }
@@ -133,14 +150,11 @@ pub fn prepare(spec: &LandlockSpec) -> Result<Option<RulesetCreated>, LandlockEr
     let err = |e: &dyn std::fmt::Display| LandlockError::Ruleset(e.to_string());
     let level = if spec.mode == Mode::Required { CompatLevel::HardRequirement } else { CompatLevel::BestEffort };
     let abi = ABI::V6;
-    let ruleset = Ruleset::default()
-        .set_compatibility(level)
-        .handle_access(AccessFs::from_all(abi))
-        .map_err(|e| err(&e))?
-        .handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)
-        .map_err(|e| err(&e))?
-        .scope(Scope::AbstractUnixSocket | Scope::Signal)
-        .map_err(|e| err(&e))?;
+    let mut ruleset = Ruleset::default().set_compatibility(level).handle_access(AccessFs::from_all(abi)).map_err(|e| err(&e))?;
+    if spec.connect_ports.is_some() {
+        ruleset = ruleset.handle_access(AccessNet::ConnectTcp).map_err(|e| err(&e))?;
+    }
+    let ruleset = ruleset.scope(Scope::AbstractUnixSocket | Scope::Signal).map_err(|e| err(&e))?;
     let mut created = ruleset.create().map_err(|e| err(&e))?;
     let read = AccessFs::from_read(abi);
     let file_rw = AccessFs::from_file(abi) & !AccessFs::Execute;
@@ -150,10 +164,7 @@ pub fn prepare(spec: &LandlockSpec) -> Result<Option<RulesetCreated>, LandlockEr
             created = created.add_rule(PathBeneath::new(fd, access)).map_err(|e| LandlockError::Ruleset(format!("{}: {e}", path.display())))?;
         }
     }
-    for port in &spec.bind_ports {
-        created = created.add_rule(NetPort::new(*port, AccessNet::BindTcp)).map_err(|e| err(&e))?;
-    }
-    for port in &spec.connect_ports {
+    for port in spec.connect_ports.iter().flatten() {
         created = created.add_rule(NetPort::new(*port, AccessNet::ConnectTcp)).map_err(|e| err(&e))?;
     }
     Ok(Some(created))

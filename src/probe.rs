@@ -22,12 +22,13 @@ pub fn main(name: &str, rest: &[String]) -> u8 {
         ("alloc", Some(mib)) => vec![alloc(mib)],
         ("forks", Some(n)) => return forks(n),
         ("reuse-listener", Some(port)) => vec![reuse_listener(port)],
+        ("loopback", _) => loopback_servers(),
         ("bench-client", _) => return bench_client(rest),
         ("serve", Some(port)) => return serve(port, false),
         ("bench-server", Some(port)) => return serve(port, true),
         _ => {
             eprintln!(
-                "swarmcell __probe: unknown probe {name:?} (tiocsti, fds, seccomp, read PATH, bind PORT, connect PORT, http-get HOST:PORT/PATH, alloc MIB, serve PORT, bench-server PORT)"
+                "swarmcell __probe: unknown probe {name:?} (tiocsti, fds, seccomp, read PATH, bind PORT, connect PORT, loopback, http-get HOST:PORT/PATH, alloc MIB, serve PORT, bench-server PORT)"
             );
             return 2;
         }
@@ -356,6 +357,52 @@ fn tcp(what: &str, port: &str) -> Check {
         Ok(()) => check(&name, Status::Escaped, "allowed"),
         Err(e) => check(&name, Status::Blocked, e.to_string()),
     }
+}
+
+/// What an agent's test suite does on its loopback: TCP servers on an
+/// ephemeral port, on 3000 and 8080, on IPv6, and UDP on both; each must bind,
+/// accept a connection (or datagram) from a client on the same loopback and
+/// carry a byte each way. `ok` or `BROKEN`.
+pub fn loopback_servers() -> Vec<Check> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+    let v4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    let tcp = |ip: IpAddr, port: u16| -> std::io::Result<String> {
+        let listener = TcpListener::bind(SocketAddr::new(ip, port))?;
+        let addr = listener.local_addr()?;
+        let mut client = TcpStream::connect(addr)?;
+        let (mut server, _) = listener.accept()?;
+        client.write_all(b"?")?;
+        let mut b = [0u8; 1];
+        server.read_exact(&mut b)?;
+        server.write_all(b"!")?;
+        client.read_exact(&mut b)?;
+        Ok(format!("served and reached {addr}"))
+    };
+    let udp = |ip: IpAddr| -> std::io::Result<String> {
+        let server = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+        let client = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+        server.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        client.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        client.send_to(b"?", server.local_addr()?)?;
+        let mut b = [0u8; 1];
+        let (_, from) = server.recv_from(&mut b)?;
+        server.send_to(b"!", from)?;
+        client.recv(&mut b)?;
+        Ok(format!("datagrams both ways on {}", server.local_addr()?))
+    };
+    let result = |name: &str, r: std::io::Result<String>| match r {
+        Ok(d) => check(name, Status::Ok, d),
+        Err(e) => check(name, Status::Broken, e.to_string()),
+    };
+    vec![
+        result("loopback tcp 127.0.0.1:0", tcp(v4, 0)),
+        result("loopback tcp 127.0.0.1:3000", tcp(v4, 3000)),
+        result("loopback tcp 127.0.0.1:8080", tcp(v4, 8080)),
+        result("loopback tcp [::1]:0", tcp(v6, 0)),
+        result("loopback udp 127.0.0.1", udp(v4)),
+        result("loopback udp [::1]", udp(v6)),
+    ]
 }
 
 /// A minimal HTTP/1.1 GET: `ok` with the status line when a response came.

@@ -33,6 +33,10 @@ fn verify_reports_no_escape_with_at_least_forty_checks() {
     assert!(s["ok"].as_u64().unwrap() >= 5, "function checks: {s}");
     assert!(s["total"].as_u64().unwrap() >= 40, "{s}");
     assert_eq!(code, 0);
+    // An agent's own test servers work on any port of the sandbox's loopback.
+    for name in ["loopback tcp 127.0.0.1:0", "loopback tcp 127.0.0.1:8080", "loopback tcp [::1]:0", "loopback udp [::1]"] {
+        assert_eq!(status(&r, name), "ok", "{name}");
+    }
     for c in r["checks"].as_array().unwrap() {
         assert!(["blocked", "ESCAPED", "not_applicable", "ok", "BROKEN"].contains(&c["status"].as_str().unwrap()), "{c}");
         assert!(c["name"].is_string() && c["detail"].is_string());
@@ -71,9 +75,7 @@ fn weakened_policies_make_sampled_checks_report_escaped() {
     }
     // No Landlock.
     let (_, r) = verify(Some(&policy("no-landlock.toml", "landlock = \"off\"\n")));
-    for name in ["listen on a port other than the inner port", "signal the sandbox's init"] {
-        assert_eq!(status(&r, name), "ESCAPED", "{name}");
-    }
+    assert_eq!(status(&r, "signal the sandbox's init"), "ESCAPED");
     // An extra bind mount of a host directory.
     assert!(std::path::Path::new("/home").is_dir(), "this check needs the host's /home");
     let (_, r) = verify(Some(&policy("extra-mount.toml", "[filesystem]\nread_only = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", \"/home\"]\n")));

@@ -252,7 +252,8 @@ fn environment(policy: &Policy, id: &str, port: Option<u16>) -> Vec<(String, Str
 
 /// Landlock rules in sandbox paths: what the mounts show, minus `mount_only`.
 fn landlock_spec(req: &RunRequest, wt: &Worktree) -> crate::landlock::LandlockSpec {
-    let mut spec = crate::landlock::rules_for(&req.policy, &wt.path, &req.extra_ro, &req.extra_rw, &req.forwards());
+    let handoff = req.port != PortChoice::None && req.broker == BrokerMode::Handoff;
+    let mut spec = crate::landlock::rules_for(&req.policy, &wt.path, &req.extra_ro, &req.extra_rw, &req.forwards(), handoff);
     if let Some(git) = &wt.git {
         spec.read_exec.push(git.common.clone());
         spec.read_write.extend(git.writable.iter().cloned());
