@@ -327,7 +327,9 @@ fn fds() -> Check {
     check("fds", status, format!("descriptors above 2: {extra:?}"))
 }
 
-/// Read a file: `ESCAPED` when its contents could be read.
+/// Read a file: `ESCAPED` when its contents could be read, `blocked` when
+/// refused (EACCES/EPERM), `BROKEN` when it is not there (a missing target
+/// proves nothing), `other` for any other error.
 fn read(path: &str) -> Check {
     let name = format!("read({path})");
     match std::fs::File::open(path).and_then(|mut f| {
@@ -335,7 +337,16 @@ fn read(path: &str) -> Check {
         f.read_to_end(&mut buf).map(|_| buf.len())
     }) {
         Ok(n) => check(&name, Status::Escaped, format!("read {n} bytes")),
-        Err(e) => check(&name, Status::Blocked, e.to_string()),
+        Err(e) => check(&name, refusal(&e), e.to_string()),
+    }
+}
+
+/// How a failed attempt counts: refused by a permission check, or not.
+fn refusal(e: &std::io::Error) -> Status {
+    match e.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM) => Status::Blocked,
+        Some(libc::ENOENT) => Status::Broken,
+        _ => Status::Other,
     }
 }
 
@@ -355,7 +366,7 @@ fn tcp(what: &str, port: &str) -> Check {
     };
     match r {
         Ok(()) => check(&name, Status::Escaped, "allowed"),
-        Err(e) => check(&name, Status::Blocked, e.to_string()),
+        Err(e) => check(&name, refusal(&e), e.to_string()),
     }
 }
 

@@ -39,6 +39,22 @@ fn c(name: &str, status: Status, detail: impl Into<String>) -> Check {
     Check { name: name.into(), status, detail: detail.into() }
 }
 
+/// Host paths that checks expect to be absent inside the sandbox (invisible is
+/// how they are blocked). `swarmcell verify` looks each up on the host: where
+/// the host itself lacks it, the check proves nothing and is `not_applicable`,
+/// never `blocked`.
+pub const HOST_TARGETS: [(&str, &str); 9] = [
+    ("read /etc/shadow", "/etc/shadow"),
+    ("follow a symlink to /etc/shadow", "/etc/shadow"),
+    ("list /root", "/root"),
+    ("list /home", "/home"),
+    ("read /proc/kcore", "/proc/kcore"),
+    ("read /sys", "/sys/kernel/notes"),
+    ("open /dev/mem", "/dev/mem"),
+    ("open /dev/kmsg", "/dev/kmsg"),
+    ("write /proc/sys/vm/drop_caches", "/proc/sys/vm/drop_caches"),
+];
+
 /// A read that must fail.
 fn no_read(name: &str, path: &str) -> Check {
     match std::fs::read(path) {

@@ -239,8 +239,6 @@ fn with_socket_handoff_the_payload_itself_listens_on_the_host_port() {
     let mut r = [0u8; 4];
     e.read_exact(&mut r).unwrap();
     assert_eq!(&r, b"ping");
-    // Other binds inside still go through the kernel and Landlock: the probe's
-    // bind of another port is refused.
     sigterm(&child);
     assert_eq!(child.wait().code(), Some(143));
     assert_no_sandbox_left();

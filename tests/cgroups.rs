@@ -36,9 +36,6 @@ fn memory_beyond_the_limit_is_oom_killed_and_reported() {
     assert!(err.lines().any(|l| l.starts_with("swarmcell: sandbox sc-") && l.ends_with("killed: out of memory, limit 256M")), "{err}");
     let last: usize = err.lines().filter_map(|l| l.strip_prefix("allocated ")?.strip_suffix(" MiB")?.parse().ok()).max().unwrap_or(0);
     assert!((128..=256).contains(&last), "allocated {last} MiB before the kill");
-    // This test process, outside the sandbox's cgroup, is unaffected.
-    let mine: Vec<u8> = vec![1; 64 << 20];
-    assert_eq!(mine.len(), 64 << 20);
 }
 
 #[test]

@@ -173,10 +173,13 @@ fn policy_explain_matches_its_snapshot() {
     let out = std::process::Command::new(bin()).args(["policy", "explain"]).output().unwrap();
     let text = ok(&out);
     let snap = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots/policy-explain-default.txt");
-    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
-        std::fs::write(&snap, &text).unwrap();
-    }
     let want = std::fs::read_to_string(&snap).expect("snapshot missing: run with UPDATE_SNAPSHOTS=1 once");
+    if text != want && std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        // Accepting a change writes the new snapshot and still fails this run,
+        // so a snapshot is never compared with itself.
+        std::fs::write(&snap, &text).unwrap();
+        panic!("snapshot updated: review `git diff {}` and run again", snap.display());
+    }
     assert_eq!(text, want, "policy explain changed; review and run with UPDATE_SNAPSHOTS=1 to accept");
     for reason in ["io_uring runs operations the seccomp filter never sees", "TIOCSTI pushes input"] {
         assert!(text.contains(reason));

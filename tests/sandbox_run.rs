@@ -62,10 +62,9 @@ fn host_paths_outside_the_sandbox_are_invisible() {
 #[test]
 fn system_paths_and_the_root_are_read_only() {
     let f = Fixture::new();
-    let out = ok(&f.sh(
-        &[],
-        "for p in /usr/x /etc/x /etc/passwd /x /dev/x /bin/x /proc/sys/x; do if echo > $p 2>/dev/null; then echo WRITABLE $p; fi; done; echo done",
-    ));
+    let out =
+        ok(&f
+            .sh(&[], "for p in /usr/x /etc/x /etc/passwd /x /dev/x /bin/x; do if echo > $p 2>/dev/null; then echo WRITABLE $p; fi; done; echo done"));
     assert_eq!(out.trim(), "done", "{out}");
 }
 
@@ -185,14 +184,17 @@ fn tiocsti_on_the_controlling_pty_fails_inside() {
 #[test]
 fn only_loopback_exists_and_there_is_no_route() {
     let f = Fixture::new();
-    let out = ok(&f.sh(&[], "tail -n +3 /proc/net/dev | cut -d: -f1; echo --; tail -n +2 /proc/net/route; echo --; grep -v ' lo$' /proc/net/ipv6_route; echo --; cat /sys/class/net 2>&1 | head -1"));
+    let out = ok(&f.sh(&[], "tail -n +3 /proc/net/dev | cut -d: -f1; echo --; tail -n +2 /proc/net/route; echo --; grep -v ' lo$' /proc/net/ipv6_route; echo --; ls /sys/class/net 2>/dev/null; echo end"));
     let parts: Vec<&str> = out.split("--\n").collect();
     let ifaces: Vec<&str> = parts[0].lines().map(str::trim).collect();
     assert_eq!(ifaces, vec!["lo"], "{out}");
     assert_eq!(parts[1].trim(), "", "IPv4 routes present: {out}");
     assert_eq!(parts[2].trim(), "", "IPv6 routes beyond lo: {out}");
-    let out = ok(&f.sh(&[], "grep -E '^ *lo:' /proc/net/dev >/dev/null && cat /proc/sys/net/ipv4/ip_forward; hostname"));
-    assert!(out.lines().nth(1).is_some_and(|h| h.starts_with("sc-")), "hostname is the sandbox id: {out}");
+    assert_eq!(parts[3].trim(), "end", "/sys (and the host's interfaces in it) is not visible: {out}");
+    let out = ok(&f.sh(&[], "cat /proc/sys/net/ipv4/ip_forward; hostname"));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "0", "the sandbox's network namespace forwards nothing: {out}");
+    assert!(lines[1].starts_with("sc-"), "hostname is the sandbox id: {out}");
 }
 
 #[test]
