@@ -87,6 +87,7 @@ fn policy_file(f: &Fixture, text: &str) -> PathBuf {
 }
 
 #[test]
+#[ignore = "needs a kernel with project quotas (ext4: CONFIG_QUOTA + CONFIG_QFMT_V2); this machine's has no quota format: run with --ignored where it has"]
 fn a_sandbox_writing_past_its_disk_limit_gets_edquot_and_the_host_holds_no_more() {
     let f = Fixture::new();
     let img = quota_image(&f, 96);
@@ -118,6 +119,7 @@ echo "host_kib=$(du -sk "$WT" | cut -f1)"
 }
 
 #[test]
+#[ignore = "needs a kernel with project quotas (ext4: CONFIG_QUOTA + CONFIG_QFMT_V2); this machine's has no quota format: run with --ignored where it has"]
 fn a_sandbox_creating_files_past_its_inode_limit_is_refused_more() {
     let f = Fixture::new();
     let img = quota_image(&f, 64);
@@ -142,6 +144,7 @@ echo "host_inodes=$(find "$WT" | wc -l)"
 }
 
 #[test]
+#[ignore = "needs a kernel with project quotas (ext4: CONFIG_QUOTA + CONFIG_QFMT_V2); this machine's has no quota format: run with --ignored where it has"]
 fn a_restarted_sandbox_gets_no_new_allowance_and_the_limit_is_gone_after_it() {
     let f = Fixture::new();
     let img = quota_image(&f, 96);
@@ -210,6 +213,19 @@ fn best_effort_without_project_quotas_stops_a_sandbox_over_its_limit_and_logs_it
 }
 
 #[test]
+fn best_effort_stops_a_sandbox_whose_worktree_cannot_be_measured() {
+    let f = Fixture::new();
+    let policy = policy_file(&f, "[limits]\ndisk = \"1G\"\ndisk_enforcement = \"best-effort\"\n");
+    // Deeper than the measuring walk goes: fail closed, not "under the limit".
+    let script = "p=.; i=0; while [ $i -lt 300 ]; do p=$p/d; i=$((i+1)); done; mkdir -p $p; sleep 10; echo finished";
+    let out = f.command(&["--policy", policy.to_str().unwrap()], &["/bin/sh", "-c", script]).output().unwrap();
+    assert_no_sandbox_left();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(137), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("swarmcell: sandbox sc-") && l.contains("cannot be measured") && l.contains("deeper than")), "{err}");
+}
+
+#[test]
 fn disk_flags_are_validated() {
     let f = Fixture::new();
     for (flag, value, needle) in [("--disk", "12Q", "--disk: invalid size"), ("--inodes", "0", "--inodes:"), ("--disk", "1K", "--disk:")] {
@@ -217,4 +233,70 @@ fn disk_flags_are_validated() {
         assert_eq!(out.status.code(), Some(125), "{flag} {value}");
         assert!(stderr(&out).contains(needle), "{flag} {value}: {}", stderr(&out));
     }
+}
+
+/// The walk that tags a tree with its project id, on a real filesystem that
+/// keeps project ids: xfs keeps them without quota support, which this
+/// machine's kernel lacks. Run in a private mount namespace (the test binary
+/// re-executes itself there, for `tag_walk_inner`). Every directory and file
+/// gets the id, directories PROJINHERIT; a symlink's target outside the tree
+/// and a FIFO are left alone (a writer blocked on the FIFO stays blocked: it
+/// was never opened).
+#[test]
+fn the_tagging_walk_tags_every_file_and_directory_and_follows_nothing() {
+    let f = Fixture::new();
+    let img = f.dir.join("xfs.img");
+    assert!(Command::new("truncate").args(["-s", "320M"]).arg(&img).status().unwrap().success());
+    let out = Command::new("mkfs.xfs").arg("-q").arg(&img).output().expect("mkfs.xfs (xfsprogs, scripts/setup)");
+    assert!(out.status.success(), "mkfs.xfs: {}", stderr(&out));
+    let mnt = f.dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let script = r#"
+set -u; mount -o loop "$IMG" "$MNT" || exit 99
+T="$MNT/tree"; mkdir -p "$T/a/b/c" "$MNT/outside"; echo s > "$MNT/outside/secret"
+echo f > "$T/a/b/c/f"; echo g > "$T/g"; ln "$T/g" "$T/a/hard"; ln -s "$MNT/outside/secret" "$T/a/link"; ln -s "$MNT/outside" "$T/dirlink"
+mkfifo "$T/fifo"; (echo x > "$T/fifo") & writer=$!
+SWARMCELL_TAG_DIR="$T" "$EXE" --exact tag_walk_inner --ignored --test-threads=1 >&2; echo "inner_rc=$?"
+sleep 0.2; if kill -0 $writer 2>/dev/null; then echo "fifo=blocked"; kill $writer; else echo "fifo=opened"; fi
+for p in "$T" "$T/a" "$T/a/b/c" "$T/a/b/c/f" "$T/g" "$MNT/outside" "$MNT/outside/secret"; do
+  echo "proj $(xfs_io -c lsproj "$p" | sed 's/projid = //') $(xfs_io -c lsattr "$p" | cut -c1-16 | tr -d -) ${p#$MNT/}"
+done
+"#;
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .env("IMG", &img)
+        .env("MNT", &mnt)
+        .env("EXE", &exe)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_loop_detached(&img);
+    let text = format!("{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(field(&out, "inner_rc"), "0", "{text}");
+    assert_eq!(field(&out, "fifo"), "blocked", "the walk opened the FIFO: {text}");
+    let p = TAG_PROJECT.to_string();
+    for line in stdout(&out).lines().filter_map(|l| l.strip_prefix("proj ")) {
+        let v: Vec<&str> = line.split(' ').collect();
+        let (id, flags, path) = (v[0], v.get(1).copied().unwrap_or(""), v.last().copied().unwrap_or(""));
+        if path.starts_with("outside") {
+            assert_eq!(id, "0", "outside the tree: {line}\n{text}");
+        } else {
+            assert_eq!(id, p, "{line}\n{text}");
+            let is_dir = ["tree", "tree/a", "tree/a/b/c"].contains(&path);
+            assert_eq!(flags.contains('P'), is_dir, "PROJINHERIT on directories only: {line}");
+        }
+    }
+}
+
+const TAG_PROJECT: u32 = swarmcell::disk::PROJECT_BASE + 7;
+
+/// Run by the test above, inside its mount namespace.
+#[test]
+#[ignore = "run by the_tagging_walk_tags_every_file_and_directory_and_follows_nothing inside its mount namespace"]
+fn tag_walk_inner() {
+    let dir = PathBuf::from(std::env::var_os("SWARMCELL_TAG_DIR").expect("SWARMCELL_TAG_DIR"));
+    let root = swarmcell::disk::walk::open_root(&dir).unwrap();
+    let n = swarmcell::disk::tag_tree(&root, &dir, TAG_PROJECT, 1000).unwrap();
+    assert_eq!(n, 9, "a a/b a/b/c a/b/c/f g a/hard a/link dirlink fifo");
 }

@@ -48,8 +48,8 @@ use walk::{Measure, Visitor, WalkError};
 pub const PROJECT_BASE: u32 = 0x6000_0000;
 pub const PROJECT_COUNT: u32 = 65536;
 /// Best-effort accounting: at most this often, and never more than 1/50 of
-/// one CPU (the pause is 50 times the last measurement).
-const MEASURE_EVERY: Duration = Duration::from_secs(1);
+/// one CPU (the pause is at least 50 times the last measurement).
+const MEASURE_EVERY: Duration = Duration::from_millis(500);
 const MEASURE_COST_FACTOR: u32 = 50;
 /// Most entries a walk visits when no inode limit bounds it.
 const MAX_ENTRIES: u64 = 10_000_000;
@@ -243,6 +243,16 @@ impl Visitor for Tag {
     }
 }
 
+/// Give the tree at `root` (opened with [`walk::open_root`]) the project id:
+/// every directory (with PROJINHERIT) and regular file below it, then the root
+/// itself, last, so that it carries the id only once everything below does.
+/// Returns how many entries the walk saw.
+pub fn tag_tree(root: &OwnedFd, path: &Path, project: u32, max_entries: u64) -> Result<u64, DiskError> {
+    let n = walk::walk(root, path, max_entries, &mut Tag { project }).map_err(|e| tree(path, e))?;
+    kernel::set_project(root.as_fd(), project, true).map_err(|source| DiskError::Quota { path: path.into(), source })?;
+    Ok(n)
+}
+
 impl DiskGuard {
     /// Whether any limit is in force.
     pub fn active(&self) -> bool {
@@ -265,9 +275,7 @@ impl DiskGuard {
             return Ok(());
         }
         let started = Instant::now();
-        let n = walk::walk(&fd, path, max_entries(&self.limits), &mut Tag { project: *project }).map_err(|e| tree(path, e))?;
-        // The root last: it carries the id only once everything below does.
-        kernel::set_project(fd.as_fd(), *project, true).map_err(quota)?;
+        let n = tag_tree(&fd, path, *project, max_entries(&self.limits))?;
         tracing::info!(sandbox = %self.sandbox, path = %path.display(), project = *project, entries = n, took_ms = started.elapsed().as_millis() as u64, "tagged the tree with its project id");
         Ok(())
     }
@@ -332,7 +340,17 @@ impl DiskGuard {
                 }
                 None
             }
-            Mode::Measure { monitor, .. } => monitor.and_then(Monitor::stop),
+            Mode::Measure { monitor, roots } => {
+                let stopped = monitor.and_then(Monitor::stop);
+                // A burst between two measurements: the next start is refused; say so now.
+                if stopped.is_none()
+                    && let Ok(Some(what)) = measure(&roots, &self.limits)
+                {
+                    let worktree = roots[0].0.display().to_string();
+                    tracing::warn!(event = "disk_limit", sandbox = %self.sandbox, worktree = %worktree, enforcement = "best-effort", outcome = "exited", "worktree {what} after the sandbox ended");
+                }
+                stopped
+            }
         }
     }
 }

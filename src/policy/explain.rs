@@ -69,7 +69,7 @@ pub fn explain(p: &Policy, source: &str) -> String {
             inodes.map_or("any number of".to_string(), |i| i.to_string()),
             match l.disk_enforcement {
                 crate::disk::Enforcement::Required => "refused (required)",
-                crate::disk::Enforcement::BestEffort => "measured every second or so and stopped when over (best-effort)",
+                crate::disk::Enforcement::BestEffort => "measured twice a second or less often and stopped when over (best-effort)",
             }
         ),
     };
