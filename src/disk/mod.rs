@@ -196,11 +196,16 @@ fn project_for(root: &OwnedFd, path: &Path, state_dir: &Path) -> Result<(u32, Le
     let quota = |source| DiskError::Quota { path: path.into(), source };
     let attr = kernel::get_xattr(root.as_fd()).map_err(quota)?;
     let ours = (PROJECT_BASE..PROJECT_BASE + PROJECT_COUNT).contains(&attr.projid);
-    if ours
-        && attr.xflags & kernel::FS_XFLAG_PROJINHERIT != 0
-        && let Some(lease) = lock(attr.projid)?
-    {
-        return Ok((attr.projid, lease));
+    if ours && attr.xflags & kernel::FS_XFLAG_PROJINHERIT != 0 {
+        // Held: another sandbox runs on this tree (or on one around it), and
+        // re-tagging would take its files out of its limit under its feet.
+        return match lock(attr.projid)? {
+            Some(lease) => Ok((attr.projid, lease)),
+            None => Err(DiskError::Tree {
+                path: path.into(),
+                message: format!("its project id {} is held by another running sandbox (on this tree or one around it)", attr.projid),
+            }),
+        };
     }
     let start = crate::launch::random_u32();
     for i in 0..PROJECT_COUNT {
