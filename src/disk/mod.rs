@@ -51,6 +51,9 @@ pub const PROJECT_COUNT: u32 = 65536;
 /// one CPU (the pause is at least 50 times the last measurement).
 const MEASURE_EVERY: Duration = Duration::from_millis(500);
 const MEASURE_COST_FACTOR: u32 = 50;
+/// ... but at least this often: a payload that fills its tree with empty
+/// files to make measuring slow must not be looked at only once an hour.
+const MEASURE_AT_LEAST_EVERY: Duration = Duration::from_secs(30);
 /// Most entries a walk visits when no inode limit bounds it.
 const MAX_ENTRIES: u64 = 10_000_000;
 
@@ -236,11 +239,12 @@ impl Visitor for Tag {
         })
     }
 
-    fn other(&mut self, parent: &OwnedFd, name: &CStr, st: &FileStat, path: &Path) -> Result<(), WalkError> {
+    fn other(&mut self, parent: &OwnedFd, parent_path: &Path, name: &CStr, st: &FileStat) -> Result<(), WalkError> {
         if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
             return Ok(());
         }
-        let io = |call, errno| WalkError::Io { path: path.into(), call, errno };
+        let path = || parent_path.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name.to_bytes()));
+        let io = |call, errno| WalkError::Io { path: path(), call, errno };
         match walk::open_file(parent, name, st).map_err(|e| io("openat2", e))? {
             Some(fd) => kernel::set_project(fd.as_fd(), self.project, false).map_err(|e| io("FS_IOC_FSSETXATTR", e.errno)),
             None => Ok(()),
@@ -410,7 +414,7 @@ impl Monitor {
                 let started = Instant::now();
                 let what = match measure(&roots, &limits) {
                     Ok(None) => {
-                        pause = MEASURE_EVERY.max(started.elapsed() * MEASURE_COST_FACTOR);
+                        pause = (started.elapsed() * MEASURE_COST_FACTOR).clamp(MEASURE_EVERY, MEASURE_AT_LEAST_EVERY);
                         continue;
                     }
                     Ok(Some(what)) => what,

@@ -37,8 +37,9 @@ pub enum WalkError {
 pub trait Visitor {
     /// A directory, already opened and checked, before its entries are read.
     fn dir(&mut self, fd: &OwnedFd, st: &FileStat, path: &Path) -> Result<(), WalkError>;
-    /// Anything else, by its parent directory and name (not opened).
-    fn other(&mut self, parent: &OwnedFd, name: &CStr, st: &FileStat, path: &Path) -> Result<(), WalkError>;
+    /// Anything else, by its parent directory (and that one's path) and name
+    /// (not opened).
+    fn other(&mut self, parent: &OwnedFd, parent_path: &Path, name: &CStr, st: &FileStat) -> Result<(), WalkError>;
 }
 
 fn how(flags: OFlag) -> OpenHow {
@@ -91,9 +92,11 @@ struct Walk {
 impl Walk {
     fn dir(&mut self, fd: &OwnedFd, path: &Path, depth: usize, v: &mut impl Visitor) -> Result<(), WalkError> {
         let io = |call, errno| WalkError::Io { path: path.into(), call, errno };
-        // Dir reads through its own descriptor (a duplicate shares the offset
-        // only with itself); `fd` stays free for openat and fstatat.
+        // Dir reads through a duplicate, which shares its offset with `fd`
+        // (kept for openat and fstatat): start from the beginning, since a
+        // root descriptor is walked again and again.
         let dup = fd.try_clone().map_err(|e| io("dup", Errno::from_raw(e.raw_os_error().unwrap_or(0))))?;
+        nix::unistd::lseek(dup.as_fd(), 0, nix::unistd::Whence::SeekSet).map_err(|e| io("lseek", e))?;
         let mut dir = nix::dir::Dir::from_fd(dup).map_err(|e| io("fdopendir", e))?;
         for entry in dir.iter() {
             let entry = entry.map_err(|e| io("getdents", e))?;
@@ -105,28 +108,30 @@ impl Walk {
             if self.seen > self.max_entries {
                 return Err(WalkError::TooMany(self.max_entries));
             }
-            let child = path.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name.to_bytes()));
+            // Built only when needed: most entries are files that need no path.
+            let child = || path.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name.to_bytes()));
             let st = match nix::sys::stat::fstatat(fd.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(st) => st,
                 Err(Errno::ENOENT) => continue,
-                Err(e) => return Err(WalkError::Io { path: child, call: "fstatat", errno: e }),
+                Err(e) => return Err(WalkError::Io { path: child(), call: "fstatat", errno: e }),
             };
             if st.st_dev != self.dev {
                 continue;
             }
             if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR {
-                v.other(fd, name, &st, &child)?;
+                v.other(fd, path, name, &st)?;
                 continue;
             }
             if depth + 1 > MAX_DEPTH {
-                return Err(WalkError::TooDeep { path: child });
+                return Err(WalkError::TooDeep { path: child() });
             }
             let sub = match nix::fcntl::openat2(fd.as_fd(), name, how(OFlag::O_RDONLY | OFlag::O_DIRECTORY)) {
                 Ok(sub) => sub,
                 // Gone, replaced by a symlink or a non-directory, or a mount point.
                 Err(Errno::ENOENT | Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV) => continue,
-                Err(e) => return Err(WalkError::Io { path: child, call: "openat2", errno: e }),
+                Err(e) => return Err(WalkError::Io { path: child(), call: "openat2", errno: e }),
             };
+            let child = child();
             let now = nix::sys::stat::fstat(sub.as_fd()).map_err(|e| WalkError::Io { path: child.clone(), call: "fstat", errno: e })?;
             if now.st_ino != st.st_ino || now.st_dev != st.st_dev {
                 continue; // replaced between the listing and the open
@@ -147,7 +152,7 @@ pub struct Measure {
     /// Stop once past these (the walk's cost is bounded by what it must find).
     pub stop_at_bytes: Option<u64>,
     pub stop_at_inodes: Option<u64>,
-    linked: std::collections::HashSet<u64>,
+    linked: std::collections::HashSet<(u64, u64)>,
 }
 
 impl Measure {
@@ -157,7 +162,7 @@ impl Measure {
 
     pub fn add(&mut self, st: &FileStat) -> Result<(), WalkError> {
         let is_dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
-        if !is_dir && st.st_nlink > 1 && !self.linked.insert(st.st_ino) {
+        if !is_dir && st.st_nlink > 1 && !self.linked.insert((st.st_dev, st.st_ino)) {
             return Ok(());
         }
         self.bytes = self.bytes.saturating_add((st.st_blocks as u64).saturating_mul(512));
@@ -174,7 +179,7 @@ impl Visitor for Measure {
         self.add(st)
     }
 
-    fn other(&mut self, _: &OwnedFd, _: &CStr, st: &FileStat, _: &Path) -> Result<(), WalkError> {
+    fn other(&mut self, _: &OwnedFd, _: &Path, _: &CStr, st: &FileStat) -> Result<(), WalkError> {
         self.add(st)
     }
 }
@@ -208,6 +213,10 @@ mod tests {
         // a, a/b, a/b/c, a/b/c/f (= a/link), a/out, s, fifo
         assert_eq!(m.inodes, 7, "{m:?}");
         assert_eq!(seen, 8);
+        // The same root descriptor walked again sees the same tree.
+        let mut again = Measure::new(None, None);
+        assert_eq!(walk(&root, &d, 1000, &mut again).unwrap(), 8);
+        assert_eq!((again.inodes, again.bytes), (m.inodes, m.bytes));
         assert!(m.bytes >= 16 << 10 && m.bytes < 64 << 10, "the symlinked 64K file was not counted: {m:?}");
         std::fs::remove_dir_all(&d).unwrap();
         std::fs::remove_dir_all(&outside).unwrap();
