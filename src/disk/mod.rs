@@ -379,6 +379,14 @@ fn max_entries(limits: &DiskLimits) -> u64 {
 /// Measure every root; `Some(what)` when over a limit. The walk stops as soon
 /// as a limit is passed, so it never costs more than the limits allow.
 fn measure(roots: &[(PathBuf, OwnedFd)], limits: &DiskLimits) -> Result<Option<String>, (PathBuf, WalkError)> {
+    measure_totals(roots, limits).map(|(what, _)| what)
+}
+
+/// What is over (if anything) and the totals found: (bytes, inodes).
+type Measured = (Option<String>, (u64, u64));
+
+/// [`measure`], with the totals found.
+fn measure_totals(roots: &[(PathBuf, OwnedFd)], limits: &DiskLimits) -> Result<Measured, (PathBuf, WalkError)> {
     let mut m = Measure::new(limits.bytes, limits.inodes);
     let max = max_entries(limits);
     for (path, fd) in roots {
@@ -390,7 +398,7 @@ fn measure(roots: &[(PathBuf, OwnedFd)], limits: &DiskLimits) -> Result<Option<S
             Err(e) => return Err((path.clone(), e)),
         }
     }
-    Ok(over(limits, m.bytes, m.inodes))
+    Ok((over(limits, m.bytes, m.inodes), (m.bytes, m.inodes)))
 }
 
 /// The best-effort accounting thread.
@@ -407,17 +415,23 @@ impl Monitor {
         let out = stopped.clone();
         let thread = std::thread::Builder::new().name("disk".into()).spawn(move || {
             let mut pause = MEASURE_EVERY;
+            let mut last = None;
             loop {
                 if !matches!(rx.recv_timeout(pause), Err(mpsc::RecvTimeoutError::Timeout)) {
                     return;
                 }
                 let started = Instant::now();
-                let what = match measure(&roots, &limits) {
-                    Ok(None) => {
-                        pause = (started.elapsed() * MEASURE_COST_FACTOR).clamp(MEASURE_EVERY, MEASURE_AT_LEAST_EVERY);
+                let what = match measure_totals(&roots, &limits) {
+                    Ok((None, totals)) => {
+                        // An idle tree is looked at less and less often (most
+                        // of a host's sandboxes are idle at any time); a
+                        // changing one as often as its cost allows.
+                        let cost = (started.elapsed() * MEASURE_COST_FACTOR).max(MEASURE_EVERY);
+                        pause = if last == Some(totals) { (pause * 2).max(cost) } else { cost }.min(MEASURE_AT_LEAST_EVERY);
+                        last = Some(totals);
                         continue;
                     }
-                    Ok(Some(what)) => what,
+                    Ok((Some(what), _)) => what,
                     // Fail closed: a tree that cannot be measured is not under its limit.
                     Err((path, e)) => format!("cannot be measured ({path}: {e})", path = path.display()),
                 };
