@@ -99,7 +99,7 @@ fn a_sandbox_writing_past_its_disk_limit_gets_edquot_and_the_host_holds_no_more(
         "prjquota",
         r#"
 "$SC" run --worktree "$WT" --disk 16M -- /bin/sh -c '
-  dd if=/dev/zero of=big bs=1M count=32 2>err; echo "dd_rc=$?"; head -n 1 err | sed "s/^/dd_err=/"
+  dd if=/dev/zero of=big bs=1M count=32 2>/tmp/err; echo "dd_rc=$?"; head -n 1 /tmp/err | sed "s/^/dd_err=/"
   chattr -p 0 big 2>/dev/null; echo "chattr_rc=$?"
   dd if=/dev/zero of=more bs=1M count=8 2>/dev/null; echo "more_rc=$?"
   sync'
