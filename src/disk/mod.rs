@@ -16,6 +16,10 @@
 //!   every directory and regular file of the tree (a safe walk, see [`walk`]),
 //!   the root last.
 //!
+//! One sandbox with limits runs on a tree at a time (a lease on the tree's
+//! device and inode), and a tree whose id another running sandbox holds is
+//! refused, never re-tagged under it.
+//!
 //! The limits bound what the tree holds, not what one run adds: a restarted
 //! sandbox gets no new allowance. At teardown the limits are removed and the
 //! lease released; the files keep their id (the next sandbox on the worktree
@@ -115,7 +119,7 @@ pub struct DiskGuard {
 #[allow(clippy::large_enum_variant)]
 enum Mode {
     Off,
-    Quota { root: OwnedFd, path: PathBuf, dev: u64, project: u32, _lease: Lease },
+    Quota { root: OwnedFd, path: PathBuf, dev: u64, project: u32, _lease: Lease, _tree: Lease },
     Measure { roots: Vec<(PathBuf, OwnedFd)>, monitor: Option<Monitor> },
 }
 
@@ -129,9 +133,15 @@ pub fn prepare(worktree: &Path, limits: &DiskLimits, state_dir: &Path, sandbox: 
     let root = walk::open_root(worktree).map_err(|e| tree(worktree, e))?;
     match kernel::project_quota_enforced(root.as_fd()) {
         Ok(()) => {
-            let dev = fstat(&root, worktree)?.st_dev;
+            let st = fstat(&root, worktree)?;
+            // One sandbox with limits per tree at a time: two would tag it
+            // with two ids at once, each counting part of it.
+            let tree_lease =
+                Lease::try_acquire(&projects_dir(state_dir)?.join(format!("tree-{}-{}.lock", st.st_dev, st.st_ino)))?.ok_or_else(|| {
+                    DiskError::Tree { path: worktree.into(), message: "another running sandbox with disk limits uses this worktree".into() }
+                })?;
             let (project, lease) = project_for(&root, worktree, state_dir)?;
-            guard.mode = Mode::Quota { root, path: worktree.into(), dev, project, _lease: lease };
+            guard.mode = Mode::Quota { root, path: worktree.into(), dev: st.st_dev, project, _lease: lease, _tree: tree_lease };
             guard.tag(worktree)?;
             if let Mode::Quota { root, project, .. } = &guard.mode {
                 let quota = |source| DiskError::Quota { path: worktree.into(), source };
@@ -189,12 +199,18 @@ fn human(n: u64) -> String {
     }
 }
 
-/// The id the worktree keeps (its root carries one of ours and nobody holds
-/// it), or a fresh one the filesystem counts nothing against.
-fn project_for(root: &OwnedFd, path: &Path, state_dir: &Path) -> Result<(u32, Lease), DiskError> {
+/// `<state>/projects`, root-only: the leases of project ids and of trees.
+fn projects_dir(state_dir: &Path) -> Result<PathBuf, DiskError> {
     let dir = state_dir.join("projects");
     crate::lease::ensure_private_dir(state_dir)?;
     crate::lease::ensure_private_dir(&dir)?;
+    Ok(dir)
+}
+
+/// The id the worktree keeps (its root carries one of ours and nobody holds
+/// it), or a fresh one the filesystem counts nothing against.
+fn project_for(root: &OwnedFd, path: &Path, state_dir: &Path) -> Result<(u32, Lease), DiskError> {
+    let dir = projects_dir(state_dir)?;
     let lock = |p: u32| Lease::try_acquire(&dir.join(format!("{p}.lock")));
     let quota = |source| DiskError::Quota { path: path.into(), source };
     let attr = kernel::get_xattr(root.as_fd()).map_err(quota)?;
