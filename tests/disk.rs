@@ -212,6 +212,42 @@ fn best_effort_without_project_quotas_stops_a_sandbox_over_its_limit_and_logs_it
     assert!(!stdout(&out).contains("started"));
 }
 
+/// The harness of the enforced tests, on this machine: a loop-mounted
+/// filesystem in a private mount namespace (xfs, which keeps project ids
+/// without quota support) is a worktree like any other; without project
+/// quotas, `best-effort` measures it and stops the sandbox.
+#[test]
+fn a_worktree_on_a_loop_filesystem_in_a_private_mount_namespace_is_measured_without_quotas() {
+    let f = Fixture::new();
+    let img = f.dir.join("xfs.img");
+    assert!(Command::new("truncate").args(["-s", "320M"]).arg(&img).status().unwrap().success());
+    let out = Command::new("mkfs.xfs").arg("-q").arg(&img).output().expect("mkfs.xfs (xfsprogs, scripts/setup)");
+    assert!(out.status.success(), "mkfs.xfs: {}", stderr(&out));
+    let policy = policy_file(&f, "[limits]\ndisk = \"8M\"\ndisk_enforcement = \"best-effort\"\n");
+    let out = on_quota_fs(
+        &f,
+        &img,
+        "rw",
+        &format!(
+            r#"
+"$SC" run --policy {policy} --worktree "$WT" -- /bin/sh -c 'i=0; while [ $i -lt 64 ]; do dd if=/dev/zero of=f$i bs=1M count=1 2>/dev/null; i=$((i+1)); sleep 0.05; done; echo finished'
+echo "run_rc=$?"
+echo "host_kib=$(du -sk "$WT" | cut -f1)"
+"$SC" run --policy {policy} --worktree "$WT" -- /bin/true 2>/dev/null
+echo "again_rc=$?"
+"#,
+            policy = policy.display()
+        ),
+    );
+    let text = format!("{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(field(&out, "run_rc"), "137", "{text}");
+    assert!(!text.contains("finished"), "{text}");
+    assert!(stderr(&out).contains("over its disk limit 8M"), "{text}");
+    let kib: u64 = field(&out, "host_kib").parse().unwrap();
+    assert!(kib < 48 * 1024, "{kib} KiB written before the stop: {text}");
+    assert_eq!(field(&out, "again_rc"), "125", "an over-limit worktree is refused at the next start: {text}");
+}
+
 #[test]
 fn best_effort_stops_a_sandbox_whose_worktree_cannot_be_measured() {
     let f = Fixture::new();
