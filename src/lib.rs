@@ -7,6 +7,7 @@
 //! - `fs::host_binds` (parent) and `fs::rootfs` (child): the filesystem view;
 //! - `ns` (maps, namespace diagnostics), `caps`, `fds`, `uidalloc`;
 //! - `cgroups` (parent): the sandbox's cgroup, v2 or v1, limits, kill, gc;
+//! - `disk` (parent): disk and inode limits on the worktree (project quotas, or measuring);
 //! - `landlock` and `seccomp`: prepared before the fork, applied last in the payload;
 //! - `sys`: every raw system call.
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -19,6 +20,7 @@ pub mod caps;
 pub mod cgroups;
 pub mod config_file;
 pub mod daemon;
+pub mod disk;
 pub mod egress;
 pub mod fds;
 pub mod fs;

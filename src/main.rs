@@ -145,6 +145,12 @@ struct RunArgs {
     /// CPU limit in cores for this run (overrides the policy), e.g. 0.5.
     #[arg(long)]
     cpu: Option<f64>,
+    /// Most bytes the worktree may hold for this run (overrides the policy), e.g. 10G.
+    #[arg(long, value_name = "SIZE")]
+    disk: Option<String>,
+    /// Most files and directories the worktree may hold for this run (overrides the policy).
+    #[arg(long, value_name = "N")]
+    inodes: Option<u64>,
     /// Directory inside swarmcell's own cgroup that holds the sandboxes' cgroups.
     #[arg(long, default_value = "swarmcell")]
     cgroup_parent: String,
@@ -377,7 +383,13 @@ fn run(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
         None => Ok(Policy::builtin()),
     }
     .map_err(|e| launcher(e.to_string()))?
-    .with_limit_overrides(args.memory.as_deref(), args.pids, args.cpu)
+    .with_overrides(&policy::LimitOverrides {
+        memory: args.memory.as_deref(),
+        pids: args.pids,
+        cpu: args.cpu,
+        disk: args.disk.as_deref(),
+        inodes: args.inodes,
+    })
     .map_err(launcher)?;
     if !swarmcell::cgroups::valid_parent_name(&args.cgroup_parent) {
         return Err(launcher(format!("--cgroup-parent {:?}: one path component of letters, digits, '.', '_' or '-'", args.cgroup_parent)));

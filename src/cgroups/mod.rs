@@ -311,7 +311,7 @@ pub fn gc(layout: &Layout, parent: &str, state_dir: &Path) -> Result<Vec<String>
         tracing::info!(sandbox = %id, "removed the stale cgroup of a sandbox whose launcher is gone");
         removed.push(id);
     }
-    for dir in ["sandboxes", "uids", "ports"] {
+    for dir in ["sandboxes", "uids", "ports", "projects"] {
         crate::lease::sweep(&state_dir.join(dir))?;
     }
     Ok(removed)

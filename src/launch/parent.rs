@@ -313,6 +313,8 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         tracing::warn!("{missing}");
     }
     let seccomp = crate::seccomp::compile(&req.policy.seccomp.deny).map_err(|e| RunError::Invalid(e.to_string()))?;
+    // Before anything else is made: a limit that cannot be had is refused here.
+    let mut disk = crate::disk::prepare(&wt.path, &req.policy.disk_limits(), &req.state_dir, &id).map_err(|e| RunError::Invalid(e.to_string()))?;
     let layout = crate::cgroups::Layout::detect()?;
     if req.gc {
         match crate::cgroups::gc(&layout, &req.cgroup_parent, &req.state_dir) {
@@ -357,6 +359,7 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         other => other.map_err(Fallback::into_error)?,
     };
     tracing::info!(sandbox = %id, pid = sandbox.pid, host_uid = sandbox.host_uid, cgroup_version = cgroup.version(), "sandbox started");
+    disk.watch(sandbox.pid).map_err(|e| RunError::Setup(e.to_string()))?;
     let mut network = Network::start(req, &id, host_port.as_ref(), &mut sandbox, std::sync::Arc::new(broker_stats))?;
     let ready_info = ReadyInfo { id: &id, port: host_port.as_ref().map(|p| p.port), cgroups: cgroup.paths() };
     let status = sandbox.wait(&signals, ready, &ready_info, &mut network, req.stop_timeout);
@@ -364,11 +367,16 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     drop(sandbox);
     let oom_kills = cgroup.oom_kills();
     cgroup.kill_and_remove()?;
+    let disk_stop = disk.finish();
     drop((lease, sandbox_lease, host_port));
-    let status = status?;
+    // The disk monitor stops a sandbox by killing its init, which then reports nothing.
+    let status = if disk_stop.is_some() { status.or(Ok(PayloadStatus::Signaled(libc::SIGKILL))) } else { status }?;
     if status == PayloadStatus::Signaled(libc::SIGKILL) && oom_kills > 0 {
         let limit = cgroup.memory_limit().map_or("none".to_string(), |m| crate::policy::units::ByteSize::bytes(m).to_string());
         eprintln!("swarmcell: sandbox {id}: killed: out of memory, limit {limit}");
+    }
+    if let Some(why) = disk_stop {
+        eprintln!("swarmcell: sandbox {id}: {why}");
     }
     Ok(status.exit_code())
 }

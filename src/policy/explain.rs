@@ -64,6 +64,19 @@ pub fn explain(p: &Policy, source: &str) -> String {
     let _ = writeln!(o);
     let l = &p.limits;
     let _ = writeln!(o, "limits: memory {}, swap {}, pids {}, cpu {} cores", l.memory, l.swap, l.pids, l.cpu);
+    let _ = match (l.disk.0, l.inodes) {
+        (None, None) => writeln!(o, "disk: no limit on the worktree"),
+        (bytes, inodes) => writeln!(
+            o,
+            "disk: the worktree holds at most {} and {} files and directories; project quotas (ext4 prjquota, xfs pquota) or {}",
+            bytes.map_or("any size".to_string(), |b| crate::policy::units::ByteSize::bytes(b).to_string()),
+            inodes.map_or("any number of".to_string(), |i| i.to_string()),
+            match l.disk_enforcement {
+                crate::disk::Enforcement::Required => "refused (required)",
+                crate::disk::Enforcement::BestEffort => "measured twice a second or less often and stopped when over (best-effort)",
+            }
+        ),
+    };
     let n = &p.network;
     let _ = writeln!(
         o,

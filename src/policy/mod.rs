@@ -101,6 +101,14 @@ pub struct Limits {
     pub pids: u64,
     /// CPU cores (fractional), e.g. 0.5.
     pub cpu: f64,
+    /// Most bytes the worktree may hold on the host ("max": no limit).
+    pub disk: ByteSize,
+    /// Most files and directories the worktree may hold (absent: no limit).
+    pub inodes: Option<u64>,
+    /// How `disk`/`inodes` are enforced where the worktree's filesystem has no
+    /// project quotas: refuse to start ("required", the default) or measure
+    /// and stop the sandbox when over ("best-effort").
+    pub disk_enforcement: crate::disk::Enforcement,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,7 +141,15 @@ impl Default for Network {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { memory: ByteSize::bytes(2 << 30), swap: ByteSize::bytes(0), pids: 1024, cpu: 2.0 }
+        Limits {
+            memory: ByteSize::bytes(2 << 30),
+            swap: ByteSize::bytes(0),
+            pids: 1024,
+            cpu: 2.0,
+            disk: ByteSize(None),
+            inodes: None,
+            disk_enforcement: crate::disk::Enforcement::Required,
+        }
     }
 }
 
@@ -147,6 +163,16 @@ impl Default for Health {
             failures: 3,
         }
     }
+}
+
+/// `run` flags that override `[limits]` for one run.
+#[derive(Debug, Default)]
+pub struct LimitOverrides<'a> {
+    pub memory: Option<&'a str>,
+    pub pids: Option<u64>,
+    pub cpu: Option<f64>,
+    pub disk: Option<&'a str>,
+    pub inodes: Option<u64>,
 }
 
 /// A policy that failed to load: always names the source, and where known the
@@ -203,7 +229,19 @@ impl Policy {
     }
 
     /// Apply `--memory`, `--pids` and `--cpu` for one run, validated like the file.
-    pub fn with_limit_overrides(mut self, memory: Option<&str>, pids: Option<u64>, cpu: Option<f64>) -> Result<Policy, String> {
+    pub fn with_limit_overrides(self, memory: Option<&str>, pids: Option<u64>, cpu: Option<f64>) -> Result<Policy, String> {
+        self.with_overrides(&LimitOverrides { memory, pids, cpu, ..Default::default() })
+    }
+
+    /// Apply the `run` flags that override `[limits]`, validated like the file.
+    pub fn with_overrides(mut self, o: &LimitOverrides) -> Result<Policy, String> {
+        let (memory, pids, cpu) = (o.memory, o.pids, o.cpu);
+        if let Some(d) = o.disk {
+            self.limits.disk = ByteSize::try_from(d.to_string()).map_err(|e| format!("--disk: {e}"))?;
+        }
+        if let Some(n) = o.inodes {
+            self.limits.inodes = Some(n);
+        }
         if let Some(m) = memory {
             self.limits.memory = ByteSize::try_from(m.to_string()).map_err(|e| format!("--memory: {e}"))?;
         }
@@ -215,6 +253,12 @@ impl Policy {
         }
         self.validate().map_err(|(field, message)| format!("--{}: {message}", field.trim_start_matches("limits.")))?;
         Ok(self)
+    }
+
+    /// The disk limits this policy asks for.
+    pub fn disk_limits(&self) -> crate::disk::DiskLimits {
+        let l = &self.limits;
+        crate::disk::DiskLimits { bytes: l.disk.0, inodes: l.inodes, enforcement: l.disk_enforcement }
     }
 
     /// The cgroup limits this policy asks for.
@@ -279,6 +323,12 @@ impl Policy {
         }
         if self.limits.memory.0.is_some_and(|n| n < (4 << 20)) {
             return err("limits.memory", format!("{} is too small (4M or more)", self.limits.memory));
+        }
+        if self.limits.disk.0.is_some_and(|n| n < (1 << 20)) {
+            return err("limits.disk", format!("{} is too small (1M or more, or \"max\")", self.limits.disk));
+        }
+        if self.limits.inodes.is_some_and(|n| n < 16) {
+            return err("limits.inodes", "too small (16 or more)".into());
         }
         if self.limits.pids == 0 {
             return err("limits.pids", "0 would not even allow the payload (1 or more)".into());
@@ -360,6 +410,11 @@ mod tests {
         assert_eq!(p.limits.swap, ByteSize::bytes(0));
         assert_eq!(p.limits.pids, 1024);
         assert_eq!(p.limits.cpu, 2.0);
+        assert_eq!(p.limits.disk, ByteSize::bytes(10 << 30));
+        assert_eq!(p.limits.inodes, Some(1_000_000));
+        assert_eq!(p.limits.disk_enforcement, crate::disk::Enforcement::BestEffort);
+        assert_eq!(Policy::default().limits.disk_enforcement, crate::disk::Enforcement::Required);
+        assert_eq!(Policy::default().limits.disk, ByteSize(None));
         assert_eq!(p.filesystem.tmp_size, ByteSize::bytes(512 << 20));
         assert_eq!(p.network.inner_port, 4096);
         assert_eq!(p.health.path, "/global/health");
@@ -415,6 +470,8 @@ mod tests {
             ("[limits]\npids = 0", "limits.pids"),
             ("[limits]\ncpu = 0.0", "limits.cpu"),
             ("[limits]\nmemory = \"1K\"", "limits.memory"),
+            ("[limits]\ndisk = \"1K\"", "limits.disk"),
+            ("[limits]\ninodes = 0", "limits.inodes"),
             ("[network]\ninner_port = 0", "network.inner_port"),
             ("[health]\npath = \"x\"", "health.path"),
         ];

@@ -220,7 +220,7 @@ pub fn held() -> Held {
 /// Sandbox processes, held lock files and sandbox cgroups, described.
 fn leftovers() -> Vec<String> {
     let mut left = sandbox_processes();
-    for dir in ["uids", "sandboxes", "ports"] {
+    for dir in ["uids", "sandboxes", "ports", "projects"] {
         let leases: Vec<String> = std::fs::read_dir(format!("/run/swarmcell/{dir}"))
             .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".lock")).collect())
             .unwrap_or_default();
