@@ -34,6 +34,7 @@ pub mod ns;
 pub mod policy;
 pub mod ports;
 pub mod probe;
+pub mod probe_net;
 pub mod seccomp;
 pub mod sys;
 pub mod uidalloc;
