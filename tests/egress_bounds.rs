@@ -325,3 +325,34 @@ fn one_request_per_connection_reaches_the_upstream_and_nothing_after_it() {
         assert!(seen.contains(wanted), "the upstream did not get {wanted:?}: {seen:?}");
     }
 }
+
+#[test]
+fn idle_inbound_connections_are_closed_so_local_clients_cannot_pin_the_broker() {
+    let f = Fixture::new();
+    let pol = policy(&f, "idle.toml", "[network]\nidle_timeout = \"2s\"\n");
+    let dir = bin_dir();
+    let (mut l, ready) = f.spawn(&["--ro", &dir, "--policy", &pol, "--port", "auto", "--max-connections", "2"], &[bin(), "__probe", "serve", "{port}"]);
+    let port = ready_of(&ready)["port"].as_u64().unwrap() as u16;
+    // Two local clients take every relay slot and send nothing.
+    let start = Instant::now();
+    let mut idle: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!http_ok(port), "a third connection was relayed past --max-connections 2");
+    let mut closed_after = Vec::new();
+    for s in &mut idle {
+        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let mut b = [0u8; 16];
+        closed_after.push(match s.read(&mut b) {
+            Ok(0) | Err(_) => start.elapsed(),
+            Ok(_) => Duration::MAX,
+        });
+    }
+    let answered = http_ok(port);
+    l.sigterm();
+    l.wait();
+    assert_no_sandbox_left();
+    for t in &closed_after {
+        assert!(*t >= Duration::from_millis(1_800) && *t <= Duration::from_millis(4_000), "idle inbound connections closed after {closed_after:?}");
+    }
+    assert!(answered, "the broker did not answer once the idle connections were closed");
+}
