@@ -98,7 +98,9 @@ impl Dest {
     fn connect(&self) -> std::io::Result<TcpStream> {
         match self {
             // This relay thread enters the sandbox's namespace only to create the socket.
-            Dest::Inside(ns, port) => ns.enter().and_then(|_| TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], *port)), CONNECT_TIMEOUT)),
+            Dest::Inside(ns, port) => {
+                ns.enter().and_then(|_| TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], *port)), CONNECT_TIMEOUT))
+            }
             Dest::Host(port) => TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], *port))),
         }
     }
@@ -112,7 +114,9 @@ impl Broker {
         let listener = Arc::new(listener);
         let accept = {
             let (stop, listener) = (stop.clone(), listener.clone());
-            std::thread::Builder::new().name("broker-accept".into()).spawn(move || accept_loop(&listener, &dest, max_connections, &stats, &stop, idle))?
+            std::thread::Builder::new()
+                .name("broker-accept".into())
+                .spawn(move || accept_loop(&listener, &dest, max_connections, &stats, &stop, idle))?
         };
         Ok(Broker { stop, listener, accept: Some(accept) })
     }

@@ -265,7 +265,8 @@ async fn answer(client: TcpStream, r: &Refusal) {
         _ => "Error",
     };
     let body = format!("swarmcell egress proxy: {}\n", r.reason);
-    let msg = format!("HTTP/1.1 {} {text}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", r.status, body.len());
+    let msg =
+        format!("HTTP/1.1 {} {text}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", r.status, body.len());
     let last = Cell::new(Instant::now());
     if tokio::time::timeout(LINGER, outbound::write_all(&client, msg.as_bytes(), &last)).await.is_ok_and(|r| r.is_ok()) {
         linger(&client).await;
@@ -279,10 +280,7 @@ async fn linger(client: &TcpStream) {
     outbound::shutdown_write(client);
     let mut scratch = [0u8; 4096];
     let last = Cell::new(Instant::now());
-    let _ = tokio::time::timeout(LINGER, async {
-        while let Ok(1..) = outbound::read_some(client, &mut scratch, &last).await {}
-    })
-    .await;
+    let _ = tokio::time::timeout(LINGER, async { while let Ok(1..) = outbound::read_some(client, &mut scratch, &last).await {} }).await;
 }
 
 /// Send the rebuilt head and exactly the request's body upstream; then never

@@ -225,10 +225,10 @@ async fn accept_loop(listener: TcpListener, forward: Option<u16>, cap: Rc<Cap>, 
 }
 
 async fn forward_to(client: TcpStream, port: u16, shared: &Shared) {
-    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))).await {
-        Ok(Ok(upstream)) => relay(&client, &upstream, shared.settings.idle_timeout).await,
-        // Nothing listens there, or it does not answer: the client sees the connection close.
-        _ => {}
+    // Nothing listens there, or it does not answer: the client sees the connection close.
+    let upstream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))).await;
+    if let Ok(Ok(upstream)) = upstream {
+        relay(&client, &upstream, shared.settings.idle_timeout).await;
     }
 }
 

@@ -103,11 +103,8 @@ fn policy(f: &Fixture, name: &str, text: &str) -> String {
 fn run_allowing(f: &Fixture, port: u16, extra: &[&str], script: &str) -> (String, String) {
     let allow = format!("api.test.invalid:{port}");
     let dir = bin_dir();
-    let args = [
-        &["--ro", &dir, "--allow-host", &allow, "--resolve", "api.test.invalid=127.0.0.1", "--allow-address", "127.0.0.1"][..],
-        extra,
-    ]
-    .concat();
+    let args =
+        [&["--ro", &dir, "--allow-host", &allow, "--resolve", "api.test.invalid=127.0.0.1", "--allow-address", "127.0.0.1"][..], extra].concat();
     let out = f.sh(&args, script);
     assert_no_sandbox_left();
     (stdout(&out), stderr(&out))
@@ -255,7 +252,10 @@ fn a_host_header_other_than_the_request_authority_is_refused_and_nothing_reaches
     let script = [
         send("get", &format!("GET http://api.test.invalid:{p}/a HTTP/1.1\\r\\nHost: internal-admin.corp\\r\\n\\r\\n")),
         send("get without port", &format!("GET http://api.test.invalid:{p}/b HTTP/1.1\\r\\nHost: api.test.invalid\\r\\n\\r\\n")),
-        send("two hosts", &format!("GET http://api.test.invalid:{p}/c HTTP/1.1\\r\\nHost: api.test.invalid:{p}\\r\\nHost: internal-admin.corp\\r\\n\\r\\n")),
+        send(
+            "two hosts",
+            &format!("GET http://api.test.invalid:{p}/c HTTP/1.1\\r\\nHost: api.test.invalid:{p}\\r\\nHost: internal-admin.corp\\r\\n\\r\\n"),
+        ),
         send("connect", &format!("CONNECT api.test.invalid:{p} HTTP/1.1\\r\\nHost: internal-admin.corp\\r\\n\\r\\n")),
     ]
     .join("; ");
@@ -331,7 +331,8 @@ fn idle_inbound_connections_are_closed_so_local_clients_cannot_pin_the_broker() 
     let f = Fixture::new();
     let pol = policy(&f, "idle.toml", "[network]\nidle_timeout = \"2s\"\n");
     let dir = bin_dir();
-    let (mut l, ready) = f.spawn(&["--ro", &dir, "--policy", &pol, "--port", "auto", "--max-connections", "2"], &[bin(), "__probe", "serve", "{port}"]);
+    let (mut l, ready) =
+        f.spawn(&["--ro", &dir, "--policy", &pol, "--port", "auto", "--max-connections", "2"], &[bin(), "__probe", "serve", "{port}"]);
     let port = ready_of(&ready)["port"].as_u64().unwrap() as u16;
     // Two local clients take every relay slot and send nothing.
     let start = Instant::now();

@@ -300,7 +300,9 @@ impl Policy {
                 return err(&format!("network.egress_allow_addresses[{i}]"), format!("{a:?} is not an IP address"));
             }
         }
-        for (field, max) in [("network.max_proxy_connections", n.max_proxy_connections), ("network.max_forward_connections", n.max_forward_connections)] {
+        for (field, max) in
+            [("network.max_proxy_connections", n.max_proxy_connections), ("network.max_forward_connections", n.max_forward_connections)]
+        {
             if !(1..=MAX_RELAYED).contains(&max) {
                 return err(field, format!("{max} is out of range (1 to {MAX_RELAYED})"));
             }
