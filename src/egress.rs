@@ -126,7 +126,7 @@ impl Rules {
         let host = self.check_name(host, port)?;
         let addrs = match self.resolve.get(&host) {
             Some(ip) => vec![*ip],
-            None => shared.resolve(&host, port).await?,
+            None => shared.resolver.resolve(&host, port).await?,
         };
         self.choose(&host, port, &addrs)
     }

@@ -147,7 +147,7 @@ pub(crate) struct Shared {
     pub sandbox: String,
     pub settings: Settings,
     pub rules: crate::egress::Rules,
-    resolvers: std::sync::Arc<tokio::sync::Semaphore>,
+    pub(crate) resolver: Resolver,
 }
 
 fn run(
@@ -165,7 +165,7 @@ fn run(
             Some((l, r)) => (Some(l), r),
             None => (None, crate::egress::Rules::default()),
         };
-        let shared = Rc::new(Shared { sandbox, settings, rules, resolvers: std::sync::Arc::new(tokio::sync::Semaphore::new(RESOLVERS)) });
+        let shared = Rc::new(Shared { sandbox, settings, rules, resolver: Resolver::system() });
         for (l, port) in forwards {
             match TcpListener::from_std(l) {
                 Ok(l) => drop(tokio::task::spawn_local(accept_loop(l, Some(port), forward_cap.clone(), shared.clone()))),
@@ -196,12 +196,16 @@ fn run(
 
 /// Accept on `listener`: a forward to host port `forward`, or the proxy.
 async fn accept_loop(listener: TcpListener, forward: Option<u16>, cap: Rc<Cap>, shared: Rc<Shared>) {
+    let mut warned: Option<Instant> = None;
     loop {
         let conn = match listener.accept().await {
             Ok((c, _)) => c,
             Err(e) => {
                 // Out of descriptors or memory: wait instead of spinning.
-                tracing::warn!(sandbox = %shared.sandbox, error = %e, "outbound accept failed");
+                if warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                    warned = Some(Instant::now());
+                    tracing::warn!(sandbox = %shared.sandbox, error = %e, "outbound accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -232,20 +236,35 @@ async fn forward_to(client: TcpStream, port: u16, shared: &Shared) {
     }
 }
 
-impl Shared {
-    /// Resolve `host` on one of at most [`RESOLVERS`] threads, within [`RESOLVE_TIMEOUT`].
+/// Name resolution on at most [`RESOLVERS`] threads, each answer within a
+/// deadline: a resolver that hangs costs those threads, never a connection
+/// slot for longer than the deadline, and never more threads.
+pub(crate) struct Resolver {
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    lookup: fn(&str, u16) -> std::io::Result<Vec<std::net::IpAddr>>,
+    timeout: Duration,
+}
+
+impl Resolver {
+    fn system() -> Resolver {
+        fn lookup(host: &str, port: u16) -> std::io::Result<Vec<std::net::IpAddr>> {
+            std::net::ToSocketAddrs::to_socket_addrs(&(host, port)).map(|a| a.map(|a| a.ip()).collect())
+        }
+        Resolver { permits: std::sync::Arc::new(tokio::sync::Semaphore::new(RESOLVERS)), lookup, timeout: RESOLVE_TIMEOUT }
+    }
+
     pub(crate) async fn resolve(&self, host: &str, port: u16) -> Result<Vec<std::net::IpAddr>, String> {
-        let deadline = Instant::now() + RESOLVE_TIMEOUT;
-        let timed_out = || format!("resolving {host} took longer than {}s", RESOLVE_TIMEOUT.as_secs());
-        let permit = match tokio::time::timeout_at(deadline, self.resolvers.clone().acquire_owned()).await {
+        let deadline = Instant::now() + self.timeout;
+        let timed_out = || format!("resolving {host} took longer than {}", crate::policy::units::HumanDuration(self.timeout));
+        let permit = match tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned()).await {
             Ok(Ok(p)) => p,
             _ => return Err(timed_out()),
         };
-        let name = host.to_string();
+        let (name, lookup) = (host.to_string(), self.lookup);
         let job = tokio::task::spawn_blocking(move || {
             // The thread keeps its permit until the system's resolver returns.
             let _permit = permit;
-            std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), port)).map(|a| a.map(|a| a.ip()).collect::<Vec<_>>())
+            lookup(&name, port)
         });
         match tokio::time::timeout_at(deadline, job).await {
             Ok(Ok(Ok(addrs))) => Ok(addrs),
@@ -365,4 +384,45 @@ pub(crate) async fn write_all(s: &TcpStream, mut data: &[u8], last: &Cell<Instan
         last.set(Instant::now());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn threads_named(name: &str) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+            .count()
+    }
+
+    #[test]
+    fn a_hung_resolver_costs_a_bounded_number_of_threads_and_each_answer_has_a_deadline() {
+        fn hang(_: &str, _: u16) -> std::io::Result<Vec<std::net::IpAddr>> {
+            std::thread::sleep(Duration::from_secs(3));
+            Ok(Vec::new())
+        }
+        let rt =
+            tokio::runtime::Builder::new_current_thread().enable_time().max_blocking_threads(RESOLVERS).thread_name("hung-resolve").build().unwrap();
+        let r = std::sync::Arc::new(Resolver {
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(RESOLVERS)),
+            lookup: hang,
+            timeout: Duration::from_millis(300),
+        });
+        let start = std::time::Instant::now();
+        let answers = rt.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..4 * RESOLVERS {
+                let r = r.clone();
+                set.spawn(async move { r.resolve(&format!("n{i}.test"), 443).await });
+            }
+            set.join_all().await
+        });
+        assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+        assert!(answers.iter().all(|a| a.as_ref().is_err_and(|e| e.contains("took longer than 300ms"))), "{answers:?}");
+        assert_eq!(threads_named("hung-resolve"), RESOLVERS);
+        rt.shutdown_background();
+    }
 }
