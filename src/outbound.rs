@@ -159,6 +159,7 @@ fn run(
     settings: Settings,
 ) {
     let local = tokio::task::LocalSet::new();
+    let id = sandbox.clone();
     let (proxy_cap, forward_cap) = (Cap::new("max_proxy_connections", settings.max_proxy), Cap::new("max_forward_connections", settings.max_forward));
     local.block_on(&rt, async {
         let (proxy, rules) = match proxy {
@@ -189,7 +190,7 @@ fn run(
     rt.shutdown_background();
     for cap in [&proxy_cap, &forward_cap] {
         if cap.refused.get() > 0 {
-            tracing::warn!(refused = cap.refused.get(), "{}: {} connections were refused in all", cap.key, cap.refused.get());
+            tracing::warn!(sandbox = %id, refused = cap.refused.get(), "{}: {} connections were refused in all", cap.key, cap.refused.get());
         }
     }
 }
