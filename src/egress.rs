@@ -344,8 +344,8 @@ impl Framer {
     }
 }
 
-/// Relay the response with `Connection: close` in its head (and in any interim
-/// 1xx head before it), then the rest as it comes.
+/// Relay the response with `Connection: close` in its head (interim 1xx heads
+/// before it pass as they are), then the rest as it comes.
 async fn response(upstream: &TcpStream, client: &TcpStream, last: &Cell<Instant>) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 16 * 1024];
@@ -378,14 +378,17 @@ async fn response(upstream: &TcpStream, client: &TcpStream, last: &Cell<Instant>
     outbound::pump(upstream, client, last).await
 }
 
-/// A response head with `Connection: close` instead of its connection headers;
-/// whether it is an interim (1xx, not 101) response.
+/// A final response head with `Connection: close` instead of its connection
+/// headers; an interim (1xx, not 101) head unchanged, and whether it was one.
 fn close_response_head(head: &[u8]) -> (Vec<u8>, bool) {
     let body = head.strip_suffix(b"\r\n\r\n").unwrap_or(head);
     let mut lines = body.split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let status = lines.next().unwrap_or_default();
     let code = status.split(|b| *b == b' ').nth(1).unwrap_or_default();
     let interim = code.len() == 3 && code[0] == b'1' && code != b"101";
+    if interim {
+        return (head.to_vec(), true);
+    }
     let mut out = status.to_vec();
     out.extend_from_slice(b"\r\n");
     for line in lines {
@@ -460,6 +463,14 @@ mod tests {
         for a in ["93.184.216.34", "1.1.1.1", "2606:4700::1111"] {
             assert!(public(&a.parse().unwrap()), "{a}");
         }
+    }
+
+    #[test]
+    fn a_final_response_head_says_connection_close() {
+        let (h, interim) = close_response_head(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\n");
+        assert_eq!((String::from_utf8(h).unwrap().as_str(), interim), ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n", false));
+        let (h, interim) = close_response_head(b"HTTP/1.1 100 Continue\r\n\r\n");
+        assert_eq!((h.as_slice(), interim), (&b"HTTP/1.1 100 Continue\r\n\r\n"[..], true));
     }
 
     #[test]

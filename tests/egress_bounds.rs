@@ -321,6 +321,8 @@ fn one_request_per_connection_reaches_the_upstream_and_nothing_after_it() {
         assert!(section(&out, name).starts_with("reply: HTTP/1.1 200 OK"), "{name}: {out}{err}");
     }
     assert!(section(&out, "both").starts_with("reply: HTTP/1.1 400"), "{out}");
+    // The client is told not to reuse the connection.
+    assert!(section(&out, "sequential").starts_with("reply: HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nConnection: close\\r\\n\\r\\nok"), "{out}");
     for wanted in ["GET /first HTTP/1.1", "GET /first2 HTTP/1.1", "POST /upload HTTP/1.1", "hello", "5\r\nworld\r\n0\r\n\r\n", "Connection: close"] {
         assert!(seen.contains(wanted), "the upstream did not get {wanted:?}: {seen:?}");
     }
@@ -356,4 +358,31 @@ fn idle_inbound_connections_are_closed_so_local_clients_cannot_pin_the_broker() 
         assert!(*t >= Duration::from_millis(1_800) && *t <= Duration::from_millis(4_000), "idle inbound connections closed after {closed_after:?}");
     }
     assert!(answered, "the broker did not answer once the idle connections were closed");
+}
+
+#[test]
+fn bulk_transfers_and_half_close_work_through_a_forward_and_a_tunnel() {
+    // bench-client uploads 64 MiB and half-closes (the server then answers its
+    // count), and downloads 64 MiB: byte counts are checked on both sides.
+    let f = Fixture::new();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = HostServer(Command::new(bin()).args(["__probe", "bench-server", &port.to_string()]).spawn().unwrap(), port);
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let b = bin();
+    let bytes = 64 << 20;
+    let script = format!(
+        "echo '== forward'; {b} __probe bench-client 127.0.0.1:{port} {bytes}; \
+         echo '== tunnel'; {b} __probe bench-client api.test.invalid:{port} {bytes} 127.0.0.1:3128"
+    );
+    let fwd = port.to_string();
+    let (out, err) = run_allowing(&f, port, &["--forward", &fwd], &script);
+    for name in ["forward", "tunnel"] {
+        assert!(section(&out, name).starts_with("up="), "{name}: {out}{err}");
+    }
+    drop(server);
 }
