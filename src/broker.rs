@@ -5,8 +5,11 @@
 //! `splice` through a pipe in each direction: no copy through user space.
 //!
 //! Half-close is forwarded (EOF on one side shuts down writing on the other), a
-//! reset or error closes both, a full side blocks the other (backpressure), and
-//! at most `max_connections` relays run at once.
+//! reset or error closes both, a full side blocks the other (backpressure), at
+//! most `max_connections` relays run at once, and a relay that moves no byte
+//! either way for the idle timeout is closed (an idle or half-open client
+//! cannot hold a slot forever). (The outbound forwards and the egress proxy run
+//! on an event loop instead: `crate::outbound`.)
 
 use std::fs::File;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -14,11 +17,14 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::broker_stats::SharedCounters;
 
 const PIPE_SIZE: libc::c_int = 1 << 20;
 const RELAY_STACK: usize = 64 * 1024;
+/// How long a connection into the sandbox may take to be accepted.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Broker {
     stop: Arc<AtomicBool>,
@@ -92,20 +98,25 @@ impl Dest {
     fn connect(&self) -> std::io::Result<TcpStream> {
         match self {
             // This relay thread enters the sandbox's namespace only to create the socket.
-            Dest::Inside(ns, port) => ns.enter().and_then(|_| TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], *port)))),
+            Dest::Inside(ns, port) => {
+                ns.enter().and_then(|_| TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], *port)), CONNECT_TIMEOUT))
+            }
             Dest::Host(port) => TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], *port))),
         }
     }
 }
 
 impl Broker {
-    /// Relay every connection accepted on `listener` to `dest`, counting in `stats`.
-    pub fn start(listener: TcpListener, dest: Dest, max_connections: usize, stats: Arc<SharedCounters>) -> std::io::Result<Broker> {
+    /// Relay every connection accepted on `listener` to `dest`, counting in
+    /// `stats`; a relay idle for `idle` is closed.
+    pub fn start(listener: TcpListener, dest: Dest, max_connections: usize, stats: Arc<SharedCounters>, idle: Duration) -> std::io::Result<Broker> {
         let stop = Arc::new(AtomicBool::new(false));
         let listener = Arc::new(listener);
         let accept = {
             let (stop, listener) = (stop.clone(), listener.clone());
-            std::thread::Builder::new().name("broker-accept".into()).spawn(move || accept_loop(&listener, &dest, max_connections, &stats, &stop))?
+            std::thread::Builder::new()
+                .name("broker-accept".into())
+                .spawn(move || accept_loop(&listener, &dest, max_connections, &stats, &stop, idle))?
         };
         Ok(Broker { stop, listener, accept: Some(accept) })
     }
@@ -133,7 +144,7 @@ impl Drop for Broker {
     }
 }
 
-fn accept_loop(listener: &TcpListener, dest: &Dest, max: usize, stats: &Arc<SharedCounters>, stop: &AtomicBool) {
+fn accept_loop(listener: &TcpListener, dest: &Dest, max: usize, stats: &Arc<SharedCounters>, stop: &AtomicBool, idle: Duration) {
     loop {
         let (client, _) = match listener.accept() {
             Ok(c) => c,
@@ -154,7 +165,7 @@ fn accept_loop(listener: &TcpListener, dest: &Dest, max: usize, stats: &Arc<Shar
         stats.active.fetch_add(1, Ordering::SeqCst);
         let (dest, stats) = (dest.clone(), stats.clone());
         let spawned = std::thread::Builder::new().stack_size(RELAY_STACK).spawn(move || {
-            relay(client, &dest, &stats);
+            relay(client, &dest, &stats, idle);
             stats.active.fetch_sub(1, Ordering::SeqCst);
         });
         if spawned.is_err() {
@@ -163,46 +174,72 @@ fn accept_loop(listener: &TcpListener, dest: &Dest, max: usize, stats: &Arc<Shar
     }
 }
 
-fn relay(client: TcpStream, dest: &Dest, stats: &Arc<SharedCounters>) {
+fn relay(client: TcpStream, dest: &Dest, stats: &Arc<SharedCounters>, idle: Duration) {
     let server = match dest.connect() {
         Ok(s) => s,
         Err(_) => return, // nothing listens there (yet): the client sees the connection close
     };
-    join(client, server, stats);
+    join(client, server, stats, idle);
 }
 
-/// Copy both ways between two connected sockets until both directions end.
-pub fn join(client: TcpStream, server: TcpStream, stats: &Arc<SharedCounters>) {
+/// When bytes last moved through a relay, either way.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+    idle: Duration,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn expired(&self) -> bool {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last) >= self.idle
+    }
+}
+
+/// Copy both ways between two connected sockets until both directions end,
+/// or nothing moved either way for `idle`.
+pub fn join(client: TcpStream, server: TcpStream, stats: &Arc<SharedCounters>, idle: Duration) {
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
+    // Blocked splices wake up this often to check for idleness.
+    let tick = Some((idle / 8).clamp(Duration::from_millis(100), Duration::from_secs(30)));
+    for s in [&client, &server] {
+        let _ = s.set_read_timeout(tick);
+        let _ = s.set_write_timeout(tick);
+    }
     let (c2, s2) = match (client.try_clone(), server.try_clone()) {
         (Ok(c), Ok(s)) => (c, s),
         _ => return,
     };
+    let activity = Arc::new(Activity { start: Instant::now(), last_ms: AtomicU64::new(0), idle });
     let back = {
-        let stats = stats.clone();
-        std::thread::Builder::new().stack_size(RELAY_STACK).spawn(move || pump(&s2, &c2, &stats.bytes_out))
+        let (stats, activity) = (stats.clone(), activity.clone());
+        std::thread::Builder::new().stack_size(RELAY_STACK).spawn(move || pump(&s2, &c2, &stats.bytes_out, &activity))
     };
-    pump(&client, &server, &stats.bytes_in);
+    pump(&client, &server, &stats.bytes_in, &activity);
     if let Ok(t) = back {
         let _ = t.join();
     }
 }
 
 /// Move bytes from `from` to `to` until EOF or error, through a pipe with splice.
-fn pump(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) {
+fn pump(from: &TcpStream, to: &TcpStream, counter: &AtomicU64, activity: &Activity) {
     let Ok((pr, pw)) = crate::sys::pipe_cloexec() else {
         let _ = from.shutdown(Shutdown::Both);
         return;
     };
     // SAFETY: F_SETPIPE_SZ on our pipe; failure only means a smaller buffer.
     unsafe { libc::fcntl(pw.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
-    match splice_loop(from, to, &pr, &pw, counter) {
+    match splice_loop(from, to, &pr, &pw, counter, activity) {
         // EOF: forward the half-close and let the other direction finish.
         Ok(()) => {
             let _ = to.shutdown(Shutdown::Write);
         }
-        // Reset or error: end both directions.
+        // Reset, error or idle: end both directions.
         Err(_) => {
             let _ = from.shutdown(Shutdown::Both);
             let _ = to.shutdown(Shutdown::Both);
@@ -210,7 +247,7 @@ fn pump(from: &TcpStream, to: &TcpStream, counter: &AtomicU64) {
     }
 }
 
-fn splice_loop(from: &TcpStream, to: &TcpStream, pr: &OwnedFd, pw: &OwnedFd, counter: &AtomicU64) -> std::io::Result<()> {
+fn splice_loop(from: &TcpStream, to: &TcpStream, pr: &OwnedFd, pw: &OwnedFd, counter: &AtomicU64, activity: &Activity) -> std::io::Result<()> {
     // No SPLICE_F_MORE: on a socket it corks like MSG_MORE, holding a small
     // reply back for the 200 ms cork timer.
     let flags = libc::SPLICE_F_MOVE;
@@ -219,7 +256,7 @@ fn splice_loop(from: &TcpStream, to: &TcpStream, pr: &OwnedFd, pw: &OwnedFd, cou
         let n = unsafe { libc::splice(from.as_raw_fd(), std::ptr::null_mut(), pw.as_raw_fd(), std::ptr::null_mut(), PIPE_SIZE as usize, flags) };
         if n < 0 {
             let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
+            if e.kind() == std::io::ErrorKind::Interrupted || (e.kind() == std::io::ErrorKind::WouldBlock && !activity.expired()) {
                 continue;
             }
             return Err(e);
@@ -227,18 +264,20 @@ fn splice_loop(from: &TcpStream, to: &TcpStream, pr: &OwnedFd, pw: &OwnedFd, cou
         if n == 0 {
             return Ok(());
         }
+        activity.touch();
         let mut left = n as usize;
         while left > 0 {
             // SAFETY: as above.
             let m = unsafe { libc::splice(pr.as_raw_fd(), std::ptr::null_mut(), to.as_raw_fd(), std::ptr::null_mut(), left, flags) };
             if m < 0 {
                 let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
+                if e.kind() == std::io::ErrorKind::Interrupted || (e.kind() == std::io::ErrorKind::WouldBlock && !activity.expired()) {
                     continue;
                 }
                 return Err(e);
             }
             left -= m as usize;
+            activity.touch();
         }
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }

@@ -1,5 +1,7 @@
-//! Parent side: the egress proxy a sandbox reaches at 127.0.0.1:PROXY_PORT in
-//! its own network namespace (the listener is created there by the launcher).
+//! Parent side (host root): the egress proxy a sandbox reaches at
+//! 127.0.0.1:PROXY_PORT in its own network namespace (the listener is created
+//! there by the launcher; connections are served on the sandbox's outbound event
+//! loop, `crate::outbound`, which bounds them).
 //!
 //! HTTP CONNECT and plain (absolute-form) HTTP requests are allowed only to host
 //! names on the allowlist (`name`, `*.suffix`, optionally `:port`; ports 443 and
@@ -8,16 +10,29 @@
 //! otherwise not public, unless that address is itself allowlisted: a name can
 //! never be made to point at the host or the LAN (DNS rebinding). The address
 //! that was checked is the one connected to. Each decision is an audit event.
+//!
+//! The request is what was checked, and only it: the whole head must arrive
+//! within `head_timeout`; a `Host` header must name the request's authority; a
+//! plain-HTTP connection carries ONE request, rebuilt from what was parsed
+//! (`crate::http1`) with `Connection: close` (the response gets one too), and
+//! exactly its body (`Content-Length` or chunked) goes upstream: nothing the
+//! client sends after it is read.
 
+use std::cell::Cell;
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::http1::{self, Body, Refusal, Target};
+use crate::outbound::{self, Shared};
+use crate::policy::units::HumanDuration;
+
 const MAX_HEAD: usize = 16 * 1024;
+/// How long a refused or finished client may take to read our answer.
+const LINGER: Duration = Duration::from_secs(1);
 const DEFAULT_PORTS: [u16; 2] = [443, 80];
 
 #[derive(Debug, Clone, Default)]
@@ -70,8 +85,8 @@ impl Rules {
         })
     }
 
-    /// Decide; on success the address to connect to.
-    pub fn decide(&self, host: &str, port: u16) -> Result<SocketAddr, String> {
+    /// The checks made before anything is resolved; the normalised name.
+    pub fn check_name(&self, host: &str, port: u16) -> Result<String, String> {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         if host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok() {
             return Err(format!("{host} is an IP literal; only allowlisted host names may be reached"));
@@ -82,10 +97,11 @@ impl Rules {
         if !self.host_allowed(&host, port) {
             return Err(format!("{host}:{port} is not on the egress allowlist"));
         }
-        let addrs: Vec<IpAddr> = match self.resolve.get(&host) {
-            Some(ip) => vec![*ip],
-            None => (host.as_str(), port).to_socket_addrs().map_err(|e| format!("cannot resolve {host}: {e}"))?.map(|a| a.ip()).collect(),
-        };
+        Ok(host)
+    }
+
+    /// Of what `host` resolves to, the address to connect to.
+    pub fn choose(&self, host: &str, port: u16, addrs: &[IpAddr]) -> Result<SocketAddr, String> {
         let refused: Vec<String> = addrs.iter().filter(|a| !public(a) && !self.addresses.contains(a)).map(|a| a.to_string()).collect();
         match addrs.iter().find(|a| public(a) || self.addresses.contains(a)) {
             Some(a) => Ok(SocketAddr::new(*a, port)),
@@ -93,6 +109,26 @@ impl Rules {
                 Err(format!("{host} resolves to {} (not a public address)", if refused.is_empty() { "nothing".into() } else { refused.join(", ") }))
             }
         }
+    }
+
+    /// Decide; on success the address to connect to.
+    pub fn decide(&self, host: &str, port: u16) -> Result<SocketAddr, String> {
+        let host = self.check_name(host, port)?;
+        let addrs: Vec<IpAddr> = match self.resolve.get(&host) {
+            Some(ip) => vec![*ip],
+            None => (host.as_str(), port).to_socket_addrs().map_err(|e| format!("cannot resolve {host}: {e}"))?.map(|a| a.ip()).collect(),
+        };
+        self.choose(&host, port, &addrs)
+    }
+
+    /// As `decide`, resolving on the loop's few resolver threads, with a deadline.
+    async fn decide_bounded(&self, host: &str, port: u16, shared: &Shared) -> Result<SocketAddr, String> {
+        let host = self.check_name(host, port)?;
+        let addrs = match self.resolve.get(&host) {
+            Some(ip) => vec![*ip],
+            None => shared.resolver.resolve(&host, port).await?,
+        };
+        self.choose(&host, port, &addrs)
     }
 }
 
@@ -129,128 +165,242 @@ pub fn public(a: &IpAddr) -> bool {
     }
 }
 
-pub struct Proxy {
-    stop: Arc<AtomicBool>,
-    listener: Arc<TcpListener>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Proxy {
-    pub fn start(listener: TcpListener, rules: Rules, sandbox: String) -> std::io::Result<Proxy> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let listener = Arc::new(listener);
-        let rules = Arc::new(rules);
-        let stats = Arc::new(crate::broker_stats::SharedCounters::private()?);
-        let thread = {
-            let (stop, listener) = (stop.clone(), listener.clone());
-            std::thread::Builder::new().name("egress-proxy".into()).spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let Ok(conn) = conn else { continue };
-                    let (rules, sandbox, stats) = (rules.clone(), sandbox.clone(), stats.clone());
-                    let _ = std::thread::Builder::new().stack_size(128 * 1024).spawn(move || serve(conn, &rules, &sandbox, &stats));
-                }
-            })?
-        };
-        Ok(Proxy { stop, listener, thread: Some(thread) })
-    }
-
-    pub fn stop(&mut self) {
-        crate::broker::stop_accepting(&self.stop, &self.listener, &mut self.thread);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn deny(mut conn: TcpStream, reason: &str) {
-    let body = format!("swarmcell egress proxy: {reason}\n");
-    let _ = write!(conn, "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-}
-
-/// Read the request head (up to the blank line) and whatever came after it.
-fn read_head(conn: &mut TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let rest = buf.split_off(end + 4);
-            return String::from_utf8(buf).ok().map(|h| (h, rest));
-        }
-        if buf.len() > MAX_HEAD {
-            return None;
-        }
-        match conn.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-fn serve(mut conn: TcpStream, rules: &Rules, sandbox: &str, stats: &Arc<crate::broker_stats::SharedCounters>) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    let Some((head, rest)) = read_head(&mut conn) else { return deny(conn, "malformed request") };
-    let first = head.lines().next().unwrap_or("");
-    let parts: Vec<&str> = first.split(' ').collect();
-    let (method, target) = match parts.as_slice() {
-        [m, t, v] if v.starts_with("HTTP/1.") => (*m, *t),
-        _ => return deny(conn, "malformed request line"),
-    };
-    // CONNECT host:port, or METHOD http://host[:port]/path.
-    let (authority, path, connect) = if method == "CONNECT" {
-        (target.to_string(), String::new(), true)
-    } else if let Some(rest) = target.strip_prefix("http://") {
-        let (auth, path) = rest.split_once('/').map(|(a, p)| (a.to_string(), format!("/{p}"))).unwrap_or((rest.to_string(), "/".into()));
-        (auth, path, false)
-    } else {
-        return deny(conn, "only CONNECT and absolute http:// requests are proxied");
-    };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => match p.parse::<u16>() {
-            Ok(p) => (h.to_string(), p),
-            Err(_) => return deny(conn, "bad port"),
-        },
-        _ => (authority.clone(), if connect { 443 } else { 80 }),
-    };
-    let decision = rules.decide(&host, port);
-    match &decision {
+/// Audit one egress decision (one call per decision).
+fn audit(sandbox: &str, host: &str, port: u16, decision: &Result<SocketAddr, String>) {
+    match decision {
         Ok(addr) => tracing::info!(target: "audit", event = "egress", sandbox, host = %host, port, allowed = true, address = %addr, "egress allowed"),
         Err(reason) => {
             tracing::info!(target: "audit", event = "egress", sandbox, host = %host, port, allowed = false, reason = %reason, "egress denied")
         }
     }
+}
+
+/// Serve one connection to the proxy (on the sandbox's outbound loop).
+pub(crate) async fn serve(client: TcpStream, shared: &Shared) {
+    let (head_timeout, idle) = (shared.settings.head_timeout, shared.settings.idle_timeout);
+    let (head, rest) = match tokio::time::timeout(head_timeout, read_head(&client)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(None)) => return,
+        Ok(Err(Some(r))) => return answer(client, &r).await,
+        Err(_) => {
+            let reason = format!("no complete request head within {}", HumanDuration(head_timeout));
+            return answer(client, &Refusal { status: 408, reason }).await;
+        }
+    };
+    let req = match http1::parse(&head) {
+        Ok(r) => r,
+        Err(r) => return answer(client, &r).await,
+    };
+    let body = match req.body() {
+        Ok(b) => b,
+        Err(r) => return answer(client, &r).await,
+    };
+    let (host, port) = req.target.host_port();
+    let host = host.to_string();
+    let decision = match req.check_host() {
+        Ok(()) => shared.rules.decide_bounded(&host, port, shared).await,
+        Err(r) => Err(r.reason),
+    };
+    audit(&shared.sandbox, &host, port, &decision);
     let addr = match decision {
         Ok(a) => a,
-        Err(reason) => return deny(conn, &reason),
+        Err(reason) => return answer(client, &Refusal { status: 403, reason }).await,
     };
-    let mut upstream = match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
-        Ok(u) => u,
-        Err(e) => {
-            let _ = write!(conn, "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            return tracing::info!(target: "audit", event = "egress", sandbox, host = %host, port, error = %e, "egress connect failed");
+    let upstream = match tokio::time::timeout(outbound::CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(u)) => u,
+        failed => {
+            let e = failed.map_or_else(|_| "timed out".to_string(), |r| r.err().map(|e| e.to_string()).unwrap_or_default());
+            tracing::info!(target: "audit", event = "egress", sandbox = %shared.sandbox, host = %host, port, error = %e, "egress connect failed");
+            return answer(client, &Refusal { status: 502, reason: format!("cannot connect to {host}:{port}: {e}") }).await;
         }
     };
-    let _ = conn.set_read_timeout(None);
-    if connect {
-        if conn.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").is_err() {
-            return;
+    let last = Cell::new(Instant::now());
+    if let Target::Connect { .. } = req.target {
+        let ready = async {
+            outbound::write_all(&client, b"HTTP/1.1 200 Connection established\r\n\r\n", &last).await?;
+            outbound::write_all(&upstream, &rest, &last).await
+        };
+        if tokio::time::timeout(idle, ready).await.is_ok_and(|r| r.is_ok()) {
+            outbound::relay(&client, &upstream, idle).await;
         }
-    } else {
-        // Forward the request in origin form.
-        let head = head.replacen(target, &path, 1);
-        if upstream.write_all(head.as_bytes()).is_err() {
-            return;
-        }
-    }
-    if !rest.is_empty() && upstream.write_all(&rest).is_err() {
         return;
     }
-    crate::broker::join(conn, upstream, stats);
+    let head = req.origin_head();
+    tokio::select! {
+        _ = request_upstream(&client, &upstream, &head, body, &rest, &last) => {}
+        r = response(&upstream, &client, &last) => if r.is_ok() { linger(&client).await },
+        _ = outbound::idle_for(&last, idle) => {}
+    }
+    drop(client);
+}
+
+/// Read the request head (up to the blank line) and whatever came after it.
+/// `Err(None)`: the client closed or failed before a head came.
+async fn read_head(client: &TcpStream) -> Result<(Vec<u8>, Vec<u8>), Option<Refusal>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let last = Cell::new(Instant::now());
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(end + 4);
+            return Ok((buf, rest));
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(Some(Refusal { status: 400, reason: format!("request head larger than {MAX_HEAD} bytes") }));
+        }
+        match outbound::read_some(client, &mut chunk, &last).await {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Answer a refused request and close.
+async fn answer(client: TcpStream, r: &Refusal) {
+    let text = match r.status {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        408 => "Request Timeout",
+        502 => "Bad Gateway",
+        _ => "Error",
+    };
+    let body = format!("swarmcell egress proxy: {}\n", r.reason);
+    let msg =
+        format!("HTTP/1.1 {} {text}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", r.status, body.len());
+    let last = Cell::new(Instant::now());
+    if tokio::time::timeout(LINGER, outbound::write_all(&client, msg.as_bytes(), &last)).await.is_ok_and(|r| r.is_ok()) {
+        linger(&client).await;
+    }
+}
+
+/// Half-close, then read and drop what the client still sends, briefly: closing
+/// with unread bytes would send a reset, which can destroy the answer before
+/// the client reads it.
+async fn linger(client: &TcpStream) {
+    outbound::shutdown_write(client);
+    let mut scratch = [0u8; 4096];
+    let last = Cell::new(Instant::now());
+    let _ = tokio::time::timeout(LINGER, async { while let Ok(1..) = outbound::read_some(client, &mut scratch, &last).await {} }).await;
+}
+
+/// Send the rebuilt head and exactly the request's body upstream; then never
+/// read from the client again (a second request is never seen).
+async fn request_upstream(client: &TcpStream, upstream: &TcpStream, head: &[u8], body: Body, rest: &[u8], last: &Cell<Instant>) {
+    let sent = async {
+        outbound::write_all(upstream, head, last).await?;
+        let mut framer = Framer::new(body);
+        let n = framer.feed(rest)?;
+        outbound::write_all(upstream, &rest[..n], last).await?;
+        let mut buf = Vec::new();
+        while !framer.done() {
+            buf.resize(64 * 1024, 0);
+            let k = outbound::read_some(client, &mut buf, last).await?;
+            if k == 0 {
+                outbound::shutdown_write(upstream);
+                break;
+            }
+            let n = framer.feed(&buf[..k])?;
+            outbound::write_all(upstream, &buf[..n], last).await?;
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    if sent.await.is_ok() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Where a request body ends.
+enum Framer {
+    Length(u64),
+    Chunked(http1::Chunked),
+}
+
+impl Framer {
+    fn new(body: Body) -> Framer {
+        match body {
+            Body::None => Framer::Length(0),
+            Body::Length(n) => Framer::Length(n),
+            Body::Chunked => Framer::Chunked(http1::Chunked::default()),
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self {
+            Framer::Length(n) => *n == 0,
+            Framer::Chunked(c) => c.done(),
+        }
+    }
+
+    /// How many bytes of `buf` belong to the body.
+    fn feed(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Framer::Length(n) => {
+                let take = (*n).min(buf.len() as u64);
+                *n -= take;
+                Ok(take as usize)
+            }
+            Framer::Chunked(c) => c.feed(buf).map_err(std::io::Error::other),
+        }
+    }
+}
+
+/// Relay the response with `Connection: close` in its head (interim 1xx heads
+/// before it pass as they are), then the rest as it comes.
+async fn response(upstream: &TcpStream, client: &TcpStream, last: &Cell<Instant>) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        let end = loop {
+            if let Some(e) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break Some(e + 4);
+            }
+            if buf.len() > MAX_HEAD * 4 {
+                break None;
+            }
+            let k = outbound::read_some(upstream, &mut chunk, last).await?;
+            if k == 0 {
+                outbound::write_all(client, &buf, last).await?;
+                outbound::shutdown_write(client);
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..k]);
+        };
+        // A head too large to rewrite goes as it came.
+        let Some(end) = end else { break };
+        let (head, interim) = close_response_head(&buf[..end]);
+        outbound::write_all(client, &head, last).await?;
+        buf.drain(..end);
+        if !interim {
+            break;
+        }
+    }
+    outbound::write_all(client, &buf, last).await?;
+    outbound::pump(upstream, client, last).await
+}
+
+/// A final response head with `Connection: close` instead of its connection
+/// headers; an interim (1xx, not 101) head unchanged, and whether it was one.
+fn close_response_head(head: &[u8]) -> (Vec<u8>, bool) {
+    let body = head.strip_suffix(b"\r\n\r\n").unwrap_or(head);
+    let mut lines = body.split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let status = lines.next().unwrap_or_default();
+    let code = status.split(|b| *b == b' ').nth(1).unwrap_or_default();
+    let interim = code.len() == 3 && code[0] == b'1' && code != b"101";
+    if interim {
+        return (head.to_vec(), true);
+    }
+    let mut out = status.to_vec();
+    out.extend_from_slice(b"\r\n");
+    for line in lines {
+        let name = line.split(|b| *b == b':').next().unwrap_or_default();
+        if [&b"connection"[..], b"keep-alive", b"proxy-connection"].iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            continue;
+        }
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    (out, interim)
 }
 
 #[cfg(test)]
@@ -313,6 +463,14 @@ mod tests {
         for a in ["93.184.216.34", "1.1.1.1", "2606:4700::1111"] {
             assert!(public(&a.parse().unwrap()), "{a}");
         }
+    }
+
+    #[test]
+    fn a_final_response_head_says_connection_close() {
+        let (h, interim) = close_response_head(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\n");
+        assert_eq!((String::from_utf8(h).unwrap().as_str(), interim), ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n", false));
+        let (h, interim) = close_response_head(b"HTTP/1.1 100 Continue\r\n\r\n");
+        assert_eq!((h.as_slice(), interim), (&b"HTTP/1.1 100 Continue\r\n\r\n"[..], true));
     }
 
     #[test]

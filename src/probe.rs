@@ -10,6 +10,9 @@ use std::os::fd::AsRawFd;
 use nix::errno::Errno;
 
 pub fn main(name: &str, rest: &[String]) -> u8 {
+    if let Some(code) = crate::probe_net::main(name, rest) {
+        return code;
+    }
     let arg = rest.first().map(String::as_str);
     let results = match (name, arg) {
         ("tiocsti", _) => vec![tiocsti()],

@@ -394,8 +394,8 @@ struct Network<'a> {
     /// The inbound broker's counters (relay mode; a handoff has no data path to count).
     relay_stats: std::sync::Arc<crate::broker_stats::SharedCounters>,
     handoff: Option<crate::handoff::Handoff>,
-    outbound: Vec<crate::broker::Broker>,
-    proxies: Vec<crate::egress::Proxy>,
+    /// The outbound forwards and the egress proxy, on one bounded event loop.
+    outbound: Option<crate::outbound::OutboundLoop>,
     health: Option<HealthWatch>,
 }
 
@@ -417,26 +417,26 @@ impl<'a> Network<'a> {
             relay: None,
             relay_stats,
             handoff: None,
-            outbound: Vec::new(),
-            proxies: Vec::new(),
+            outbound: None,
             health: None,
         };
+        let (mut forwards, mut proxy) = (Vec::new(), None);
         for (kind, listener) in std::mem::take(&mut sandbox.outbound) {
             match kind {
-                Outbound::Forward(p) => net.outbound.push(
-                    crate::broker_stats::SharedCounters::private()
-                        .and_then(|stats| crate::broker::Broker::start(listener, crate::broker::Dest::Host(p), req.max_connections, stats.into()))
-                        .map_err(|e| RunError::Setup(format!("outbound forward {p}: {e}")))?,
-                ),
-                Outbound::Proxy => net.proxies.push(
-                    crate::egress::Proxy::start(listener, req.egress_rules(), id.to_string())
-                        .map_err(|e| RunError::Setup(format!("egress proxy: {e}")))?,
-                ),
+                Outbound::Forward(p) => forwards.push((listener, p)),
+                Outbound::Proxy => proxy = Some((listener, req.egress_rules())),
             }
+        }
+        if !forwards.is_empty() || proxy.is_some() {
+            let settings = crate::outbound::Settings::of(&req.policy.network);
+            net.outbound = Some(
+                crate::outbound::OutboundLoop::start(id, forwards, proxy, settings)
+                    .map_err(|e| RunError::Setup(format!("outbound forwards and egress proxy: {e}")))?,
+            );
         }
         if let (Some(lease), Some(ns)) = (lease, &net.netns) {
             if req.broker == BrokerMode::Relay {
-                net.relay = Some(start_relay(lease, ns, inner, req.max_connections, &net.relay_stats)?);
+                net.relay = Some(start_relay(req, lease, ns, &net.relay_stats)?);
             }
             let check = match (req.health, req.broker) {
                 (HealthMode::Http, _) => crate::health::Check::Http { port: lease.port, path: req.policy.health.path.clone() },
@@ -466,7 +466,7 @@ impl<'a> Network<'a> {
             Ok(h) => self.handoff = Some(h),
             Err(e) => {
                 tracing::warn!(sandbox = %self.id, error = %e, "socket handoff unavailable; relaying connections instead");
-                self.relay = start_relay(lease, ns, inner, self.req.max_connections, &self.relay_stats).ok();
+                self.relay = start_relay(self.req, lease, ns, &self.relay_stats).ok();
             }
         }
     }
@@ -480,14 +480,14 @@ impl<'a> Network<'a> {
 }
 
 fn start_relay(
+    req: &RunRequest,
     lease: &crate::ports::PortLease,
     ns: &crate::broker::Netns,
-    inner: u16,
-    max: usize,
     stats: &std::sync::Arc<crate::broker_stats::SharedCounters>,
 ) -> Result<crate::broker::Broker, RunError> {
     let listener = lease.listener.try_clone().map_err(|e| RunError::Setup(format!("broker listener: {e}")))?;
-    crate::broker::Broker::start(listener, crate::broker::Dest::Inside(ns.clone(), inner), max, stats.clone())
+    let (inner, idle) = (req.policy.network.inner_port, req.policy.network.idle_timeout.0);
+    crate::broker::Broker::start(listener, crate::broker::Dest::Inside(ns.clone(), inner), req.max_connections, stats.clone(), idle)
         .map_err(|e| RunError::Setup(format!("starting the broker: {e}")))
 }
 

@@ -90,6 +90,16 @@ pub fn explain(p: &Policy, source: &str) -> String {
         if n.egress_allow.is_empty() { "(none)".to_string() } else { n.egress_allow.join(" ") },
         if n.egress_allow_addresses.is_empty() { "(none)".to_string() } else { n.egress_allow_addresses.join(" ") }
     );
+    let _ = writeln!(
+        o,
+        "relay bounds: at most {} proxy and {} forward connections at once (more refused and counted), on one launcher thread; connections idle for {} closed (inbound too)",
+        n.max_proxy_connections, n.max_forward_connections, n.idle_timeout
+    );
+    let _ = writeln!(
+        o,
+        "proxy requests: whole head within {}; Host must be the request's authority; one request per plain-HTTP connection",
+        n.head_timeout
+    );
     let h = &p.health;
     let _ = writeln!(o, "health: GET {} until 2xx, timeout {}, then every {}, alert after {} failures", h.path, h.timeout, h.interval, h.failures);
     let _ = writeln!(

@@ -75,6 +75,10 @@ pub struct Filesystem {
     pub shm_size: ByteSize,
 }
 
+/// Upper bound of `max_proxy_connections` and `max_forward_connections`: each
+/// connection holds up to six descriptors in the launcher.
+pub const MAX_RELAYED: usize = 4096;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Network {
@@ -91,6 +95,17 @@ pub struct Network {
     /// Addresses an allowed name may resolve to although they are not public
     /// (loopback, private, link-local are refused otherwise). Default: none.
     pub egress_allow_addresses: Vec<String>,
+    /// Most connections open at once through the egress proxy; more are
+    /// answered 503 and closed at once.
+    pub max_proxy_connections: usize,
+    /// Most connections open at once through all outbound forwards together;
+    /// more are closed at once.
+    pub max_forward_connections: usize,
+    /// Deadline for a proxy request's whole head (request line and headers).
+    pub head_timeout: HumanDuration,
+    /// A relayed connection (inbound broker, forward, proxy) that moves no byte
+    /// either way for this long is closed.
+    pub idle_timeout: HumanDuration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,7 +150,18 @@ impl Default for Filesystem {
 
 impl Default for Network {
     fn default() -> Self {
-        Network { inner_port: 4096, forwards: vec![8765, 7233, 5432], proxy_port: 3128, egress_allow: Vec::new(), egress_allow_addresses: Vec::new() }
+        use std::time::Duration;
+        Network {
+            inner_port: 4096,
+            forwards: vec![8765, 7233, 5432],
+            proxy_port: 3128,
+            egress_allow: Vec::new(),
+            egress_allow_addresses: Vec::new(),
+            max_proxy_connections: 64,
+            max_forward_connections: 64,
+            head_timeout: HumanDuration(Duration::from_secs(10)),
+            idle_timeout: HumanDuration(Duration::from_secs(300)),
+        }
     }
 }
 
@@ -318,6 +344,18 @@ impl Policy {
                 return err(&format!("network.egress_allow_addresses[{i}]"), format!("{a:?} is not an IP address"));
             }
         }
+        for (field, max) in
+            [("network.max_proxy_connections", n.max_proxy_connections), ("network.max_forward_connections", n.max_forward_connections)]
+        {
+            if !(1..=MAX_RELAYED).contains(&max) {
+                return err(field, format!("{max} is out of range (1 to {MAX_RELAYED})"));
+            }
+        }
+        for (field, d) in [("network.head_timeout", n.head_timeout.0), ("network.idle_timeout", n.idle_timeout.0)] {
+            if d < std::time::Duration::from_millis(100) || d > std::time::Duration::from_secs(24 * 3600) {
+                return err(field, format!("{} is out of range (100ms to 24h)", HumanDuration(d)));
+            }
+        }
         if let Err(e) = crate::seccomp::validate(&self.seccomp.deny) {
             return err("seccomp", e.to_string());
         }
@@ -417,6 +455,8 @@ mod tests {
         assert_eq!(Policy::default().limits.disk, ByteSize(None));
         assert_eq!(p.filesystem.tmp_size, ByteSize::bytes(512 << 20));
         assert_eq!(p.network.inner_port, 4096);
+        assert_eq!((p.network.max_proxy_connections, p.network.max_forward_connections), (64, 64));
+        assert_eq!((p.network.head_timeout.0.as_secs(), p.network.idle_timeout.0.as_secs()), (10, 300));
         assert_eq!(p.health.path, "/global/health");
         assert_eq!(p.health.timeout.0.as_secs(), 10);
         assert_eq!(p.health.interval.0.as_secs(), 30);
@@ -473,6 +513,10 @@ mod tests {
             ("[limits]\ndisk = \"1K\"", "limits.disk"),
             ("[limits]\ninodes = 0", "limits.inodes"),
             ("[network]\ninner_port = 0", "network.inner_port"),
+            ("[network]\nmax_proxy_connections = 0", "network.max_proxy_connections"),
+            ("[network]\nmax_forward_connections = 100000", "network.max_forward_connections"),
+            ("[network]\nhead_timeout = \"0s\"", "network.head_timeout"),
+            ("[network]\nidle_timeout = \"25h\"", "network.idle_timeout"),
             ("[health]\npath = \"x\"", "health.path"),
         ];
         for (text, field) in cases {
