@@ -253,7 +253,12 @@ pub fn broker(opts: &Options) -> Result<(), String> {
         let start = Instant::now();
         let server = Killed(Command::new(&exe).args(["__probe", "serve", &port.to_string()]).spawn().map_err(|e| e.to_string())?);
         let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        crate::health::wait(&crate::health::Check::Http { port, path: "/".into() }, Duration::from_secs(5), &cancel).map_err(|e| e.to_string())?;
+        crate::health::wait(
+            &crate::health::Check::Http { netns: None, port, request: crate::health::request("/", port, None) },
+            Duration::from_secs(5),
+            &cancel,
+        )
+        .map_err(|e| e.to_string())?;
         own.push(start.elapsed());
         drop(server);
         let (sandbox, _, took) = sandboxed(opts, "serve", "http", "relay")?;

@@ -193,6 +193,7 @@ fn read_head(conn: &mut TcpStream) -> Option<(String, Vec<u8>)> {
 }
 
 fn serve(mut conn: TcpStream, rules: &Rules, sandbox: &str, stats: &Arc<crate::broker_stats::SharedCounters>) {
+    let _ = sandbox; // events name their sandbox themselves (launch::events)
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let Some((head, rest)) = read_head(&mut conn) else { return deny(conn, "malformed request") };
     let first = head.lines().next().unwrap_or("");
@@ -218,12 +219,13 @@ fn serve(mut conn: TcpStream, rules: &Rules, sandbox: &str, stats: &Arc<crate::b
         _ => (authority.clone(), if connect { 443 } else { 80 }),
     };
     let decision = rules.decide(&host, port);
-    match &decision {
-        Ok(addr) => tracing::info!(target: "audit", event = "egress", sandbox, host = %host, port, allowed = true, address = %addr, "egress allowed"),
-        Err(reason) => {
-            tracing::info!(target: "audit", event = "egress", sandbox, host = %host, port, allowed = false, reason = %reason, "egress denied")
-        }
-    }
+    crate::launch::events::emit(crate::launch::events::Event::Egress {
+        host: host.clone(),
+        port,
+        allowed: decision.is_ok(),
+        reason: decision.as_ref().err().cloned(),
+        address: decision.as_ref().ok().map(|a| a.to_string()),
+    });
     let addr = match decision {
         Ok(a) => a,
         Err(reason) => return deny(conn, &reason),
@@ -232,7 +234,8 @@ fn serve(mut conn: TcpStream, rules: &Rules, sandbox: &str, stats: &Arc<crate::b
         Ok(u) => u,
         Err(e) => {
             let _ = write!(conn, "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            return tracing::info!(target: "audit", event = "egress", sandbox, host = %host, port, error = %e, "egress connect failed");
+            let (host, reason) = (host.clone(), Some(format!("connect {addr}: {e}")));
+            return crate::launch::events::emit(crate::launch::events::Event::Egress { host, port, allowed: true, reason, address: None });
         }
     };
     let _ = conn.set_read_timeout(None);

@@ -114,6 +114,21 @@ struct RunArgs {
     /// A sealed memfd page (from the daemon) in which the broker counts connections and bytes.
     #[arg(long, value_name = "FD", hide = true)]
     stats_fd: Option<i32>,
+    /// Report events (start failures, egress decisions, ingress refusals) as
+    /// JSON lines on this fd, for a supervisor (the daemon), instead of logging them.
+    #[arg(long, value_name = "FD", hide = true)]
+    events_fd: Option<i32>,
+    /// Read the sandbox's secret from this fd (a supervisor keeps it across restarts).
+    #[arg(long, value_name = "FD", hide = true)]
+    secret_fd: Option<i32>,
+    /// Another local uid that may connect to the host port, besides root and
+    /// the worktree's owner (repeatable). Everyone else is closed at once.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uids: Vec<u32>,
+    /// Let every local user connect to the host port (no uid check). Required
+    /// by --broker handoff, where the payload accepts connections itself.
+    #[arg(long)]
+    allow_any_uid: bool,
     /// Host uid that owns files the sandbox writes (default: the worktree's owner; never 0).
     #[arg(long)]
     uid: Option<u32>,
@@ -364,6 +379,18 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
+    use swarmcell::launch::events;
+    events::init(args.events_fd).map_err(|e| (e, launch::EXIT_LAUNCHER_ERROR))?;
+    // A supervisor learns why from the events channel, never from our stderr
+    // (which the payload shares).
+    run_checked(args, log).inspect_err(|(message, _)| {
+        if events::has_sink() {
+            events::emit(events::Event::StartFailed { error: message.clone() });
+        }
+    })
+}
+
+fn run_checked(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
     let launcher = |m: String| (m, launch::EXIT_LAUNCHER_ERROR);
     // Before any thread exists: nothing inherited reaches a sandbox, and no
     // supplementary group (root's gid 0) is carried into one.
@@ -452,6 +479,9 @@ fn run(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
         extra_allow_hosts: args.allow_hosts,
         extra_allow_addresses: args.allow_addresses,
         resolve,
+        allow_uids: args.allow_uids,
+        allow_any_uid: args.allow_any_uid,
+        secret_fd: args.secret_fd,
     };
     parent::run(&req).map_err(|e| (e.to_string(), e.exit_code()))
 }
