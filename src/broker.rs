@@ -46,6 +46,26 @@ impl Netns {
         Ok(Netns(Arc::new(File::open(format!("/proc/{pid}/ns/net"))?)))
     }
 
+    /// The calling thread's own network namespace (to come back to).
+    pub fn current() -> std::io::Result<Netns> {
+        Ok(Netns(Arc::new(File::open("/proc/thread-self/ns/net")?)))
+    }
+
+    /// Run `f` (which should only create a socket: a socket stays in the
+    /// namespace it was made in) inside this namespace, on the calling thread,
+    /// then return to `home`. For a single-threaded caller (the daemon's loop);
+    /// a thread that cannot return is aborted rather than left in a sandbox's
+    /// namespace.
+    pub fn run_inside<T>(&self, home: &Netns, f: impl FnOnce() -> T) -> std::io::Result<T> {
+        self.enter()?;
+        let r = f();
+        if let Err(e) = home.enter() {
+            tracing::error!(error = %e, "cannot return to the host's network namespace; aborting");
+            std::process::abort();
+        }
+        Ok(r)
+    }
+
     /// Move the calling thread into the namespace (for good: use a thread of its own).
     pub fn enter(&self) -> std::io::Result<()> {
         // SAFETY: setns on an fd we own; it affects only the calling thread.

@@ -213,7 +213,7 @@ struct RunArgs {
 
 #[derive(Subcommand)]
 enum CtlCommand {
-    /// Launch a sandbox; prints {"id","port","pid"} once it is healthy.
+    /// Launch a sandbox; prints {"id","port","pid"} (and "secret" when the policy gives it one) once it is healthy.
     Launch {
         #[arg(long)]
         worktree: PathBuf,
@@ -238,8 +238,12 @@ enum CtlCommand {
     Inspect {
         id: String,
     },
+    /// The sandbox's output; control characters are shown escaped (`\x1b`).
     Logs {
         id: String,
+        /// Print the output exactly as the payload wrote it, escape sequences included.
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -577,38 +581,49 @@ fn daemon(config: Option<PathBuf>, socket: Option<PathBuf>, state_dir: Option<Pa
     d.serve().map(|_| 0).map_err(launcher)
 }
 
+/// `swarmcell ctl`. Everything printed may carry text a payload chose (its
+/// output, names, errors): it is escaped (`swarmcell::sanitize`), so nothing
+/// reaches the operator's terminal as a control sequence; `logs --raw` opts out.
 fn ctl(socket: &std::path::Path, cmd: CtlCommand) -> Result<u8, (String, u8)> {
     use swarmcell::daemon::protocol::Request;
-    let (req, list_json) = match cmd {
-        CtlCommand::Launch { worktree, policy, agent, task, cmd } => (Request::Launch { worktree, agent, task, argv: cmd, policy }, false),
-        CtlCommand::List { json } => (Request::List, json),
-        CtlCommand::Stop { id } => (Request::Stop { id }, false),
-        CtlCommand::Inspect { id } => (Request::Inspect { id }, false),
-        CtlCommand::Logs { id } => (Request::Logs { id }, false),
+    use swarmcell::sanitize;
+    let (req, list_json, raw) = match cmd {
+        CtlCommand::Launch { worktree, policy, agent, task, cmd } => (Request::Launch { worktree, agent, task, argv: cmd, policy }, false, false),
+        CtlCommand::List { json } => (Request::List, json, false),
+        CtlCommand::Stop { id } => (Request::Stop { id }, false, false),
+        CtlCommand::Inspect { id } => (Request::Inspect { id }, false, false),
+        CtlCommand::Logs { id, raw } => (Request::Logs { id }, false, raw),
     };
     let is_list = matches!(req, Request::List);
-    let resp = swarmcell::daemon::ctl(socket, &req).map_err(|e| (e, launch::EXIT_LAUNCHER_ERROR))?;
+    let resp = swarmcell::daemon::ctl(socket, &req).map_err(|e| (sanitize::line(&e), launch::EXIT_LAUNCHER_ERROR))?;
     if resp["ok"] != true {
-        return Err((resp["error"].as_str().unwrap_or("request failed").to_string(), launch::EXIT_LAUNCHER_ERROR));
+        return Err((sanitize::line(resp["error"].as_str().unwrap_or("request failed")), launch::EXIT_LAUNCHER_ERROR));
     }
     match &req {
-        Request::Launch { .. } => println!("{}", serde_json::json!({ "id": resp["id"], "port": resp["port"], "pid": resp["pid"] })),
-        Request::Logs { .. } => print!("{}", resp["log"].as_str().unwrap_or("")),
-        Request::Inspect { .. } => println!("{}", resp["inspect"]),
+        Request::Launch { .. } => {
+            let mut out = serde_json::json!({ "id": resp["id"], "port": resp["port"], "pid": resp["pid"] });
+            if resp.get("secret").is_some() {
+                out["secret"] = resp["secret"].clone();
+            }
+            println!("{}", sanitize::json(&out))
+        }
+        Request::Logs { .. } if raw => print!("{}", resp["log"].as_str().unwrap_or("")),
+        Request::Logs { .. } => print!("{}", sanitize::text(resp["log"].as_str().unwrap_or(""))),
+        Request::Inspect { .. } => println!("{}", sanitize::json(&resp["inspect"])),
         _ if is_list && !list_json => {
             for s in resp["sandboxes"].as_array().into_iter().flatten() {
                 println!(
                     "{}\t{}\t{}\t{}\t{}",
-                    s["id"].as_str().unwrap_or(""),
-                    s["state"].as_str().unwrap_or(""),
+                    sanitize::line(s["id"].as_str().unwrap_or("")),
+                    sanitize::line(s["state"].as_str().unwrap_or("")),
                     s["port"],
-                    s["agent"].as_str().unwrap_or("-"),
-                    s["worktree"].as_str().unwrap_or("")
+                    sanitize::line(s["agent"].as_str().unwrap_or("-")),
+                    sanitize::line(s["worktree"].as_str().unwrap_or(""))
                 );
             }
         }
-        _ if is_list => println!("{}", resp["sandboxes"]),
-        _ => println!("{resp}"),
+        _ if is_list => println!("{}", sanitize::json(&resp["sandboxes"])),
+        _ => println!("{}", sanitize::json(&resp)),
     }
     Ok(0)
 }

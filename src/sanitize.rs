@@ -3,19 +3,18 @@
 //! characters (C0, DEL, C1: `ESC ]0;title BEL`, `CSI`...) and the Unicode
 //! bidirectional overrides are written as visible escapes (`\x1b`, `\u{9b}`),
 //! so that nothing a payload prints can move a cursor, retitle a window, hide
-//! text or forge a line.
+//! text or forge a line. Escaping twice changes nothing more.
 
 use std::fmt::Write;
 
 fn needs_escape(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') || c == '\\'
+    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 fn escape_into(out: &mut String, text: &str, keep_newlines: bool) {
     for c in text.chars() {
         match c {
             '\n' | '\t' if keep_newlines => out.push(c),
-            '\\' => out.push_str("\\\\"),
             c if needs_escape(c) && (c as u32) < 0x80 => {
                 let _ = write!(out, "\\x{:02x}", c as u32);
             }
@@ -54,6 +53,23 @@ pub fn quote(text: &str, max: usize) -> String {
     format!("\"{}\"{more}", line(&cut).replace('"', "\\\""))
 }
 
+/// A JSON value as one line for a terminal: serde escapes C0 controls; DEL,
+/// C1 controls and bidi overrides are escaped here too (`\u009b`), so the
+/// output stays valid JSON and inert.
+pub fn json(v: &serde_json::Value) -> String {
+    let mut out = String::new();
+    for c in v.to_string().chars() {
+        if needs_escape(c) {
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                let _ = write!(out, "\\u{unit:04x}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,9 +81,13 @@ mod tests {
         assert_eq!(line("a\nswarmcell: forged"), "a\\x0aswarmcell: forged");
         assert_eq!(text("a\nb\tc\r\u{9b}31m"), "a\nb\tc\\x0d\\u{9b}31m");
         assert_eq!(line("\u{202e}txt.exe"), "\\u{202e}txt.exe");
-        assert_eq!(line("C:\\x1b"), "C:\\\\x1b", "a backslash cannot fake an escape");
+        assert_eq!(line(&line("\x1b[2J")), line("\x1b[2J"), "idempotent: escaped text has no control left");
         assert_eq!(bytes(b"\xff\x1b[2J"), "\u{fffd}\\x1b[2J");
         assert_eq!(quote("evil\"host\x1b", 100), "\"evil\\\"host\\x1b\"");
         assert_eq!(quote("abcdef", 3), "\"abc\"...");
+        let v = serde_json::json!({ "log": "\x1b]0;t\x07 \u{9b}31m \u{7f} a\\b" });
+        let shown = json(&v);
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&shown).unwrap(), v, "still the same JSON");
     }
 }
