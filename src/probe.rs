@@ -367,7 +367,10 @@ fn http_get(target: &str) -> Check {
     let attempt = || -> std::io::Result<String> {
         let mut s = std::net::TcpStream::connect(hostport)?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n")?;
+        // With PROBE_PASSWORD: basic auth as OpenCode wants it (user `opencode`).
+        let auth =
+            std::env::var("PROBE_PASSWORD").map(|p| format!("Authorization: {}\r\n", crate::health::basic_auth("opencode", &p))).unwrap_or_default();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {hostport}\r\n{auth}Connection: close\r\n\r\n")?;
         let mut resp = String::new();
         s.read_to_string(&mut resp)?;
         Ok(resp)

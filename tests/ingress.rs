@@ -20,19 +20,6 @@ fn serve() -> Vec<&'static str> {
     vec![bin(), "__probe", "serve", "{port}"]
 }
 
-/// As `uid` (no groups), connect to 127.0.0.1:PORT, send `GET PATH`, and count
-/// the bytes that come back within 3 s (`-1`: the connection was refused).
-pub fn bytes_back_as(uid: u32, port: u16, path: &str) -> i64 {
-    let script = format!(
-        "trap '' PIPE; exec 3<>/dev/tcp/127.0.0.1/{port} || {{ echo -1; exit; }}; printf 'GET {path} HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3; timeout 3 cat <&3 | wc -c"
-    );
-    let out = Command::new("setpriv")
-        .args(["--reuid", &uid.to_string(), "--regid", &uid.to_string(), "--clear-groups", "bash", "-c", &script])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("{out:?}"))
-}
-
 /// As `uid`, send `GET PATH` and close at once, without waiting for anything.
 fn fire_and_forget_as(uid: u32, port: u16, path: &str) {
     let script =
