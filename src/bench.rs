@@ -1,7 +1,10 @@
 //! `swarmcell bench broker`: the broker against a direct loopback connection and
 //! against `socat` forwarding, side by side in one run on this machine:
-//! bulk throughput each way, 64-byte ping-pong latency (p50, p99), and
-//! launch-to-healthy of a small HTTP server minus that server's own start-up.
+//! bulk throughput each way, 64-byte ping-pong latency (p50, p99), the accept
+//! rate (connections opened, used for one byte and closed, per second), the
+//! relay with its per-connection uid check against the same relay without it
+//! (`--allow-any-uid`), and launch-to-healthy of a small HTTP server minus that
+//! server's own start-up.
 //!
 //! The servers are `swarmcell __probe bench-server` / `serve`: the same program
 //! directly on the host, inside a sandbox (through the broker), and behind socat.
@@ -16,6 +19,8 @@ pub struct Options {
     pub bytes: u64,
     pub pings: usize,
     pub launches: usize,
+    /// Connections for the accept-rate runs.
+    pub connections: usize,
     pub worktree: PathBuf,
 }
 
@@ -51,7 +56,7 @@ fn wait_connectable(port: u16, timeout: Duration) -> Result<Duration, String> {
 
 /// `swarmcell run --port auto ... -- swarmcell __probe MODE {port}`; returns the
 /// launcher and its host port, waiting for the ready line.
-fn sandboxed(opts: &Options, mode: &str, health: &str, broker: &str) -> Result<(Killed, u16, Duration), String> {
+fn sandboxed(opts: &Options, mode: &str, health: &str, broker: &str, extra: &[&str]) -> Result<(Killed, u16, Duration), String> {
     let exe = exe()?;
     let bindir = exe.parent().ok_or("binary has no directory")?.to_path_buf();
     let (mut r, w) = std::io::pipe().map_err(|e| e.to_string())?;
@@ -59,6 +64,7 @@ fn sandboxed(opts: &Options, mode: &str, health: &str, broker: &str) -> Result<(
     let mut cmd = Command::new(&exe);
     cmd.args(["run", "--port", "auto", "--broker", broker, "--health", health, "--ready-fd", "3", "--ro"])
         .arg(&bindir)
+        .args(extra)
         .arg("--worktree")
         .arg(&opts.worktree)
         .arg("--")
@@ -181,12 +187,25 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// Connections per second: each opened, one byte echoed, closed (in turn).
+fn accept_rate(port: u16, n: usize) -> Result<f64, String> {
+    let start = Instant::now();
+    for _ in 0..n {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut b = [0u8; 1];
+        s.write_all(b"Ex").and_then(|_| s.read_exact(&mut b)).map_err(|e| format!("accept-rate connection: {e}"))?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
 struct Row {
     name: &'static str,
     up: f64,
     down: f64,
     p50: Duration,
     p99: Duration,
+    accepts: f64,
 }
 
 fn measure(name: &'static str, port: u16, opts: &Options) -> Result<Row, String> {
@@ -194,12 +213,19 @@ fn measure(name: &'static str, port: u16, opts: &Options) -> Result<Row, String>
     let up = gib(upload(port, opts.bytes)?);
     let down = gib(download(port, opts.bytes)?);
     let rtts = pingpong(port, opts.pings)?;
-    Ok(Row { name, up, down, p50: pct(&rtts, 0.5), p99: pct(&rtts, 0.99) })
+    let accepts = accept_rate(port, opts.connections)?;
+    Ok(Row { name, up, down, p50: pct(&rtts, 0.5), p99: pct(&rtts, 0.99), accepts })
 }
 
 pub fn broker(opts: &Options) -> Result<(), String> {
     let exe = exe()?;
-    println!("swarmcell bench broker: {} MiB each way, {} pings of 64 bytes, {} launches", opts.bytes >> 20, opts.pings, opts.launches);
+    println!(
+        "swarmcell bench broker: {} MiB each way, {} pings of 64 bytes, {} connections, {} launches",
+        opts.bytes >> 20,
+        opts.pings,
+        opts.connections,
+        opts.launches
+    );
     // Direct: the bench server on the host's loopback.
     let direct_port = free_port()?;
     let _direct = Killed(Command::new(&exe).args(["__probe", "bench-server", &direct_port.to_string()]).spawn().map_err(|e| e.to_string())?);
@@ -211,14 +237,17 @@ pub fn broker(opts: &Options) -> Result<(), String> {
         .stderr(Stdio::null())
         .spawn()
         .map(Killed);
-    // The same server inside a sandbox, behind the broker in each mode.
-    let (_handoff, handoff_port, _) = sandboxed(opts, "bench-server", "none", "handoff")?;
-    let (_relay, relay_port, _) = sandboxed(opts, "bench-server", "none", "relay")?;
+    // The same server inside a sandbox, behind the broker in each mode; the
+    // relay with its uid check (the default) and without (--allow-any-uid).
+    let (_handoff, handoff_port, _) = sandboxed(opts, "bench-server", "none", "handoff", &["--allow-any-uid"])?;
+    let (_relay, relay_port, _) = sandboxed(opts, "bench-server", "none", "relay", &[])?;
+    let (_unchecked, unchecked_port, _) = sandboxed(opts, "bench-server", "none", "relay", &["--allow-any-uid"])?;
 
     let mut rows = vec![
         measure("direct loopback", direct_port, opts)?,
         measure("broker (handoff)", handoff_port, opts)?,
-        measure("broker (relay)", relay_port, opts)?,
+        measure("relay, uid check", relay_port, opts)?,
+        measure("relay, no check", unchecked_port, opts)?,
     ];
     match &socat {
         Ok(_) => {
@@ -228,9 +257,17 @@ pub fn broker(opts: &Options) -> Result<(), String> {
         Err(e) => println!("(socat not run: {e}; install it with scripts/setup)"),
     }
     println!();
-    println!("{:<18} {:>12} {:>12} {:>10} {:>10}", "path", "up GiB/s", "down GiB/s", "p50 µs", "p99 µs");
+    println!("{:<18} {:>12} {:>12} {:>10} {:>10} {:>12}", "path", "up GiB/s", "down GiB/s", "p50 µs", "p99 µs", "accepts/s");
     for r in &rows {
-        println!("{:<18} {:>12.2} {:>12.2} {:>10.1} {:>10.1}", r.name, r.up, r.down, r.p50.as_secs_f64() * 1e6, r.p99.as_secs_f64() * 1e6);
+        println!(
+            "{:<18} {:>12.2} {:>12.2} {:>10.1} {:>10.1} {:>12.0}",
+            r.name,
+            r.up,
+            r.down,
+            r.p50.as_secs_f64() * 1e6,
+            r.p99.as_secs_f64() * 1e6,
+            r.accepts
+        );
     }
     let d = &rows[0];
     for r in &rows[1..] {
@@ -243,6 +280,16 @@ pub fn broker(opts: &Options) -> Result<(), String> {
             (r.p99.as_secs_f64() - d.p99.as_secs_f64()) * 1e6
         );
     }
+    let (checked, unchecked) = (&rows[2], &rows[3]);
+    println!(
+        "uid check: accept rate {:.0}/s against {:.0}/s without ({:+.1}%), throughput {:.2}x up, {:.2}x down, p50 latency {:+.1} µs",
+        checked.accepts,
+        unchecked.accepts,
+        (checked.accepts / unchecked.accepts - 1.0) * 100.0,
+        checked.up / unchecked.up,
+        checked.down / unchecked.down,
+        (checked.p50.as_secs_f64() - unchecked.p50.as_secs_f64()) * 1e6
+    );
 
     // Launch-to-healthy against the server's own start-up.
     let mut own = Vec::new();
@@ -261,7 +308,7 @@ pub fn broker(opts: &Options) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
         own.push(start.elapsed());
         drop(server);
-        let (sandbox, _, took) = sandboxed(opts, "serve", "http", "relay")?;
+        let (sandbox, _, took) = sandboxed(opts, "serve", "http", "relay", &[])?;
         launched.push(took);
         drop(sandbox);
     }

@@ -292,6 +292,9 @@ enum BenchCommand {
         bytes: String,
         #[arg(long, default_value_t = 20000)]
         pings: usize,
+        /// Connections (each opened, one byte echoed, closed) for the accept rate.
+        #[arg(long, default_value_t = 5000)]
+        connections: usize,
         #[arg(long, default_value_t = 20)]
         launches: usize,
     },
@@ -349,7 +352,7 @@ fn main() -> ExitCode {
         Command::Inspect { target, json } => {
             swarmcell::inspect::run(&target, json).map(|_| 0).map_err(|e| (format!("inspect: {e}"), launch::EXIT_LAUNCHER_ERROR))
         }
-        Command::Bench(BenchCommand::Broker { bytes, pings, launches }) => bench_broker(&bytes, pings, launches),
+        Command::Bench(BenchCommand::Broker { bytes, pings, connections, launches }) => bench_broker(&bytes, pings, connections, launches),
         Command::Bench(BenchCommand::Egress { bytes }) => bench_egress(&bytes),
         Command::Bench(BenchCommand::Daemon { soak, scale }) => {
             swarmcell::bench_daemon::run(soak, scale).map(|_| 0).map_err(|e| (e, launch::EXIT_LAUNCHER_ERROR))
@@ -503,14 +506,14 @@ fn gc(state_dir: &std::path::Path, parent: &str) -> Result<u8, (String, u8)> {
     Ok(0)
 }
 
-fn bench_broker(bytes: &str, pings: usize, launches: usize) -> Result<u8, (String, u8)> {
+fn bench_broker(bytes: &str, pings: usize, connections: usize, launches: usize) -> Result<u8, (String, u8)> {
     let launcher = |m: String| (m, launch::EXIT_LAUNCHER_ERROR);
     let bytes = policy::units::parse_size(bytes).map_err(launcher)?.ok_or_else(|| launcher("--bytes cannot be max".into()))?;
-    if pings == 0 || launches == 0 {
-        return Err(launcher("--pings and --launches must be 1 or more".into()));
+    if pings == 0 || launches == 0 || connections == 0 {
+        return Err(launcher("--pings, --connections and --launches must be 1 or more".into()));
     }
     let wt = swarmcell::bench::TempWorktree::new().map_err(launcher)?;
-    let opts = swarmcell::bench::Options { bytes, pings, launches, worktree: wt.path() };
+    let opts = swarmcell::bench::Options { bytes, pings, launches, connections, worktree: wt.path() };
     swarmcell::bench::broker(&opts).map(|_| 0).map_err(launcher)
 }
 
@@ -554,7 +557,7 @@ fn bench_egress(bytes: &str) -> Result<u8, (String, u8)> {
     let launcher = |m: String| (m, launch::EXIT_LAUNCHER_ERROR);
     let bytes = policy::units::parse_size(bytes).map_err(launcher)?.ok_or_else(|| launcher("--bytes cannot be max".into()))?;
     let wt = swarmcell::bench::TempWorktree::new().map_err(launcher)?;
-    let opts = swarmcell::bench::Options { bytes, pings: 1, launches: 1, worktree: wt.path() };
+    let opts = swarmcell::bench::Options { bytes, pings: 1, launches: 1, connections: 1, worktree: wt.path() };
     swarmcell::bench::egress(&opts).map(|_| 0).map_err(launcher)
 }
 

@@ -27,6 +27,7 @@ pub fn main(name: &str, rest: &[String]) -> u8 {
         ("bench-server", Some(port)) => return serve(port, true),
         ("redirect", Some(port)) => return redirect(port, rest.get(1).map_or("http://127.0.0.1:1/", String::as_str)),
         ("hostile-output", Some(port)) => return hostile_output(port),
+        ("egress-then-serve", Some(port)) => return egress_then_serve(port, rest.get(1).map_or("example.invalid:443", String::as_str)),
         _ => {
             eprintln!(
                 "swarmcell __probe: unknown probe {name:?} (tiocsti, fds, seccomp, read PATH, bind PORT, connect PORT, http-get HOST:PORT/PATH, alloc MIB, serve PORT, bench-server PORT, redirect PORT URL, hostile-output PORT|exit)"
@@ -431,6 +432,21 @@ fn hostile_output(port: &str) -> u8 {
     if port == "exit" {
         return 3;
     }
+    serve(port, false)
+}
+
+/// Ask the egress proxy (127.0.0.1:3128) for `CONNECT TARGET`, print its
+/// answer's status line, then serve PORT.
+fn egress_then_serve(port: &str, target: &str) -> u8 {
+    let attempt = || -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect("127.0.0.1:3128")?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        write!(s, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n")?;
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_string())
+    };
+    eprintln!("egress {target}: {}", attempt().unwrap_or_else(|e| e.to_string()));
     serve(port, false)
 }
 

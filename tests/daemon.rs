@@ -653,3 +653,21 @@ fn a_sandbox_stuck_in_starting_is_killed_after_its_deadline_and_audited() {
     assert!(d.list().is_empty());
     assert_no_sandbox_left();
 }
+
+#[test]
+fn every_egress_decision_of_a_daemon_sandbox_is_an_audit_event_with_its_id() {
+    let f = Fixture::new();
+    let mut d = Daemon::start(&f);
+    let l = d.launch_cmd("a", &[bin(), "__probe", "egress-then-serve", "{port}", "unlisted.test.invalid:443"]);
+    wait_until("the egress event", || d.audit_events("egress").iter().any(|e| e["id"] == l["id"]));
+    let events = d.audit_events("egress");
+    let e = events.iter().find(|e| e["id"] == l["id"]).unwrap();
+    assert_eq!(
+        (&e["host"], &e["port"], &e["allowed"], &e["outcome"]),
+        (&"unlisted.test.invalid".into(), &443.into(), &false.into(), &"denied".into()),
+        "{e}"
+    );
+    assert!(e["reason"].as_str().unwrap().contains("is not on the egress allowlist"), "{e}");
+    d.stop();
+    assert_no_sandbox_left();
+}
