@@ -56,6 +56,8 @@ fn wait_connectable(port: u16, timeout: Duration) -> Result<Duration, String> {
 
 /// `swarmcell run --port auto ... -- swarmcell __probe MODE {port}`; returns the
 /// launcher and its host port, waiting for the ready line.
+/// (The payload's stderr, which is the launcher's, is dropped: the bench
+/// servers print every request.)
 fn sandboxed(opts: &Options, mode: &str, health: &str, broker: &str, extra: &[&str]) -> Result<(Killed, u16, Duration), String> {
     let exe = exe()?;
     let bindir = exe.parent().ok_or("binary has no directory")?.to_path_buf();
@@ -71,7 +73,8 @@ fn sandboxed(opts: &Options, mode: &str, health: &str, broker: &str, extra: &[&s
         .arg(&exe)
         .args(["__probe", mode, "{port}"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let wfd = std::os::fd::AsRawFd::as_raw_fd(&w);
     // SAFETY: install_fd_for_exec is async-signal-safe.
     unsafe {
@@ -217,6 +220,54 @@ fn measure(name: &'static str, port: u16, opts: &Options) -> Result<Row, String>
     Ok(Row { name, up, down, p50: pct(&rtts, 0.5), p99: pct(&rtts, 0.99), accepts })
 }
 
+/// The uid check's cost on its own: two relays in this process to the same
+/// bench server, identical but for the check, and connections made to one and
+/// the other in turn (so the host's other load hits both alike); medians of
+/// the per-connection times (open, one byte echoed, close) and the accept
+/// rates they give, and one `sock_diag` lookup timed alone.
+fn uid_check_cost(server_port: u16, n: usize) -> Result<(), String> {
+    use crate::broker::{Broker, Dest, Ingress};
+    let err = |e: std::io::Error| e.to_string();
+    let (l1, l2) = (TcpListener::bind("127.0.0.1:0").map_err(err)?, TcpListener::bind("127.0.0.1:0").map_err(err)?);
+    let (p1, p2) = (l1.local_addr().map_err(err)?.port(), l2.local_addr().map_err(err)?.port());
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let stats = || crate::broker_stats::SharedCounters::private().map(std::sync::Arc::new).map_err(err);
+    let _checked =
+        Broker::start_checked(l1, Dest::Host(server_port), 256, stats()?, Some(Ingress { allowed: vec![0, me].into(), port: p1 })).map_err(err)?;
+    let _plain = Broker::start(l2, Dest::Host(server_port), 256, stats()?).map_err(err)?;
+    let one = |port: u16| -> Result<Duration, String> {
+        let t = Instant::now();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut b = [0u8; 1];
+        s.write_all(b"Ex").and_then(|_| s.read_exact(&mut b)).map_err(|e| format!("uid-check connection: {e}"))?;
+        Ok(t.elapsed())
+    };
+    let (mut with, mut without) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        if i % 2 == 0 {
+            with.push(one(p1)?);
+            without.push(one(p2)?);
+        } else {
+            without.push(one(p2)?);
+            with.push(one(p1)?);
+        }
+    }
+    let (a, b) = (median(with), median(without));
+    let lookup = crate::sock_diag::time_lookup(20_000).map_err(|e| format!("timing the uid lookup: {e}"))?;
+    println!(
+        "uid check (the same relay in this process, {n} connections each, interleaved): median connection {:.1} µs with, {:.1} µs without; accept rate {:.0}/s against {:.0}/s: {:+.1}%; one lookup alone {:.1} µs",
+        a.as_secs_f64() * 1e6,
+        b.as_secs_f64() * 1e6,
+        1.0 / a.as_secs_f64(),
+        1.0 / b.as_secs_f64(),
+        (b.as_secs_f64() / a.as_secs_f64() - 1.0) * 100.0,
+        lookup.as_secs_f64() * 1e6
+    );
+    Ok(())
+}
+
 pub fn broker(opts: &Options) -> Result<(), String> {
     let exe = exe()?;
     println!(
@@ -240,8 +291,8 @@ pub fn broker(opts: &Options) -> Result<(), String> {
     // The same server inside a sandbox, behind the broker in each mode; the
     // relay with its uid check (the default) and without (--allow-any-uid).
     let (_handoff, handoff_port, _) = sandboxed(opts, "bench-server", "none", "handoff", &["--allow-any-uid"])?;
-    let (_relay, relay_port, _) = sandboxed(opts, "bench-server", "none", "relay", &[])?;
     let (_unchecked, unchecked_port, _) = sandboxed(opts, "bench-server", "none", "relay", &["--allow-any-uid"])?;
+    let (_relay, relay_port, _) = sandboxed(opts, "bench-server", "none", "relay", &[])?;
 
     let mut rows = vec![
         measure("direct loopback", direct_port, opts)?,
@@ -280,28 +331,15 @@ pub fn broker(opts: &Options) -> Result<(), String> {
             (r.p99.as_secs_f64() - d.p99.as_secs_f64()) * 1e6
         );
     }
-    // The uid check's cost: accept rates measured in alternating rounds (this
-    // host's other load hits both alike), then the rows' throughput and latency.
-    let (mut with, mut without) = (Vec::new(), Vec::new());
-    let per_round = opts.connections.div_ceil(10);
-    for round in 0..10 {
-        let order = if round % 2 == 0 { [relay_port, unchecked_port] } else { [unchecked_port, relay_port] };
-        for port in order {
-            let rate = accept_rate(port, per_round)?;
-            if port == relay_port { with.push(rate) } else { without.push(rate) }
-        }
-    }
-    let mean = |v: &[f64]| v.len() as f64 / v.iter().map(|r| 1.0 / r).sum::<f64>();
     let (checked, unchecked) = (&rows[2], &rows[3]);
     println!(
-        "uid check: accept rate {:.0}/s against {:.0}/s without ({:+.1}%; 10 alternating rounds of {per_round}), throughput {:.2}x up, {:.2}x down, p50 latency {:+.1} µs",
-        mean(&with),
-        mean(&without),
-        (mean(&with) / mean(&without) - 1.0) * 100.0,
+        "relay with the uid check against without: throughput {:.2}x up, {:.2}x down, p50 latency {:+.1} µs, accept rate {:+.1}% (two sandboxes, measured one after the other)",
         checked.up / unchecked.up,
         checked.down / unchecked.down,
-        (checked.p50.as_secs_f64() - unchecked.p50.as_secs_f64()) * 1e6
+        (checked.p50.as_secs_f64() - unchecked.p50.as_secs_f64()) * 1e6,
+        (checked.accepts / unchecked.accepts - 1.0) * 100.0
     );
+    uid_check_cost(direct_port, opts.connections)?;
 
     // Launch-to-healthy against the server's own start-up.
     let mut own = Vec::new();
@@ -310,7 +348,8 @@ pub fn broker(opts: &Options) -> Result<(), String> {
     for _ in 0..opts.launches {
         let port = free_port()?;
         let start = Instant::now();
-        let server = Killed(Command::new(&exe).args(["__probe", "serve", &port.to_string()]).spawn().map_err(|e| e.to_string())?);
+        let server =
+            Killed(Command::new(&exe).args(["__probe", "serve", &port.to_string()]).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?);
         let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         crate::health::wait(
             &crate::health::Check::Http { netns: None, port, request: crate::health::request("/", port, None) },

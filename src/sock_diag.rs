@@ -177,6 +177,24 @@ impl PeerLookup {
     }
 }
 
+/// The time one lookup takes on this host (for `swarmcell bench broker`): the
+/// mean over `n` lookups of a live loopback connection.
+pub fn time_lookup(n: u32) -> std::io::Result<std::time::Duration> {
+    use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let _client = TcpStream::connect(listener.local_addr()?)?;
+    let (_server, peer) = listener.accept()?;
+    let (SocketAddr::V4(peer), SocketAddr::V4(local)) = (peer, listener.local_addr()?) else {
+        return Err(std::io::Error::other("not IPv4"));
+    };
+    let mut lookup = PeerLookup::new()?;
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        lookup.owner(peer, local)?;
+    }
+    Ok(start.elapsed() / n.max(1))
+}
+
 /// The answer counts only for the client's own connected socket, still held
 /// by a process: a socket closed by its owner (an orphan, or a time-wait entry,
 /// which the kernel reports with uid 0) has no inode.

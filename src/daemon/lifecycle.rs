@@ -241,22 +241,18 @@ impl Daemon {
         // Its SIGCHLD may have been read while it was still starting.
         self.reap_due = true;
         e.next_health = Instant::now() + e.health.interval;
+        // Only the requester's answer carries the secret (never the audit event).
         let mut out = json!({ "ok": true, "id": id, "port": e.info["port"], "pid": e.info["pid"], "sandbox": e.info["id"] });
-        let answer = {
-            let mut a = out.clone();
-            if let Some(secret) = &e.rec.secret {
-                a["secret"] = json!(secret);
-            }
-            a
-        };
         let fields = json!({ "id": id, "agent": e.rec.agent, "uid": e.rec.uid, "worktree": e.rec.worktree, "port": out["port"],
                              "sandbox": out["sandbox"], "outcome": "ready" });
+        if let Some(secret) = &e.rec.secret {
+            out["secret"] = json!(secret);
+        }
         let (waiting, rec) = (e.waiting.take(), e.rec.clone());
         if let Err(err) = records::save(&self.cfg.state_dir, &rec) {
             tracing::error!(id, error = %err, "could not update the sandbox record");
         }
         self.audit.event(if restart { "sandbox_restart" } else { "sandbox_launch" }, fields);
-        out = answer;
         if let Some(cid) = waiting {
             self.answer(cid, out);
         }
@@ -435,6 +431,8 @@ impl Daemon {
     }
 
     pub(super) fn schedule_restart(&mut self, id: &str) {
+        // The last events of the launcher that ended (its pipe goes with it).
+        self.on_events(id);
         let Some(e) = self.sandboxes.get_mut(id) else { return };
         let _ = e.child.try_wait();
         if !self.cfg.restart || e.failed_starts >= MAX_FAILED_STARTS {
@@ -488,6 +486,7 @@ impl Daemon {
     /// (kept in the totals) and, with `remove_log`, its log (a failed one's is
     /// kept for the post-mortem).
     pub(super) fn remove(&mut self, id: &str, remove_log: bool) {
+        self.on_events(id);
         let Some(mut e) = self.sandboxes.remove(id) else { return };
         self.by_key.remove(&e.key);
         records::remove(&self.cfg.state_dir, id);

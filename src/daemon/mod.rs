@@ -17,8 +17,10 @@
 //!
 //! Here: the state, start-up, recovery and the loop. `control`: clients and
 //! scrapers; `lifecycle`: a sandbox from launch to removal; `records`: the
-//! on-disk state; `poller`, `conn`, `health_probe`, `log_sink`: the loop's
-//! non-blocking parts; `audit`, `metrics`, `protocol`, `config`.
+//! on-disk state; `poller`, `conn`, `health_probe`, `log_sink`,
+//! `launcher_events` (each launcher's own events channel, the only source of
+//! its audit events): the loop's non-blocking parts; `audit`, `metrics`,
+//! `protocol`, `config`.
 
 pub mod audit;
 pub mod config;
