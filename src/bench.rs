@@ -1,7 +1,10 @@
 //! `swarmcell bench broker`: the broker against a direct loopback connection and
 //! against `socat` forwarding, side by side in one run on this machine:
-//! bulk throughput each way, 64-byte ping-pong latency (p50, p99), and
-//! launch-to-healthy of a small HTTP server minus that server's own start-up.
+//! bulk throughput each way, 64-byte ping-pong latency (p50, p99), the accept
+//! rate (connections opened, used for one byte and closed, per second), the
+//! relay with its per-connection uid check against the same relay without it
+//! (`--allow-any-uid`), and launch-to-healthy of a small HTTP server minus that
+//! server's own start-up.
 //!
 //! The servers are `swarmcell __probe bench-server` / `serve`: the same program
 //! directly on the host, inside a sandbox (through the broker), and behind socat.
@@ -16,6 +19,8 @@ pub struct Options {
     pub bytes: u64,
     pub pings: usize,
     pub launches: usize,
+    /// Connections for the accept-rate runs.
+    pub connections: usize,
     pub worktree: PathBuf,
 }
 
@@ -51,7 +56,9 @@ fn wait_connectable(port: u16, timeout: Duration) -> Result<Duration, String> {
 
 /// `swarmcell run --port auto ... -- swarmcell __probe MODE {port}`; returns the
 /// launcher and its host port, waiting for the ready line.
-fn sandboxed(opts: &Options, mode: &str, health: &str, broker: &str) -> Result<(Killed, u16, Duration), String> {
+/// (The payload's stderr, which is the launcher's, is dropped: the bench
+/// servers print every request.)
+fn sandboxed(opts: &Options, mode: &str, health: &str, broker: &str, extra: &[&str]) -> Result<(Killed, u16, Duration), String> {
     let exe = exe()?;
     let bindir = exe.parent().ok_or("binary has no directory")?.to_path_buf();
     let (mut r, w) = std::io::pipe().map_err(|e| e.to_string())?;
@@ -59,13 +66,15 @@ fn sandboxed(opts: &Options, mode: &str, health: &str, broker: &str) -> Result<(
     let mut cmd = Command::new(&exe);
     cmd.args(["run", "--port", "auto", "--broker", broker, "--health", health, "--ready-fd", "3", "--ro"])
         .arg(&bindir)
+        .args(extra)
         .arg("--worktree")
         .arg(&opts.worktree)
         .arg("--")
         .arg(&exe)
         .args(["__probe", mode, "{port}"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let wfd = std::os::fd::AsRawFd::as_raw_fd(&w);
     // SAFETY: install_fd_for_exec is async-signal-safe.
     unsafe {
@@ -181,12 +190,25 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// Connections per second: each opened, one byte echoed, closed (in turn).
+fn accept_rate(port: u16, n: usize) -> Result<f64, String> {
+    let start = Instant::now();
+    for _ in 0..n {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut b = [0u8; 1];
+        s.write_all(b"Ex").and_then(|_| s.read_exact(&mut b)).map_err(|e| format!("accept-rate connection: {e}"))?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
 struct Row {
     name: &'static str,
     up: f64,
     down: f64,
     p50: Duration,
     p99: Duration,
+    accepts: f64,
 }
 
 fn measure(name: &'static str, port: u16, opts: &Options) -> Result<Row, String> {
@@ -194,12 +216,69 @@ fn measure(name: &'static str, port: u16, opts: &Options) -> Result<Row, String>
     let up = gib(upload(port, opts.bytes)?);
     let down = gib(download(port, opts.bytes)?);
     let rtts = pingpong(port, opts.pings)?;
-    Ok(Row { name, up, down, p50: pct(&rtts, 0.5), p99: pct(&rtts, 0.99) })
+    let accepts = accept_rate(port, opts.connections)?;
+    Ok(Row { name, up, down, p50: pct(&rtts, 0.5), p99: pct(&rtts, 0.99), accepts })
+}
+
+/// The uid check's cost on its own: two relays in this process to the same
+/// bench server, identical but for the check, and connections made to one and
+/// the other in turn (so the host's other load hits both alike); medians of
+/// the per-connection times (open, one byte echoed, close) and the accept
+/// rates they give, and one `sock_diag` lookup timed alone.
+fn uid_check_cost(server_port: u16, n: usize) -> Result<(), String> {
+    use crate::broker::{Broker, Dest, Ingress};
+    const BENCH_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+    let err = |e: std::io::Error| e.to_string();
+    let (l1, l2) = (TcpListener::bind("127.0.0.1:0").map_err(err)?, TcpListener::bind("127.0.0.1:0").map_err(err)?);
+    let (p1, p2) = (l1.local_addr().map_err(err)?.port(), l2.local_addr().map_err(err)?.port());
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let stats = || crate::broker_stats::SharedCounters::private().map(std::sync::Arc::new).map_err(err);
+    let _checked =
+        Broker::start_checked(l1, Dest::Host(server_port), 256, stats()?, BENCH_IDLE, Some(Ingress { allowed: vec![0, me].into(), port: p1 }))
+            .map_err(err)?;
+    let _plain = Broker::start(l2, Dest::Host(server_port), 256, stats()?, BENCH_IDLE).map_err(err)?;
+    let one = |port: u16| -> Result<Duration, String> {
+        let t = Instant::now();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut b = [0u8; 1];
+        s.write_all(b"Ex").and_then(|_| s.read_exact(&mut b)).map_err(|e| format!("uid-check connection: {e}"))?;
+        Ok(t.elapsed())
+    };
+    let (mut with, mut without) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        if i % 2 == 0 {
+            with.push(one(p1)?);
+            without.push(one(p2)?);
+        } else {
+            without.push(one(p2)?);
+            with.push(one(p1)?);
+        }
+    }
+    let (a, b) = (median(with), median(without));
+    let lookup = crate::sock_diag::time_lookup(20_000).map_err(|e| format!("timing the uid lookup: {e}"))?;
+    println!(
+        "uid check (the same relay in this process, {n} connections each, interleaved): median connection {:.1} µs with, {:.1} µs without; accept rate {:.0}/s against {:.0}/s: {:+.1}%; one lookup alone {:.1} µs",
+        a.as_secs_f64() * 1e6,
+        b.as_secs_f64() * 1e6,
+        1.0 / a.as_secs_f64(),
+        1.0 / b.as_secs_f64(),
+        (b.as_secs_f64() / a.as_secs_f64() - 1.0) * 100.0,
+        lookup.as_secs_f64() * 1e6
+    );
+    Ok(())
 }
 
 pub fn broker(opts: &Options) -> Result<(), String> {
     let exe = exe()?;
-    println!("swarmcell bench broker: {} MiB each way, {} pings of 64 bytes, {} launches", opts.bytes >> 20, opts.pings, opts.launches);
+    println!(
+        "swarmcell bench broker: {} MiB each way, {} pings of 64 bytes, {} connections, {} launches",
+        opts.bytes >> 20,
+        opts.pings,
+        opts.connections,
+        opts.launches
+    );
     // Direct: the bench server on the host's loopback.
     let direct_port = free_port()?;
     let _direct = Killed(Command::new(&exe).args(["__probe", "bench-server", &direct_port.to_string()]).spawn().map_err(|e| e.to_string())?);
@@ -211,14 +290,17 @@ pub fn broker(opts: &Options) -> Result<(), String> {
         .stderr(Stdio::null())
         .spawn()
         .map(Killed);
-    // The same server inside a sandbox, behind the broker in each mode.
-    let (_handoff, handoff_port, _) = sandboxed(opts, "bench-server", "none", "handoff")?;
-    let (_relay, relay_port, _) = sandboxed(opts, "bench-server", "none", "relay")?;
+    // The same server inside a sandbox, behind the broker in each mode; the
+    // relay with its uid check (the default) and without (--allow-any-uid).
+    let (_handoff, handoff_port, _) = sandboxed(opts, "bench-server", "none", "handoff", &["--allow-any-uid"])?;
+    let (_unchecked, unchecked_port, _) = sandboxed(opts, "bench-server", "none", "relay", &["--allow-any-uid"])?;
+    let (_relay, relay_port, _) = sandboxed(opts, "bench-server", "none", "relay", &[])?;
 
     let mut rows = vec![
         measure("direct loopback", direct_port, opts)?,
         measure("broker (handoff)", handoff_port, opts)?,
-        measure("broker (relay)", relay_port, opts)?,
+        measure("relay, uid check", relay_port, opts)?,
+        measure("relay, no check", unchecked_port, opts)?,
     ];
     match &socat {
         Ok(_) => {
@@ -228,9 +310,17 @@ pub fn broker(opts: &Options) -> Result<(), String> {
         Err(e) => println!("(socat not run: {e}; install it with scripts/setup)"),
     }
     println!();
-    println!("{:<18} {:>12} {:>12} {:>10} {:>10}", "path", "up GiB/s", "down GiB/s", "p50 µs", "p99 µs");
+    println!("{:<18} {:>12} {:>12} {:>10} {:>10} {:>12}", "path", "up GiB/s", "down GiB/s", "p50 µs", "p99 µs", "accepts/s");
     for r in &rows {
-        println!("{:<18} {:>12.2} {:>12.2} {:>10.1} {:>10.1}", r.name, r.up, r.down, r.p50.as_secs_f64() * 1e6, r.p99.as_secs_f64() * 1e6);
+        println!(
+            "{:<18} {:>12.2} {:>12.2} {:>10.1} {:>10.1} {:>12.0}",
+            r.name,
+            r.up,
+            r.down,
+            r.p50.as_secs_f64() * 1e6,
+            r.p99.as_secs_f64() * 1e6,
+            r.accepts
+        );
     }
     let d = &rows[0];
     for r in &rows[1..] {
@@ -243,6 +333,15 @@ pub fn broker(opts: &Options) -> Result<(), String> {
             (r.p99.as_secs_f64() - d.p99.as_secs_f64()) * 1e6
         );
     }
+    let (checked, unchecked) = (&rows[2], &rows[3]);
+    println!(
+        "relay with the uid check against without: throughput {:.2}x up, {:.2}x down, p50 latency {:+.1} µs, accept rate {:+.1}% (two sandboxes, measured one after the other)",
+        checked.up / unchecked.up,
+        checked.down / unchecked.down,
+        (checked.p50.as_secs_f64() - unchecked.p50.as_secs_f64()) * 1e6,
+        (checked.accepts / unchecked.accepts - 1.0) * 100.0
+    );
+    uid_check_cost(direct_port, opts.connections)?;
 
     // Launch-to-healthy against the server's own start-up.
     let mut own = Vec::new();
@@ -251,12 +350,18 @@ pub fn broker(opts: &Options) -> Result<(), String> {
     for _ in 0..opts.launches {
         let port = free_port()?;
         let start = Instant::now();
-        let server = Killed(Command::new(&exe).args(["__probe", "serve", &port.to_string()]).spawn().map_err(|e| e.to_string())?);
+        let server =
+            Killed(Command::new(&exe).args(["__probe", "serve", &port.to_string()]).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?);
         let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        crate::health::wait(&crate::health::Check::Http { port, path: "/".into() }, Duration::from_secs(5), &cancel).map_err(|e| e.to_string())?;
+        crate::health::wait(
+            &crate::health::Check::Http { netns: None, port, request: crate::health::request("/", port, None) },
+            Duration::from_secs(5),
+            &cancel,
+        )
+        .map_err(|e| e.to_string())?;
         own.push(start.elapsed());
         drop(server);
-        let (sandbox, _, took) = sandboxed(opts, "serve", "http", "relay")?;
+        let (sandbox, _, took) = sandboxed(opts, "serve", "http", "relay", &[])?;
         launched.push(took);
         drop(sandbox);
     }

@@ -10,6 +10,11 @@
 //! either way for the idle timeout is closed (an idle or half-open client
 //! cannot hold a slot forever). (The outbound forwards and the egress proxy run
 //! on an event loop instead: `crate::outbound`.)
+//!
+//! On a sandbox's host port, every local user shares 127.0.0.1: each accepted
+//! connection's client uid is looked up ([`crate::sock_diag`]) and a uid that
+//! is not allowed ([`Ingress`]) is closed at once, before a byte reaches the
+//! payload, counted and reported (`ingress_denied`).
 
 use std::fs::File;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -36,9 +41,35 @@ pub struct Broker {
 #[derive(Clone)]
 pub struct Netns(Arc<File>);
 
+impl std::fmt::Debug for Netns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Netns(fd {})", self.0.as_raw_fd())
+    }
+}
+
 impl Netns {
     pub fn of_pid(pid: libc::pid_t) -> std::io::Result<Netns> {
         Ok(Netns(Arc::new(File::open(format!("/proc/{pid}/ns/net"))?)))
+    }
+
+    /// The calling thread's own network namespace (to come back to).
+    pub fn current() -> std::io::Result<Netns> {
+        Ok(Netns(Arc::new(File::open("/proc/thread-self/ns/net")?)))
+    }
+
+    /// Run `f` (which should only create a socket: a socket stays in the
+    /// namespace it was made in) inside this namespace, on the calling thread,
+    /// then return to `home`. For a single-threaded caller (the daemon's loop);
+    /// a thread that cannot return is aborted rather than left in a sandbox's
+    /// namespace.
+    pub fn run_inside<T>(&self, home: &Netns, f: impl FnOnce() -> T) -> std::io::Result<T> {
+        self.enter()?;
+        let r = f();
+        if let Err(e) = home.enter() {
+            tracing::error!(error = %e, "cannot return to the host's network namespace; aborting");
+            std::process::abort();
+        }
+        Ok(r)
     }
 
     /// Move the calling thread into the namespace (for good: use a thread of its own).
@@ -106,17 +137,57 @@ impl Dest {
     }
 }
 
+/// Who may connect to a host port: the uids allowed (root, the worktree's
+/// owner, the requester...). Everyone else is closed at once.
+#[derive(Debug, Clone)]
+pub struct Ingress {
+    pub allowed: Arc<[u32]>,
+    /// The host port (for the refusal's report).
+    pub port: u16,
+}
+
+impl Ingress {
+    /// Whether the client of a connection accepted on `local` from `peer` may
+    /// pass; a refusal is counted and reported.
+    fn admit(&self, lookup: &mut Option<crate::sock_diag::PeerLookup>, peer: SocketAddr, local: Option<SocketAddr>, stats: &SharedCounters) -> bool {
+        let owner = match (lookup.as_mut(), peer, local) {
+            (Some(l), SocketAddr::V4(peer), Some(SocketAddr::V4(local))) => l.owner(peer, local).unwrap_or(crate::sock_diag::Owner::Unknown),
+            _ => crate::sock_diag::Owner::Unknown,
+        };
+        let uid = match owner {
+            crate::sock_diag::Owner::Uid(u) if self.allowed.contains(&u) => return true,
+            crate::sock_diag::Owner::Uid(u) => Some(u),
+            crate::sock_diag::Owner::Unknown => None,
+        };
+        stats.refused_uid.fetch_add(1, Ordering::Relaxed);
+        crate::launch::events::emit(crate::launch::events::Event::IngressDenied { uid, port: self.port });
+        false
+    }
+}
+
 impl Broker {
     /// Relay every connection accepted on `listener` to `dest`, counting in
     /// `stats`; a relay idle for `idle` is closed.
     pub fn start(listener: TcpListener, dest: Dest, max_connections: usize, stats: Arc<SharedCounters>, idle: Duration) -> std::io::Result<Broker> {
+        Self::start_checked(listener, dest, max_connections, stats, idle, None)
+    }
+
+    /// As `start`, admitting only the clients `ingress` allows (None: anyone).
+    pub fn start_checked(
+        listener: TcpListener,
+        dest: Dest,
+        max_connections: usize,
+        stats: Arc<SharedCounters>,
+        idle: Duration,
+        ingress: Option<Ingress>,
+    ) -> std::io::Result<Broker> {
         let stop = Arc::new(AtomicBool::new(false));
         let listener = Arc::new(listener);
         let accept = {
             let (stop, listener) = (stop.clone(), listener.clone());
             std::thread::Builder::new()
                 .name("broker-accept".into())
-                .spawn(move || accept_loop(&listener, &dest, max_connections, &stats, &stop, idle))?
+                .spawn(move || accept_loop(&listener, &dest, max_connections, &stats, &stop, idle, ingress.as_ref()))?
         };
         Ok(Broker { stop, listener, accept: Some(accept) })
     }
@@ -144,9 +215,24 @@ impl Drop for Broker {
     }
 }
 
-fn accept_loop(listener: &TcpListener, dest: &Dest, max: usize, stats: &Arc<SharedCounters>, stop: &AtomicBool, idle: Duration) {
+fn accept_loop(
+    listener: &TcpListener,
+    dest: &Dest,
+    max: usize,
+    stats: &Arc<SharedCounters>,
+    stop: &AtomicBool,
+    idle: Duration,
+    ingress: Option<&Ingress>,
+) {
+    // Without a lookup socket every client is unknown, hence refused (fail closed).
+    let mut lookup = ingress.and_then(|_| {
+        crate::sock_diag::PeerLookup::new()
+            .map_err(|e| tracing::error!(error = %e, "NETLINK_SOCK_DIAG socket; every connection will be refused"))
+            .ok()
+    });
+    let local = listener.local_addr().ok();
     loop {
-        let (client, _) = match listener.accept() {
+        let (client, peer) = match listener.accept() {
             Ok(c) => c,
             Err(_) if stop.load(Ordering::SeqCst) => return,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted || e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
@@ -156,6 +242,11 @@ fn accept_loop(listener: &TcpListener, dest: &Dest, max: usize, stats: &Arc<Shar
                 continue;
             }
         };
+        if let Some(ingress) = ingress
+            && !ingress.admit(&mut lookup, peer, local, stats)
+        {
+            continue; // dropped: closed before a byte is read
+        }
         if stats.active.load(Ordering::SeqCst) >= max as u64 {
             stats.refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(max, "broker connection limit reached; connection closed");

@@ -27,6 +27,8 @@ pub struct Counters {
     pub bytes_out: AtomicU64,
     /// Relays running now.
     pub active: AtomicU64,
+    /// Connections closed at once because their client's uid is not allowed.
+    pub refused_uid: AtomicU64,
 }
 
 const PAGE: usize = 4096;

@@ -165,14 +165,16 @@ pub fn public(a: &IpAddr) -> bool {
     }
 }
 
-/// Audit one egress decision (one call per decision).
-fn audit(sandbox: &str, host: &str, port: u16, decision: &Result<SocketAddr, String>) {
-    match decision {
-        Ok(addr) => tracing::info!(target: "audit", event = "egress", sandbox, host = %host, port, allowed = true, address = %addr, "egress allowed"),
-        Err(reason) => {
-            tracing::info!(target: "audit", event = "egress", sandbox, host = %host, port, allowed = false, reason = %reason, "egress denied")
-        }
-    }
+/// Audit one egress decision (one call per decision), on the launcher's event
+/// channel: in daemon mode every decision is an audit event with the sandbox id.
+fn audit(host: &str, port: u16, decision: &Result<SocketAddr, String>) {
+    crate::launch::events::emit(crate::launch::events::Event::Egress {
+        host: host.to_string(),
+        port,
+        allowed: decision.is_ok(),
+        reason: decision.as_ref().err().cloned(),
+        address: decision.as_ref().ok().map(|a| a.to_string()),
+    });
 }
 
 /// Serve one connection to the proxy (on the sandbox's outbound loop).
@@ -201,7 +203,7 @@ pub(crate) async fn serve(client: TcpStream, shared: &Shared) {
         Ok(()) => shared.rules.decide_bounded(&host, port, shared).await,
         Err(r) => Err(r.reason),
     };
-    audit(&shared.sandbox, &host, port, &decision);
+    audit(&host, port, &decision);
     let addr = match decision {
         Ok(a) => a,
         Err(reason) => return answer(client, &Refusal { status: 403, reason }).await,
@@ -210,7 +212,13 @@ pub(crate) async fn serve(client: TcpStream, shared: &Shared) {
         Ok(Ok(u)) => u,
         failed => {
             let e = failed.map_or_else(|_| "timed out".to_string(), |r| r.err().map(|e| e.to_string()).unwrap_or_default());
-            tracing::info!(target: "audit", event = "egress", sandbox = %shared.sandbox, host = %host, port, error = %e, "egress connect failed");
+            crate::launch::events::emit(crate::launch::events::Event::Egress {
+                host: host.to_string(),
+                port,
+                allowed: true,
+                reason: Some(format!("connect {host}:{port}: {e}")),
+                address: None,
+            });
             return answer(client, &Refusal { status: 502, reason: format!("cannot connect to {host}:{port}: {e}") }).await;
         }
     };

@@ -1,93 +1,265 @@
-//! Parent side: wait until the payload is healthy (INV-003) through the same
-//! path clients use (the broker port), with `reqwest`.
+//! Host side (launcher and daemon): the one health checker (INV-003). A small
+//! hand-written HTTP/1.1 `GET` to 127.0.0.1:INNER_PORT made *inside the
+//! sandbox's network namespace* (the socket is created there, and a socket
+//! stays in the namespace it was made in), so a payload's answer can never make
+//! the host contact anything: there is no redirect to follow (a 3xx is a failed
+//! check, like anything but 2xx), and the only address ever connected to is
+//! the one the launcher chose, in a namespace that has nothing but `lo`.
 //!
-//! Every request has its own short timeout inside the overall deadline: a server
-//! may accept connections while it is still starting and never answer a request
-//! made then (seen with opencode 1.18.34 in its first second). Polling starts
-//! every millisecond and backs off to 25 ms, so a fast server is seen at once
-//! and a slow one costs little.
+//! Only the status line is read, at most [`MAX_STATUS_LINE`] bytes; every
+//! request has its own short timeout inside the overall deadline: a server may
+//! accept connections while it is still starting and never answer a request
+//! made then (seen with opencode 1.18.34 in its first second).
+//!
+//! [`Exchange`] is the protocol on a non-blocking socket, driven by the daemon's
+//! epoll loop; [`wait`] drives it with `poll` for `swarmcell run`, on a thread
+//! that has entered the sandbox's namespace. Polling starts every millisecond
+//! and backs off to 25 ms, so a fast server is seen at once and a slow one costs
+//! little.
 
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// Most bytes read of an answer: its status line must end within them.
+pub const MAX_STATUS_LINE: usize = 512;
+pub const PER_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone)]
 pub enum Check {
-    /// `GET http://127.0.0.1:PORT<path>` until a 2xx answer.
-    Http { port: u16, path: String },
-    /// A TCP connection to the inner port inside the sandbox is enough (relay).
-    Tcp { netns: NetnsPort },
+    /// `GET` until a 2xx answer, through 127.0.0.1:port in `netns` (None:
+    /// the caller's own namespace).
+    Http { netns: Option<crate::broker::Netns>, port: u16, request: Arc<[u8]> },
+    /// A TCP connection to 127.0.0.1:port in `netns` is enough.
+    Tcp { netns: Option<crate::broker::Netns>, port: u16 },
     /// With socket handoff: the payload has taken over the host port's socket
     /// (the flag) and a connection to it succeeds.
     HandedOff { port: u16, flag: Arc<AtomicBool> },
 }
 
-#[derive(Clone)]
-pub struct NetnsPort {
-    pub netns: crate::broker::Netns,
-    pub port: u16,
-}
-
-impl std::fmt::Debug for NetnsPort {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "inner port {}", self.port)
-    }
-}
-
-impl PartialEq for NetnsPort {
-    fn eq(&self, other: &Self) -> bool {
-        self.port == other.port
-    }
-}
-
-impl Eq for NetnsPort {}
-
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
-    #[error("not healthy after {}", crate::policy::units::HumanDuration(*.0))]
-    Timeout(Duration),
+    #[error("not healthy after {}{}", crate::policy::units::HumanDuration(*.after), .last.as_ref().map(|l| format!(" (last check: {l})")).unwrap_or_default())]
+    Timeout { after: Duration, last: Option<String> },
     #[error("health check cancelled")]
     Cancelled,
     #[error("health check: {0}")]
     Setup(String),
 }
 
-pub const PER_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+/// The request, built once per sandbox: `GET PATH` with `Host`, basic auth
+/// when the sandbox has a secret, and `Connection: close`.
+pub fn request(path: &str, port: u16, auth: Option<(&str, &str)>) -> Arc<[u8]> {
+    let auth = auth.map(|(user, password)| format!("Authorization: {}\r\n", basic_auth(user, password))).unwrap_or_default();
+    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}User-Agent: swarmcell-health\r\nConnection: close\r\n\r\n").into_bytes().into()
+}
 
-/// Block until healthy, the deadline passes, or `cancel` is set. Returns how
-/// long it took.
+/// `Basic base64(user:password)` (RFC 7617).
+pub fn basic_auth(user: &str, password: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let raw = format!("{user}:{password}").into_bytes();
+    let mut out = String::from("Basic ");
+    for chunk in raw.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            out.push(if i <= chunk.len() { ALPHABET[(n >> shift) as usize & 63] as char } else { '=' });
+        }
+    }
+    out
+}
+
+/// The result of one check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Healthy,
+    /// Why not, in our words (a status code at most from the payload's answer).
+    Unhealthy(String),
+}
+
+/// One request and its answer's status line on a non-blocking socket.
+pub struct Exchange {
+    request: Arc<[u8]>,
+    sent: usize,
+    head: Vec<u8>,
+}
+
+impl Exchange {
+    pub fn new(request: Arc<[u8]>) -> Exchange {
+        Exchange { request, sent: 0, head: Vec::new() }
+    }
+
+    /// Still sending (wait for the socket to be writable), else reading.
+    pub fn sending(&self) -> bool {
+        self.sent < self.request.len()
+    }
+
+    /// Go on after the socket was reported ready: `Some` once decided. A write
+    /// on a socket whose connection failed reports the failure.
+    pub fn advance<S: Read + Write>(&mut self, s: &mut S) -> Option<Outcome> {
+        while self.sending() {
+            match s.write(&self.request[self.sent..]) {
+                Ok(0) => return Some(Outcome::Unhealthy("connection closed".into())),
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(Outcome::Unhealthy(e.to_string())),
+            }
+        }
+        let mut buf = [0u8; MAX_STATUS_LINE];
+        loop {
+            let room = MAX_STATUS_LINE - self.head.len();
+            match s.read(&mut buf[..room]) {
+                Ok(0) => return Some(Outcome::Unhealthy("closed without an answer".into())),
+                Ok(n) => {
+                    self.head.extend_from_slice(&buf[..n]);
+                    if let Some(end) = self.head.windows(2).position(|w| w == b"\r\n") {
+                        return Some(judge(&self.head[..end]));
+                    }
+                    if self.head.len() >= MAX_STATUS_LINE {
+                        return Some(Outcome::Unhealthy(format!("no status line in the first {MAX_STATUS_LINE} bytes")));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(Outcome::Unhealthy(e.to_string())),
+            }
+        }
+    }
+}
+
+/// `HTTP/1.x 2xx ...` is healthy; anything else (a redirect included) is not.
+fn judge(status_line: &[u8]) -> Outcome {
+    let code =
+        status_line.strip_prefix(b"HTTP/1.").filter(|r| r.len() >= 5 && r[1] == b' ').map(|r| &r[2..5]).filter(|c| c.iter().all(u8::is_ascii_digit));
+    match code {
+        Some([b'2', _, _]) => Outcome::Healthy,
+        Some(c) if c[0] == b'3' => Outcome::Unhealthy(format!("status {} (a redirect is never followed)", String::from_utf8_lossy(c))),
+        Some(c) => Outcome::Unhealthy(format!("status {}", String::from_utf8_lossy(c))),
+        None => Outcome::Unhealthy("not an HTTP/1 answer".into()),
+    }
+}
+
+/// One check through 127.0.0.1:port in this thread's network namespace,
+/// within `timeout`.
+pub fn check_once(port: u16, request: &Arc<[u8]>, timeout: Duration) -> Outcome {
+    let deadline = Instant::now() + timeout;
+    let mut stream = match crate::sys::tcp_connect_loopback_nonblocking(port) {
+        Ok(s) => s,
+        Err(e) => return Outcome::Unhealthy(e.to_string()),
+    };
+    let mut ex = Exchange::new(request.clone());
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Outcome::Unhealthy(format!("no answer within {}", crate::policy::units::HumanDuration(timeout)));
+        }
+        let events = if ex.sending() { libc::POLLOUT } else { libc::POLLIN };
+        let mut pfd = libc::pollfd { fd: stream.as_raw_fd(), events, revents: 0 };
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().clamp(1, i32::MAX as u128) as i32) };
+        if r > 0
+            && let Some(outcome) = ex.advance(&mut stream)
+        {
+            return outcome;
+        }
+    }
+}
+
+/// Block until healthy, the deadline passes, or `cancel` is set; returns how
+/// long it took. A check with a namespace enters it first: call this on a
+/// thread of its own.
 pub fn wait(check: &Check, deadline: Duration, cancel: &Arc<AtomicBool>) -> Result<Duration, HealthError> {
     let start = Instant::now();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| HealthError::Setup(e.to_string()))?;
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(PER_REQUEST_TIMEOUT.min(deadline))
-        .pool_max_idle_per_host(0)
-        .build()
-        .map_err(|e| HealthError::Setup(e.to_string()))?;
+    if let Check::Http { netns: Some(ns), .. } | Check::Tcp { netns: Some(ns), .. } = check {
+        ns.enter().map_err(|e| HealthError::Setup(format!("entering the sandbox's network namespace: {e}")))?;
+    }
     let mut interval = Duration::from_millis(1);
+    let mut last: Option<String>;
     loop {
         if cancel.load(Ordering::SeqCst) {
             return Err(HealthError::Cancelled);
         }
-        let healthy = match check {
-            Check::Http { port, path } => rt.block_on(async {
-                let remaining = deadline.saturating_sub(start.elapsed());
-                let req = client.get(format!("http://127.0.0.1:{port}{path}")).timeout(PER_REQUEST_TIMEOUT.min(remaining).max(Duration::from_millis(1)));
-                let r = req.send().await;
-                tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, result = ?r.as_ref().map(|r| r.status()).map_err(|e| e.to_string()), "health attempt");
-                matches!(r, Ok(r) if r.status().is_success())
-            }),
-            Check::Tcp { netns } => netns.netns.connect(netns.port).is_ok(),
-            Check::HandedOff { port, flag } => flag.load(Ordering::SeqCst) && std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok(),
+        let per_request = PER_REQUEST_TIMEOUT.min(deadline.saturating_sub(start.elapsed())).max(Duration::from_millis(1));
+        let outcome = match check {
+            Check::Http { port, request, .. } => check_once(*port, request, per_request),
+            Check::Tcp { port, .. } => match std::net::TcpStream::connect(("127.0.0.1", *port)) {
+                Ok(_) => Outcome::Healthy,
+                Err(e) => Outcome::Unhealthy(e.to_string()),
+            },
+            Check::HandedOff { port, flag } => match flag.load(Ordering::SeqCst) && std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok() {
+                true => Outcome::Healthy,
+                false => Outcome::Unhealthy("the payload has not taken over its port".into()),
+            },
         };
-        if healthy {
-            return Ok(start.elapsed());
+        tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, ?outcome, "health attempt");
+        match outcome {
+            Outcome::Healthy => return Ok(start.elapsed()),
+            Outcome::Unhealthy(why) => last = Some(why),
         }
         if start.elapsed() >= deadline {
-            return Err(HealthError::Timeout(deadline));
+            return Err(HealthError::Timeout { after: deadline, last });
         }
         std::thread::sleep(interval.min(deadline.saturating_sub(start.elapsed())));
         interval = (interval * 2).min(Duration::from_millis(25));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(reply: &'static [u8]) -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf);
+            if !reply.is_empty() {
+                let _ = s.write_all(reply);
+            } else {
+                std::thread::sleep(Duration::from_secs(3));
+            }
+        });
+        port
+    }
+
+    fn once(port: u16) -> Outcome {
+        check_once(port, &request("/h", 1, None), Duration::from_millis(500))
+    }
+
+    #[test]
+    fn a_2xx_is_healthy_and_anything_else_is_not() {
+        assert_eq!(once(server(b"HTTP/1.1 200 OK\r\n\r\n")), Outcome::Healthy);
+        assert_eq!(once(server(b"HTTP/1.0 204 No Content\r\n\r\n")), Outcome::Healthy);
+        assert!(matches!(once(server(b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/\r\n\r\n")), Outcome::Unhealthy(w) if w.contains("302")));
+        assert!(matches!(once(server(b"HTTP/1.1 503 No\r\n\r\n")), Outcome::Unhealthy(w) if w == "status 503"));
+        assert!(matches!(once(server(b"HTTP/1.1 2")), Outcome::Unhealthy(_)), "a short answer");
+        assert!(matches!(once(server(b"SSH-2.0-x\r\n")), Outcome::Unhealthy(_)));
+        let endless: &'static [u8] = Box::leak(vec![b'x'; 4096].into_boxed_slice());
+        assert!(matches!(once(server(endless)), Outcome::Unhealthy(w) if w.contains("no status line")));
+    }
+
+    #[test]
+    fn a_closed_port_fails_and_a_silent_server_runs_into_the_timeout() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        assert!(matches!(once(closed), Outcome::Unhealthy(_)));
+        let t = Instant::now();
+        assert!(matches!(once(server(b"")), Outcome::Unhealthy(w) if w.contains("no answer within")));
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn the_request_carries_basic_auth() {
+        assert_eq!(basic_auth("opencode", "s3cret"), "Basic b3BlbmNvZGU6czNjcmV0");
+        assert_eq!(basic_auth("a", "b"), "Basic YTpi");
+        assert_eq!(basic_auth("ab", "c"), "Basic YWI6Yw==");
+        let r = request("/global/health", 4096, Some(("opencode", "s3cret")));
+        let text = String::from_utf8(r.to_vec()).unwrap();
+        assert!(text.starts_with("GET /global/health HTTP/1.1\r\nHost: 127.0.0.1:4096\r\nAuthorization: Basic b3BlbmNvZGU6czNjcmV0\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"));
     }
 }

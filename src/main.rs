@@ -114,6 +114,21 @@ struct RunArgs {
     /// A sealed memfd page (from the daemon) in which the broker counts connections and bytes.
     #[arg(long, value_name = "FD", hide = true)]
     stats_fd: Option<i32>,
+    /// Report events (start failures, egress decisions, ingress refusals) as
+    /// JSON lines on this fd, for a supervisor (the daemon), instead of logging them.
+    #[arg(long, value_name = "FD", hide = true)]
+    events_fd: Option<i32>,
+    /// Read the sandbox's secret from this fd (a supervisor keeps it across restarts).
+    #[arg(long, value_name = "FD", hide = true)]
+    secret_fd: Option<i32>,
+    /// Another local uid that may connect to the host port, besides root and
+    /// the worktree's owner (repeatable). Everyone else is closed at once.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uids: Vec<u32>,
+    /// Let every local user connect to the host port (no uid check). Required
+    /// by --broker handoff, where the payload accepts connections itself.
+    #[arg(long)]
+    allow_any_uid: bool,
     /// Host uid that owns files the sandbox writes (default: the worktree's owner; never 0).
     #[arg(long)]
     uid: Option<u32>,
@@ -204,7 +219,7 @@ struct RunArgs {
 
 #[derive(Subcommand)]
 enum CtlCommand {
-    /// Launch a sandbox; prints {"id","port","pid"} once it is healthy.
+    /// Launch a sandbox; prints {"id","port","pid"} (and "secret" when the policy gives it one) once it is healthy.
     Launch {
         #[arg(long)]
         worktree: PathBuf,
@@ -229,8 +244,12 @@ enum CtlCommand {
     Inspect {
         id: String,
     },
+    /// The sandbox's output; control characters are shown escaped (`\x1b`).
     Logs {
         id: String,
+        /// Print the output exactly as the payload wrote it, escape sequences included.
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -279,6 +298,9 @@ enum BenchCommand {
         bytes: String,
         #[arg(long, default_value_t = 20000)]
         pings: usize,
+        /// Connections (each opened, one byte echoed, closed) for the accept rate.
+        #[arg(long, default_value_t = 5000)]
+        connections: usize,
         #[arg(long, default_value_t = 20)]
         launches: usize,
     },
@@ -336,7 +358,7 @@ fn main() -> ExitCode {
         Command::Inspect { target, json } => {
             swarmcell::inspect::run(&target, json).map(|_| 0).map_err(|e| (format!("inspect: {e}"), launch::EXIT_LAUNCHER_ERROR))
         }
-        Command::Bench(BenchCommand::Broker { bytes, pings, launches }) => bench_broker(&bytes, pings, launches),
+        Command::Bench(BenchCommand::Broker { bytes, pings, connections, launches }) => bench_broker(&bytes, pings, connections, launches),
         Command::Bench(BenchCommand::Egress { bytes }) => bench_egress(&bytes),
         Command::Bench(BenchCommand::Daemon { soak, scale }) => {
             swarmcell::bench_daemon::run(soak, scale).map(|_| 0).map_err(|e| (e, launch::EXIT_LAUNCHER_ERROR))
@@ -370,6 +392,18 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
+    use swarmcell::launch::events;
+    events::init(args.events_fd).map_err(|e| (e, launch::EXIT_LAUNCHER_ERROR))?;
+    // A supervisor learns why from the events channel, never from our stderr
+    // (which the payload shares).
+    run_checked(args, log).inspect_err(|(message, _)| {
+        if events::has_sink() {
+            events::emit(events::Event::StartFailed { error: message.clone() });
+        }
+    })
+}
+
+fn run_checked(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
     let launcher = |m: String| (m, launch::EXIT_LAUNCHER_ERROR);
     // Before any thread exists: nothing inherited reaches a sandbox, and no
     // supplementary group (root's gid 0) is carried into one.
@@ -464,6 +498,9 @@ fn run(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
         extra_allow_hosts: args.allow_hosts,
         extra_allow_addresses: args.allow_addresses,
         resolve,
+        allow_uids: args.allow_uids,
+        allow_any_uid: args.allow_any_uid,
+        secret_fd: args.secret_fd,
     };
     parent::run(&req).map_err(|e| (e.to_string(), e.exit_code()))
 }
@@ -481,14 +518,14 @@ fn gc(state_dir: &std::path::Path, parent: &str) -> Result<u8, (String, u8)> {
     Ok(0)
 }
 
-fn bench_broker(bytes: &str, pings: usize, launches: usize) -> Result<u8, (String, u8)> {
+fn bench_broker(bytes: &str, pings: usize, connections: usize, launches: usize) -> Result<u8, (String, u8)> {
     let launcher = |m: String| (m, launch::EXIT_LAUNCHER_ERROR);
     let bytes = policy::units::parse_size(bytes).map_err(launcher)?.ok_or_else(|| launcher("--bytes cannot be max".into()))?;
-    if pings == 0 || launches == 0 {
-        return Err(launcher("--pings and --launches must be 1 or more".into()));
+    if pings == 0 || launches == 0 || connections == 0 {
+        return Err(launcher("--pings, --connections and --launches must be 1 or more".into()));
     }
     let wt = swarmcell::bench::TempWorktree::new().map_err(launcher)?;
-    let opts = swarmcell::bench::Options { bytes, pings, launches, worktree: wt.path() };
+    let opts = swarmcell::bench::Options { bytes, pings, launches, connections, worktree: wt.path() };
     swarmcell::bench::broker(&opts).map(|_| 0).map_err(launcher)
 }
 
@@ -532,7 +569,7 @@ fn bench_egress(bytes: &str) -> Result<u8, (String, u8)> {
     let launcher = |m: String| (m, launch::EXIT_LAUNCHER_ERROR);
     let bytes = policy::units::parse_size(bytes).map_err(launcher)?.ok_or_else(|| launcher("--bytes cannot be max".into()))?;
     let wt = swarmcell::bench::TempWorktree::new().map_err(launcher)?;
-    let opts = swarmcell::bench::Options { bytes, pings: 1, launches: 1, worktree: wt.path() };
+    let opts = swarmcell::bench::Options { bytes, pings: 1, launches: 1, connections: 1, worktree: wt.path() };
     swarmcell::bench::egress(&opts).map(|_| 0).map_err(launcher)
 }
 
@@ -559,38 +596,49 @@ fn daemon(config: Option<PathBuf>, socket: Option<PathBuf>, state_dir: Option<Pa
     d.serve().map(|_| 0).map_err(launcher)
 }
 
+/// `swarmcell ctl`. Everything printed may carry text a payload chose (its
+/// output, names, errors): it is escaped (`swarmcell::sanitize`), so nothing
+/// reaches the operator's terminal as a control sequence; `logs --raw` opts out.
 fn ctl(socket: &std::path::Path, cmd: CtlCommand) -> Result<u8, (String, u8)> {
     use swarmcell::daemon::protocol::Request;
-    let (req, list_json) = match cmd {
-        CtlCommand::Launch { worktree, policy, agent, task, cmd } => (Request::Launch { worktree, agent, task, argv: cmd, policy }, false),
-        CtlCommand::List { json } => (Request::List, json),
-        CtlCommand::Stop { id } => (Request::Stop { id }, false),
-        CtlCommand::Inspect { id } => (Request::Inspect { id }, false),
-        CtlCommand::Logs { id } => (Request::Logs { id }, false),
+    use swarmcell::sanitize;
+    let (req, list_json, raw) = match cmd {
+        CtlCommand::Launch { worktree, policy, agent, task, cmd } => (Request::Launch { worktree, agent, task, argv: cmd, policy }, false, false),
+        CtlCommand::List { json } => (Request::List, json, false),
+        CtlCommand::Stop { id } => (Request::Stop { id }, false, false),
+        CtlCommand::Inspect { id } => (Request::Inspect { id }, false, false),
+        CtlCommand::Logs { id, raw } => (Request::Logs { id }, false, raw),
     };
     let is_list = matches!(req, Request::List);
-    let resp = swarmcell::daemon::ctl(socket, &req).map_err(|e| (e, launch::EXIT_LAUNCHER_ERROR))?;
+    let resp = swarmcell::daemon::ctl(socket, &req).map_err(|e| (sanitize::line(&e), launch::EXIT_LAUNCHER_ERROR))?;
     if resp["ok"] != true {
-        return Err((resp["error"].as_str().unwrap_or("request failed").to_string(), launch::EXIT_LAUNCHER_ERROR));
+        return Err((sanitize::line(resp["error"].as_str().unwrap_or("request failed")), launch::EXIT_LAUNCHER_ERROR));
     }
     match &req {
-        Request::Launch { .. } => println!("{}", serde_json::json!({ "id": resp["id"], "port": resp["port"], "pid": resp["pid"] })),
-        Request::Logs { .. } => print!("{}", resp["log"].as_str().unwrap_or("")),
-        Request::Inspect { .. } => println!("{}", resp["inspect"]),
+        Request::Launch { .. } => {
+            let mut out = serde_json::json!({ "id": resp["id"], "port": resp["port"], "pid": resp["pid"] });
+            if resp.get("secret").is_some() {
+                out["secret"] = resp["secret"].clone();
+            }
+            println!("{}", sanitize::json(&out))
+        }
+        Request::Logs { .. } if raw => print!("{}", resp["log"].as_str().unwrap_or("")),
+        Request::Logs { .. } => print!("{}", sanitize::text(resp["log"].as_str().unwrap_or(""))),
+        Request::Inspect { .. } => println!("{}", sanitize::json(&resp["inspect"])),
         _ if is_list && !list_json => {
             for s in resp["sandboxes"].as_array().into_iter().flatten() {
                 println!(
                     "{}\t{}\t{}\t{}\t{}",
-                    s["id"].as_str().unwrap_or(""),
-                    s["state"].as_str().unwrap_or(""),
+                    sanitize::line(s["id"].as_str().unwrap_or("")),
+                    sanitize::line(s["state"].as_str().unwrap_or("")),
                     s["port"],
-                    s["agent"].as_str().unwrap_or("-"),
-                    s["worktree"].as_str().unwrap_or("")
+                    sanitize::line(s["agent"].as_str().unwrap_or("-")),
+                    sanitize::line(s["worktree"].as_str().unwrap_or(""))
                 );
             }
         }
-        _ if is_list => println!("{}", resp["sandboxes"]),
-        _ => println!("{resp}"),
+        _ if is_list => println!("{}", sanitize::json(&resp["sandboxes"])),
+        _ => println!("{}", sanitize::json(&resp)),
     }
     Ok(0)
 }

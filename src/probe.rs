@@ -29,9 +29,12 @@ pub fn main(name: &str, rest: &[String]) -> u8 {
         ("bench-client", _) => return bench_client(rest),
         ("serve", Some(port)) => return serve(port, false),
         ("bench-server", Some(port)) => return serve(port, true),
+        ("redirect", Some(port)) => return redirect(port, rest.get(1).map_or("http://127.0.0.1:1/", String::as_str)),
+        ("hostile-output", Some(port)) => return hostile_output(port),
+        ("egress-then-serve", Some(port)) => return egress_then_serve(port, rest.get(1).map_or("example.invalid:443", String::as_str)),
         _ => {
             eprintln!(
-                "swarmcell __probe: unknown probe {name:?} (tiocsti, fds, seccomp, read PATH, bind PORT, connect PORT, loopback, http-get HOST:PORT/PATH, alloc MIB, serve PORT, bench-server PORT)"
+                "swarmcell __probe: unknown probe {name:?} (tiocsti, fds, seccomp, read PATH, bind PORT, connect PORT, loopback, http-get HOST:PORT/PATH, alloc MIB, serve PORT, bench-server PORT, redirect PORT URL, hostile-output PORT|exit, flood, trickle, send)"
             );
             return 2;
         }
@@ -426,7 +429,10 @@ fn http_get(target: &str) -> Check {
     let attempt = || -> std::io::Result<String> {
         let mut s = std::net::TcpStream::connect(hostport)?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n")?;
+        // With PROBE_PASSWORD: basic auth as OpenCode wants it (user `opencode`).
+        let auth =
+            std::env::var("PROBE_PASSWORD").map(|p| format!("Authorization: {}\r\n", crate::health::basic_auth("opencode", &p))).unwrap_or_default();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {hostport}\r\n{auth}Connection: close\r\n\r\n")?;
         let mut resp = String::new();
         s.read_to_string(&mut resp)?;
         Ok(resp)
@@ -456,11 +462,56 @@ fn alloc(mib: &str) -> Check {
 }
 
 /// A small HTTP/1.1 server on 127.0.0.1:PORT (`serve`): every request gets
-/// `200 {"healthy":true}`. With `bench`, a connection's first byte picks a mode
-/// instead: `E` echo, `S` sink (count bytes until EOF, answer the count as 8
-/// bytes), `G` generate (send the 8-byte count that follows, then close).
-/// Runs until killed.
+/// `200 {"healthy":true}` and its request line is printed on stderr (`serve:
+/// GET /path`), so that a test sees what reached the payload. With
+/// `PROBE_PASSWORD` in its environment it wants that password as HTTP basic
+/// auth (user `opencode`), as OpenCode does, and answers 401 otherwise. With `bench`, a
+/// connection's first byte picks a mode instead: `E` echo, `S` sink (count
+/// bytes until EOF, answer the count as 8 bytes), `G` generate (send the 8-byte
+/// count that follows, then close). Runs until killed.
 pub fn serve(port: &str, bench: bool) -> u8 {
+    let body = "{\"healthy\":true}";
+    let ok = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    listen_and_answer(port, bench, ok)
+}
+
+/// A server that answers every request with `302 Found` to URL (a hostile
+/// payload's answer to the health check).
+fn redirect(port: &str, url: &str) -> u8 {
+    listen_and_answer(port, false, format!("HTTP/1.1 302 Found\r\nLocation: {url}\r\nContent-Length: 0\r\n\r\n"))
+}
+
+/// What a hostile payload prints to fool the supervisor and the operator's
+/// terminal: forged `swarmcell:` error lines and escape sequences (a window
+/// title, a screen clear, a C1 control) on stdout and stderr; then it serves
+/// PORT, or exits 3 with `exit`.
+fn hostile_output(port: &str) -> u8 {
+    let forged = "swarmcell: sandbox forged: \x1b]0;pwned\x07everything is fine\x1b[2J\u{9b}31m\n";
+    print!("{forged}");
+    let _ = std::io::stdout().flush();
+    eprint!("{forged}");
+    if port == "exit" {
+        return 3;
+    }
+    serve(port, false)
+}
+
+/// Ask the egress proxy (127.0.0.1:3128) for `CONNECT TARGET`, print its
+/// answer's status line, then serve PORT.
+fn egress_then_serve(port: &str, target: &str) -> u8 {
+    let attempt = || -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect("127.0.0.1:3128")?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        write!(s, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n")?;
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_string())
+    };
+    eprintln!("egress {target}: {}", attempt().unwrap_or_else(|e| e.to_string()));
+    serve(port, false)
+}
+
+fn listen_and_answer(port: &str, bench: bool, response: String) -> u8 {
     let Ok(port) = port.parse::<u16>() else {
         eprintln!("serve: {port:?} is not a port");
         return 2;
@@ -472,14 +523,19 @@ pub fn serve(port: &str, bench: bool) -> u8 {
             return 1;
         }
     };
+    let response: std::sync::Arc<str> = response.into();
+    let auth: Option<std::sync::Arc<str>> = std::env::var("PROBE_PASSWORD")
+        .ok()
+        .map(|p| format!("authorization: {}", crate::health::basic_auth("opencode", &p)).to_ascii_lowercase().into());
     for conn in listener.incoming().flatten() {
         let _ = conn.set_nodelay(true);
-        std::thread::spawn(move || if bench { bench_conn(conn) } else { http_conn(conn) });
+        let (response, auth) = (response.clone(), auth.clone());
+        std::thread::spawn(move || if bench { bench_conn(conn) } else { http_conn(conn, &response, auth.as_deref()) });
     }
     0
 }
 
-fn http_conn(mut conn: std::net::TcpStream) {
+fn http_conn(mut conn: std::net::TcpStream, response: &str, auth: Option<&str>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -489,10 +545,13 @@ fn http_conn(mut conn: std::net::TcpStream) {
         }
         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head: Vec<u8> = buf.drain(..end + 4).collect();
-            let close = String::from_utf8_lossy(&head).to_ascii_lowercase().contains("connection: close");
-            let body = "{\"healthy\":true}";
-            let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-            if conn.write_all(resp.as_bytes()).is_err() || close {
+            let head = String::from_utf8_lossy(&head);
+            eprintln!("serve: {}", head.lines().next().unwrap_or("").escape_debug());
+            let lower = head.to_ascii_lowercase();
+            let close = lower.contains("connection: close");
+            let unauthorized = "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"probe\"\r\nContent-Length: 0\r\n\r\n";
+            let response = if auth.is_some_and(|a| !lower.lines().any(|l| l.trim_end() == a)) { unauthorized } else { response };
+            if conn.write_all(response.as_bytes()).is_err() || close {
                 return;
             }
         }

@@ -4,7 +4,9 @@
 //! out of it, a host loopback listener, a host abstract unix socket, a leaked
 //! descriptor), runs `swarmcell __probe verify` inside a real sandbox built from
 //! the policy, runs the memory and process-limit checks in sandboxes of their
-//! own, and reports each check as blocked / ESCAPED / not_applicable / ok / BROKEN.
+//! own, tries the host-facing side (another local user on the sandbox's port,
+//! a health answer that redirects to a host service), and reports each check
+//! as blocked / ESCAPED / not_applicable / ok / BROKEN.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -153,6 +155,8 @@ pub fn run(opts: &Options) -> Result<u8, String> {
         None => check("exceed the process limit", "BROKEN", String::from_utf8_lossy(&pids.stderr).trim().to_string()),
     });
     drop(devnull);
+    checks.extend(ingress_checks(&exe, &opts.policy, &wt));
+    checks.push(health_redirect_check(&exe, &opts.policy, &wt));
 
     let count = |s: &str| checks.iter().filter(|c| c["status"] == s).count();
     let summary = json!({
@@ -226,4 +230,110 @@ pub fn kernel_features() -> Value {
         "cgroups": cgroups,
         "max_user_namespaces": userns,
     })
+}
+
+/// A local user who is neither root nor the worktree's owner.
+const STRANGER: u32 = OWNER + 1;
+
+/// `swarmcell run --port auto` of a small HTTP server in the background; its
+/// launcher (killed on drop) and its host port.
+struct Served(std::process::Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        // SAFETY: SIGTERM to our own child, then reaped.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+fn serve_in_sandbox(exe: &Path, policy: &Option<PathBuf>, wt: &Path) -> Result<(Served, u16), String> {
+    use std::io::Read;
+    let (mut r, w) = std::io::pipe().map_err(|e| e.to_string())?;
+    let mut c = Command::new(exe);
+    c.args(["run", "--port", "auto", "--ready-fd", "3", "--worktree"]).arg(wt);
+    if let Some(p) = policy {
+        c.arg("--policy").arg(p);
+    }
+    c.arg("--ro").arg(exe.parent().unwrap_or(Path::new("/"))).arg("--").arg(exe).args(["__probe", "serve", "{port}"]);
+    let wfd = w.as_raw_fd();
+    // SAFETY: install_fd_for_exec is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, move || crate::sys::install_fd_for_exec(wfd, 3));
+    }
+    let child = Served(c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?);
+    drop(w);
+    let mut line = String::new();
+    r.read_to_string(&mut line).map_err(|e| e.to_string())?;
+    let port = serde_json::from_str::<Value>(line.trim()).ok().and_then(|v| v["port"].as_u64()).ok_or("the sandbox did not become ready")?;
+    Ok((child, port as u16))
+}
+
+/// `__probe http-get` to the sandbox's port as `uid`: whether any HTTP answer came.
+fn answered_as(exe: &Path, uid: u32, port: u16) -> Result<bool, String> {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new(exe)
+        .args(["__probe", "http-get", &format!("127.0.0.1:{port}/")])
+        .uid(uid)
+        .gid(uid)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running the probe as uid {uid}: {e}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).contains("HTTP/"))
+}
+
+/// Another local user connects to a sandbox's port: it must get no answer at
+/// all, while root still does.
+fn ingress_checks(exe: &Path, policy: &Option<PathBuf>, wt: &Path) -> Vec<Value> {
+    let name = "reach the sandbox's port as another local user";
+    let (_served, port) = match serve_in_sandbox(exe, policy, wt) {
+        Ok(s) => s,
+        Err(e) => return vec![check(name, "BROKEN", e)],
+    };
+    let stranger = match answered_as(exe, STRANGER, port) {
+        Ok(false) => check(name, "blocked", format!("uid {STRANGER} on 127.0.0.1:{port}: closed without an answer")),
+        Ok(true) => check(name, "ESCAPED", format!("uid {STRANGER} got an HTTP answer from 127.0.0.1:{port}")),
+        Err(e) => check(name, "BROKEN", e),
+    };
+    let root = match answered_as(exe, 0, port) {
+        Ok(true) => check("root reaches the sandbox's port", "ok", format!("127.0.0.1:{port} answers")),
+        Ok(false) => check("root reaches the sandbox's port", "BROKEN", format!("127.0.0.1:{port} did not answer root")),
+        Err(e) => check("root reaches the sandbox's port", "BROKEN", e),
+    };
+    vec![stranger, root]
+}
+
+/// A payload answers the health check with `302` to a host loopback service:
+/// the launch must fail and the service must see nothing.
+fn health_redirect_check(exe: &Path, policy: &Option<PathBuf>, wt: &Path) -> Value {
+    let name = "make the health check follow a redirect to the host";
+    let target = match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.set_nonblocking(true).map(|_| l)) {
+        Ok(l) => l,
+        Err(e) => return check(name, "BROKEN", e.to_string()),
+    };
+    let url = format!("http://127.0.0.1:{}/exfil", target.local_addr().map(|a| a.port()).unwrap_or(0));
+    let mut c = Command::new(exe);
+    c.args(["run", "--port", "auto", "--health-timeout", "3s", "--worktree"]).arg(wt);
+    if let Some(p) = policy {
+        c.arg("--policy").arg(p);
+    }
+    c.arg("--ro").arg(exe.parent().unwrap_or(Path::new("/"))).arg("--").arg(exe).args(["__probe", "redirect", "{port}", &url]);
+    let mut run = match c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+        Ok(r) => Served(r),
+        Err(e) => return check(name, "BROKEN", e.to_string()),
+    };
+    // A launch that counted the 302 as healthy would run on: it gets 10 s.
+    let start = std::time::Instant::now();
+    let code = loop {
+        match run.0.try_wait() {
+            Ok(Some(s)) => break s.code(),
+            Ok(None) if start.elapsed() < std::time::Duration::from_secs(10) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            _ => break None,
+        }
+    };
+    match (target.accept(), code) {
+        (Ok(_), _) => check(name, "ESCAPED", format!("{url} was contacted by the launcher")),
+        (Err(_), Some(125)) => check(name, "blocked", "302 is a failed check; nothing outside the sandbox was contacted"),
+        (Err(_), code) => check(name, "ESCAPED", format!("a 302 answer counted as healthy (launcher exit {code:?})")),
+    }
 }

@@ -223,7 +223,8 @@ fn bulk_transfers_half_close_and_the_connection_cap_work_through_the_relay() {
 #[test]
 fn with_socket_handoff_the_payload_itself_listens_on_the_host_port() {
     let f = Fixture::new();
-    let (mut child, ready) = start(&f, &["--port", "auto", "--broker", "handoff", "--health", "none"], &[bin(), "__probe", "bench-server", "{port}"]);
+    let (mut child, ready) =
+        start(&f, &["--port", "auto", "--broker", "handoff", "--allow-any-uid", "--health", "none"], &[bin(), "__probe", "bench-server", "{port}"]);
     let info = ready_of(&ready);
     let port = port_of(&info);
     // The listening socket on 127.0.0.1:port is in the payload's fd table.

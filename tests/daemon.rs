@@ -46,7 +46,7 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "socket = {:?}\nsocket_group = {OWNER}\nallowed_uids = [0]\nworktree_base = {:?}\ncommands = [{:?}, \"/usr/bin/yes\"]\npolicy = {:?}\naudit_log = {:?}\nmetrics = \"127.0.0.1:{metrics}\"\nstate_dir = {:?}\nlog_dir = {:?}\n{config_extra}",
+                "socket = {:?}\nsocket_group = {OWNER}\nallowed_uids = [0, {REQUESTER}]\nworktree_base = {:?}\ncommands = [{:?}, \"/usr/bin/yes\"]\npolicy = {:?}\naudit_log = {:?}\nmetrics = \"127.0.0.1:{metrics}\"\nstate_dir = {:?}\nlog_dir = {:?}\n{config_extra}",
                 d.socket,
                 base,
                 bin(),
@@ -103,9 +103,21 @@ impl Daemon {
         Command::new(bin()).arg("ctl").arg("--socket").arg(&self.socket).args(args).output().unwrap()
     }
 
+    /// `ctl` as another user (in the socket's group).
+    fn ctl_as(&self, uid: u32, args: &[&str]) -> std::process::Output {
+        Command::new(bin()).arg("ctl").arg("--socket").arg(&self.socket).args(args).uid(uid).gid(OWNER).output().unwrap()
+    }
+
     fn launch(&self, agent: &str) -> serde_json::Value {
         let wt = self.dir.join("base").join(agent);
         let out = self.ctl(&["launch", "--worktree", wt.to_str().unwrap(), "--agent", agent, "--", bin(), "__probe", "serve", "{port}"]);
+        serde_json::from_str(&ok(&out)).unwrap()
+    }
+
+    /// `ctl launch` of CMD on the worktree `base/AGENT`.
+    fn launch_cmd(&self, agent: &str, cmd: &[&str]) -> serde_json::Value {
+        let wt = self.dir.join("base").join(agent);
+        let out = self.ctl(&[&["launch", "--worktree", wt.to_str().unwrap(), "--agent", agent, "--"][..], cmd].concat());
         serde_json::from_str(&ok(&out)).unwrap()
     }
 
@@ -139,6 +151,11 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// A user allowed on the control socket besides root (not the worktrees' owner).
+const REQUESTER: u32 = 4343;
+/// A local user allowed nowhere.
+const STRANGER: u32 = 1001;
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -525,4 +542,132 @@ fn a_config_with_loose_permissions_or_unknown_keys_is_refused() {
         assert_eq!(out.status.code(), Some(125));
         assert!(stderr(&out).contains(needle), "{}", stderr(&out));
     }
+}
+
+#[test]
+fn a_uid_that_is_not_allowed_gets_nothing_from_a_daemon_sandbox_while_the_requester_and_root_do() {
+    let f = Fixture::new();
+    let mut d = Daemon::start(&f);
+    let wt = f.dir.join("base/a");
+    let out = d.ctl_as(REQUESTER, &["launch", "--worktree", wt.to_str().unwrap(), "--", bin(), "__probe", "serve", "{port}"]);
+    let l: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    let port = l["port"].as_u64().unwrap() as u16;
+    assert!(bytes_back_as(REQUESTER, port, &format!("/from-{REQUESTER}")) > 0, "the requester is answered");
+    assert!(bytes_back_as(0, port, "/from-0") > 0, "root is answered");
+    assert_eq!(bytes_back_as(STRANGER, port, &format!("/from-{STRANGER}")), 0, "another local user gets no byte back");
+    let denied = d.audit_events("ingress_denied");
+    assert!(denied.iter().any(|e| e["id"] == l["id"] && e["uid"] == STRANGER && e["port"] == port), "{denied:?}");
+    assert!(metric(&d.scrape(), "swarmcell_broker_refused_total{reason=\"uid\"}") >= 1.0);
+    let log = ok(&d.ctl(&["logs", l["id"].as_str().unwrap()]));
+    assert!(log.contains(&format!("GET /from-{REQUESTER}")) && !log.contains(&format!("from-{STRANGER}")), "{log}");
+    d.stop();
+    assert_no_sandbox_left();
+}
+
+#[test]
+fn a_redirecting_health_answer_fails_a_daemon_launch_and_the_target_receives_nothing() {
+    let f = Fixture::new();
+    let d = Daemon::start_with(&f, "[health]\ntimeout = \"2s\"\n", "");
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    target.set_nonblocking(true).unwrap();
+    let url = format!("http://127.0.0.1:{}/exfil?data=stolen", target.local_addr().unwrap().port());
+    let wt = f.dir.join("base/a");
+    let out = d.ctl(&["launch", "--worktree", wt.to_str().unwrap(), "--", bin(), "__probe", "redirect", "{port}", &url]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    let contacted = target.accept();
+    assert!(contacted.is_err(), "the redirect target was contacted: {contacted:?}");
+    assert!(d.list().is_empty());
+}
+
+/// Control characters a terminal would act on.
+fn has_raw_controls(text: &str) -> bool {
+    text.chars().any(|c| c.is_control() && c != '\n' && c != '\t')
+}
+
+#[test]
+fn a_payload_cannot_forge_audit_fields_or_reach_the_operators_terminal() {
+    let f = Fixture::new();
+    let d = Daemon::start(&f);
+    let wt = f.dir.join("base/a");
+    // It prints a forged `swarmcell:` error line with escape sequences, then fails.
+    let out = d.ctl(&["launch", "--worktree", wt.to_str().unwrap(), "--", bin(), "__probe", "hostile-output", "exit"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(!has_raw_controls(&stderr(&out)) && !stderr(&out).contains("forged"), "ctl printed the payload's text: {:?}", stderr(&out));
+    let audit = std::fs::read_to_string(&d.audit).unwrap();
+    assert!(!audit.contains("forged") && !audit.contains("pwned"), "the payload wrote into the audit log:\n{audit}");
+    let failed = d.audit_events("sandbox_launch");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0]["error"].as_str().unwrap().contains("exit 3"), "{failed:?}");
+    // A running one: its log reaches the operator's terminal escaped, unless --raw.
+    let l = d.launch_cmd("b", &[bin(), "__probe", "hostile-output", "{port}"]);
+    let id = l["id"].as_str().unwrap();
+    let shown = stdout(&d.ctl(&["logs", id]));
+    assert!(shown.contains("swarmcell: sandbox forged") && !has_raw_controls(&shown), "{shown:?}");
+    assert!(shown.contains("\\x1b]0;pwned\\x07"), "{shown:?}");
+    for args in [vec!["list"], vec!["list", "--json"], vec!["inspect", id]] {
+        assert!(!has_raw_controls(&stdout(&d.ctl(&args))), "{args:?}");
+    }
+    let raw = stdout(&d.ctl(&["logs", "--raw", id]));
+    assert!(raw.contains("\x1b]0;pwned\x07"), "{raw:?}");
+    let audit = std::fs::read_to_string(&d.audit).unwrap();
+    assert!(!audit.contains("forged") && !audit.contains("pwned"), "{audit}");
+}
+
+#[test]
+fn a_sandbox_stuck_in_starting_is_killed_after_its_deadline_and_audited() {
+    let f = Fixture::new();
+    let d = Daemon::start_with(&f, "[health]\ntimeout = \"1s\"\n", "");
+    let wt = f.dir.join("base/a");
+    let start = Instant::now();
+    let launch = {
+        let (bin, socket, wt) = (bin().to_string(), d.socket.clone(), wt.clone());
+        std::thread::spawn(move || {
+            Command::new(&bin)
+                .arg("ctl")
+                .arg("--socket")
+                .arg(&socket)
+                // (Never healthy: it answers every request with a redirect.)
+                .args(["launch", "--worktree", wt.to_str().unwrap(), "--", &bin, "__probe", "redirect", "{port}", "http://127.0.0.1:1/"])
+                .output()
+                .unwrap()
+        })
+    };
+    // Its launcher hangs (stopped) before it reports ready.
+    wait_until("the launcher", || d.records().first().is_some_and(|r| r["launcher"]["pid"].is_number()));
+    let launcher = d.records()[0]["launcher"]["pid"].as_i64().unwrap() as i32;
+    // SAFETY: stopping the launcher the daemon started for this test.
+    unsafe { libc::kill(launcher, libc::SIGSTOP) };
+    let mut waited = 0;
+    while !launch.is_finished() {
+        assert!(waited < 400, "the launch is still waiting after 40 s");
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    let out = launch.join().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not healthy within"), "{}", stderr(&out));
+    assert!(start.elapsed() < Duration::from_secs(30), "{:?}", start.elapsed());
+    let timeouts = d.audit_events("start_timeout");
+    assert_eq!(timeouts.len(), 1, "{timeouts:?}");
+    assert!(!std::path::Path::new(&format!("/proc/{launcher}")).exists(), "the stuck launcher was killed");
+    assert!(d.list().is_empty());
+    assert_no_sandbox_left();
+}
+
+#[test]
+fn every_egress_decision_of_a_daemon_sandbox_is_an_audit_event_with_its_id() {
+    let f = Fixture::new();
+    let mut d = Daemon::start(&f);
+    let l = d.launch_cmd("a", &[bin(), "__probe", "egress-then-serve", "{port}", "unlisted.test.invalid:443"]);
+    wait_until("the egress event", || d.audit_events("egress").iter().any(|e| e["id"] == l["id"]));
+    let events = d.audit_events("egress");
+    let e = events.iter().find(|e| e["id"] == l["id"]).unwrap();
+    assert_eq!(
+        (&e["host"], &e["port"], &e["allowed"], &e["outcome"]),
+        (&"unlisted.test.invalid".into(), &443.into(), &false.into(), &"denied".into()),
+        "{e}"
+    );
+    assert!(e["reason"].as_str().unwrap().contains("is not on the egress allowlist"), "{e}");
+    d.stop();
+    assert_no_sandbox_left();
 }

@@ -18,35 +18,54 @@ fn opencode_serves_health_inside_the_default_sandbox() {
     let f = Fixture::new();
     let probe = bin();
     let script = format!(
-        "grep -E '^Seccomp:' /proc/self/status; \
+        "grep -E '^Seccomp:' /proc/self/status; [ ${{#OPENCODE_SERVER_PASSWORD}} -ge 32 ] && echo has-a-secret; \
          opencode serve --hostname 127.0.0.1 --port 4096 >/tmp/opencode.log 2>&1 & \
-         for i in $(seq 1 120); do {probe} __probe http-get 127.0.0.1:4096/global/health && break; sleep 0.25; done; \
+         for i in $(seq 1 120); do PROBE_PASSWORD=$OPENCODE_SERVER_PASSWORD {probe} __probe http-get 127.0.0.1:4096/global/health && break; sleep 0.25; done; \
+         {probe} __probe http-get 127.0.0.1:4096/global/health; \
          kill $!; wait; ls -a /tmp/home"
     );
     let out = f.sh(&["--ro", &bin_dir()], &script);
     let text = stdout(&out);
-    assert!(text.contains("Seccomp:\t2"), "{text}");
+    assert!(text.contains("Seccomp:\t2") && text.contains("has-a-secret"), "{text}");
+    assert!(text.contains("BROKEN HTTP/1.1 401"), "without the secret OpenCode refuses: {text}");
     let ok_line = text.lines().find(|l| l.contains(" ok HTTP/1.1 200")).unwrap_or_else(|| panic!("no healthy answer:\n{text}\n{}", stderr(&out)));
     assert!(ok_line.contains("\"healthy\":true"), "{ok_line}");
     // OpenCode's own state went to the sandbox's private HOME, not the host's.
     assert!(text.contains(".local") || text.contains(".config") || text.contains(".cache"), "{text}");
 }
 
-/// One HTTP request to 127.0.0.1:PORT with reqwest; (status, body).
-fn http(port: u16, method: &str, path_and_query: &str, body: &str) -> (u16, String) {
+/// One HTTP request to 127.0.0.1:PORT with reqwest, with the sandbox's secret
+/// as basic auth (OpenCode's user name) when given; (status, body).
+fn http_auth(port: u16, secret: Option<&str>, method: &str, path_and_query: &str, body: &str) -> (u16, String) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let client = reqwest::Client::builder().no_proxy().timeout(std::time::Duration::from_secs(20)).build().unwrap();
         let url = format!("http://127.0.0.1:{port}{path_and_query}");
-        let req = match method {
+        let mut req = match method {
             "POST" => client.post(url).header("content-type", "application/json").body(body.to_string()),
             _ => client.get(url),
         };
+        if let Some(secret) = secret {
+            req = req.header("authorization", swarmcell::health::basic_auth("opencode", secret));
+        }
         let resp = req.send().await.unwrap_or_else(|e| panic!("{method} {path_and_query}: {e}"));
         let status = resp.status().as_u16();
         (status, resp.text().await.unwrap_or_default())
     })
 }
+
+/// A sandbox's host port and secret, from its ready line.
+struct Agent {
+    port: u16,
+    secret: String,
+}
+
+fn http(a: &Agent, method: &str, path_and_query: &str, body: &str) -> (u16, String) {
+    http_auth(a.port, Some(&a.secret), method, path_and_query, body)
+}
+
+/// A local user who is neither root nor the worktree's owner.
+const STRANGER: u32 = 1001;
 
 fn q(s: &str) -> String {
     s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
@@ -103,18 +122,27 @@ fn two_agents_run_isolated_opencode_servers_in_their_worktrees() {
             assert!(start.elapsed() < std::time::Duration::from_secs(70), "agent {id} never became healthy: {log}");
             std::thread::sleep(std::time::Duration::from_millis(50));
         };
-        ports.push((*id, info["port"].as_u64().unwrap() as u16));
+        let secret = info["secret"].as_str().unwrap_or_else(|| panic!("no secret in the ready line {info}")).to_string();
+        ports.push((*id, Agent { port: info["port"].as_u64().unwrap() as u16, secret }));
     }
+    assert_ne!(ports[0].1.secret, ports[1].1.secret, "one secret per sandbox");
 
-    for (id, port) in &ports {
+    for (id, agent) in &ports {
         let other = if *id == "a" { "b" } else { "a" };
-        let (status, session) = http(*port, "POST", "/session", "{}");
+        // Without the secret (or with the other agent's) OpenCode answers nothing but 401.
+        let (status, _) = http_auth(agent.port, None, "GET", "/global/health", "");
+        assert_eq!(status, 401, "{id} without the secret");
+        let theirs = &ports.iter().find(|(o, _)| *o == other).unwrap().1.secret;
+        assert_eq!(http_auth(agent.port, Some(theirs), "GET", "/file/content?path=a.txt", "").0, 401, "{id} with the other's secret");
+        // Another local user gets nothing through the port at all.
+        assert_eq!(bytes_back_as(STRANGER, agent.port, "/global/health"), 0, "{id}: a stranger got an answer");
+        let (status, session) = http(agent, "POST", "/session", "{}");
         assert_eq!(status, 200, "POST /session for {id}: {session}");
         let session: serde_json::Value = serde_json::from_str(&session).unwrap_or_else(|e| panic!("{e}: {session}"));
         assert!(session["id"].as_str().unwrap().starts_with("ses"), "{session}");
         assert_eq!(session["directory"].as_str().unwrap(), base.join(id).to_str().unwrap());
         // Its own file, through OpenCode's file API.
-        let (status, body) = http(*port, "GET", &format!("/file/content?path={id}.txt"), "");
+        let (status, body) = http(agent, "GET", &format!("/file/content?path={id}.txt"), "");
         assert_eq!(status, 200, "{body}");
         assert!(body.contains(&format!("secret of agent {id}")), "{body}");
         // The other agent's file: by absolute path, and by pointing the API at its worktree.
@@ -125,7 +153,7 @@ fn two_agents_run_isolated_opencode_servers_in_their_worktrees() {
             format!("/file/content?path={}", q(host_file.to_str().unwrap())),
             format!("/file/content?directory={}&path=host-secret.txt", q(f.dir.to_str().unwrap())),
         ] {
-            let (_, body) = http(*port, "GET", &path, "");
+            let (_, body) = http(agent, "GET", &path, "");
             assert!(!body.contains("secret of agent") && !body.contains("host secret"), "{id} read through {path}: {body}");
         }
     }
@@ -140,8 +168,61 @@ fn two_agents_run_isolated_opencode_servers_in_their_worktrees() {
     assert_no_sandbox_left();
     assert_eq!(std::fs::read_to_string("/proc/self/mountinfo").unwrap(), mounts_before, "host mounts changed");
     assert_eq!(host_opencode_state(), state_before, "OpenCode wrote into the host's HOME");
-    for (_, port) in &ports {
-        assert!(std::net::TcpStream::connect(("127.0.0.1", *port)).is_err(), "port {port} still answers");
+    for (_, agent) in &ports {
+        assert!(std::net::TcpStream::connect(("127.0.0.1", agent.port)).is_err(), "port {} still answers", agent.port);
     }
     ok(&std::process::Command::new(bin()).args(["worktree", "prune", "--base"]).arg(&base).output().unwrap());
+}
+
+#[test]
+fn opencode_through_the_daemon_wants_its_secret_and_refuses_other_users() {
+    use std::os::unix::fs::PermissionsExt;
+    require_opencode();
+    let f = Fixture::new();
+    let base = f.dir.join("base");
+    make_owned_dir(&base.join("a"), OWNER, OWNER);
+    std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = f.dir.join("ctl.sock");
+    let audit = f.dir.join("audit.log");
+    let config = f.dir.join("daemon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "socket = {socket:?}\nallowed_uids = [0]\nworktree_base = {base:?}\ncommands = [\"opencode\"]\naudit_log = {audit:?}\nmetrics = \"\"\nstate_dir = {:?}\nlog_dir = {:?}\n",
+            f.dir.join("state"),
+            f.dir.join("logs")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let log = std::fs::File::create(f.dir.join("daemon.log")).unwrap();
+    let daemon = std::process::Command::new(bin()).arg("daemon").arg("--config").arg(&config).stderr(log).spawn().unwrap();
+    let mut daemon = Launcher(daemon);
+    let ctl = |args: &[&str]| std::process::Command::new(bin()).arg("ctl").arg("--socket").arg(&socket).args(args).output().unwrap();
+    let start = std::time::Instant::now();
+    while !ctl(&["list"]).status.success() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(5), "{}", std::fs::read_to_string(f.dir.join("daemon.log")).unwrap_or_default());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The default policy's command: opencode serve, with a fresh secret.
+    let out = ctl(&["launch", "--worktree", base.join("a").to_str().unwrap()]);
+    let l: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    let agent = Agent { port: l["port"].as_u64().unwrap() as u16, secret: l["secret"].as_str().expect("a secret for the requester").to_string() };
+    assert_eq!(http(&agent, "GET", "/global/health", "").0, 200);
+    assert_eq!(http_auth(agent.port, None, "GET", "/global/health", "").0, 401);
+    assert_eq!(bytes_back_as(STRANGER, agent.port, "/global/health"), 0);
+    // The secret stays out of listings, logs and the audit log; the record keeps it, 0600.
+    let listed = stdout(&ctl(&["list", "--json"]));
+    let audit_text = std::fs::read_to_string(&audit).unwrap();
+    let daemon_log = std::fs::read_to_string(f.dir.join("daemon.log")).unwrap();
+    for (what, text) in [("list", &listed), ("audit log", &audit_text), ("daemon log", &daemon_log)] {
+        assert!(!text.contains(&agent.secret), "the secret is in the {what}");
+    }
+    assert!(audit_text.contains("\"event\":\"ingress_denied\""), "{audit_text}");
+    let record = std::fs::read_dir(f.dir.join("state/records")).unwrap().flatten().next().unwrap().path();
+    assert_eq!(std::fs::metadata(&record).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&record).unwrap().contains(&agent.secret));
+    daemon.sigterm();
+    daemon.wait();
+    assert_no_sandbox_left();
 }

@@ -42,6 +42,10 @@ fn verify_reports_no_escape_with_at_least_forty_checks() {
         assert!(c["name"].is_string() && c["detail"].is_string());
     }
     assert!(r["kernel"]["landlock_abi"].is_number() && r["kernel"]["cgroups"].is_string() && r["kernel"]["seccomp"].is_string());
+    // The host-facing side: another local user on the port, a redirecting health answer.
+    assert_eq!(status(&r, "reach the sandbox's port as another local user"), "blocked");
+    assert_eq!(status(&r, "root reaches the sandbox's port"), "ok");
+    assert_eq!(status(&r, "make the health check follow a redirect to the host"), "blocked");
 }
 
 #[test]

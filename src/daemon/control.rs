@@ -106,8 +106,19 @@ impl Daemon {
                         break id;
                     }
                 };
-                let rec =
-                    Record { id: id.clone(), agent, task, worktree: wt, argv, policy: policy_path, uid, port: None, restarts: 0, launcher: None };
+                let rec = Record {
+                    id: id.clone(),
+                    agent,
+                    task,
+                    worktree: wt,
+                    argv,
+                    policy: policy_path,
+                    uid,
+                    port: None,
+                    restarts: 0,
+                    launcher: None,
+                    secret: None,
+                };
                 match self.add(rec, &policy, Some(cid)) {
                     Ok(()) => {
                         if let Some(c) = self.clients.get_mut(&cid) {

@@ -12,12 +12,22 @@ impl Daemon {
         for name in policy.process.env.iter().filter(|n| std::env::var_os(n).is_some()) {
             self.audit.event("secret_access", json!({ "id": rec.id, "agent": rec.agent, "name": name, "uid": rec.uid, "outcome": "passed" }));
         }
+        // A per-sandbox secret when the policy asks for one; kept in the record
+        // (0600) so that a restart or a recovery keeps the requester's access.
+        match (&policy.process.server_password_env, &rec.secret) {
+            (Some(name), None) => {
+                rec.secret = Some(crate::launch::parent::new_secret().map_err(|e| e.to_string())?);
+                self.audit.event("secret_access", json!({ "id": rec.id, "agent": rec.agent, "name": name, "uid": rec.uid, "outcome": "generated" }));
+            }
+            (None, Some(_)) => rec.secret = None,
+            _ => {}
+        }
         let (broker, broker_fd) = crate::broker_stats::SharedCounters::create().map_err(|e| format!("broker counters: {e}"))?;
         let key = self.conn_id();
         let log =
             LogSink::new(&self.poller, token(LOG, key), self.cfg.log_dir.join(format!("{}.log", rec.id)), self.cfg.log_max.0.unwrap_or(u64::MAX))
                 .map_err(|e| format!("sandbox log in {}: {e}", self.cfg.log_dir.display()))?;
-        let (child, ready) = match self.spawn(&rec, &log, &broker_fd, key) {
+        let (child, ready, events) = match self.spawn(&rec, &log, &broker_fd, key) {
             Ok(s) => s,
             Err(e) => {
                 log.remove();
@@ -37,7 +47,15 @@ impl Daemon {
         }
         self.counters.launches += 1;
         let now = Instant::now();
-        let health = HealthSpec { interval: policy.health.interval.0, failures: policy.health.failures, path: policy.health.path.clone() };
+        let inner_port = policy.network.inner_port;
+        let auth = rec.secret.as_deref().map(|s| (policy.health.auth_user.as_str(), s));
+        let health = HealthSpec {
+            interval: policy.health.interval.0,
+            failures: policy.health.failures,
+            request: crate::health::request(&policy.health.path, inner_port, auth),
+            inner_port,
+            start_deadline: policy.health.timeout.0 + START_MARGIN,
+        };
         self.by_key.insert(key, rec.id.clone());
         self.sandboxes.insert(
             rec.id.clone(),
@@ -48,6 +66,9 @@ impl Daemon {
                 health,
                 child,
                 ready: Some(ready),
+                events: Some(events),
+                start_error: None,
+                netns: None,
                 waiting,
                 info: Value::Null,
                 state: State::Starting,
@@ -67,21 +88,48 @@ impl Daemon {
         Ok(())
     }
 
-    /// `swarmcell run --port auto --ready-fd 3 --stats-fd 4 ...` for one sandbox,
-    /// asking for its previous port again when it had one.
-    pub(super) fn spawn(&self, rec: &Record, log: &LogSink, broker_fd: &OwnedFd, key: u64) -> Result<(Child, Watched<std::fs::File>), String> {
+    /// `swarmcell run --port auto --ready-fd 3 --stats-fd 4 --events-fd 5
+    /// [--secret-fd 6] --allow-uid REQUESTER ...` for one sandbox, asking for
+    /// its previous port again when it had one.
+    pub(super) fn spawn(
+        &self,
+        rec: &Record,
+        log: &LogSink,
+        broker_fd: &OwnedFd,
+        key: u64,
+    ) -> Result<(Child, Watched<std::fs::File>, launcher_events::EventPipe), String> {
         let (r, w) = std::io::pipe().map_err(|e| format!("ready pipe: {e}"))?;
         crate::sys::set_nonblocking(r.as_raw_fd()).map_err(|e| format!("ready pipe: {e}"))?;
         let r = Watched::new(&self.poller, std::fs::File::from(OwnedFd::from(r)), IN, token(READY, key)).map_err(|e| format!("epoll: {e}"))?;
-        // Above 4, so that installing fds 3 and 4 in the child cannot overwrite either.
+        let (events, events_w) = launcher_events::EventPipe::new(&self.poller, token(EVENTS, key)).map_err(|e| format!("events pipe: {e}"))?;
+        // The secret goes through a pipe (an argument would be world-readable
+        // in /proc/PID/cmdline); it is far smaller than a pipe's buffer.
+        let secret = match &rec.secret {
+            Some(secret) => {
+                let (sr, sw) = std::io::pipe().map_err(|e| format!("secret pipe: {e}"))?;
+                (&sw).write_all(secret.as_bytes()).map_err(|e| format!("secret pipe: {e}"))?;
+                Some(crate::sys::dup_at_least(sr.as_raw_fd(), 10).map_err(|e| e.to_string())?)
+            }
+            None => None,
+        };
+        // Above 6, so that installing fds 3 to 6 in the child cannot overwrite any.
         let w = crate::sys::dup_at_least(w.as_raw_fd(), 10).map_err(|e| e.to_string())?;
         let stats = crate::sys::dup_at_least(broker_fd.as_raw_fd(), 10).map_err(|e| e.to_string())?;
-        let (wfd, sfd) = (w.as_raw_fd(), stats.as_raw_fd());
+        let events_w = crate::sys::dup_at_least(events_w.as_raw_fd(), 10).map_err(|e| e.to_string())?;
+        let (wfd, sfd, efd) = (w.as_raw_fd(), stats.as_raw_fd(), events_w.as_raw_fd());
+        let secret_fd = secret.as_ref().map_or(-1, |f| f.as_raw_fd());
         let out = |what| log.writer.try_clone().map_err(|e| format!("sandbox log {what}: {e}"));
         let mut c = Command::new(&self.exe);
         // --no-gc: a burst of launches would each sweep every lease and cgroup
         // (quadratic); the daemon sweeps at start and after a launcher is killed.
-        c.args(["run", "--no-gc", "--port", "auto", "--ready-fd", "3", "--stats-fd", "4", "--worktree"]).arg(&rec.worktree);
+        c.args(["run", "--no-gc", "--port", "auto", "--ready-fd", "3", "--stats-fd", "4", "--events-fd", "5", "--worktree"]).arg(&rec.worktree);
+        if secret.is_some() {
+            c.args(["--secret-fd", "6"]);
+        }
+        // Who may connect: root and the worktree's owner (always), the requester.
+        if rec.uid != 0 {
+            c.args(["--allow-uid", &rec.uid.to_string()]);
+        }
         if let Some(p) = rec.port {
             c.args(["--prefer-port", &p.to_string()]);
         }
@@ -100,6 +148,10 @@ impl Daemon {
             c.pre_exec(move || {
                 crate::sys::install_fd_for_exec(wfd, 3)?;
                 crate::sys::install_fd_for_exec(sfd, 4)?;
+                crate::sys::install_fd_for_exec(efd, 5)?;
+                if secret_fd >= 0 {
+                    crate::sys::install_fd_for_exec(secret_fd, 6)?;
+                }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -110,7 +162,49 @@ impl Daemon {
             });
         }
         let child = c.spawn().map_err(|e| format!("starting swarmcell run: {e}"))?;
-        Ok((child, r))
+        Ok((child, r, events))
+    }
+
+    /// Events from a sandbox's launcher: each an audit event with the sandbox's
+    /// id; a start failure is kept for the launch's answer. Payload-chosen text
+    /// in them (host names, errors quoting the command) is escaped.
+    pub(super) fn on_events(&mut self, id: &str) {
+        let Some(e) = self.sandboxes.get_mut(id) else { return };
+        let Some(pipe) = e.events.as_mut() else { return };
+        let (agent, uid) = (e.rec.agent.clone(), e.rec.uid);
+        for event in pipe.drain() {
+            use crate::launch::events::Event;
+            use crate::sanitize::line;
+            let fields = match event {
+                Ok(Event::StartFailed { error }) => {
+                    if let Some(e) = self.sandboxes.get_mut(id) {
+                        e.start_error = Some(line(&error));
+                    }
+                    continue;
+                }
+                Ok(Event::Egress { host, port, allowed, reason, address }) => (
+                    "egress",
+                    json!({ "id": id, "agent": agent, "host": line(&host), "port": port, "allowed": allowed,
+                            "reason": reason.as_deref().map(line), "address": address.as_deref().map(line),
+                            "outcome": if allowed { "allowed" } else { "denied" } }),
+                ),
+                Ok(Event::IngressDenied { uid: peer, port }) => {
+                    ("ingress_denied", json!({ "id": id, "agent": agent, "uid": peer, "port": port, "outcome": "refused" }))
+                }
+                Ok(Event::GitPublish { branch, old, new }) => (
+                    "git_publish",
+                    json!({ "id": id, "agent": agent, "uid": uid, "branch": line(&branch), "old": line(&old), "new": line(&new), "outcome": "published" }),
+                ),
+                Ok(Event::DiskLimit { outcome, detail }) => {
+                    ("disk_limit", json!({ "id": id, "agent": agent, "uid": uid, "detail": line(&detail), "outcome": line(&outcome) }))
+                }
+                Err(why) => {
+                    tracing::error!(id, error = %why, "a launcher sent a bad event");
+                    continue;
+                }
+            };
+            self.audit.event(fields.0, fields.1);
+        }
     }
 
     pub(super) fn on_ready(&mut self, id: &str) {
@@ -125,12 +219,24 @@ impl Daemon {
         };
         e.ready = None;
         let restart = e.rec.restarts > 0;
-        let info = match serde_json::from_slice::<Value>(line[..n].trim_ascii()) {
+        let mut info = match serde_json::from_slice::<Value>(line[..n].trim_ascii()) {
             Ok(info) if n > 0 => info,
             _ => return self.start_failed(id),
         };
+        // The secret goes to the requester only (from the record), never into listings.
+        if let Some(o) = info.as_object_mut() {
+            o.remove("secret");
+        }
         self.counters.observe_launch(e.started.elapsed().as_secs_f64());
         e.rec.port = info["port"].as_u64().and_then(|p| u16::try_from(p).ok());
+        // Health checks are made in the sandbox's own network namespace.
+        e.netns = info["pid"].as_i64().and_then(|p| i32::try_from(p).ok()).and_then(|init| match sandbox_netns(init, e.child.id() as i32) {
+            Ok(ns) => Some(ns),
+            Err(err) => {
+                tracing::error!(id, error = %err, "cannot open the sandbox's network namespace; its health checks will fail");
+                None
+            }
+        });
         e.info = info;
         e.state = State::Running;
         e.failures = 0;
@@ -138,9 +244,13 @@ impl Daemon {
         // Its SIGCHLD may have been read while it was still starting.
         self.reap_due = true;
         e.next_health = Instant::now() + e.health.interval;
-        let out = json!({ "ok": true, "id": id, "port": e.info["port"], "pid": e.info["pid"], "sandbox": e.info["id"] });
+        // Only the requester's answer carries the secret (never the audit event).
+        let mut out = json!({ "ok": true, "id": id, "port": e.info["port"], "pid": e.info["pid"], "sandbox": e.info["id"] });
         let fields = json!({ "id": id, "agent": e.rec.agent, "uid": e.rec.uid, "worktree": e.rec.worktree, "port": out["port"],
                              "sandbox": out["sandbox"], "outcome": "ready" });
+        if let Some(secret) = &e.rec.secret {
+            out["secret"] = json!(secret);
+        }
         let (waiting, rec) = (e.waiting.take(), e.rec.clone());
         if let Err(err) = records::save(&self.cfg.state_dir, &rec) {
             tracing::error!(id, error = %err, "could not update the sandbox record");
@@ -162,10 +272,16 @@ impl Daemon {
         let Some(e) = self.sandboxes.get_mut(id) else { return };
         let status = describe(status);
         e.log.drain();
-        let tail = e.log.tail(4096);
-        let reason = String::from_utf8_lossy(&tail).lines().rev().find(|l| l.starts_with("swarmcell:")).unwrap_or("").to_string();
+        // Why: from the launcher's own events channel (now at its end), never
+        // from the output it shares with the payload.
+        self.on_events(id);
+        let Some(e) = self.sandboxes.get_mut(id) else { return };
+        e.events = None;
         e.failed_starts += 1;
-        let error = format!("sandbox failed to start ({status}): {reason}");
+        let error = match e.start_error.take() {
+            Some(reason) => format!("sandbox failed to start (launcher {status}): {reason}"),
+            None => format!("sandbox failed to start (launcher {status})"),
+        };
         let fields = json!({ "id": id, "agent": e.rec.agent, "uid": e.rec.uid, "outcome": "failed", "error": error });
         if let Some(cid) = e.waiting.take() {
             self.audit.event("sandbox_launch", fields);
@@ -173,6 +289,31 @@ impl Daemon {
             return self.remove(id, false);
         }
         self.audit.event("sandbox_restart", fields);
+        self.schedule_restart(id);
+    }
+
+    /// A launcher still starting at its deadline (the health timeout plus a
+    /// margin: it hangs, or its host is overloaded): killed, audited, and then
+    /// like any failed start (the launch fails, or a restart is tried later).
+    pub(super) fn start_timeout(&mut self, id: &str) {
+        let Some(e) = self.sandboxes.get_mut(id) else { return };
+        let after = e.health.start_deadline;
+        let status = wait_with_timeout(&mut e.child, Duration::ZERO);
+        self.stale_due = true;
+        e.ready = None;
+        e.events = None;
+        e.failed_starts += 1;
+        let error =
+            format!("sandbox {id}: not healthy within {} (start deadline); its launcher was killed", crate::policy::units::HumanDuration(after));
+        let outcome = if e.waiting.is_some() { "failed" } else { "restart" };
+        self.audit.event(
+            "start_timeout",
+            json!({ "id": id, "agent": e.rec.agent, "uid": e.rec.uid, "deadline_s": after.as_secs_f64(), "launcher": describe(status), "outcome": outcome }),
+        );
+        if let Some(cid) = e.waiting.take() {
+            self.answer(cid, json!({ "ok": false, "error": error }));
+            return self.remove(id, false);
+        }
         self.schedule_restart(id);
     }
 
@@ -230,15 +371,25 @@ impl Daemon {
                         self.health_result(&id, false);
                     } else if e.probe.is_none() && now >= e.next_health {
                         e.next_health = now + e.health.interval;
-                        let port = e.info["port"].as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
                         self.counters.health_checks += 1;
-                        match Probe::start(&self.poller, token(PROBE, e.key), port, &e.health.path) {
+                        let started = match &e.netns {
+                            Some(ns) => Probe::start(
+                                &self.poller,
+                                token(PROBE, e.key),
+                                Some((ns, &self.home_netns)),
+                                e.health.inner_port,
+                                e.health.request.clone(),
+                            ),
+                            None => Err(std::io::Error::other("no network namespace")),
+                        };
+                        match started {
                             Ok(p) => e.probe = Some(p),
                             Err(_) => self.health_result(&id, false),
                         }
                     }
                 }
                 State::Restarting if e.restart_at.is_some_and(|t| now >= t) => self.restart(&id),
+                State::Starting if e.deadline().is_some_and(|t| now >= t) => self.start_timeout(&id),
                 State::Restarting | State::Starting => {}
             }
         }
@@ -278,10 +429,13 @@ impl Daemon {
             unsafe { libc::kill(e.child.id() as i32, libc::SIGTERM) };
         }
         e.ready = None;
+        e.netns = None;
         e.state = State::Stopping;
     }
 
     pub(super) fn schedule_restart(&mut self, id: &str) {
+        // The last events of the launcher that ended (its pipe goes with it).
+        self.on_events(id);
         let Some(e) = self.sandboxes.get_mut(id) else { return };
         let _ = e.child.try_wait();
         if !self.cfg.restart || e.failed_starts >= MAX_FAILED_STARTS {
@@ -296,6 +450,8 @@ impl Daemon {
         e.state = State::Restarting;
         e.after_exit = AfterExit::Remove;
         e.ready = None;
+        e.events = None;
+        e.netns = None;
         e.stop_deadline = None;
         e.restart_at = Some(Instant::now() + delay);
     }
@@ -303,11 +459,13 @@ impl Daemon {
     pub(super) fn restart(&mut self, id: &str) {
         let Some(e) = self.sandboxes.get(id) else { return };
         match self.spawn(&e.rec, &e.log, &e.broker_fd, e.key) {
-            Ok((child, ready)) => {
+            Ok((child, ready, events)) => {
                 self.counters.restarts += 1;
                 let Some(e) = self.sandboxes.get_mut(id) else { return };
                 e.child = child;
                 e.ready = Some(ready);
+                e.events = Some(events);
+                e.start_error = None;
                 e.state = State::Starting;
                 e.rec.restarts += 1;
                 e.rec.launcher = records::Process::of(e.child.id() as i32);
@@ -331,6 +489,7 @@ impl Daemon {
     /// (kept in the totals) and, with `remove_log`, its log (a failed one's is
     /// kept for the post-mortem).
     pub(super) fn remove(&mut self, id: &str, remove_log: bool) {
+        self.on_events(id);
         let Some(mut e) = self.sandboxes.remove(id) else { return };
         self.by_key.remove(&e.key);
         records::remove(&self.cfg.state_dir, id);
@@ -402,4 +561,28 @@ pub(super) fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The network namespace of a sandbox whose init is `init`, checked to be the
+/// child of our launcher `launcher` (not yet reaped by us, so its pid is its
+/// own) and still alive after the open, so that a recycled pid is never entered.
+fn sandbox_netns(init: i32, launcher: i32) -> Result<crate::broker::Netns, String> {
+    // SAFETY: pidfd_open(2) with a pid and no flags; the result is a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, init, 0) };
+    if fd < 0 {
+        return Err(format!("pidfd_open({init}): {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh descriptor that we own from now on.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let ppid = records::proc_stat(init).and_then(|f| f.get(1).and_then(|p| p.parse::<i32>().ok()));
+    if ppid != Some(launcher) {
+        return Err(format!("pid {init} is not the sandbox init of launcher {launcher}"));
+    }
+    let ns = crate::broker::Netns::of_pid(init).map_err(|e| format!("/proc/{init}/ns/net: {e}"))?;
+    let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd; a pidfd is readable once its process has exited.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
+        return Err(format!("sandbox init {init} exited"));
+    }
+    Ok(ns)
 }

@@ -25,6 +25,7 @@ pub struct Counters {
     pub gone_bytes_in: u64,
     pub gone_bytes_out: u64,
     pub gone_refused: u64,
+    pub gone_refused_uid: u64,
 }
 
 impl Counters {
@@ -44,6 +45,7 @@ impl Counters {
         self.gone_bytes_in += b.bytes_in.load(Ordering::Relaxed);
         self.gone_bytes_out += b.bytes_out.load(Ordering::Relaxed);
         self.gone_refused += b.refused.load(Ordering::Relaxed);
+        self.gone_refused_uid += b.refused_uid.load(Ordering::Relaxed);
     }
 }
 
@@ -86,8 +88,14 @@ pub fn render(c: &Counters, by_state: &[(&str, usize)], sandboxes: &[SandboxView
     let live = |f: fn(&BrokerCounters) -> u64| sandboxes.iter().map(|s| f(s.broker)).sum::<u64>();
     family(&mut o, "swarmcell_broker_connections_total", "counter", "Connections relayed by the brokers.");
     let _ = writeln!(o, "swarmcell_broker_connections_total {}", c.gone_connections + live(|b| b.connections.load(Ordering::Relaxed)));
-    family(&mut o, "swarmcell_broker_refused_total", "counter", "Connections closed at the brokers' connection limit.");
-    let _ = writeln!(o, "swarmcell_broker_refused_total {}", c.gone_refused + live(|b| b.refused.load(Ordering::Relaxed)));
+    family(
+        &mut o,
+        "swarmcell_broker_refused_total",
+        "counter",
+        "Connections closed by the brokers: at the connection limit, or from a uid that is not allowed.",
+    );
+    let _ = writeln!(o, "swarmcell_broker_refused_total{{reason=\"limit\"}} {}", c.gone_refused + live(|b| b.refused.load(Ordering::Relaxed)));
+    let _ = writeln!(o, "swarmcell_broker_refused_total{{reason=\"uid\"}} {}", c.gone_refused_uid + live(|b| b.refused_uid.load(Ordering::Relaxed)));
     family(&mut o, "swarmcell_broker_bytes_total", "counter", "Bytes relayed by the brokers (in: to the payloads).");
     let _ = writeln!(o, "swarmcell_broker_bytes_total{{direction=\"in\"}} {}", c.gone_bytes_in + live(|b| b.bytes_in.load(Ordering::Relaxed)));
     let _ = writeln!(o, "swarmcell_broker_bytes_total{{direction=\"out\"}} {}", c.gone_bytes_out + live(|b| b.bytes_out.load(Ordering::Relaxed)));

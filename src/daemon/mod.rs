@@ -17,14 +17,17 @@
 //!
 //! Here: the state, start-up, recovery and the loop. `control`: clients and
 //! scrapers; `lifecycle`: a sandbox from launch to removal; `records`: the
-//! on-disk state; `poller`, `conn`, `health_probe`, `log_sink`: the loop's
-//! non-blocking parts; `audit`, `metrics`, `protocol`, `config`.
+//! on-disk state; `poller`, `conn`, `health_probe`, `log_sink`,
+//! `launcher_events` (each launcher's own events channel, the only source of
+//! its audit events): the loop's non-blocking parts; `audit`, `metrics`,
+//! `protocol`, `config`.
 
 pub mod audit;
 pub mod config;
 mod conn;
 mod control;
 pub mod health_probe;
+mod launcher_events;
 mod lifecycle;
 mod log_sink;
 pub mod metrics;
@@ -74,7 +77,12 @@ enum AfterExit {
 struct HealthSpec {
     interval: Duration,
     failures: u32,
-    path: String,
+    /// The request (path, and the sandbox's secret as basic auth), built once.
+    request: std::sync::Arc<[u8]>,
+    /// The payload's port inside the sandbox's network namespace.
+    inner_port: u16,
+    /// How long a start may take: the policy's health timeout plus [`START_MARGIN`].
+    start_deadline: Duration,
 }
 
 struct Entry {
@@ -85,6 +93,12 @@ struct Entry {
     child: Child,
     /// The launcher's ready line (non-blocking pipe), until it comes or the pipe closes.
     ready: Option<Watched<std::fs::File>>,
+    /// The launcher's events (its own channel, never the payload's output).
+    events: Option<launcher_events::EventPipe>,
+    /// Why the current launcher failed, as it reported on its events channel.
+    start_error: Option<String>,
+    /// The sandbox's network namespace while it runs (health checks are made there).
+    netns: Option<crate::broker::Netns>,
     /// The client waiting for this launch or stop.
     waiting: Option<u64>,
     info: Value,
@@ -110,13 +124,14 @@ struct Entry {
 
 impl Entry {
     /// When the loop must next act on this sandbox by itself: a health check
-    /// (or the one in flight running out), a restart, or a stop running out.
+    /// (or the one in flight running out), a restart, a stop running out, or
+    /// a start that never became healthy. Every state has one.
     fn deadline(&self) -> Option<Instant> {
         match self.state {
             State::Running => Some(self.probe.as_ref().map_or(self.next_health, |p| p.deadline)),
             State::Restarting => self.restart_at,
             State::Stopping => self.stop_deadline,
-            State::Starting => None,
+            State::Starting => Some(self.started + self.health.start_deadline),
         }
     }
 }
@@ -124,6 +139,9 @@ impl Entry {
 /// How long a stopping sandbox gets before its launcher is killed (its own
 /// --stop-timeout, 5 s, is inside this).
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// A starting sandbox gets its policy's health timeout plus this (for the
+/// launcher's own set-up on a busy host) before its launcher is killed.
+const START_MARGIN: Duration = Duration::from_secs(10);
 /// Starts in a row that may fail before a sandbox is given up.
 const MAX_FAILED_STARTS: u32 = 5;
 /// Most control clients and metrics scrapers being read or answered at once
@@ -142,6 +160,7 @@ const LOG: u64 = 2 << 56;
 const PROBE: u64 = 3 << 56;
 const CLIENT: u64 = 4 << 56;
 const SCRAPER: u64 = 5 << 56;
+const EVENTS: u64 = 6 << 56;
 const KEY: u64 = (1 << 56) - 1;
 
 fn token(kind: u64, key: u64) -> u64 {
@@ -172,6 +191,9 @@ pub struct Daemon {
     /// A launcher was killed: sweep stale cgroups and leases (the launchers
     /// the daemon starts do not sweep at every start, see `spawn`).
     stale_due: bool,
+    /// The daemon's own network namespace, to come back to after creating a
+    /// health check's socket in a sandbox's.
+    home_netns: crate::broker::Netns,
 }
 
 impl Daemon {
@@ -188,6 +210,7 @@ impl Daemon {
         crate::lease::ensure_private_dir(&cfg.log_dir).map_err(|e| e.to_string())?;
         let mut audit = Audit::open(&cfg.audit_log)?;
         let poller = Poller::new().map_err(|e| format!("epoll: {e}"))?;
+        let home_netns = crate::broker::Netns::current().map_err(|e| format!("the daemon's network namespace: {e}"))?;
         let listener = bind_control_socket(&cfg)?;
         let metrics = if cfg.metrics.is_empty() {
             None
@@ -213,6 +236,7 @@ impl Daemon {
             _instance: instance,
             reap_due: false,
             stale_due: false,
+            home_netns,
             cfg,
         };
         d.recover();
@@ -326,6 +350,7 @@ impl Daemon {
                                     e.log.drain();
                                 }
                             }
+                            EVENTS => self.on_events(&id),
                             PROBE => {
                                 let result = self.sandboxes.get_mut(&id).and_then(|e| e.probe.as_mut()).and_then(Probe::advance);
                                 if let Some(ok) = result {

@@ -3,7 +3,7 @@
 //! so a crash leaves the old record or the new one, never half of one).
 //!
 //! A record holds what is needed to launch the sandbox again (agent, task,
-//! worktree, argv, the requesting uid, its port) and which launcher process runs
+//! worktree, argv, the requesting uid, its port, its secret) and which launcher process runs
 //! it (pid and start time, so that a reused pid is never mistaken for it). After
 //! a crash the next daemon reads them back ([`load_all`]), ends launchers that
 //! are still alive ([`end_launchers`]) and relaunches or discards the sandboxes.
@@ -32,6 +32,10 @@ pub struct Record {
     pub restarts: u32,
     /// The `swarmcell run` process, while one runs.
     pub launcher: Option<Process>,
+    /// The sandbox's secret (policy `process.server_password_env`), kept for
+    /// its restarts; the file is 0600 and the value is never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
 /// A process, identified beyond its pid.
@@ -159,6 +163,7 @@ mod tests {
             port: Some(8000),
             restarts: 0,
             launcher,
+            secret: None,
         }
     }
 

@@ -371,8 +371,7 @@ impl DiskGuard {
                 if stopped.is_none()
                     && let Ok(Some(what)) = measure(&roots, &self.limits)
                 {
-                    let worktree = roots[0].0.display().to_string();
-                    tracing::warn!(event = "disk_limit", sandbox = %self.sandbox, worktree = %worktree, enforcement = "best-effort", outcome = "exited", "worktree {what} after the sandbox ended");
+                    crate::launch::events::emit(crate::launch::events::Event::DiskLimit { outcome: "exited".into(), detail: what });
                 }
                 stopped
             }
@@ -451,8 +450,7 @@ impl Monitor {
                     // Fail closed: a tree that cannot be measured is not under its limit.
                     Err((path, e)) => format!("cannot be measured ({path}: {e})", path = path.display()),
                 };
-                let worktree = roots[0].0.display().to_string();
-                tracing::warn!(event = "disk_limit", sandbox = %sandbox, worktree = %worktree, enforcement = "best-effort", outcome = "stopped", "worktree {what}; stopping the sandbox");
+                crate::launch::events::emit(crate::launch::events::Event::DiskLimit { outcome: "stopped".into(), detail: what.clone() });
                 if let Err(e) = pidfd.kill() {
                     tracing::warn!(sandbox = %sandbox, error = %e, "could not stop the sandbox");
                 }

@@ -10,6 +10,7 @@
 //! - [`channel`], [`spec`]: the typed messages between the two sides.
 
 pub mod channel;
+pub mod events;
 pub mod init;
 pub mod parent;
 pub mod payload;

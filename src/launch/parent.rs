@@ -68,6 +68,14 @@ pub struct RunRequest {
     pub extra_allow_addresses: Vec<std::net::IpAddr>,
     /// Fixed resolutions for the egress proxy (`--resolve NAME=IP`).
     pub resolve: std::collections::HashMap<String, std::net::IpAddr>,
+    /// Local uids that may connect to the host port besides root and the
+    /// worktree's owner (`--allow-uid`).
+    pub allow_uids: Vec<u32>,
+    /// No uid check on the host port (`--allow-any-uid`; needed by handoff).
+    pub allow_any_uid: bool,
+    /// The sandbox's secret, from a supervisor that keeps it across restarts
+    /// (`--secret-fd`); otherwise a new one is made when the policy asks.
+    pub secret_fd: Option<RawFd>,
 }
 
 impl RunRequest {
@@ -215,7 +223,7 @@ fn inside_ids(req: &RunRequest, wt: &Worktree) -> Result<(u32, u32), RunError> {
     Ok((uid, gid))
 }
 
-fn environment(policy: &Policy, id: &str, port: Option<u16>) -> Vec<(String, String)> {
+fn environment(policy: &Policy, id: &str, port: Option<u16>, secret: Option<&str>) -> Vec<(String, String)> {
     let clean = |v: String| (!v.is_empty() && v.len() < 256 && !v.chars().any(char::is_control)).then_some(v);
     let mut env = vec![
         ("PATH".to_string(), SANDBOX_PATH.to_string()),
@@ -247,7 +255,42 @@ fn environment(policy: &Policy, id: &str, port: Option<u16>) -> Vec<(String, Str
             env.push((name.clone(), v));
         }
     }
+    if let (Some(name), Some(secret)) = (&policy.process.server_password_env, secret) {
+        env.retain(|(k, _)| k != name);
+        env.push((name.clone(), secret.to_string()));
+    }
     env
+}
+
+/// Longest secret accepted from `--secret-fd`.
+const MAX_SECRET: usize = 256;
+
+/// A new per-sandbox secret: 32 random bytes from the kernel, in hex.
+pub fn new_secret() -> Result<String, RunError> {
+    let mut b = [0u8; 32];
+    // SAFETY: b is a valid 32-byte buffer.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        return Err(RunError::Sys { what: "making the sandbox's secret", source: SysError { call: "getrandom".into(), errno: Errno::last() } });
+    }
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Read the secret a supervisor passes on `--secret-fd` (then closed).
+fn read_secret(fd: RawFd) -> Result<String, RunError> {
+    use std::io::Read;
+    if fd <= 2 || !sys::fd_is_open(fd) {
+        return invalid(format!("--secret-fd {fd} is not an open file descriptor above 2"));
+    }
+    // SAFETY: the caller handed us this descriptor; we own it (closed on return).
+    let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let mut text = String::new();
+    f.by_ref().take(MAX_SECRET as u64 + 1).read_to_string(&mut text).map_err(|e| RunError::Invalid(format!("--secret-fd {fd}: {e}")))?;
+    let secret = text.trim_end_matches('\n');
+    if secret.len() < 16 || secret.len() > MAX_SECRET || !secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return invalid(format!("--secret-fd {fd}: not a secret (16-{MAX_SECRET} characters of [A-Za-z0-9_-])"));
+    }
+    Ok(secret.to_string())
 }
 
 /// Landlock rules in sandbox paths: what the mounts show, minus `mount_only`.
@@ -282,6 +325,12 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     let wt = resolve_worktree(&req.worktree)?;
     let (uid, gid) = inside_ids(req, &wt)?;
     let id = super::new_sandbox_id();
+    super::events::set_sandbox(&id);
+    let secret = match (&req.policy.process.server_password_env, req.secret_fd) {
+        (Some(_), Some(fd)) => Some(read_secret(fd)?),
+        (Some(_), None) => Some(new_secret()?),
+        (None, _) => None,
+    };
     // Handoff gives the payload a socket of the host's network namespace; only
     // Landlock's TCP connect rule keeps it from reaching other host services.
     if req.port != PortChoice::None
@@ -293,6 +342,13 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
             crate::landlock::NET_ABI
         ));
     }
+    // With handoff the payload accepts host connections itself: nobody checks
+    // who connects. Only on an explicit acknowledgement.
+    if req.port != PortChoice::None && req.broker == BrokerMode::Handoff && !req.allow_any_uid {
+        return invalid(
+            "--broker handoff lets the payload accept connections itself, so the client's uid cannot be checked: every local user could reach it; add --allow-any-uid to accept that, or use --broker relay",
+        );
+    }
     let host_port = match req.port {
         PortChoice::None => None,
         PortChoice::Auto => Some(crate::ports::allocate(&req.state_dir, req.port_range)?),
@@ -301,7 +357,7 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         }
         PortChoice::Fixed(p) => Some(crate::ports::take(&req.state_dir, req.port_range, p)?),
     };
-    let env = environment(&req.policy, &id, host_port.as_ref().map(|p| p.port));
+    let env = environment(&req.policy, &id, host_port.as_ref().map(|p| p.port), secret.as_deref());
     // `{port}` in the arguments is the port the payload listens on inside.
     let inner = req.policy.network.inner_port.to_string();
     let argv: Vec<String> = req.argv.iter().map(|a| a.replace("{port}", &inner)).collect();
@@ -360,8 +416,17 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     };
     tracing::info!(sandbox = %id, pid = sandbox.pid, host_uid = sandbox.host_uid, cgroup_version = cgroup.version(), "sandbox started");
     disk.watch(sandbox.pid).map_err(|e| RunError::Setup(e.to_string()))?;
-    let mut network = Network::start(req, &id, host_port.as_ref(), &mut sandbox, std::sync::Arc::new(broker_stats))?;
-    let ready_info = ReadyInfo { id: &id, port: host_port.as_ref().map(|p| p.port), cgroups: cgroup.paths() };
+    // Who may connect: root, the worktree's owner (and --uid), and --allow-uid.
+    let mut allowed = vec![0, wt.uid];
+    allowed.extend(req.uid.iter().chain(&req.allow_uids));
+    let ingress = host_port.as_ref().filter(|_| !req.allow_any_uid).map(|p| crate::broker::Ingress { allowed: allowed.into(), port: p.port });
+    let health_request = crate::health::request(
+        &req.policy.health.path,
+        req.policy.network.inner_port,
+        secret.as_deref().map(|s| (req.policy.health.auth_user.as_str(), s)),
+    );
+    let mut network = Network::start(req, &id, host_port.as_ref(), &mut sandbox, std::sync::Arc::new(broker_stats), ingress, health_request)?;
+    let ready_info = ReadyInfo { id: &id, port: host_port.as_ref().map(|p| p.port), cgroups: cgroup.paths(), secret: secret.as_deref() };
     let status = sandbox.wait(&signals, ready, &ready_info, &mut network, req.stop_timeout);
     network.finish();
     drop(sandbox);
@@ -397,6 +462,8 @@ struct Network<'a> {
     /// The outbound forwards and the egress proxy, on one bounded event loop.
     outbound: Option<crate::outbound::OutboundLoop>,
     health: Option<HealthWatch>,
+    /// Who may connect to the host port (None: anyone, `--allow-any-uid`).
+    ingress: Option<crate::broker::Ingress>,
 }
 
 impl<'a> Network<'a> {
@@ -406,6 +473,8 @@ impl<'a> Network<'a> {
         lease: Option<&'a crate::ports::PortLease>,
         sandbox: &mut Sandbox,
         relay_stats: std::sync::Arc<crate::broker_stats::SharedCounters>,
+        ingress: Option<crate::broker::Ingress>,
+        health_request: std::sync::Arc<[u8]>,
     ) -> Result<Network<'a>, RunError> {
         let inner = req.policy.network.inner_port;
         let mut net = Network {
@@ -419,6 +488,7 @@ impl<'a> Network<'a> {
             handoff: None,
             outbound: None,
             health: None,
+            ingress,
         };
         let (mut forwards, mut proxy) = (Vec::new(), None);
         for (kind, listener) in std::mem::take(&mut sandbox.outbound) {
@@ -436,13 +506,14 @@ impl<'a> Network<'a> {
         }
         if let (Some(lease), Some(ns)) = (lease, &net.netns) {
             if req.broker == BrokerMode::Relay {
-                net.relay = Some(start_relay(req, lease, ns, &net.relay_stats)?);
+                net.relay = Some(start_relay(req, lease, ns, &net.relay_stats, net.ingress.clone())?);
             }
+            // Inside the sandbox's namespace, never through the host's; with a
+            // handoff the payload's listening socket is the host port's.
             let check = match (req.health, req.broker) {
-                (HealthMode::Http, _) => crate::health::Check::Http { port: lease.port, path: req.policy.health.path.clone() },
-                (HealthMode::Tcp, BrokerMode::Relay) => {
-                    crate::health::Check::Tcp { netns: crate::health::NetnsPort { netns: ns.clone(), port: inner } }
-                }
+                (HealthMode::Http, BrokerMode::Relay) => crate::health::Check::Http { netns: Some(ns.clone()), port: inner, request: health_request },
+                (HealthMode::Http, BrokerMode::Handoff) => crate::health::Check::Http { netns: None, port: lease.port, request: health_request },
+                (HealthMode::Tcp, BrokerMode::Relay) => crate::health::Check::Tcp { netns: Some(ns.clone()), port: inner },
                 (HealthMode::Tcp, BrokerMode::Handoff) => crate::health::Check::HandedOff { port: lease.port, flag: net.handed_off.clone() },
             };
             net.health = Some(HealthWatch::start(check, req.health_timeout.unwrap_or(req.policy.health.timeout.0))?);
@@ -466,7 +537,7 @@ impl<'a> Network<'a> {
             Ok(h) => self.handoff = Some(h),
             Err(e) => {
                 tracing::warn!(sandbox = %self.id, error = %e, "socket handoff unavailable; relaying connections instead");
-                self.relay = start_relay(self.req, lease, ns, &self.relay_stats).ok();
+                self.relay = start_relay(self.req, lease, ns, &self.relay_stats, self.ingress.clone()).ok();
             }
         }
     }
@@ -484,10 +555,11 @@ fn start_relay(
     lease: &crate::ports::PortLease,
     ns: &crate::broker::Netns,
     stats: &std::sync::Arc<crate::broker_stats::SharedCounters>,
+    ingress: Option<crate::broker::Ingress>,
 ) -> Result<crate::broker::Broker, RunError> {
     let listener = lease.listener.try_clone().map_err(|e| RunError::Setup(format!("broker listener: {e}")))?;
     let (inner, idle) = (req.policy.network.inner_port, req.policy.network.idle_timeout.0);
-    crate::broker::Broker::start(listener, crate::broker::Dest::Inside(ns.clone(), inner), req.max_connections, stats.clone(), idle)
+    crate::broker::Broker::start_checked(listener, crate::broker::Dest::Inside(ns.clone(), inner), req.max_connections, stats.clone(), idle, ingress)
         .map_err(|e| RunError::Setup(format!("starting the broker: {e}")))
 }
 
@@ -803,6 +875,16 @@ impl Sandbox {
         if let Some(f) = failure {
             return Err(f);
         }
+        if ready.is_some()
+            && let Some(s) = status
+            && super::events::has_sink()
+        {
+            let how = match s {
+                PayloadStatus::Exited(c) => format!("exit status {c}"),
+                PayloadStatus::Signaled(n) => format!("signal {n}"),
+            };
+            super::events::emit(super::events::Event::StartFailed { error: format!("sandbox {id}: the payload ended ({how}) before it was ready") });
+        }
         if killed_after_stop_timeout && status.is_none() {
             return Ok(PayloadStatus::Signaled(libc::SIGKILL));
         }
@@ -871,11 +953,17 @@ struct ReadyInfo<'a> {
     id: &'a str,
     port: Option<u16>,
     cgroups: Vec<PathBuf>,
+    /// Only for the requester, who holds the ready fd; never logged.
+    secret: Option<&'a str>,
 }
 
 fn write_ready(fd: OwnedFd, info: &ReadyInfo, pid: libc::pid_t) {
     use std::io::Write;
-    let line = serde_json::json!({ "id": info.id, "pid": pid, "port": info.port, "cgroups": info.cgroups }).to_string() + "\n";
+    let mut line = serde_json::json!({ "id": info.id, "pid": pid, "port": info.port, "cgroups": info.cgroups });
+    if let Some(secret) = info.secret {
+        line["secret"] = secret.into();
+    }
+    let line = line.to_string() + "\n";
     let mut f = std::fs::File::from(fd);
     if let Err(e) = f.write_all(line.as_bytes()) {
         tracing::warn!(error = %e, "could not write the ready line to --ready-fd");

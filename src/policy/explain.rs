@@ -101,7 +101,14 @@ pub fn explain(p: &Policy, source: &str) -> String {
         n.head_timeout
     );
     let h = &p.health;
-    let _ = writeln!(o, "health: GET {} until 2xx, timeout {}, then every {}, alert after {} failures", h.path, h.timeout, h.interval, h.failures);
+    let _ = writeln!(
+        o,
+        "health: GET {} inside the sandbox until 2xx (redirects are failures), timeout {}, then every {}, alert after {} failures",
+        h.path, h.timeout, h.interval, h.failures
+    );
+    if let Some(secret) = &p.process.server_password_env {
+        let _ = writeln!(o, "secret: a fresh random value per sandbox in {secret}, sent by the health check as basic auth (user {})", h.auth_user);
+    }
     let _ = writeln!(
         o,
         "environment: PATH HOME TERM LANG USER SWARMCELL_SANDBOX_ID{}",

@@ -56,6 +56,11 @@ pub struct Process {
     /// Variables copied from the launcher's environment, by name, besides
     /// PATH, HOME, TERM and LANG, which swarmcell sets itself.
     pub env: Vec<String>,
+    /// A variable in which the payload gets a fresh random secret per sandbox
+    /// (OpenCode: `OPENCODE_SERVER_PASSWORD`, its HTTP basic auth password).
+    /// The health check sends it (user `health.auth_user`); only the requester
+    /// gets it back (`"secret"` in the ready line). Default: none, no secret.
+    pub server_password_env: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,6 +138,9 @@ pub struct Health {
     pub timeout: HumanDuration,
     pub interval: HumanDuration,
     pub failures: u32,
+    /// The HTTP basic auth user name sent with the sandbox's secret (when
+    /// `process.server_password_env` gives it one). Default: "opencode".
+    pub auth_user: String,
 }
 
 impl Default for Filesystem {
@@ -187,6 +195,7 @@ impl Default for Health {
             timeout: HumanDuration(Duration::from_secs(10)),
             interval: HumanDuration(Duration::from_secs(30)),
             failures: 3,
+            auth_user: "opencode".into(),
         }
     }
 }
@@ -303,6 +312,22 @@ impl Policy {
                 return err(&format!("process.env[{i}]"), m);
             }
         }
+        if let Some(name) = &self.process.server_password_env {
+            let field = "process.server_password_env";
+            if let Err(m) = check_env_name(name) {
+                return err(field, m);
+            }
+            if RESERVED_ENV.contains(&name.as_str()) || name.starts_with("SWARMCELL_") {
+                return err(field, format!("{name} is set by swarmcell itself"));
+            }
+            if self.process.env.contains(name) {
+                return err(field, format!("{name} is also in process.env: the secret is made per sandbox, never copied from the launcher"));
+            }
+        }
+        let user = &self.health.auth_user;
+        if user.is_empty() || user.len() > 64 || user.contains(':') || user.chars().any(|c| c.is_control() || c == ' ') {
+            return err("health.auth_user", format!("{user:?} must be 1-64 characters without ':', spaces or control characters"));
+        }
         for (field, list) in [
             ("filesystem.read_only", &self.filesystem.read_only),
             ("filesystem.read_write", &self.filesystem.read_write),
@@ -398,6 +423,27 @@ fn locate(text: &str, offset: usize) -> (usize, usize, Option<String>) {
     (line, column, (!line_text.is_empty()).then(|| line_text.chars().take(120).collect()))
 }
 
+/// Variables swarmcell sets in every sandbox.
+const RESERVED_ENV: [&str; 17] = [
+    "PATH",
+    "HOME",
+    "TERM",
+    "LANG",
+    "USER",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+    "XDG_CACHE_HOME",
+    "XDG_STATE_HOME",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "SWARMCELL_SANDBOX_ID",
+    "SWARMCELL_PORT",
+];
+
 /// Environment variable names that may be passed through. Loader and shell
 /// start-up variables are refused: they would turn the launcher's environment
 /// into code running in the sandbox.
@@ -462,6 +508,9 @@ mod tests {
         assert_eq!(p.health.interval.0.as_secs(), 30);
         assert_eq!(p.health.failures, 3);
         assert!(p.filesystem.read_only.contains(&PathBuf::from("/usr")));
+        assert_eq!(p.process.server_password_env.as_deref(), Some("OPENCODE_SERVER_PASSWORD"));
+        assert!(!p.process.env.iter().any(|e| e.starts_with("OPENCODE_SERVER_")), "the secret is made per sandbox");
+        assert_eq!(p.health.auth_user, "opencode");
     }
 
     #[test]
@@ -518,6 +567,9 @@ mod tests {
             ("[network]\nhead_timeout = \"0s\"", "network.head_timeout"),
             ("[network]\nidle_timeout = \"25h\"", "network.idle_timeout"),
             ("[health]\npath = \"x\"", "health.path"),
+            ("[health]\nauth_user = \"a:b\"", "health.auth_user"),
+            ("[process]\nserver_password_env = \"PATH\"", "process.server_password_env"),
+            ("[process]\nserver_password_env = \"P\"\nenv = [\"P\"]", "process.server_password_env"),
         ];
         for (text, field) in cases {
             let e = Policy::parse(text, "p.toml").unwrap_err().to_string();

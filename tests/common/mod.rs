@@ -272,3 +272,16 @@ fn sandbox_processes() -> Vec<String> {
 pub fn bin_dir() -> String {
     Path::new(bin()).parent().unwrap().to_string_lossy().into_owned()
 }
+
+/// As `uid` (no groups), connect to 127.0.0.1:PORT, send `GET PATH`, and count
+/// the bytes that come back within 3 s (`-1`: the connection was refused).
+pub fn bytes_back_as(uid: u32, port: u16, path: &str) -> i64 {
+    let script = format!(
+        "trap '' PIPE; exec 3<>/dev/tcp/127.0.0.1/{port} || {{ echo -1; exit; }}; printf 'GET {path} HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' >&3; timeout 3 cat <&3 | wc -c"
+    );
+    let out = Command::new("setpriv")
+        .args(["--reuid", &uid.to_string(), "--regid", &uid.to_string(), "--clear-groups", "bash", "-c", &script])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("{out:?}"))
+}
