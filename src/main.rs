@@ -99,6 +99,10 @@ struct RunArgs {
     /// The git worktree (or any directory) the sandbox may write; also its cwd.
     #[arg(long)]
     worktree: PathBuf,
+    /// The repository a git worktree must belong to (repeatable: any of them);
+    /// without it, the one recorded for the worktree (or, on its first launch, its .git's).
+    #[arg(long = "repo", value_name = "REPO")]
+    repos: Vec<PathBuf>,
     /// Policy file (mode 0640 or stricter); default: the built-in opencode policy.
     #[arg(long)]
     policy: Option<PathBuf>,
@@ -452,6 +456,7 @@ fn run(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
         extra_allow_hosts: args.allow_hosts,
         extra_allow_addresses: args.allow_addresses,
         resolve,
+        repos: args.repos,
     };
     parent::run(&req).map_err(|e| (e.to_string(), e.exit_code()))
 }

@@ -526,3 +526,83 @@ fn a_config_with_loose_permissions_or_unknown_keys_is_refused() {
         assert!(stderr(&out).contains(needle), "{}", stderr(&out));
     }
 }
+
+/// A worktree BASE/g of a repository owned by OWNER, made by `swarmcell worktree add`.
+fn git_worktree(f: &Fixture) -> (PathBuf, PathBuf) {
+    let repo = owned_repo(&f.dir);
+    let base = f.dir.join("base");
+    ok(&worktree_cmd(&["add", repo.to_str().unwrap(), "g", "--base", base.to_str().unwrap()]));
+    (repo, base.join("g"))
+}
+
+fn launch_git(d: &Daemon) -> Option<std::process::Output> {
+    let wt = d.dir.join("base/g");
+    let mut c = Command::new(bin());
+    c.arg("ctl").arg("--socket").arg(&d.socket).args([
+        "launch",
+        "--worktree",
+        wt.to_str().unwrap(),
+        "--agent",
+        "g",
+        "--",
+        bin(),
+        "__probe",
+        "serve",
+        "{port}",
+    ]);
+    timed(&mut c, Duration::from_secs(30))
+}
+
+/// Finding 1 through the daemon: a `.git` a sandbox rewrote is refused at the
+/// next launch, with a `policy_violation` audit event.
+#[test]
+fn the_daemon_refuses_a_worktree_whose_dot_git_a_sandbox_rewrote() {
+    let f = Fixture::new();
+    let mut d = Daemon::start(&f);
+    let (_repo, wt) = git_worktree(&f);
+    let victim = owned_repo(&f.dir.join("victim-parent").tap_mkdir());
+    git(&victim, &["worktree", "add", "-q", f.dir.join("victim-wt").to_str().unwrap()]);
+    let plant = sh_in(&wt, &[], &format!("echo 'gitdir: {}/.git/worktrees/victim-wt' > .git", victim.display()), Duration::from_secs(30)).unwrap();
+    ok(&plant);
+    let out = launch_git(&d).expect("ESCAPED: the daemon's launch hangs");
+    assert!(!out.status.success(), "ESCAPED: the daemon launched a sandbox on a redirected .git: {}", stdout(&out));
+    wait_until("the policy_violation event", || {
+        d.audit_events("policy_violation").iter().any(|e| e["error"].as_str().unwrap_or("").contains(".git"))
+    });
+    assert!(d.list().is_empty());
+    d.stop();
+    assert_no_sandbox_left();
+}
+
+/// Finding 6 through the daemon: FIFOs planted in every git path the sandbox
+/// sees do not hang the next launch (it becomes ready).
+#[test]
+fn the_daemon_relaunches_a_worktree_whose_git_state_holds_fifos() {
+    let f = Fixture::new();
+    let mut d = Daemon::start(&f);
+    let (repo, wt) = git_worktree(&f);
+    let g = repo.join(".git");
+    let script = format!(
+        "for p in {g}/worktrees/g/HEAD {g}/worktrees/g/index {g}/worktrees/g/commondir {g}/refs/heads/agent/g/work {g}/packed-refs {g}/HEAD; do \
+           rm -f $p; mkfifo $p; done; echo DONE",
+        g = g.display()
+    );
+    assert!(ok(&sh_in(&wt, &[], &script, Duration::from_secs(30)).unwrap()).contains("DONE"));
+    let out = launch_git(&d).expect("ESCAPED: the daemon's launch hangs on a planted FIFO");
+    let l: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    let id = l["id"].as_str().unwrap().to_string();
+    ok(&d.ctl(&["stop", &id]));
+    d.stop();
+    assert_no_sandbox_left();
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}

@@ -12,6 +12,7 @@ impl Daemon {
         for name in policy.process.env.iter().filter(|n| std::env::var_os(n).is_some()) {
             self.audit.event("secret_access", json!({ "id": rec.id, "agent": rec.agent, "name": name, "uid": rec.uid, "outcome": "passed" }));
         }
+        self.git_preflight(&rec)?;
         let (broker, broker_fd) = crate::broker_stats::SharedCounters::create().map_err(|e| format!("broker counters: {e}"))?;
         let key = self.conn_id();
         let log =
@@ -82,6 +83,9 @@ impl Daemon {
         // --no-gc: a burst of launches would each sweep every lease and cgroup
         // (quadratic); the daemon sweeps at start and after a launcher is killed.
         c.args(["run", "--no-gc", "--port", "auto", "--ready-fd", "3", "--stats-fd", "4", "--worktree"]).arg(&rec.worktree);
+        for r in &self.cfg.repositories {
+            c.arg("--repo").arg(r);
+        }
         if let Some(p) = rec.port {
             c.args(["--prefer-port", &p.to_string()]);
         }
@@ -300,9 +304,27 @@ impl Daemon {
         e.restart_at = Some(Instant::now() + delay);
     }
 
+    /// A git worktree must still match its root-owned record (a sandbox may
+    /// have rewritten its `.git`): checked before every launch, without
+    /// running git or following anything in the worktree; a refusal is a
+    /// `policy_violation`.
+    pub(super) fn git_preflight(&mut self, rec: &Record) -> Result<(), String> {
+        crate::git::preflight(&rec.worktree, &self.cfg.repositories).map_err(|e| {
+            let error = e.to_string();
+            self.audit.event(
+                "policy_violation",
+                json!({ "id": rec.id, "agent": rec.agent, "uid": rec.uid, "worktree": rec.worktree, "error": error, "outcome": "refused" }),
+            );
+            error
+        })
+    }
+
     pub(super) fn restart(&mut self, id: &str) {
         let Some(e) = self.sandboxes.get(id) else { return };
-        match self.spawn(&e.rec, &e.log, &e.broker_fd, e.key) {
+        let rec = e.rec.clone();
+        let checked = self.git_preflight(&rec);
+        let Some(e) = self.sandboxes.get(id) else { return };
+        match checked.and_then(|()| self.spawn(&e.rec, &e.log, &e.broker_fd, e.key)) {
             Ok((child, ready)) => {
                 self.counters.restarts += 1;
                 let Some(e) = self.sandboxes.get_mut(id) else { return };

@@ -115,6 +115,20 @@ impl PreparedMounts {
         Ok(self.fds.len() - 1)
     }
 
+    /// As [`Self::add_owned`], from a directory fd the caller opened and checked
+    /// (never a path resolved again), mounted at `target` inside the sandbox.
+    pub fn add_owned_fd(&mut self, dir: std::os::fd::BorrowedFd, target: &Path, access: Access, what: &'static str) -> Result<usize, BindError> {
+        let flags = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | if access == Access::ReadOnly { MOUNT_ATTR_RDONLY } else { 0 };
+        let fd = crate::fs::safe_open::open_tree_of(dir, target).map_err(|e| BindError::Refused {
+            what,
+            path: target.into(),
+            reason: format!("cannot clone the mount: {e}"),
+        })?;
+        sys::mount_setattr_fd(fd.as_raw_fd(), false, flags, None).map_err(|source| BindError::Sys { what, path: target.into(), source })?;
+        self.push_tree(target.into(), false, fd);
+        Ok(self.fds.len() - 1)
+    }
+
     /// Order entries so that every mount point's parents are attached first.
     pub fn sort(&mut self) {
         self.entries.sort_by(|a, b| a.target().cmp(b.target()));

@@ -11,8 +11,7 @@
 //! 6. send the spec and the mount fds; forward signals; report the status.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use super::channel::{Channel, ChannelError, FromInit};
@@ -68,6 +67,8 @@ pub struct RunRequest {
     pub extra_allow_addresses: Vec<std::net::IpAddr>,
     /// Fixed resolutions for the egress proxy (`--resolve NAME=IP`).
     pub resolve: std::collections::HashMap<String, std::net::IpAddr>,
+    /// Repositories a git worktree may belong to (`--repo`; empty: any, as recorded).
+    pub repos: Vec<PathBuf>,
 }
 
 impl RunRequest {
@@ -163,13 +164,15 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T, RunError> {
     Err(RunError::Invalid(msg.into()))
 }
 
-/// A validated worktree: canonical path, owner, and what the sandbox needs of
+/// A validated worktree: canonical path, owner, the directory fd it was
+/// checked through (the bind is made from it), and what the sandbox gets of
 /// its git repository when it is a linked worktree.
 #[derive(Debug)]
 pub struct Worktree {
     pub path: PathBuf,
     pub uid: u32,
     pub gid: u32,
+    pub dir: OwnedFd,
     pub git: Option<crate::git::SandboxGit>,
 }
 
@@ -177,25 +180,28 @@ pub struct Worktree {
 /// the sandbox the host's system.
 const FORBIDDEN_WORKTREES: [&str; 12] = ["/", "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/var", "/root", "/home", "/opt"];
 
-pub fn resolve_worktree(path: &Path) -> Result<Worktree, RunError> {
-    let canonical = match path.canonicalize() {
-        Ok(p) => p,
+pub fn resolve_worktree(path: &Path, repos: &[PathBuf]) -> Result<Worktree, RunError> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_dir() => return invalid(format!("worktree {} is not a directory", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return invalid(format!("worktree {} does not exist", path.display()));
         }
-        Err(e) => return invalid(format!("worktree {}: {e}", path.display())),
-    };
-    let meta = std::fs::metadata(&canonical).map_err(|e| RunError::Invalid(format!("worktree {}: {e}", path.display())))?;
-    if !meta.is_dir() {
-        return invalid(format!("worktree {} is not a directory", path.display()));
+        _ => {}
     }
+    // Opened once; its canonical path comes from the fd, and the bind is made of this inode.
+    let opened = crate::git::record::Opened::open(path).map_err(|e| RunError::Invalid(format!("worktree {}: {e}", path.display())))?;
+    let canonical = opened.path.clone();
     if FORBIDDEN_WORKTREES.iter().any(|f| canonical == Path::new(f))
         || ["/proc", "/sys", "/dev", "/run/swarmcell"].iter().any(|p| canonical.starts_with(p))
     {
         return invalid(format!("worktree {} is a system directory", canonical.display()));
     }
-    let git = crate::git::sandbox_view(&canonical).map_err(|e| RunError::Invalid(format!("worktree {}: {e}", canonical.display())))?;
-    Ok(Worktree { path: canonical, uid: meta.uid(), gid: meta.gid(), git })
+    let git = crate::git::prepare_sandbox(&opened, repos).map_err(|e| match e {
+        crate::git::GitError::Violation(m) => RunError::Invalid(m),
+        e => RunError::Invalid(format!("worktree {}: {e}", canonical.display())),
+    })?;
+    let (uid, gid) = (opened.dir.stat.st_uid, opened.dir.stat.st_gid);
+    Ok(Worktree { path: canonical, uid, gid, dir: opened.dir.fd, git })
 }
 
 /// The sandbox's ids inside its namespace: the worktree owner's unless given.
@@ -254,8 +260,8 @@ fn environment(policy: &Policy, id: &str, port: Option<u16>) -> Vec<(String, Str
 fn landlock_spec(req: &RunRequest, wt: &Worktree) -> crate::landlock::LandlockSpec {
     let mut spec = crate::landlock::rules_for(&req.policy, &wt.path, &req.extra_ro, &req.extra_rw, &req.forwards());
     if let Some(git) = &wt.git {
-        spec.read_exec.push(git.common.clone());
-        spec.read_write.extend(git.writable.iter().cloned());
+        spec.read_exec.push(crate::git::layer::SANDBOX_OBJECTS.into());
+        spec.read_write.push(git.common().to_path_buf());
     }
     spec
 }
@@ -278,7 +284,7 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         None => crate::broker_stats::SharedCounters::private(),
     }
     .map_err(|e| RunError::Invalid(e.to_string()))?;
-    let wt = resolve_worktree(&req.worktree)?;
+    let wt = resolve_worktree(&req.worktree, &req.repos)?;
     let (uid, gid) = inside_ids(req, &wt)?;
     let id = super::new_sandbox_id();
     // Handoff gives the payload a socket of the host's network namespace; only
@@ -356,11 +362,17 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         other => other.map_err(Fallback::into_error)?,
     };
     tracing::info!(sandbox = %id, pid = sandbox.pid, host_uid = sandbox.host_uid, cgroup_version = cgroup.version(), "sandbox started");
+    let publisher =
+        wt.git.as_ref().map(|g| PublishWatch::start(crate::git::publish::Publisher::new(g.record.clone(), &id, req.policy.git.allow_force_publish)));
     let mut network = Network::start(req, &id, host_port.as_ref(), &mut sandbox, std::sync::Arc::new(broker_stats))?;
     let ready_info = ReadyInfo { id: &id, port: host_port.as_ref().map(|p| p.port), cgroups: cgroup.paths() };
     let status = sandbox.wait(&signals, ready, &ready_info, &mut network, req.stop_timeout);
     network.finish();
     drop(sandbox);
+    // The sandbox is gone: the last publish (the worktree's lease is still held).
+    if let Some(p) = publisher {
+        p.finish();
+    }
     let oom_kills = cgroup.oom_kills();
     cgroup.kill_and_remove()?;
     drop((lease, sandbox_lease, host_port));
@@ -550,12 +562,16 @@ fn start(
         mounts.add_bind(p, Access::ReadOnly, true, "mount-only path")?;
     }
     mounts.add_devices()?;
-    let mut owned = vec![mounts.add_owned(&wt.path, Access::ReadWrite, "worktree")?];
+    let mut owned = vec![mounts.add_owned_fd(wt.dir.as_fd(), &wt.path, Access::ReadWrite, "worktree")?];
     if let Some(git) = &wt.git {
-        owned.push(mounts.add_owned(&git.common, Access::ReadOnly, "git common dir")?);
-        for dir in &git.writable {
-            owned.push(mounts.add_owned(dir, Access::ReadWrite, "git writable dir")?);
-        }
+        // The private layer at the common dir's path; the real objects read-only.
+        owned.push(mounts.add_owned_fd(git.layer.dir.fd.as_fd(), git.common(), Access::ReadWrite, "private git layer")?);
+        owned.push(mounts.add_owned_fd(
+            git.layer.objects.fd.as_fd(),
+            Path::new(crate::git::layer::SANDBOX_OBJECTS),
+            Access::ReadOnly,
+            "git object store",
+        )?);
     }
     mounts.sort();
     spec.mounts = mounts.entries.clone();
@@ -853,6 +869,46 @@ impl HealthWatch {
         self.cancel();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// The publisher while the sandbox runs: the layer's branch tip is checked
+/// every 500 ms (a small bounded read), so a commit reaches the host branch
+/// within about a second.
+struct PublishWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<crate::git::publish::Publisher>>,
+}
+
+impl PublishWatch {
+    const PERIOD: std::time::Duration = std::time::Duration::from_millis(500);
+
+    fn start(mut p: crate::git::publish::Publisher) -> PublishWatch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("git-publish".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    if let Err(e) = p.tick() {
+                        tracing::warn!(event = "git_publish", error = %e, "publishing the agent's branch failed");
+                    }
+                    std::thread::park_timeout(Self::PERIOD);
+                }
+                p
+            })
+            .ok();
+        PublishWatch { stop, thread }
+    }
+
+    fn finish(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            if let Ok(mut p) = t.join() {
+                p.finish();
+            }
         }
     }
 }
