@@ -184,9 +184,11 @@ pub fn remove(base: &Path, id: &str, force: bool) -> Result<PathBuf, GitError> {
     };
     let _held = lease(&rec.key())?.ok_or_else(|| GitError::Invalid { path: path.clone(), message: "a sandbox runs on this worktree".into() })?;
     if !force {
+        // The real admin dir (never sandbox-visible) and its repository's own
+        // config; submodules are not entered (their .git is the sandbox's).
         let admin = format!("--git-dir={}", rec.admin().display());
         let work = format!("--work-tree={}", path.display());
-        let fixed = [admin.as_str(), work.as_str(), "status", "--porcelain", "--ignore-submodules=none"];
+        let fixed = [admin.as_str(), work.as_str(), "status", "--porcelain", "--ignore-submodules=all"];
         let args: Vec<&std::ffi::OsStr> = fixed.iter().map(std::ffi::OsStr::new).collect();
         let status = cmd::run_as((rec.uid, rec.gid), &args, &[], cmd::DEADLINE)?;
         if !status.is_empty() {

@@ -324,6 +324,7 @@ pub fn resolve(wt: &Opened, repos: &[PathBuf], create: bool, source: &str) -> Re
         }
         existing = None;
     }
+    let recorded = existing.is_some();
     let rec = match existing {
         Some(rec) => {
             check_recorded(wt, &rec)?;
@@ -337,8 +338,11 @@ pub fn resolve(wt: &Opened, repos: &[PathBuf], create: bool, source: &str) -> Re
     if !repos.is_empty() && !repos.iter().any(|r| repo_id(r) == Some((rec.common_dev, rec.common_ino))) {
         return Err(violation(&wt.path, format!("its repository {} is not one of the allowed repositories", rec.common.display())));
     }
-    if create && dir.is_none() {
-        let d = key_dir(&key, true)?.ok_or_else(|| violation(&wt.path, "no state directory"))?;
+    if create && !recorded {
+        let d = match dir.take() {
+            Some(d) => d,
+            None => key_dir(&key, true)?.ok_or_else(|| violation(&wt.path, "no state directory"))?,
+        };
         save(&d.0, &d.1, &rec)?;
         dir = Some(d);
     }
