@@ -38,4 +38,5 @@ pub mod seccomp;
 pub mod sys;
 pub mod uidalloc;
 pub mod verify;
+pub mod verify_git;
 pub mod verify_probe;

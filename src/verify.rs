@@ -4,7 +4,8 @@
 //! out of it, a host loopback listener, a host abstract unix socket, a leaked
 //! descriptor), runs `swarmcell __probe verify` inside a real sandbox built from
 //! the policy, runs the memory and process-limit checks in sandboxes of their
-//! own, and reports each check as blocked / ESCAPED / not_applicable / ok / BROKEN.
+//! own, plants the git attacks of [`crate::verify_git`] and relaunches, and
+//! reports each check as blocked / ESCAPED / not_applicable / ok / BROKEN.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -144,6 +145,8 @@ pub fn run(opts: &Options) -> Result<u8, String> {
         None => check("exceed the process limit", "BROKEN", String::from_utf8_lossy(&pids.stderr).trim().to_string()),
     });
     drop(devnull);
+    // Host-side git checks (issue #14), each in a fixture of its own.
+    checks.extend(crate::verify_git::checks(&exe, &opts.policy));
 
     let count = |s: &str| checks.iter().filter(|c| c["status"] == s).count();
     let summary = json!({
