@@ -606,3 +606,28 @@ impl TapMkdir for PathBuf {
         self
     }
 }
+
+/// The daemon's `repositories`: a worktree of another repository is refused
+/// (audited) before any launcher starts.
+#[test]
+fn the_daemon_launches_only_worktrees_of_its_repositories() {
+    let f = Fixture::new();
+    let other = f.dir.join("elsewhere");
+    std::fs::create_dir(&other).unwrap();
+    let other = owned_repo(&other);
+    let mut d = Daemon::start_with(&f, "", &format!("repositories = [{:?}]\n", other));
+    git_worktree(&f);
+    let out = launch_git(&d).expect("the launch hangs");
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("not one of the allowed repositories") || stderr(&out).contains("not one of the allowed repositories"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    wait_until("the policy_violation event", || {
+        d.audit_events("policy_violation").iter().any(|e| e["error"].as_str().unwrap_or("").contains("allowed repositories"))
+    });
+    d.stop();
+    assert_no_sandbox_left();
+}

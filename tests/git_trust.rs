@@ -380,3 +380,42 @@ fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `run --repo`: a worktree of another repository is refused; its own runs.
+#[test]
+fn run_repo_allows_only_the_named_repositories() {
+    let f = Fixture::new();
+    let (repo, base) = managed(&f, &["a"]);
+    let other = f.dir.join("other");
+    std::fs::create_dir(&other).unwrap();
+    let other = owned_repo(&other);
+    let wt = base.join("a");
+    let out = sh_in(&wt, &["--repo", other.to_str().unwrap()], "echo RAN", LIMIT).unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", stdout(&out));
+    assert!(stderr(&out).contains("not one of the allowed repositories"), "{}", stderr(&out));
+    let out = sh_in(&wt, &["--repo", other.to_str().unwrap(), "--repo", repo.to_str().unwrap()], "echo RAN", LIMIT).unwrap();
+    assert!(ok(&out).contains("RAN"));
+    assert_no_sandbox_left();
+}
+
+/// `[git] allow_force_publish = true`: a rewritten branch is published too.
+#[test]
+fn a_policy_may_allow_forced_publishes() {
+    let f = Fixture::new();
+    let repo = owned_repo(&f.dir);
+    let wt = f.dir.join("feature");
+    make_owned_dir(&wt, OWNER, OWNER);
+    ok(&git_as_owner(&repo, &["worktree", "add", "-q", wt.to_str().unwrap(), "-b", "feature-x"]));
+    let policy = f.dir.join("force.toml");
+    std::fs::write(&policy, "[git]\nallow_force_publish = true\n").unwrap();
+    std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let c = "git -c user.name=a -c user.email=a@x";
+    ok(&sh(&wt, &format!("echo 1 > f && git add f && {c} commit -qm one")));
+    let first = git(&repo, &["rev-parse", "feature-x"]);
+    let out =
+        sh_in(&wt, &["--policy", policy.to_str().unwrap()], &format!("{c} commit -q --amend -m rewritten && git rev-parse HEAD"), LIMIT).unwrap();
+    assert_no_sandbox_left();
+    let amended = ok(&out).trim().to_string();
+    assert_ne!(amended, first);
+    assert_eq!(git(&repo, &["rev-parse", "feature-x"]), amended, "{}", stderr(&out));
+}
