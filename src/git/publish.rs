@@ -26,7 +26,7 @@ use crate::fs::safe_open::{self, Checked, Kind};
 /// Most bytes one publish copies out of a layer.
 const MAX_BYTES: u64 = 8 << 30;
 const MAX_FILE: u64 = 4 << 30;
-const MAX_PACKED_REFS: usize = 64 << 20;
+const MAX_PACKED_REFS: usize = 16 << 20;
 
 fn safe(e: safe_open::SafeError) -> GitError {
     GitError::Safe(e)
@@ -47,11 +47,19 @@ pub struct Publisher {
     allow_force: bool,
     /// The last tip handled (published or refused): not tried again.
     last: Option<String>,
+    /// Whether that tip was published (or refused as not a fast-forward).
+    last_final: bool,
+    /// packed-refs as last read: (dev, ino, size, mtime s, mtime ns) and the tip
+    /// found, so that an unchanged file is not read again every period.
+    packed: Option<(FileId, Option<String>)>,
 }
+
+/// What tells a file's versions apart: (dev, ino, size, mtime s, mtime ns).
+type FileId = (u64, u64, i64, i64, i64);
 
 impl Publisher {
     pub fn new(rec: Record, sandbox: &str, allow_force: bool) -> Publisher {
-        Publisher { rec, sandbox: sandbox.into(), allow_force, last: None }
+        Publisher { rec, sandbox: sandbox.into(), allow_force, last: None, last_final: true, packed: None }
     }
 
     fn key_dir(&self) -> Result<(Checked, PathBuf), GitError> {
@@ -59,7 +67,7 @@ impl Publisher {
     }
 
     /// The branch tip in the layer, if any.
-    pub fn layer_tip(&self) -> Result<Option<String>, GitError> {
+    pub fn layer_tip(&mut self) -> Result<Option<String>, GitError> {
         let Some(branch) = &self.rec.branch else { return Ok(None) };
         let (kd, kp) = self.key_dir()?;
         let lp = kp.join("layer");
@@ -75,15 +83,26 @@ impl Publisher {
             // A FIFO, a symlink, a directory, garbage: nothing to publish.
             Err(_) => return Ok(None),
         }
+        let Ok(c) = safe_open::open_beneath(l, &lp, Path::new("packed-refs"), Kind::File, None) else { return Ok(None) };
+        let st = &c.stat;
+        let id = (st.st_dev, st.st_ino, st.st_size, st.st_mtime, st.st_mtime_nsec);
+        if let Some((seen, tip)) = &self.packed
+            && *seen == id
+        {
+            return Ok(tip.clone());
+        }
+        drop(c);
         let packed = match safe_open::read_small(l, &lp, Path::new("packed-refs"), MAX_PACKED_REFS, None) {
             Ok(b) => b,
             Err(_) => return Ok(None),
         };
         let want = format!("refs/heads/{branch}");
-        Ok(String::from_utf8_lossy(&packed).lines().find_map(|line| {
+        let tip = String::from_utf8_lossy(&packed).lines().find_map(|line| {
             let (oid, name) = line.split_once(' ')?;
             (name == want && record::valid_oid(oid)).then(|| oid.to_string())
-        }))
+        });
+        self.packed = Some((id, tip.clone()));
+        Ok(tip)
     }
 
     fn real_tip(&self, branch: &str) -> Result<String, GitError> {
@@ -107,11 +126,17 @@ impl Publisher {
             self.last = Some(tip);
             return Ok(None);
         }
-        let outcome = match self.import(&branch, &tip) {
-            Ok(()) => "published".to_string(),
-            Err(e) => format!("rejected: {e}"),
+        let (outcome, last_final) = match self.import(&branch, &tip) {
+            Ok(()) => ("published".to_string(), true),
+            Err(e) => {
+                let text = e.to_string();
+                // A non-fast-forward is final for this tip; anything else is tried again at stop.
+                let nonff = text.contains("non-fast-forward") || text.contains("rejected");
+                (format!("rejected: {text}"), nonff)
+            }
         };
         self.last = Some(tip.clone());
+        self.last_final = last_final;
         let new = self.real_tip(&branch)?;
         let p = Published { branch, old, new, outcome };
         if p.outcome == "published" {
@@ -126,6 +151,9 @@ impl Publisher {
     /// the published commit (the host's `git status` in the worktree agrees
     /// with its branch; nothing of the sandbox's index is read).
     pub fn finish(&mut self) -> Option<Published> {
+        if !self.last_final {
+            self.last = None;
+        }
         let p = match self.tick() {
             Ok(p) => p,
             Err(e) => {

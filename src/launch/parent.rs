@@ -362,8 +362,10 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         other => other.map_err(Fallback::into_error)?,
     };
     tracing::info!(sandbox = %id, pid = sandbox.pid, host_uid = sandbox.host_uid, cgroup_version = cgroup.version(), "sandbox started");
-    let publisher =
-        wt.git.as_ref().map(|g| PublishWatch::start(crate::git::publish::Publisher::new(g.record.clone(), &id, req.policy.git.allow_force_publish)));
+    let publisher = wt.git.as_ref().map(|g| {
+        let make = || crate::git::publish::Publisher::new(g.record.clone(), &id, req.policy.git.allow_force_publish);
+        PublishWatch::start(make(), make)
+    });
     let mut network = Network::start(req, &id, host_port.as_ref(), &mut sandbox, std::sync::Arc::new(broker_stats))?;
     let ready_info = ReadyInfo { id: &id, port: host_port.as_ref().map(|p| p.port), cgroups: cgroup.paths() };
     let status = sandbox.wait(&signals, ready, &ready_info, &mut network, req.stop_timeout);
@@ -879,36 +881,50 @@ impl HealthWatch {
 struct PublishWatch {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<crate::git::publish::Publisher>>,
+    /// Without a thread (it could not start), publishing happens at stop only.
+    fallback: Option<crate::git::publish::Publisher>,
 }
 
 impl PublishWatch {
     const PERIOD: std::time::Duration = std::time::Duration::from_millis(500);
 
-    fn start(mut p: crate::git::publish::Publisher) -> PublishWatch {
+    fn start(mut p: crate::git::publish::Publisher, again: impl FnOnce() -> crate::git::publish::Publisher) -> PublishWatch {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("git-publish".into())
             .spawn(move || {
+                let mut last_error = String::new();
                 while !flag.load(std::sync::atomic::Ordering::SeqCst) {
-                    if let Err(e) = p.tick() {
-                        tracing::warn!(event = "git_publish", error = %e, "publishing the agent's branch failed");
+                    match p.tick() {
+                        // Logged once per distinct error, not every period.
+                        Err(e) if e.to_string() != last_error => {
+                            last_error = e.to_string();
+                            tracing::warn!(event = "git_publish", error = %e, "publishing the agent's branch failed");
+                        }
+                        Err(_) => {}
+                        Ok(_) => last_error.clear(),
                     }
                     std::thread::park_timeout(Self::PERIOD);
                 }
                 p
             })
             .ok();
-        PublishWatch { stop, thread }
+        let fallback = thread.is_none().then(again);
+        PublishWatch { stop, thread, fallback }
     }
 
     fn finish(mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            t.thread().unpark();
-            if let Ok(mut p) = t.join() {
-                p.finish();
+        let p = match self.thread.take() {
+            Some(t) => {
+                t.thread().unpark();
+                t.join().ok()
             }
+            None => self.fallback.take(),
+        };
+        if let Some(mut p) = p {
+            p.finish();
         }
     }
 }
