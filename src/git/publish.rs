@@ -126,6 +126,7 @@ impl Publisher {
             self.last = Some(tip);
             return Ok(None);
         }
+        let started = std::time::Instant::now();
         let (outcome, last_final) = match self.import(&branch, &tip) {
             Ok(()) => ("published".to_string(), true),
             Err(e) => {
@@ -140,7 +141,7 @@ impl Publisher {
         let new = self.real_tip(&branch)?;
         let p = Published { branch, old, new, outcome };
         if p.outcome == "published" {
-            tracing::info!(event = "git_publish", sandbox = %self.sandbox, branch = %p.branch, old = %p.old, new = %p.new, worktree = %self.rec.worktree.display(), "published the agent's branch");
+            tracing::info!(event = "git_publish", sandbox = %self.sandbox, branch = %p.branch, old = %p.old, new = %p.new, worktree = %self.rec.worktree.display(), took_ms = started.elapsed().as_millis() as u64, "published the agent's branch");
         } else {
             tracing::warn!(event = "git_publish", sandbox = %self.sandbox, branch = %p.branch, old = %p.old, new = %tip, outcome = %p.outcome, "the agent's branch was not published");
         }

@@ -362,7 +362,17 @@ pub fn check_recorded(wt: &Opened, rec: &Record) -> Result<(), GitError> {
     }
     match wt.dotgit() {
         Ok(Some(t)) if t == rec.dotgit => {}
-        _ => return Err(violation(&wt.path, format!("its .git no longer matches its record ({}); refused", rec.source))),
+        _ => {
+            return Err(violation(
+                &wt.path,
+                format!(
+                    "its .git no longer matches its record (made by {}): refused; if the operator changed it, remove {}/{} to record it again",
+                    rec.source,
+                    STATE_DIR,
+                    rec.key()
+                ),
+            ));
+        }
     }
     let c = safe_open::open_dir_nofollow(&rec.common, Some(rec.uid)).map_err(|e| violation(&wt.path, format!("repository: {e}")))?;
     if (c.stat.st_dev, c.stat.st_ino) != (rec.common_dev, rec.common_ino) {
@@ -372,5 +382,25 @@ pub fn check_recorded(wt: &Opened, rec: &Record) -> Result<(), GitError> {
     match a {
         Ok(a) if a.stat.st_ino == rec.admin_ino => Ok(()),
         _ => Err(violation(&wt.path, format!("no longer registered in {}", rec.common.display()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_heads_branches_and_ids_are_parsed_strictly() {
+        assert_eq!(normalize(Path::new("/a/b/../c/./d")), Some(PathBuf::from("/a/c/d")));
+        assert_eq!(normalize(Path::new("/../x")), Some(PathBuf::from("/x")));
+        assert_eq!(normalize(Path::new("rel/x")), None);
+        assert_eq!(parse_head("ref: refs/heads/feature-x\n"), Ok(Some("feature-x".into())));
+        assert_eq!(parse_head("ref: refs/heads/agent/a/work"), Ok(Some("agent/a/work".into())));
+        assert_eq!(parse_head(&format!("{}\n", "a".repeat(40))), Ok(None));
+        for bad in ["ref: refs/heads/../x", "ref: refs/heads/a b", "ref: refs/tags/v1", "ref: refs/heads/x.lock", "zz", "ref: refs/heads/a\nb", ""] {
+            assert!(parse_head(bad).is_err(), "{bad:?}");
+        }
+        assert!(valid_oid(&"0".repeat(64)) && !valid_oid(&"A".repeat(40)) && !valid_oid("abc"));
+        assert!(valid_branch("feature-x") && !valid_branch("a//b") && !valid_branch(".x") && !valid_branch("a@{1}"));
     }
 }
