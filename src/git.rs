@@ -224,6 +224,7 @@ pub fn list(base: &Path) -> Result<Vec<Listed>, GitError> {
     let Ok((b, base)) = base_dir(base, false) else { return Ok(Vec::new()) };
     let mut out = Vec::new();
     for id in safe_open::list_dir(b.fd.as_fd(), &base)? {
+        let Some(id) = id.to_str().map(String::from) else { continue };
         if !valid_agent_id(&id) {
             continue;
         }
@@ -244,6 +245,7 @@ pub fn prune(base: &Path) -> Result<Vec<String>, GitError> {
     }
     if let Ok(root) = record::state_root(false) {
         for key in safe_open::list_dir(root.fd.as_fd(), Path::new(record::STATE_DIR))? {
+            let Some(key) = key.to_str().map(String::from) else { continue };
             let Ok(Some((d, p))) = record::key_dir(&key, false) else { continue };
             let Ok(Some(rec)) = record::load(&d, &p) else { continue };
             let gone = match std::fs::symlink_metadata(&rec.worktree) {

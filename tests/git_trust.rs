@@ -419,3 +419,23 @@ fn a_policy_may_allow_forced_publishes() {
     assert_ne!(amended, first);
     assert_eq!(git(&repo, &["rev-parse", "feature-x"]), amended, "{}", stderr(&out));
 }
+
+/// Trees a sandbox can make that once stopped a recursive removal (deeper than
+/// PATH_MAX, names that are not UTF-8) do not stop a relaunch or `worktree remove`.
+#[test]
+fn deep_trees_and_odd_names_do_not_stop_a_relaunch_or_a_removal() {
+    let f = Fixture::new();
+    let (repo, base) = managed(&f, &["a"]);
+    let g = repo.join(".git");
+    let deep = "d=$PWD; i=0; while [ $i -lt 2500 ]; do mkdir n && cd n || break; i=$((i+1)); done; touch \"$(printf 'odd-\\377')\"; cd \"$d\"";
+    let script = format!(
+        "{deep}; cd {g}/worktrees/a && rm -f HEAD && mkdir HEAD && cd HEAD && {deep}; cd {g}/objects && {deep}; \
+         touch \"{g}/objects/$(printf '\\377\\376')\"; echo DONE",
+        g = g.display()
+    );
+    assert!(ok(&sh(&base.join("a"), &script)).contains("DONE"));
+    let out = sh(&base.join("a"), "git status --porcelain >/dev/null && echo RAN");
+    assert!(ok(&out).contains("RAN"), "{}", stderr(&out));
+    ok(&worktree_cmd(&["remove", "a", "--force", "--base", base.to_str().unwrap()]));
+    assert!(!base.join("a").exists());
+}

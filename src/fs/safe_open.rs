@@ -216,35 +216,72 @@ pub fn commit_temp(dir: BorrowedFd, display: &Path, tmp: &str, name: &str) -> Re
 }
 
 /// Remove `name` from `dir`, a whole tree if it is a directory, never following
-/// a symlink or leaving the filesystem. Missing is fine.
+/// a symlink or leaving the filesystem. Missing is fine. Any depth and width:
+/// each level holds one fd, and below [`MAX_DEPTH`] subtrees are moved up to
+/// the top directory (renamed, never followed) and removed from there.
 pub fn remove_entry(dir: BorrowedFd, display: &Path, name: &str) -> Result<(), SafeError> {
-    remove_entry_depth(dir, display, name, 0)
-}
-
-const MAX_DEPTH: usize = 256;
-
-fn remove_entry_depth(dir: BorrowedFd, display: &Path, name: &str, depth: usize) -> Result<(), SafeError> {
     let path = display.join(name);
     match nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => return Ok(()),
         Err(Errno::EISDIR | Errno::EPERM) => {}
         Err(e) => return Err(SafeError::Sys { path, errno: e }),
     }
-    if depth >= MAX_DEPTH {
-        return Err(refused(&path, "nested too deeply"));
-    }
-    let sub = open_beneath(dir, display, Path::new(name), Kind::Dir, None)?;
-    for entry in list_dir(sub.fd.as_fd(), &path)? {
-        remove_entry_depth(sub.fd.as_fd(), &path, &entry, depth + 1)?;
-    }
+    let top = open_beneath(dir, display, Path::new(name), Kind::Dir, None)?;
+    clear_dir(top.fd.as_fd(), top.fd.as_fd(), &path, 0)?;
     match nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::RemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(SafeError::Sys { path, errno: e }),
     }
 }
 
-/// The names in a directory (not `.` and `..`), at most 1,000,000.
-pub fn list_dir(dir: BorrowedFd, display: &Path) -> Result<Vec<String>, SafeError> {
+const MAX_DEPTH: usize = 64;
+
+/// Empty the directory `d` (at `depth` below `top`).
+fn clear_dir(top: BorrowedFd, d: BorrowedFd, display: &Path, depth: usize) -> Result<(), SafeError> {
+    loop {
+        let names = list_dir(d, display)?;
+        if names.is_empty() {
+            return Ok(());
+        }
+        // Every pass removes or moves something; one that did not is an error, not a loop.
+        let mut progress = false;
+        for name in names {
+            let path = display.join(&name);
+            match nix::unistd::unlinkat(d, name.as_os_str(), nix::unistd::UnlinkatFlags::NoRemoveDir) {
+                Ok(()) => {
+                    progress = true;
+                    continue;
+                }
+                Err(Errno::ENOENT) => continue,
+                Err(Errno::EISDIR | Errno::EPERM) => {}
+                Err(e) => return Err(SafeError::Sys { path, errno: e }),
+            }
+            if depth + 1 >= MAX_DEPTH {
+                // Too deep to hold another fd: move it up, it is emptied from the top.
+                let flat = format!(".swarmcell-flat-{:08x}", crate::launch::random_u32());
+                nix::fcntl::renameat(d, name.as_os_str(), top, flat.as_str()).map_err(sys(&path))?;
+                progress = true;
+                continue;
+            }
+            let sub = open_beneath(d, display, Path::new(&name), Kind::Dir, None)?;
+            clear_dir(top, sub.fd.as_fd(), &path, depth + 1)?;
+            match nix::unistd::unlinkat(d, name.as_os_str(), nix::unistd::UnlinkatFlags::RemoveDir) {
+                Ok(()) => progress = true,
+                Err(Errno::ENOENT) => {}
+                Err(e) => return Err(SafeError::Sys { path, errno: e }),
+            }
+        }
+        if !progress {
+            return Err(refused(display, "holds entries that cannot be removed"));
+        }
+    }
+}
+
+/// Most names one [`list_dir`] returns (callers that must see all loop).
+pub const MAX_LIST: usize = 100_000;
+
+/// The names in a directory (not `.` and `..`), at most [`MAX_LIST`].
+pub fn list_dir(dir: BorrowedFd, display: &Path) -> Result<Vec<std::ffi::OsString>, SafeError> {
     let fd = nix::fcntl::openat2(dir, ".", OpenHow::new().flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)).map_err(sys(display))?;
     let mut d = nix::dir::Dir::from_fd(fd).map_err(sys(display))?;
     let mut names = Vec::new();
@@ -254,10 +291,10 @@ pub fn list_dir(dir: BorrowedFd, display: &Path) -> Result<Vec<String>, SafeErro
         if n == b"." || n == b".." {
             continue;
         }
-        if names.len() >= 1_000_000 {
-            return Err(refused(display, "more than 1,000,000 entries"));
+        names.push(OsStr::from_bytes(n).to_os_string());
+        if names.len() >= MAX_LIST {
+            break;
         }
-        names.push(OsStr::from_bytes(n).to_string_lossy().into_owned());
     }
     Ok(names)
 }
@@ -305,6 +342,15 @@ mod tests {
         assert!(read_small(fd, &dir, Path::new("d/fifo"), 4096, None).is_err());
         assert!(read_small(fd, &dir, Path::new("../etc/passwd"), 4096, None).is_err());
         assert!(open_beneath(fd, &dir, Path::new("d"), Kind::Dir, Some(12345)).is_err());
+        // Deeper than any fd budget: removed all the same.
+        let mut cur = open_beneath(fd, &dir, Path::new("d"), Kind::Dir, None).unwrap();
+        for _ in 0..300 {
+            nix::sys::stat::mkdirat(cur.fd.as_fd(), "n", Mode::from_bits_truncate(0o700)).unwrap();
+            std::fs::write(format!("/proc/self/fd/{}/f", cur.fd.as_raw_fd()), "x").unwrap();
+            cur = open_beneath(cur.fd.as_fd(), &dir, Path::new("n"), Kind::Dir, None).unwrap();
+        }
+        drop(cur);
+        std::fs::write(dir.join("d").join(OsStr::from_bytes(b"not-utf8-\xff")), "x").unwrap();
         replace_file(fd, &dir, "d", b"x", 0o644, 0, 0).unwrap();
         assert_eq!(std::fs::read_to_string(dir.join("d")).unwrap(), "x");
         remove_entry(fd, &dir, "d").unwrap();

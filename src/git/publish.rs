@@ -195,6 +195,7 @@ impl Publisher {
         let (heads, headsp) = dir(&refs, &refsp, "heads")?;
         let mut budget = MAX_BYTES;
         for name in safe_open::list_dir(src.fd.as_fd(), &srcp).map_err(safe)? {
+            let Some(name) = name.to_str().map(String::from) else { continue };
             let fanout = name.len() == 2 && name.bytes().all(|b| b.is_ascii_hexdigit());
             if !(fanout || name == "pack") {
                 continue;
@@ -203,6 +204,7 @@ impl Publisher {
             let sdp = srcp.join(&name);
             let (dd, ddp) = dir(&dst, &dstp, &name)?;
             for file in safe_open::list_dir(sd.fd.as_fd(), &sdp).map_err(safe)? {
+                let Some(file) = file.to_str().map(String::from) else { continue };
                 let wanted = if fanout { record::valid_oid(&format!("{name}{file}")) } else { is_pack_file(&file) };
                 if !wanted {
                     continue;
