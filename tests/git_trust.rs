@@ -439,3 +439,25 @@ fn deep_trees_and_odd_names_do_not_stop_a_relaunch_or_a_removal() {
     ok(&worktree_cmd(&["remove", "a", "--force", "--base", base.to_str().unwrap()]));
     assert!(!base.join("a").exists());
 }
+
+/// Between two launches the owner commits in the worktree on the host: the
+/// next launch starts from that commit (the layer's published, older tip does
+/// not hide it), and the agent's next commit is published as a fast-forward.
+#[test]
+fn a_host_commit_between_launches_is_where_the_agent_continues() {
+    let f = Fixture::new();
+    let repo = owned_repo(&f.dir);
+    let wt = f.dir.join("feature");
+    make_owned_dir(&wt, OWNER, OWNER);
+    ok(&git_as_owner(&repo, &["worktree", "add", "-q", wt.to_str().unwrap(), "-b", "feature-x"]));
+    let c = "git -c user.name=a -c user.email=a@x";
+    ok(&sh(&wt, &format!("echo 1 > a.txt && git add a.txt && {c} commit -qm agent-1")));
+    std::fs::write(wt.join("host.txt"), "host").unwrap();
+    std::os::unix::fs::chown(wt.join("host.txt"), Some(OWNER), Some(OWNER)).unwrap();
+    ok(&git_as_owner(&wt, &["add", "host.txt"]));
+    ok(&git_as_owner(&wt, &["commit", "-qm", "host-1"]));
+    let out = sh(&wt, &format!("git status --porcelain; git log --format=%s -1; echo 2 > b.txt && git add b.txt && {c} commit -qm agent-2"));
+    let text = ok(&out);
+    assert_eq!(text.trim(), "host-1", "the agent starts from the host's commit, clean: {text}\n{}", stderr(&out));
+    assert_eq!(git(&repo, &["log", "--format=%s", "-3", "feature-x"]).replace('\n', " "), "agent-2 host-1 agent-1");
+}

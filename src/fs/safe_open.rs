@@ -221,6 +221,9 @@ pub fn commit_temp(dir: BorrowedFd, display: &Path, tmp: &str, name: &str) -> Re
 /// the top directory (renamed, never followed) and removed from there.
 pub fn remove_entry(dir: BorrowedFd, display: &Path, name: &str) -> Result<(), SafeError> {
     let path = display.join(name);
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(refused(&path, "not a single path component"));
+    }
     match nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => return Ok(()),
         Err(Errno::EISDIR | Errno::EPERM) => {}
@@ -231,6 +234,19 @@ pub fn remove_entry(dir: BorrowedFd, display: &Path, name: &str) -> Result<(), S
     match nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::RemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(SafeError::Sys { path, errno: e }),
+    }
+}
+
+/// [`remove_entry`] of `rel` (several components) below `dir`: its parent is
+/// opened without crossing a symlink; a missing parent is fine.
+pub fn remove_beneath(dir: BorrowedFd, display: &Path, rel: &Path) -> Result<(), SafeError> {
+    let Some(name) = rel.file_name().and_then(|n| n.to_str()) else { return Err(refused(&display.join(rel), "no file name")) };
+    let parent = rel.parent().filter(|p| !p.as_os_str().is_empty());
+    let Some(parent) = parent else { return remove_entry(dir, display, name) };
+    match open_beneath(dir, display, parent, Kind::Dir, None) {
+        Ok(p) => remove_entry(p.fd.as_fd(), &display.join(parent), name),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

@@ -87,6 +87,26 @@ pub fn packed_refs(rec: &Record) -> Result<String, GitError> {
     Ok(text)
 }
 
+/// The layer's tip of the recorded branch is an ancestor of (and not equal
+/// to) the real branch: all of it was published and the host went further.
+fn behind_host(layer: &Checked, lp: &Path, rec: &Record) -> Result<bool, GitError> {
+    let Some(branch) = &rec.branch else { return Ok(false) };
+    let tip = match safe_open::read_small(layer.fd.as_fd(), lp, &PathBuf::from("refs/heads").join(branch), 256, None) {
+        Ok(b) => String::from_utf8_lossy(&b).trim_end_matches('\n').to_string(),
+        Err(_) => return Ok(false),
+    };
+    if !record::valid_oid(&tip) {
+        return Ok(false);
+    }
+    let ids = (rec.uid, rec.gid);
+    let real = super::cmd::in_git_dir(ids, &rec.common, &["rev-parse", "--verify", "-q", &format!("refs/heads/{branch}")]).unwrap_or_default();
+    if real == tip || !record::valid_oid(&real) {
+        return Ok(false);
+    }
+    // Exit 1 (not an ancestor) and an unknown id (never published) are both "no".
+    Ok(super::cmd::in_git_dir(ids, &rec.common, &["merge-base", "--is-ancestor", &tip, &real]).is_ok())
+}
+
 /// Create or refresh the layer of `rec` in its state directory `key_dir`.
 pub fn prepare(key_dir: &Checked, key_path: &Path, rec: &Record) -> Result<Layer, GitError> {
     let ids = (rec.uid, rec.gid);
@@ -125,15 +145,24 @@ pub fn prepare(key_dir: &Checked, key_path: &Path, rec: &Record) -> Result<Layer
     write(&info, &infop, "alternates", &format!("{SANDBOX_OBJECTS}\n"))?;
     write(&adm, &admp, "commondir", "../..\n")?;
     write(&adm, &admp, "gitdir", &format!("{}\n", rec.worktree.join(".git").display()))?;
-    // HEAD and index are the agent's across launches; a planted non-file is replaced.
+    // HEAD and index are the agent's across launches; a planted non-file is
+    // replaced. When everything the agent did on its branch is in the real
+    // branch and the host moved it further (the owner committed in the
+    // worktree), the layer starts again from the host's state: otherwise its
+    // stale loose ref would hide the new tip and its next commit could never
+    // be a fast-forward.
     let a = adm.fd.as_fd();
-    if safe_open::open_beneath(a, &admp, Path::new("HEAD"), Kind::File, None).is_err() {
+    let fresh = safe_open::open_beneath(a, &admp, Path::new("HEAD"), Kind::File, None).is_err() || behind_host(&layer, &lp, rec)?;
+    if fresh {
+        if let Some(b) = &rec.branch {
+            safe_open::remove_beneath(refsd.fd.as_fd(), &refsp, &PathBuf::from("heads").join(b)).map_err(safe)?;
+        }
         write(&adm, &admp, "HEAD", &rec.head)?;
-        // A fresh admin dir: start from the real one's index (the owner's, never a sandbox's).
+        // Start from the real admin dir's index (the owner's, never a sandbox's).
+        safe_open::remove_entry(a, &admp, "index").map_err(safe)?;
         let real_admin =
             safe_open::open_beneath(common.fd.as_fd(), &rec.common, &PathBuf::from("worktrees").join(&rec.name), Kind::Dir, Some(rec.uid));
         if let Ok(ra) = real_admin {
-            let _ = safe_open::remove_entry(a, &admp, "index");
             match safe_open::copy_file(
                 safe_open::At(ra.fd.as_fd(), &rec.admin()),
                 Path::new("index"),
