@@ -186,10 +186,9 @@ pub fn remove(base: &Path, id: &str, force: bool) -> Result<PathBuf, GitError> {
     if !force {
         // The real admin dir (never sandbox-visible) and its repository's own
         // config; submodules are not entered (their .git is the sandbox's).
-        let admin = format!("--git-dir={}", rec.admin().display());
-        let work = format!("--work-tree={}", path.display());
-        let fixed = [admin.as_str(), work.as_str(), "status", "--porcelain", "--ignore-submodules=all"];
-        let args: Vec<&std::ffi::OsStr> = fixed.iter().map(std::ffi::OsStr::new).collect();
+        let (admin, work) = (cmd::flag("git-dir", &rec.admin()), cmd::flag("work-tree", &path));
+        let fixed = ["status", "--porcelain", "--ignore-submodules=all"];
+        let args: Vec<&std::ffi::OsStr> = [admin.as_os_str(), work.as_os_str()].into_iter().chain(fixed.iter().map(std::ffi::OsStr::new)).collect();
         let status = cmd::run_as((rec.uid, rec.gid), &args, &[], cmd::DEADLINE)?;
         if !status.is_empty() {
             return Err(GitError::Invalid { path, message: "has changes or untracked files (use --force to remove it anyway)".into() });

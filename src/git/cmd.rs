@@ -112,11 +112,18 @@ pub fn run_as(owner: (u32, u32), args: &[&std::ffi::OsStr], extra_env: &[(&str, 
     }
 }
 
+/// `--NAME=PATH`, exact for any path (no lossy conversion).
+pub fn flag(name: &str, path: &Path) -> std::ffi::OsString {
+    let mut f = std::ffi::OsString::from(format!("--{name}="));
+    f.push(path.as_os_str());
+    f
+}
+
 /// `git --git-dir=GIT_DIR ARGS` as `owner`, stdout as text.
 pub fn in_git_dir(owner: (u32, u32), git_dir: &Path, args: &[&str]) -> Result<String, GitError> {
     let mut all: Vec<&std::ffi::OsStr> = Vec::new();
-    let flag = format!("--git-dir={}", git_dir.display());
-    all.push(flag.as_ref());
+    let flag = flag("git-dir", git_dir);
+    all.push(&flag);
     all.extend(args.iter().map(|a| std::ffi::OsStr::new(*a)));
     let out = run_as(owner, &all, &[], DEADLINE)?;
     Ok(String::from_utf8_lossy(&out).trim_end().to_string())

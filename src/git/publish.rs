@@ -240,9 +240,8 @@ impl Publisher {
         w(&heads, &headsp, "publish", &format!("{tip}\n"))?;
         let force = if self.allow_force { "+" } else { "" };
         let refspec = format!("{force}refs/heads/publish:refs/heads/{branch}");
-        let git_dir = format!("--git-dir={}", self.rec.common.display());
+        let git_dir = super::cmd::flag("git-dir", &self.rec.common);
         let fixed = [
-            git_dir.as_str(),
             "-c",
             "transfer.fsckObjects=true",
             "-c",
@@ -255,7 +254,10 @@ impl Publisher {
             "--no-auto-maintenance",
             "--update-head-ok",
         ];
-        let args: Vec<&std::ffi::OsStr> = fixed.iter().map(std::ffi::OsStr::new).chain([pp.as_os_str(), std::ffi::OsStr::new(&refspec)]).collect();
+        let args: Vec<&std::ffi::OsStr> = std::iter::once(git_dir.as_os_str())
+            .chain(fixed.iter().map(std::ffi::OsStr::new))
+            .chain([pp.as_os_str(), std::ffi::OsStr::new(&refspec)])
+            .collect();
         super::cmd::run_as(ids, &args, &[], super::cmd::DEADLINE).map(drop)
     }
 }

@@ -193,6 +193,12 @@ pub fn inspect(wt: &Opened, source: &str) -> Result<Option<Record>, GitError> {
     let worktrees = admin.parent().filter(|p| p.file_name().is_some_and(|n| n == "worktrees"));
     let common =
         worktrees.and_then(Path::parent).map(Path::to_path_buf).ok_or_else(|| violation(&wt.path, ".git does not name REPO/.git/worktrees/NAME"))?;
+    // Paths go into git's own files (gitdir, alternates): UTF-8, no control characters.
+    for p in [&wt.path, &common] {
+        if p.to_str().is_none_or(|s| s.chars().any(char::is_control)) {
+            return Err(violation(&wt.path, format!("{} is not a plain UTF-8 path", super::escape(&p.to_string_lossy()))));
+        }
+    }
     if name.is_empty() || name.starts_with('.') || common.starts_with(&wt.path) || wt.path.starts_with(&common) {
         return Err(violation(&wt.path, format!("its repository {} overlaps the worktree", common.display())));
     }
