@@ -929,6 +929,13 @@ impl PublishWatch {
     }
 }
 
+impl Drop for PublishWatch {
+    /// An early return of the launcher stops the thread (no last publish).
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// What the ready line reports besides the pid.
 struct ReadyInfo<'a> {
     id: &'a str,
