@@ -85,11 +85,14 @@ fn kind_of(stat: &FileStat) -> Option<Kind> {
 }
 
 /// Open `rel` below `dir` without crossing a symlink, a magic link, `..` out
-/// of `dir` or a mount; never blocks; the result must be of `kind` and, when
-/// given, owned by `owner`. `display` names `dir` in errors.
+/// of `dir` or a mount; the result must be of `kind` and, when given, owned by
+/// `owner`. The inode is first reached with `O_PATH` and checked with `fstat`;
+/// only a regular file or directory is then opened (through the checked fd),
+/// so a FIFO, socket or device is never opened at all. `display` names `dir`
+/// in errors.
 pub fn open_beneath(dir: BorrowedFd, display: &Path, rel: &Path, kind: Kind, owner: Option<u32>) -> Result<Checked, SafeError> {
     let path = display.join(rel);
-    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let flags = if kind == Kind::Dir { flags | OFlag::O_DIRECTORY } else { flags };
     let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
     let fd = nix::fcntl::openat2(dir, rel, OpenHow::new().flags(flags).resolve(BENEATH)).map_err(sys(&path))?;
@@ -102,12 +105,14 @@ pub fn open_dir_nofollow(path: &Path, owner: Option<u32>) -> Result<Checked, Saf
     if !path.is_absolute() {
         return Err(refused(path, "not an absolute path"));
     }
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let resolve = ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS;
     let fd = nix::fcntl::openat2(nix::fcntl::AT_FDCWD, path, OpenHow::new().flags(flags).resolve(resolve)).map_err(sys(path))?;
     check(fd, path, Kind::Dir, owner)
 }
 
+/// Type and owner of an `O_PATH` fd, then the same inode opened for reading
+/// (through /proc/self/fd, which names exactly that inode).
 fn check(fd: OwnedFd, path: &Path, kind: Kind, owner: Option<u32>) -> Result<Checked, SafeError> {
     let stat = nix::sys::stat::fstat(&fd).map_err(sys(path))?;
     match kind_of(&stat) {
@@ -119,7 +124,15 @@ fn check(fd: OwnedFd, path: &Path, kind: Kind, owner: Option<u32>) -> Result<Che
     {
         return Err(refused(path, format!("owned by uid {}, expected {uid}", stat.st_uid)));
     }
-    Ok(Checked { fd, stat })
+    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let flags = if kind == Kind::Dir { flags | OFlag::O_DIRECTORY } else { flags };
+    let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let opened = nix::fcntl::open(proc.as_str(), flags, Mode::empty()).map_err(sys(path))?;
+    let again = nix::sys::stat::fstat(&opened).map_err(sys(path))?;
+    if (again.st_dev, again.st_ino) != (stat.st_dev, stat.st_ino) {
+        return Err(refused(path, "changed while it was opened"));
+    }
+    Ok(Checked { fd: opened, stat: again })
 }
 
 /// Read at most `max` bytes of the regular file `rel` below `dir`; a larger file is refused.
