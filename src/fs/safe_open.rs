@@ -332,11 +332,13 @@ pub fn list_dir(dir: BorrowedFd, display: &Path) -> Result<Vec<std::ffi::OsStrin
 #[derive(Clone, Copy)]
 pub struct At<'a>(pub BorrowedFd<'a>, pub &'a Path);
 
-/// Copy the regular file `rel` below `src` to a new file `name` in `dst`
-/// (owned by `ids`), at most `max` bytes; returns the size.
+/// Copy the regular file `rel` below `src`, which must belong to `ids.0` (a
+/// file of someone else's hard-linked into the tree is refused, never copied
+/// to where that uid could read it), to a new file `name` in `dst` (owned by
+/// `ids`), at most `max` bytes; returns the size.
 pub fn copy_file(src: At, rel: &Path, dst: At, name: &str, max: u64, ids: (u32, u32)) -> Result<u64, SafeError> {
     let (At(src, src_display), At(dst, dst_display)) = (src, dst);
-    let c = open_beneath(src, src_display, rel, Kind::File, None)?;
+    let c = open_beneath(src, src_display, rel, Kind::File, Some(ids.0))?;
     let path = src_display.join(rel);
     if c.stat.st_size < 0 || c.stat.st_size as u64 > max {
         return Err(refused(&path, format!("larger than {max} bytes")));
