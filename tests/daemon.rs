@@ -631,3 +631,31 @@ fn the_daemon_launches_only_worktrees_of_its_repositories() {
     d.stop();
     assert_no_sandbox_left();
 }
+
+/// Finding 2 through the daemon: a fake common dir whose `objects` is a
+/// symlink to a host file, named by a rewritten `.git`, is refused at the next
+/// launch; the file is never bound.
+#[test]
+fn the_daemon_refuses_a_planted_fake_common_dir() {
+    let f = Fixture::new();
+    let mut d = Daemon::start(&f);
+    let (_repo, wt) = git_worktree(&f);
+    let secret = f.dir.join("secret.txt");
+    std::fs::write(&secret, "HOSTSECRET").unwrap();
+    std::os::unix::fs::chown(&secret, Some(OWNER), Some(OWNER)).unwrap();
+    let plant = format!(
+        "mkdir -p fake/worktrees/x fake/refs && echo 'ref: refs/heads/main' > fake/HEAD && cp fake/HEAD fake/worktrees/x/HEAD && \
+         echo ../.. > fake/worktrees/x/commondir && echo \"$PWD/.git\" > fake/worktrees/x/gitdir && \
+         ln -s {} fake/objects && echo \"gitdir: $PWD/fake/worktrees/x\" > .git && echo PLANTED",
+        secret.display()
+    );
+    assert!(ok(&sh_in(&wt, &[], &plant, Duration::from_secs(30)).unwrap()).contains("PLANTED"));
+    let out = launch_git(&d).expect("the launch hangs");
+    assert!(!out.status.success(), "ESCAPED: the daemon launched a sandbox on a planted fake common dir: {}", stdout(&out));
+    wait_until("the policy_violation event", || {
+        d.audit_events("policy_violation").iter().any(|e| e["error"].as_str().unwrap_or("").contains(".git"))
+    });
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "HOSTSECRET");
+    d.stop();
+    assert_no_sandbox_left();
+}
