@@ -193,6 +193,16 @@ pub fn remove(base: &Path, id: &str, force: bool) -> Result<PathBuf, GitError> {
         if !status.is_empty() {
             return Err(GitError::Invalid { path, message: "has changes or untracked files (use --force to remove it anyway)".into() });
         }
+        // Commits the publisher could not bring over (not a fast-forward) live only in the layer.
+        let mut p = publish::Publisher::new(rec.clone(), "worktree-remove", false);
+        if let (Ok(Some(tip)), Some(branch)) = (p.layer_tip(), &rec.branch)
+            && p.real_tip(branch)? != tip
+        {
+            return Err(GitError::Invalid {
+                path,
+                message: format!("its branch {branch} has unpublished commits ({tip}) (use --force to remove it anyway)"),
+            });
+        }
     }
     let (b, base) = base_dir(base, false)?;
     safe_open::remove_entry(b.fd.as_fd(), &base, id)?;

@@ -350,6 +350,9 @@ fn a_commit_is_published_within_two_seconds_while_the_sandbox_runs() {
     assert_ne!(amended, commit);
     assert_eq!(git(&repo, &["rev-parse", "feature-x"]), commit, "a non-fast-forward update was published");
     git(&repo, &["fsck", "--strict"]);
+    // Its commits live only in its layer: the relaunch still has them.
+    let out = sh(&wt, "git rev-parse HEAD");
+    assert_eq!(ok(&out).trim(), amended);
 }
 
 /// Rule 6: one sandbox per worktree.
@@ -460,4 +463,25 @@ fn a_host_commit_between_launches_is_where_the_agent_continues() {
     let text = ok(&out);
     assert_eq!(text.trim(), "host-1", "the agent starts from the host's commit, clean: {text}\n{}", stderr(&out));
     assert_eq!(git(&repo, &["log", "--format=%s", "-3", "feature-x"]).replace('\n', " "), "agent-2 host-1 agent-1");
+}
+
+/// Commits the publisher refused (not a fast-forward) live only in the layer:
+/// `worktree remove` keeps the worktree unless forced.
+#[test]
+fn worktree_remove_keeps_a_worktree_with_unpublished_commits() {
+    let f = Fixture::new();
+    let (repo, base) = managed(&f, &["a"]);
+    let wt = base.join("a");
+    let c = "git -c user.name=a -c user.email=a@x";
+    ok(&sh(&wt, &format!("echo 1 > f && git add f && {c} commit -qm one")));
+    let published = git(&repo, &["rev-parse", "agent/a/work"]);
+    ok(&sh(&wt, &format!("{c} commit -q --amend -m rewritten")));
+    assert_eq!(git(&repo, &["rev-parse", "agent/a/work"]), published, "not a fast-forward: not published");
+    let b = base.to_str().unwrap();
+    let out = worktree_cmd(&["remove", "a", "--base", b]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(stderr(&out).contains("unpublished commits"), "{}", stderr(&out));
+    assert!(wt.exists());
+    ok(&worktree_cmd(&["remove", "a", "--force", "--base", b]));
+    assert!(!wt.exists());
 }

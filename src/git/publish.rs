@@ -105,7 +105,8 @@ impl Publisher {
         Ok(tip)
     }
 
-    fn real_tip(&self, branch: &str) -> Result<String, GitError> {
+    /// The real branch's commit ("" when it does not exist).
+    pub fn real_tip(&self, branch: &str) -> Result<String, GitError> {
         super::cmd::in_git_dir(
             (self.rec.uid, self.rec.gid),
             &self.rec.common,
