@@ -1,20 +1,26 @@
-//! Git worktrees: the host-side manager (`swarmcell worktree ...`, parent side,
-//! runs git as root) and what a sandbox needs of the main repository.
+//! Git worktrees on the host side (root): the worktree manager (`swarmcell
+//! worktree ...`) and what a sandbox gets of its repository.
 //!
-//! A worktree's `.git` is a file pointing at `REPO/.git/worktrees/ID`, and its
-//! commits write objects and refs into the main repository. A sandbox gets the
-//! common directory read-only (so `hooks/`, `config`, `info/`, other branches and
-//! other agents' admin directories cannot be changed: a hook or config written
-//! by an agent would run on the host the next time a person uses git), with
-//! read-write binds on top for exactly what `git add`/`git commit` on its own
-//! branch need: its admin directory, the object store, and the directory of its
-//! own branch ref and reflog. Agent branches live under `agent/ID/` so that this
-//! directory belongs to one agent alone (git updates a ref by creating a lock
-//! file and renaming it in the ref's directory).
+//! The trust rule (README, "Trust boundaries"): the host side trusts nothing a
+//! sandbox can write (the worktree, its `.git`, its private git layer) and
+//! nothing an unprivileged user owns. So:
+//! - root opens such paths only through [`crate::fs::safe_open`];
+//! - git runs only as the repository's owner, hooks and fsmonitor off, with a
+//!   deadline ([`cmd`]);
+//! - which repository, admin dir and branch a worktree belongs to comes from a
+//!   root-owned record ([`record`]), never again from its `.git`;
+//! - the sandbox never writes the real repository: it gets a private layer
+//!   ([`layer`]) and a verifying publisher imports its branch ([`publish`]).
 
-use std::os::unix::fs::MetadataExt;
-use std::path::{Component, Path, PathBuf};
-use std::process::Command;
+pub mod cmd;
+pub mod layer;
+pub mod publish;
+pub mod record;
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use crate::fs::safe_open::{self, Kind};
 
 pub const DEFAULT_BASE: &str = "/var/lib/swarmcell/worktrees";
 pub const BRANCH_PREFIX: &str = "agent";
@@ -31,14 +37,24 @@ pub enum GitError {
     Missing(PathBuf),
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// A check of the trust rule failed (the daemon audits it as `policy_violation`).
+    #[error("{0}")]
+    Violation(String),
     #[error("git {args}: {message}")]
     Git { args: String, message: String },
+    #[error(transparent)]
+    Safe(#[from] safe_open::SafeError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GitError + '_ {
     move |source| GitError::Io { path: path.into(), source }
+}
+
+/// Text from git or a repository, made safe for a log line or a terminal.
+pub fn escape(s: &str) -> String {
+    s.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).take(400).collect()
 }
 
 pub fn valid_agent_id(id: &str) -> bool {
@@ -54,41 +70,14 @@ fn valid_branch_leaf(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
-/// Run git as root on a repository owned by someone else (hence safe.directory).
-fn git(dir: &Path, args: &[&str]) -> Result<String, GitError> {
-    let out = Command::new("git")
-        .arg("-c")
-        .arg("safe.directory=*")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .output()
-        .map_err(|e| GitError::Git { args: args.join(" "), message: e.to_string() })?;
-    if !out.status.success() {
-        return Err(GitError::Git { args: args.join(" "), message: String::from_utf8_lossy(&out.stderr).trim().to_string() });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), GitError> {
-    let meta = std::fs::symlink_metadata(path).map_err(io(path))?;
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).map_err(io(path))?;
-    if meta.is_dir() {
-        for e in std::fs::read_dir(path).map_err(io(path))? {
-            chown_tree(&e.map_err(io(path))?.path(), uid, gid)?;
-        }
-    }
-    Ok(())
-}
-
-/// The base directory, created root-only if missing, canonical.
-fn base_dir(base: &Path, create: bool) -> Result<PathBuf, GitError> {
+/// The base directory, created root-only if missing; opened without following symlinks.
+fn base_dir(base: &Path, create: bool) -> Result<(safe_open::Checked, PathBuf), GitError> {
     if create {
         std::fs::create_dir_all(base).map_err(io(base))?;
     }
-    base.canonicalize().map_err(io(base))
+    let canonical = base.canonicalize().map_err(io(base))?;
+    let c = safe_open::open_dir_nofollow(&canonical, None)?;
+    Ok((c, canonical))
 }
 
 pub struct AddRequest<'a> {
@@ -100,8 +89,10 @@ pub struct AddRequest<'a> {
 }
 
 /// `swarmcell worktree add`: BASE/ID as a new worktree on branch agent/ID/NAME,
-/// mode 0700, owned by the repository's owner (or `owner`), never root.
+/// mode 0700, owned by the repository's owner (never root). Root makes only the
+/// empty directory; git runs as the owner (hooks off); the worktree is recorded.
 pub fn add(req: &AddRequest) -> Result<PathBuf, GitError> {
+    use std::os::unix::fs::MetadataExt;
     if !valid_agent_id(req.id) {
         return Err(GitError::BadId(req.id.into()));
     }
@@ -110,8 +101,7 @@ pub fn add(req: &AddRequest) -> Result<PathBuf, GitError> {
         return Err(GitError::BadBranch(leaf.into()));
     }
     let repo = req.repo.canonicalize().map_err(io(req.repo))?;
-    let common = PathBuf::from(git(&repo, &["rev-parse", "--path-format=absolute", "--git-common-dir"])?);
-    let meta = std::fs::metadata(&common).map_err(io(&common))?;
+    let meta = std::fs::metadata(&repo).map_err(io(&repo))?;
     let (uid, gid) = req.owner.unwrap_or((meta.uid(), meta.gid()));
     if uid == 0 || gid == 0 {
         return Err(GitError::Invalid {
@@ -119,60 +109,115 @@ pub fn add(req: &AddRequest) -> Result<PathBuf, GitError> {
             message: "worktrees would belong to root: chown the repository to the agents' user or pass --owner UID:GID".into(),
         });
     }
-    let base = base_dir(req.base, true)?;
+    if uid != meta.uid() {
+        return Err(GitError::Invalid {
+            path: repo,
+            message: format!("the repository belongs to uid {}: its worktrees must too (--owner)", meta.uid()),
+        });
+    }
+    let (base_fd, base) = base_dir(req.base, true)?;
     let path = base.join(req.id);
-    if std::fs::symlink_metadata(&path).is_ok() {
-        return Err(GitError::Exists(path));
+    let b = base_fd.fd.as_fd();
+    match nix::sys::stat::mkdirat(b, req.id, nix::sys::stat::Mode::from_bits_truncate(0o700)) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::EEXIST) => return Err(GitError::Exists(path)),
+        Err(e) => return Err(GitError::Invalid { path, message: e.desc().into() }),
     }
+    let made = safe_open::open_beneath(b, &base, Path::new(req.id), Kind::Dir, Some(0))?;
+    nix::unistd::fchown(&made.fd, Some(uid.into()), Some(gid.into()))
+        .map_err(|e| GitError::Invalid { path: path.clone(), message: e.desc().into() })?;
     let branch = format!("{BRANCH_PREFIX}/{}/{leaf}", req.id);
-    git(&repo, &["worktree", "add", "--quiet", "-b", &branch, &path.to_string_lossy()])?;
-    let admin = common.join("worktrees").join(req.id);
-    let ref_dir = common.join("refs/heads").join(BRANCH_PREFIX).join(req.id);
-    let log_dir = common.join("logs/refs/heads").join(BRANCH_PREFIX).join(req.id);
-    std::fs::create_dir_all(&log_dir).map_err(io(&log_dir))?;
-    std::fs::create_dir_all(&ref_dir).map_err(io(&ref_dir))?;
-    for p in [&path, &admin, &ref_dir, &log_dir] {
-        chown_tree(p, uid, gid)?;
+    let r = (|| {
+        let c = |s: &str| std::ffi::OsString::from(s);
+        let args =
+            [c("-C"), repo.clone().into_os_string(), c("worktree"), c("add"), c("--quiet"), c("-b"), c(&branch), path.clone().into_os_string()];
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        cmd::run_as((uid, gid), &args, &[], cmd::DEADLINE)?;
+        let wt = record::Opened::open(&path)?;
+        record::resolve(&wt, &[], true, "worktree add")?
+            .ok_or_else(|| GitError::Invalid { path: path.clone(), message: "git made no linked worktree".into() })
+    })();
+    if let Err(e) = r {
+        let _ = safe_open::remove_entry(b, &base, req.id);
+        return Err(e);
     }
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).map_err(io(&path))?;
     Ok(path)
 }
 
-/// The worktree's main repository common dir and its admin dir, from its `.git` file.
-fn admin_of(worktree: &Path) -> Result<(PathBuf, PathBuf), GitError> {
-    let dotgit = worktree.join(".git");
-    let text = std::fs::read_to_string(&dotgit).map_err(io(&dotgit))?;
-    let admin = PathBuf::from(
-        text.trim().strip_prefix("gitdir: ").ok_or_else(|| GitError::Invalid { path: dotgit.clone(), message: "not a worktree .git file".into() })?,
-    );
-    let admin = if admin.is_absolute() { admin } else { worktree.join(admin) };
-    let admin = admin.canonicalize().map_err(io(&admin))?;
-    let parent = admin.parent().filter(|p| p.file_name().is_some_and(|n| n == "worktrees"));
-    let common = parent
-        .and_then(Path::parent)
-        .ok_or_else(|| GitError::Invalid { path: dotgit.clone(), message: "gitdir is not REPO/.git/worktrees/ID".into() })?;
-    Ok((common.to_path_buf(), admin))
-}
-
-/// `swarmcell worktree remove`: git worktree remove; the branch (the agent's
-/// work) is kept.
-pub fn remove(base: &Path, id: &str, force: bool) -> Result<PathBuf, GitError> {
+/// BASE/ID opened without following symlinks, with its record.
+fn recorded(base: &Path, id: &str) -> Result<(record::Opened, Option<record::Record>), GitError> {
     if !valid_agent_id(id) {
         return Err(GitError::BadId(id.into()));
     }
-    let path = base_dir(base, false)?.join(id);
-    if !path.is_dir() {
-        return Err(GitError::Missing(path));
+    let (b, base) = base_dir(base, false)?;
+    let path = base.join(id);
+    let c = match safe_open::open_beneath(b.fd.as_fd(), &base, Path::new(id), Kind::Dir, None) {
+        Ok(c) => c,
+        Err(e) if e.is_not_found() => return Err(GitError::Missing(path)),
+        Err(e) => return Err(e.into()),
+    };
+    let key = record::key(c.stat.st_dev, c.stat.st_ino);
+    let wt = record::Opened { path, btime: None, dir: c };
+    let rec = match record::key_dir(&key, false)? {
+        Some((d, p)) => record::load(&d, &p)?,
+        None => None,
+    };
+    Ok((wt, rec))
+}
+
+/// The lease held while a sandbox runs on the worktree of `key`.
+pub fn lease(key: &str) -> Result<Option<crate::lease::Lease>, GitError> {
+    let (_, p) = record::key_dir(key, true)?.ok_or_else(|| GitError::Missing(Path::new(record::STATE_DIR).join(key)))?;
+    crate::lease::Lease::try_acquire(&p.join("lease")).map_err(|e| GitError::Invalid { path: p, message: e.to_string() })
+}
+
+/// `swarmcell worktree remove`: the worktree directory and its admin dir are
+/// removed by root without following anything planted in them, then its
+/// record and private layer. Not forced, a worktree with changes is kept
+/// (`git status` as the owner, on the real admin dir, hooks off). The branch
+/// (the agent's work, published at stop) is kept.
+pub fn remove(base: &Path, id: &str, force: bool) -> Result<PathBuf, GitError> {
+    let (wt, rec) = recorded(base, id)?;
+    let path = wt.path.clone();
+    let Some(rec) = rec else {
+        return Err(GitError::Invalid { path, message: "no swarmcell record for this worktree: remove it with git".into() });
+    };
+    let _held = lease(&rec.key())?.ok_or_else(|| GitError::Invalid { path: path.clone(), message: "a sandbox runs on this worktree".into() })?;
+    if !force {
+        // The real admin dir (never sandbox-visible) and its repository's own
+        // config; submodules are not entered (their .git is the sandbox's).
+        let (admin, work) = (cmd::flag("git-dir", &rec.admin()), cmd::flag("work-tree", &path));
+        let fixed = ["status", "--porcelain", "--ignore-submodules=all"];
+        let args: Vec<&std::ffi::OsStr> = [admin.as_os_str(), work.as_os_str()].into_iter().chain(fixed.iter().map(std::ffi::OsStr::new)).collect();
+        let status = cmd::run_as((rec.uid, rec.gid), &args, &[], cmd::DEADLINE)?;
+        if !status.is_empty() {
+            return Err(GitError::Invalid { path, message: "has changes or untracked files (use --force to remove it anyway)".into() });
+        }
+        // Commits the publisher could not bring over (not a fast-forward) live only in the layer.
+        let mut p = publish::Publisher::new(rec.clone(), "worktree-remove", false);
+        if let (Ok(Some(tip)), Some(branch)) = (p.layer_tip(), &rec.branch)
+            && p.real_tip(branch)? != tip
+        {
+            return Err(GitError::Invalid {
+                path,
+                message: format!("its branch {branch} has unpublished commits ({tip}) (use --force to remove it anyway)"),
+            });
+        }
     }
-    let (common, _) = admin_of(&path)?;
-    let p = path.to_string_lossy().into_owned();
-    let mut args = vec!["worktree", "remove"];
-    if force {
-        args.push("--force");
+    let (b, base) = base_dir(base, false)?;
+    safe_open::remove_entry(b.fd.as_fd(), &base, id)?;
+    // The admin dir, only if it is still the recorded one.
+    if let Ok(c) = safe_open::open_dir_nofollow(&rec.common, Some(rec.uid))
+        && (c.stat.st_dev, c.stat.st_ino) == (rec.common_dev, rec.common_ino)
+        && let Ok(w) = safe_open::open_beneath(c.fd.as_fd(), &rec.common, Path::new("worktrees"), Kind::Dir, Some(rec.uid))
+        && let Ok(a) = safe_open::open_beneath(w.fd.as_fd(), &rec.common.join("worktrees"), Path::new(&rec.name), Kind::Dir, Some(rec.uid))
+        && a.stat.st_ino == rec.admin_ino
+    {
+        drop(a);
+        safe_open::remove_entry(w.fd.as_fd(), &rec.common.join("worktrees"), &rec.name)?;
     }
-    args.push(&p);
-    git(&common, &args)?;
+    drop(_held);
+    record::forget(&rec.key())?;
     Ok(path)
 }
 
@@ -183,79 +228,87 @@ pub struct Listed {
     pub repo: PathBuf,
 }
 
+/// The worktrees under BASE, from their records (nothing in them is read).
 pub fn list(base: &Path) -> Result<Vec<Listed>, GitError> {
-    let Ok(base) = base_dir(base, false) else { return Ok(Vec::new()) };
+    let Ok((b, base)) = base_dir(base, false) else { return Ok(Vec::new()) };
     let mut out = Vec::new();
-    for e in std::fs::read_dir(&base).map_err(io(&base))?.flatten() {
-        let id = e.file_name().to_string_lossy().into_owned();
+    for id in safe_open::list_dir(b.fd.as_fd(), &base)? {
+        let Some(id) = id.to_str().map(String::from) else { continue };
         if !valid_agent_id(&id) {
             continue;
         }
-        let Ok((common, admin)) = admin_of(&e.path()) else { continue };
-        let head = std::fs::read_to_string(admin.join("HEAD")).unwrap_or_default();
-        let branch = head.trim().strip_prefix("ref: refs/heads/").unwrap_or(head.trim()).to_string();
-        out.push(Listed { id, path: e.path(), branch, repo: common.parent().map(Path::to_path_buf).unwrap_or(common) });
+        let Ok((wt, Some(rec))) = recorded(&base, &id) else { continue };
+        out.push(Listed { id, path: wt.path, branch: rec.branch.clone().unwrap_or_else(|| "(detached)".into()), repo: rec.repo() });
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
 }
 
-/// Remove every swarmcell worktree under BASE (forced) and prune each repository.
+/// Remove every swarmcell worktree under BASE (forced), then forget records
+/// of worktrees that no longer exist.
 pub fn prune(base: &Path) -> Result<Vec<String>, GitError> {
-    let listed = list(base)?;
-    let mut repos: Vec<PathBuf> = Vec::new();
     let mut removed = Vec::new();
-    for w in &listed {
+    for w in list(base)? {
         remove(base, &w.id, true)?;
-        removed.push(w.id.clone());
-        if !repos.contains(&w.repo) {
-            repos.push(w.repo.clone());
-        }
+        removed.push(w.id);
     }
-    for r in repos {
-        git(&r, &["worktree", "prune"])?;
+    if let Ok(root) = record::state_root(false) {
+        for key in safe_open::list_dir(root.fd.as_fd(), Path::new(record::STATE_DIR))? {
+            let Some(key) = key.to_str().map(String::from) else { continue };
+            let Ok(Some((d, p))) = record::key_dir(&key, false) else { continue };
+            let Ok(Some(rec)) = record::load(&d, &p) else { continue };
+            let gone = match std::fs::symlink_metadata(&rec.worktree) {
+                Ok(m) => {
+                    use std::os::unix::fs::MetadataExt;
+                    (m.dev(), m.ino()) != (rec.dev, rec.ino)
+                }
+                Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+            };
+            if gone && matches!(lease(&key), Ok(Some(_))) {
+                record::forget(&key)?;
+            }
+        }
     }
     Ok(removed)
 }
 
-/// What a sandbox on `worktree` needs of its main repository, or `None` when the
-/// worktree is not a linked git worktree.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a sandbox on a linked worktree gets of its repository: its private
+/// layer at the common dir's path, the real object store read-only, and the
+/// lease that keeps a second sandbox off the worktree.
 pub struct SandboxGit {
-    /// The common dir (REPO/.git), bound read-only.
-    pub common: PathBuf,
-    /// Bound read-write on top: admin dir, objects, own ref dir, own reflog dir.
-    pub writable: Vec<PathBuf>,
+    pub record: record::Record,
+    pub layer: layer::Layer,
+    pub lease: crate::lease::Lease,
 }
 
-pub fn sandbox_view(worktree: &Path) -> Result<Option<SandboxGit>, GitError> {
-    if !worktree.join(".git").is_file() {
-        return Ok(None);
+impl std::fmt::Debug for SandboxGit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxGit").field("record", &self.record).finish()
     }
-    let (common, admin) = admin_of(worktree)?;
-    let head = std::fs::read_to_string(admin.join("HEAD")).map_err(io(&admin))?;
-    let mut writable = vec![admin.clone(), common.join("objects")];
-    // The branch's own ref and reflog directories, only when they are its alone.
-    if let Some(branch) = head.trim().strip_prefix("ref: refs/heads/") {
-        let parts: Vec<&str> = branch.split('/').collect();
-        let admin_id = admin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if parts.len() == 3
-            && parts[0] == BRANCH_PREFIX
-            && parts[1] == admin_id
-            && Path::new(branch).components().all(|c| matches!(c, Component::Normal(_)))
-        {
-            for dir in
-                [common.join("refs/heads").join(BRANCH_PREFIX).join(parts[1]), common.join("logs/refs/heads").join(BRANCH_PREFIX).join(parts[1])]
-            {
-                if dir.is_dir() {
-                    writable.push(dir);
-                }
-            }
-        } else {
-            tracing::warn!(branch, "the worktree's branch is not agent/ID/NAME: its ref cannot be made writable alone, so commits will fail");
-        }
+}
+
+impl SandboxGit {
+    /// The layer's mount point inside the sandbox (the real common dir's path).
+    pub fn common(&self) -> &Path {
+        &self.record.common
     }
-    Ok(Some(SandboxGit { common, writable }))
+}
+
+/// For a launch on `wt`: the record (made now on a first launch), the lease
+/// (refused while another sandbox runs on it), and the refreshed layer.
+/// Ok(None): not a linked git worktree.
+pub fn prepare_sandbox(wt: &record::Opened, repos: &[PathBuf]) -> Result<Option<SandboxGit>, GitError> {
+    let Some((rec, dir)) = record::resolve(wt, repos, true, "first launch")? else { return Ok(None) };
+    let (d, p) = dir.ok_or_else(|| GitError::Missing(Path::new(record::STATE_DIR).join(rec.key())))?;
+    let lease = lease(&rec.key())?.ok_or_else(|| GitError::Violation(format!("worktree {} already has a running sandbox", wt.path.display())))?;
+    let layer = layer::prepare(&d, &p, &rec)?;
+    Ok(Some(SandboxGit { record: rec, layer, lease }))
+}
+
+/// The daemon's check before it starts a launcher (nothing is written).
+pub fn preflight(worktree: &Path, repos: &[PathBuf]) -> Result<(), GitError> {
+    let wt = record::Opened::open(worktree)?;
+    record::resolve(&wt, repos, false, "first launch").map(drop)
 }
 
 #[cfg(test)]

@@ -99,6 +99,10 @@ struct RunArgs {
     /// The git worktree (or any directory) the sandbox may write; also its cwd.
     #[arg(long)]
     worktree: PathBuf,
+    /// The repository a git worktree must belong to (repeatable: any of them);
+    /// without it, the one recorded for the worktree (or, on its first launch, its .git's).
+    #[arg(long = "repo", value_name = "REPO")]
+    repos: Vec<PathBuf>,
     /// Policy file (mode 0640 or stricter); default: the built-in opencode policy.
     #[arg(long)]
     policy: Option<PathBuf>,
@@ -501,6 +505,7 @@ fn run_checked(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
         allow_uids: args.allow_uids,
         allow_any_uid: args.allow_any_uid,
         secret_fd: args.secret_fd,
+        repos: args.repos,
     };
     parent::run(&req).map_err(|e| (e.to_string(), e.exit_code()))
 }

@@ -547,7 +547,7 @@ fn a_config_with_loose_permissions_or_unknown_keys_is_refused() {
 #[test]
 fn a_uid_that_is_not_allowed_gets_nothing_from_a_daemon_sandbox_while_the_requester_and_root_do() {
     let f = Fixture::new();
-    let mut d = Daemon::start(&f);
+    let d = Daemon::start(&f);
     let wt = f.dir.join("base/a");
     let out = d.ctl_as(REQUESTER, &["launch", "--worktree", wt.to_str().unwrap(), "--", bin(), "__probe", "serve", "{port}"]);
     let l: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
@@ -560,6 +560,51 @@ fn a_uid_that_is_not_allowed_gets_nothing_from_a_daemon_sandbox_while_the_reques
     assert!(metric(&d.scrape(), "swarmcell_broker_refused_total{reason=\"uid\"}") >= 1.0);
     let log = ok(&d.ctl(&["logs", l["id"].as_str().unwrap()]));
     assert!(log.contains(&format!("GET /from-{REQUESTER}")) && !log.contains(&format!("from-{STRANGER}")), "{log}");
+}
+
+/// A worktree BASE/g of a repository owned by OWNER, made by `swarmcell worktree add`.
+fn git_worktree(f: &Fixture) -> (PathBuf, PathBuf) {
+    let repo = owned_repo(&f.dir);
+    let base = f.dir.join("base");
+    ok(&worktree_cmd(&["add", repo.to_str().unwrap(), "g", "--base", base.to_str().unwrap()]));
+    (repo, base.join("g"))
+}
+
+fn launch_git(d: &Daemon) -> Option<std::process::Output> {
+    let wt = d.dir.join("base/g");
+    let mut c = Command::new(bin());
+    c.arg("ctl").arg("--socket").arg(&d.socket).args([
+        "launch",
+        "--worktree",
+        wt.to_str().unwrap(),
+        "--agent",
+        "g",
+        "--",
+        bin(),
+        "__probe",
+        "serve",
+        "{port}",
+    ]);
+    timed(&mut c, Duration::from_secs(30))
+}
+
+/// Finding 1 through the daemon: a `.git` a sandbox rewrote is refused at the
+/// next launch, with a `policy_violation` audit event.
+#[test]
+fn the_daemon_refuses_a_worktree_whose_dot_git_a_sandbox_rewrote() {
+    let f = Fixture::new();
+    let mut d = Daemon::start(&f);
+    let (_repo, wt) = git_worktree(&f);
+    let victim = owned_repo(&f.dir.join("victim-parent").tap_mkdir());
+    git(&victim, &["worktree", "add", "-q", f.dir.join("victim-wt").to_str().unwrap()]);
+    let plant = sh_in(&wt, &[], &format!("echo 'gitdir: {}/.git/worktrees/victim-wt' > .git", victim.display()), Duration::from_secs(30)).unwrap();
+    ok(&plant);
+    let out = launch_git(&d).expect("ESCAPED: the daemon's launch hangs");
+    assert!(!out.status.success(), "ESCAPED: the daemon launched a sandbox on a redirected .git: {}", stdout(&out));
+    wait_until("the policy_violation event", || {
+        d.audit_events("policy_violation").iter().any(|e| e["error"].as_str().unwrap_or("").contains(".git"))
+    });
+    assert!(d.list().is_empty());
     d.stop();
     assert_no_sandbox_left();
 }
@@ -657,7 +702,7 @@ fn a_sandbox_stuck_in_starting_is_killed_after_its_deadline_and_audited() {
 #[test]
 fn every_egress_decision_of_a_daemon_sandbox_is_an_audit_event_with_its_id() {
     let f = Fixture::new();
-    let mut d = Daemon::start(&f);
+    let d = Daemon::start(&f);
     let l = d.launch_cmd("a", &[bin(), "__probe", "egress-then-serve", "{port}", "unlisted.test.invalid:443"]);
     wait_until("the egress event", || d.audit_events("egress").iter().any(|e| e["id"] == l["id"]));
     let events = d.audit_events("egress");
@@ -668,6 +713,90 @@ fn every_egress_decision_of_a_daemon_sandbox_is_an_audit_event_with_its_id() {
         "{e}"
     );
     assert!(e["reason"].as_str().unwrap().contains("is not on the egress allowlist"), "{e}");
+}
+
+/// Finding 6 through the daemon: FIFOs planted in every git path the sandbox
+/// sees do not hang the next launch (it becomes ready).
+#[test]
+fn the_daemon_relaunches_a_worktree_whose_git_state_holds_fifos() {
+    let f = Fixture::new();
+    let mut d = Daemon::start(&f);
+    let (repo, wt) = git_worktree(&f);
+    let g = repo.join(".git");
+    let script = format!(
+        "for p in {g}/worktrees/g/HEAD {g}/worktrees/g/index {g}/worktrees/g/commondir {g}/refs/heads/agent/g/work {g}/packed-refs {g}/HEAD; do \
+           rm -f $p; mkfifo $p; done; echo DONE",
+        g = g.display()
+    );
+    assert!(ok(&sh_in(&wt, &[], &script, Duration::from_secs(30)).unwrap()).contains("DONE"));
+    let out = launch_git(&d).expect("ESCAPED: the daemon's launch hangs on a planted FIFO");
+    let l: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    let id = l["id"].as_str().unwrap().to_string();
+    ok(&d.ctl(&["stop", &id]));
+    d.stop();
+    assert_no_sandbox_left();
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}
+
+/// The daemon's `repositories`: a worktree of another repository is refused
+/// (audited) before any launcher starts.
+#[test]
+fn the_daemon_launches_only_worktrees_of_its_repositories() {
+    let f = Fixture::new();
+    let other = f.dir.join("elsewhere");
+    std::fs::create_dir(&other).unwrap();
+    let other = owned_repo(&other);
+    let mut d = Daemon::start_with(&f, "", &format!("repositories = [{:?}]\n", other));
+    git_worktree(&f);
+    let out = launch_git(&d).expect("the launch hangs");
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("not one of the allowed repositories") || stderr(&out).contains("not one of the allowed repositories"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    wait_until("the policy_violation event", || {
+        d.audit_events("policy_violation").iter().any(|e| e["error"].as_str().unwrap_or("").contains("allowed repositories"))
+    });
+    d.stop();
+    assert_no_sandbox_left();
+}
+
+/// Finding 2 through the daemon: a fake common dir whose `objects` is a
+/// symlink to a host file, named by a rewritten `.git`, is refused at the next
+/// launch; the file is never bound.
+#[test]
+fn the_daemon_refuses_a_planted_fake_common_dir() {
+    let f = Fixture::new();
+    let mut d = Daemon::start(&f);
+    let (_repo, wt) = git_worktree(&f);
+    let secret = f.dir.join("secret.txt");
+    std::fs::write(&secret, "HOSTSECRET").unwrap();
+    std::os::unix::fs::chown(&secret, Some(OWNER), Some(OWNER)).unwrap();
+    let plant = format!(
+        "mkdir -p fake/worktrees/x fake/refs && echo 'ref: refs/heads/main' > fake/HEAD && cp fake/HEAD fake/worktrees/x/HEAD && \
+         echo ../.. > fake/worktrees/x/commondir && echo \"$PWD/.git\" > fake/worktrees/x/gitdir && \
+         ln -s {} fake/objects && echo \"gitdir: $PWD/fake/worktrees/x\" > .git && echo PLANTED",
+        secret.display()
+    );
+    assert!(ok(&sh_in(&wt, &[], &plant, Duration::from_secs(30)).unwrap()).contains("PLANTED"));
+    let out = launch_git(&d).expect("the launch hangs");
+    assert!(!out.status.success(), "ESCAPED: the daemon launched a sandbox on a planted fake common dir: {}", stdout(&out));
+    wait_until("the policy_violation event", || {
+        d.audit_events("policy_violation").iter().any(|e| e["error"].as_str().unwrap_or("").contains(".git"))
+    });
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "HOSTSECRET");
     d.stop();
     assert_no_sandbox_left();
 }

@@ -226,3 +226,106 @@ fn opencode_through_the_daemon_wants_its_secret_and_refuses_other_users() {
     daemon.wait();
     assert_no_sandbox_left();
 }
+
+const SDK: &str = "/opt/swarmcell-sdk";
+
+/// `session.shell` of the official SDK for each command, on the OpenCode
+/// server at PORT; one (command, output) per command.
+fn sdk_shell(port: u16, secret: &str, commands: &[&str]) -> Vec<(String, String)> {
+    assert!(
+        std::path::Path::new(SDK).join("node_modules/@opencode-ai/sdk").exists(),
+        "the SDK is not installed in {SDK}: run scripts/install-opencode"
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/opencode-shell.mjs");
+    let out =
+        std::process::Command::new("node").arg(script).arg(SDK).arg(port.to_string()).args(commands).env("OPENCODE_SECRET", secret).output().unwrap();
+    assert!(out.status.success(), "SDK client failed: {}\n{}", stdout(&out), stderr(&out));
+    stdout(&out)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["command"].as_str().unwrap().to_string(), v["output"].as_str().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+/// Issue #14, end to end: on a worktree made by plain `git worktree add PATH -b
+/// feature-x`, a real OpenCode agent commits through the SDK's `session.shell`;
+/// the host's feature-x has the commit within 2 s and after stop; main, other
+/// branches and tags are unchanged and the real repository passes `git fsck`
+/// after the agent ran `rm -rf` and overwrites on every git path it can see.
+#[test]
+fn an_opencode_agent_commit_reaches_its_branch_and_nothing_else_changes() {
+    require_opencode();
+    let f = Fixture::new();
+    let repo = owned_repo(&f.dir);
+    let owner = |args: &[&str]| ok(&git_as_owner(&repo, args));
+    owner(&["tag", "v1"]);
+    owner(&["tag", "-a", "-m", "annotated", "v1a"]);
+    owner(&["branch", "other"]);
+    let wt = f.dir.join("feature");
+    make_owned_dir(&wt, OWNER, OWNER);
+    owner(&["worktree", "add", "-q", wt.to_str().unwrap(), "-b", "feature-x"]);
+    let refs = || git(&repo, &["for-each-ref", "--format=%(refname) %(objectname)"]);
+    let before = refs();
+    let (mut l, ready) = spawn_run(&f.dir, &wt, &["--port", "auto", "--health-timeout", "60s"], &[]);
+    let start = std::time::Instant::now();
+    let info = loop {
+        if let Ok(t) = std::fs::read_to_string(&ready)
+            && t.ends_with('\n')
+        {
+            break serde_json::from_str::<serde_json::Value>(t.trim()).unwrap();
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(70),
+            "never healthy: {}",
+            std::fs::read_to_string(ready.with_extension("stderr")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let port = info["port"].as_u64().unwrap() as u16;
+    let secret = info["secret"].as_str().expect("the sandbox's secret in the ready line").to_string();
+    let commit = "echo hello > agent.txt && git add agent.txt && git -c user.name=agent -c user.email=agent@x commit -qm 'agent commit' 2>&1; git rev-parse HEAD";
+    let out = sdk_shell(port, &secret, &[commit]);
+    let t0 = std::time::Instant::now();
+    let head = out[0].1.lines().last().unwrap_or("").trim().to_string();
+    assert!(head.len() == 40, "the agent's commit failed: {out:?}");
+    while git(&repo, &["rev-parse", "feature-x"]) != head {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5), "feature-x never got the agent's commit {head}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let took = t0.elapsed();
+    eprintln!("published {took:?} after session.shell returned");
+    assert!(took <= std::time::Duration::from_secs(2), "published after {took:?}");
+    // The attacks: overwrite, then remove, every git path it can see. (The
+    // script is a file in the worktree, as the agent's edit tool would write
+    // it: OpenCode's shell expands `$` in a command line itself.)
+    let g = repo.join(".git");
+    let attack = format!(
+        "git update-ref refs/heads/main HEAD; git tag -f v1 HEAD; git branch -f other HEAD; git push -f {repo} HEAD:main 2>&1 | tail -1\n\
+         find {g} /.swarmcell -type f 2>/dev/null | while read -r f; do chmod u+w \"$f\" 2>/dev/null; (echo evil > \"$f\") 2>/dev/null && echo WROTE \"$f\"; done\n\
+         rm -rf {g}/* {g}/.[!.]* /.swarmcell/git-objects/* 2>&1 | tail -2\n\
+         echo done\n",
+        g = g.display(),
+        repo = repo.display()
+    );
+    std::fs::write(wt.join("attack.sh"), attack).unwrap();
+    std::os::unix::fs::chown(wt.join("attack.sh"), Some(OWNER), Some(OWNER)).unwrap();
+    let results = sdk_shell(port, &secret, &["sh attack.sh"]);
+    let text = &results[0].1;
+    eprintln!("{text}");
+    assert!(text.contains("done"), "the attack did not run: {results:#?}");
+    // Writes land only in its private layer, never in the shared object store.
+    assert!(text.contains("WROTE") && !text.contains("WROTE /.swarmcell"), "{text}");
+    l.sigterm();
+    let status = l.wait();
+    assert!(status.code().is_some(), "launcher ended by {status:?}");
+    assert_no_sandbox_left();
+    // Published and kept: only feature-x moved, to the agent's commit.
+    assert_eq!(git(&repo, &["rev-parse", "feature-x"]), head);
+    let after = refs();
+    let others = |r: &str| r.lines().filter(|l| !l.starts_with("refs/heads/feature-x ")).map(String::from).collect::<Vec<_>>();
+    assert_eq!(others(&after), others(&before), "another ref moved");
+    git(&repo, &["fsck", "--strict", "--no-dangling"]);
+    assert_eq!(git(&repo, &["show", "feature-x:agent.txt"]), "hello");
+}

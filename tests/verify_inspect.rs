@@ -41,6 +41,11 @@ fn verify_reports_no_escape_with_at_least_forty_checks() {
         assert!(["blocked", "ESCAPED", "not_applicable", "ok", "BROKEN"].contains(&c["status"].as_str().unwrap()), "{c}");
         assert!(c["name"].is_string() && c["detail"].is_string());
     }
+    // The host-side git checks (issue #14): each attack planted and blocked.
+    let git: Vec<&serde_json::Value> = r["checks"].as_array().unwrap().iter().filter(|c| c["name"].as_str().unwrap().starts_with("git: ")).collect();
+    assert_eq!(git.len(), 8, "{git:#?}");
+    assert_eq!(git.iter().filter(|c| c["status"] == "blocked").count(), 7, "{git:#?}");
+    assert!(git.iter().any(|c| c["status"] == "ok" && c["name"] == "git: an agent's commit is published"), "{git:#?}");
     assert!(r["kernel"]["landlock_abi"].is_number() && r["kernel"]["cgroups"].is_string() && r["kernel"]["seccomp"].is_string());
     // The host-facing side: another local user on the port, a redirecting health answer.
     assert_eq!(status(&r, "reach the sandbox's port as another local user"), "blocked");

@@ -1,6 +1,7 @@
 //! The worktree manager and git inside a sandbox: an agent commits on its own
-//! branch; hooks, config, other branches and other agents' admin dirs stay
-//! out of its reach, and the other worktrees are invisible.
+//! branch (published from its private layer); hooks, config, other branches
+//! and other agents' admin dirs of the real repository stay out of its reach,
+//! and the other worktrees are invisible.
 
 mod common;
 
@@ -77,7 +78,12 @@ fn an_agent_commits_on_its_own_branch_and_nothing_else_of_git() {
     assert_no_sandbox_left();
     let text = ok(&out);
     assert!(text.contains("COMMITTED"), "{text}\n{}", stderr(&out));
-    assert!(!text.contains("WROTE"), "{text}");
+    // Its writes to git state land in its private layer: the host's are unchanged.
+    for p in ["refs/heads/main", "refs/heads/agent/b/work", "worktrees/b/HEAD", "info/attributes"] {
+        let host = dotgit.join(p);
+        assert!(!std::fs::read_to_string(&host).unwrap_or_default().contains("evil"), "{} changed: {text}", host.display());
+    }
+    assert!(!dotgit.join("refs/heads/evil").exists(), "{text}");
     assert!(!text.contains("SAW-B"), "{text}");
     assert_eq!(text.lines().rev().nth(1), Some("a"), "only its own worktree is visible in the base: {text}");
     // The commit is visible from the host, on the agent's branch only.

@@ -20,6 +20,9 @@ pub struct Config {
     pub allowed_gids: Vec<u32>,
     /// Worktrees must lie below this directory.
     pub worktree_base: PathBuf,
+    /// Repositories a git worktree may belong to (absolute paths; empty: any,
+    /// as recorded on its first launch). Passed to each launcher as `--repo`.
+    pub repositories: Vec<PathBuf>,
     /// Programs a launch may run (argv[0], exactly).
     pub commands: Vec<String>,
     /// Policy for a sandbox whose launch names none (default: the built-in one).
@@ -64,6 +67,7 @@ impl Default for Config {
             allowed_uids: vec![0],
             allowed_gids: Vec::new(),
             worktree_base: crate::git::DEFAULT_BASE.into(),
+            repositories: Vec::new(),
             commands: vec!["opencode".into()],
             policy: None,
             policies: Vec::new(),
@@ -90,6 +94,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if [&self.worktree_base, &self.socket, &self.audit_log, &self.state_dir, &self.log_dir].iter().any(|p| !p.is_absolute()) {
             return Err("socket, worktree_base, audit_log, state_dir and log_dir must be absolute paths".into());
+        }
+        if let Some(p) = self.repositories.iter().find(|p| !p.is_absolute()) {
+            return Err(format!("repository {}: repositories must be absolute paths", p.display()));
         }
         if let Some(p) = self.policy.iter().chain(&self.policies).find(|p| !p.is_absolute()) {
             return Err(format!("policy {}: policies must be absolute paths", p.display()));

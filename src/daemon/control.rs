@@ -96,6 +96,11 @@ impl Daemon {
                         return self.answer(cid, json!({ "ok": false, "error": e }));
                     }
                 };
+                // One sandbox per worktree: two would share its git state.
+                if let Some(other) = self.sandboxes.values().find(|e| e.rec.worktree == wt) {
+                    let e = format!("worktree {} already has a sandbox ({})", wt.display(), other.rec.id);
+                    return self.answer(cid, json!({ "ok": false, "error": e }));
+                }
                 if self.sandboxes.len() >= self.cfg.max_sandboxes {
                     let e = format!("{} sandboxes are running (max_sandboxes)", self.sandboxes.len());
                     return self.answer(cid, json!({ "ok": false, "error": e }));

@@ -12,6 +12,7 @@ impl Daemon {
         for name in policy.process.env.iter().filter(|n| std::env::var_os(n).is_some()) {
             self.audit.event("secret_access", json!({ "id": rec.id, "agent": rec.agent, "name": name, "uid": rec.uid, "outcome": "passed" }));
         }
+        self.git_preflight(&rec)?;
         // A per-sandbox secret when the policy asks for one; kept in the record
         // (0600) so that a restart or a recovery keeps the requester's access.
         match (&policy.process.server_password_env, &rec.secret) {
@@ -129,6 +130,9 @@ impl Daemon {
         // Who may connect: root and the worktree's owner (always), the requester.
         if rec.uid != 0 {
             c.args(["--allow-uid", &rec.uid.to_string()]);
+        }
+        for r in &self.cfg.repositories {
+            c.arg("--repo").arg(r);
         }
         if let Some(p) = rec.port {
             c.args(["--prefer-port", &p.to_string()]);
@@ -456,9 +460,27 @@ impl Daemon {
         e.restart_at = Some(Instant::now() + delay);
     }
 
+    /// A git worktree must still match its root-owned record (a sandbox may
+    /// have rewritten its `.git`): checked before every launch, without
+    /// running git or following anything in the worktree; a refusal is a
+    /// `policy_violation`.
+    pub(super) fn git_preflight(&mut self, rec: &Record) -> Result<(), String> {
+        crate::git::preflight(&rec.worktree, &self.cfg.repositories).map_err(|e| {
+            let error = e.to_string();
+            self.audit.event(
+                "policy_violation",
+                json!({ "id": rec.id, "agent": rec.agent, "uid": rec.uid, "worktree": rec.worktree, "error": error, "outcome": "refused" }),
+            );
+            error
+        })
+    }
+
     pub(super) fn restart(&mut self, id: &str) {
         let Some(e) = self.sandboxes.get(id) else { return };
-        match self.spawn(&e.rec, &e.log, &e.broker_fd, e.key) {
+        let rec = e.rec.clone();
+        let checked = self.git_preflight(&rec);
+        let Some(e) = self.sandboxes.get(id) else { return };
+        match checked.and_then(|()| self.spawn(&e.rec, &e.log, &e.broker_fd, e.key)) {
             Ok((child, ready, events)) => {
                 self.counters.restarts += 1;
                 let Some(e) = self.sandboxes.get_mut(id) else { return };

@@ -104,14 +104,21 @@ impl PreparedMounts {
         Ok(())
     }
 
-    /// A tree that belongs to the worktree's owner (the worktree itself, and the
-    /// parts of its git repository): only its own mount (submounts below it stay
-    /// out of the sandbox), nosuid, nodev. Returns the fd index so that the
-    /// caller can idmap it once the sandbox's user namespace exists.
-    pub fn add_owned(&mut self, path: &Path, access: Access, what: &'static str) -> Result<usize, BindError> {
+    /// A tree that belongs to the worktree's owner (the worktree itself, the
+    /// private git layer, the git object store), from a directory fd the caller
+    /// opened and checked (never a path resolved again), mounted at `target`
+    /// inside the sandbox: only its own mount (submounts below it stay out of
+    /// the sandbox), nosuid, nodev. Returns the fd index so that the caller can
+    /// idmap it once the sandbox's user namespace exists.
+    pub fn add_owned_fd(&mut self, dir: std::os::fd::BorrowedFd, target: &Path, access: Access, what: &'static str) -> Result<usize, BindError> {
         let flags = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | if access == Access::ReadOnly { MOUNT_ATTR_RDONLY } else { 0 };
-        let fd = detached_tree(path, false, flags).map_err(|source| BindError::Sys { what, path: path.into(), source })?;
-        self.push_tree(path.into(), false, fd);
+        let fd = crate::fs::safe_open::open_tree_of(dir, target).map_err(|e| BindError::Refused {
+            what,
+            path: target.into(),
+            reason: format!("cannot clone the mount: {e}"),
+        })?;
+        sys::mount_setattr_fd(fd.as_raw_fd(), false, flags, None).map_err(|source| BindError::Sys { what, path: target.into(), source })?;
+        self.push_tree(target.into(), false, fd);
         Ok(self.fds.len() - 1)
     }
 

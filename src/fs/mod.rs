@@ -10,3 +10,4 @@
 pub mod etc;
 pub mod host_binds;
 pub mod rootfs;
+pub mod safe_open;

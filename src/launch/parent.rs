@@ -11,8 +11,7 @@
 //! 6. send the spec and the mount fds; forward signals; report the status.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use super::channel::{Channel, ChannelError, FromInit};
@@ -76,6 +75,8 @@ pub struct RunRequest {
     /// The sandbox's secret, from a supervisor that keeps it across restarts
     /// (`--secret-fd`); otherwise a new one is made when the policy asks.
     pub secret_fd: Option<RawFd>,
+    /// Repositories a git worktree may belong to (`--repo`; empty: any, as recorded).
+    pub repos: Vec<PathBuf>,
 }
 
 impl RunRequest {
@@ -171,13 +172,15 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T, RunError> {
     Err(RunError::Invalid(msg.into()))
 }
 
-/// A validated worktree: canonical path, owner, and what the sandbox needs of
+/// A validated worktree: canonical path, owner, the directory fd it was
+/// checked through (the bind is made from it), and what the sandbox gets of
 /// its git repository when it is a linked worktree.
 #[derive(Debug)]
 pub struct Worktree {
     pub path: PathBuf,
     pub uid: u32,
     pub gid: u32,
+    pub dir: OwnedFd,
     pub git: Option<crate::git::SandboxGit>,
 }
 
@@ -185,25 +188,28 @@ pub struct Worktree {
 /// the sandbox the host's system.
 const FORBIDDEN_WORKTREES: [&str; 12] = ["/", "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/boot", "/var", "/root", "/home", "/opt"];
 
-pub fn resolve_worktree(path: &Path) -> Result<Worktree, RunError> {
-    let canonical = match path.canonicalize() {
-        Ok(p) => p,
+pub fn resolve_worktree(path: &Path, repos: &[PathBuf]) -> Result<Worktree, RunError> {
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_dir() => return invalid(format!("worktree {} is not a directory", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return invalid(format!("worktree {} does not exist", path.display()));
         }
-        Err(e) => return invalid(format!("worktree {}: {e}", path.display())),
-    };
-    let meta = std::fs::metadata(&canonical).map_err(|e| RunError::Invalid(format!("worktree {}: {e}", path.display())))?;
-    if !meta.is_dir() {
-        return invalid(format!("worktree {} is not a directory", path.display()));
+        _ => {}
     }
+    // Opened once; its canonical path comes from the fd, and the bind is made of this inode.
+    let opened = crate::git::record::Opened::open(path).map_err(|e| RunError::Invalid(format!("worktree {}: {e}", path.display())))?;
+    let canonical = opened.path.clone();
     if FORBIDDEN_WORKTREES.iter().any(|f| canonical == Path::new(f))
         || ["/proc", "/sys", "/dev", "/run/swarmcell"].iter().any(|p| canonical.starts_with(p))
     {
         return invalid(format!("worktree {} is a system directory", canonical.display()));
     }
-    let git = crate::git::sandbox_view(&canonical).map_err(|e| RunError::Invalid(format!("worktree {}: {e}", canonical.display())))?;
-    Ok(Worktree { path: canonical, uid: meta.uid(), gid: meta.gid(), git })
+    let git = crate::git::prepare_sandbox(&opened, repos).map_err(|e| match e {
+        crate::git::GitError::Violation(m) => RunError::Invalid(m),
+        e => RunError::Invalid(format!("worktree {}: {e}", canonical.display())),
+    })?;
+    let (uid, gid) = (opened.dir.stat.st_uid, opened.dir.stat.st_gid);
+    Ok(Worktree { path: canonical, uid, gid, dir: opened.dir.fd, git })
 }
 
 /// The sandbox's ids inside its namespace: the worktree owner's unless given.
@@ -298,8 +304,8 @@ fn landlock_spec(req: &RunRequest, wt: &Worktree) -> crate::landlock::LandlockSp
     let handoff = req.port != PortChoice::None && req.broker == BrokerMode::Handoff;
     let mut spec = crate::landlock::rules_for(&req.policy, &wt.path, &req.extra_ro, &req.extra_rw, &req.forwards(), handoff);
     if let Some(git) = &wt.git {
-        spec.read_exec.push(git.common.clone());
-        spec.read_write.extend(git.writable.iter().cloned());
+        spec.read_exec.push(crate::git::layer::SANDBOX_OBJECTS.into());
+        spec.read_write.push(git.common().to_path_buf());
     }
     spec
 }
@@ -322,7 +328,7 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         None => crate::broker_stats::SharedCounters::private(),
     }
     .map_err(|e| RunError::Invalid(e.to_string()))?;
-    let wt = resolve_worktree(&req.worktree)?;
+    let wt = resolve_worktree(&req.worktree, &req.repos)?;
     let (uid, gid) = inside_ids(req, &wt)?;
     let id = super::new_sandbox_id();
     super::events::set_sandbox(&id);
@@ -416,6 +422,10 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     };
     tracing::info!(sandbox = %id, pid = sandbox.pid, host_uid = sandbox.host_uid, cgroup_version = cgroup.version(), "sandbox started");
     disk.watch(sandbox.pid).map_err(|e| RunError::Setup(e.to_string()))?;
+    let publisher = wt.git.as_ref().map(|g| {
+        let make = || crate::git::publish::Publisher::new(g.record.clone(), &id, req.policy.git.allow_force_publish);
+        PublishWatch::start(make(), make)
+    });
     // Who may connect: root, the worktree's owner (and --uid), and --allow-uid.
     let mut allowed = vec![0, wt.uid];
     allowed.extend(req.uid.iter().chain(&req.allow_uids));
@@ -430,6 +440,10 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     let status = sandbox.wait(&signals, ready, &ready_info, &mut network, req.stop_timeout);
     network.finish();
     drop(sandbox);
+    // The sandbox is gone: the last publish (the worktree's lease is still held).
+    if let Some(p) = publisher {
+        p.finish();
+    }
     let oom_kills = cgroup.oom_kills();
     cgroup.kill_and_remove()?;
     let disk_stop = disk.finish();
@@ -631,12 +645,16 @@ fn start(
         mounts.add_bind(p, Access::ReadOnly, true, "mount-only path")?;
     }
     mounts.add_devices()?;
-    let mut owned = vec![mounts.add_owned(&wt.path, Access::ReadWrite, "worktree")?];
+    let mut owned = vec![mounts.add_owned_fd(wt.dir.as_fd(), &wt.path, Access::ReadWrite, "worktree")?];
     if let Some(git) = &wt.git {
-        owned.push(mounts.add_owned(&git.common, Access::ReadOnly, "git common dir")?);
-        for dir in &git.writable {
-            owned.push(mounts.add_owned(dir, Access::ReadWrite, "git writable dir")?);
-        }
+        // The private layer at the common dir's path; the real objects read-only.
+        owned.push(mounts.add_owned_fd(git.layer.dir.fd.as_fd(), git.common(), Access::ReadWrite, "private git layer")?);
+        owned.push(mounts.add_owned_fd(
+            git.layer.objects.fd.as_fd(),
+            Path::new(crate::git::layer::SANDBOX_OBJECTS),
+            Access::ReadOnly,
+            "git object store",
+        )?);
     }
     mounts.sort();
     spec.mounts = mounts.entries.clone();
@@ -945,6 +963,67 @@ impl HealthWatch {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// The publisher while the sandbox runs: the layer's branch tip is checked
+/// every 500 ms (a small bounded read), so a commit reaches the host branch
+/// within about a second.
+struct PublishWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<crate::git::publish::Publisher>>,
+    /// Without a thread (it could not start), publishing happens at stop only.
+    fallback: Option<crate::git::publish::Publisher>,
+}
+
+impl PublishWatch {
+    const PERIOD: std::time::Duration = std::time::Duration::from_millis(500);
+
+    fn start(mut p: crate::git::publish::Publisher, again: impl FnOnce() -> crate::git::publish::Publisher) -> PublishWatch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("git-publish".into())
+            .spawn(move || {
+                let mut last_error = String::new();
+                while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    match p.tick() {
+                        // Logged once per distinct error, not every period.
+                        Err(e) if e.to_string() != last_error => {
+                            last_error = e.to_string();
+                            tracing::warn!(event = "git_publish", error = %e, "publishing the agent's branch failed");
+                        }
+                        Err(_) => {}
+                        Ok(_) => last_error.clear(),
+                    }
+                    std::thread::park_timeout(Self::PERIOD);
+                }
+                p
+            })
+            .ok();
+        let fallback = thread.is_none().then(again);
+        PublishWatch { stop, thread, fallback }
+    }
+
+    fn finish(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let p = match self.thread.take() {
+            Some(t) => {
+                t.thread().unpark();
+                t.join().ok()
+            }
+            None => self.fallback.take(),
+        };
+        if let Some(mut p) = p {
+            p.finish();
+        }
+    }
+}
+
+impl Drop for PublishWatch {
+    /// An early return of the launcher stops the thread (no last publish).
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

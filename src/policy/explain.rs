@@ -111,6 +111,11 @@ pub fn explain(p: &Policy, source: &str) -> String {
     }
     let _ = writeln!(
         o,
+        "git: the real repository read-only, writes to a private layer; the publisher moves the worktree's branch {}",
+        if p.git.allow_force_publish { "by any update, forced ones included" } else { "by fast-forward only" }
+    );
+    let _ = writeln!(
+        o,
         "environment: PATH HOME TERM LANG USER SWARMCELL_SANDBOX_ID{}",
         p.process.env.iter().map(|e| format!(" {e}")).collect::<String>()
     );

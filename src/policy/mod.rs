@@ -28,6 +28,16 @@ pub struct Policy {
     pub limits: Limits,
     pub health: Health,
     pub seccomp: Seccomp,
+    pub git: Git,
+}
+
+/// The git publisher (see README, "Git worktrees").
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Git {
+    /// Let the publisher move the agent's branch by a forced (non-fast-forward)
+    /// update. Default: false (fast-forward only).
+    pub allow_force_publish: bool,
 }
 
 /// The default seccomp rules, reviewable as data.

@@ -160,6 +160,8 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
 
 /// A repository at DIR/repo owned by OWNER, with one commit on main.
 pub fn owned_repo(dir: &Path) -> PathBuf {
+    // Its owner must reach it (git runs as the owner).
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let repo = dir.join("repo");
     std::fs::create_dir(&repo).unwrap();
     git(&repo, &["init", "-q", "-b", "main"]);
@@ -284,4 +286,47 @@ pub fn bytes_back_as(uid: u32, port: u16, path: &str) -> i64 {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or_else(|_| panic!("{out:?}"))
+}
+
+/// `git` as OWNER (no supplementary groups, hooks of the repository run as OWNER).
+pub fn git_as_owner(dir: &Path, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args([&format!("--reuid={OWNER}"), &format!("--regid={OWNER}"), "--clear-groups", "env", "HOME=/nonexistent", "git"])
+        .args(["-c", "user.name=o", "-c", "user.email=o@o", "-C"])
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `swarmcell worktree ARGS`.
+pub fn worktree_cmd(args: &[&str]) -> Output {
+    Command::new(bin()).arg("worktree").args(args).output().unwrap()
+}
+
+/// `swarmcell run --worktree WT -- /bin/sh -c SCRIPT`, killed after `limit`
+/// (None: it did not finish in time).
+pub fn sh_in(worktree: &Path, extra: &[&str], script: &str, limit: std::time::Duration) -> Option<Output> {
+    let mut c = Command::new(bin());
+    c.arg("run").arg("--worktree").arg(worktree).args(extra).args(["--", "/bin/sh", "-c", script]);
+    timed(&mut c, limit)
+}
+
+/// Run a command, killed (SIGKILL) after `limit`; None when it had to be killed.
+pub fn timed(c: &mut Command, limit: std::time::Duration) -> Option<Output> {
+    let child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => Some(out.unwrap()),
+        Err(_) => {
+            // SAFETY: killing our own child, which has not been reaped (its waiter still waits).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = rx.recv();
+            None
+        }
+    }
 }
