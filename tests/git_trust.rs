@@ -436,8 +436,22 @@ fn deep_trees_and_odd_names_do_not_stop_a_relaunch_or_a_removal() {
          touch \"{g}/objects/$(printf '\\377\\376')\"; echo DONE",
         g = g.display()
     );
-    assert!(ok(&sh(&base.join("a"), &script)).contains("DONE"));
-    let out = sh(&base.join("a"), "git status --porcelain >/dev/null && echo RAN");
+    // (Planted without disk limits: measuring stops a sandbox whose tree grows too deep.)
+    let policy = f.dir.join("no-disk-limit.toml");
+    std::fs::write(&policy, "[limits]\ndisk = \"max\"\n").unwrap();
+    std::fs::set_permissions(&policy, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let no_limit = ["--policy", policy.to_str().unwrap()];
+    let planted = sh_in(&base.join("a"), &no_limit, &script, LIMIT).expect("planting hangs");
+    assert_no_sandbox_left();
+    assert!(ok(&planted).contains("DONE"));
+    // Under the default policy's best-effort disk limit a tree too deep to
+    // measure is refused at the start (fail closed, in one line); nothing hangs.
+    let out = sh(&base.join("a"), "echo RAN");
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("deeper than") && !stdout(&out).contains("RAN"), "{}", stderr(&out));
+    // Without disk limits the relaunch builds its git view over the planted trees and runs.
+    let out = sh_in(&base.join("a"), &no_limit, "git status --porcelain >/dev/null && echo RAN", LIMIT).expect("the relaunch hangs");
+    assert_no_sandbox_left();
     assert!(ok(&out).contains("RAN"), "{}", stderr(&out));
     ok(&worktree_cmd(&["remove", "a", "--force", "--base", base.to_str().unwrap()]));
     assert!(!base.join("a").exists());
