@@ -35,6 +35,7 @@ pub mod policy;
 pub mod ports;
 pub mod probe;
 pub mod seccomp;
+pub mod sockdiag;
 pub mod sys;
 pub mod uidalloc;
 pub mod verify;

@@ -90,14 +90,13 @@ impl RunRequest {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerMode {
-    /// Opt-in: the payload's listening socket is the host port's (native
-    /// speed); the relay takes over when the handoff cannot be set up. The
-    /// payload holds a socket of the host's network namespace: it can turn it
-    /// into a client socket and reach host-loopback services on the ports its
-    /// Landlock connect rule allows.
+    /// The default: the launcher accepts, checks the client's uid, and hands
+    /// each admitted connection to the payload's accept (see crate::handoff):
+    /// native speed, and the socket reaches only its client. The relay takes
+    /// over when the handoff cannot be set up.
     Handoff,
-    /// The default: every connection is relayed into the sandbox's network
-    /// namespace; the payload holds no host socket.
+    /// Every connection is relayed into the sandbox's network namespace; the
+    /// payload holds no host socket at all.
     Relay,
 }
 
@@ -252,8 +251,7 @@ fn environment(policy: &Policy, id: &str, port: Option<u16>) -> Vec<(String, Str
 
 /// Landlock rules in sandbox paths: what the mounts show, minus `mount_only`.
 fn landlock_spec(req: &RunRequest, wt: &Worktree) -> crate::landlock::LandlockSpec {
-    let handoff = req.port != PortChoice::None && req.broker == BrokerMode::Handoff;
-    let mut spec = crate::landlock::rules_for(&req.policy, &wt.path, &req.extra_ro, &req.extra_rw, &req.forwards(), handoff);
+    let mut spec = crate::landlock::rules_for(&req.policy, &wt.path, &req.extra_ro, &req.extra_rw);
     if let Some(git) = &wt.git {
         spec.read_exec.push(git.common.clone());
         spec.read_write.extend(git.writable.iter().cloned());
@@ -282,17 +280,6 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     let wt = resolve_worktree(&req.worktree)?;
     let (uid, gid) = inside_ids(req, &wt)?;
     let id = super::new_sandbox_id();
-    // Handoff gives the payload a socket of the host's network namespace; only
-    // Landlock's TCP connect rule keeps it from reaching other host services.
-    if req.port != PortChoice::None
-        && req.broker == BrokerMode::Handoff
-        && (req.policy.landlock == crate::landlock::Mode::Off || crate::landlock::kernel_abi() < crate::landlock::NET_ABI)
-    {
-        return invalid(format!(
-            "--broker handoff needs Landlock's TCP rules (ABI >= {}, landlock not \"off\"): without them the handed-off socket could reach any host service; use --broker relay",
-            crate::landlock::NET_ABI
-        ));
-    }
     let host_port = match req.port {
         PortChoice::None => None,
         PortChoice::Auto => Some(crate::ports::allocate(&req.state_dir, req.port_range)?),
@@ -357,7 +344,9 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         other => other.map_err(Fallback::into_error)?,
     };
     tracing::info!(sandbox = %id, pid = sandbox.pid, host_uid = sandbox.host_uid, cgroup_version = cgroup.version(), "sandbox started");
-    let mut network = Network::start(req, &id, host_port.as_ref(), &mut sandbox, std::sync::Arc::new(broker_stats))?;
+    // Who may connect to the port (handoff): root and the worktree's owner.
+    let allowed_uids = vec![0, wt.uid];
+    let mut network = Network::start(req, &id, host_port.as_ref(), &mut sandbox, std::sync::Arc::new(broker_stats), allowed_uids)?;
     let ready_info = ReadyInfo { id: &id, port: host_port.as_ref().map(|p| p.port), cgroups: cgroup.paths() };
     let status = sandbox.wait(&signals, ready, &ready_info, &mut network, req.stop_timeout);
     network.finish();
@@ -381,9 +370,11 @@ struct Network<'a> {
     id: String,
     lease: Option<&'a crate::ports::PortLease>,
     netns: Option<crate::broker::Netns>,
-    handed_off: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Host uids whose connections the handoff admits.
+    allowed_uids: Vec<u32>,
     relay: Option<crate::broker::Broker>,
-    /// The inbound broker's counters (relay mode; a handoff has no data path to count).
+    /// The inbound broker's counters (a handoff counts connections, not bytes:
+    /// it has no data path).
     relay_stats: std::sync::Arc<crate::broker_stats::SharedCounters>,
     handoff: Option<crate::handoff::Handoff>,
     outbound: Vec<crate::broker::Broker>,
@@ -398,6 +389,7 @@ impl<'a> Network<'a> {
         lease: Option<&'a crate::ports::PortLease>,
         sandbox: &mut Sandbox,
         relay_stats: std::sync::Arc<crate::broker_stats::SharedCounters>,
+        allowed_uids: Vec<u32>,
     ) -> Result<Network<'a>, RunError> {
         let inner = req.policy.network.inner_port;
         let mut net = Network {
@@ -405,7 +397,7 @@ impl<'a> Network<'a> {
             id: id.to_string(),
             lease,
             netns: sandbox.netns.clone(),
-            handed_off: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            allowed_uids,
             relay: None,
             relay_stats,
             handoff: None,
@@ -430,29 +422,27 @@ impl<'a> Network<'a> {
             if req.broker == BrokerMode::Relay {
                 net.relay = Some(start_relay(lease, ns, inner, req.max_connections, &net.relay_stats)?);
             }
-            let check = match (req.health, req.broker) {
-                (HealthMode::Http, _) => crate::health::Check::Http { port: lease.port, path: req.policy.health.path.clone() },
-                (HealthMode::Tcp, BrokerMode::Relay) => {
-                    crate::health::Check::Tcp { netns: crate::health::NetnsPort { netns: ns.clone(), port: inner } }
-                }
-                (HealthMode::Tcp, BrokerMode::Handoff) => crate::health::Check::HandedOff { port: lease.port, flag: net.handed_off.clone() },
+            let check = match req.health {
+                HealthMode::Http => crate::health::Check::Http { port: lease.port, path: req.policy.health.path.clone() },
+                HealthMode::Tcp => crate::health::Check::Tcp { netns: crate::health::NetnsPort { netns: ns.clone(), port: inner } },
             };
             net.health = Some(HealthWatch::start(check, req.health_timeout.unwrap_or(req.policy.health.timeout.0))?);
         }
         Ok(net)
     }
 
-    /// The payload runs: serve its bind notifications, or relay when the
-    /// handoff could not be set up.
+    /// The payload runs: broker by handoff (accept the host port, serve the
+    /// payload's accept notifications), or relay when that cannot be set up.
     fn on_running(&mut self, notify: Option<OwnedFd>) {
         let (Some(lease), Some(ns)) = (self.lease, &self.netns) else { return };
         if self.req.broker != BrokerMode::Handoff {
             return;
         }
         let inner = self.req.policy.network.inner_port;
-        let started = notify.ok_or_else(|| "no bind-notification listener from the sandbox".to_string()).and_then(|n| {
+        let started = notify.ok_or_else(|| "no accept-notification listener from the sandbox".to_string()).and_then(|n| {
             let listener = lease.listener.try_clone().map_err(|e| e.to_string())?;
-            crate::handoff::Handoff::start(n, listener, inner, self.handed_off.clone()).map_err(|e| e.to_string())
+            let cfg = crate::handoff::Config { inner, allowed_uids: self.allowed_uids.clone(), max_pending: self.req.max_connections };
+            crate::handoff::Handoff::start(n, listener, ns.clone(), cfg, self.relay_stats.clone()).map_err(|e| e.to_string())
         });
         match started {
             Ok(h) => self.handoff = Some(h),
