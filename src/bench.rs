@@ -189,12 +189,37 @@ struct Row {
     p99: Duration,
 }
 
-fn measure(name: &'static str, port: u16, opts: &Options) -> Result<Row, String> {
+/// How many times each path is measured, alternating between the paths, so
+/// that a busy machine's swings hit every path alike.
+const ROUNDS: usize = 3;
+
+/// Measure every `(name, port)` path in `ROUNDS` alternating rounds: median
+/// throughput each way, latency percentiles over all rounds' pings.
+fn measure_all(paths: &[(&'static str, u16)], opts: &Options) -> Result<Vec<Row>, String> {
     let gib = |d: Duration| opts.bytes as f64 / d.as_secs_f64() / f64::from(1u32 << 30);
-    let up = gib(upload(port, opts.bytes)?);
-    let down = gib(download(port, opts.bytes)?);
-    let rtts = pingpong(port, opts.pings)?;
-    Ok(Row { name, up, down, p50: pct(&rtts, 0.5), p99: pct(&rtts, 0.99) })
+    let mut ups = vec![Vec::new(); paths.len()];
+    let mut downs = vec![Vec::new(); paths.len()];
+    let mut rtts = vec![Vec::new(); paths.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, port)) in paths.iter().enumerate() {
+            ups[i].push(gib(upload(*port, opts.bytes)?));
+            downs[i].push(gib(download(*port, opts.bytes)?));
+            rtts[i].extend(pingpong(*port, opts.pings.div_ceil(ROUNDS))?);
+        }
+    }
+    let mid = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(paths
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            let mut r = std::mem::take(&mut rtts[i]);
+            r.sort();
+            Row { name, up: mid(std::mem::take(&mut ups[i])), down: mid(std::mem::take(&mut downs[i])), p50: pct(&r, 0.5), p99: pct(&r, 0.99) }
+        })
+        .collect())
 }
 
 pub fn broker(opts: &Options) -> Result<(), String> {
@@ -215,18 +240,15 @@ pub fn broker(opts: &Options) -> Result<(), String> {
     let (_handoff, handoff_port, _) = sandboxed(opts, "bench-server", "none", "handoff")?;
     let (_relay, relay_port, _) = sandboxed(opts, "bench-server", "none", "relay")?;
 
-    let mut rows = vec![
-        measure("direct loopback", direct_port, opts)?,
-        measure("broker (handoff)", handoff_port, opts)?,
-        measure("broker (relay)", relay_port, opts)?,
-    ];
+    let mut paths = vec![("direct loopback", direct_port), ("broker (handoff)", handoff_port), ("broker (relay)", relay_port)];
     match &socat {
         Ok(_) => {
             wait_connectable(socat_port, Duration::from_secs(5))?;
-            rows.push(measure("socat", socat_port, opts)?);
+            paths.push(("socat", socat_port));
         }
         Err(e) => println!("(socat not run: {e}; install it with scripts/setup)"),
     }
+    let rows = measure_all(&paths, opts)?;
     println!();
     println!("{:<18} {:>12} {:>12} {:>10} {:>10}", "path", "up GiB/s", "down GiB/s", "p50 µs", "p99 µs");
     for r in &rows {
@@ -244,9 +266,9 @@ pub fn broker(opts: &Options) -> Result<(), String> {
         );
     }
 
-    // Launch-to-healthy against the server's own start-up.
+    // Launch-to-healthy against the server's own start-up, alternating.
     let mut own = Vec::new();
-    let mut launched = Vec::new();
+    let (mut handoff, mut relay) = (Vec::new(), Vec::new());
     let check_ms = |d: Duration| d.as_secs_f64() * 1e3;
     for _ in 0..opts.launches {
         let port = free_port()?;
@@ -256,19 +278,19 @@ pub fn broker(opts: &Options) -> Result<(), String> {
         crate::health::wait(&crate::health::Check::Http { port, path: "/".into() }, Duration::from_secs(5), &cancel).map_err(|e| e.to_string())?;
         own.push(start.elapsed());
         drop(server);
-        let (sandbox, _, took) = sandboxed(opts, "serve", "http", "relay")?;
-        launched.push(took);
-        drop(sandbox);
+        for (mode, v) in [("handoff", &mut handoff), ("relay", &mut relay)] {
+            let (sandbox, _, took) = sandboxed(opts, "serve", "http", mode)?;
+            v.push(took);
+            drop(sandbox);
+        }
     }
-    let (own, launched) = (median(own), median(launched));
+    let own = median(own);
     println!();
-    println!(
-        "launch-to-healthy: server alone {:.2} ms, in a sandbox through the broker {:.2} ms (medians of {}): overhead {:.2} ms",
-        check_ms(own),
-        check_ms(launched),
-        opts.launches,
-        check_ms(launched.saturating_sub(own))
-    );
+    println!("launch-to-healthy (medians of {}): server alone {:.2} ms", opts.launches, check_ms(own));
+    for (name, v) in [("handoff", handoff), ("relay", relay)] {
+        let m = median(v);
+        println!("  in a sandbox, broker ({name}): {:.2} ms: overhead {:.2} ms", check_ms(m), check_ms(m.saturating_sub(own)));
+    }
     Ok(())
 }
 

@@ -85,15 +85,22 @@ impl Handoff {
         let listener = Arc::new(listener);
         let pending: PendingMap = Arc::default();
         let diag = crate::sockdiag::SockDiag::open()?; // in the host's namespace
+        let host_netns = netns_cookie(listener.as_raw_fd()).ok_or_else(|| io::Error::other("no SO_NETNS_COOKIE (Linux >= 5.14)"))?;
+        // The notify thread tells the accept thread that the payload listens.
+        let (wake_r, wake_w) = crate::sys::pipe_cloexec().map_err(|e| io::Error::from_raw_os_error(e.errno as i32))?;
+        crate::sys::set_nonblocking(wake_r.as_raw_fd()).map_err(|e| io::Error::from_raw_os_error(e.errno as i32))?;
+        crate::sys::set_nonblocking(wake_w.as_raw_fd()).map_err(|e| io::Error::from_raw_os_error(e.errno as i32))?;
+        listener.set_nonblocking(true)?;
         let notify = {
             let (stop, pending, inner) = (stop.clone(), pending.clone(), cfg.inner);
-            std::thread::Builder::new().name("handoff-notify".into()).spawn(move || notify_loop(&notify, inner, &pending, &stop))?
+            let ctx = NotifyCtx { inner, host_netns, wake: wake_w };
+            std::thread::Builder::new().name("handoff-notify".into()).spawn(move || notify_loop(&notify, &ctx, &pending, &stop))?
         };
         let accept = {
             let (stop, listener) = (stop.clone(), listener.clone());
             std::thread::Builder::new()
                 .name("handoff-accept".into())
-                .spawn(move || accept_loop(&listener, &netns, &diag, &cfg, &pending, &stats, &stop))
+                .spawn(move || accept_loop(&listener, &netns, &diag, &cfg, &pending, &stats, &wake_r, &stop))
         };
         let mut h = Handoff { stop, listener, accept: None, notify: Some(notify) };
         h.accept = Some(accept?);
@@ -121,6 +128,7 @@ fn accept_loop(
     cfg: &Config,
     pending: &PendingMap,
     stats: &SharedCounters,
+    wake: &OwnedFd,
     stop: &AtomicBool,
 ) {
     // This thread makes the placeholders: they belong to the sandbox's namespace.
@@ -129,11 +137,41 @@ fn accept_loop(
         return;
     }
     let Ok(local) = listener.local_addr() else { return };
+    // Admitted connections that came before the payload listened: they wait,
+    // as in a listener's backlog, until it does (the notify thread wakes us
+    // when the payload listens on its inner port) or `HOLD` passes.
+    let mut early: Vec<(TcpStream, SocketAddr, std::time::Instant)> = Vec::new();
     loop {
+        let mut pfds = [
+            libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: wake.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        ];
+        let timeout = if early.is_empty() { -1 } else { RETRY_MS };
+        // SAFETY: pfds is a valid array of two pollfds.
+        unsafe { libc::poll(pfds.as_mut_ptr(), 2, timeout) };
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        if pfds[1].revents != 0 {
+            drain(wake);
+        }
+        if !early.is_empty() {
+            let Ok(mut map) = pending.lock() else { return };
+            early.retain_mut(|(host, peer, since)| {
+                if since.elapsed() > HOLD {
+                    return false;
+                }
+                let Ok(h) = host.try_clone() else { return false };
+                !hand(h, *peer, cfg.inner, &mut map, stats)
+            });
+        }
+        if pfds[0].revents == 0 {
+            continue;
+        }
         let (host, peer) = match listener.accept() {
             Ok(c) => c,
-            Err(_) if stop.load(Ordering::SeqCst) => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted || e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "broker accept failed");
                 std::thread::sleep(std::time::Duration::from_millis(10));
@@ -159,25 +197,45 @@ fn accept_loop(
         }
         let _ = host.set_nodelay(true);
         let Ok(mut map) = pending.lock() else { return };
-        if map.len() >= cfg.max_pending {
+        if map.len() + early.len() >= cfg.max_pending {
             sweep(&mut map);
         }
-        if map.len() >= cfg.max_pending {
+        if map.len() + early.len() >= cfg.max_pending {
             stats.refused.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(max = cfg.max_pending, "broker: too many connections wait for the payload's accept; closed");
             continue;
         }
-        // Under the lock: the payload's accept of this placeholder waits for
-        // the entry to exist.
-        match placeholder(cfg.inner) {
-            Ok((placeholder, port)) => {
-                map.insert(port, Pending { host, peer, placeholder });
-                stats.connections.fetch_add(1, Ordering::Relaxed);
-            }
-            // Nothing listens inside (yet): the client sees the connection close.
-            Err(_) => continue,
+        let Ok(h) = host.try_clone() else { continue };
+        if !hand(h, peer, cfg.inner, &mut map, stats) {
+            early.push((host, peer, std::time::Instant::now()));
         }
     }
+}
+
+/// How often connections that came before the payload listened are retried,
+/// besides when the payload's listen() wakes us.
+const RETRY_MS: i32 = 20;
+/// How long such a connection waits for the payload to listen.
+const HOLD: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Announce `host` to the payload with a placeholder (under the map's lock:
+/// the payload's accept of the placeholder waits for the entry). False when
+/// nothing listens inside yet.
+fn hand(host: TcpStream, peer: SocketAddr, inner: u16, map: &mut HashMap<u16, Pending>, stats: &SharedCounters) -> bool {
+    match placeholder(inner) {
+        Ok((placeholder, port)) => {
+            map.insert(port, Pending { host, peer, placeholder });
+            stats.connections.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+fn drain(fd: &OwnedFd) {
+    let mut b = [0u8; 64];
+    // SAFETY: reading into our buffer from our non-blocking pipe.
+    while unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) } > 0 {}
 }
 
 /// Drop entries whose placeholder failed or was closed (the payload closed its
@@ -255,7 +313,16 @@ struct Accept {
     v6: bool,
 }
 
-fn notify_loop(notify: &OwnedFd, inner: u16, pending: &PendingMap, stop: &AtomicBool) {
+/// What the notify thread knows besides the pending connections.
+struct NotifyCtx {
+    inner: u16,
+    /// `SO_NETNS_COOKIE` of the host's network namespace.
+    host_netns: u64,
+    /// Written when the payload listens on its inner port.
+    wake: OwnedFd,
+}
+
+fn notify_loop(notify: &OwnedFd, ctx: &NotifyCtx, pending: &PendingMap, stop: &AtomicBool) {
     let fd = notify.as_raw_fd();
     let mut pidfds = Pidfds::default();
     let mut waiting: Vec<Accept> = Vec::new();
@@ -299,7 +366,11 @@ fn notify_loop(notify: &OwnedFd, inner: u16, pending: &PendingMap, stop: &Atomic
         if unsafe { libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_RECV, &mut req) } != 0 {
             continue; // ENOENT: the caller was interrupted or died
         }
-        match on_accept(fd, &req, inner, &mut pidfds, pending) {
+        if i64::from(req.data.nr) == libc::SYS_listen {
+            on_listen(fd, &req, ctx, &mut pidfds).send(fd, req.id);
+            continue;
+        }
+        match on_accept(fd, &req, ctx.inner, &mut pidfds, pending) {
             Step::Reply(r) => r.send(fd, req.id),
             Step::Wait(a) if waiting.len() < MAX_WAITERS => waiting.push(a),
             Step::Wait(_) => Reply::Error(libc::ENOBUFS).send(fd, req.id),
@@ -309,6 +380,8 @@ fn notify_loop(notify: &OwnedFd, inner: u16, pending: &PendingMap, stop: &Atomic
 
 enum Reply {
     Continue,
+    /// The call returns this value (the launcher made it).
+    Value(i64),
     Error(i32),
     /// ADDFD with SEND answered already.
     Done,
@@ -320,6 +393,12 @@ impl Reply {
             Reply::Done => return,
             Reply::Continue => (0, libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32),
             Reply::Error(errno) => (-errno, 0),
+            Reply::Value(v) => {
+                let mut resp = libc::seccomp_notif_resp { id, val: v, error: 0, flags: 0 };
+                // SAFETY: SEND reads `resp`; failure means the caller is gone.
+                unsafe { libc::ioctl(notify, libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp) };
+                return;
+            }
         };
         let mut resp = libc::seccomp_notif_resp { id, val: 0, error, flags };
         // SAFETY: SEND reads `resp`; failure means the caller is gone.
@@ -356,6 +435,41 @@ fn on_accept(notify: RawFd, req: &libc::seccomp_notif, inner: u16, pidfds: &mut 
         None if fd_nonblocking(acc.listener.as_raw_fd()) => Step::Reply(Reply::Error(libc::EAGAIN)),
         None => Step::Wait(acc),
     }
+}
+
+/// The payload's listen(): made by the launcher on the very socket (no fd-number
+/// race), refused for a socket of the host's namespace (a handed-off
+/// connection, disconnected, must not become a host listener); a listen on the
+/// inner port wakes the connections that came early.
+fn on_listen(notify: RawFd, req: &libc::seccomp_notif, ctx: &NotifyCtx, pidfds: &mut Pidfds) -> Reply {
+    let (fd, backlog) = (req.data.args[0] as RawFd, req.data.args[1] as libc::c_int);
+    let Ok(sock) = pidfds.getfd(req.pid as libc::pid_t, fd) else { return Reply::Continue };
+    if !id_valid(notify, req.id) {
+        return Reply::Done;
+    }
+    match netns_cookie(sock.as_raw_fd()) {
+        None => return Reply::Continue, // not a socket: the kernel says so
+        Some(c) if c == ctx.host_netns => return Reply::Error(libc::EPERM),
+        Some(_) => {}
+    }
+    // SAFETY: listen on our copy of the payload's socket.
+    if unsafe { libc::listen(sock.as_raw_fd(), backlog) } != 0 {
+        return Reply::Error(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL));
+    }
+    if local_addr(sock.as_raw_fd()).is_some_and(|a| a.port() == ctx.inner) {
+        // SAFETY: one byte to our non-blocking pipe; a full pipe already wakes.
+        unsafe { libc::write(ctx.wake.as_raw_fd(), b"L".as_ptr().cast(), 1) };
+    }
+    Reply::Value(0)
+}
+
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+fn netns_cookie(fd: RawFd) -> Option<u64> {
+    let mut v: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt into a u64 of the given size.
+    (unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, SO_NETNS_COOKIE, (&mut v as *mut u64).cast(), &mut len) } == 0).then_some(v)
 }
 
 /// `Some(is_ipv6)` when `fd` is a listening TCP socket on port `inner`.

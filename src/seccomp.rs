@@ -219,7 +219,7 @@ fn arch_guard() -> BpfProgram {
 }
 
 /// The socket-handoff filter (see `crate::handoff`): every `accept`/`accept4`
-/// becomes a user notification for the launcher, and TCP Fast Open as a client
+/// and `listen` becomes a user notification for the launcher, and TCP Fast Open as a client
 /// is refused (`MSG_FASTOPEN` on `sendto`/`sendmsg`/`sendmmsg`, the
 /// `TCP_FASTOPEN_CONNECT` option): a handed-off host socket that the payload
 /// disconnects and points elsewhere must not carry data in a SYN. Only argument
@@ -241,28 +241,29 @@ pub fn accept_notify_program() -> BpfProgram {
     let fastopen = libc::MSG_FASTOPEN as u32;
     vec![
         /* 0 */ stmt(LD_W_ABS, 4),
-        /* 1 */ jump(JEQ_K, native, 0, 7), // -> 9 allow
+        /* 1 */ jump(JEQ_K, native, 0, 8), // -> 10 allow
         /* 2 */ stmt(LD_W_ABS, 0),
-        /* 3 */ jump(JEQ_K, libc::SYS_accept as u32, 6, 0), // -> 10 notify
-        /* 4 */ jump(JEQ_K, libc::SYS_accept4 as u32, 5, 0), // -> 10 notify
-        /* 5 */ jump(JEQ_K, libc::SYS_sendto as u32, 5, 0), // -> 11 flags in arg 3
-        /* 6 */ jump(JEQ_K, libc::SYS_sendmmsg as u32, 4, 0), // -> 11 flags in arg 3
-        /* 7 */ jump(JEQ_K, libc::SYS_sendmsg as u32, 6, 0), // -> 14 flags in arg 2
-        /* 8 */ jump(JEQ_K, libc::SYS_setsockopt as u32, 8, 0), // -> 17
-        /* 9 */ stmt(RET_K, allow),
-        /* 10 */ stmt(RET_K, notify),
-        /* 11 */ stmt(LD_W_ABS, arg(3)),
-        /* 12 */ jump(JSET_K, fastopen, 9, 0), // -> 22 deny
-        /* 13 */ stmt(RET_K, allow),
-        /* 14 */ stmt(LD_W_ABS, arg(2)),
-        /* 15 */ jump(JSET_K, fastopen, 6, 0), // -> 22 deny
-        /* 16 */ stmt(RET_K, allow),
-        /* 17 */ stmt(LD_W_ABS, arg(1)),
-        /* 18 */ jump(JEQ_K, libc::IPPROTO_TCP as u32, 0, 2), // -> 21 allow
-        /* 19 */ stmt(LD_W_ABS, arg(2)),
-        /* 20 */ jump(JEQ_K, TCP_FASTOPEN_CONNECT, 1, 0), // -> 22 deny
-        /* 21 */ stmt(RET_K, allow),
-        /* 22 */ stmt(RET_K, deny),
+        /* 3 */ jump(JEQ_K, libc::SYS_accept as u32, 7, 0), // -> 11 notify
+        /* 4 */ jump(JEQ_K, libc::SYS_accept4 as u32, 6, 0), // -> 11 notify
+        /* 5 */ jump(JEQ_K, libc::SYS_listen as u32, 5, 0), // -> 11 notify
+        /* 6 */ jump(JEQ_K, libc::SYS_sendto as u32, 5, 0), // -> 12 flags in arg 3
+        /* 7 */ jump(JEQ_K, libc::SYS_sendmmsg as u32, 4, 0), // -> 12 flags in arg 3
+        /* 8 */ jump(JEQ_K, libc::SYS_sendmsg as u32, 6, 0), // -> 15 flags in arg 2
+        /* 9 */ jump(JEQ_K, libc::SYS_setsockopt as u32, 8, 0), // -> 18
+        /* 10 */ stmt(RET_K, allow),
+        /* 11 */ stmt(RET_K, notify),
+        /* 12 */ stmt(LD_W_ABS, arg(3)),
+        /* 13 */ jump(JSET_K, fastopen, 9, 0), // -> 23 deny
+        /* 14 */ stmt(RET_K, allow),
+        /* 15 */ stmt(LD_W_ABS, arg(2)),
+        /* 16 */ jump(JSET_K, fastopen, 6, 0), // -> 23 deny
+        /* 17 */ stmt(RET_K, allow),
+        /* 18 */ stmt(LD_W_ABS, arg(1)),
+        /* 19 */ jump(JEQ_K, libc::IPPROTO_TCP as u32, 0, 2), // -> 22 allow
+        /* 20 */ stmt(LD_W_ABS, arg(2)),
+        /* 21 */ jump(JEQ_K, TCP_FASTOPEN_CONNECT, 1, 0), // -> 23 deny
+        /* 22 */ stmt(RET_K, allow),
+        /* 23 */ stmt(RET_K, deny),
     ]
 }
 

@@ -353,7 +353,11 @@ fn a_handed_off_connection_reaches_nothing_but_its_client_in_every_broker_mode()
             .collect();
         // Once the payload listens on a disconnected socket, host clients come.
         let t = Instant::now();
-        while !std::fs::read_to_string(&out).unwrap_or_default().contains("rogue listener up") && t.elapsed() < Duration::from_secs(20) {
+        let listening = || {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            text.contains("rogue listener up") || text.contains("then listen and accept")
+        };
+        while !listening() && t.elapsed() < Duration::from_secs(20) {
             std::thread::sleep(Duration::from_millis(50));
         }
         for _ in 0..3 {
@@ -373,6 +377,7 @@ fn a_handed_off_connection_reaches_nothing_but_its_client_in_every_broker_mode()
         assert!(host.accept().is_err(), "{mode}: the host listener got a connection from the sandbox");
         if mode == "handoff" {
             assert!(text.contains("Fast Open to 127.0.0.1") && text.contains("EOPNOTSUPP"), "{text}");
+            assert!(text.contains("listen and accept blocked listen: EPERM"), "{text}");
         }
         assert_no_sandbox_left();
     }

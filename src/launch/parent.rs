@@ -448,6 +448,7 @@ impl<'a> Network<'a> {
             Ok(h) => self.handoff = Some(h),
             Err(e) => {
                 tracing::warn!(sandbox = %self.id, error = %e, "socket handoff unavailable; relaying connections instead");
+                let _ = lease.listener.set_nonblocking(false); // the handoff may have set it
                 self.relay = start_relay(lease, ns, inner, self.req.max_connections, &self.relay_stats).ok();
             }
         }
