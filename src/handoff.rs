@@ -249,13 +249,23 @@ fn sweep(map: &mut HashMap<u16, Pending>) {
     });
 }
 
-/// Connect 127.0.0.1:`inner` from this thread's namespace without waiting for
-/// the handshake; the placeholder's local port is the key the payload's accept
-/// finds it by. A connection refused at once (loopback answers at once) is an error.
+/// Connect 127.0.0.1:`inner` from this thread's namespace; the placeholder's
+/// local port is the key the payload's accept finds it by. Loopback answers at
+/// once: a refusal is an error, and a full backlog is not waited for. One byte
+/// is sent, because a listener with `TCP_DEFER_ACCEPT` (Bun, so OpenCode, sets
+/// it) queues a connection only once data comes; the launcher reads the
+/// placeholder's server end itself and closes it, so nobody sees the byte.
 fn placeholder(inner: u16) -> io::Result<(TcpStream, u16)> {
     let s = crate::sys::tcp_connect_loopback_nonblocking(inner).map_err(|e| io::Error::from_raw_os_error(e.errno as i32))?;
+    let mut pfd = libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+    // SAFETY: one valid pollfd; a loopback handshake completes within the connect.
+    unsafe { libc::poll(&mut pfd, 1, 10) };
     if let Some(e) = s.take_error()? {
         return Err(e);
+    }
+    if pfd.revents & libc::POLLOUT != 0 {
+        // SAFETY: send one byte from a static buffer on our socket.
+        unsafe { libc::send(s.as_raw_fd(), b"\0".as_ptr().cast(), 1, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
     }
     let port = s.local_addr()?.port();
     Ok((s, port))
@@ -367,9 +377,12 @@ fn notify_loop(notify: &OwnedFd, ctx: &NotifyCtx, pending: &PendingMap, stop: &A
             continue; // ENOENT: the caller was interrupted or died
         }
         if i64::from(req.data.nr) == libc::SYS_listen {
-            on_listen(fd, &req, ctx, &mut pidfds).send(fd, req.id);
+            let r = on_listen(fd, &req, ctx, &mut pidfds);
+            tracing::debug!(pid = req.pid, fd = req.data.args[0], result = ?r, "handoff: the payload listens");
+            r.send(fd, req.id);
             continue;
         }
+        tracing::trace!(pid = req.pid, nr = req.data.nr, fd = req.data.args[0], "handoff: accept notification");
         match on_accept(fd, &req, ctx.inner, &mut pidfds, pending) {
             Step::Reply(r) => r.send(fd, req.id),
             Step::Wait(a) if waiting.len() < MAX_WAITERS => waiting.push(a),
@@ -378,6 +391,7 @@ fn notify_loop(notify: &OwnedFd, ctx: &NotifyCtx, pending: &PendingMap, stop: &A
     }
 }
 
+#[derive(Debug)]
 enum Reply {
     Continue,
     /// The call returns this value (the launcher made it).
@@ -506,6 +520,7 @@ fn try_accept(notify: RawFd, acc: &Accept, pending: &PendingMap) -> Option<Reply
         Some(SocketAddr::V4(p)) if *p.ip() == Ipv4Addr::LOCALHOST => pending.lock().ok().and_then(|mut m| m.remove(&p.port())),
         _ => None,
     };
+    tracing::trace!(?peer, handed_off = entry.is_some(), "handoff: the payload accepts");
     let (sock, peer) = match (entry, peer) {
         (Some(e), _) => {
             drop(e.placeholder);
