@@ -98,9 +98,10 @@ impl Handoff {
         };
         let accept = {
             let (stop, listener) = (stop.clone(), listener.clone());
-            std::thread::Builder::new()
-                .name("handoff-accept".into())
-                .spawn(move || accept_loop(&listener, &netns, &diag, &cfg, &pending, &stats, &wake_r, &stop))
+            std::thread::Builder::new().name("handoff-accept".into()).spawn(move || {
+                let ctx = AcceptCtx { netns, diag, cfg, pending, stats, wake: wake_r };
+                accept_loop(&listener, &ctx, &stop)
+            })
         };
         let mut h = Handoff { stop, listener, accept: None, notify: Some(notify) };
         h.accept = Some(accept?);
@@ -121,16 +122,20 @@ impl Drop for Handoff {
     }
 }
 
-fn accept_loop(
-    listener: &TcpListener,
-    netns: &Netns,
-    diag: &crate::sockdiag::SockDiag,
-    cfg: &Config,
-    pending: &PendingMap,
-    stats: &SharedCounters,
-    wake: &OwnedFd,
-    stop: &AtomicBool,
-) {
+/// What the accept thread works with.
+struct AcceptCtx {
+    netns: Netns,
+    /// Opened in the host's namespace, before the thread enters the sandbox's.
+    diag: crate::sockdiag::SockDiag,
+    cfg: Config,
+    pending: PendingMap,
+    stats: Arc<SharedCounters>,
+    /// Readable when the payload listens on its inner port.
+    wake: OwnedFd,
+}
+
+fn accept_loop(listener: &TcpListener, ctx: &AcceptCtx, stop: &AtomicBool) {
+    let AcceptCtx { netns, diag, cfg, pending, stats, wake } = ctx;
     // This thread makes the placeholders: they belong to the sandbox's namespace.
     if let Err(e) = netns.enter() {
         tracing::warn!(error = %e, "handoff: cannot enter the sandbox's network namespace; no connection is brokered");
@@ -265,7 +270,7 @@ fn placeholder(inner: u16) -> io::Result<(TcpStream, u16)> {
     }
     if pfd.revents & libc::POLLOUT != 0 {
         // SAFETY: send one byte from a static buffer on our socket.
-        unsafe { libc::send(s.as_raw_fd(), b"\0".as_ptr().cast(), 1, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        unsafe { libc::send(s.as_raw_fd(), b"P".as_ptr().cast(), 1, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
     }
     let port = s.local_addr()?.port();
     Ok((s, port))

@@ -65,12 +65,7 @@ pub struct LandlockSpec {
 /// mounts show (minus `mount_only`) and the devices. One place for
 /// `swarmcell run` and `policy explain`; the launcher adds a linked worktree's
 /// git directories.
-pub fn rules_for(
-    policy: &crate::policy::Policy,
-    worktree: &Path,
-    extra_ro: &[PathBuf],
-    extra_rw: &[PathBuf],
-) -> LandlockSpec {
+pub fn rules_for(policy: &crate::policy::Policy, worktree: &Path, extra_ro: &[PathBuf], extra_rw: &[PathBuf]) -> LandlockSpec {
     let fs = &policy.filesystem;
     let mut read_exec: Vec<PathBuf> = fs.read_only.iter().chain(extra_ro).cloned().collect();
     read_exec.extend(["/etc", "/proc", "/dev"].map(PathBuf::from));

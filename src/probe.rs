@@ -680,7 +680,8 @@ fn reuse_accepted(port: &str) -> Vec<Check> {
             libc::getsockopt(s, libc::SOL_SOCKET, libc::SO_ERROR, (&mut err as *mut libc::c_int).cast(), &mut el);
             let mut peer: libc::sockaddr_in = std::mem::zeroed();
             let mut pl = len;
-            let connected = pfd.revents & libc::POLLOUT != 0 && err == 0 && libc::getpeername(s, (&mut peer as *mut libc::sockaddr_in).cast(), &mut pl) == 0;
+            let connected =
+                pfd.revents & libc::POLLOUT != 0 && err == 0 && libc::getpeername(s, (&mut peer as *mut libc::sockaddr_in).cast(), &mut pl) == 0;
             match connected {
                 true if peer.sin_port == t.sin_port => check(&name, Status::Escaped, "connected"),
                 true => check(&name, Status::Blocked, "connected only to its old peer"),
@@ -700,7 +701,16 @@ fn reuse_accepted(port: &str) -> Vec<Check> {
     let how = disconnect(s);
     let name = format!("accepted socket: {how}, then TCP Fast Open to 127.0.0.1:{target}");
     // SAFETY: sendto with a valid buffer and sockaddr on a socket this probe owns.
-    let r = unsafe { libc::sendto(s, b"GET / HTTP/1.0\r\n\r\n".as_ptr().cast(), 18, libc::MSG_FASTOPEN | libc::MSG_DONTWAIT, (&t as *const libc::sockaddr_in).cast(), len) };
+    let r = unsafe {
+        libc::sendto(
+            s,
+            b"GET / HTTP/1.0\r\n\r\n".as_ptr().cast(),
+            18,
+            libc::MSG_FASTOPEN | libc::MSG_DONTWAIT,
+            (&t as *const libc::sockaddr_in).cast(),
+            len,
+        )
+    };
     out.push(match r {
         n if n > 0 => check(&name, Status::Escaped, format!("sent {n} bytes in a SYN")),
         _ => check(&name, Status::Blocked, Errno::last().to_string()),
@@ -715,7 +725,11 @@ fn reuse_accepted(port: &str) -> Vec<Check> {
         } else {
             println!("rogue listener up");
             let mut pfd = libc::pollfd { fd: s, events: libc::POLLIN, revents: 0 };
-            let c = if libc::poll(&mut pfd, 1, 3000) == 1 { libc::accept4(s, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK) } else { -1 };
+            let c = if libc::poll(&mut pfd, 1, 3000) == 1 {
+                libc::accept4(s, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK)
+            } else {
+                -1
+            };
             let mut local: libc::sockaddr_in = std::mem::zeroed();
             let mut ll = len;
             // A connection on the inner port is the sandbox's own (relay mode:
