@@ -341,6 +341,7 @@ fn notify_loop(notify: &OwnedFd, ctx: &NotifyCtx, pending: &PendingMap, stop: &A
     let fd = notify.as_raw_fd();
     let mut pidfds = Pidfds::default();
     let mut waiting: Vec<Accept> = Vec::new();
+    let mut taken = Taken::new();
     while !stop.load(Ordering::SeqCst) {
         let mut pfds: Vec<libc::pollfd> = std::iter::once(fd)
             .chain(waiting.iter().map(|w| w.listener.as_raw_fd()))
@@ -353,7 +354,7 @@ fn notify_loop(notify: &OwnedFd, ctx: &NotifyCtx, pending: &PendingMap, stop: &A
         }
         // Waiting accepts whose listener has a connection now, or whose caller
         // was interrupted (its call restarts as a new notification).
-        let ready: Vec<bool> = pfds[1..].iter().map(|p| p.revents != 0).collect();
+        let ready: Vec<bool> = pfds[1..].iter().map(|p| p.revents != 0 || !taken.is_empty()).collect();
         let mut kept = Vec::with_capacity(waiting.len());
         for (w, r) in std::mem::take(&mut waiting).into_iter().zip(ready) {
             if !id_valid(fd, w.id) {
@@ -363,7 +364,7 @@ fn notify_loop(notify: &OwnedFd, ctx: &NotifyCtx, pending: &PendingMap, stop: &A
                 kept.push(w);
                 continue;
             }
-            match try_accept(fd, &w, pending) {
+            match try_accept(fd, &w, pending, &mut taken) {
                 Some(reply) => reply.send(fd, w.id),
                 None => kept.push(w),
             }
@@ -388,7 +389,7 @@ fn notify_loop(notify: &OwnedFd, ctx: &NotifyCtx, pending: &PendingMap, stop: &A
             continue;
         }
         tracing::trace!(pid = req.pid, nr = req.data.nr, fd = req.data.args[0], "handoff: accept notification");
-        match on_accept(fd, &req, ctx.inner, &mut pidfds, pending) {
+        match on_accept(fd, &req, ctx.inner, &mut pidfds, pending, &mut taken) {
             Step::Reply(r) => r.send(fd, req.id),
             Step::Wait(a) if waiting.len() < MAX_WAITERS => waiting.push(a),
             Step::Wait(_) => Reply::Error(libc::ENOBUFS).send(fd, req.id),
@@ -430,7 +431,7 @@ enum Step {
     Wait(Accept),
 }
 
-fn on_accept(notify: RawFd, req: &libc::seccomp_notif, inner: u16, pidfds: &mut Pidfds, pending: &PendingMap) -> Step {
+fn on_accept(notify: RawFd, req: &libc::seccomp_notif, inner: u16, pidfds: &mut Pidfds, pending: &PendingMap, taken: &mut Taken) -> Step {
     let nr = i64::from(req.data.nr);
     if nr != libc::SYS_accept && nr != libc::SYS_accept4 {
         return Step::Reply(Reply::Continue);
@@ -449,7 +450,7 @@ fn on_accept(notify: RawFd, req: &libc::seccomp_notif, inner: u16, pidfds: &mut 
     }
     let Some(v6) = inner_listener(&listener, inner) else { return Step::Reply(Reply::Continue) };
     let acc = Accept { id: req.id, pid, addr: a[1], addrlen: a[2], flags, listener, v6 };
-    match try_accept(notify, &acc, pending) {
+    match try_accept(notify, &acc, pending, taken) {
         Some(r) => Step::Reply(r),
         None if fd_nonblocking(acc.listener.as_raw_fd()) => Step::Reply(Reply::Error(libc::EAGAIN)),
         None => Step::Wait(acc),
@@ -502,7 +503,14 @@ fn inner_listener(fd: &OwnedFd, inner: u16) -> Option<bool> {
 
 /// Accept one connection from the payload's listener if one is queued, and
 /// deliver it (or the host connection its placeholder stands for).
-fn try_accept(notify: RawFd, acc: &Accept, pending: &PendingMap) -> Option<Reply> {
+fn try_accept(notify: RawFd, acc: &Accept, pending: &PendingMap, taken: &mut Taken) -> Option<Reply> {
+    // A connection taken for a call that was interrupted goes to the next call.
+    if let Some((sock, peer)) = taken.pop_front() {
+        return Some(deliver(notify, acc, sock, peer).unwrap_or_else(|back| {
+            taken.push_front(back);
+            Reply::Done
+        }));
+    }
     let fd = acc.listener.as_raw_fd();
     let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd, no waiting: accept below must not block.
@@ -535,16 +543,25 @@ fn try_accept(notify: RawFd, acc: &Accept, pending: &PendingMap) -> Option<Reply
         (None, Some(p)) => (accepted, p),
         (None, None) => return Some(Reply::Error(libc::ECONNABORTED)),
     };
-    Some(deliver(notify, acc, sock, peer))
+    Some(deliver(notify, acc, sock, peer).unwrap_or_else(|back| {
+        taken.push_back(back);
+        Reply::Done
+    }))
 }
 
-/// Install `sock` in the payload as the result of its accept call.
-fn deliver(notify: RawFd, acc: &Accept, sock: OwnedFd, peer: SocketAddr) -> Reply {
+/// Connections taken from the payload's listener for an accept call that was
+/// interrupted (a signal) before it got them.
+type Taken = std::collections::VecDeque<(OwnedFd, SocketAddr)>;
+
+/// Install `sock` in the payload as the result of its accept call. `Err` gives
+/// the connection back when the call is gone (interrupted by a signal: it
+/// restarts as a new notification, or the caller retries on EINTR).
+fn deliver(notify: RawFd, acc: &Accept, sock: OwnedFd, peer: SocketAddr) -> Result<Reply, (OwnedFd, SocketAddr)> {
     if set_nonblocking(sock.as_raw_fd(), acc.flags & libc::SOCK_NONBLOCK != 0).is_err() {
-        return Reply::Error(libc::ECONNABORTED);
+        return Ok(Reply::Error(libc::ECONNABORTED));
     }
     if acc.addr != 0 && write_sockaddr(acc.pid, acc.addr, acc.addrlen, peer, acc.v6).is_err() {
-        return Reply::Error(libc::EFAULT);
+        return if id_valid(notify, acc.id) { Ok(Reply::Error(libc::EFAULT)) } else { Err((sock, peer)) };
     }
     let mut addfd = libc::seccomp_notif_addfd {
         id: acc.id,
@@ -557,9 +574,9 @@ fn deliver(notify: RawFd, acc: &Accept, sock: OwnedFd, peer: SocketAddr) -> Repl
     // the caller and answers the call with its number.
     if unsafe { libc::ioctl(notify, libc::SECCOMP_IOCTL_NOTIF_ADDFD, &mut addfd) } < 0 {
         let e = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
-        return if e == libc::ENOENT { Reply::Done } else { Reply::Error(e) };
+        return if e == libc::ENOENT { Err((sock, peer)) } else { Ok(Reply::Error(e)) };
     }
-    Reply::Done
+    Ok(Reply::Done)
 }
 
 /// Write `peer` as accept(2) does: at most `*addrlen` bytes, then the full length.

@@ -27,6 +27,7 @@ pub fn main(name: &str, rest: &[String]) -> u8 {
         ("bench-client", _) => return bench_client(rest),
         ("serve", Some(port)) => return serve(port, false),
         ("bench-server", Some(port)) => return serve(port, true),
+        ("signalled-server", Some(port)) => return signalled_server(port),
         _ => {
             eprintln!(
                 "swarmcell __probe: unknown probe {name:?} (tiocsti, fds, seccomp, read PATH, bind PORT, connect PORT, loopback, reuse-listener PORT, reuse-accepted PORT, http-get HOST:PORT/PATH, alloc MIB, serve PORT, bench-server PORT)"
@@ -742,4 +743,28 @@ fn reuse_accepted(port: &str) -> Vec<Check> {
         }
     });
     out
+}
+
+/// `bench-server` whose accepting thread is hit by a signal (with `SA_RESTART`,
+/// as Bun's garbage collector does with SIGPWR) every 100 µs: accepts are
+/// interrupted and restarted all the time.
+fn signalled_server(port: &str) -> u8 {
+    extern "C" fn nothing(_: libc::c_int) {}
+    // SAFETY: installing a handler that does nothing, for SIGUSR1.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = nothing as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+    }
+    // SAFETY: pthread_self has no preconditions.
+    let me = unsafe { libc::pthread_self() } as usize;
+    std::thread::spawn(move || {
+        loop {
+            // SAFETY: signalling a thread of this process, which lives as long as it.
+            unsafe { libc::pthread_kill(me as libc::pthread_t, libc::SIGUSR1) };
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+    });
+    serve(port, true)
 }

@@ -403,3 +403,23 @@ fn with_socket_handoff_a_uid_that_is_not_allowed_gets_nothing() {
     assert_eq!(child.wait().code(), Some(143));
     assert_no_sandbox_left();
 }
+
+#[test]
+fn with_socket_handoff_no_connection_is_lost_when_accepts_are_interrupted_by_signals() {
+    // Bun (OpenCode) signals its threads all the time; an accept interrupted
+    // after the launcher took a connection for it must not lose that connection.
+    let f = Fixture::new();
+    let (mut child, ready) = start(&f, &["--port", "auto", "--health", "none"], &[bin(), "__probe", "signalled-server", "{port}"]);
+    let port = port_of(&ready_of(&ready));
+    for i in 0..300u32 {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(format!("E{i:08}").as_bytes()).unwrap();
+        let mut r = [0u8; 8];
+        c.read_exact(&mut r).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(r, *format!("{i:08}").as_bytes());
+    }
+    sigterm(&child);
+    child.wait();
+    assert_no_sandbox_left();
+}
