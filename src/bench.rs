@@ -1,6 +1,7 @@
-//! `swarmcell bench broker`: the broker against a direct loopback connection and
-//! against `socat` forwarding, side by side in one run on this machine:
-//! bulk throughput each way, 64-byte ping-pong latency (p50, p99), and
+//! `swarmcell bench broker`: both brokers (handoff, the default, and relay)
+//! against a direct loopback connection and against `socat` forwarding, side by
+//! side in one run on this machine, in alternating rounds: bulk throughput each
+//! way, 64-byte ping-pong latency (p50, p99), new connections per second, and
 //! launch-to-healthy of a small HTTP server minus that server's own start-up.
 //!
 //! The servers are `swarmcell __probe bench-server` / `serve`: the same program
@@ -185,8 +186,25 @@ struct Row {
     name: &'static str,
     up: f64,
     down: f64,
+    /// New connections per second (connect, one echoed byte, close).
+    rate: f64,
     p50: Duration,
     p99: Duration,
+}
+
+/// Connections per round for the connection rate.
+const CONNECTIONS: usize = 500;
+
+/// Sequential connections per second: connect, echo one byte, close.
+fn connection_rate(port: u16, n: usize) -> Result<f64, String> {
+    let start = Instant::now();
+    for _ in 0..n {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        s.write_all(b"Ex").map_err(|e| e.to_string())?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).map_err(|e| format!("connection rate: {e}"))?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
 /// How many times each path is measured, alternating between the paths, so
@@ -200,10 +218,12 @@ fn measure_all(paths: &[(&'static str, u16)], opts: &Options) -> Result<Vec<Row>
     let mut ups = vec![Vec::new(); paths.len()];
     let mut downs = vec![Vec::new(); paths.len()];
     let mut rtts = vec![Vec::new(); paths.len()];
+    let mut rates = vec![Vec::new(); paths.len()];
     for _ in 0..ROUNDS {
         for (i, (_, port)) in paths.iter().enumerate() {
             ups[i].push(gib(upload(*port, opts.bytes)?));
             downs[i].push(gib(download(*port, opts.bytes)?));
+            rates[i].push(connection_rate(*port, CONNECTIONS)?);
             rtts[i].extend(pingpong(*port, opts.pings.div_ceil(ROUNDS))?);
         }
     }
@@ -217,7 +237,14 @@ fn measure_all(paths: &[(&'static str, u16)], opts: &Options) -> Result<Vec<Row>
         .map(|(i, (name, _))| {
             let mut r = std::mem::take(&mut rtts[i]);
             r.sort();
-            Row { name, up: mid(std::mem::take(&mut ups[i])), down: mid(std::mem::take(&mut downs[i])), p50: pct(&r, 0.5), p99: pct(&r, 0.99) }
+            Row {
+                name,
+                up: mid(std::mem::take(&mut ups[i])),
+                down: mid(std::mem::take(&mut downs[i])),
+                rate: mid(std::mem::take(&mut rates[i])),
+                p50: pct(&r, 0.5),
+                p99: pct(&r, 0.99),
+            }
         })
         .collect())
 }
@@ -250,19 +277,28 @@ pub fn broker(opts: &Options) -> Result<(), String> {
     }
     let rows = measure_all(&paths, opts)?;
     println!();
-    println!("{:<18} {:>12} {:>12} {:>10} {:>10}", "path", "up GiB/s", "down GiB/s", "p50 µs", "p99 µs");
+    println!("{:<18} {:>12} {:>12} {:>10} {:>10} {:>10}", "path", "up GiB/s", "down GiB/s", "p50 µs", "p99 µs", "conn/s");
     for r in &rows {
-        println!("{:<18} {:>12.2} {:>12.2} {:>10.1} {:>10.1}", r.name, r.up, r.down, r.p50.as_secs_f64() * 1e6, r.p99.as_secs_f64() * 1e6);
+        println!(
+            "{:<18} {:>12.2} {:>12.2} {:>10.1} {:>10.1} {:>10.0}",
+            r.name,
+            r.up,
+            r.down,
+            r.p50.as_secs_f64() * 1e6,
+            r.p99.as_secs_f64() * 1e6,
+            r.rate
+        );
     }
     let d = &rows[0];
     for r in &rows[1..] {
         println!(
-            "{}: throughput {:.2}x up, {:.2}x down of direct; added latency p50 {:+.1} µs, p99 {:+.1} µs",
+            "{}: throughput {:.2}x up, {:.2}x down of direct; added latency p50 {:+.1} µs, p99 {:+.1} µs; connections {:.2}x",
             r.name,
             r.up / d.up,
             r.down / d.down,
             (r.p50.as_secs_f64() - d.p50.as_secs_f64()) * 1e6,
-            (r.p99.as_secs_f64() - d.p99.as_secs_f64()) * 1e6
+            (r.p99.as_secs_f64() - d.p99.as_secs_f64()) * 1e6,
+            r.rate / d.rate
         );
     }
 

@@ -463,12 +463,18 @@ fn on_accept(notify: RawFd, req: &libc::seccomp_notif, inner: u16, pidfds: &mut 
 /// inner port wakes the connections that came early.
 fn on_listen(notify: RawFd, req: &libc::seccomp_notif, ctx: &NotifyCtx, pidfds: &mut Pidfds) -> Reply {
     let (fd, backlog) = (req.data.args[0] as RawFd, req.data.args[1] as libc::c_int);
-    let Ok(sock) = pidfds.getfd(req.pid as libc::pid_t, fd) else { return Reply::Continue };
+    // Never CONTINUE: the kernel would look the fd number up again, and another
+    // thread may have put a host socket there meanwhile.
+    let sock = match pidfds.getfd(req.pid as libc::pid_t, fd) {
+        Ok(s) => s,
+        // EBADF, or ESRCH for a caller that is gone (then nobody reads it).
+        Err(e) => return Reply::Error(e.raw_os_error().unwrap_or(libc::EBADF)),
+    };
     if !id_valid(notify, req.id) {
         return Reply::Done;
     }
     match netns_cookie(sock.as_raw_fd()) {
-        None => return Reply::Continue, // not a socket: the kernel says so
+        None => return Reply::Error(libc::ENOTSOCK),
         Some(c) if c == ctx.host_netns => return Reply::Error(libc::EPERM),
         Some(_) => {}
     }
