@@ -122,6 +122,14 @@ impl Drop for Handoff {
     }
 }
 
+/// Whether this kernel has what the handoff needs (Linux >= 5.14:
+/// `SECCOMP_ADDFD_FLAG_SEND`, and `SO_NETNS_COOKIE`, which came with it). The
+/// launcher decides before the payload loads the filter: once loaded, its
+/// notifications must be served for the payload's whole life.
+pub fn supported() -> bool {
+    std::net::UdpSocket::bind("127.0.0.1:0").is_ok_and(|s| netns_cookie(s.as_raw_fd()).is_some())
+}
+
 /// What the accept thread works with.
 struct AcceptCtx {
     netns: Netns,

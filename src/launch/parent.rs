@@ -325,7 +325,8 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         argv,
         env,
         stop_timeout_ms: req.stop_timeout.as_millis() as u64,
-        handoff: host_port.is_some() && req.broker == BrokerMode::Handoff,
+        // Without kernel support no filter is loaded, and `on_running` relays.
+        handoff: host_port.is_some() && req.broker == BrokerMode::Handoff && crate::handoff::supported(),
         log: req.log.clone(),
         landlock: landlock_spec(req, &wt),
         seccomp: super::spec::encode_bpf(&seccomp),
