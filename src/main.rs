@@ -168,7 +168,8 @@ struct RunArgs {
     /// After SIGTERM, how long before everything in the sandbox is killed.
     #[arg(long, value_name = "DURATION", default_value = "5s")]
     stop_timeout: String,
-    /// Most concurrent connections through the relay.
+    /// Most connections at once: relayed (relay), or waiting for the payload's
+    /// accept (handoff).
     #[arg(long, default_value_t = 256)]
     max_connections: usize,
     /// `handoff` (default): the launcher accepts on the host port, checks the

@@ -37,7 +37,7 @@ fn a_forward_works_end_to_end_and_is_the_only_way_out() {
     let (forwarded, other) = (HostServer::start(), HostServer::start());
     let dir = bin_dir();
     let script = format!(
-        "{b} __probe http-get 127.0.0.1:{p}/via-forward; {b} __probe http-get 127.0.0.1:{q}/direct; {b} __probe connect {q}",
+        "{b} __probe http-get 127.0.0.1:{p}/via-forward; {b} __probe http-get 127.0.0.1:{q}/direct",
         b = bin(),
         p = forwarded.1,
         q = other.1
@@ -46,8 +46,9 @@ fn a_forward_works_end_to_end_and_is_the_only_way_out() {
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].contains(" ok HTTP/1.1 200 OK"), "the forward does not work: {text}");
+    // (The sandbox's loopback is its own: no Landlock rule refuses the connect,
+    // there is just nothing of the host's there.)
     assert!(lines[1].contains(" BROKEN "), "a host port that is not forwarded answered: {text}");
-    assert!(lines[2].contains(" blocked ") && lines[2].contains("Permission denied"), "{text}");
 }
 
 #[test]
