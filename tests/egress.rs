@@ -36,12 +36,8 @@ fn a_forward_works_end_to_end_and_is_the_only_way_out() {
     let f = Fixture::new();
     let (forwarded, other) = (HostServer::start(), HostServer::start());
     let dir = bin_dir();
-    let script = format!(
-        "{b} __probe http-get 127.0.0.1:{p}/via-forward; {b} __probe http-get 127.0.0.1:{q}/direct",
-        b = bin(),
-        p = forwarded.1,
-        q = other.1
-    );
+    let script =
+        format!("{b} __probe http-get 127.0.0.1:{p}/via-forward; {b} __probe http-get 127.0.0.1:{q}/direct", b = bin(), p = forwarded.1, q = other.1);
     let out = f.sh(&["--ro", &dir, "--forward", &forwarded.1.to_string()], &script);
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
