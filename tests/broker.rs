@@ -423,3 +423,23 @@ fn with_socket_handoff_no_connection_is_lost_when_accepts_are_interrupted_by_sig
     child.wait();
     assert_no_sandbox_left();
 }
+
+#[test]
+fn with_socket_handoff_a_node_server_on_a_dual_stack_listener_answers() {
+    // Node listens on [::]:PORT (dual-stack) by default and accepts with
+    // accept4 from libuv's epoll loop: the IPv4 client's address reaches it.
+    let f = Fixture::new();
+    let js = f.worktree.join("server.js");
+    std::fs::write(&js, "require('http').createServer((q, r) => r.end('node saw ' + q.socket.remoteAddress)).listen(+process.env.SWARMCELL_PORT);\n")
+        .unwrap();
+    std::os::unix::fs::chown(&js, Some(OWNER), Some(OWNER)).unwrap();
+    let (mut child, ready) = start(&f, &["--port", "auto", "--health", "none"], &["/usr/bin/node", "server.js"]);
+    let port = port_of(&ready_of(&ready));
+    for _ in 0..20 {
+        let resp = http_get(port, "/").unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200 OK") && resp.ends_with("node saw 127.0.0.1"), "{resp}");
+    }
+    sigterm(&child);
+    child.wait();
+    assert_no_sandbox_left();
+}
