@@ -192,8 +192,8 @@ struct Row {
     p99: Duration,
 }
 
-/// Connections per round for the connection rate.
-const CONNECTIONS: usize = 500;
+/// Connections for the connection rate, over all rounds.
+const CONNECTIONS: usize = 1200;
 
 /// Sequential connections per second: connect, echo one byte, close.
 fn connection_rate(port: u16, n: usize) -> Result<f64, String> {
@@ -208,22 +208,24 @@ fn connection_rate(port: u16, n: usize) -> Result<f64, String> {
 }
 
 /// How many times each path is measured, alternating between the paths, so
-/// that a busy machine's swings hit every path alike.
-const ROUNDS: usize = 3;
+/// that a busy machine's swings hit every path alike (each round moves a
+/// share of the bytes).
+const ROUNDS: usize = 6;
 
 /// Measure every `(name, port)` path in `ROUNDS` alternating rounds: median
 /// throughput each way, latency percentiles over all rounds' pings.
 fn measure_all(paths: &[(&'static str, u16)], opts: &Options) -> Result<Vec<Row>, String> {
-    let gib = |d: Duration| opts.bytes as f64 / d.as_secs_f64() / f64::from(1u32 << 30);
+    let bytes = (opts.bytes / ROUNDS as u64).max(1 << 20);
+    let gib = |d: Duration| bytes as f64 / d.as_secs_f64() / f64::from(1u32 << 30);
     let mut ups = vec![Vec::new(); paths.len()];
     let mut downs = vec![Vec::new(); paths.len()];
     let mut rtts = vec![Vec::new(); paths.len()];
     let mut rates = vec![Vec::new(); paths.len()];
     for _ in 0..ROUNDS {
         for (i, (_, port)) in paths.iter().enumerate() {
-            ups[i].push(gib(upload(*port, opts.bytes)?));
-            downs[i].push(gib(download(*port, opts.bytes)?));
-            rates[i].push(connection_rate(*port, CONNECTIONS)?);
+            ups[i].push(gib(upload(*port, bytes)?));
+            downs[i].push(gib(download(*port, bytes)?));
+            rates[i].push(connection_rate(*port, CONNECTIONS / ROUNDS)?);
             rtts[i].extend(pingpong(*port, opts.pings.div_ceil(ROUNDS))?);
         }
     }
@@ -251,7 +253,13 @@ fn measure_all(paths: &[(&'static str, u16)], opts: &Options) -> Result<Vec<Row>
 
 pub fn broker(opts: &Options) -> Result<(), String> {
     let exe = exe()?;
-    println!("swarmcell bench broker: {} MiB each way, {} pings of 64 bytes, {} launches", opts.bytes >> 20, opts.pings, opts.launches);
+    println!(
+        "swarmcell bench broker: {} MiB each way, {} pings of 64 bytes, {} connections, in {ROUNDS} alternating rounds; {} launches",
+        opts.bytes >> 20,
+        opts.pings,
+        CONNECTIONS,
+        opts.launches
+    );
     // Direct: the bench server on the host's loopback.
     let direct_port = free_port()?;
     let _direct = Killed(Command::new(&exe).args(["__probe", "bench-server", &direct_port.to_string()]).spawn().map_err(|e| e.to_string())?);
