@@ -586,8 +586,12 @@ fn deliver(notify: RawFd, acc: &Accept, sock: OwnedFd, peer: SocketAddr) -> Resu
     if set_nonblocking(sock.as_raw_fd(), acc.flags & libc::SOCK_NONBLOCK != 0).is_err() {
         return Ok(Reply::Error(libc::ECONNABORTED));
     }
-    if acc.addr != 0 && write_sockaddr(acc.pid, acc.addr, acc.addrlen, peer, acc.v6).is_err() {
-        return if id_valid(notify, acc.id) { Ok(Reply::Error(libc::EFAULT)) } else { Err((sock, peer)) };
+    if acc.addr != 0 {
+        match write_sockaddr(notify, acc, peer) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err((sock, peer)),
+            Err(_) => return Ok(Reply::Error(libc::EFAULT)),
+        }
     }
     let mut addfd = libc::seccomp_notif_addfd {
         id: acc.id,
@@ -605,20 +609,31 @@ fn deliver(notify: RawFd, acc: &Accept, sock: OwnedFd, peer: SocketAddr) -> Resu
     Ok(Reply::Done)
 }
 
-/// Write `peer` as accept(2) does: at most `*addrlen` bytes, then the full length.
-fn write_sockaddr(pid: libc::pid_t, addr: u64, addrlen: u64, peer: SocketAddr, v6: bool) -> io::Result<()> {
-    if addrlen == 0 {
+/// Write `peer` as accept(2) does: at most `*addrlen` bytes, then the full
+/// length. ESRCH: the call is gone.
+fn write_sockaddr(notify: RawFd, acc: &Accept, peer: SocketAddr) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    if acc.addrlen == 0 {
         return Err(io::Error::from_raw_os_error(libc::EFAULT));
     }
+    // The caller's memory through /proc/TID/mem, opened first and checked
+    // after: while its call is still pending the thread is alive, so the tid
+    // was not reused by another process when we opened it.
+    let mem = std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{}/mem", acc.pid));
+    if !id_valid(notify, acc.id) {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    let mem = mem?;
+    let fault = |_| io::Error::from_raw_os_error(libc::EFAULT);
     let mut len = [0u8; 4];
-    read_memory(pid, addrlen, &mut len)?;
+    mem.read_exact_at(&mut len, acc.addrlen).map_err(fault)?;
     let room = i32::from_ne_bytes(len);
     if room < 0 {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
-    let bytes = sockaddr_bytes(peer, v6);
-    write_memory(pid, addr, &bytes[..bytes.len().min(room as usize)])?;
-    write_memory(pid, addrlen, &(bytes.len() as u32).to_ne_bytes())
+    let bytes = sockaddr_bytes(peer, acc.v6);
+    mem.write_all_at(&bytes[..bytes.len().min(room as usize)], acc.addr).map_err(fault)?;
+    mem.write_all_at(&(bytes.len() as u32).to_ne_bytes(), acc.addrlen).map_err(fault)
 }
 
 /// `peer` as a sockaddr_in, or as a sockaddr_in6 (IPv4-mapped) for an IPv6 listener.
@@ -710,32 +725,6 @@ fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
         if fl < 0 || libc::fcntl(fd, libc::F_SETFL, if on { fl | libc::O_NONBLOCK } else { fl & !libc::O_NONBLOCK }) < 0 {
             return Err(io::Error::last_os_error());
         }
-    }
-    Ok(())
-}
-
-fn read_memory(pid: libc::pid_t, addr: u64, buf: &mut [u8]) -> io::Result<()> {
-    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
-    // SAFETY: local describes our buffer; remote is only read by the kernel.
-    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
-    if n < 0 || n as usize != buf.len() {
-        return Err(io::Error::from_raw_os_error(libc::EFAULT));
-    }
-    Ok(())
-}
-
-fn write_memory(pid: libc::pid_t, addr: u64, buf: &[u8]) -> io::Result<()> {
-    if buf.is_empty() {
-        return Ok(());
-    }
-    let local = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.len() };
-    let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
-    // SAFETY: local describes our buffer, only read; remote is the caller's
-    // memory, which the kernel checks.
-    let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
-    if n < 0 || n as usize != buf.len() {
-        return Err(io::Error::from_raw_os_error(libc::EFAULT));
     }
     Ok(())
 }

@@ -445,7 +445,7 @@ fn alloc(mib: &str) -> Check {
 
 /// A small HTTP/1.1 server on 127.0.0.1:PORT (`serve`): every request gets
 /// `200 {"healthy":true}`. With `bench`, a connection's first byte picks a mode
-/// instead: `E` echo, `S` sink (count bytes until EOF, answer the count as 8
+/// instead: `P` the peer address accept() gave, `E` echo, `S` sink (count bytes until EOF, answer the count as 8
 /// bytes), `G` generate (send the 8-byte count that follows, then close).
 /// Runs until killed.
 pub fn serve(port: &str, bench: bool) -> u8 {
@@ -460,11 +460,11 @@ pub fn serve(port: &str, bench: bool) -> u8 {
             return 1;
         }
     };
-    for conn in listener.incoming().flatten() {
+    loop {
+        let Ok((conn, peer)) = listener.accept() else { continue };
         let _ = conn.set_nodelay(true);
-        std::thread::spawn(move || if bench { bench_conn(conn) } else { http_conn(conn) });
+        std::thread::spawn(move || if bench { bench_conn(conn, peer) } else { http_conn(conn) });
     }
-    0
 }
 
 fn http_conn(mut conn: std::net::TcpStream) {
@@ -487,13 +487,17 @@ fn http_conn(mut conn: std::net::TcpStream) {
     }
 }
 
-fn bench_conn(mut conn: std::net::TcpStream) {
+fn bench_conn(mut conn: std::net::TcpStream, peer: std::net::SocketAddr) {
     let mut mode = [0u8; 1];
     if conn.read_exact(&mut mode).is_err() {
         return;
     }
     let mut buf = vec![0u8; 1 << 20];
     match mode[0] {
+        // The client's address as accept() reported it.
+        b'P' => {
+            let _ = writeln!(conn, "{peer}");
+        }
         b'E' => loop {
             match conn.read(&mut buf) {
                 Ok(0) | Err(_) => return,

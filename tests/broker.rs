@@ -240,6 +240,12 @@ fn with_socket_handoff_the_payload_holds_each_connection_but_never_the_host_list
     assert_eq!(&r, b"ping");
     let conn = connection_inode(port, e.local_addr().unwrap().port()).expect("the server end of the connection");
     assert!(in_payload(&conn), "the payload does not hold the connection");
+    // accept() told the payload who the client is.
+    let mut p = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    p.write_all(b"P").unwrap();
+    let mut said = String::new();
+    p.read_to_string(&mut said).unwrap();
+    assert_eq!(said.trim(), p.local_addr().unwrap().to_string());
     // Bulk data both ways, straight to the payload.
     assert_eq!(upload_and_count(port, 32), 32 << 20);
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
