@@ -439,7 +439,21 @@ fn with_socket_handoff_a_node_server_on_a_dual_stack_listener_answers() {
     std::fs::write(&js, "require('http').createServer((q, r) => r.end('node saw ' + q.socket.remoteAddress)).listen(+process.env.SWARMCELL_PORT);\n")
         .unwrap();
     std::os::unix::fs::chown(&js, Some(OWNER), Some(OWNER)).unwrap();
-    let (mut child, ready) = start(&f, &["--port", "auto", "--health", "none"], &["/usr/bin/node", "server.js"]);
+    // Node from PATH (scripts/setup installs it); outside /usr its install
+    // directory is bound read-only too.
+    let node = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| std::path::Path::new(d).join("node"))
+        .find(|p| p.is_file())
+        .and_then(|p| p.canonicalize().ok())
+        .expect("node is installed (scripts/setup)");
+    let home = node.parent().and_then(|b| b.parent()).unwrap().to_str().unwrap().to_string();
+    let mut extra = vec!["--port", "auto", "--health", "none"];
+    if !node.starts_with("/usr") {
+        extra.extend(["--ro", home.as_str()]);
+    }
+    let (mut child, ready) = start(&f, &extra, &[node.to_str().unwrap(), "server.js"]);
     let port = port_of(&ready_of(&ready));
     for _ in 0..20 {
         let resp = http_get(port, "/").unwrap();
