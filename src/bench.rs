@@ -1,10 +1,9 @@
-//! `swarmcell bench broker`: the broker against a direct loopback connection and
-//! against `socat` forwarding, side by side in one run on this machine:
-//! bulk throughput each way, 64-byte ping-pong latency (p50, p99), the accept
-//! rate (connections opened, used for one byte and closed, per second), the
-//! relay with its per-connection uid check against the same relay without it
-//! (`--allow-any-uid`), and launch-to-healthy of a small HTTP server minus that
-//! server's own start-up.
+//! `swarmcell bench broker`: both brokers (handoff, the default, and relay)
+//! against a direct loopback connection and against `socat` forwarding, side by
+//! side in one run on this machine, in alternating rounds: bulk throughput each
+//! way, 64-byte ping-pong latency (p50, p99), new connections per second, and
+//! launch-to-healthy of a small HTTP server minus that server's own start-up;
+//! and the per-connection uid check's cost (the same relay with and without it).
 //!
 //! The servers are `swarmcell __probe bench-server` / `serve`: the same program
 //! directly on the host, inside a sandbox (through the broker), and behind socat.
@@ -19,7 +18,7 @@ pub struct Options {
     pub bytes: u64,
     pub pings: usize,
     pub launches: usize,
-    /// Connections for the accept-rate runs.
+    /// Connections for the connection rate (over all rounds) and the uid check's cost.
     pub connections: usize,
     pub worktree: PathBuf,
 }
@@ -56,9 +55,7 @@ fn wait_connectable(port: u16, timeout: Duration) -> Result<Duration, String> {
 
 /// `swarmcell run --port auto ... -- swarmcell __probe MODE {port}`; returns the
 /// launcher and its host port, waiting for the ready line.
-/// (The payload's stderr, which is the launcher's, is dropped: the bench
-/// servers print every request.)
-fn sandboxed(opts: &Options, mode: &str, health: &str, broker: &str, extra: &[&str]) -> Result<(Killed, u16, Duration), String> {
+fn sandboxed(opts: &Options, mode: &str, health: &str, broker: &str) -> Result<(Killed, u16, Duration), String> {
     let exe = exe()?;
     let bindir = exe.parent().ok_or("binary has no directory")?.to_path_buf();
     let (mut r, w) = std::io::pipe().map_err(|e| e.to_string())?;
@@ -66,15 +63,13 @@ fn sandboxed(opts: &Options, mode: &str, health: &str, broker: &str, extra: &[&s
     let mut cmd = Command::new(&exe);
     cmd.args(["run", "--port", "auto", "--broker", broker, "--health", health, "--ready-fd", "3", "--ro"])
         .arg(&bindir)
-        .args(extra)
         .arg("--worktree")
         .arg(&opts.worktree)
         .arg("--")
         .arg(&exe)
         .args(["__probe", mode, "{port}"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stdout(Stdio::null());
     let wfd = std::os::fd::AsRawFd::as_raw_fd(&w);
     // SAFETY: install_fd_for_exec is async-signal-safe.
     unsafe {
@@ -190,34 +185,164 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// Connections per second: each opened, one byte echoed, closed (in turn).
-fn accept_rate(port: u16, n: usize) -> Result<f64, String> {
-    let start = Instant::now();
-    for _ in 0..n {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-        s.set_nodelay(true).map_err(|e| e.to_string())?;
-        let mut b = [0u8; 1];
-        s.write_all(b"Ex").and_then(|_| s.read_exact(&mut b)).map_err(|e| format!("accept-rate connection: {e}"))?;
-    }
-    Ok(n as f64 / start.elapsed().as_secs_f64())
-}
-
 struct Row {
     name: &'static str,
     up: f64,
     down: f64,
+    /// New connections per second (connect, one echoed byte, close).
+    rate: f64,
     p50: Duration,
     p99: Duration,
-    accepts: f64,
 }
 
-fn measure(name: &'static str, port: u16, opts: &Options) -> Result<Row, String> {
-    let gib = |d: Duration| opts.bytes as f64 / d.as_secs_f64() / f64::from(1u32 << 30);
-    let up = gib(upload(port, opts.bytes)?);
-    let down = gib(download(port, opts.bytes)?);
-    let rtts = pingpong(port, opts.pings)?;
-    let accepts = accept_rate(port, opts.connections)?;
-    Ok(Row { name, up, down, p50: pct(&rtts, 0.5), p99: pct(&rtts, 0.99), accepts })
+/// Sequential connections per second: connect, echo one byte, close.
+fn connection_rate(port: u16, n: usize) -> Result<f64, String> {
+    let start = Instant::now();
+    for _ in 0..n {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        s.write_all(b"Ex").map_err(|e| e.to_string())?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).map_err(|e| format!("connection rate: {e}"))?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// How many times each path is measured, alternating between the paths, so
+/// that a busy machine's swings hit every path alike (each round moves a
+/// share of the bytes).
+const ROUNDS: usize = 6;
+
+/// Measure every `(name, port)` path in `ROUNDS` alternating rounds: median
+/// throughput each way, latency percentiles over all rounds' pings.
+fn measure_all(paths: &[(&'static str, u16)], opts: &Options) -> Result<Vec<Row>, String> {
+    let bytes = (opts.bytes / ROUNDS as u64).max(1 << 20);
+    let gib = |d: Duration| bytes as f64 / d.as_secs_f64() / f64::from(1u32 << 30);
+    let mut ups = vec![Vec::new(); paths.len()];
+    let mut downs = vec![Vec::new(); paths.len()];
+    let mut rtts = vec![Vec::new(); paths.len()];
+    let mut rates = vec![Vec::new(); paths.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, port)) in paths.iter().enumerate() {
+            ups[i].push(gib(upload(*port, bytes)?));
+            downs[i].push(gib(download(*port, bytes)?));
+            rates[i].push(connection_rate(*port, (opts.connections / ROUNDS).max(1))?);
+            rtts[i].extend(pingpong(*port, opts.pings.div_ceil(ROUNDS))?);
+        }
+    }
+    let mid = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok(paths
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            let mut r = std::mem::take(&mut rtts[i]);
+            r.sort();
+            Row {
+                name,
+                up: mid(std::mem::take(&mut ups[i])),
+                down: mid(std::mem::take(&mut downs[i])),
+                rate: mid(std::mem::take(&mut rates[i])),
+                p50: pct(&r, 0.5),
+                p99: pct(&r, 0.99),
+            }
+        })
+        .collect())
+}
+
+pub fn broker(opts: &Options) -> Result<(), String> {
+    let exe = exe()?;
+    println!(
+        "swarmcell bench broker: {} MiB each way, {} pings of 64 bytes, {} connections, in {ROUNDS} alternating rounds; {} launches",
+        opts.bytes >> 20,
+        opts.pings,
+        opts.connections,
+        opts.launches
+    );
+    // Direct: the bench server on the host's loopback.
+    let direct_port = free_port()?;
+    let _direct = Killed(Command::new(&exe).args(["__probe", "bench-server", &direct_port.to_string()]).spawn().map_err(|e| e.to_string())?);
+    wait_connectable(direct_port, Duration::from_secs(5))?;
+    // socat forwarding to the same server.
+    let socat_port = free_port()?;
+    let socat = Command::new("socat")
+        .args([format!("TCP-LISTEN:{socat_port},bind=127.0.0.1,reuseaddr,fork"), format!("TCP:127.0.0.1:{direct_port}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Killed);
+    // The same server inside a sandbox, behind the broker in each mode.
+    let (_handoff, handoff_port, _) = sandboxed(opts, "bench-server", "none", "handoff")?;
+    let (_relay, relay_port, _) = sandboxed(opts, "bench-server", "none", "relay")?;
+
+    let mut paths = vec![("direct loopback", direct_port), ("broker (handoff)", handoff_port), ("broker (relay)", relay_port)];
+    match &socat {
+        Ok(_) => {
+            wait_connectable(socat_port, Duration::from_secs(5))?;
+            paths.push(("socat", socat_port));
+        }
+        Err(e) => println!("(socat not run: {e}; install it with scripts/setup)"),
+    }
+    let rows = measure_all(&paths, opts)?;
+    println!();
+    println!("{:<18} {:>12} {:>12} {:>10} {:>10} {:>10}", "path", "up GiB/s", "down GiB/s", "p50 µs", "p99 µs", "conn/s");
+    for r in &rows {
+        println!(
+            "{:<18} {:>12.2} {:>12.2} {:>10.1} {:>10.1} {:>10.0}",
+            r.name,
+            r.up,
+            r.down,
+            r.p50.as_secs_f64() * 1e6,
+            r.p99.as_secs_f64() * 1e6,
+            r.rate
+        );
+    }
+    let d = &rows[0];
+    for r in &rows[1..] {
+        println!(
+            "{}: throughput {:.2}x up, {:.2}x down of direct; added latency p50 {:+.1} µs, p99 {:+.1} µs; connections {:.2}x",
+            r.name,
+            r.up / d.up,
+            r.down / d.down,
+            (r.p50.as_secs_f64() - d.p50.as_secs_f64()) * 1e6,
+            (r.p99.as_secs_f64() - d.p99.as_secs_f64()) * 1e6,
+            r.rate / d.rate
+        );
+    }
+
+    uid_check_cost(direct_port, opts.connections)?;
+
+    // Launch-to-healthy against the server's own start-up, alternating.
+    let mut own = Vec::new();
+    let (mut handoff, mut relay) = (Vec::new(), Vec::new());
+    let check_ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for _ in 0..opts.launches {
+        let port = free_port()?;
+        let start = Instant::now();
+        let server = Killed(Command::new(&exe).args(["__probe", "serve", &port.to_string()]).spawn().map_err(|e| e.to_string())?);
+        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        crate::health::wait(
+            &crate::health::Check::Http { netns: None, port, request: crate::health::request("/", port, None) },
+            Duration::from_secs(5),
+            &cancel,
+        )
+        .map_err(|e| e.to_string())?;
+        own.push(start.elapsed());
+        drop(server);
+        for (mode, v) in [("handoff", &mut handoff), ("relay", &mut relay)] {
+            let (sandbox, _, took) = sandboxed(opts, "serve", "http", mode)?;
+            v.push(took);
+            drop(sandbox);
+        }
+    }
+    let own = median(own);
+    println!();
+    println!("launch-to-healthy (medians of {}): server alone {:.2} ms", opts.launches, check_ms(own));
+    for (name, v) in [("handoff", handoff), ("relay", relay)] {
+        let m = median(v);
+        println!("  in a sandbox, broker ({name}): {:.2} ms: overhead {:.2} ms", check_ms(m), check_ms(m.saturating_sub(own)));
+    }
+    Ok(())
 }
 
 /// The uid check's cost on its own: two relays in this process to the same
@@ -266,113 +391,6 @@ fn uid_check_cost(server_port: u16, n: usize) -> Result<(), String> {
         1.0 / b.as_secs_f64(),
         (b.as_secs_f64() / a.as_secs_f64() - 1.0) * 100.0,
         lookup.as_secs_f64() * 1e6
-    );
-    Ok(())
-}
-
-pub fn broker(opts: &Options) -> Result<(), String> {
-    let exe = exe()?;
-    println!(
-        "swarmcell bench broker: {} MiB each way, {} pings of 64 bytes, {} connections, {} launches",
-        opts.bytes >> 20,
-        opts.pings,
-        opts.connections,
-        opts.launches
-    );
-    // Direct: the bench server on the host's loopback.
-    let direct_port = free_port()?;
-    let _direct = Killed(Command::new(&exe).args(["__probe", "bench-server", &direct_port.to_string()]).spawn().map_err(|e| e.to_string())?);
-    wait_connectable(direct_port, Duration::from_secs(5))?;
-    // socat forwarding to the same server.
-    let socat_port = free_port()?;
-    let socat = Command::new("socat")
-        .args([format!("TCP-LISTEN:{socat_port},bind=127.0.0.1,reuseaddr,fork"), format!("TCP:127.0.0.1:{direct_port}")])
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Killed);
-    // The same server inside a sandbox, behind the broker in each mode; the
-    // relay with its uid check (the default) and without (--allow-any-uid).
-    let (_handoff, handoff_port, _) = sandboxed(opts, "bench-server", "none", "handoff", &["--allow-any-uid"])?;
-    let (_unchecked, unchecked_port, _) = sandboxed(opts, "bench-server", "none", "relay", &["--allow-any-uid"])?;
-    let (_relay, relay_port, _) = sandboxed(opts, "bench-server", "none", "relay", &[])?;
-
-    let mut rows = vec![
-        measure("direct loopback", direct_port, opts)?,
-        measure("broker (handoff)", handoff_port, opts)?,
-        measure("relay, uid check", relay_port, opts)?,
-        measure("relay, no check", unchecked_port, opts)?,
-    ];
-    match &socat {
-        Ok(_) => {
-            wait_connectable(socat_port, Duration::from_secs(5))?;
-            rows.push(measure("socat", socat_port, opts)?);
-        }
-        Err(e) => println!("(socat not run: {e}; install it with scripts/setup)"),
-    }
-    println!();
-    println!("{:<18} {:>12} {:>12} {:>10} {:>10} {:>12}", "path", "up GiB/s", "down GiB/s", "p50 µs", "p99 µs", "accepts/s");
-    for r in &rows {
-        println!(
-            "{:<18} {:>12.2} {:>12.2} {:>10.1} {:>10.1} {:>12.0}",
-            r.name,
-            r.up,
-            r.down,
-            r.p50.as_secs_f64() * 1e6,
-            r.p99.as_secs_f64() * 1e6,
-            r.accepts
-        );
-    }
-    let d = &rows[0];
-    for r in &rows[1..] {
-        println!(
-            "{}: throughput {:.2}x up, {:.2}x down of direct; added latency p50 {:+.1} µs, p99 {:+.1} µs",
-            r.name,
-            r.up / d.up,
-            r.down / d.down,
-            (r.p50.as_secs_f64() - d.p50.as_secs_f64()) * 1e6,
-            (r.p99.as_secs_f64() - d.p99.as_secs_f64()) * 1e6
-        );
-    }
-    let (checked, unchecked) = (&rows[2], &rows[3]);
-    println!(
-        "relay with the uid check against without: throughput {:.2}x up, {:.2}x down, p50 latency {:+.1} µs, accept rate {:+.1}% (two sandboxes, measured one after the other)",
-        checked.up / unchecked.up,
-        checked.down / unchecked.down,
-        (checked.p50.as_secs_f64() - unchecked.p50.as_secs_f64()) * 1e6,
-        (checked.accepts / unchecked.accepts - 1.0) * 100.0
-    );
-    uid_check_cost(direct_port, opts.connections)?;
-
-    // Launch-to-healthy against the server's own start-up.
-    let mut own = Vec::new();
-    let mut launched = Vec::new();
-    let check_ms = |d: Duration| d.as_secs_f64() * 1e3;
-    for _ in 0..opts.launches {
-        let port = free_port()?;
-        let start = Instant::now();
-        let server =
-            Killed(Command::new(&exe).args(["__probe", "serve", &port.to_string()]).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?);
-        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        crate::health::wait(
-            &crate::health::Check::Http { netns: None, port, request: crate::health::request("/", port, None) },
-            Duration::from_secs(5),
-            &cancel,
-        )
-        .map_err(|e| e.to_string())?;
-        own.push(start.elapsed());
-        drop(server);
-        let (sandbox, _, took) = sandboxed(opts, "serve", "http", "relay", &[])?;
-        launched.push(took);
-        drop(sandbox);
-    }
-    let (own, launched) = (median(own), median(launched));
-    println!();
-    println!(
-        "launch-to-healthy: server alone {:.2} ms, in a sandbox through the broker {:.2} ms (medians of {}): overhead {:.2} ms",
-        check_ms(own),
-        check_ms(launched),
-        opts.launches,
-        check_ms(launched.saturating_sub(own))
     );
     Ok(())
 }

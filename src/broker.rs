@@ -149,7 +149,13 @@ pub struct Ingress {
 impl Ingress {
     /// Whether the client of a connection accepted on `local` from `peer` may
     /// pass; a refusal is counted and reported.
-    fn admit(&self, lookup: &mut Option<crate::sock_diag::PeerLookup>, peer: SocketAddr, local: Option<SocketAddr>, stats: &SharedCounters) -> bool {
+    pub(crate) fn admit(
+        &self,
+        lookup: &mut Option<crate::sock_diag::PeerLookup>,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        stats: &SharedCounters,
+    ) -> bool {
         let owner = match (lookup.as_mut(), peer, local) {
             (Some(l), SocketAddr::V4(peer), Some(SocketAddr::V4(local))) => l.owner(peer, local).unwrap_or(crate::sock_diag::Owner::Unknown),
             _ => crate::sock_diag::Owner::Unknown,

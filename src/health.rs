@@ -34,9 +34,6 @@ pub enum Check {
     Http { netns: Option<crate::broker::Netns>, port: u16, request: Arc<[u8]> },
     /// A TCP connection to 127.0.0.1:port in `netns` is enough.
     Tcp { netns: Option<crate::broker::Netns>, port: u16 },
-    /// With socket handoff: the payload has taken over the host port's socket
-    /// (the flag) and a connection to it succeeds.
-    HandedOff { port: u16, flag: Arc<AtomicBool> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,10 +185,6 @@ pub fn wait(check: &Check, deadline: Duration, cancel: &Arc<AtomicBool>) -> Resu
             Check::Tcp { port, .. } => match std::net::TcpStream::connect(("127.0.0.1", *port)) {
                 Ok(_) => Outcome::Healthy,
                 Err(e) => Outcome::Unhealthy(e.to_string()),
-            },
-            Check::HandedOff { port, flag } => match flag.load(Ordering::SeqCst) && std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok() {
-                true => Outcome::Healthy,
-                false => Outcome::Unhealthy("the payload has not taken over its port".into()),
             },
         };
         tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, ?outcome, "health attempt");

@@ -6,14 +6,11 @@
 //!   beneath the worktree, /tmp and the policy's read-write paths, read/write on
 //!   the device nodes; nothing else, so a path that a mount mistake made visible
 //!   stays out of reach;
-//! - network (ABI >= 4), only with socket handoff: TCP connect only to the inner
-//!   port, the proxy and the configured forwards. The sandbox's loopback is its
-//!   own (a network namespace with only `lo`): with the relay broker no socket
-//!   of the payload's can reach the host, so binding and connecting any port
-//!   there protects nothing and would break an agent's test servers. A
-//!   handed-off listening socket belongs to the host's namespace and can be
-//!   turned into a client, so there the connect rule is what keeps it from
-//!   other host services;
+//! - network: no TCP rule. The sandbox's loopback is its own (a network
+//!   namespace with only `lo`): binding and connecting any port there protects
+//!   nothing and would break an agent's test servers. The only host sockets a
+//!   payload holds are connections handed off by the broker, which a locked
+//!   socket filter pins to their client (see `crate::handoff`);
 //! - scopes (ABI >= 6): abstract unix sockets and signals stay inside the sandbox.
 
 use std::path::{Path, PathBuf};
@@ -60,40 +57,26 @@ pub struct LandlockSpec {
     pub read_write: Vec<PathBuf>,
     pub device_files: Vec<PathBuf>,
     /// TCP ports the payload may connect to; `None`: TCP is not restricted
-    /// (relay broker: the loopback is the sandbox's own).
+    /// (the loopback is the sandbox's own; `rules_for` always says `None`).
     pub connect_ports: Option<Vec<u16>>,
 }
 
 /// The rules a policy gives a sandbox on `worktree` (sandbox paths): what the
-/// mounts show (minus `mount_only`), the devices and, with socket `handoff`,
-/// TCP connect only to the inner port, the proxy and `forwards`. One place for
+/// mounts show (minus `mount_only`) and the devices. One place for
 /// `swarmcell run` and `policy explain`; the launcher adds a linked worktree's
 /// git directories.
-pub fn rules_for(
-    policy: &crate::policy::Policy,
-    worktree: &Path,
-    extra_ro: &[PathBuf],
-    extra_rw: &[PathBuf],
-    forwards: &[u16],
-    handoff: bool,
-) -> LandlockSpec {
+pub fn rules_for(policy: &crate::policy::Policy, worktree: &Path, extra_ro: &[PathBuf], extra_rw: &[PathBuf]) -> LandlockSpec {
     let fs = &policy.filesystem;
     let mut read_exec: Vec<PathBuf> = fs.read_only.iter().chain(extra_ro).cloned().collect();
     read_exec.extend(["/etc", "/proc", "/dev"].map(PathBuf::from));
     let mut read_write: Vec<PathBuf> = vec![worktree.to_path_buf(), "/tmp".into(), "/dev/shm".into(), "/dev/pts".into()];
     read_write.extend(fs.read_write.iter().chain(extra_rw).cloned());
-    let inner = policy.network.inner_port;
-    let connect_ports = handoff.then(|| {
-        let mut ports = vec![inner, policy.network.proxy_port];
-        ports.extend(forwards.iter().filter(|p| **p != inner));
-        ports
-    });
     LandlockSpec {
         mode: policy.landlock,
         read_exec,
         read_write,
         device_files: crate::fs::host_binds::DEVICES.iter().map(|d| PathBuf::from("/dev").join(d)).collect(),
-        connect_ports,
+        connect_ports: None,
     }
 }
 

@@ -193,16 +193,15 @@ struct RunArgs {
     /// After SIGTERM, how long before everything in the sandbox is killed.
     #[arg(long, value_name = "DURATION", default_value = "5s")]
     stop_timeout: String,
-    /// Most concurrent connections through the relay.
+    /// Most connections at once: relayed (relay), or waiting for the payload's
+    /// accept (handoff).
     #[arg(long, default_value_t = 256)]
     max_connections: usize,
-    /// `relay` (default): every connection is relayed into the sandbox.
-    /// `handoff`: the payload's listening socket becomes the host port's (native
-    /// speed), but that socket lives in the host's network namespace: a payload
-    /// can turn it back into a client socket and reach host-loopback services on
-    /// the ports Landlock allows (see README). Opt-in, and refused without
-    /// Landlock's TCP rules.
-    #[arg(long, default_value = "relay")]
+    /// `handoff` (default): the launcher accepts on the host port, checks the
+    /// client's uid and hands each connection to the payload's accept (native
+    /// speed; the socket is pinned to its client). `relay`: every connection is
+    /// relayed into the sandbox, which holds no host socket at all.
+    #[arg(long, default_value = "handoff")]
     broker: String,
     /// Another host loopback port the sandbox may reach at 127.0.0.1:PORT (repeatable).
     #[arg(long = "forward", value_name = "PORT")]

@@ -25,16 +25,18 @@ pub fn main(name: &str, rest: &[String]) -> u8 {
         ("alloc", Some(mib)) => vec![alloc(mib)],
         ("forks", Some(n)) => return forks(n),
         ("reuse-listener", Some(port)) => vec![reuse_listener(port)],
+        ("reuse-accepted", Some(port)) => reuse_accepted(port),
         ("loopback", _) => loopback_servers(),
         ("bench-client", _) => return bench_client(rest),
         ("serve", Some(port)) => return serve(port, false),
         ("bench-server", Some(port)) => return serve(port, true),
+        ("signalled-server", Some(port)) => return signalled_server(port),
         ("redirect", Some(port)) => return redirect(port, rest.get(1).map_or("http://127.0.0.1:1/", String::as_str)),
         ("hostile-output", Some(port)) => return hostile_output(port),
         ("egress-then-serve", Some(port)) => return egress_then_serve(port, rest.get(1).map_or("example.invalid:443", String::as_str)),
         _ => {
             eprintln!(
-                "swarmcell __probe: unknown probe {name:?} (tiocsti, fds, seccomp, read PATH, bind PORT, connect PORT, loopback, http-get HOST:PORT/PATH, alloc MIB, serve PORT, bench-server PORT, redirect PORT URL, hostile-output PORT|exit, flood, trickle, send)"
+                "swarmcell __probe: unknown probe {name:?} (tiocsti, fds, seccomp, read PATH, bind PORT, connect PORT, loopback, http-get HOST:PORT/PATH, alloc MIB, serve PORT, bench-server PORT, reuse-listener PORT, reuse-accepted PORT, signalled-server PORT, redirect PORT URL, hostile-output PORT|exit, flood, trickle, send)"
             );
             return 2;
         }
@@ -465,10 +467,11 @@ fn alloc(mib: &str) -> Check {
 /// `200 {"healthy":true}` and its request line is printed on stderr (`serve:
 /// GET /path`), so that a test sees what reached the payload. With
 /// `PROBE_PASSWORD` in its environment it wants that password as HTTP basic
-/// auth (user `opencode`), as OpenCode does, and answers 401 otherwise. With `bench`, a
-/// connection's first byte picks a mode instead: `E` echo, `S` sink (count
-/// bytes until EOF, answer the count as 8 bytes), `G` generate (send the 8-byte
-/// count that follows, then close). Runs until killed.
+/// auth (user `opencode`), as OpenCode does, and answers 401 otherwise. With
+/// `bench`, a connection's first byte picks a mode instead: `P` the peer
+/// address accept() gave, `E` echo, `S` sink (count bytes until EOF, answer the
+/// count as 8 bytes), `G` generate (send the 8-byte count that follows, then
+/// close). Runs until killed.
 pub fn serve(port: &str, bench: bool) -> u8 {
     let body = "{\"healthy\":true}";
     let ok = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
@@ -527,12 +530,12 @@ fn listen_and_answer(port: &str, bench: bool, response: String) -> u8 {
     let auth: Option<std::sync::Arc<str>> = std::env::var("PROBE_PASSWORD")
         .ok()
         .map(|p| format!("authorization: {}", crate::health::basic_auth("opencode", &p)).to_ascii_lowercase().into());
-    for conn in listener.incoming().flatten() {
+    loop {
+        let Ok((conn, peer)) = listener.accept() else { continue };
         let _ = conn.set_nodelay(true);
         let (response, auth) = (response.clone(), auth.clone());
-        std::thread::spawn(move || if bench { bench_conn(conn) } else { http_conn(conn, &response, auth.as_deref()) });
+        std::thread::spawn(move || if bench { bench_conn(conn, peer) } else { http_conn(conn, &response, auth.as_deref()) });
     }
-    0
 }
 
 fn http_conn(mut conn: std::net::TcpStream, response: &str, auth: Option<&str>) {
@@ -558,13 +561,17 @@ fn http_conn(mut conn: std::net::TcpStream, response: &str, auth: Option<&str>) 
     }
 }
 
-fn bench_conn(mut conn: std::net::TcpStream) {
+fn bench_conn(mut conn: std::net::TcpStream, peer: std::net::SocketAddr) {
     let mut mode = [0u8; 1];
     if conn.read_exact(&mut mode).is_err() {
         return;
     }
     let mut buf = vec![0u8; 1 << 20];
     match mode[0] {
+        // The client's address as accept() reported it.
+        b'P' => {
+            let _ = writeln!(conn, "{peer}");
+        }
         b'E' => loop {
             match conn.read(&mut buf) {
                 Ok(0) | Err(_) => return,
@@ -691,4 +698,151 @@ fn reuse_listener(port: &str) -> Check {
             _ => check(&name, Status::Blocked, e.to_string()),
         }
     }
+}
+
+/// The handed-off connection variants of [`reuse_listener`]: listen on
+/// $SWARMCELL_PORT, take the first three connections that send `X` (what comes
+/// through the broker; a health check sends nothing), and try to point each at
+/// 127.0.0.1:PORT: `connect(AF_UNSPEC)` then connect; `shutdown` then connect;
+/// disconnect then TCP Fast Open (`sendto` with `MSG_FASTOPEN`, carrying data in
+/// the SYN); and last, listen on the disconnected socket and wait for a
+/// connection. `ESCAPED` when a connection is made (to anything but itself) or
+/// one is accepted.
+fn reuse_accepted(port: &str) -> Vec<Check> {
+    use std::net::TcpListener;
+    let (Ok(target), Some(inner)) = (port.parse::<u16>(), std::env::var("SWARMCELL_PORT").ok().and_then(|p| p.parse::<u16>().ok())) else {
+        return vec![check("reuse-accepted", Status::Broken, "needs a port and SWARMCELL_PORT")];
+    };
+    let listener = match TcpListener::bind(("127.0.0.1", inner)) {
+        Ok(l) => l,
+        Err(e) => return vec![check("reuse-accepted", Status::Broken, format!("bind {inner}: {e}"))],
+    };
+    let mut conns = Vec::new();
+    while conns.len() < 3 {
+        let Ok((mut c, _)) = listener.accept() else { continue };
+        let mut b = [0u8; 1];
+        if c.read_exact(&mut b).is_ok() && b[0] == b'X' {
+            conns.push(c);
+        }
+    }
+    let addr = |p: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: p.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let t = addr(target);
+    let unspec = libc::sockaddr { sa_family: libc::AF_UNSPEC as libc::sa_family_t, sa_data: [0; 14] };
+    let disconnect = |s: i32| {
+        // SAFETY: connect(AF_UNSPEC) on a socket this probe owns.
+        let r = unsafe { libc::connect(s, &unspec, std::mem::size_of::<libc::sockaddr>() as libc::socklen_t) };
+        if r == 0 { "disconnected".to_string() } else { format!("disconnect: {}", Errno::last()) }
+    };
+    // Connect `s` to the target without blocking, wait up to a second, and
+    // classify: a connection to anything but itself is an escape.
+    let reconnect = |s: i32, how: &str| -> Check {
+        let name = format!("{how} then connect to 127.0.0.1:{target}");
+        // SAFETY: fcntl, connect, poll, getsockopt and getpeername on a socket
+        // this probe owns, with valid buffers.
+        unsafe {
+            libc::fcntl(s, libc::F_SETFL, libc::fcntl(s, libc::F_GETFL) | libc::O_NONBLOCK);
+            let r = libc::connect(s, (&t as *const libc::sockaddr_in).cast(), len);
+            let e = Errno::last();
+            if r != 0 && e != Errno::EINPROGRESS {
+                return check(&name, Status::Blocked, e.to_string());
+            }
+            let mut pfd = libc::pollfd { fd: s, events: libc::POLLOUT, revents: 0 };
+            libc::poll(&mut pfd, 1, 1000);
+            let mut err: libc::c_int = 0;
+            let mut el = 4;
+            libc::getsockopt(s, libc::SOL_SOCKET, libc::SO_ERROR, (&mut err as *mut libc::c_int).cast(), &mut el);
+            let mut peer: libc::sockaddr_in = std::mem::zeroed();
+            let mut pl = len;
+            let connected =
+                pfd.revents & libc::POLLOUT != 0 && err == 0 && libc::getpeername(s, (&mut peer as *mut libc::sockaddr_in).cast(), &mut pl) == 0;
+            match connected {
+                true if peer.sin_port == t.sin_port => check(&name, Status::Escaped, "connected"),
+                true => check(&name, Status::Blocked, "connected only to its old peer"),
+                false if err != 0 => check(&name, Status::Blocked, Errno::from_raw(err).to_string()),
+                false => check(&name, Status::Blocked, "no handshake within 1 s"),
+            }
+        }
+    };
+    let fd = |i: usize| std::os::fd::AsRawFd::as_raw_fd(&conns[i]);
+    let mut out = Vec::new();
+    let how = disconnect(fd(0));
+    out.push(reconnect(fd(0), &format!("accepted socket: connect(AF_UNSPEC) ({how})")));
+    // SAFETY: shutdown on a socket this probe owns.
+    unsafe { libc::shutdown(fd(1), libc::SHUT_RDWR) };
+    out.push(reconnect(fd(1), "accepted socket: shutdown"));
+    let s = fd(2);
+    let how = disconnect(s);
+    let name = format!("accepted socket: {how}, then TCP Fast Open to 127.0.0.1:{target}");
+    // SAFETY: sendto with a valid buffer and sockaddr on a socket this probe owns.
+    let r = unsafe {
+        libc::sendto(
+            s,
+            b"GET / HTTP/1.0\r\n\r\n".as_ptr().cast(),
+            18,
+            libc::MSG_FASTOPEN | libc::MSG_DONTWAIT,
+            (&t as *const libc::sockaddr_in).cast(),
+            len,
+        )
+    };
+    out.push(match r {
+        n if n > 0 => check(&name, Status::Escaped, format!("sent {n} bytes in a SYN")),
+        _ => check(&name, Status::Blocked, Errno::last().to_string()),
+    });
+    let name = "accepted socket: disconnected, then listen and accept".to_string();
+    // SAFETY: listen and poll/accept on a socket this probe owns.
+    out.push(unsafe {
+        let s = fd(2);
+        libc::connect(s, &unspec, std::mem::size_of::<libc::sockaddr>() as libc::socklen_t);
+        if libc::listen(s, 8) != 0 {
+            check(&name, Status::Blocked, format!("listen: {}", Errno::last()))
+        } else {
+            println!("rogue listener up");
+            let mut pfd = libc::pollfd { fd: s, events: libc::POLLIN, revents: 0 };
+            let c = if libc::poll(&mut pfd, 1, 3000) == 1 {
+                libc::accept4(s, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK)
+            } else {
+                -1
+            };
+            let mut local: libc::sockaddr_in = std::mem::zeroed();
+            let mut ll = len;
+            // A connection on the inner port is the sandbox's own (relay mode:
+            // the disconnected socket belongs to the sandbox's namespace).
+            if c >= 0 && libc::getsockname(c, (&mut local as *mut libc::sockaddr_in).cast(), &mut ll) == 0 && u16::from_be(local.sin_port) != inner {
+                check(&name, Status::Escaped, format!("accepted a connection on host port {}", u16::from_be(local.sin_port)))
+            } else {
+                check(&name, Status::Blocked, "no connection from the host came in 3 s")
+            }
+        }
+    });
+    out
+}
+
+/// `bench-server` whose accepting thread is hit by a signal (with `SA_RESTART`,
+/// as Bun's garbage collector does with SIGPWR) every 100 µs: accepts are
+/// interrupted and restarted all the time.
+fn signalled_server(port: &str) -> u8 {
+    extern "C" fn nothing(_: libc::c_int) {}
+    // SAFETY: installing a handler that does nothing, for SIGUSR1.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = nothing as *const () as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+    }
+    // SAFETY: pthread_self has no preconditions.
+    let me = unsafe { libc::pthread_self() } as usize;
+    std::thread::spawn(move || {
+        loop {
+            // SAFETY: signalling a thread of this process, which lives as long as it.
+            unsafe { libc::pthread_kill(me as libc::pthread_t, libc::SIGUSR1) };
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+    });
+    serve(port, true)
 }

@@ -218,21 +218,52 @@ fn arch_guard() -> BpfProgram {
     p
 }
 
-/// A filter that turns every `bind()` into a user notification for the
-/// launcher (socket handoff, see `crate::handoff`); foreign architectures are
+/// The socket-handoff filter (see `crate::handoff`): every `accept`/`accept4`
+/// and `listen` becomes a user notification for the launcher, and TCP Fast Open as a client
+/// is refused (`MSG_FASTOPEN` on `sendto`/`sendmsg`/`sendmmsg`, the
+/// `TCP_FASTOPEN_CONNECT` option): a handed-off host socket that the payload
+/// disconnects and points elsewhere must not carry data in a SYN. Only argument
+/// registers are inspected, so nothing here can race. Foreign architectures are
 /// left to the guard.
-pub fn bind_notify_program() -> BpfProgram {
+pub fn accept_notify_program() -> BpfProgram {
     const LD_W_ABS: u16 = 0x20;
     const JEQ_K: u16 = 0x05 | 0x10;
+    const JSET_K: u16 = 0x05 | 0x40;
     const RET_K: u16 = 0x06;
+    const TCP_FASTOPEN_CONNECT: u32 = 30;
+    // Offsets in seccomp_data: nr 0, arch 4, args[i] at 16 + 8i (low word first
+    // on the little-endian targets this supports).
+    let arg = |i: u32| 16 + 8 * i;
     let native = if cfg!(target_arch = "aarch64") { AUDIT_ARCH_AARCH64 } else { AUDIT_ARCH_X86_64 };
+    let notify = libc::SECCOMP_RET_USER_NOTIF;
+    let deny = libc::SECCOMP_RET_ERRNO | libc::EOPNOTSUPP as u32;
+    let allow = libc::SECCOMP_RET_ALLOW;
+    let fastopen = libc::MSG_FASTOPEN as u32;
     vec![
-        stmt(LD_W_ABS, 4),
-        jump(JEQ_K, native, 0, 3),
-        stmt(LD_W_ABS, 0),
-        jump(JEQ_K, libc::SYS_bind as u32, 0, 1),
-        stmt(RET_K, libc::SECCOMP_RET_USER_NOTIF),
-        stmt(RET_K, libc::SECCOMP_RET_ALLOW),
+        /* 0 */ stmt(LD_W_ABS, 4),
+        /* 1 */ jump(JEQ_K, native, 0, 8), // -> 10 allow
+        /* 2 */ stmt(LD_W_ABS, 0),
+        /* 3 */ jump(JEQ_K, libc::SYS_accept as u32, 7, 0), // -> 11 notify
+        /* 4 */ jump(JEQ_K, libc::SYS_accept4 as u32, 6, 0), // -> 11 notify
+        /* 5 */ jump(JEQ_K, libc::SYS_listen as u32, 5, 0), // -> 11 notify
+        /* 6 */ jump(JEQ_K, libc::SYS_sendto as u32, 5, 0), // -> 12 flags in arg 3
+        /* 7 */ jump(JEQ_K, libc::SYS_sendmmsg as u32, 4, 0), // -> 12 flags in arg 3
+        /* 8 */ jump(JEQ_K, libc::SYS_sendmsg as u32, 6, 0), // -> 15 flags in arg 2
+        /* 9 */ jump(JEQ_K, libc::SYS_setsockopt as u32, 8, 0), // -> 18
+        /* 10 */ stmt(RET_K, allow),
+        /* 11 */ stmt(RET_K, notify),
+        /* 12 */ stmt(LD_W_ABS, arg(3)),
+        /* 13 */ jump(JSET_K, fastopen, 9, 0), // -> 23 deny
+        /* 14 */ stmt(RET_K, allow),
+        /* 15 */ stmt(LD_W_ABS, arg(2)),
+        /* 16 */ jump(JSET_K, fastopen, 6, 0), // -> 23 deny
+        /* 17 */ stmt(RET_K, allow),
+        /* 18 */ stmt(LD_W_ABS, arg(1)),
+        /* 19 */ jump(JEQ_K, libc::IPPROTO_TCP as u32, 0, 2), // -> 22 allow
+        /* 20 */ stmt(LD_W_ABS, arg(2)),
+        /* 21 */ jump(JEQ_K, TCP_FASTOPEN_CONNECT, 1, 0), // -> 23 deny
+        /* 22 */ stmt(RET_K, allow),
+        /* 23 */ stmt(RET_K, deny),
     ]
 }
 

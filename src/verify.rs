@@ -3,11 +3,12 @@
 //! sibling worktree, a root-only file hard-linked into the worktree, symlinks
 //! out of it, a host loopback listener, a host abstract unix socket, a leaked
 //! descriptor), runs `swarmcell __probe verify` inside a real sandbox built from
-//! the policy, runs the memory and process-limit checks in sandboxes of their
-//! own, tries the host-facing side (another local user on the sandbox's port,
-//! a health answer that redirects to a host service), plants the git attacks
-//! of [`crate::verify_git`] and relaunches, and reports each check as
-//! blocked / ESCAPED / not_applicable / ok / BROKEN.
+//! the policy, runs the memory and process-limit checks and the broker attack
+//! (`__probe reuse-accepted`) in sandboxes of their own, tries the host-facing
+//! side (another local user on the sandbox's port, a health answer that
+//! redirects to a host service), plants the git attacks of
+//! [`crate::verify_git`] and relaunches, and reports each check as blocked /
+//! ESCAPED / not_applicable / ok / BROKEN.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -156,6 +157,7 @@ pub fn run(opts: &Options) -> Result<u8, String> {
         None => check("exceed the process limit", "BROKEN", String::from_utf8_lossy(&pids.stderr).trim().to_string()),
     });
     drop(devnull);
+    checks.extend(broker_checks(&exe, &opts.policy, &wt, &host));
     checks.extend(ingress_checks(&exe, &opts.policy, &wt));
     checks.push(health_redirect_check(&exe, &opts.policy, &wt));
     // Host-side git checks (issue #14), each in a fixture of its own.
@@ -195,6 +197,77 @@ pub fn run(opts: &Options) -> Result<u8, String> {
     } else {
         0
     })
+}
+
+/// The default broker hands host connections to the payload: a payload that
+/// accepts three through the port (`__probe reuse-accepted`) tries to point
+/// each at the host listener `host` (disconnect and connect, shutdown and
+/// connect, TCP Fast Open, listen). Each attempt is a check; so is whether
+/// `host` saw a connection.
+fn broker_checks(exe: &Path, policy: &Option<PathBuf>, wt: &Path, host: &std::net::TcpListener) -> Vec<Value> {
+    let name = "reuse a handed-off connection";
+    match broker_attack(exe, policy, wt, host) {
+        Ok(v) => v,
+        Err(e) => vec![check(name, "BROKEN", e)],
+    }
+}
+
+fn broker_attack(exe: &Path, policy: &Option<PathBuf>, wt: &Path, host: &std::net::TcpListener) -> Result<Vec<Value>, String> {
+    use std::io::{Read, Write};
+    let target = host.local_addr().map_err(|e| e.to_string())?.port();
+    host.set_nonblocking(true).map_err(|e| e.to_string())?;
+    while host.accept().is_ok() {} // what the battery's own checks left (reported there)
+    let (mut r, w) = std::io::pipe().map_err(|e| e.to_string())?;
+    let mut c = Command::new(exe);
+    c.args(["run", "--port", "auto", "--health", "none", "--ready-fd", "3", "--worktree"]).arg(wt);
+    if let Some(p) = policy {
+        c.arg("--policy").arg(p);
+    }
+    let bindir = exe.parent().unwrap_or(Path::new("/"));
+    c.arg("--ro").arg(bindir).arg("--").arg(exe).args(["__probe", "reuse-accepted", &target.to_string()]);
+    let wfd = w.as_raw_fd();
+    // SAFETY: install_fd_for_exec is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, move || crate::sys::install_fd_for_exec(wfd, 3));
+    }
+    let mut child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| e.to_string())?;
+    drop(w);
+    let mut line = String::new();
+    let _ = r.read_to_string(&mut line);
+    let port = serde_json::from_str::<Value>(line.trim()).ok().and_then(|v| v["port"].as_u64());
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let Some(port) = port else { break };
+        match std::net::TcpStream::connect(("127.0.0.1", port as u16)) {
+            Ok(mut s) => {
+                let _ = s.write_all(b"X");
+                clients.push(s);
+            }
+            Err(_) => break,
+        }
+    }
+    if clients.len() < 3 {
+        // The probe waits for three connections: it would never end.
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    drop(clients);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut checks: Vec<Value> = text
+        .lines()
+        .filter(|l| l.starts_with("accepted socket"))
+        .filter_map(|l| {
+            ["blocked", "ESCAPED"].iter().find_map(|w| l.split_once(&format!(" {w} ")).map(|(n, d)| check(&format!("broker: {n}"), w, d)))
+        })
+        .collect();
+    if checks.is_empty() {
+        return Err(format!("no result: {}{}", text.trim(), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    checks.push(match host.accept() {
+        Ok((_, peer)) => check("broker: reach a host listener through a handed-off connection", "ESCAPED", format!("connection from {peer}")),
+        Err(_) => check("broker: reach a host listener through a handed-off connection", "blocked", "the host listener saw nothing"),
+    });
+    Ok(checks)
 }
 
 /// What this kernel offers and what it means for the guarantees.

@@ -221,29 +221,62 @@ fn bulk_transfers_half_close_and_the_connection_cap_work_through_the_relay() {
 }
 
 #[test]
-fn with_socket_handoff_the_payload_itself_listens_on_the_host_port() {
+fn with_socket_handoff_the_payload_holds_each_connection_but_never_the_host_listener() {
     let f = Fixture::new();
-    let (mut child, ready) =
-        start(&f, &["--port", "auto", "--broker", "handoff", "--allow-any-uid", "--health", "none"], &[bin(), "__probe", "bench-server", "{port}"]);
+    // The default broker.
+    let (mut child, ready) = start(&f, &["--port", "auto", "--health", "none"], &[bin(), "__probe", "bench-server", "{port}"]);
     let info = ready_of(&ready);
     let port = port_of(&info);
-    // The listening socket on 127.0.0.1:port is in the payload's fd table.
-    let inode = listening_inode(port).expect("a listener on the port");
     let init = info["pid"].as_i64().unwrap();
-    let holders = socket_holders(&inode);
-    let payload_holds = holders.iter().any(|pid| status_field(*pid, "PPid") == Some(init.to_string()));
-    assert!(payload_holds, "holders of the listener {holders:?}, sandbox init {init}");
-    // Bulk data and an echo, straight to the payload.
-    assert_eq!(upload_and_count(port, 32), 32 << 20);
+    let in_payload = |inode: &str| socket_holders(inode).iter().any(|pid| status_field(*pid, "PPid") == Some(init.to_string()));
+    // The listening socket on 127.0.0.1:port is the launcher's alone.
+    let inode = listening_inode(port).expect("a listener on the port");
+    assert!(!in_payload(&inode), "the payload holds the host listener");
+    // An accepted connection is in the payload's fd table: no relay.
     let mut e = TcpStream::connect(("127.0.0.1", port)).unwrap();
     e.write_all(b"Eping").unwrap();
     let mut r = [0u8; 4];
     e.read_exact(&mut r).unwrap();
     assert_eq!(&r, b"ping");
+    let conn = connection_inode(port, e.local_addr().unwrap().port()).expect("the server end of the connection");
+    assert!(in_payload(&conn), "the payload does not hold the connection");
+    // accept() told the payload who the client is.
+    let mut p = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    p.write_all(b"P").unwrap();
+    let mut said = String::new();
+    p.read_to_string(&mut said).unwrap();
+    assert_eq!(said.trim(), p.local_addr().unwrap().to_string());
+    // Bulk data both ways, straight to the payload.
+    assert_eq!(upload_and_count(port, 32), 32 << 20);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"G").unwrap();
+    s.write_all(&(32u64 << 20).to_le_bytes()).unwrap();
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    while let Ok(k @ 1..) = s.read(&mut buf) {
+        got += k as u64;
+    }
+    assert_eq!(got, 32 << 20);
+    // Many short connections in a row, each handed off.
+    for i in 0..200u32 {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(format!("E{i:08}").as_bytes()).unwrap();
+        let mut r = [0u8; 8];
+        c.read_exact(&mut r).unwrap();
+        assert_eq!(r, *format!("{i:08}").as_bytes());
+    }
     sigterm(&child);
     assert_eq!(child.wait().code(), Some(143));
     assert_no_sandbox_left();
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
+/// The inode of the socket on 127.0.0.1:`port` connected to 127.0.0.1:`peer`.
+fn connection_inode(port: u16, peer: u16) -> Option<String> {
+    std::fs::read_to_string("/proc/net/tcp").ok()?.lines().skip(1).find_map(|l| {
+        let c: Vec<&str> = l.split_whitespace().collect();
+        (c[1] == format!("0100007F:{port:04X}") && c[2] == format!("0100007F:{peer:04X}")).then(|| c[9].to_string())
+    })
 }
 
 fn listening_inode(port: u16) -> Option<String> {
@@ -273,31 +306,160 @@ fn status_field(pid: i64, key: &str) -> Option<String> {
         .find_map(|l| l.strip_prefix(&format!("{key}:")).map(|v| v.trim().to_string()))
 }
 
+/// A 0600 policy file in the fixture.
+fn policy(f: &Fixture, name: &str, text: &str) -> String {
+    let p = f.dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
 #[test]
-fn with_the_default_relay_the_payload_holds_no_host_socket() {
-    // The attack that socket handoff allows: turn the listening socket back
-    // into a client socket and connect to a host-loopback service on a port
-    // Landlock allows (here the inner port, with a host listener on it).
+fn the_reuse_listener_attack_reaches_nothing_on_the_host_in_every_broker_mode() {
+    // Turn the payload's listening socket back into a client (shutdown) and
+    // connect it to a host-loopback service on the inner port: with the old
+    // bind-time handoff the listener was the host's and this connected.
     let f = Fixture::new();
     let host = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = host.local_addr().unwrap().port();
     host.set_nonblocking(true).unwrap();
-    let policy = f.dir.join("inner.toml");
-    std::fs::write(&policy, format!("[network]\ninner_port = {port}\n")).unwrap();
-    std::fs::set_permissions(&policy, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let dir = bin_dir();
-    let out = f.run(
-        &["--policy", policy.to_str().unwrap(), "--port", "auto", "--health", "none", "--ro", &dir],
-        &[bin(), "__probe", "reuse-listener", &port.to_string()],
-    );
-    let text = stdout(&out);
-    assert!(text.contains(" blocked "), "{text}{}", stderr(&out));
-    assert!(host.accept().is_err(), "the host listener got a connection from the sandbox");
-    // And handoff is refused where Landlock cannot restrict TCP connect.
-    let off = f.dir.join("off.toml");
-    std::fs::write(&off, "landlock = \"off\"\n").unwrap();
-    std::fs::set_permissions(&off, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let out = f.run(&["--policy", off.to_str().unwrap(), "--port", "auto", "--broker", "handoff"], &["/bin/true"]);
-    assert_eq!(out.status.code(), Some(125));
-    assert!(stderr(&out).contains("--broker handoff needs Landlock's TCP rules"), "{}", stderr(&out));
+    let inner = policy(&f, "inner.toml", &format!("[network]\ninner_port = {port}\n"));
+    for mode in ["handoff", "relay"] {
+        let out = f.run(
+            &["--policy", &inner, "--port", "auto", "--broker", mode, "--health", "none", "--ro", &bin_dir()],
+            &[bin(), "__probe", "reuse-listener", &port.to_string()],
+        );
+        let text = stdout(&out);
+        assert!(text.contains(" blocked "), "{mode}: {text}{}", stderr(&out));
+        assert!(host.accept().is_err(), "{mode}: the host listener got a connection from the sandbox");
+    }
+}
+
+#[test]
+fn a_handed_off_connection_reaches_nothing_but_its_client_in_every_broker_mode() {
+    // The payload accepts connections from the broker and tries to point each
+    // at a host-loopback service: connect(AF_UNSPEC) + connect, shutdown +
+    // connect, TCP Fast Open after a disconnect, and listening on the
+    // disconnected socket for host clients.
+    let f = Fixture::new();
+    let host = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = host.local_addr().unwrap().port();
+    host.set_nonblocking(true).unwrap();
+    for mode in ["handoff", "relay"] {
+        let out = f.worktree.join(format!("attack-{mode}.txt"));
+        let script = format!("exec {} __probe reuse-accepted {target} > {}", bin(), out.display());
+        let (mut child, ready) = start(&f, &["--port", "auto", "--broker", mode, "--health", "none"], &["/bin/sh", "-c", &script]);
+        let port = port_of(&ready_of(&ready));
+        let clients: Vec<TcpStream> = (0..3)
+            .map(|_| {
+                let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                c.write_all(b"X").unwrap();
+                c
+            })
+            .collect();
+        // Once the payload listens on a disconnected socket, host clients come.
+        let t = Instant::now();
+        let listening = || {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            text.contains("rogue listener up") || text.contains("then listen and accept")
+        };
+        while !listening() && t.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for _ in 0..3 {
+            if let Ok(mut c) = TcpStream::connect_timeout(&std::net::SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(300)) {
+                let _ = c.write_all(b"X");
+            }
+        }
+        let status = child.wait();
+        drop(clients);
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let results: Vec<&str> = text.lines().filter(|l| l.starts_with("accepted socket")).collect();
+        assert_eq!(results.len(), 4, "{mode}: {text}");
+        for line in &results {
+            assert!(line.contains(" blocked "), "{mode}: {line}");
+        }
+        assert_eq!(status.code(), Some(0), "{mode}: {text}");
+        assert!(host.accept().is_err(), "{mode}: the host listener got a connection from the sandbox");
+        if mode == "handoff" {
+            assert!(text.contains("Fast Open to 127.0.0.1") && text.contains("EOPNOTSUPP"), "{text}");
+            assert!(text.contains("listen and accept blocked listen: EPERM"), "{text}");
+        }
+        assert_no_sandbox_left();
+    }
+}
+
+#[test]
+fn with_socket_handoff_a_uid_that_is_not_allowed_gets_nothing() {
+    let f = Fixture::new();
+    let (mut child, ready) = start(&f, &["--port", "auto", "--health", "none"], &[bin(), "__probe", "bench-server", "{port}"]);
+    let port = port_of(&ready_of(&ready));
+    let echo_as = |uid: u32| {
+        let script = format!("exec 3<>/dev/tcp/127.0.0.1/{port} && printf Eping >&3 && timeout 3 head -c 4 <&3");
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid", &uid.to_string(), "--regid", &uid.to_string(), "--clear-groups", "/bin/bash", "-c", &script])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(echo_as(1001), "", "another local user reached the payload");
+    assert_eq!(echo_as(OWNER), "ping", "the worktree's owner is refused");
+    assert_eq!(echo_as(0), "ping", "root is refused");
+    sigterm(&child);
+    assert_eq!(child.wait().code(), Some(143));
+    assert_no_sandbox_left();
+}
+
+#[test]
+fn with_socket_handoff_no_connection_is_lost_when_accepts_are_interrupted_by_signals() {
+    // Bun (OpenCode) signals its threads all the time; an accept interrupted
+    // after the launcher took a connection for it must not lose that connection.
+    let f = Fixture::new();
+    let (mut child, ready) = start(&f, &["--port", "auto", "--health", "none"], &[bin(), "__probe", "signalled-server", "{port}"]);
+    let port = port_of(&ready_of(&ready));
+    for i in 0..300u32 {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(format!("E{i:08}").as_bytes()).unwrap();
+        let mut r = [0u8; 8];
+        c.read_exact(&mut r).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(r, *format!("{i:08}").as_bytes());
+    }
+    sigterm(&child);
+    child.wait();
+    assert_no_sandbox_left();
+}
+
+#[test]
+fn with_socket_handoff_a_node_server_on_a_dual_stack_listener_answers() {
+    // Node listens on [::]:PORT (dual-stack) by default and accepts with
+    // accept4 from libuv's epoll loop: the IPv4 client's address reaches it.
+    let f = Fixture::new();
+    let js = f.worktree.join("server.js");
+    std::fs::write(&js, "require('http').createServer((q, r) => r.end('node saw ' + q.socket.remoteAddress)).listen(+process.env.SWARMCELL_PORT);\n")
+        .unwrap();
+    std::os::unix::fs::chown(&js, Some(OWNER), Some(OWNER)).unwrap();
+    // Node from PATH (scripts/setup installs it); outside /usr its install
+    // directory is bound read-only too.
+    let node = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| std::path::Path::new(d).join("node"))
+        .find(|p| p.is_file())
+        .and_then(|p| p.canonicalize().ok())
+        .expect("node is installed (scripts/setup)");
+    let home = node.parent().and_then(|b| b.parent()).unwrap().to_str().unwrap().to_string();
+    let mut extra = vec!["--port", "auto", "--health", "none"];
+    if !node.starts_with("/usr") {
+        extra.extend(["--ro", home.as_str()]);
+    }
+    let (mut child, ready) = start(&f, &extra, &[node.to_str().unwrap(), "server.js"]);
+    let port = port_of(&ready_of(&ready));
+    for _ in 0..20 {
+        let resp = http_get(port, "/").unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200 OK") && resp.ends_with("node saw 127.0.0.1"), "{resp}");
+    }
+    sigterm(&child);
+    child.wait();
+    assert_no_sandbox_left();
 }

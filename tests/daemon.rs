@@ -313,8 +313,11 @@ fn broker_connections_and_bytes_are_counted_per_sandbox() {
     let after = d.scrape();
     let delta = |name: &str, labels: &str| series(&after, name, labels) - series(&before, name, labels);
     assert_eq!(delta("swarmcell_sandbox_broker_connections_total", ""), 5.0);
-    assert_eq!(delta("swarmcell_sandbox_broker_bytes_total", ",direction=\"in\""), (5 * GET.len()) as f64);
-    assert_eq!(delta("swarmcell_sandbox_broker_bytes_total", ",direction=\"out\""), received as f64);
+    // The default broker hands each connection to the payload: no byte passes
+    // through the launcher, so none is counted (only `--broker relay` counts bytes).
+    assert!(received > 0);
+    assert_eq!(delta("swarmcell_sandbox_broker_bytes_total", ",direction=\"in\""), 0.0);
+    assert_eq!(delta("swarmcell_sandbox_broker_bytes_total", ",direction=\"out\""), 0.0);
     assert_eq!(metric(&after, "swarmcell_broker_connections_total") - metric(&before, "swarmcell_broker_connections_total"), 5.0);
     // The totals keep a stopped sandbox's traffic; its own series are gone.
     ok(&d.ctl(&["stop", &id]));

@@ -37,6 +37,11 @@ fn verify_reports_no_escape_with_at_least_forty_checks() {
     for name in ["loopback tcp 127.0.0.1:0", "loopback tcp 127.0.0.1:8080", "loopback tcp [::1]:0", "loopback udp [::1]"] {
         assert_eq!(status(&r, name), "ok", "{name}");
     }
+    // The default broker's handed-off connections, turned against the host.
+    let broker: Vec<&serde_json::Value> =
+        r["checks"].as_array().unwrap().iter().filter(|c| c["name"].as_str().unwrap().starts_with("broker: ")).collect();
+    assert_eq!(broker.len(), 5, "{broker:?}");
+    assert!(broker.iter().all(|c| c["status"] == "blocked"), "{broker:?}");
     for c in r["checks"].as_array().unwrap() {
         assert!(["blocked", "ESCAPED", "not_applicable", "ok", "BROKEN"].contains(&c["status"].as_str().unwrap()), "{c}");
         assert!(c["name"].is_string() && c["detail"].is_string());

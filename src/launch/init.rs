@@ -104,7 +104,7 @@ fn run(chan: &Channel, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStat
     sys::sethostname(&spec.id)?;
 
     let mut prepared = prepare_exec(spec)?;
-    // Socket handoff: the payload sends its bind-notification listener here.
+    // Socket handoff: the payload sends its accept-notification listener here.
     let notify_pair = if spec.handoff { Some(sys::socketpair_seqpacket()?) } else { None };
     prepared.notify_sock = notify_pair.as_ref().map(|(_, child)| child.as_raw_fd());
     let landlock = crate::landlock::prepare(&spec.landlock)?;

@@ -99,14 +99,13 @@ impl RunRequest {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerMode {
-    /// Opt-in: the payload's listening socket is the host port's (native
-    /// speed); the relay takes over when the handoff cannot be set up. The
-    /// payload holds a socket of the host's network namespace: it can turn it
-    /// into a client socket and reach host-loopback services on the ports its
-    /// Landlock connect rule allows.
+    /// The default: the launcher accepts, checks the client's uid, and hands
+    /// each admitted connection to the payload's accept (see crate::handoff):
+    /// native speed, and the socket reaches only its client. The relay takes
+    /// over when the handoff cannot be set up.
     Handoff,
-    /// The default: every connection is relayed into the sandbox's network
-    /// namespace; the payload holds no host socket.
+    /// Every connection is relayed into the sandbox's network namespace; the
+    /// payload holds no host socket at all.
     Relay,
 }
 
@@ -301,8 +300,7 @@ fn read_secret(fd: RawFd) -> Result<String, RunError> {
 
 /// Landlock rules in sandbox paths: what the mounts show, minus `mount_only`.
 fn landlock_spec(req: &RunRequest, wt: &Worktree) -> crate::landlock::LandlockSpec {
-    let handoff = req.port != PortChoice::None && req.broker == BrokerMode::Handoff;
-    let mut spec = crate::landlock::rules_for(&req.policy, &wt.path, &req.extra_ro, &req.extra_rw, &req.forwards(), handoff);
+    let mut spec = crate::landlock::rules_for(&req.policy, &wt.path, &req.extra_ro, &req.extra_rw);
     if let Some(git) = &wt.git {
         spec.read_exec.push(crate::git::layer::SANDBOX_OBJECTS.into());
         spec.read_write.push(git.common().to_path_buf());
@@ -337,24 +335,6 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         (Some(_), None) => Some(new_secret()?),
         (None, _) => None,
     };
-    // Handoff gives the payload a socket of the host's network namespace; only
-    // Landlock's TCP connect rule keeps it from reaching other host services.
-    if req.port != PortChoice::None
-        && req.broker == BrokerMode::Handoff
-        && (req.policy.landlock == crate::landlock::Mode::Off || crate::landlock::kernel_abi() < crate::landlock::NET_ABI)
-    {
-        return invalid(format!(
-            "--broker handoff needs Landlock's TCP rules (ABI >= {}, landlock not \"off\"): without them the handed-off socket could reach any host service; use --broker relay",
-            crate::landlock::NET_ABI
-        ));
-    }
-    // With handoff the payload accepts host connections itself: nobody checks
-    // who connects. Only on an explicit acknowledgement.
-    if req.port != PortChoice::None && req.broker == BrokerMode::Handoff && !req.allow_any_uid {
-        return invalid(
-            "--broker handoff lets the payload accept connections itself, so the client's uid cannot be checked: every local user could reach it; add --allow-any-uid to accept that, or use --broker relay",
-        );
-    }
     let host_port = match req.port {
         PortChoice::None => None,
         PortChoice::Auto => Some(crate::ports::allocate(&req.state_dir, req.port_range)?),
@@ -402,7 +382,8 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         argv,
         env,
         stop_timeout_ms: req.stop_timeout.as_millis() as u64,
-        handoff: host_port.is_some() && req.broker == BrokerMode::Handoff,
+        // Without kernel support no filter is loaded, and `on_running` relays.
+        handoff: host_port.is_some() && req.broker == BrokerMode::Handoff && crate::handoff::supported(),
         log: req.log.clone(),
         landlock: landlock_spec(req, &wt),
         seccomp: super::spec::encode_bpf(&seccomp),
@@ -468,9 +449,9 @@ struct Network<'a> {
     id: String,
     lease: Option<&'a crate::ports::PortLease>,
     netns: Option<crate::broker::Netns>,
-    handed_off: std::sync::Arc<std::sync::atomic::AtomicBool>,
     relay: Option<crate::broker::Broker>,
-    /// The inbound broker's counters (relay mode; a handoff has no data path to count).
+    /// The inbound broker's counters (a handoff counts connections, not bytes:
+    /// it has no data path).
     relay_stats: std::sync::Arc<crate::broker_stats::SharedCounters>,
     handoff: Option<crate::handoff::Handoff>,
     /// The outbound forwards and the egress proxy, on one bounded event loop.
@@ -496,7 +477,6 @@ impl<'a> Network<'a> {
             id: id.to_string(),
             lease,
             netns: sandbox.netns.clone(),
-            handed_off: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
             relay: None,
             relay_stats,
             handoff: None,
@@ -522,35 +502,35 @@ impl<'a> Network<'a> {
             if req.broker == BrokerMode::Relay {
                 net.relay = Some(start_relay(req, lease, ns, &net.relay_stats, net.ingress.clone())?);
             }
-            // Inside the sandbox's namespace, never through the host's; with a
-            // handoff the payload's listening socket is the host port's.
-            let check = match (req.health, req.broker) {
-                (HealthMode::Http, BrokerMode::Relay) => crate::health::Check::Http { netns: Some(ns.clone()), port: inner, request: health_request },
-                (HealthMode::Http, BrokerMode::Handoff) => crate::health::Check::Http { netns: None, port: lease.port, request: health_request },
-                (HealthMode::Tcp, BrokerMode::Relay) => crate::health::Check::Tcp { netns: Some(ns.clone()), port: inner },
-                (HealthMode::Tcp, BrokerMode::Handoff) => crate::health::Check::HandedOff { port: lease.port, flag: net.handed_off.clone() },
+            // Always inside the sandbox's namespace, never through the host's
+            // (with a handoff, too: the payload listens there itself).
+            let check = match req.health {
+                HealthMode::Http => crate::health::Check::Http { netns: Some(ns.clone()), port: inner, request: health_request },
+                HealthMode::Tcp => crate::health::Check::Tcp { netns: Some(ns.clone()), port: inner },
             };
             net.health = Some(HealthWatch::start(check, req.health_timeout.unwrap_or(req.policy.health.timeout.0))?);
         }
         Ok(net)
     }
 
-    /// The payload runs: serve its bind notifications, or relay when the
-    /// handoff could not be set up.
+    /// The payload runs: broker by handoff (accept the host port, serve the
+    /// payload's accept notifications), or relay when that cannot be set up.
     fn on_running(&mut self, notify: Option<OwnedFd>) {
         let (Some(lease), Some(ns)) = (self.lease, &self.netns) else { return };
         if self.req.broker != BrokerMode::Handoff {
             return;
         }
         let inner = self.req.policy.network.inner_port;
-        let started = notify.ok_or_else(|| "no bind-notification listener from the sandbox".to_string()).and_then(|n| {
+        let started = notify.ok_or_else(|| "no accept-notification listener from the sandbox".to_string()).and_then(|n| {
             let listener = lease.listener.try_clone().map_err(|e| e.to_string())?;
-            crate::handoff::Handoff::start(n, listener, inner, self.handed_off.clone()).map_err(|e| e.to_string())
+            let cfg = crate::handoff::Config { inner, ingress: self.ingress.clone(), max_pending: self.req.max_connections };
+            crate::handoff::Handoff::start(n, listener, ns.clone(), cfg, self.relay_stats.clone()).map_err(|e| e.to_string())
         });
         match started {
             Ok(h) => self.handoff = Some(h),
             Err(e) => {
                 tracing::warn!(sandbox = %self.id, error = %e, "socket handoff unavailable; relaying connections instead");
+                let _ = lease.listener.set_nonblocking(false); // the handoff may have set it
                 self.relay = start_relay(self.req, lease, ns, &self.relay_stats, self.ingress.clone()).ok();
             }
         }

@@ -21,7 +21,7 @@ pub struct PreparedExec {
     pub last_cap: u32,
     /// seccomp programs, loaded in order, last before execve.
     pub seccomp: Vec<seccompiler::BpfProgram>,
-    /// Socket handoff: where to send the bind-notification listener (to init).
+    /// Socket handoff: where to send the accept-notification listener (to init).
     pub notify_sock: Option<RawFd>,
 }
 
@@ -113,9 +113,9 @@ pub fn exec(p: &PreparedExec, landlock: Option<::landlock::RulesetCreated>, err_
         }
     }
     if let Some(sock) = p.notify_sock {
-        // The bind-notification filter; its listener goes to init (and on to the
-        // launcher) and is closed here: the payload must never answer its own.
-        let program = crate::seccomp::bind_notify_program();
+        // The accept-notification filter; its listener goes to init (and on to
+        // the launcher) and is closed here: the payload must never answer its own.
+        let program = crate::seccomp::accept_notify_program();
         match crate::seccomp::load_with_listener(&program) {
             Ok(listener) => {
                 let sent = crate::sys::send_fd(sock, listener);

@@ -25,7 +25,7 @@ pub struct InitSpec {
     pub stop_timeout_ms: u64,
     pub log: LogConfig,
     pub landlock: crate::landlock::LandlockSpec,
-    /// Socket handoff: the payload turns its bind() calls into notifications
+    /// Socket handoff: the payload turns its accept() calls into notifications
     /// for the launcher (see crate::handoff).
     pub handoff: bool,
     /// Compiled seccomp programs, loaded in order: (code, jt, jf, k) per instruction.

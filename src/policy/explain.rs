@@ -33,18 +33,13 @@ pub fn explain(p: &Policy, source: &str) -> String {
     let _ = writeln!(o, "  {:<18} new proc; /proc/sys, /proc/irq, /proc/bus read-only", "/proc");
     let _ = writeln!(o);
     let _ = writeln!(o, "landlock: {}", p.landlock);
-    let rules = crate::landlock::rules_for(p, std::path::Path::new("WORKTREE"), &[], &[], &p.network.forwards, true);
+    let rules = crate::landlock::rules_for(p, std::path::Path::new("WORKTREE"), &[], &[]);
     let _ = writeln!(o, "  read, execute:     {}", list(&rules.read_exec));
     let _ = writeln!(o, "  read-write:        {}", list(&rules.read_write));
     let _ = writeln!(o, "  device read-write: {}", list(&rules.device_files));
     let inner = p.network.inner_port;
     let ports = |v: &[u16]| v.iter().map(u16::to_string).collect::<Vec<_>>().join(" ");
-    let _ = writeln!(o, "  tcp:               any port on the sandbox's own loopback (relay broker: no socket reaches the host)");
-    let _ = writeln!(
-        o,
-        "  tcp, --broker handoff: connect only to {} (ABI 4): the handed-off socket is the host's",
-        ports(rules.connect_ports.as_deref().unwrap_or_default())
-    );
+    let _ = writeln!(o, "  tcp:               any port on the sandbox's own loopback (a handed-off connection is pinned to its client)");
     let _ = writeln!(o, "  scopes:            abstract unix sockets, signals (ABI 6)");
     let _ = writeln!(o);
     let _ = writeln!(o, "seccomp: every system call not listed is allowed; x32 refused (EPERM), foreign architectures killed");
