@@ -336,3 +336,29 @@ fn tag_walk_inner() {
     let n = swarmcell::disk::tag_tree(&root, &dir, TAG_PROJECT, 1000).unwrap();
     assert_eq!(n, 9, "a a/b a/b/c a/b/c/f g a/hard a/link dirlink fifo");
 }
+
+/// The sandbox's private git layer counts against its disk limit: objects an
+/// agent writes with git (outside the worktree's own files) stop it too.
+#[test]
+fn writes_into_the_private_git_layer_count_against_the_disk_limit() {
+    let f = Fixture::new();
+    let repo = owned_repo(&f.dir);
+    let base = f.dir.join("base");
+    ok(&worktree_cmd(&["add", repo.to_str().unwrap(), "g", "--base", base.to_str().unwrap()]));
+    let policy = policy_file(&f, "[limits]\ndisk = \"8M\"\ndisk_enforcement = \"best-effort\"\n");
+    // Incompressible blobs straight into the object store, nothing left in the worktree.
+    let script = "i=0; while [ $i -lt 40 ]; do head -c 1048576 /dev/urandom > /tmp/blob && git hash-object -w /tmp/blob >/dev/null; \
+                  i=$((i+1)); sleep 0.05; done; echo finished";
+    let out = Command::new(bin())
+        .args(["run", "--worktree"])
+        .arg(base.join("g"))
+        .args(["--policy", policy.to_str().unwrap(), "--", "/bin/sh", "-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_no_sandbox_left();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(137), "stdout: {}\nstderr: {err}", stdout(&out));
+    assert!(!stdout(&out).contains("finished"), "the payload wrote 40M into its git layer");
+    assert!(err.lines().any(|l| l.starts_with("swarmcell: sandbox sc-") && l.contains("over its disk limit 8M")), "{err}");
+}

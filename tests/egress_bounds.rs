@@ -330,11 +330,15 @@ fn one_request_per_connection_reaches_the_upstream_and_nothing_after_it() {
 
 #[test]
 fn idle_inbound_connections_are_closed_so_local_clients_cannot_pin_the_broker() {
+    // The relay holds a slot per connection (the handoff holds none once the
+    // payload accepted: the connection is the payload's own).
     let f = Fixture::new();
     let pol = policy(&f, "idle.toml", "[network]\nidle_timeout = \"2s\"\n");
     let dir = bin_dir();
-    let (mut l, ready) =
-        f.spawn(&["--ro", &dir, "--policy", &pol, "--port", "auto", "--max-connections", "2"], &[bin(), "__probe", "serve", "{port}"]);
+    let (mut l, ready) = f.spawn(
+        &["--ro", &dir, "--policy", &pol, "--port", "auto", "--broker", "relay", "--max-connections", "2"],
+        &[bin(), "__probe", "serve", "{port}"],
+    );
     let port = ready_of(&ready)["port"].as_u64().unwrap() as u16;
     // Two local clients take every relay slot and send nothing.
     let start = Instant::now();

@@ -32,6 +32,8 @@ const MAX_INDEX: u64 = 1 << 30;
 pub struct Layer {
     /// The layer directory (mounted read-write at the record's common dir path).
     pub dir: Checked,
+    /// Its host path (root-owned parents), for the disk limits.
+    pub path: std::path::PathBuf,
     /// The real object store (mounted read-only at SANDBOX_OBJECTS).
     pub objects: Checked,
 }
@@ -180,5 +182,5 @@ pub fn prepare(key_dir: &Checked, key_path: &Path, rec: &Record) -> Result<Layer
         // Not a regular file: removed (git then starts from an empty index).
         safe_open::remove_entry(a, &admp, "index").map_err(safe)?;
     }
-    Ok(Layer { dir: layer, objects })
+    Ok(Layer { path: lp.clone(), dir: layer, objects })
 }

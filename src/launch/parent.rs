@@ -357,6 +357,10 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     let seccomp = crate::seccomp::compile(&req.policy.seccomp.deny).map_err(|e| RunError::Invalid(e.to_string()))?;
     // Before anything else is made: a limit that cannot be had is refused here.
     let mut disk = crate::disk::prepare(&wt.path, &req.policy.disk_limits(), &req.state_dir, &id).map_err(|e| RunError::Invalid(e.to_string()))?;
+    // What the sandbox writes into its private git layer counts too.
+    if let Some(git) = &wt.git {
+        disk.add_tree(&git.layer.path).map_err(|e| RunError::Invalid(e.to_string()))?;
+    }
     let layout = crate::cgroups::Layout::detect()?;
     if req.gc {
         match crate::cgroups::gc(&layout, &req.cgroup_parent, &req.state_dir) {
