@@ -16,8 +16,8 @@
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, NetPort, PathBeneath, PathFd, RestrictionStatus, Ruleset, RulesetAttr, RulesetCreated,
-    RulesetCreatedAttr, RulesetStatus, Scope,
+    ABI, Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, RestrictionStatus, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr,
+    RulesetStatus, Scope,
 };
 use serde::{Deserialize, Serialize};
 
@@ -56,28 +56,6 @@ pub struct LandlockSpec {
     pub read_exec: Vec<PathBuf>,
     pub read_write: Vec<PathBuf>,
     pub device_files: Vec<PathBuf>,
-    /// TCP ports the payload may connect to; `None`: TCP is not restricted
-    /// (the loopback is the sandbox's own; `rules_for` always says `None`).
-    pub connect_ports: Option<Vec<u16>>,
-}
-
-/// The rules a policy gives a sandbox on `worktree` (sandbox paths): what the
-/// mounts show (minus `mount_only`) and the devices. One place for
-/// `swarmcell run` and `policy explain`; the launcher adds a linked worktree's
-/// git directories.
-pub fn rules_for(policy: &crate::policy::Policy, worktree: &Path, extra_ro: &[PathBuf], extra_rw: &[PathBuf]) -> LandlockSpec {
-    let fs = &policy.filesystem;
-    let mut read_exec: Vec<PathBuf> = fs.read_only.iter().chain(extra_ro).cloned().collect();
-    read_exec.extend(["/etc", "/proc", "/dev"].map(PathBuf::from));
-    let mut read_write: Vec<PathBuf> = vec![worktree.to_path_buf(), "/tmp".into(), "/dev/shm".into(), "/dev/pts".into()];
-    read_write.extend(fs.read_write.iter().chain(extra_rw).cloned());
-    LandlockSpec {
-        mode: policy.landlock,
-        read_exec,
-        read_write,
-        device_files: crate::fs::host_binds::DEVICES.iter().map(|d| PathBuf::from("/dev").join(d)).collect(),
-        connect_ports: None,
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,11 +111,12 @@ pub fn prepare(spec: &LandlockSpec) -> Result<Option<RulesetCreated>, LandlockEr
     let err = |e: &dyn std::fmt::Display| LandlockError::Ruleset(e.to_string());
     let level = if spec.mode == Mode::Required { CompatLevel::HardRequirement } else { CompatLevel::BestEffort };
     let abi = ABI::V6;
-    let mut ruleset = Ruleset::default().set_compatibility(level).handle_access(AccessFs::from_all(abi)).map_err(|e| err(&e))?;
-    if spec.connect_ports.is_some() {
-        ruleset = ruleset.handle_access(AccessNet::ConnectTcp).map_err(|e| err(&e))?;
-    }
-    let ruleset = ruleset.scope(Scope::AbstractUnixSocket | Scope::Signal).map_err(|e| err(&e))?;
+    let ruleset = Ruleset::default()
+        .set_compatibility(level)
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(|e| err(&e))?
+        .scope(Scope::AbstractUnixSocket | Scope::Signal)
+        .map_err(|e| err(&e))?;
     let mut created = ruleset.create().map_err(|e| err(&e))?;
     let read = AccessFs::from_read(abi);
     let file_rw = AccessFs::from_file(abi) & !AccessFs::Execute;
@@ -146,9 +125,6 @@ pub fn prepare(spec: &LandlockSpec) -> Result<Option<RulesetCreated>, LandlockEr
             let fd = PathFd::new(path).map_err(|e| LandlockError::Ruleset(format!("{}: {e}", path.display())))?;
             created = created.add_rule(PathBeneath::new(fd, access)).map_err(|e| LandlockError::Ruleset(format!("{}: {e}", path.display())))?;
         }
-    }
-    for port in spec.connect_ports.iter().flatten() {
-        created = created.add_rule(NetPort::new(*port, AccessNet::ConnectTcp)).map_err(|e| err(&e))?;
     }
     Ok(Some(created))
 }

@@ -45,5 +45,4 @@ pub mod sock_diag;
 pub mod sys;
 pub mod uidalloc;
 pub mod verify;
-pub mod verify_git;
 pub mod verify_probe;

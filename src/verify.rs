@@ -7,8 +7,11 @@
 //! (`__probe reuse-accepted`) in sandboxes of their own, tries the host-facing
 //! side (another local user on the sandbox's port, a health answer that
 //! redirects to a host service), plants the git attacks of
-//! [`crate::verify_git`] and relaunches, and reports each check as blocked /
+//! [`git`] and relaunches, and reports each check as blocked /
 //! ESCAPED / not_applicable / ok / BROKEN.
+
+/// The host-side git checks (issue #14): each plants an attack and relaunches.
+pub mod git;
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
@@ -161,7 +164,7 @@ pub fn run(opts: &Options) -> Result<u8, String> {
     checks.extend(ingress_checks(&exe, &opts.policy, &wt));
     checks.push(health_redirect_check(&exe, &opts.policy, &wt));
     // Host-side git checks (issue #14), each in a fixture of its own.
-    checks.extend(crate::verify_git::checks(&exe, &opts.policy));
+    checks.extend(git::checks(&exe, &opts.policy));
 
     let count = |s: &str| checks.iter().filter(|c| c["status"] == s).count();
     let summary = json!({

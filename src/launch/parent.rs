@@ -300,7 +300,7 @@ fn read_secret(fd: RawFd) -> Result<String, RunError> {
 
 /// Landlock rules in sandbox paths: what the mounts show, minus `mount_only`.
 fn landlock_spec(req: &RunRequest, wt: &Worktree) -> crate::landlock::LandlockSpec {
-    let mut spec = crate::landlock::rules_for(&req.policy, &wt.path, &req.extra_ro, &req.extra_rw);
+    let mut spec = req.policy.landlock_rules(&wt.path, &req.extra_ro, &req.extra_rw);
     if let Some(git) = &wt.git {
         spec.read_exec.push(crate::git::layer::SANDBOX_OBJECTS.into());
         spec.read_write.push(git.common().to_path_buf());

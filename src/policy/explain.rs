@@ -33,7 +33,7 @@ pub fn explain(p: &Policy, source: &str) -> String {
     let _ = writeln!(o, "  {:<18} new proc; /proc/sys, /proc/irq, /proc/bus read-only", "/proc");
     let _ = writeln!(o);
     let _ = writeln!(o, "landlock: {}", p.landlock);
-    let rules = crate::landlock::rules_for(p, std::path::Path::new("WORKTREE"), &[], &[]);
+    let rules = p.landlock_rules(std::path::Path::new("WORKTREE"), &[], &[]);
     let _ = writeln!(o, "  read, execute:     {}", list(&rules.read_exec));
     let _ = writeln!(o, "  read-write:        {}", list(&rules.read_write));
     let _ = writeln!(o, "  device read-write: {}", list(&rules.device_files));

@@ -301,6 +301,24 @@ impl Policy {
     }
 
     /// The disk limits this policy asks for.
+    /// The Landlock rules this policy gives a sandbox on `worktree` (sandbox
+    /// paths): what the mounts show (minus `mount_only`) and the devices. One
+    /// place for `swarmcell run` and `policy explain`; the launcher adds a
+    /// linked worktree's git directories.
+    pub fn landlock_rules(&self, worktree: &Path, extra_ro: &[PathBuf], extra_rw: &[PathBuf]) -> crate::landlock::LandlockSpec {
+        let fs = &self.filesystem;
+        let mut read_exec: Vec<PathBuf> = fs.read_only.iter().chain(extra_ro).cloned().collect();
+        read_exec.extend(["/etc", "/proc", "/dev"].map(PathBuf::from));
+        let mut read_write: Vec<PathBuf> = vec![worktree.to_path_buf(), "/tmp".into(), "/dev/shm".into(), "/dev/pts".into()];
+        read_write.extend(fs.read_write.iter().chain(extra_rw).cloned());
+        crate::landlock::LandlockSpec {
+            mode: self.landlock,
+            read_exec,
+            read_write,
+            device_files: crate::fs::host_binds::DEVICES.iter().map(|d| PathBuf::from("/dev").join(d)).collect(),
+        }
+    }
+
     pub fn disk_limits(&self) -> crate::disk::DiskLimits {
         let l = &self.limits;
         crate::disk::DiskLimits { bytes: l.disk.0, inodes: l.inodes, enforcement: l.disk_enforcement }

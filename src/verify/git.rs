@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::OWNER;
 use crate::git::{self, cmd};
-use crate::verify::OWNER;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
