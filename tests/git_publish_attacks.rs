@@ -1,0 +1,74 @@
+//! Attacks on the verifying publisher and the private git layer (red team of
+//! issue #14): each test performs the attack from inside a real sandbox and
+//! checks what the host side did with it.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(90);
+const STATE_DIR: &str = "/var/lib/swarmcell/git";
+
+/// A repository owned by OWNER and a plain `git worktree add PATH -b feature-x`.
+fn plain_worktree(f: &Fixture) -> (PathBuf, PathBuf) {
+    std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let repo = owned_repo(&f.dir);
+    let wt = f.dir.join("feature");
+    make_owned_dir(&wt, OWNER, OWNER);
+    ok(&git_as_owner(&repo, &["worktree", "add", "-q", wt.to_str().unwrap(), "-b", "feature-x"]));
+    (repo, wt)
+}
+
+/// The worktree's root-owned state directory (STATE_DIR/DEV-INO).
+fn key_dir(wt: &Path) -> PathBuf {
+    let m = std::fs::metadata(wt).unwrap();
+    Path::new(STATE_DIR).join(format!("{:x}-{:x}", m.dev(), m.ino()))
+}
+
+/// Bytes allocated on disk below `p` (st_blocks, like `du`), not following symlinks.
+fn allocated(p: &Path) -> u64 {
+    let Ok(m) = std::fs::symlink_metadata(p) else { return 0 };
+    let mut n = m.blocks() * 512;
+    if m.is_dir() {
+        for e in std::fs::read_dir(p).unwrap() {
+            n += allocated(&e.unwrap().path());
+        }
+    }
+    n
+}
+
+fn sh(wt: &Path, extra: &[&str], script: &str) -> std::process::Output {
+    let out = sh_in(wt, extra, script, LIMIT).unwrap_or_else(|| panic!("the sandbox on {} did not end within {LIMIT:?}", wt.display()));
+    assert_no_sandbox_left();
+    out
+}
+
+/// A sparse file costs the sandbox nothing under its disk limit; the publisher
+/// must not turn it into gigabytes on the host's disk (outside every limit),
+/// nor keep copies of the layer's objects around after a publish.
+#[test]
+fn a_sparse_pack_in_the_layer_is_not_copied_densely_outside_the_disk_limit() {
+    let f = Fixture::new();
+    let (repo, wt) = plain_worktree(&f);
+    let script = "set -e; c='git -c user.name=agent -c user.email=a@x'; g=$(git rev-parse --git-common-dir); \
+        truncate -s 96M $g/objects/pack/pack-1111111111111111111111111111111111111111.pack; \
+        truncate -s 96M $g/objects/pack/pack-2222222222222222222222222222222222222222.idx; \
+        echo one > one.txt; git add one.txt; $c commit -qm one; echo COMMITTED";
+    let out = sh(&wt, &["--disk", "32M"], script);
+    assert!(ok(&out).contains("COMMITTED"), "{}", stderr(&out));
+    // The agent's commit was published (the attack does not need it to fail).
+    assert_eq!(git(&repo, &["log", "--format=%s", "-1", "feature-x"]), "one");
+    let kd = key_dir(&wt);
+    let host = allocated(&kd.join("publish"));
+    let layer = allocated(&kd.join("layer"));
+    assert!(
+        host <= 32 << 20,
+        "ESCAPED: the publisher stored {} MiB for a sandbox limited to 32M (its layer holds {} KiB on disk)",
+        host >> 20,
+        layer >> 10
+    );
+}
