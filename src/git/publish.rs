@@ -202,6 +202,8 @@ impl Publisher {
         let (refs, refsp) = dir(&pubd, &pp, "refs")?;
         let (heads, headsp) = dir(&refs, &refsp, "heads")?;
         let mut budget = MAX_BYTES;
+        // What the layer holds now: copies of anything else are dropped below.
+        let mut present: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
         for name in safe_open::list_dir(src.fd.as_fd(), &srcp).map_err(safe)? {
             let Some(name) = name.to_str().map(String::from) else { continue };
             let fanout = name.len() == 2 && name.bytes().all(|b| b.is_ascii_hexdigit());
@@ -218,6 +220,12 @@ impl Publisher {
                     continue;
                 }
                 let Ok(s) = safe_open::open_beneath(sd.fd.as_fd(), &sdp, Path::new(&file), Kind::File, None) else { continue };
+                // Git never writes sparse files: one costs the sandbox nothing
+                // under its disk limit, and its copy here would be dense.
+                if sparse(&s.stat) {
+                    continue;
+                }
+                present.insert((name.clone(), file.clone()));
                 // Content-addressed: a copy of the same size is the same object (fetch verifies anyway).
                 if let Ok(d) = safe_open::open_beneath(dd.fd.as_fd(), &ddp, Path::new(&file), Kind::File, None)
                     && d.stat.st_size == s.stat.st_size
@@ -235,6 +243,25 @@ impl Publisher {
                 )
                 .map_err(safe)?;
                 budget = budget.saturating_sub(n);
+            }
+        }
+        // Copies of files the layer no longer holds go: the publish directory
+        // never holds more than the layer does (which is under the disk limit).
+        for name in safe_open::list_dir(dst.fd.as_fd(), &dstp).map_err(safe)? {
+            let Some(name) = name.to_str().map(String::from) else { continue };
+            if name == "info" {
+                continue;
+            }
+            let Ok(dd) = safe_open::open_beneath(dst.fd.as_fd(), &dstp, Path::new(&name), Kind::Dir, None) else {
+                safe_open::remove_entry(dst.fd.as_fd(), &dstp, &name).map_err(safe)?;
+                continue;
+            };
+            let ddp = dstp.join(&name);
+            for file in safe_open::list_dir(dd.fd.as_fd(), &ddp).map_err(safe)? {
+                let Some(file) = file.to_str().map(String::from) else { continue };
+                if !present.contains(&(name.clone(), file.clone())) {
+                    safe_open::remove_entry(dd.fd.as_fd(), &ddp, &file).map_err(safe)?;
+                }
             }
         }
         let w = |d: &Checked, p: &Path, name: &str, text: &str| {
@@ -268,6 +295,12 @@ impl Publisher {
             .collect();
         super::cmd::run_as(ids, &args, &[], super::cmd::DEADLINE).map(drop)
     }
+}
+
+/// More than 64 KiB of which less than half is allocated: a sparse file.
+/// (Small files may be stored inline with no block at all.)
+fn sparse(st: &nix::sys::stat::FileStat) -> bool {
+    st.st_size > 64 << 10 && (st.st_blocks as i64).saturating_mul(512) < st.st_size / 2
 }
 
 fn is_pack_file(name: &str) -> bool {
