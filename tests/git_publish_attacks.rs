@@ -72,3 +72,25 @@ fn a_sparse_pack_in_the_layer_is_not_copied_densely_outside_the_disk_limit() {
         layer >> 10
     );
 }
+
+/// Fast-forward only: the agent sets its branch in the layer to a tree (git
+/// fetch stores a non-commit without any fast-forward check), then to an
+/// unrelated commit; the host's branch must never lose its published history.
+#[test]
+fn a_non_commit_tip_never_bypasses_the_fast_forward_check() {
+    let f = Fixture::new();
+    let (repo, wt) = plain_worktree(&f);
+    let before = git(&repo, &["rev-parse", "feature-x"]);
+    let script = "set -e; c='git -c user.name=agent -c user.email=a@x'; g=$(git rev-parse --git-common-dir); \
+        echo one > one.txt; git add one.txt; $c commit -qm one; sleep 3; \
+        t=$(git rev-parse HEAD^{tree}); echo $t > $g/refs/heads/feature-x; sleep 3; \
+        o=$(echo orphan | $c commit-tree $t); echo $o > $g/refs/heads/feature-x; sleep 3; \
+        echo DONE";
+    let out = sh(&wt, &[], script);
+    assert!(ok(&out).contains("DONE"), "{}", stderr(&out));
+    let kind = git(&repo, &["cat-file", "-t", "feature-x"]);
+    assert_eq!(kind, "commit", "ESCAPED: the host's feature-x now names a {kind}");
+    let anc = git_as_owner(&repo, &["merge-base", "--is-ancestor", &before, "feature-x"]);
+    assert!(anc.status.success(), "ESCAPED: feature-x was moved to an unrelated commit (no fast-forward): {}", git(&repo, &["log", "--oneline", "-3", "feature-x"]));
+    git(&repo, &["fsck", "--strict"]);
+}
