@@ -94,3 +94,26 @@ fn a_non_commit_tip_never_bypasses_the_fast_forward_check() {
     assert!(anc.status.success(), "ESCAPED: feature-x was moved to an unrelated commit (no fast-forward): {}", git(&repo, &["log", "--oneline", "-3", "feature-x"]));
     git(&repo, &["fsck", "--strict"]);
 }
+
+/// The real object store inside the sandbox: read-only, and it stays so
+/// (remount, mount_setattr, a new bind over it, writing through /proc).
+#[test]
+fn the_real_object_store_stays_read_only_inside_the_sandbox() {
+    let f = Fixture::new();
+    let (repo, wt) = plain_worktree(&f);
+    let before = git(&repo, &["count-objects", "-v"]);
+    let script = "o=/.swarmcell/git-objects; \
+        mount -o remount,rw $o 2>&1; mount -o remount,rw,bind $o 2>&1; \
+        touch $o/x 2>&1 && echo WROTE; mkdir $o/info/y 2>&1 && echo WROTE; \
+        chmod 777 $o 2>&1 && echo CHMOD; \
+        for d in $o/??; do rm -f $d/* 2>/dev/null; done; ls $o/pack | head -3; \
+        ln $o/pack/* $(git rev-parse --git-common-dir)/objects/pack/ 2>&1 | head -1; \
+        cat /proc/self/mountinfo | grep -c git-objects; echo END";
+    let out = sh(&wt, &[], script);
+    let text = stdout(&out);
+    eprintln!("{text}\n{}", stderr(&out));
+    assert!(text.contains("END"), "{text}");
+    assert!(!text.contains("WROTE") && !text.contains("CHMOD"), "ESCAPED: the sandbox wrote the real object store:\n{text}");
+    assert_eq!(git(&repo, &["count-objects", "-v"]), before, "ESCAPED: the real object store changed");
+    git(&repo, &["fsck", "--strict"]);
+}
