@@ -117,3 +117,42 @@ fn the_real_object_store_stays_read_only_inside_the_sandbox() {
     assert_eq!(git(&repo, &["count-objects", "-v"]), before, "ESCAPED: the real object store changed");
     git(&repo, &["fsck", "--strict"]);
 }
+
+/// `sh -c SCRIPT` on the host as OWNER (no supplementary groups).
+fn as_owner(script: &str) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args([&format!("--reuid={OWNER}"), &format!("--regid={OWNER}"), "--clear-groups", "sh", "-c", script])
+        .output()
+        .unwrap()
+}
+
+/// The repository's owner (an unprivileged host user) moves a directory of
+/// another user's (world-writable, so it may be moved) into its worktree's
+/// private layer where root expects one of its own; root must never chown it
+/// to the owner (the owner would then own the other user's directory).
+#[test]
+fn root_never_chowns_a_directory_the_owner_moved_into_the_layer() {
+    let f = Fixture::new();
+    let (_repo, wt) = plain_worktree(&f);
+    ok(&sh(&wt, &[], "true"));
+    let layer = key_dir(&wt).join("layer");
+    // Another user's shared directory, on the layer's filesystem.
+    let shared = Path::new("/var/lib/swarmcell").join(format!("red14-shared-{}", std::process::id()));
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let victim = shared.join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::chown(&victim, Some(OWNER + 1), Some(OWNER + 1)).unwrap();
+    let ino = std::fs::metadata(&victim).unwrap().ino();
+    let mv = as_owner(&format!("rm -rf {l}/refs/tags && mv {v} {l}/refs/tags && echo MOVED", l = layer.display(), v = victim.display()));
+    assert!(stdout(&mv).contains("MOVED"), "{mv:?}");
+    let _ = sh(&wt, &[], "true");
+    let now = std::fs::metadata(layer.join("refs/tags"));
+    let _ = std::fs::remove_dir_all(&shared);
+    if let Ok(m) = now
+        && m.ino() == ino
+    {
+        assert_eq!(m.uid(), OWNER + 1, "ESCAPED: root chowned uid {}'s directory to the owner (uid {OWNER})", OWNER + 1);
+    }
+}
