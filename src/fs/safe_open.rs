@@ -172,12 +172,17 @@ pub fn open_tree_of(fd: BorrowedFd, display: &Path) -> Result<OwnedFd, SafeError
 
 /// Directory `name` in `dir`, created (mode 0700, owned by uid:gid) when
 /// missing; whatever else is there under that name (a file, a symlink, a FIFO)
-/// is removed first.
+/// is removed first. An existing directory of another uid's is refused, never
+/// chowned: someone may have moved it there (a world-writable directory can be
+/// renamed into a tree its owner writes) to be handed its ownership.
 pub fn ensure_dir(dir: BorrowedFd, display: &Path, name: &str, uid: u32, gid: u32) -> Result<Checked, SafeError> {
     let path = display.join(name);
     match open_beneath(dir, display, Path::new(name), Kind::Dir, None) {
         Ok(c) => {
-            if (c.stat.st_uid, c.stat.st_gid) != (uid, gid) {
+            if c.stat.st_uid != uid {
+                return Err(refused(&path, format!("a directory of uid {} where one of uid {uid} was expected", c.stat.st_uid)));
+            }
+            if c.stat.st_gid != gid {
                 nix::unistd::fchown(&c.fd, Some(uid.into()), Some(gid.into())).map_err(sys(&path))?;
             }
             return Ok(c);
