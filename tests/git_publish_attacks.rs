@@ -156,3 +156,48 @@ fn root_never_chowns_a_directory_the_owner_moved_into_the_layer() {
         assert_eq!(m.uid(), OWNER + 1, "ESCAPED: root chowned uid {}'s directory to the owner (uid {OWNER})", OWNER + 1);
     }
 }
+
+/// The owner moves another user's world-writable directory (holding that
+/// user's private subdirectory, which the owner cannot empty) into its
+/// worktree; `worktree remove --force` runs as root and must not delete what
+/// the owner itself could not.
+#[test]
+fn worktree_remove_never_deletes_another_users_files_moved_into_the_worktree() {
+    let f = Fixture::new();
+    std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let repo = owned_repo(&f.dir);
+    let base = f.dir.join("worktrees");
+    ok(&worktree_cmd(&["add", repo.to_str().unwrap(), "a", "--base", base.to_str().unwrap()]));
+    let shared = f.dir.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let other = OWNER + 1;
+    let victim = shared.join("v");
+    std::fs::create_dir_all(victim.join("private")).unwrap();
+    std::fs::write(victim.join("private/data"), "OTHER-USERS-DATA").unwrap();
+    for p in [victim.clone(), victim.join("private"), victim.join("private/data")] {
+        std::os::unix::fs::chown(&p, Some(other), Some(other)).unwrap();
+    }
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(victim.join("private"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The owner alone cannot delete it.
+    let try_rm = as_owner(&format!("rm -rf {} 2>&1", victim.join("private").display()));
+    assert!(victim.join("private/data").exists(), "the owner could delete it itself: {try_rm:?}");
+    let mv = as_owner(&format!("mv {} {}/v && echo MOVED", victim.display(), base.join("a").display()));
+    assert!(stdout(&mv).contains("MOVED"), "{mv:?}");
+    let moved = base.join("a/v/private/data");
+    assert!(moved.exists());
+    let out = worktree_cmd(&["remove", "a", "--base", base.to_str().unwrap(), "--force"]);
+    eprintln!("{}", stderr(&out));
+    let survived = std::fs::read_dir(&f.dir).unwrap().count() > 0 && find(&f.dir, "data");
+    assert!(survived, "ESCAPED: root deleted uid {other}'s files, which its owner could not (remove: {})", stderr(&out));
+}
+
+fn find(dir: &Path, name: &str) -> bool {
+    std::fs::read_dir(dir).map(|r| {
+        r.flatten().any(|e| {
+            let t = e.file_type().unwrap();
+            (e.file_name() == name && t.is_file()) || (t.is_dir() && !t.is_symlink() && find(&e.path(), name))
+        })
+    }).unwrap_or(false)
+}
