@@ -238,6 +238,18 @@ pub fn commit_temp(dir: BorrowedFd, display: &Path, tmp: &str, name: &str) -> Re
 /// each level holds one fd, and below [`MAX_DEPTH`] subtrees are moved up to
 /// the top directory (renamed, never followed) and removed from there.
 pub fn remove_entry(dir: BorrowedFd, display: &Path, name: &str) -> Result<(), SafeError> {
+    remove_entry_of(dir, display, name, None)
+}
+
+/// [`remove_entry`] of a tree an unprivileged `owner` can write: root empties
+/// only directories of `owner`'s (or root's). Another user's directory there
+/// was moved in (a world-writable one can be), and root would delete for the
+/// owner what it could not delete itself: refused, left as it is.
+pub fn remove_owned(dir: BorrowedFd, display: &Path, name: &str, owner: u32) -> Result<(), SafeError> {
+    remove_entry_of(dir, display, name, Some(owner))
+}
+
+fn remove_entry_of(dir: BorrowedFd, display: &Path, name: &str, owner: Option<u32>) -> Result<(), SafeError> {
     let path = display.join(name);
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         return Err(refused(&path, "not a single path component"));
@@ -248,7 +260,8 @@ pub fn remove_entry(dir: BorrowedFd, display: &Path, name: &str) -> Result<(), S
         Err(e) => return Err(SafeError::Sys { path, errno: e }),
     }
     let top = open_beneath(dir, display, Path::new(name), Kind::Dir, None)?;
-    clear_dir(top.fd.as_fd(), top.fd.as_fd(), &path, 0)?;
+    check_owner(&top, &path, owner)?;
+    clear_dir(top.fd.as_fd(), top.fd.as_fd(), &path, 0, owner)?;
     match nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::RemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(SafeError::Sys { path, errno: e }),
@@ -270,8 +283,17 @@ pub fn remove_beneath(dir: BorrowedFd, display: &Path, rel: &Path) -> Result<(),
 
 const MAX_DEPTH: usize = 64;
 
+fn check_owner(c: &Checked, path: &Path, owner: Option<u32>) -> Result<(), SafeError> {
+    match owner {
+        Some(u) if c.stat.st_uid != u && c.stat.st_uid != 0 => {
+            Err(refused(path, format!("is a directory of uid {} inside a tree of uid {u}'s: not removed", c.stat.st_uid)))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Empty the directory `d` (at `depth` below `top`).
-fn clear_dir(top: BorrowedFd, d: BorrowedFd, display: &Path, depth: usize) -> Result<(), SafeError> {
+fn clear_dir(top: BorrowedFd, d: BorrowedFd, display: &Path, depth: usize, owner: Option<u32>) -> Result<(), SafeError> {
     loop {
         let names = list_dir(d, display)?;
         if names.is_empty() {
@@ -298,7 +320,8 @@ fn clear_dir(top: BorrowedFd, d: BorrowedFd, display: &Path, depth: usize) -> Re
                 continue;
             }
             let sub = open_beneath(d, display, Path::new(&name), Kind::Dir, None)?;
-            clear_dir(top, sub.fd.as_fd(), &path, depth + 1)?;
+            check_owner(&sub, &path, owner)?;
+            clear_dir(top, sub.fd.as_fd(), &path, depth + 1, owner)?;
             match nix::unistd::unlinkat(d, name.as_os_str(), nix::unistd::UnlinkatFlags::RemoveDir) {
                 Ok(()) => progress = true,
                 Err(Errno::ENOENT) => {}
