@@ -201,3 +201,35 @@ fn find(dir: &Path, name: &str) -> bool {
         })
     }).unwrap_or(false)
 }
+
+/// The same through a relaunch: the owner moves another user's directory to
+/// the layer's `refs/heads/BRANCH` and removes the layer's HEAD, so that root
+/// starts the layer afresh and removes that ref.
+#[test]
+fn a_relaunch_never_deletes_another_users_directory_moved_into_the_layer() {
+    let f = Fixture::new();
+    let (_repo, wt) = plain_worktree(&f);
+    ok(&sh(&wt, &[], "true"));
+    let layer = key_dir(&wt).join("layer");
+    let shared = Path::new("/var/lib/swarmcell").join(format!("red14-shared2-{}", std::process::id()));
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let other = OWNER + 1;
+    let victim = shared.join("v");
+    std::fs::create_dir_all(victim.join("private")).unwrap();
+    std::fs::write(victim.join("private/data"), "OTHER-USERS-DATA").unwrap();
+    for p in [victim.clone(), victim.join("private"), victim.join("private/data")] {
+        std::os::unix::fs::chown(&p, Some(other), Some(other)).unwrap();
+    }
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mv = as_owner(&format!(
+        "rm -f {l}/refs/heads/feature-x {l}/worktrees/feature/HEAD && mv {v} {l}/refs/heads/feature-x && echo MOVED",
+        l = layer.display(),
+        v = victim.display()
+    ));
+    assert!(stdout(&mv).contains("MOVED"), "{mv:?}");
+    let _ = sh(&wt, &[], "true");
+    let survived = layer.join("refs/heads/feature-x/private/data").exists();
+    let _ = std::fs::remove_dir_all(&shared);
+    assert!(survived, "ESCAPED: root deleted uid {other}'s files moved into the layer");
+}
