@@ -150,6 +150,7 @@ fn root_never_chowns_a_directory_the_owner_moved_into_the_layer() {
     let _ = sh(&wt, &[], "true");
     let now = std::fs::metadata(layer.join("refs/tags"));
     let _ = std::fs::remove_dir_all(&shared);
+    let _ = std::fs::remove_dir_all(key_dir(&wt));
     if let Ok(m) = now
         && m.ino() == ino
     {
@@ -231,5 +232,7 @@ fn a_relaunch_never_deletes_another_users_directory_moved_into_the_layer() {
     let _ = sh(&wt, &[], "true");
     let survived = layer.join("refs/heads/feature-x/private/data").exists();
     let _ = std::fs::remove_dir_all(&shared);
+    // (Root's refusal leaves it there: taken away, or the next worktree with this inode would be refused.)
+    let _ = std::fs::remove_dir_all(key_dir(&wt));
     assert!(survived, "ESCAPED: root deleted uid {other}'s files moved into the layer");
 }

@@ -188,7 +188,7 @@ pub fn ensure_dir(dir: BorrowedFd, display: &Path, name: &str, uid: u32, gid: u3
             return Ok(c);
         }
         Err(e) if e.is_not_found() => {}
-        Err(_) => remove_entry(dir, display, name)?,
+        Err(_) => remove_owned(dir, display, name, uid)?,
     }
     nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(0o700)).map_err(sys(&path))?;
     let c = open_beneath(dir, display, Path::new(name), Kind::Dir, None)?;
@@ -223,7 +223,7 @@ pub fn commit_temp(dir: BorrowedFd, display: &Path, tmp: &str, name: &str) -> Re
         Ok(()) => Ok(()),
         // A directory (of the sandbox's making) is in the way.
         Err(Errno::EISDIR | Errno::ENOTEMPTY | Errno::EEXIST) => {
-            remove_entry(dir, display, name)?;
+            remove_entry_of(dir, display, name, Some(dir_uid(dir, display)?))?;
             nix::fcntl::renameat(dir, tmp, dir, name).map_err(sys(&path))
         }
         Err(e) => {
@@ -269,19 +269,25 @@ fn remove_entry_of(dir: BorrowedFd, display: &Path, name: &str, owner: Option<u3
 }
 
 /// [`remove_entry`] of `rel` (several components) below `dir`: its parent is
-/// opened without crossing a symlink; a missing parent is fine.
+/// opened without crossing a symlink; a missing parent is fine. Only
+/// directories of the parent's owner (or root's) are emptied ([`remove_owned`]).
 pub fn remove_beneath(dir: BorrowedFd, display: &Path, rel: &Path) -> Result<(), SafeError> {
     let Some(name) = rel.file_name().and_then(|n| n.to_str()) else { return Err(refused(&display.join(rel), "no file name")) };
     let parent = rel.parent().filter(|p| !p.as_os_str().is_empty());
-    let Some(parent) = parent else { return remove_entry(dir, display, name) };
+    let Some(parent) = parent else { return remove_entry_of(dir, display, name, Some(dir_uid(dir, display)?)) };
     match open_beneath(dir, display, parent, Kind::Dir, None) {
-        Ok(p) => remove_entry(p.fd.as_fd(), &display.join(parent), name),
+        Ok(p) => remove_entry_of(p.fd.as_fd(), &display.join(parent), name, Some(p.stat.st_uid)),
         Err(e) if e.is_not_found() => Ok(()),
         Err(e) => Err(e),
     }
 }
 
 const MAX_DEPTH: usize = 64;
+
+/// The owner of directory `dir` (a tree below it belongs to that uid).
+fn dir_uid(dir: BorrowedFd, display: &Path) -> Result<u32, SafeError> {
+    Ok(nix::sys::stat::fstat(dir).map_err(sys(display))?.st_uid)
+}
 
 fn check_owner(c: &Checked, path: &Path, owner: Option<u32>) -> Result<(), SafeError> {
     match owner {

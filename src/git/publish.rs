@@ -253,14 +253,14 @@ impl Publisher {
                 continue;
             }
             let Ok(dd) = safe_open::open_beneath(dst.fd.as_fd(), &dstp, Path::new(&name), Kind::Dir, None) else {
-                safe_open::remove_entry(dst.fd.as_fd(), &dstp, &name).map_err(safe)?;
+                safe_open::remove_owned(dst.fd.as_fd(), &dstp, &name, ids.0).map_err(safe)?;
                 continue;
             };
             let ddp = dstp.join(&name);
             for file in safe_open::list_dir(dd.fd.as_fd(), &ddp).map_err(safe)? {
                 let Some(file) = file.to_str().map(String::from) else { continue };
                 if !present.contains(&(name.clone(), file.clone())) {
-                    safe_open::remove_entry(dd.fd.as_fd(), &ddp, &file).map_err(safe)?;
+                    safe_open::remove_owned(dd.fd.as_fd(), &ddp, &file, ids.0).map_err(safe)?;
                 }
             }
         }
