@@ -91,7 +91,11 @@ fn a_non_commit_tip_never_bypasses_the_fast_forward_check() {
     let kind = git(&repo, &["cat-file", "-t", "feature-x"]);
     assert_eq!(kind, "commit", "ESCAPED: the host's feature-x now names a {kind}");
     let anc = git_as_owner(&repo, &["merge-base", "--is-ancestor", &before, "feature-x"]);
-    assert!(anc.status.success(), "ESCAPED: feature-x was moved to an unrelated commit (no fast-forward): {}", git(&repo, &["log", "--oneline", "-3", "feature-x"]));
+    assert!(
+        anc.status.success(),
+        "ESCAPED: feature-x was moved to an unrelated commit (no fast-forward): {}",
+        git(&repo, &["log", "--oneline", "-3", "feature-x"])
+    );
     git(&repo, &["fsck", "--strict"]);
 }
 
@@ -195,12 +199,14 @@ fn worktree_remove_never_deletes_another_users_files_moved_into_the_worktree() {
 }
 
 fn find(dir: &Path, name: &str) -> bool {
-    std::fs::read_dir(dir).map(|r| {
-        r.flatten().any(|e| {
-            let t = e.file_type().unwrap();
-            (e.file_name() == name && t.is_file()) || (t.is_dir() && !t.is_symlink() && find(&e.path(), name))
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten().any(|e| {
+                let t = e.file_type().unwrap();
+                (e.file_name() == name && t.is_file()) || (t.is_dir() && !t.is_symlink() && find(&e.path(), name))
+            })
         })
-    }).unwrap_or(false)
+        .unwrap_or(false)
 }
 
 /// The same through a relaunch: the owner moves another user's directory to
@@ -235,4 +241,23 @@ fn a_relaunch_never_deletes_another_users_directory_moved_into_the_layer() {
     // (Root's refusal leaves it there: taken away, or the next worktree with this inode would be refused.)
     let _ = std::fs::remove_dir_all(key_dir(&wt));
     assert!(survived, "ESCAPED: root deleted uid {other}'s files moved into the layer");
+}
+
+/// The disk limit bounds what the worktree and the layer hold; what the
+/// publisher imports into the real repository is outside it. The agent
+/// commits incompressible data, waits for the publish, deletes its copy from
+/// the layer and starts again: the host's repository grows past the limit.
+#[test]
+#[ignore = "FOUND (red14), not fixed: seen ESCAPED (a sandbox limited to 32M grew the host's repository by 60 MiB); needs a publish budget per worktree"]
+fn published_data_never_grows_the_real_repository_past_the_disk_limit() {
+    let f = Fixture::new();
+    let (repo, wt) = plain_worktree(&f);
+    let before = allocated(&repo.join(".git/objects"));
+    let script = "set -e; c='git -c user.name=agent -c user.email=a@x'; g=$(git rev-parse --git-common-dir); \
+        for i in 1 2 3 4 5; do head -c 12M /dev/urandom > b; git add b; $c commit -qm big$i; rm -f b; sleep 3; \
+        rm -f $g/objects/??/*; done; echo DONE";
+    let out = sh(&wt, &["--disk", "32M"], script);
+    assert!(ok(&out).contains("DONE"), "{}", stderr(&out));
+    let grown = allocated(&repo.join(".git/objects")) - before;
+    assert!(grown <= 32 << 20, "ESCAPED: a sandbox limited to 32M grew the host's repository by {} MiB", grown >> 20);
 }

@@ -300,7 +300,7 @@ impl Publisher {
 /// More than 64 KiB of which less than half is allocated: a sparse file.
 /// (Small files may be stored inline with no block at all.)
 fn sparse(st: &nix::sys::stat::FileStat) -> bool {
-    st.st_size > 64 << 10 && (st.st_blocks as i64).saturating_mul(512) < st.st_size / 2
+    st.st_size > 64 << 10 && st.st_blocks.saturating_mul(512) < st.st_size / 2
 }
 
 fn is_pack_file(name: &str) -> bool {
