@@ -138,7 +138,7 @@ pub fn add(req: &AddRequest) -> Result<PathBuf, GitError> {
             .ok_or_else(|| GitError::Invalid { path: path.clone(), message: "git made no linked worktree".into() })
     })();
     if let Err(e) = r {
-        let _ = safe_open::remove_entry(b, &base, req.id);
+        let _ = safe_open::remove_owned(b, &base, req.id, uid);
         return Err(e);
     }
     Ok(path)
@@ -194,7 +194,7 @@ pub fn remove(base: &Path, id: &str, force: bool) -> Result<PathBuf, GitError> {
             return Err(GitError::Invalid { path, message: "has changes or untracked files (use --force to remove it anyway)".into() });
         }
         // Commits the publisher could not bring over (not a fast-forward) live only in the layer.
-        let mut p = publish::Publisher::new(rec.clone(), "worktree-remove", false);
+        let mut p = publish::Publisher::new(rec.clone(), "worktree-remove", false, None);
         if let (Ok(Some(tip)), Some(branch)) = (p.layer_tip(), &rec.branch)
             && p.real_tip(branch)? != tip
         {
@@ -205,7 +205,7 @@ pub fn remove(base: &Path, id: &str, force: bool) -> Result<PathBuf, GitError> {
         }
     }
     let (b, base) = base_dir(base, false)?;
-    safe_open::remove_entry(b.fd.as_fd(), &base, id)?;
+    safe_open::remove_owned(b.fd.as_fd(), &base, id, rec.uid)?;
     // The admin dir, only if it is still the recorded one.
     if let Ok(c) = safe_open::open_dir_nofollow(&rec.common, Some(rec.uid))
         && (c.stat.st_dev, c.stat.st_ino) == (rec.common_dev, rec.common_ino)
@@ -214,10 +214,10 @@ pub fn remove(base: &Path, id: &str, force: bool) -> Result<PathBuf, GitError> {
         && a.stat.st_ino == rec.admin_ino
     {
         drop(a);
-        safe_open::remove_entry(w.fd.as_fd(), &rec.common.join("worktrees"), &rec.name)?;
+        safe_open::remove_owned(w.fd.as_fd(), &rec.common.join("worktrees"), &rec.name, rec.uid)?;
     }
     drop(_held);
-    record::forget(&rec.key())?;
+    record::forget(&rec.key(), rec.uid)?;
     Ok(path)
 }
 
@@ -265,7 +265,7 @@ pub fn prune(base: &Path) -> Result<Vec<String>, GitError> {
                 Err(e) => e.kind() == std::io::ErrorKind::NotFound,
             };
             if gone && matches!(lease(&key), Ok(Some(_))) {
-                record::forget(&key)?;
+                record::forget(&key, rec.uid)?;
             }
         }
     }

@@ -172,18 +172,23 @@ pub fn open_tree_of(fd: BorrowedFd, display: &Path) -> Result<OwnedFd, SafeError
 
 /// Directory `name` in `dir`, created (mode 0700, owned by uid:gid) when
 /// missing; whatever else is there under that name (a file, a symlink, a FIFO)
-/// is removed first.
+/// is removed first. An existing directory of another uid's is refused, never
+/// chowned: someone may have moved it there (a world-writable directory can be
+/// renamed into a tree its owner writes) to be handed its ownership.
 pub fn ensure_dir(dir: BorrowedFd, display: &Path, name: &str, uid: u32, gid: u32) -> Result<Checked, SafeError> {
     let path = display.join(name);
     match open_beneath(dir, display, Path::new(name), Kind::Dir, None) {
         Ok(c) => {
-            if (c.stat.st_uid, c.stat.st_gid) != (uid, gid) {
+            if c.stat.st_uid != uid {
+                return Err(refused(&path, format!("a directory of uid {} where one of uid {uid} was expected", c.stat.st_uid)));
+            }
+            if c.stat.st_gid != gid {
                 nix::unistd::fchown(&c.fd, Some(uid.into()), Some(gid.into())).map_err(sys(&path))?;
             }
             return Ok(c);
         }
         Err(e) if e.is_not_found() => {}
-        Err(_) => remove_entry(dir, display, name)?,
+        Err(_) => remove_owned(dir, display, name, uid)?,
     }
     nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(0o700)).map_err(sys(&path))?;
     let c = open_beneath(dir, display, Path::new(name), Kind::Dir, None)?;
@@ -218,7 +223,7 @@ pub fn commit_temp(dir: BorrowedFd, display: &Path, tmp: &str, name: &str) -> Re
         Ok(()) => Ok(()),
         // A directory (of the sandbox's making) is in the way.
         Err(Errno::EISDIR | Errno::ENOTEMPTY | Errno::EEXIST) => {
-            remove_entry(dir, display, name)?;
+            remove_entry_of(dir, display, name, Some(dir_uid(dir, display)?))?;
             nix::fcntl::renameat(dir, tmp, dir, name).map_err(sys(&path))
         }
         Err(e) => {
@@ -233,6 +238,18 @@ pub fn commit_temp(dir: BorrowedFd, display: &Path, tmp: &str, name: &str) -> Re
 /// each level holds one fd, and below [`MAX_DEPTH`] subtrees are moved up to
 /// the top directory (renamed, never followed) and removed from there.
 pub fn remove_entry(dir: BorrowedFd, display: &Path, name: &str) -> Result<(), SafeError> {
+    remove_entry_of(dir, display, name, None)
+}
+
+/// [`remove_entry`] of a tree an unprivileged `owner` can write: root empties
+/// only directories of `owner`'s (or root's). Another user's directory there
+/// was moved in (a world-writable one can be), and root would delete for the
+/// owner what it could not delete itself: refused, left as it is.
+pub fn remove_owned(dir: BorrowedFd, display: &Path, name: &str, owner: u32) -> Result<(), SafeError> {
+    remove_entry_of(dir, display, name, Some(owner))
+}
+
+fn remove_entry_of(dir: BorrowedFd, display: &Path, name: &str, owner: Option<u32>) -> Result<(), SafeError> {
     let path = display.join(name);
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
         return Err(refused(&path, "not a single path component"));
@@ -243,7 +260,8 @@ pub fn remove_entry(dir: BorrowedFd, display: &Path, name: &str) -> Result<(), S
         Err(e) => return Err(SafeError::Sys { path, errno: e }),
     }
     let top = open_beneath(dir, display, Path::new(name), Kind::Dir, None)?;
-    clear_dir(top.fd.as_fd(), top.fd.as_fd(), &path, 0)?;
+    check_owner(&top, &path, owner)?;
+    clear_dir(top.fd.as_fd(), top.fd.as_fd(), &path, 0, owner)?;
     match nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::RemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(SafeError::Sys { path, errno: e }),
@@ -251,13 +269,14 @@ pub fn remove_entry(dir: BorrowedFd, display: &Path, name: &str) -> Result<(), S
 }
 
 /// [`remove_entry`] of `rel` (several components) below `dir`: its parent is
-/// opened without crossing a symlink; a missing parent is fine.
+/// opened without crossing a symlink; a missing parent is fine. Only
+/// directories of the parent's owner (or root's) are emptied ([`remove_owned`]).
 pub fn remove_beneath(dir: BorrowedFd, display: &Path, rel: &Path) -> Result<(), SafeError> {
     let Some(name) = rel.file_name().and_then(|n| n.to_str()) else { return Err(refused(&display.join(rel), "no file name")) };
     let parent = rel.parent().filter(|p| !p.as_os_str().is_empty());
-    let Some(parent) = parent else { return remove_entry(dir, display, name) };
+    let Some(parent) = parent else { return remove_entry_of(dir, display, name, Some(dir_uid(dir, display)?)) };
     match open_beneath(dir, display, parent, Kind::Dir, None) {
-        Ok(p) => remove_entry(p.fd.as_fd(), &display.join(parent), name),
+        Ok(p) => remove_entry_of(p.fd.as_fd(), &display.join(parent), name, Some(p.stat.st_uid)),
         Err(e) if e.is_not_found() => Ok(()),
         Err(e) => Err(e),
     }
@@ -265,8 +284,22 @@ pub fn remove_beneath(dir: BorrowedFd, display: &Path, rel: &Path) -> Result<(),
 
 const MAX_DEPTH: usize = 64;
 
+/// The owner of directory `dir` (a tree below it belongs to that uid).
+fn dir_uid(dir: BorrowedFd, display: &Path) -> Result<u32, SafeError> {
+    Ok(nix::sys::stat::fstat(dir).map_err(sys(display))?.st_uid)
+}
+
+fn check_owner(c: &Checked, path: &Path, owner: Option<u32>) -> Result<(), SafeError> {
+    match owner {
+        Some(u) if c.stat.st_uid != u && c.stat.st_uid != 0 => {
+            Err(refused(path, format!("is a directory of uid {} inside a tree of uid {u}'s: not removed", c.stat.st_uid)))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Empty the directory `d` (at `depth` below `top`).
-fn clear_dir(top: BorrowedFd, d: BorrowedFd, display: &Path, depth: usize) -> Result<(), SafeError> {
+fn clear_dir(top: BorrowedFd, d: BorrowedFd, display: &Path, depth: usize, owner: Option<u32>) -> Result<(), SafeError> {
     loop {
         let names = list_dir(d, display)?;
         if names.is_empty() {
@@ -293,7 +326,8 @@ fn clear_dir(top: BorrowedFd, d: BorrowedFd, display: &Path, depth: usize) -> Re
                 continue;
             }
             let sub = open_beneath(d, display, Path::new(&name), Kind::Dir, None)?;
-            clear_dir(top, sub.fd.as_fd(), &path, depth + 1)?;
+            check_owner(&sub, &path, owner)?;
+            clear_dir(top, sub.fd.as_fd(), &path, depth + 1, owner)?;
             match nix::unistd::unlinkat(d, name.as_os_str(), nix::unistd::UnlinkatFlags::RemoveDir) {
                 Ok(()) => progress = true,
                 Err(Errno::ENOENT) => {}

@@ -161,7 +161,7 @@ pub fn prepare(key_dir: &Checked, key_path: &Path, rec: &Record) -> Result<Layer
         }
         write(&adm, &admp, "HEAD", &rec.head)?;
         // Start from the real admin dir's index (the owner's, never a sandbox's).
-        safe_open::remove_entry(a, &admp, "index").map_err(safe)?;
+        safe_open::remove_owned(a, &admp, "index", rec.uid).map_err(safe)?;
         let real_admin =
             safe_open::open_beneath(common.fd.as_fd(), &rec.common, &PathBuf::from("worktrees").join(&rec.name), Kind::Dir, Some(rec.uid));
         if let Ok(ra) = real_admin {
@@ -180,7 +180,7 @@ pub fn prepare(key_dir: &Checked, key_path: &Path, rec: &Record) -> Result<Layer
         }
     } else if safe_open::open_beneath(a, &admp, Path::new("index"), Kind::File, None).is_err() {
         // Not a regular file: removed (git then starts from an empty index).
-        safe_open::remove_entry(a, &admp, "index").map_err(safe)?;
+        safe_open::remove_owned(a, &admp, "index", rec.uid).map_err(safe)?;
     }
     Ok(Layer { path: lp.clone(), dir: layer, objects })
 }

@@ -28,6 +28,8 @@ use crate::fs::safe_open::{self, Checked, Kind};
 const MAX_BYTES: u64 = 8 << 30;
 const MAX_FILE: u64 = 4 << 30;
 const MAX_PACKED_REFS: usize = 16 << 20;
+/// The root-owned count of bytes published from a worktree, in its key dir.
+const PUBLISHED: &str = "published";
 
 fn safe(e: safe_open::SafeError) -> GitError {
     GitError::Safe(e)
@@ -46,6 +48,10 @@ pub struct Publisher {
     rec: Record,
     sandbox: String,
     allow_force: bool,
+    /// Most bytes of objects this worktree's publishes may add to the real
+    /// repository, over all its launches (the disk limit; None: no limit).
+    /// What was published so far is counted in the root-owned `KEY/published`.
+    budget: Option<u64>,
     /// The last tip handled (published or refused): not tried again.
     last: Option<String>,
     /// Whether that tip was published (or refused as not a fast-forward).
@@ -59,8 +65,17 @@ pub struct Publisher {
 type FileId = (u64, u64, i64, i64, i64);
 
 impl Publisher {
-    pub fn new(rec: Record, sandbox: &str, allow_force: bool) -> Publisher {
-        Publisher { rec, sandbox: sandbox.into(), allow_force, last: None, last_final: true, packed: None }
+    pub fn new(rec: Record, sandbox: &str, allow_force: bool, budget: Option<u64>) -> Publisher {
+        Publisher { rec, sandbox: sandbox.into(), allow_force, budget, last: None, last_final: true, packed: None }
+    }
+
+    /// Bytes of objects published from this worktree so far (root-owned count).
+    fn published_bytes(&self, kd: &Checked, kp: &Path) -> u64 {
+        safe_open::read_small(kd.fd.as_fd(), kp, Path::new(PUBLISHED), 32, Some(0))
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     fn key_dir(&self) -> Result<(Checked, PathBuf), GitError> {
@@ -202,6 +217,8 @@ impl Publisher {
         let (refs, refsp) = dir(&pubd, &pp, "refs")?;
         let (heads, headsp) = dir(&refs, &refsp, "heads")?;
         let mut budget = MAX_BYTES;
+        // What the layer holds now: copies of anything else are dropped below.
+        let mut present: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
         for name in safe_open::list_dir(src.fd.as_fd(), &srcp).map_err(safe)? {
             let Some(name) = name.to_str().map(String::from) else { continue };
             let fanout = name.len() == 2 && name.bytes().all(|b| b.is_ascii_hexdigit());
@@ -218,6 +235,12 @@ impl Publisher {
                     continue;
                 }
                 let Ok(s) = safe_open::open_beneath(sd.fd.as_fd(), &sdp, Path::new(&file), Kind::File, None) else { continue };
+                // Git never writes sparse files: one costs the sandbox nothing
+                // under its disk limit, and its copy here would be dense.
+                if sparse(&s.stat) {
+                    continue;
+                }
+                present.insert((name.clone(), file.clone()));
                 // Content-addressed: a copy of the same size is the same object (fetch verifies anyway).
                 if let Ok(d) = safe_open::open_beneath(dd.fd.as_fd(), &ddp, Path::new(&file), Kind::File, None)
                     && d.stat.st_size == s.stat.st_size
@@ -236,6 +259,42 @@ impl Publisher {
                 .map_err(safe)?;
                 budget = budget.saturating_sub(n);
             }
+        }
+        // Copies of files the layer no longer holds go: the publish directory
+        // never holds more than the layer does (which is under the disk limit).
+        for name in safe_open::list_dir(dst.fd.as_fd(), &dstp).map_err(safe)? {
+            let Some(name) = name.to_str().map(String::from) else { continue };
+            if name == "info" {
+                continue;
+            }
+            let Ok(dd) = safe_open::open_beneath(dst.fd.as_fd(), &dstp, Path::new(&name), Kind::Dir, None) else {
+                safe_open::remove_owned(dst.fd.as_fd(), &dstp, &name, ids.0).map_err(safe)?;
+                continue;
+            };
+            let ddp = dstp.join(&name);
+            for file in safe_open::list_dir(dd.fd.as_fd(), &ddp).map_err(safe)? {
+                let Some(file) = file.to_str().map(String::from) else { continue };
+                if !present.contains(&(name.clone(), file.clone())) {
+                    safe_open::remove_owned(dd.fd.as_fd(), &ddp, &file, ids.0).map_err(safe)?;
+                }
+            }
+        }
+        // Objects copied for the first time are what this publish can add to
+        // the real repository: over all launches, no more than the disk limit
+        // (the layer is under it, but deleting published objects from the
+        // layer and committing again would otherwise grow the host's
+        // repository without end).
+        let new_bytes = MAX_BYTES - budget;
+        let published = self.published_bytes(&kd, &kp);
+        if let Some(limit) = self.budget
+            && published.saturating_add(new_bytes) > limit
+        {
+            return Err(GitError::Invalid {
+                path: self.rec.worktree.clone(),
+                message: format!(
+                    "publish budget spent: {published} bytes published from this worktree, {new_bytes} more would pass its disk limit of {limit} (remove and add the worktree again to reset)"
+                ),
+            });
         }
         let w = |d: &Checked, p: &Path, name: &str, text: &str| {
             safe_open::replace_file(d.fd.as_fd(), p, name, text.as_bytes(), 0o644, ids.0, ids.1).map_err(safe)
@@ -266,8 +325,16 @@ impl Publisher {
             .chain(fixed.iter().map(std::ffi::OsStr::new))
             .chain([pp.as_os_str(), std::ffi::OsStr::new(&refspec)])
             .collect();
-        super::cmd::run_as(ids, &args, &[], super::cmd::DEADLINE).map(drop)
+        super::cmd::run_as(ids, &args, &[], super::cmd::DEADLINE)?;
+        let total = (published.saturating_add(new_bytes)).to_string();
+        safe_open::replace_file(kd.fd.as_fd(), &kp, PUBLISHED, total.as_bytes(), 0o600, 0, 0).map_err(safe)
     }
+}
+
+/// More than 64 KiB of which less than half is allocated: a sparse file.
+/// (Small files may be stored inline with no block at all.)
+fn sparse(st: &nix::sys::stat::FileStat) -> bool {
+    st.st_size > 64 << 10 && st.st_blocks.saturating_mul(512) < st.st_size / 2
 }
 
 fn is_pack_file(name: &str) -> bool {

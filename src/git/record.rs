@@ -294,9 +294,11 @@ pub fn save(dir: &Checked, path: &Path, rec: &Record) -> Result<(), GitError> {
 }
 
 /// Forget a worktree: its record, lease file, private layer and publisher state.
-pub fn forget(key: &str) -> Result<(), GitError> {
+/// The layer and publish directories are the owner's: only its (and root's)
+/// directories are emptied.
+pub fn forget(key: &str, owner: u32) -> Result<(), GitError> {
     let root = state_root(false)?;
-    safe_open::remove_entry(root.fd.as_fd(), Path::new(STATE_DIR), key).map_err(safe)
+    safe_open::remove_owned(root.fd.as_fd(), Path::new(STATE_DIR), key, owner).map_err(safe)
 }
 
 /// The repository `repo` names (REPO or its `.git`), as (dev, ino) of its common dir.
@@ -325,7 +327,7 @@ pub fn resolve(wt: &Opened, repos: &[PathBuf], create: bool, source: &str) -> Re
     {
         // The inode was reused by a new directory: the old record is stale.
         if create {
-            forget(&key)?;
+            forget(&key, rec.uid)?;
             dir = None;
         }
         existing = None;

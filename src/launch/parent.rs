@@ -408,7 +408,7 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     tracing::info!(sandbox = %id, pid = sandbox.pid, host_uid = sandbox.host_uid, cgroup_version = cgroup.version(), "sandbox started");
     disk.watch(sandbox.pid).map_err(|e| RunError::Setup(e.to_string()))?;
     let publisher = wt.git.as_ref().map(|g| {
-        let make = || crate::git::publish::Publisher::new(g.record.clone(), &id, req.policy.git.allow_force_publish);
+        let make = || crate::git::publish::Publisher::new(g.record.clone(), &id, req.policy.git.allow_force_publish, req.policy.disk_limits().bytes);
         PublishWatch::start(make(), make)
     });
     // Who may connect: root, the worktree's owner (and --uid), and --allow-uid.

@@ -26,7 +26,7 @@ struct Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         for k in &self.keys {
-            let _ = git::record::forget(k);
+            let _ = git::record::forget(k, OWNER);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
