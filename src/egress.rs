@@ -208,7 +208,7 @@ pub(crate) async fn serve(client: TcpStream, shared: &Shared) {
         Ok(a) => a,
         Err(reason) => return answer(client, &Refusal { status: 403, reason }).await,
     };
-    let upstream = match tokio::time::timeout(outbound::CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+    let upstream = match tokio::time::timeout(outbound::CONNECT_TIMEOUT, outbound::connect_as(addr, shared.settings.connect_as)).await {
         Ok(Ok(u)) => u,
         failed => {
             let e = failed.map_or_else(|_| "timed out".to_string(), |r| r.err().map(|e| e.to_string()).unwrap_or_default());

@@ -39,5 +39,7 @@ fn a_payload_of_another_uid_gets_nothing_through_a_forward_to_a_sandbox_port() {
     let log = std::fs::read_to_string(ready.with_extension("stderr")).unwrap();
     assert!(!log.contains("via-forward-as-root"), "a stranger's payload reached the victim through a forward: {text}\n{log}");
     assert!(!text.contains(" ok HTTP/1.1 200"), "a stranger's payload got an answer through a forward: {text}");
+    // It was refused as the stranger (the direct try and the forwarded one), not lost on the way.
+    assert_eq!(log.lines().filter(|l| l.contains("ingress_denied") && l.contains("1001")).count(), 2, "{text}\n{log}");
     assert_no_sandbox_left();
 }
