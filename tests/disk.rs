@@ -336,3 +336,20 @@ fn tag_walk_inner() {
     let n = swarmcell::disk::tag_tree(&root, &dir, TAG_PROJECT, 1000).unwrap();
     assert_eq!(n, 9, "a a/b a/b/c a/b/c/f g a/hard a/link dirlink fifo");
 }
+
+/// Attack (red15): best-effort accounting walks the tree, so a file that was
+/// unlinked while the payload keeps it open holds real blocks on the host
+/// filesystem that no walk sees. 64 MiB written that way against an 8M limit
+/// must still stop the sandbox.
+#[test]
+fn best_effort_counts_an_unlinked_file_the_payload_keeps_open() {
+    let f = Fixture::new();
+    let policy = policy_file(&f, "[limits]\ndisk = \"8M\"\ndisk_enforcement = \"best-effort\"\n");
+    let script = "exec 3>hidden && rm hidden && dd if=/dev/zero bs=1M count=64 >&3 2>/dev/null && sync && sleep 4 && echo survived";
+    let out = f.command(&["--policy", policy.to_str().unwrap()], &["/bin/sh", "-c", script]).output().unwrap();
+    assert_no_sandbox_left();
+    let err = stderr(&out);
+    assert!(!stdout(&out).contains("survived"), "64 MiB held in an unlinked file went unnoticed: {err}");
+    assert_eq!(out.status.code(), Some(137), "stdout: {}\nstderr: {err}", stdout(&out));
+    assert!(err.contains("over its disk limit 8M"), "{err}");
+}
