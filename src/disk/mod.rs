@@ -345,7 +345,8 @@ impl DiskGuard {
             fds.push((p.clone(), fd));
         }
         *monitor = Some(
-            Monitor::start(fds, limits, sandbox, pidfd, pid).map_err(|e| DiskError::Tree { path, message: format!("starting the disk monitor: {e}") })?,
+            Monitor::start(fds, limits, sandbox, pidfd, pid)
+                .map_err(|e| DiskError::Tree { path, message: format!("starting the disk monitor: {e}") })?,
         );
         Ok(())
     }
