@@ -671,3 +671,29 @@ fn every_egress_decision_of_a_daemon_sandbox_is_an_audit_event_with_its_id() {
     d.stop();
     assert_no_sandbox_left();
 }
+
+/// Attack (red15): two tenants both allowed on the control socket (here by
+/// the socket's group). One tenant must not read another tenant's sandbox log
+/// (its payload's output), inspect it, or stop it: the sandbox's requester and
+/// root may.
+#[test]
+fn another_tenant_on_the_control_socket_cannot_read_inspect_or_stop_a_sandbox() {
+    let f = Fixture::new();
+    let mut d = Daemon::start_with(&f, "", &format!("allowed_gids = [{OWNER}]\n"));
+    let wt = f.dir.join("base/a");
+    let out = d.ctl_as(REQUESTER, &["launch", "--worktree", wt.to_str().unwrap(), "--", bin(), "__probe", "serve", "{port}"]);
+    let l: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    let (id, port) = (l["id"].as_str().unwrap().to_string(), l["port"].as_u64().unwrap() as u16);
+    assert!(bytes_back_as(REQUESTER, port, "/tenant-private-path") > 0);
+    let logs = d.ctl_as(STRANGER, &["logs", &id]);
+    let inspect = d.ctl_as(STRANGER, &["inspect", &id]);
+    let stop = d.ctl_as(STRANGER, &["stop", &id]);
+    let still_running = d.list().iter().any(|s| s["id"] == id.as_str() && s["state"] == "running");
+    assert!(!stdout(&logs).contains("tenant-private-path"), "another tenant read the sandbox's log: {}", stdout(&logs));
+    assert!(!inspect.status.success(), "another tenant inspected the sandbox: {}", stdout(&inspect));
+    assert!(!stop.status.success() && still_running, "another tenant stopped the sandbox: {} {}", stdout(&stop), stderr(&stop));
+    // The requester still may.
+    assert!(ok(&d.ctl_as(REQUESTER, &["logs", &id])).contains("tenant-private-path"));
+    d.stop();
+    assert_no_sandbox_left();
+}
