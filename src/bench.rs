@@ -118,7 +118,8 @@ fn upload(port: u16, bytes: u64) -> Result<Duration, String> {
 }
 
 fn upload_on(mut s: TcpStream, bytes: u64) -> Result<Duration, String> {
-    let chunk = vec![0x5Au8; 1 << 20];
+    // Binary filler: a tunnel whose first bytes could be an HTTP method is refused (egress::tunnel_start).
+    let chunk = vec![0u8; 1 << 20];
     let start = Instant::now();
     s.write_all(b"S").map_err(|e| e.to_string())?;
     let mut left = bytes;

@@ -208,7 +208,7 @@ pub(crate) async fn serve(client: TcpStream, shared: &Shared) {
         Ok(a) => a,
         Err(reason) => return answer(client, &Refusal { status: 403, reason }).await,
     };
-    let upstream = match tokio::time::timeout(outbound::CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+    let upstream = match tokio::time::timeout(outbound::CONNECT_TIMEOUT, outbound::connect_as(addr, shared.settings.connect_as)).await {
         Ok(Ok(u)) => u,
         failed => {
             let e = failed.map_or_else(|_| "timed out".to_string(), |r| r.err().map(|e| e.to_string()).unwrap_or_default());
@@ -226,10 +226,35 @@ pub(crate) async fn serve(client: TcpStream, shared: &Shared) {
     if let Target::Connect { .. } = req.target {
         let ready = async {
             outbound::write_all(&client, b"HTTP/1.1 200 Connection established\r\n\r\n", &last).await?;
-            outbound::write_all(&upstream, &rest, &last).await
+            // Nothing goes upstream before the tunnel is known not to carry plain HTTP.
+            let mut first = rest.clone();
+            let mut chunk = [0u8; 4096];
+            loop {
+                match tunnel_start(&first) {
+                    TunnelStart::Http => return Ok(false),
+                    TunnelStart::Other => break,
+                    TunnelStart::Undecided => match outbound::read_some(&client, &mut chunk, &last).await? {
+                        0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                        n => first.extend_from_slice(&chunk[..n]),
+                    },
+                }
+            }
+            outbound::write_all(&upstream, &first, &last).await.map(|()| true)
         };
-        if tokio::time::timeout(idle, ready).await.is_ok_and(|r| r.is_ok()) {
-            outbound::relay(&client, &upstream, idle).await;
+        let opened = tokio::select! {
+            r = ready => r,
+            _ = outbound::idle_for(&last, idle) => Err(std::io::ErrorKind::TimedOut.into()),
+        };
+        match opened {
+            Ok(true) => outbound::relay(&client, &upstream, idle).await,
+            Ok(false) => crate::launch::events::emit(crate::launch::events::Event::Egress {
+                host: host.to_string(),
+                port,
+                allowed: false,
+                reason: Some("plain HTTP in a CONNECT tunnel (its Host is not checked there): tunnel closed".into()),
+                address: None,
+            }),
+            Err(_) => {}
         }
         return;
     }
@@ -240,6 +265,29 @@ pub(crate) async fn serve(client: TcpStream, shared: &Shared) {
         _ = outbound::idle_for(&last, idle) => {}
     }
     drop(client);
+}
+
+/// What a tunnel's first bytes are: a plain-HTTP request (a token, then a
+/// space: `GET /`, `get /`...), something else (TLS starts with 0x16, SSH with
+/// `SSH-`), or not known yet. Plain HTTP goes through the proxy's absolute
+/// form, where its Host is checked; through a tunnel it would reach a shared
+/// front end with any Host and any number of requests.
+#[derive(Debug, PartialEq)]
+enum TunnelStart {
+    Http,
+    Other,
+    Undecided,
+}
+
+fn tunnel_start(bytes: &[u8]) -> TunnelStart {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    match bytes.iter().position(|b| !token(*b)) {
+        Some(i) if i > 0 && bytes[i] == b' ' => TunnelStart::Http,
+        Some(_) => TunnelStart::Other,
+        // A method longer than any head the proxy reads is refused too.
+        None if bytes.len() > MAX_HEAD => TunnelStart::Http,
+        None => TunnelStart::Undecided,
+    }
 }
 
 /// Read the request head (up to the blank line) and whatever came after it.
@@ -479,6 +527,18 @@ mod tests {
         assert_eq!((String::from_utf8(h).unwrap().as_str(), interim), ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n", false));
         let (h, interim) = close_response_head(b"HTTP/1.1 100 Continue\r\n\r\n");
         assert_eq!((h.as_slice(), interim), (&b"HTTP/1.1 100 Continue\r\n\r\n"[..], true));
+    }
+
+    #[test]
+    fn plain_http_is_told_from_tls_and_ssh_at_a_tunnel_start() {
+        for http in [&b"GET / HTTP/1.1"[..], b"get /", b"PROPFIND x"] {
+            assert_eq!(tunnel_start(http), TunnelStart::Http, "{http:?}");
+        }
+        for other in [&b"\x16\x03\x01\x02\x00\x01"[..], b"SSH-2.0-OpenSSH_9.6\r\n", b" GET", b"a\n"] {
+            assert_eq!(tunnel_start(other), TunnelStart::Other, "{other:?}");
+        }
+        assert_eq!(tunnel_start(b""), TunnelStart::Undecided);
+        assert_eq!(tunnel_start(b"GE"), TunnelStart::Undecided);
     }
 
     #[test]

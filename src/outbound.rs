@@ -45,6 +45,8 @@ pub struct Settings {
     pub max_forward: usize,
     pub head_timeout: Duration,
     pub idle_timeout: Duration,
+    /// The uid whose sockets connect upstream (the worktree's owner): see [`connect_as`].
+    pub connect_as: u32,
 }
 
 impl Settings {
@@ -54,6 +56,7 @@ impl Settings {
             max_forward: n.max_forward_connections,
             head_timeout: n.head_timeout.0,
             idle_timeout: n.idle_timeout.0,
+            connect_as: 0,
         }
     }
 }
@@ -231,10 +234,33 @@ async fn accept_loop(listener: TcpListener, forward: Option<u16>, cap: Rc<Cap>, 
 
 async fn forward_to(client: TcpStream, port: u16, shared: &Shared) {
     // Nothing listens there, or it does not answer: the client sees the connection close.
-    let upstream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port)))).await;
+    let upstream = tokio::time::timeout(CONNECT_TIMEOUT, connect_as(SocketAddr::from(([127, 0, 0, 1], port)), shared.settings.connect_as)).await;
     if let Ok(Ok(upstream)) = upstream {
         relay(&client, &upstream, shared.settings.idle_timeout).await;
     }
+}
+
+/// Connect to `addr` from a socket created as `uid`, never as root. The kernel
+/// records who created a socket, and that is the uid other sandboxes' ingress
+/// checks (sock_diag) and host services see: a payload must pass only as the
+/// user it works for, never as the root launcher (which every port admits).
+pub(crate) async fn connect_as(addr: SocketAddr, uid: u32) -> std::io::Result<TcpStream> {
+    // setfsuid changes this thread's filesystem uid only (the loop's own thread),
+    // and socket(2) is synchronous: nothing else runs in between.
+    // SAFETY: setfsuid has no memory effects; the old value is restored below.
+    let old = unsafe { libc::setfsuid(uid) };
+    // SAFETY: as above; an invalid uid (-1) only reads the current one.
+    let now = unsafe { libc::setfsuid(u32::MAX) };
+    let socket = if now as u32 != uid {
+        Err(std::io::Error::other(format!("setfsuid({uid}) failed; not connecting as root")))
+    } else if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    };
+    // SAFETY: as above.
+    unsafe { libc::setfsuid(old as u32) };
+    socket?.connect(addr).await
 }
 
 /// Name resolution on at most [`RESOLVERS`] threads, each answer within a

@@ -8,7 +8,9 @@
 use std::fmt::Write;
 
 fn needs_escape(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    // Unicode's Bidi_Control set (U+061C included), and the line and paragraph
+    // separators, which many viewers take for a new line.
+    c.is_control() || matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
 }
 
 fn escape_into(out: &mut String, text: &str, keep_newlines: bool) {

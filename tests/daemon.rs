@@ -46,7 +46,7 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "socket = {:?}\nsocket_group = {OWNER}\nallowed_uids = [0, {REQUESTER}]\nworktree_base = {:?}\ncommands = [{:?}, \"/usr/bin/yes\"]\npolicy = {:?}\naudit_log = {:?}\nmetrics = \"127.0.0.1:{metrics}\"\nstate_dir = {:?}\nlog_dir = {:?}\n{config_extra}",
+                "socket = {:?}\nsocket_group = {OWNER}\nallowed_uids = [0, {REQUESTER}]\nlaunch_for = {{ \"{REQUESTER}\" = [{OWNER}] }}\nworktree_base = {:?}\ncommands = [{:?}, \"/usr/bin/yes\"]\npolicy = {:?}\naudit_log = {:?}\nmetrics = \"127.0.0.1:{metrics}\"\nstate_dir = {:?}\nlog_dir = {:?}\n{config_extra}",
                 d.socket,
                 base,
                 bin(),
@@ -802,4 +802,52 @@ fn the_daemon_refuses_a_planted_fake_common_dir() {
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), "HOSTSECRET");
     d.stop();
     assert_no_sandbox_left();
+}
+
+/// Attack (red15): two tenants both allowed on the control socket (here by
+/// the socket's group). One tenant must not read another tenant's sandbox log
+/// (its payload's output), inspect it, or stop it: the sandbox's requester and
+/// root may.
+#[test]
+fn another_tenant_on_the_control_socket_cannot_read_inspect_or_stop_a_sandbox() {
+    let f = Fixture::new();
+    let mut d = Daemon::start_with(&f, "", &format!("allowed_gids = [{OWNER}]\n"));
+    let wt = f.dir.join("base/a");
+    let out = d.ctl_as(REQUESTER, &["launch", "--worktree", wt.to_str().unwrap(), "--", bin(), "__probe", "serve", "{port}"]);
+    let l: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    let (id, port) = (l["id"].as_str().unwrap().to_string(), l["port"].as_u64().unwrap() as u16);
+    assert!(bytes_back_as(REQUESTER, port, "/tenant-private-path") > 0);
+    let logs = d.ctl_as(STRANGER, &["logs", &id]);
+    let inspect = d.ctl_as(STRANGER, &["inspect", &id]);
+    let stop = d.ctl_as(STRANGER, &["stop", &id]);
+    let still_running = d.list().iter().any(|s| s["id"] == id.as_str() && s["state"] == "running");
+    assert!(!stdout(&logs).contains("tenant-private-path"), "another tenant read the sandbox's log: {}", stdout(&logs));
+    assert!(!inspect.status.success(), "another tenant inspected the sandbox: {}", stdout(&inspect));
+    assert!(!stop.status.success() && still_running, "another tenant stopped the sandbox: {} {}", stdout(&stop), stderr(&stop));
+    // The requester still may.
+    assert!(ok(&d.ctl_as(REQUESTER, &["logs", &id])).contains("tenant-private-path"));
+    d.stop();
+    assert_no_sandbox_left();
+}
+
+/// Attack (red15): a tenant allowed on the control socket launches an agent on
+/// ANOTHER tenant's worktree (any directory below `worktree_base`): the
+/// payload then reads and writes that tenant's files as their owner, and the
+/// launcher hands the attacker the agent's secret. A launch should be refused
+/// unless the requester is root or the worktree's owner (or a mapping in the
+/// daemon's root-owned config says otherwise).
+/// A non-root requester launches only on its own worktrees or those of an
+/// owner the config's `launch_for` delegates to it (REQUESTER for OWNER here).
+#[test]
+fn a_tenant_cannot_launch_an_agent_on_another_tenants_worktree() {
+    let f = Fixture::new();
+    let mut d = Daemon::start_with(&f, "", &format!("allowed_gids = [{OWNER}]\n"));
+    std::fs::write(f.dir.join("base/a/private.txt"), "owner-only secret\n").unwrap();
+    std::os::unix::fs::chown(f.dir.join("base/a/private.txt"), Some(OWNER), Some(OWNER)).unwrap();
+    let wt = f.dir.join("base/a");
+    let out = d.ctl_as(STRANGER, &["launch", "--worktree", wt.to_str().unwrap(), "--", bin(), "__probe", "serve", "{port}"]);
+    let launched = out.status.success();
+    d.stop();
+    assert_no_sandbox_left();
+    assert!(!launched, "uid {STRANGER} launched an agent on a worktree owned by {OWNER}: {}", stdout(&out));
 }

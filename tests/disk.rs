@@ -362,3 +362,20 @@ fn writes_into_the_private_git_layer_count_against_the_disk_limit() {
     assert!(!stdout(&out).contains("finished"), "the payload wrote 40M into its git layer");
     assert!(err.lines().any(|l| l.starts_with("swarmcell: sandbox sc-") && l.contains("over its disk limit 8M")), "{err}");
 }
+
+/// Attack (red15): best-effort accounting walks the tree, so a file that was
+/// unlinked while the payload keeps it open holds real blocks on the host
+/// filesystem that no walk sees. 64 MiB written that way against an 8M limit
+/// must still stop the sandbox.
+#[test]
+fn best_effort_counts_an_unlinked_file_the_payload_keeps_open() {
+    let f = Fixture::new();
+    let policy = policy_file(&f, "[limits]\ndisk = \"8M\"\ndisk_enforcement = \"best-effort\"\n");
+    let script = "exec 3>hidden && rm hidden && dd if=/dev/zero bs=1M count=64 >&3 2>/dev/null && sync && sleep 4 && echo survived";
+    let out = f.command(&["--policy", policy.to_str().unwrap()], &["/bin/sh", "-c", script]).output().unwrap();
+    assert_no_sandbox_left();
+    let err = stderr(&out);
+    assert!(!stdout(&out).contains("survived"), "64 MiB held in an unlinked file went unnoticed: {err}");
+    assert_eq!(out.status.code(), Some(137), "stdout: {}\nstderr: {err}", stdout(&out));
+    assert!(err.contains("over its disk limit 8M"), "{err}");
+}

@@ -87,7 +87,9 @@ fn the_proxy_allows_listed_names_and_refuses_the_rest_and_audits_each_decision()
     let text = ok(&out);
     let section = |url: &str| text.split(&format!("== {url}\n")).nth(1).and_then(|s| s.split("\n== ").next()).unwrap_or("").trim().to_string();
     assert_eq!(section(&format!("http://api.test.invalid:{p}/plain")), "{\"healthy\":true}", "{text}");
-    assert_eq!(section(&format!("http://api.test.invalid:{p}/tunnel")), "{\"healthy\":true}", "{text}");
+    // Plain HTTP through a CONNECT tunnel would escape the Host check (red15):
+    // the CONNECT is allowed, the tunnel is closed at its first bytes.
+    assert_eq!(section(&format!("http://api.test.invalid:{p}/tunnel")), "", "{text}");
     assert!(section(&format!("http://unlisted.test.invalid:{p}/")).contains("is not on the egress allowlist"), "{text}");
     assert!(section(&format!("http://127.0.0.1:{p}/")).contains("is an IP literal"), "{text}");
     assert!(section(&format!("http://rebound.test.invalid:{p}/")).contains("resolves to 127.0.0.2 (not a public address)"), "{text}");
@@ -96,6 +98,10 @@ fn the_proxy_allows_listed_names_and_refuses_the_rest_and_audits_each_decision()
         stderr(&out).lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter(|v| v["event"] == "egress").collect();
     let count = |host: &str, allowed: bool| events.iter().filter(|e| e["host"] == host && e["allowed"] == allowed).count();
     assert_eq!(count("api.test.invalid", true), 2, "{events:?}");
+    assert!(
+        events.iter().any(|e| e["host"] == "api.test.invalid" && e["reason"].as_str().is_some_and(|r| r.contains("plain HTTP in a CONNECT tunnel"))),
+        "{events:?}"
+    );
     assert_eq!(count("unlisted.test.invalid", false), 1);
     assert_eq!(count("127.0.0.1", false), 1);
     assert_eq!(count("rebound.test.invalid", false), 1);

@@ -390,3 +390,23 @@ fn bulk_transfers_and_half_close_work_through_a_forward_and_a_tunnel() {
     }
     drop(server);
 }
+
+/// Attack (red15): the Host check covers plain-HTTP requests only; a CONNECT
+/// tunnel to the same allowed name and port (any allowed port, 80 included for
+/// an entry without a port) carries plain HTTP with any Host and as many
+/// requests as the payload likes. A tunnel must carry TLS (its first record a
+/// handshake), so what reaches a shared front end in clear is checked.
+#[test]
+fn a_connect_tunnel_carrying_plain_http_with_another_host_is_refused() {
+    let f = Fixture::new();
+    let upstream = Recorder::start();
+    let p = upstream.port;
+    let b = bin();
+    let script = format!(
+        "echo '== tunnel'; {b} __probe send 127.0.0.1:3128 3 'CONNECT api.test.invalid:{p} HTTP/1.1\\r\\nHost: api.test.invalid:{p}\\r\\n\\r\\n\
+         GET /admin HTTP/1.1\\r\\nHost: internal-admin.corp\\r\\n\\r\\nGET /again HTTP/1.1\\r\\nHost: internal-admin.corp\\r\\n\\r\\n'"
+    );
+    let (out, err) = run_allowing(&f, p, &[], &script);
+    let seen = upstream.seen();
+    assert!(!seen.contains("internal-admin.corp"), "plain HTTP with a foreign Host went through a tunnel: {seen:?}\n{out}{err}");
+}

@@ -25,6 +25,12 @@ pub struct Config {
     pub repositories: Vec<PathBuf>,
     /// Programs a launch may run (argv[0], exactly).
     pub commands: Vec<String>,
+    /// Worktree owners a requester may launch for besides itself, by uid
+    /// (`launch_for = { "4343" = [4242] }`). A non-root requester launches
+    /// only on worktrees it owns or whose owner is listed here for it: an
+    /// agent acts as its worktree's owner, so launching on another tenant's
+    /// worktree would read and write that tenant's files.
+    pub launch_for: std::collections::BTreeMap<String, Vec<u32>>,
     /// Policy for a sandbox whose launch names none (default: the built-in one).
     pub policy: Option<PathBuf>,
     /// Other policy files a launch may name (`ctl launch --policy FILE`); no
@@ -68,6 +74,7 @@ impl Default for Config {
             allowed_gids: Vec::new(),
             worktree_base: crate::git::DEFAULT_BASE.into(),
             repositories: Vec::new(),
+            launch_for: Default::default(),
             commands: vec!["opencode".into()],
             policy: None,
             policies: Vec::new(),
@@ -95,6 +102,9 @@ impl Config {
         if [&self.worktree_base, &self.socket, &self.audit_log, &self.state_dir, &self.log_dir].iter().any(|p| !p.is_absolute()) {
             return Err("socket, worktree_base, audit_log, state_dir and log_dir must be absolute paths".into());
         }
+        if let Some(k) = self.launch_for.keys().find(|k| k.parse::<u32>().is_err()) {
+            return Err(format!("launch_for: {k:?} is not a uid"));
+        }
         if let Some(p) = self.repositories.iter().find(|p| !p.is_absolute()) {
             return Err(format!("repository {}: repositories must be absolute paths", p.display()));
         }
@@ -117,6 +127,13 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// Whether `requester` may launch an agent on a worktree owned by `owner`.
+    pub fn may_launch_for(&self, requester: u32, owner: u32) -> bool {
+        requester == 0 || requester == owner || self.launch_for.get(&requester.to_string()).is_some_and(|o| o.contains(&owner))
     }
 }
 

@@ -80,6 +80,16 @@ impl Daemon {
     }
 
     pub(super) fn handle(&mut self, req: Request, cid: u64, uid: u32) {
+        // A sandbox is its requester's (and root's): another tenant allowed on
+        // the socket neither reads its log, inspects it, nor stops it, and is
+        // told it does not exist.
+        if let Request::Stop { id } | Request::Inspect { id } | Request::Logs { id } = &req
+            && uid != 0
+            && self.sandboxes.get(id).is_some_and(|e| e.rec.uid != uid)
+        {
+            self.audit.event("policy_violation", json!({ "uid": uid, "id": id, "error": "not the sandbox's requester", "outcome": "refused" }));
+            return self.answer(cid, json!({ "ok": false, "error": format!("no sandbox {id}") }));
+        }
         match req {
             Request::Launch { worktree, agent, task, argv, policy } => {
                 let checked = self.policy_for(policy.as_deref()).and_then(|(policy_path, policy)| {
@@ -96,6 +106,17 @@ impl Daemon {
                         return self.answer(cid, json!({ "ok": false, "error": e }));
                     }
                 };
+                // An agent acts as its worktree's owner: only that owner, root, or
+                // a requester the config delegates that owner to may launch one.
+                let owner = std::fs::symlink_metadata(&wt).map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+                if !owner.as_ref().is_ok_and(|o| self.cfg.may_launch_for(uid, *o)) {
+                    let e = match owner {
+                        Ok(o) => format!("worktree {} belongs to uid {o}, not to the requester (uid {uid}); see launch_for", wt.display()),
+                        Err(err) => format!("worktree {}: {err}", wt.display()),
+                    };
+                    self.audit.event("policy_violation", json!({ "uid": uid, "agent": agent, "error": e, "outcome": "refused" }));
+                    return self.answer(cid, json!({ "ok": false, "error": e }));
+                }
                 // One sandbox per worktree: two would share its git state.
                 if let Some(other) = self.sandboxes.values().find(|e| e.rec.worktree == wt) {
                     let e = format!("worktree {} already has a sandbox ({})", wt.display(), other.rec.id);
@@ -150,7 +171,8 @@ impl Daemon {
                 None => self.answer(cid, json!({ "ok": false, "error": format!("no sandbox {id}") })),
             },
             Request::List => {
-                let list = self.list();
+                let mine = |v: &Value| uid == 0 || v["uid"] == uid;
+                let list: Vec<Value> = self.list().into_iter().filter(mine).collect();
                 self.answer(cid, json!({ "ok": true, "sandboxes": list }));
             }
             Request::Inspect { id } => {
@@ -194,7 +216,7 @@ impl Daemon {
             .map(|(id, e)| {
                 json!({ "id": id, "state": format!("{:?}", e.state).to_lowercase(), "agent": e.rec.agent, "task": e.rec.task,
                         "worktree": e.rec.worktree, "port": e.info["port"], "pid": e.info["pid"], "sandbox": e.info["id"],
-                        "restarts": e.rec.restarts })
+                        "restarts": e.rec.restarts, "uid": e.rec.uid })
             })
             .collect()
     }

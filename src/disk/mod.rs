@@ -345,7 +345,8 @@ impl DiskGuard {
             fds.push((p.clone(), fd));
         }
         *monitor = Some(
-            Monitor::start(fds, limits, sandbox, pidfd).map_err(|e| DiskError::Tree { path, message: format!("starting the disk monitor: {e}") })?,
+            Monitor::start(fds, limits, sandbox, pidfd, pid)
+                .map_err(|e| DiskError::Tree { path, message: format!("starting the disk monitor: {e}") })?,
         );
         Ok(())
     }
@@ -416,6 +417,57 @@ fn measure_totals(roots: &[(PathBuf, OwnedFd)], limits: &DiskLimits) -> Result<M
     Ok((over(limits, m.bytes, m.inodes), (m.bytes, m.inodes)))
 }
 
+/// Files the sandbox's processes hold open (or mapped) after unlinking them
+/// still hold blocks on the tree's filesystem, and no walk sees them: add
+/// those on the roots' devices, found through /proc of init's descendants
+/// (every process of the sandbox: orphans are reparented to its init).
+fn with_unlinked(m: Measured, roots: &[(PathBuf, OwnedFd)], limits: &DiskLimits, init: libc::pid_t) -> Measured {
+    let (what, (bytes, inodes)) = m;
+    if what.is_some() {
+        return (what, (bytes, inodes));
+    }
+    let devs: Vec<u64> = roots.iter().filter_map(|(_, fd)| nix::sys::stat::fstat(fd.as_fd()).ok()).map(|st| st.st_dev).collect();
+    let (held, files) = unlinked_held(init, &devs);
+    let (bytes, inodes) = (bytes.saturating_add(held), inodes.saturating_add(files));
+    (over(limits, bytes, inodes), (bytes, inodes))
+}
+
+/// Bounds of the /proc scan (a sandbox's pids are bounded by its cgroup too).
+const MAX_PROCS: usize = 4096;
+const MAX_FDS_PER_PROC: usize = 65536;
+
+/// (bytes, files) of regular files with no name left, on one of `devs`,
+/// open or mapped by `init` or a descendant. stat() on /proc/P/fd/N and on
+/// map_files entries reads the inode without opening anything.
+fn unlinked_held(init: libc::pid_t, devs: &[u64]) -> (u64, u64) {
+    let (mut seen, mut visited) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+    let (mut bytes, mut files) = (0u64, 0u64);
+    let mut queue = vec![init];
+    while let Some(pid) = queue.pop() {
+        if visited.len() >= MAX_PROCS || !visited.insert(pid) {
+            continue;
+        }
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+                queue.extend(children.split_whitespace().filter_map(|c| c.parse::<libc::pid_t>().ok()));
+            }
+        }
+        for dir in ["fd", "map_files"] {
+            let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/{dir}")) else { continue };
+            for e in entries.flatten().take(MAX_FDS_PER_PROC) {
+                let Ok(st) = nix::sys::stat::stat(&e.path()) else { continue };
+                let regular = nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT == nix::sys::stat::SFlag::S_IFREG;
+                if regular && st.st_nlink == 0 && devs.contains(&st.st_dev) && seen.insert((st.st_dev, st.st_ino)) {
+                    bytes = bytes.saturating_add((st.st_blocks as u64).saturating_mul(512));
+                    files += 1;
+                }
+            }
+        }
+    }
+    (bytes, files)
+}
+
 /// The best-effort accounting thread.
 struct Monitor {
     stop: Option<mpsc::Sender<()>>,
@@ -424,7 +476,13 @@ struct Monitor {
 }
 
 impl Monitor {
-    fn start(roots: Vec<(PathBuf, OwnedFd)>, limits: DiskLimits, sandbox: String, pidfd: kernel::PidFd) -> std::io::Result<Monitor> {
+    fn start(
+        roots: Vec<(PathBuf, OwnedFd)>,
+        limits: DiskLimits,
+        sandbox: String,
+        pidfd: kernel::PidFd,
+        init: libc::pid_t,
+    ) -> std::io::Result<Monitor> {
         let (tx, rx) = mpsc::channel::<()>();
         let stopped = Arc::new(Mutex::new(None));
         let out = stopped.clone();
@@ -436,7 +494,7 @@ impl Monitor {
                     return;
                 }
                 let started = Instant::now();
-                let what = match measure_totals(&roots, &limits) {
+                let what = match measure_totals(&roots, &limits).map(|m| with_unlinked(m, &roots, &limits, init)) {
                     Ok((None, totals)) => {
                         // An idle tree is looked at less and less often (most
                         // of a host's sandboxes are idle at any time); a

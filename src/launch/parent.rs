@@ -496,7 +496,8 @@ impl<'a> Network<'a> {
             }
         }
         if !forwards.is_empty() || proxy.is_some() {
-            let settings = crate::outbound::Settings::of(&req.policy.network);
+            // The payload's upstream sockets are its owner's, never root's.
+            let settings = crate::outbound::Settings { connect_as: sandbox.owner, ..crate::outbound::Settings::of(&req.policy.network) };
             net.outbound = Some(
                 crate::outbound::OutboundLoop::start(id, forwards, proxy, settings)
                     .map_err(|e| RunError::Setup(format!("outbound forwards and egress proxy: {e}")))?,
@@ -592,7 +593,8 @@ fn start(
 ) -> Result<Sandbox, Fallback> {
     // Clone first: the child's exec of `swarmcell __init` then overlaps with the
     // host-side mount preparation below (it waits for the spec anyway).
-    let sandbox = Sandbox::spawn(map.host_uid)?;
+    let mut sandbox = Sandbox::spawn(map.host_uid)?;
+    sandbox.owner = wt.uid;
     tracing::debug!(pid = sandbox.pid, "init cloned");
     map.write(sandbox.pid)?;
     // Before init runs anything of the payload's: every process of the sandbox
@@ -721,6 +723,8 @@ impl Drop for SignalGuard {
 struct Sandbox {
     pid: libc::pid_t,
     host_uid: u32,
+    /// The host uid the payload works for (the worktree's owner).
+    owner: u32,
     channel: Channel,
     reaped: bool,
     /// Listeners inside the sandbox for outbound traffic, served once it runs.
@@ -766,7 +770,7 @@ impl Sandbox {
             }
         };
         drop(child_end);
-        Ok(Sandbox { pid, host_uid, channel: Channel::new(parent_end), reaped: false, outbound: Vec::new(), netns: None })
+        Ok(Sandbox { pid, host_uid, owner: host_uid, channel: Channel::new(parent_end), reaped: false, outbound: Vec::new(), netns: None })
     }
 
     /// Poll the channel and the launcher's signals until init is gone.
