@@ -16,6 +16,9 @@
 //! reset or error ends both, and a full side stops reading the other
 //! (backpressure: a pipe holds at most [`PIPE_SIZE`] per direction).
 
+/// The egress proxy's serving of one connection.
+mod proxy;
+
 use std::cell::Cell;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
@@ -226,7 +229,7 @@ async fn accept_loop(listener: TcpListener, forward: Option<u16>, cap: Rc<Cap>, 
             let _slot = slot;
             match forward {
                 Some(port) => forward_to(conn, port, &shared).await,
-                None => crate::egress::serve(conn, &shared).await,
+                None => proxy::serve(conn, &shared).await,
             }
         });
     }
