@@ -329,3 +329,90 @@ fn an_opencode_agent_commit_reaches_its_branch_and_nothing_else_changes() {
     git(&repo, &["fsck", "--strict", "--no-dangling"]);
     assert_eq!(git(&repo, &["show", "feature-x:agent.txt"]), "hello");
 }
+
+/// Issue #16, an agent's day end to end: on a worktree made by plain `git
+/// worktree add PATH -b BRANCH`, a real OpenCode agent (the official SDK's
+/// `session.shell`) runs a small project's test suite that starts a Node and a
+/// Python HTTP server on ephemeral ports of the sandbox's loopback and talks to
+/// them, writes files and commits; the branch has the commit on the host, and
+/// no output line of the agent's is an error.
+#[test]
+fn an_agents_test_suite_with_node_and_python_servers_passes_and_its_commit_reaches_the_host() {
+    require_opencode();
+    let f = Fixture::new();
+    let repo = owned_repo(&f.dir);
+    let wt = f.dir.join("day");
+    make_owned_dir(&wt, OWNER, OWNER);
+    ok(&git_as_owner(&repo, &["worktree", "add", "-q", wt.to_str().unwrap(), "-b", "agent-day"]));
+    // The project's test suite, as the agent's edit tool would have written it.
+    let suite = r#"set -e
+node -e "
+const http = require('http');
+const s = http.createServer((q, r) => r.end('node server ok'));
+s.listen(0, '127.0.0.1', () => {
+  http.get('http://127.0.0.1:' + s.address().port + '/', (r) => {
+    let d = ''; r.on('data', (c) => d += c); r.on('end', () => { console.log(d); s.close(); });
+  });
+});"
+python3 -c "
+import http.server, threading, urllib.request
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b'python server ok')
+    def log_message(self, *a):
+        pass
+s = http.server.ThreadingHTTPServer(('127.0.0.1', 0), H)
+threading.Thread(target=s.serve_forever, daemon=True).start()
+print(urllib.request.urlopen('http://127.0.0.1:%d/' % s.server_address[1], timeout=5).read().decode())
+s.shutdown()"
+echo SUITE-PASSED
+"#;
+    std::fs::write(wt.join("test.sh"), suite).unwrap();
+    std::os::unix::fs::chown(wt.join("test.sh"), Some(OWNER), Some(OWNER)).unwrap();
+    let (mut l, ready) = spawn_run(&f.dir, &wt, &["--port", "auto", "--health-timeout", "60s"], &[]);
+    let start = std::time::Instant::now();
+    let info = loop {
+        if let Ok(t) = std::fs::read_to_string(&ready)
+            && t.ends_with('\n')
+        {
+            break serde_json::from_str::<serde_json::Value>(t.trim()).unwrap();
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(70),
+            "never healthy: {}",
+            std::fs::read_to_string(ready.with_extension("stderr")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let port = info["port"].as_u64().unwrap() as u16;
+    let secret = info["secret"].as_str().expect("the sandbox's secret in the ready line").to_string();
+    let out = sdk_shell(
+        port,
+        &secret,
+        &[
+            "sh test.sh 2>&1",
+            "echo 'tested' > RESULT.md && git add -A && git -c user.name=agent -c user.email=agent@x commit -qm 'agent: tests pass' 2>&1 && git rev-parse HEAD",
+        ],
+    );
+    let suite_out = &out[0].1;
+    for want in ["node server ok", "python server ok", "SUITE-PASSED"] {
+        assert!(suite_out.contains(want), "the agent's test suite did not pass ({want}): {suite_out}");
+    }
+    let commit_out = &out[1].1;
+    let head = commit_out.lines().last().unwrap_or("").trim().to_string();
+    assert_eq!(head.len(), 40, "the agent's commit failed: {commit_out}");
+    for (cmd, text) in &out {
+        let bad: Vec<&str> =
+            text.lines().filter(|l| ["error", "fatal", "denied", "refused"].iter().any(|w| l.to_ascii_lowercase().contains(w))).collect();
+        assert!(bad.is_empty(), "error lines in the agent's output of {cmd:?}: {bad:?}");
+    }
+    let t0 = std::time::Instant::now();
+    while git(&repo, &["rev-parse", "agent-day"]) != head {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5), "agent-day never got the agent's commit {head}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    l.sigterm();
+    l.wait();
+    assert_no_sandbox_left();
+    assert_eq!(git(&repo, &["show", "agent-day:RESULT.md"]), "tested");
+}
