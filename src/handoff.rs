@@ -598,7 +598,11 @@ fn deliver(notify: RawFd, acc: &Accept, sock: OwnedFd, peer: SocketAddr) -> Resu
     // the caller and answers the call with its number.
     if unsafe { libc::ioctl(notify, libc::SECCOMP_IOCTL_NOTIF_ADDFD, &mut addfd) } < 0 {
         let e = io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
-        return if e == libc::ENOENT { Err((sock, peer)) } else { Ok(Reply::Error(e)) };
+        // The call is gone: ENOENT when it was interrupted before the ADDFD
+        // reached it, ESRCH when a signal came while the ADDFD was pending
+        // (the kernel cancels queued ADDFDs of an interrupted call). Either way
+        // the connection goes to the next accept, never dropped.
+        return if e == libc::ENOENT || e == libc::ESRCH { Err((sock, peer)) } else { Ok(Reply::Error(e)) };
     }
     Ok(Reply::Done)
 }
