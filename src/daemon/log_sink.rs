@@ -76,11 +76,25 @@ impl LogSink {
         let _ = std::fs::remove_file(&self.path);
     }
 
-    /// The last `n` bytes written (across the rotation).
+    /// The last `n` bytes written (across the rotation). Reads at most `n`
+    /// bytes of each file (from its end): the loop never reads a whole log.
     pub fn tail(&self, n: usize) -> Vec<u8> {
-        let mut text = std::fs::read(self.path.with_extension("log.1")).unwrap_or_default();
-        text.extend(std::fs::read(&self.path).unwrap_or_default());
-        text.split_off(text.len().saturating_sub(n))
+        fn last(path: &Path, n: usize) -> Vec<u8> {
+            use std::io::{Read, Seek, SeekFrom};
+            let Ok(mut f) = std::fs::File::open(path) else { return Vec::new() };
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            let _ = f.seek(SeekFrom::Start(len.saturating_sub(n as u64)));
+            let mut buf = Vec::with_capacity(n.min(len as usize));
+            let _ = f.take(n as u64).read_to_end(&mut buf);
+            buf
+        }
+        let mut text = last(&self.path, n);
+        if text.len() < n {
+            let mut older = last(&self.path.with_extension("log.1"), n - text.len());
+            older.extend(text);
+            text = older;
+        }
+        text
     }
 }
 

@@ -6,7 +6,13 @@
 //! blocks on a peer: clients and health checks are non-blocking state machines
 //! with deadlines, and the loop sleeps until a descriptor is ready or the next
 //! deadline, so an idle daemon uses no CPU, and a wake-up costs what happened,
-//! not the number of sandboxes.
+//! not the number of sandboxes. What it does block on, exactly: reaping a
+//! launcher whose ready pipe closed (`start_failed`: at most 2 s, normally
+//! none, since the pipe closes as it exits); the sweep of stale cgroups and
+//! leases after a launcher was killed (`sweep_stale`: each stale cgroup is
+//! killed and waited for, at most 5 s each, and only sandboxes whose launcher
+//! died have one); local file I/O (records, at most 64 KiB of a log for `ctl
+//! logs`, the audit log); and at shutdown, the stop grace of every sandbox.
 //!
 //! Each sandbox is a `swarmcell run` child with PR_SET_PDEATHSIG=SIGTERM, and a
 //! record in the state directory. If the daemon dies, every sandbox shuts down
