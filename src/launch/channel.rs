@@ -52,19 +52,18 @@ pub enum ChannelError {
     Unexpected(String),
 }
 
-pub struct Channel {
+/// The socket both ends share; each end exposes only its own side's messages.
+struct Socket {
     fd: OwnedFd,
 }
 
-impl Channel {
-    pub fn new(fd: OwnedFd) -> Self {
-        Channel { fd }
-    }
+/// The launcher's end (host root): sends the spec, receives what init reports.
+pub struct ParentEnd(Socket);
 
-    pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
+/// The sandbox init's end: receives the spec, reports to the launcher.
+pub struct InitEnd(Socket);
 
+impl Socket {
     fn send<T: Serialize>(&self, msg: &T, fds: &[RawFd]) -> Result<(), ChannelError> {
         let bytes = serde_json::to_vec(msg)?;
         if bytes.len() > MAX_MESSAGE {
@@ -105,43 +104,55 @@ impl Channel {
         }
         Ok((serde_json::from_slice(&buf[..len])?, fds))
     }
+}
 
-    // ---- parent side ----
+impl ParentEnd {
+    pub fn new(fd: OwnedFd) -> Self {
+        ParentEnd(Socket { fd })
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.0.fd.as_raw_fd()
+    }
 
     pub fn send_spec(&self, spec: &InitSpec, fds: &[RawFd]) -> Result<(), ChannelError> {
-        self.send(&ToInit::Spec(Box::new(spec.clone())), fds)
+        self.0.send(&ToInit::Spec(Box::new(spec.clone())), fds)
     }
 
     /// A message from init; only `Running` may carry a descriptor (the seccomp
     /// notification listener for socket handoff), at most one.
     pub fn recv_from_init(&self) -> Result<(FromInit, Option<OwnedFd>), ChannelError> {
-        let (msg, mut fds) = self.recv::<FromInit>()?;
+        let (msg, mut fds) = self.0.recv::<FromInit>()?;
         match (&msg, fds.len()) {
             (_, 0) => Ok((msg, None)),
             (FromInit::Running, 1) => Ok((msg, fds.pop())),
             _ => Err(ChannelError::Unexpected("file descriptors from the sandbox".into())),
         }
     }
+}
 
-    // ---- child side ----
+impl InitEnd {
+    pub fn new(fd: OwnedFd) -> Self {
+        InitEnd(Socket { fd })
+    }
 
     pub fn recv_spec(&self) -> Result<(InitSpec, Vec<OwnedFd>), ChannelError> {
-        let (ToInit::Spec(spec), fds) = self.recv::<ToInit>()?;
+        let (ToInit::Spec(spec), fds) = self.0.recv::<ToInit>()?;
         Ok((*spec, fds))
     }
 
     pub fn send_to_parent(&self, msg: &FromInit) -> Result<(), ChannelError> {
-        self.send(msg, &[])
+        self.0.send(msg, &[])
     }
 
     /// `Running`, with the handoff listener when there is one.
     pub fn send_running(&self, notify: Option<RawFd>) -> Result<(), ChannelError> {
-        self.send(&FromInit::Running, notify.as_slice())
+        self.0.send(&FromInit::Running, notify.as_slice())
     }
 
     /// True when the parent has closed its end (it died or gave up).
     pub fn peer_gone(&self) -> bool {
-        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: 0, revents: 0 };
+        let mut pfd = libc::pollfd { fd: self.0.fd.as_raw_fd(), events: 0, revents: 0 };
         // SAFETY: pfd is a valid pollfd; timeout 0 never blocks.
         let n = unsafe { libc::poll(&mut pfd, 1, 0) };
         n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
@@ -176,7 +187,7 @@ mod tests {
     #[test]
     fn spec_and_fds_cross_the_channel() {
         let (a, b) = crate::sys::socketpair_seqpacket().unwrap();
-        let (parent, child) = (Channel::new(a), Channel::new(b));
+        let (parent, child) = (ParentEnd::new(a), InitEnd::new(b));
         let f = std::fs::File::open("/dev/null").unwrap();
         parent.send_spec(&spec(), &[f.as_raw_fd()]).unwrap();
         let (got, fds) = child.recv_spec().unwrap();
@@ -191,7 +202,7 @@ mod tests {
     #[test]
     fn closed_peer_is_reported() {
         let (a, b) = crate::sys::socketpair_seqpacket().unwrap();
-        let child = Channel::new(b);
+        let child = InitEnd::new(b);
         assert!(!child.peer_gone());
         drop(a);
         assert!(child.peer_gone());

@@ -22,7 +22,7 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-use super::channel::{Channel, FromInit};
+use super::channel::{FromInit, InitEnd};
 use super::payload::{self, PreparedExec, Stage};
 use super::spec::{InitSpec, PayloadStatus};
 use crate::sys;
@@ -53,7 +53,7 @@ pub fn main(channel_fd: RawFd) -> ! {
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"swarmcell-init".as_ptr()) };
     // SAFETY: the fd was passed to us by the launcher and is owned by nobody else.
-    let chan = Channel::new(unsafe { OwnedFd::from_raw_fd(channel_fd) });
+    let chan = InitEnd::new(unsafe { OwnedFd::from_raw_fd(channel_fd) });
     let (spec, fds) = match chan.recv_spec() {
         Ok(x) => x,
         // The launcher died or gave up before sending the spec: nothing to report to.
@@ -73,7 +73,7 @@ pub fn main(channel_fd: RawFd) -> ! {
     std::process::exit(code.into())
 }
 
-fn run(chan: &Channel, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStatus, Failure> {
+fn run(chan: &InitEnd, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStatus, Failure> {
     // SAFETY: getpid has no preconditions.
     if unsafe { libc::getpid() } != 1 {
         return Err(Failure::Setup("sandbox init is not pid 1 of a new PID namespace".into()));

@@ -14,7 +14,7 @@ use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-use super::channel::{Channel, ChannelError, FromInit};
+use super::channel::{ChannelError, FromInit, ParentEnd};
 use super::spec::{InitSpec, LogConfig, PayloadStatus};
 use crate::fs::host_binds::{Access, BindError, PreparedMounts};
 use crate::ns::user::{IdMap, MapError};
@@ -725,7 +725,7 @@ struct Sandbox {
     host_uid: u32,
     /// The host uid the payload works for (the worktree's owner).
     owner: u32,
-    channel: Channel,
+    channel: ParentEnd,
     reaped: bool,
     /// Listeners inside the sandbox for outbound traffic, served once it runs.
     outbound: Vec<(Outbound, std::net::TcpListener)>,
@@ -770,7 +770,7 @@ impl Sandbox {
             }
         };
         drop(child_end);
-        Ok(Sandbox { pid, host_uid, owner: host_uid, channel: Channel::new(parent_end), reaped: false, outbound: Vec::new(), netns: None })
+        Ok(Sandbox { pid, host_uid, owner: host_uid, channel: ParentEnd::new(parent_end), reaped: false, outbound: Vec::new(), netns: None })
     }
 
     /// Poll the channel and the launcher's signals until init is gone.
