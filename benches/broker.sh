@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The broker against direct loopback and socat, and the relay with its uid check
-# against the relay without it, in one run (see src/bench.rs):
+# against the relay without it, in one run (see src/bench/mod.rs):
 #   sudo benches/broker.sh [BYTES] [PINGS] [LAUNCHES] [CONNECTIONS]     e.g. benches/broker.sh 2G 20000 20 5000
 set -euo pipefail
 cd "$(dirname "$0")/.."

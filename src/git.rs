@@ -166,9 +166,9 @@ fn recorded(base: &Path, id: &str) -> Result<(record::Opened, Option<record::Rec
 }
 
 /// The lease held while a sandbox runs on the worktree of `key`.
-pub fn lease(key: &str) -> Result<Option<crate::lease::Lease>, GitError> {
+pub fn lease(key: &str) -> Result<Option<crate::host::lease::Lease>, GitError> {
     let (_, p) = record::key_dir(key, true)?.ok_or_else(|| GitError::Missing(Path::new(record::STATE_DIR).join(key)))?;
-    crate::lease::Lease::try_acquire(&p.join("lease")).map_err(|e| GitError::Invalid { path: p, message: e.to_string() })
+    crate::host::lease::Lease::try_acquire(&p.join("lease")).map_err(|e| GitError::Invalid { path: p, message: e.to_string() })
 }
 
 /// `swarmcell worktree remove`: the worktree directory and its admin dir are
@@ -278,7 +278,7 @@ pub fn prune(base: &Path) -> Result<Vec<String>, GitError> {
 pub struct SandboxGit {
     pub record: record::Record,
     pub layer: layer::Layer,
-    pub lease: crate::lease::Lease,
+    pub lease: crate::host::lease::Lease,
 }
 
 impl std::fmt::Debug for SandboxGit {

@@ -1,48 +1,36 @@
 //! swarmcell: a hardened sandbox launcher for AI coding-agent servers.
 //!
-//! Module map, with the privilege boundary in the names:
+//! The layout follows the privilege boundary (see ARCHITECTURE.md):
+//! - `launch`: one sandbox's life: `launch::parent` (the launcher, host root),
+//!   `launch::init` (the sandbox's pid 1), `launch::payload` (fork → exec),
+//!   talking over `launch::channel`; `launch::events` to the supervisor;
+//! - `confine`: what closes the sandbox: namespaces, capabilities, fds,
+//!   Landlock and seccomp (compiled by the parent, applied by the child);
+//! - `fs`: the filesystem view (`host_binds` parent side, `rootfs` child
+//!   side) and `safe_open`, the only way root touches sandbox-writable trees;
+//! - `host`: host resources a sandbox leases or is bounded by (host side only):
+//!   uids, ports, lease files, cgroups, disk limits, config file checks;
+//! - `net`: the launcher's network services for a sandbox (host side): the
+//!   broker (relay and handoff), the uid check, outbound forwards and the
+//!   egress proxy, health checks;
+//! - `git`: worktree records, the private git layer, the publisher;
 //! - `policy`: the TOML policy, validated before anything is started;
-//! - `launch::parent` (host root) / `launch::init` (sandbox pid 1) /
-//!   `launch::payload` (fork → exec), talking over `launch::channel`;
-//! - `fs::host_binds` (parent) and `fs::rootfs` (child): the filesystem view;
-//! - `ns` (maps, namespace diagnostics), `caps`, `fds`, `uidalloc`;
-//! - `cgroups` (parent): the sandbox's cgroup, v2 or v1, limits, kill, gc;
-//! - `disk` (parent): disk and inode limits on the worktree (project quotas, or measuring);
-//! - `landlock` and `seccomp`: prepared before the fork, applied last in the payload;
-//! - `sys`: every raw system call.
+//! - `daemon`: the supervisor; `attest`: what auditors run (`verify`, its
+//!   in-sandbox probes, `inspect`); `bench`: benchmarks;
+//! - leaf helpers nothing depends back on: `sys` (raw system calls), `sanitize`,
+//!   `logging`.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod attest;
 pub mod bench;
-pub mod bench_daemon;
-pub mod broker;
-pub mod broker_stats;
-pub mod caps;
-pub mod cgroups;
-pub mod config_file;
+pub mod confine;
 pub mod daemon;
-pub mod disk;
-pub mod egress;
-pub mod fds;
 pub mod fs;
 pub mod git;
-pub mod handoff;
-pub mod health;
-pub mod http1;
-pub mod inspect;
-pub mod landlock;
+pub mod host;
 pub mod launch;
-pub mod lease;
 pub mod logging;
-pub mod ns;
-pub mod outbound;
+pub mod net;
 pub mod policy;
-pub mod ports;
-pub mod probe;
-pub mod probe_net;
 pub mod sanitize;
-pub mod seccomp;
-pub mod sock_diag;
 pub mod sys;
-pub mod uidalloc;
-pub mod verify;
-pub mod verify_probe;

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use swarmcell::host::uidalloc::UidRange;
 use swarmcell::launch::{self, parent, spec::LogConfig};
 use swarmcell::policy::{self, Policy};
-use swarmcell::uidalloc::UidRange;
 
 #[derive(Parser)]
 #[command(name = "swarmcell", version, about = "A hardened sandbox launcher for AI coding-agent servers")]
@@ -79,7 +79,7 @@ enum Command {
     Bench(BenchCommand),
     /// Remove the cgroups of sandboxes whose launcher is gone (also done at every start).
     Gc {
-        #[arg(long, default_value = swarmcell::lease::HOST_STATE_DIR)]
+        #[arg(long, default_value = swarmcell::host::lease::HOST_STATE_DIR)]
         state_dir: PathBuf,
         #[arg(long, default_value = "swarmcell")]
         cgroup_parent: String,
@@ -149,7 +149,7 @@ struct RunArgs {
     /// Where swarmcell keeps its leases of uids, ports and sandbox ids
     /// (root-only). Every launcher on a host must use the same one: launchers
     /// with different ones could hand two sandboxes the same host uid.
-    #[arg(long, default_value = swarmcell::lease::HOST_STATE_DIR)]
+    #[arg(long, default_value = swarmcell::host::lease::HOST_STATE_DIR)]
     state_dir: PathBuf,
     /// Skip the sweep of stale cgroups and leases at start (for a supervisor
     /// that sweeps itself, like the daemon).
@@ -348,23 +348,22 @@ fn main() -> ExitCode {
     let log = LogConfig { json: matches!(cli.log_format, LogFormat::Json), level: cli.log_level.clone() };
     let result = match cli.command {
         Command::Init { fd } => launch::init::main(fd),
-        Command::Probe { name, args } if name == "verify" => return ExitCode::from(swarmcell::verify_probe::main(&args)),
-        Command::Probe { name, args } => return ExitCode::from(swarmcell::probe::main(&name, &args)),
+        Command::Probe { name, args } if name == "verify" => return ExitCode::from(swarmcell::attest::verify_probe::main(&args)),
+        Command::Probe { name, args } => return ExitCode::from(swarmcell::attest::probe::main(&name, &args)),
         Command::Run(args) => run(*args, log),
         Command::Gc { state_dir, cgroup_parent } => gc(&state_dir, &cgroup_parent),
         Command::Worktree(cmd) => worktree(cmd),
         Command::Daemon { config, socket, state_dir } => daemon(config, socket, state_dir),
         Command::Ctl { socket, cmd } => ctl(&socket, cmd),
-        Command::Verify { policy, json } => {
-            swarmcell::verify::run(&swarmcell::verify::Options { policy, json }).map_err(|e| (format!("verify: {e}"), launch::EXIT_LAUNCHER_ERROR))
-        }
+        Command::Verify { policy, json } => swarmcell::attest::verify::run(&swarmcell::attest::verify::Options { policy, json })
+            .map_err(|e| (format!("verify: {e}"), launch::EXIT_LAUNCHER_ERROR)),
         Command::Inspect { target, json } => {
-            swarmcell::inspect::run(&target, json).map(|_| 0).map_err(|e| (format!("inspect: {e}"), launch::EXIT_LAUNCHER_ERROR))
+            swarmcell::attest::inspect::run(&target, json).map(|_| 0).map_err(|e| (format!("inspect: {e}"), launch::EXIT_LAUNCHER_ERROR))
         }
         Command::Bench(BenchCommand::Broker { bytes, pings, connections, launches }) => bench_broker(&bytes, pings, connections, launches),
         Command::Bench(BenchCommand::Egress { bytes }) => bench_egress(&bytes),
         Command::Bench(BenchCommand::Daemon { soak, scale }) => {
-            swarmcell::bench_daemon::run(soak, scale).map(|_| 0).map_err(|e| (e, launch::EXIT_LAUNCHER_ERROR))
+            swarmcell::bench::daemon::run(soak, scale).map(|_| 0).map_err(|e| (e, launch::EXIT_LAUNCHER_ERROR))
         }
         Command::Policy(PolicyCommand::Check { file }) => Policy::load(&file)
             .map(|_| {
@@ -410,7 +409,7 @@ fn run_checked(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
     let launcher = |m: String| (m, launch::EXIT_LAUNCHER_ERROR);
     // Before any thread exists: nothing inherited reaches a sandbox, and no
     // supplementary group (root's gid 0) is carried into one.
-    swarmcell::fds::cloexec_inherited().map_err(|e| launcher(e.to_string()))?;
+    swarmcell::confine::fds::cloexec_inherited().map_err(|e| launcher(e.to_string()))?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         swarmcell::sys::clear_groups().map_err(|e| launcher(e.to_string()))?;
@@ -428,14 +427,14 @@ fn run_checked(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
         inodes: args.inodes,
     })
     .map_err(launcher)?;
-    if !swarmcell::cgroups::valid_parent_name(&args.cgroup_parent) {
+    if !swarmcell::host::cgroups::valid_parent_name(&args.cgroup_parent) {
         return Err(launcher(format!("--cgroup-parent {:?}: one path component of letters, digits, '.', '_' or '-'", args.cgroup_parent)));
     }
     for p in args.ro.iter().chain(&args.rw) {
         policy::check_sandbox_path(p).map_err(|m| launcher(format!("--ro/--rw {}: {m}", p.display())))?;
     }
     let uid_range = UidRange::parse(&args.uid_range).map_err(|e| launcher(e.to_string()))?;
-    let port_range = swarmcell::ports::PortRange::parse(&args.port_range).map_err(|e| launcher(e.to_string()))?;
+    let port_range = swarmcell::host::ports::PortRange::parse(&args.port_range).map_err(|e| launcher(e.to_string()))?;
     let port = match args.port.as_deref() {
         None => parent::PortChoice::None,
         Some("auto") => match args.prefer_port {
@@ -459,7 +458,7 @@ fn run_checked(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
         other => return Err(launcher(format!("--broker {other:?}: expected handoff or relay"))),
     };
     for h in &args.allow_hosts {
-        swarmcell::egress::check_entry(h).map_err(|m| launcher(format!("--allow-host {m}")))?;
+        swarmcell::net::egress::check_entry(h).map_err(|m| launcher(format!("--allow-host {m}")))?;
     }
     if let Some(p) = args.forwards.iter().find(|p| **p == 0 || **p == policy.network.inner_port || **p == policy.network.proxy_port) {
         return Err(launcher(format!("--forward {p}: must be a port other than the inner port and the proxy port")));
@@ -511,11 +510,11 @@ fn run_checked(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
 
 fn gc(state_dir: &std::path::Path, parent: &str) -> Result<u8, (String, u8)> {
     let launcher = |m: String| (m, launch::EXIT_LAUNCHER_ERROR);
-    if !swarmcell::cgroups::valid_parent_name(parent) {
+    if !swarmcell::host::cgroups::valid_parent_name(parent) {
         return Err(launcher(format!("--cgroup-parent {parent:?}: one path component of letters, digits, '.', '_' or '-'")));
     }
-    let layout = swarmcell::cgroups::Layout::detect().map_err(|e| launcher(e.to_string()))?;
-    let removed = swarmcell::cgroups::gc(&layout, parent, state_dir).map_err(|e| launcher(e.to_string()))?;
+    let layout = swarmcell::host::cgroups::Layout::detect().map_err(|e| launcher(e.to_string()))?;
+    let removed = swarmcell::host::cgroups::gc(&layout, parent, state_dir).map_err(|e| launcher(e.to_string()))?;
     for id in &removed {
         println!("removed stale cgroup of {id}");
     }
@@ -580,7 +579,7 @@ fn bench_egress(bytes: &str) -> Result<u8, (String, u8)> {
 fn daemon(config: Option<PathBuf>, socket: Option<PathBuf>, state_dir: Option<PathBuf>) -> Result<u8, (String, u8)> {
     use swarmcell::daemon::{Daemon, config::Config};
     let launcher = |m: String| (m, launch::EXIT_LAUNCHER_ERROR);
-    swarmcell::fds::cloexec_inherited().map_err(|e| launcher(e.to_string()))?;
+    swarmcell::confine::fds::cloexec_inherited().map_err(|e| launcher(e.to_string()))?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(launcher("swarmcell daemon must run as root".into()));

@@ -325,15 +325,15 @@ done
     }
 }
 
-const TAG_PROJECT: u32 = swarmcell::disk::PROJECT_BASE + 7;
+const TAG_PROJECT: u32 = swarmcell::host::disk::PROJECT_BASE + 7;
 
 /// Run by the test above, inside its mount namespace.
 #[test]
 #[ignore = "run by the_tagging_walk_tags_every_file_and_directory_and_follows_nothing inside its mount namespace"]
 fn tag_walk_inner() {
     let dir = PathBuf::from(std::env::var_os("SWARMCELL_TAG_DIR").expect("SWARMCELL_TAG_DIR"));
-    let root = swarmcell::disk::walk::open_root(&dir).unwrap();
-    let n = swarmcell::disk::tag_tree(&root, &dir, TAG_PROJECT, 1000).unwrap();
+    let root = swarmcell::host::disk::walk::open_root(&dir).unwrap();
+    let n = swarmcell::host::disk::tag_tree(&root, &dir, TAG_PROJECT, 1000).unwrap();
     assert_eq!(n, 9, "a a/b a/b/c a/b/c/f g a/hard a/link dirlink fifo");
 }
 

@@ -130,7 +130,7 @@ fn the_health_check_sends_the_secret_and_the_ready_line_returns_it() {
 fn get_as_root(port: u16, secret: Option<&str>) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let auth = secret.map(|p| format!("Authorization: {}\r\n", swarmcell::health::basic_auth("opencode", p))).unwrap_or_default();
+    let auth = secret.map(|p| format!("Authorization: {}\r\n", swarmcell::net::health::basic_auth("opencode", p))).unwrap_or_default();
     write!(s, "GET / HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n").unwrap();
     let mut r = String::new();
     s.read_to_string(&mut r).unwrap();

@@ -46,7 +46,7 @@ fn http_auth(port: u16, secret: Option<&str>, method: &str, path_and_query: &str
             _ => client.get(url),
         };
         if let Some(secret) = secret {
-            req = req.header("authorization", swarmcell::health::basic_auth("opencode", secret));
+            req = req.header("authorization", swarmcell::net::health::basic_auth("opencode", secret));
         }
         let resp = req.send().await.unwrap_or_else(|e| panic!("{method} {path_and_query}: {e}"));
         let status = resp.status().as_u16();

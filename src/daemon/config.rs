@@ -1,5 +1,5 @@
 //! The daemon's configuration: TOML, strictly parsed, read through
-//! [`crate::config_file`] (regular file, 0640 or stricter, owned by root or the
+//! [`crate::host::config_file`] (regular file, 0640 or stricter, owned by root or the
 //! service's own uid).
 
 use std::path::{Path, PathBuf};
@@ -92,7 +92,7 @@ impl Default for Config {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, String> {
-        let text = crate::config_file::read(path).map_err(|r| format!("config {}: {r}", path.display()))?;
+        let text = crate::host::config_file::read(path).map_err(|r| format!("config {}: {r}", path.display()))?;
         let c: Config = toml::from_str(&text).map_err(|e| format!("config {}: {}", path.display(), e.message().trim()))?;
         c.validate().map_err(|m| format!("config {}: {m}", path.display()))?;
         Ok(c)

@@ -177,8 +177,8 @@ impl Daemon {
             }
             Request::Inspect { id } => {
                 let pid = self.sandboxes.get(&id).filter(|e| e.state == State::Running).and_then(|e| e.info["pid"].as_i64());
-                let v = match pid.map(|p| crate::inspect::find(&p.to_string())) {
-                    Some(Ok((init, payload))) => json!({ "ok": true, "inspect": crate::inspect::report(init, payload) }),
+                let v = match pid.map(|p| crate::attest::inspect::find(&p.to_string())) {
+                    Some(Ok((init, payload))) => json!({ "ok": true, "inspect": crate::attest::inspect::report(init, payload) }),
                     Some(Err(e)) => json!({ "ok": false, "error": e }),
                     None => json!({ "ok": false, "error": format!("no running sandbox {id}") }),
                 };

@@ -1,4 +1,4 @@
-//! One health check (the checker of [`crate::health`]) as a state machine for
+//! One health check (the checker of [`crate::net::health`]) as a state machine for
 //! the daemon's poll loop: a non-blocking socket created inside the sandbox's
 //! network namespace (the loop's thread enters it for the `socket` call only),
 //! connecting to the payload's inner port there; the request goes out, the
@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::poller::{IN, OUT, Poller, Watched};
-use crate::broker::Netns;
-use crate::health::{Exchange, Outcome};
+use crate::net::broker::Netns;
+use crate::net::health::{Exchange, Outcome};
 
 /// How long one check may take.
-pub const TIMEOUT: Duration = crate::health::PER_REQUEST_TIMEOUT;
+pub const TIMEOUT: Duration = crate::net::health::PER_REQUEST_TIMEOUT;
 
 pub struct Probe {
     stream: Watched<TcpStream>,
@@ -66,7 +66,7 @@ mod tests {
     fn check(port: u16) -> Option<bool> {
         let poller = Poller::new().unwrap();
         // (Refused at once or when the connection completes: both are a failure.)
-        Probe::start(&poller, 1, None, port, crate::health::request("/h", port, None)).map_or(Some(false), |mut p| run(&poller, &mut p))
+        Probe::start(&poller, 1, None, port, crate::net::health::request("/h", port, None)).map_or(Some(false), |mut p| run(&poller, &mut p))
     }
 
     fn server(reply: &'static [u8]) -> u16 {

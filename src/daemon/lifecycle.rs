@@ -23,7 +23,7 @@ impl Daemon {
             (None, Some(_)) => rec.secret = None,
             _ => {}
         }
-        let (broker, broker_fd) = crate::broker_stats::SharedCounters::create().map_err(|e| format!("broker counters: {e}"))?;
+        let (broker, broker_fd) = crate::net::broker_stats::SharedCounters::create().map_err(|e| format!("broker counters: {e}"))?;
         let key = self.conn_id();
         let log =
             LogSink::new(&self.poller, token(LOG, key), self.cfg.log_dir.join(format!("{}.log", rec.id)), self.cfg.log_max.0.unwrap_or(u64::MAX))
@@ -53,7 +53,7 @@ impl Daemon {
         let health = HealthSpec {
             interval: policy.health.interval.0,
             failures: policy.health.failures,
-            request: crate::health::request(&policy.health.path, inner_port, auth),
+            request: crate::net::health::request(&policy.health.path, inner_port, auth),
             inner_port,
             start_deadline: policy.health.timeout.0 + START_MARGIN,
         };
@@ -588,7 +588,7 @@ pub(super) fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<
 /// The network namespace of a sandbox whose init is `init`, checked to be the
 /// child of our launcher `launcher` (not yet reaped by us, so its pid is its
 /// own) and still alive after the open, so that a recycled pid is never entered.
-fn sandbox_netns(init: i32, launcher: i32) -> Result<crate::broker::Netns, String> {
+fn sandbox_netns(init: i32, launcher: i32) -> Result<crate::net::broker::Netns, String> {
     // SAFETY: pidfd_open(2) with a pid and no flags; the result is a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, init, 0) };
     if fd < 0 {
@@ -600,7 +600,7 @@ fn sandbox_netns(init: i32, launcher: i32) -> Result<crate::broker::Netns, Strin
     if ppid != Some(launcher) {
         return Err(format!("pid {init} is not the sandbox init of launcher {launcher}"));
     }
-    let ns = crate::broker::Netns::of_pid(init).map_err(|e| format!("/proc/{init}/ns/net: {e}"))?;
+    let ns = crate::net::broker::Netns::of_pid(init).map_err(|e| format!("/proc/{init}/ns/net: {e}"))?;
     let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd; a pidfd is readable once its process has exited.
     if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {

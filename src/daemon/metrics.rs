@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use crate::broker_stats::Counters as BrokerCounters;
+use crate::net::broker_stats::Counters as BrokerCounters;
 
 /// Launch-to-healthy latency buckets (seconds).
 pub const LATENCY_BUCKETS: [f64; 8] = [0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0];

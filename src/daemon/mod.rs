@@ -104,7 +104,7 @@ struct Entry {
     /// Why the current launcher failed, as it reported on its events channel.
     start_error: Option<String>,
     /// The sandbox's network namespace while it runs (health checks are made there).
-    netns: Option<crate::broker::Netns>,
+    netns: Option<crate::net::broker::Netns>,
     /// The client waiting for this launch or stop.
     waiting: Option<u64>,
     info: Value,
@@ -124,7 +124,7 @@ struct Entry {
     stop_deadline: Option<Instant>,
     stop_by: Option<u32>,
     /// The broker's counters, shared with every launcher of this sandbox.
-    broker: crate::broker_stats::SharedCounters,
+    broker: crate::net::broker_stats::SharedCounters,
     broker_fd: OwnedFd,
 }
 
@@ -190,7 +190,7 @@ pub struct Daemon {
     /// The config's `policy` (or the built-in one), for launches that name none.
     default_policy: crate::policy::Policy,
     /// Held while the daemon runs: one daemon per state directory.
-    _instance: crate::lease::Lease,
+    _instance: crate::host::lease::Lease,
     /// A SIGCHLD came: look for launchers that exited (only then, so that a
     /// wake-up costs no syscall per sandbox).
     reap_due: bool,
@@ -199,7 +199,7 @@ pub struct Daemon {
     stale_due: bool,
     /// The daemon's own network namespace, to come back to after creating a
     /// health check's socket in a sandbox's.
-    home_netns: crate::broker::Netns,
+    home_netns: crate::net::broker::Netns,
 }
 
 impl Daemon {
@@ -209,14 +209,14 @@ impl Daemon {
             Some(p) => crate::policy::Policy::load(p).map_err(|e| e.to_string())?,
             None => crate::policy::Policy::builtin(),
         };
-        crate::lease::ensure_private_dir(&cfg.state_dir).map_err(|e| e.to_string())?;
-        let instance = crate::lease::Lease::try_acquire(&cfg.state_dir.join("daemon.lock"))
+        crate::host::lease::ensure_private_dir(&cfg.state_dir).map_err(|e| e.to_string())?;
+        let instance = crate::host::lease::Lease::try_acquire(&cfg.state_dir.join("daemon.lock"))
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("another swarmcell daemon uses the state directory {}", cfg.state_dir.display()))?;
-        crate::lease::ensure_private_dir(&cfg.log_dir).map_err(|e| e.to_string())?;
+        crate::host::lease::ensure_private_dir(&cfg.log_dir).map_err(|e| e.to_string())?;
         let mut audit = Audit::open(&cfg.audit_log)?;
         let poller = Poller::new().map_err(|e| format!("epoll: {e}"))?;
-        let home_netns = crate::broker::Netns::current().map_err(|e| format!("the daemon's network namespace: {e}"))?;
+        let home_netns = crate::net::broker::Netns::current().map_err(|e| format!("the daemon's network namespace: {e}"))?;
         let listener = bind_control_socket(&cfg)?;
         let metrics = if cfg.metrics.is_empty() {
             None
@@ -297,8 +297,8 @@ impl Daemon {
     /// Remove the cgroups and leases of sandboxes whose launcher is gone.
     fn sweep_stale(&mut self) {
         self.stale_due = false;
-        let Ok(layout) = crate::cgroups::Layout::detect() else { return };
-        match crate::cgroups::gc(&layout, "swarmcell", Path::new(crate::lease::HOST_STATE_DIR)) {
+        let Ok(layout) = crate::host::cgroups::Layout::detect() else { return };
+        match crate::host::cgroups::gc(&layout, "swarmcell", Path::new(crate::host::lease::HOST_STATE_DIR)) {
             Ok(ids) if !ids.is_empty() => self.audit.event("stale_cleanup", json!({ "removed": ids, "outcome": "removed" })),
             Ok(_) => {}
             Err(e) => self.audit.event("stale_cleanup", json!({ "outcome": "failed", "error": e.to_string() })),

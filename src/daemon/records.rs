@@ -87,7 +87,7 @@ pub fn dir(state_dir: &Path) -> PathBuf {
 /// Write (or replace) a record.
 pub fn save(state_dir: &Path, r: &Record) -> Result<(), String> {
     let dir = dir(state_dir);
-    crate::lease::ensure_private_dir(&dir).map_err(|e| e.to_string())?;
+    crate::host::lease::ensure_private_dir(&dir).map_err(|e| e.to_string())?;
     let path = dir.join(format!("{}.json", r.id));
     let tmp = dir.join(format!(".{}.json.tmp", r.id));
     let text = serde_json::to_vec(r).map_err(|e| e.to_string())?;

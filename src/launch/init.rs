@@ -45,7 +45,7 @@ impl<E: std::fmt::Display> From<E> for Failure {
 pub fn main(channel_fd: RawFd) -> ! {
     sys::reset_signal_dispositions();
     let _ = sys::set_sigmask(libc::SIG_SETMASK, &sys::sigset(&[]));
-    if !sys::fd_is_open(channel_fd) || crate::fds::close_all_except(channel_fd).is_err() || sys::set_cloexec(channel_fd, true).is_err() {
+    if !sys::fd_is_open(channel_fd) || crate::confine::fds::close_all_except(channel_fd).is_err() || sys::set_cloexec(channel_fd, true).is_err() {
         eprintln!("swarmcell __init: invalid channel fd {channel_fd}; this mode is started by `swarmcell run` only");
         std::process::exit(super::EXIT_LAUNCHER_ERROR.into());
     }
@@ -107,8 +107,8 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStat
     // Socket handoff: the payload sends its accept-notification listener here.
     let notify_pair = if spec.handoff { Some(sys::socketpair_seqpacket()?) } else { None };
     prepared.notify_sock = notify_pair.as_ref().map(|(_, child)| child.as_raw_fd());
-    let landlock = crate::landlock::prepare(&spec.landlock)?;
-    tracing::debug!(abi = crate::landlock::kernel_abi(), mode = ?spec.landlock.mode, seccomp_programs = prepared.seccomp.len(), "init: filters prepared");
+    let landlock = crate::confine::landlock::prepare(&spec.landlock)?;
+    tracing::debug!(abi = crate::confine::landlock::kernel_abi(), mode = ?spec.landlock.mode, seccomp_programs = prepared.seccomp.len(), "init: filters prepared");
     let watched: Vec<libc::c_int> = FORWARDED.iter().copied().chain([libc::SIGCHLD]).collect();
     let mask = sys::sigset(&watched);
     sys::set_sigmask(libc::SIG_BLOCK, &mask)?;
@@ -145,8 +145,8 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStat
     }
 
     // init keeps no privilege: it only reaps and signals processes of its own uid.
-    crate::caps::set_no_new_privs()?;
-    crate::caps::drop_all(prepared.last_cap)?;
+    crate::confine::caps::set_no_new_privs()?;
+    crate::confine::caps::drop_all(prepared.last_cap)?;
     sys::prctl(libc::PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")?;
     let _ = chan.send_running(notify.as_ref().map(|f| f.as_raw_fd()));
     drop(notify);
@@ -207,7 +207,7 @@ fn prepare_exec(spec: &InitSpec) -> Result<PreparedExec, Failure> {
         .map(|(k, v)| CString::new(format!("{k}={v}")).map_err(|_| Failure::Setup(format!("variable {k} contains a NUL byte"))))
         .collect::<Result<_, _>>()?;
     let seccomp = super::spec::decode_bpf(&spec.seccomp);
-    Ok(PreparedExec::new(sys::cstring(&path)?, argv, envp, sys::cstring(&spec.cwd)?, crate::caps::last_cap(), seccomp))
+    Ok(PreparedExec::new(sys::cstring(&path)?, argv, envp, sys::cstring(&spec.cwd)?, crate::confine::caps::last_cap(), seccomp))
 }
 
 /// EOF means the exec succeeded (the pipe was close-on-exec).

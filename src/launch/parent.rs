@@ -16,11 +16,11 @@ use std::path::{Path, PathBuf};
 
 use super::channel::{ChannelError, FromInit, ParentEnd};
 use super::spec::{InitSpec, LogConfig, PayloadStatus};
+use crate::confine::ns::user::{IdMap, MapError};
 use crate::fs::host_binds::{Access, BindError, PreparedMounts};
-use crate::ns::user::{IdMap, MapError};
+use crate::host::uidalloc::{self, UidAllocError, UidRange};
 use crate::policy::Policy;
 use crate::sys::{self, Errno, SysError};
-use crate::uidalloc::{self, UidAllocError, UidRange};
 
 /// Inside the sandbox, HOME is private and empty (on the sandbox's /tmp).
 pub const SANDBOX_HOME: &str = "/tmp/home";
@@ -52,7 +52,7 @@ pub struct RunRequest {
     pub cgroup_parent: String,
     /// Host port for the broker: none, the next free one of the range, or a given one.
     pub port: PortChoice,
-    pub port_range: crate::ports::PortRange,
+    pub port_range: crate::host::ports::PortRange,
     /// How readiness is decided when there is a port.
     pub health: HealthMode,
     /// Overall health deadline (default: the policy's).
@@ -87,9 +87,9 @@ impl RunRequest {
         f
     }
 
-    fn egress_rules(&self) -> crate::egress::Rules {
+    fn egress_rules(&self) -> crate::net::egress::Rules {
         let n = &self.policy.network;
-        crate::egress::Rules {
+        crate::net::egress::Rules {
             hosts: n.egress_allow.iter().chain(&self.extra_allow_hosts).cloned().collect(),
             addresses: n.egress_allow_addresses.iter().filter_map(|a| a.parse().ok()).chain(self.extra_allow_addresses.iter().copied()).collect(),
             resolve: self.resolve.clone(),
@@ -100,7 +100,7 @@ impl RunRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BrokerMode {
     /// The default: the launcher accepts, checks the client's uid, and hands
-    /// each admitted connection to the payload's accept (see crate::handoff):
+    /// each admitted connection to the payload's accept (see crate::net::handoff):
     /// native speed, and the socket reaches only its client. The relay takes
     /// over when the handoff cannot be set up.
     Handoff,
@@ -135,13 +135,13 @@ pub enum RunError {
     #[error(transparent)]
     Uid(#[from] UidAllocError),
     #[error(transparent)]
-    Cgroup(#[from] crate::cgroups::CgroupError),
+    Cgroup(#[from] crate::host::cgroups::CgroupError),
     #[error(transparent)]
-    Lease(#[from] crate::lease::LeaseError),
+    Lease(#[from] crate::host::lease::LeaseError),
     #[error(transparent)]
-    Port(#[from] crate::ports::PortError),
+    Port(#[from] crate::host::ports::PortError),
     #[error("sandbox {id}: {source}")]
-    Health { id: String, source: crate::health::HealthError },
+    Health { id: String, source: crate::net::health::HealthError },
     #[error(transparent)]
     Map(#[from] MapError),
     #[error("cannot create the sandbox namespaces: {0}")]
@@ -299,7 +299,7 @@ fn read_secret(fd: RawFd) -> Result<String, RunError> {
 }
 
 /// Landlock rules in sandbox paths: what the mounts show, minus `mount_only`.
-fn landlock_spec(req: &RunRequest, wt: &Worktree) -> crate::landlock::LandlockSpec {
+fn landlock_spec(req: &RunRequest, wt: &Worktree) -> crate::confine::landlock::LandlockSpec {
     let mut spec = req.policy.landlock_rules(&wt.path, &req.extra_ro, &req.extra_rw);
     if let Some(git) = &wt.git {
         spec.read_exec.push(crate::git::layer::SANDBOX_OBJECTS.into());
@@ -322,8 +322,8 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     }
     let ready = take_ready_fd(req.ready_fd)?;
     let broker_stats = match req.stats_fd {
-        Some(fd) => crate::broker_stats::SharedCounters::adopt(fd),
-        None => crate::broker_stats::SharedCounters::private(),
+        Some(fd) => crate::net::broker_stats::SharedCounters::adopt(fd),
+        None => crate::net::broker_stats::SharedCounters::private(),
     }
     .map_err(|e| RunError::Invalid(e.to_string()))?;
     let wt = resolve_worktree(&req.worktree, &req.repos)?;
@@ -337,11 +337,11 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     };
     let host_port = match req.port {
         PortChoice::None => None,
-        PortChoice::Auto => Some(crate::ports::allocate(&req.state_dir, req.port_range)?),
-        PortChoice::Prefer(p) => {
-            Some(crate::ports::take(&req.state_dir, req.port_range, p).or_else(|_| crate::ports::allocate(&req.state_dir, req.port_range))?)
-        }
-        PortChoice::Fixed(p) => Some(crate::ports::take(&req.state_dir, req.port_range, p)?),
+        PortChoice::Auto => Some(crate::host::ports::allocate(&req.state_dir, req.port_range)?),
+        PortChoice::Prefer(p) => Some(
+            crate::host::ports::take(&req.state_dir, req.port_range, p).or_else(|_| crate::host::ports::allocate(&req.state_dir, req.port_range))?,
+        ),
+        PortChoice::Fixed(p) => Some(crate::host::ports::take(&req.state_dir, req.port_range, p)?),
     };
     let env = environment(&req.policy, &id, host_port.as_ref().map(|p| p.port), secret.as_deref());
     // `{port}` in the arguments is the port the payload listens on inside.
@@ -351,19 +351,20 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     if args_bytes > MAX_ARGS_BYTES {
         return invalid(format!("arguments and environment are {args_bytes} bytes, more than {MAX_ARGS_BYTES}"));
     }
-    if let Some(missing) = crate::landlock::check_host(req.policy.landlock).map_err(|e| RunError::Invalid(e.to_string()))? {
+    if let Some(missing) = crate::confine::landlock::check_host(req.policy.landlock).map_err(|e| RunError::Invalid(e.to_string()))? {
         tracing::warn!("{missing}");
     }
-    let seccomp = crate::seccomp::compile(&req.policy.seccomp.deny).map_err(|e| RunError::Invalid(e.to_string()))?;
+    let seccomp = crate::confine::seccomp::compile(&req.policy.seccomp.deny).map_err(|e| RunError::Invalid(e.to_string()))?;
     // Before anything else is made: a limit that cannot be had is refused here.
-    let mut disk = crate::disk::prepare(&wt.path, &req.policy.disk_limits(), &req.state_dir, &id).map_err(|e| RunError::Invalid(e.to_string()))?;
+    let mut disk =
+        crate::host::disk::prepare(&wt.path, &req.policy.disk_limits(), &req.state_dir, &id).map_err(|e| RunError::Invalid(e.to_string()))?;
     // What the sandbox writes into its private git layer counts too.
     if let Some(git) = &wt.git {
         disk.add_tree(&git.layer.path).map_err(|e| RunError::Invalid(e.to_string()))?;
     }
-    let layout = crate::cgroups::Layout::detect()?;
+    let layout = crate::host::cgroups::Layout::detect()?;
     if req.gc {
-        match crate::cgroups::gc(&layout, &req.cgroup_parent, &req.state_dir) {
+        match crate::host::cgroups::gc(&layout, &req.cgroup_parent, &req.state_dir) {
             Ok(ids) if !ids.is_empty() => tracing::info!(removed = ?ids, "removed stale sandbox cgroups"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not remove stale sandbox cgroups"),
@@ -371,9 +372,9 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     }
     let lease = uidalloc::allocate(&req.state_dir, req.uid_range, super::random_u32())?;
     // Held for the sandbox's life: `gc` leaves the cgroup of a held id alone.
-    let sandbox_lease = crate::lease::acquire_fresh(&req.state_dir.join("sandboxes").join(format!("{id}.lock")))?
+    let sandbox_lease = crate::host::lease::acquire_fresh(&req.state_dir.join("sandboxes").join(format!("{id}.lock")))?
         .ok_or_else(|| RunError::Setup(format!("sandbox id {id} is already in use")))?;
-    let mut cgroup = crate::cgroups::create(&layout, &req.cgroup_parent, &id, &req.policy.cgroup_limits())?;
+    let mut cgroup = crate::host::cgroups::create(&layout, &req.cgroup_parent, &id, &req.policy.cgroup_limits())?;
     let spec = InitSpec {
         id: id.clone(),
         uid,
@@ -387,7 +388,7 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         env,
         stop_timeout_ms: req.stop_timeout.as_millis() as u64,
         // Without kernel support no filter is loaded, and `on_running` relays.
-        handoff: host_port.is_some() && req.broker == BrokerMode::Handoff && crate::handoff::supported(),
+        handoff: host_port.is_some() && req.broker == BrokerMode::Handoff && crate::net::handoff::supported(),
         log: req.log.clone(),
         landlock: landlock_spec(req, &wt),
         seccomp: super::spec::encode_bpf(&seccomp),
@@ -414,8 +415,8 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     // Who may connect: root, the worktree's owner (and --uid), and --allow-uid.
     let mut allowed = vec![0, wt.uid];
     allowed.extend(req.uid.iter().chain(&req.allow_uids));
-    let ingress = host_port.as_ref().filter(|_| !req.allow_any_uid).map(|p| crate::broker::Ingress { allowed: allowed.into(), port: p.port });
-    let health_request = crate::health::request(
+    let ingress = host_port.as_ref().filter(|_| !req.allow_any_uid).map(|p| crate::net::broker::Ingress { allowed: allowed.into(), port: p.port });
+    let health_request = crate::net::health::request(
         &req.policy.health.path,
         req.policy.network.inner_port,
         secret.as_deref().map(|s| (req.policy.health.auth_user.as_str(), s)),
@@ -451,28 +452,28 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
 struct Network<'a> {
     req: &'a RunRequest,
     id: String,
-    lease: Option<&'a crate::ports::PortLease>,
-    netns: Option<crate::broker::Netns>,
-    relay: Option<crate::broker::Broker>,
+    lease: Option<&'a crate::host::ports::PortLease>,
+    netns: Option<crate::net::broker::Netns>,
+    relay: Option<crate::net::broker::Broker>,
     /// The inbound broker's counters (a handoff counts connections, not bytes:
     /// it has no data path).
-    relay_stats: std::sync::Arc<crate::broker_stats::SharedCounters>,
-    handoff: Option<crate::handoff::Handoff>,
+    relay_stats: std::sync::Arc<crate::net::broker_stats::SharedCounters>,
+    handoff: Option<crate::net::handoff::Handoff>,
     /// The outbound forwards and the egress proxy, on one bounded event loop.
-    outbound: Option<crate::outbound::OutboundLoop>,
+    outbound: Option<crate::net::outbound::OutboundLoop>,
     health: Option<HealthWatch>,
     /// Who may connect to the host port (None: anyone, `--allow-any-uid`).
-    ingress: Option<crate::broker::Ingress>,
+    ingress: Option<crate::net::broker::Ingress>,
 }
 
 impl<'a> Network<'a> {
     fn start(
         req: &'a RunRequest,
         id: &str,
-        lease: Option<&'a crate::ports::PortLease>,
+        lease: Option<&'a crate::host::ports::PortLease>,
         sandbox: &mut Sandbox,
-        relay_stats: std::sync::Arc<crate::broker_stats::SharedCounters>,
-        ingress: Option<crate::broker::Ingress>,
+        relay_stats: std::sync::Arc<crate::net::broker_stats::SharedCounters>,
+        ingress: Option<crate::net::broker::Ingress>,
         health_request: std::sync::Arc<[u8]>,
     ) -> Result<Network<'a>, RunError> {
         let inner = req.policy.network.inner_port;
@@ -497,9 +498,9 @@ impl<'a> Network<'a> {
         }
         if !forwards.is_empty() || proxy.is_some() {
             // The payload's upstream sockets are its owner's, never root's.
-            let settings = crate::outbound::Settings { connect_as: sandbox.owner, ..crate::outbound::Settings::of(&req.policy.network) };
+            let settings = crate::net::outbound::Settings { connect_as: sandbox.owner, ..crate::net::outbound::Settings::of(&req.policy.network) };
             net.outbound = Some(
-                crate::outbound::OutboundLoop::start(id, forwards, proxy, settings)
+                crate::net::outbound::OutboundLoop::start(id, forwards, proxy, settings)
                     .map_err(|e| RunError::Setup(format!("outbound forwards and egress proxy: {e}")))?,
             );
         }
@@ -510,8 +511,8 @@ impl<'a> Network<'a> {
             // Always inside the sandbox's namespace, never through the host's
             // (with a handoff, too: the payload listens there itself).
             let check = match req.health {
-                HealthMode::Http => crate::health::Check::Http { netns: Some(ns.clone()), port: inner, request: health_request },
-                HealthMode::Tcp => crate::health::Check::Tcp { netns: Some(ns.clone()), port: inner },
+                HealthMode::Http => crate::net::health::Check::Http { netns: Some(ns.clone()), port: inner, request: health_request },
+                HealthMode::Tcp => crate::net::health::Check::Tcp { netns: Some(ns.clone()), port: inner },
             };
             net.health = Some(HealthWatch::start(check, req.health_timeout.unwrap_or(req.policy.health.timeout.0))?);
         }
@@ -528,8 +529,8 @@ impl<'a> Network<'a> {
         let inner = self.req.policy.network.inner_port;
         let started = notify.ok_or_else(|| "no accept-notification listener from the sandbox".to_string()).and_then(|n| {
             let listener = lease.listener.try_clone().map_err(|e| e.to_string())?;
-            let cfg = crate::handoff::Config { inner, ingress: self.ingress.clone(), max_pending: self.req.max_connections };
-            crate::handoff::Handoff::start(n, listener, ns.clone(), cfg, self.relay_stats.clone()).map_err(|e| e.to_string())
+            let cfg = crate::net::handoff::Config { inner, ingress: self.ingress.clone(), max_pending: self.req.max_connections };
+            crate::net::handoff::Handoff::start(n, listener, ns.clone(), cfg, self.relay_stats.clone()).map_err(|e| e.to_string())
         });
         match started {
             Ok(h) => self.handoff = Some(h),
@@ -551,15 +552,22 @@ impl<'a> Network<'a> {
 
 fn start_relay(
     req: &RunRequest,
-    lease: &crate::ports::PortLease,
-    ns: &crate::broker::Netns,
-    stats: &std::sync::Arc<crate::broker_stats::SharedCounters>,
-    ingress: Option<crate::broker::Ingress>,
-) -> Result<crate::broker::Broker, RunError> {
+    lease: &crate::host::ports::PortLease,
+    ns: &crate::net::broker::Netns,
+    stats: &std::sync::Arc<crate::net::broker_stats::SharedCounters>,
+    ingress: Option<crate::net::broker::Ingress>,
+) -> Result<crate::net::broker::Broker, RunError> {
     let listener = lease.listener.try_clone().map_err(|e| RunError::Setup(format!("broker listener: {e}")))?;
     let (inner, idle) = (req.policy.network.inner_port, req.policy.network.idle_timeout.0);
-    crate::broker::Broker::start_checked(listener, crate::broker::Dest::Inside(ns.clone(), inner), req.max_connections, stats.clone(), idle, ingress)
-        .map_err(|e| RunError::Setup(format!("starting the broker: {e}")))
+    crate::net::broker::Broker::start_checked(
+        listener,
+        crate::net::broker::Dest::Inside(ns.clone(), inner),
+        req.max_connections,
+        stats.clone(),
+        idle,
+        ingress,
+    )
+    .map_err(|e| RunError::Setup(format!("starting the broker: {e}")))
 }
 
 /// `start` with idmapping reports this when the filesystem cannot idmap.
@@ -589,7 +597,7 @@ fn start(
     mut spec: InitSpec,
     map: IdMap,
     idmap: bool,
-    cgroup: &crate::cgroups::SandboxCgroup,
+    cgroup: &crate::host::cgroups::SandboxCgroup,
 ) -> Result<Sandbox, Fallback> {
     // Clone first: the child's exec of `swarmcell __init` then overlaps with the
     // host-side mount preparation below (it waits for the spec anyway).
@@ -604,7 +612,7 @@ fn start(
     // Outbound: listeners inside the sandbox's network namespace, made by the
     // launcher before the payload exists (its first connection just queues).
     let mut sandbox = sandbox;
-    let ns = crate::broker::Netns::of_pid(sandbox.pid).map_err(|e| RunError::Setup(format!("opening the sandbox's network namespace: {e}")))?;
+    let ns = crate::net::broker::Netns::of_pid(sandbox.pid).map_err(|e| RunError::Setup(format!("opening the sandbox's network namespace: {e}")))?;
     sandbox.netns = Some(ns.clone());
     let forwards = req.forwards();
     let kinds: Vec<Outbound> = forwards.iter().map(|p| Outbound::Forward(*p)).chain([Outbound::Proxy]).collect();
@@ -730,7 +738,7 @@ struct Sandbox {
     /// Listeners inside the sandbox for outbound traffic, served once it runs.
     outbound: Vec<(Outbound, std::net::TcpListener)>,
     /// The sandbox's network namespace (for the broker and health checks).
-    netns: Option<crate::broker::Netns>,
+    netns: Option<crate::net::broker::Netns>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -746,7 +754,7 @@ impl Sandbox {
         let fd_arg = CString::new(child_fd.to_string()).map_err(|_| RunError::Setup("fd argument".into()))?;
         let argv = [c"swarmcell".as_ptr(), c"__init".as_ptr(), fd_arg.as_ptr(), std::ptr::null()];
         let envp = [std::ptr::null::<libc::c_char>()];
-        let pid = match sys::clone_fork(crate::ns::CLONE_FLAGS) {
+        let pid = match sys::clone_fork(crate::confine::ns::CLONE_FLAGS) {
             Ok(0) => {
                 // Child, in the new namespaces. Only async-signal-safe calls until
                 // exec: the launcher may be multi-threaded. Our capabilities (over
@@ -766,7 +774,7 @@ impl Sandbox {
             }
             Ok(pid) => pid,
             Err(e) => {
-                return Err(RunError::Namespaces(crate::ns::diagnose_clone_failure(e.errno)));
+                return Err(RunError::Namespaces(crate::confine::ns::diagnose_clone_failure(e.errno)));
             }
         };
         drop(child_end);
@@ -850,7 +858,7 @@ impl Sandbox {
                             write_ready(fd, info, self.pid);
                         }
                     }
-                    Some(Err(e)) if !matches!(e, crate::health::HealthError::Cancelled) && status.is_none() && failure.is_none() => {
+                    Some(Err(e)) if !matches!(e, crate::net::health::HealthError::Cancelled) && status.is_none() && failure.is_none() => {
                         failure = Some(RunError::Health { id: id.to_string(), source: e });
                         let _ = sys::kill(self.pid, libc::SIGKILL);
                     }
@@ -908,13 +916,13 @@ impl Sandbox {
 /// The health check, on a thread of its own; the wait loop polls `done_fd`.
 struct HealthWatch {
     cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    result: std::sync::Arc<std::sync::Mutex<Option<Result<std::time::Duration, crate::health::HealthError>>>>,
+    result: std::sync::Arc<std::sync::Mutex<Option<Result<std::time::Duration, crate::net::health::HealthError>>>>,
     done_r: OwnedFd,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl HealthWatch {
-    fn start(check: crate::health::Check, deadline: std::time::Duration) -> Result<HealthWatch, RunError> {
+    fn start(check: crate::net::health::Check, deadline: std::time::Duration) -> Result<HealthWatch, RunError> {
         let (done_r, done_w) = sys::pipe_cloexec().map_err(|source| RunError::Sys { what: "health pipe", source })?;
         let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let result = std::sync::Arc::new(std::sync::Mutex::new(None));
@@ -923,7 +931,7 @@ impl HealthWatch {
             std::thread::Builder::new()
                 .name("health".into())
                 .spawn(move || {
-                    let r = crate::health::wait(&check, deadline, &cancel);
+                    let r = crate::net::health::wait(&check, deadline, &cancel);
                     if let Ok(mut slot) = result.lock() {
                         *slot = Some(r);
                     }
@@ -938,7 +946,7 @@ impl HealthWatch {
         self.done_r.as_raw_fd()
     }
 
-    fn result(&self) -> Option<Result<std::time::Duration, crate::health::HealthError>> {
+    fn result(&self) -> Option<Result<std::time::Duration, crate::net::health::HealthError>> {
         self.result.lock().ok().and_then(|mut r| r.take())
     }
 

@@ -89,7 +89,7 @@ pub fn exec(p: &PreparedExec, landlock: Option<::landlock::RulesetCreated>, err_
     if let Err(e) = sys::set_sigmask(libc::SIG_SETMASK, &sys::sigset(&[])) {
         fail(err_fd, Stage::Session, errno_of(&e));
     }
-    if crate::caps::set_no_new_privs().is_err() || crate::caps::drop_all(p.last_cap).is_err() {
+    if crate::confine::caps::set_no_new_privs().is_err() || crate::confine::caps::drop_all(p.last_cap).is_err() {
         fail(err_fd, Stage::Privileges, nix::errno::Errno::last() as i32);
     }
     // Everything but stdio closes at exec (the error pipe and the Landlock
@@ -102,21 +102,21 @@ pub fn exec(p: &PreparedExec, landlock: Option<::landlock::RulesetCreated>, err_
         fail(err_fd, Stage::Chdir, nix::errno::Errno::last() as i32);
     }
     if let Some(ruleset) = landlock
-        && crate::landlock::enforce(ruleset).is_err()
+        && crate::confine::landlock::enforce(ruleset).is_err()
     {
         fail(err_fd, Stage::Landlock, nix::errno::Errno::last() as i32);
     }
     // Last before execve: from here on only the filtered calls remain.
     for program in &p.seccomp {
-        if let Err(e) = crate::seccomp::load(program) {
+        if let Err(e) = crate::confine::seccomp::load(program) {
             fail(err_fd, Stage::Seccomp, errno_of(&e));
         }
     }
     if let Some(sock) = p.notify_sock {
         // The accept-notification filter; its listener goes to init (and on to
         // the launcher) and is closed here: the payload must never answer its own.
-        let program = crate::seccomp::accept_notify_program();
-        match crate::seccomp::load_with_listener(&program) {
+        let program = crate::confine::seccomp::accept_notify_program();
+        match crate::confine::seccomp::load_with_listener(&program) {
             Ok(listener) => {
                 let sent = crate::sys::send_fd(sock, listener);
                 // SAFETY: closing the listener fd we just created.

@@ -24,9 +24,9 @@ pub struct InitSpec {
     /// SIGTERM and the end of the PID namespace.
     pub stop_timeout_ms: u64,
     pub log: LogConfig,
-    pub landlock: crate::landlock::LandlockSpec,
+    pub landlock: crate::confine::landlock::LandlockSpec,
     /// Socket handoff: the payload turns its accept() calls into notifications
-    /// for the launcher (see crate::handoff).
+    /// for the launcher (see crate::net::handoff).
     pub handoff: bool,
     /// Compiled seccomp programs, loaded in order: (code, jt, jf, k) per instruction.
     pub seccomp: Vec<Vec<(u16, u8, u8, u32)>>,

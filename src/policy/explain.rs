@@ -67,8 +67,8 @@ pub fn explain(p: &Policy, source: &str) -> String {
             bytes.map_or("any size".to_string(), |b| crate::policy::units::ByteSize::bytes(b).to_string()),
             inodes.map_or("any number of".to_string(), |i| i.to_string()),
             match l.disk_enforcement {
-                crate::disk::Enforcement::Required => "refused (required)",
-                crate::disk::Enforcement::BestEffort => "measured twice a second or less often and stopped when over (best-effort)",
+                crate::host::disk::Enforcement::Required => "refused (required)",
+                crate::host::disk::Enforcement::BestEffort => "measured twice a second or less often and stopped when over (best-effort)",
             }
         ),
     };

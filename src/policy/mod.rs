@@ -21,7 +21,7 @@ pub const DEFAULT_POLICY_NAME: &str = "<built-in opencode.toml>";
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
     /// Landlock: "best-effort" (default), "required" or "off".
-    pub landlock: crate::landlock::Mode,
+    pub landlock: crate::confine::landlock::Mode,
     pub process: Process,
     pub filesystem: Filesystem,
     pub network: Network,
@@ -47,7 +47,7 @@ pub const DEFAULT_SECCOMP_TOML: &str = include_str!("../../policies/seccomp/defa
 #[serde(deny_unknown_fields)]
 pub struct Seccomp {
     /// System calls refused; every other call is allowed. Default: policies/seccomp/default.toml.
-    pub deny: Vec<crate::seccomp::DenyRule>,
+    pub deny: Vec<crate::confine::seccomp::DenyRule>,
 }
 
 impl Default for Seccomp {
@@ -138,7 +138,7 @@ pub struct Limits {
     /// How `disk`/`inodes` are enforced where the worktree's filesystem has no
     /// project quotas: refuse to start ("required", the default) or measure
     /// and stop the sandbox when over ("best-effort").
-    pub disk_enforcement: crate::disk::Enforcement,
+    pub disk_enforcement: crate::host::disk::Enforcement,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -192,7 +192,7 @@ impl Default for Limits {
             cpu: 2.0,
             disk: ByteSize(None),
             inodes: None,
-            disk_enforcement: crate::disk::Enforcement::Required,
+            disk_enforcement: crate::host::disk::Enforcement::Required,
         }
     }
 }
@@ -226,7 +226,7 @@ pub struct LimitOverrides<'a> {
 pub enum PolicyError {
     /// Unreadable, not a regular file, too open, or owned by someone else.
     #[error("policy {file}: {reason}")]
-    File { file: String, reason: crate::config_file::Refusal },
+    File { file: String, reason: crate::host::config_file::Refusal },
     #[error("policy {file}:{line}:{column}: {message}{near}")]
     Parse { file: String, line: usize, column: usize, message: String, near: Near },
     #[error("policy {file}: {field}: {message}")]
@@ -256,7 +256,7 @@ impl Policy {
     /// Load a policy file, refusing loose permissions and foreign owners.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         let file = path.display().to_string();
-        let text = crate::config_file::read(path).map_err(|reason| PolicyError::File { file: file.clone(), reason })?;
+        let text = crate::host::config_file::read(path).map_err(|reason| PolicyError::File { file: file.clone(), reason })?;
         Policy::parse(&text, &file)
     }
 
@@ -305,13 +305,13 @@ impl Policy {
     /// paths): what the mounts show (minus `mount_only`) and the devices. One
     /// place for `swarmcell run` and `policy explain`; the launcher adds a
     /// linked worktree's git directories.
-    pub fn landlock_rules(&self, worktree: &Path, extra_ro: &[PathBuf], extra_rw: &[PathBuf]) -> crate::landlock::LandlockSpec {
+    pub fn landlock_rules(&self, worktree: &Path, extra_ro: &[PathBuf], extra_rw: &[PathBuf]) -> crate::confine::landlock::LandlockSpec {
         let fs = &self.filesystem;
         let mut read_exec: Vec<PathBuf> = fs.read_only.iter().chain(extra_ro).cloned().collect();
         read_exec.extend(["/etc", "/proc", "/dev"].map(PathBuf::from));
         let mut read_write: Vec<PathBuf> = vec![worktree.to_path_buf(), "/tmp".into(), "/dev/shm".into(), "/dev/pts".into()];
         read_write.extend(fs.read_write.iter().chain(extra_rw).cloned());
-        crate::landlock::LandlockSpec {
+        crate::confine::landlock::LandlockSpec {
             mode: self.landlock,
             read_exec,
             read_write,
@@ -319,15 +319,15 @@ impl Policy {
         }
     }
 
-    pub fn disk_limits(&self) -> crate::disk::DiskLimits {
+    pub fn disk_limits(&self) -> crate::host::disk::DiskLimits {
         let l = &self.limits;
-        crate::disk::DiskLimits { bytes: l.disk.0, inodes: l.inodes, enforcement: l.disk_enforcement }
+        crate::host::disk::DiskLimits { bytes: l.disk.0, inodes: l.inodes, enforcement: l.disk_enforcement }
     }
 
     /// The cgroup limits this policy asks for.
-    pub fn cgroup_limits(&self) -> crate::cgroups::Limits {
+    pub fn cgroup_limits(&self) -> crate::host::cgroups::Limits {
         let l = &self.limits;
-        crate::cgroups::Limits { memory: l.memory.0, swap: l.swap.0, pids: Some(l.pids), cpu: Some(l.cpu) }
+        crate::host::cgroups::Limits { memory: l.memory.0, swap: l.swap.0, pids: Some(l.pids), cpu: Some(l.cpu) }
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
@@ -388,7 +388,7 @@ impl Policy {
             return err("network.forwards", format!("{} is the inner port", n.inner_port));
         }
         for (i, e) in n.egress_allow.iter().enumerate() {
-            if let Err(m) = crate::egress::check_entry(e) {
+            if let Err(m) = crate::net::egress::check_entry(e) {
                 return err(&format!("network.egress_allow[{i}]"), m);
             }
         }
@@ -409,7 +409,7 @@ impl Policy {
                 return err(field, format!("{} is out of range (100ms to 24h)", HumanDuration(d)));
             }
         }
-        if let Err(e) = crate::seccomp::validate(&self.seccomp.deny) {
+        if let Err(e) = crate::confine::seccomp::validate(&self.seccomp.deny) {
             return err("seccomp", e.to_string());
         }
         if self.limits.memory.0.is_some_and(|n| n < (4 << 20)) {
@@ -524,8 +524,8 @@ mod tests {
         assert_eq!(p.limits.cpu, 2.0);
         assert_eq!(p.limits.disk, ByteSize::bytes(10 << 30));
         assert_eq!(p.limits.inodes, Some(1_000_000));
-        assert_eq!(p.limits.disk_enforcement, crate::disk::Enforcement::BestEffort);
-        assert_eq!(Policy::default().limits.disk_enforcement, crate::disk::Enforcement::Required);
+        assert_eq!(p.limits.disk_enforcement, crate::host::disk::Enforcement::BestEffort);
+        assert_eq!(Policy::default().limits.disk_enforcement, crate::host::disk::Enforcement::Required);
         assert_eq!(Policy::default().limits.disk, ByteSize(None));
         assert_eq!(p.filesystem.tmp_size, ByteSize::bytes(512 << 20));
         assert_eq!(p.network.inner_port, 4096);
@@ -544,14 +544,14 @@ mod tests {
     #[test]
     fn empty_policy_is_all_defaults() {
         assert_eq!(Policy::parse("", "t").unwrap(), Policy::default());
-        assert_eq!(Policy::default().landlock, crate::landlock::Mode::BestEffort);
+        assert_eq!(Policy::default().landlock, crate::confine::landlock::Mode::BestEffort);
         assert!(Policy::default().seccomp.deny.len() > 10);
     }
 
     #[test]
     fn a_policy_can_replace_the_seccomp_rules_and_turn_landlock_off() {
         let p = Policy::parse("landlock = \"off\"\n[seccomp]\ndeny = []\n", "t").unwrap();
-        assert_eq!(p.landlock, crate::landlock::Mode::Off);
+        assert_eq!(p.landlock, crate::confine::landlock::Mode::Off);
         assert!(p.seccomp.deny.is_empty());
         let e = Policy::parse("landlock = \"maybe\"\n", "t").unwrap_err().to_string();
         assert!(e.contains("t:1:") && e.contains("maybe"), "{e}");

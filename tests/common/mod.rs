@@ -207,9 +207,9 @@ pub fn held() -> Held {
             .map(|d| d.flatten().filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".lock").map(String::from)).collect())
             .unwrap_or_default()
     };
-    let layout = swarmcell::cgroups::Layout::detect().expect("cgroups");
+    let layout = swarmcell::host::cgroups::Layout::detect().expect("cgroups");
     Held {
-        cgroups: swarmcell::cgroups::sandbox_dirs(&layout, "swarmcell")
+        cgroups: swarmcell::host::cgroups::sandbox_dirs(&layout, "swarmcell")
             .iter()
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .collect(),
@@ -230,8 +230,8 @@ fn leftovers() -> Vec<String> {
             left.push(format!("locks in /run/swarmcell/{dir}: {leases:?}"));
         }
     }
-    let layout = swarmcell::cgroups::Layout::detect().expect("cgroups");
-    let cgroups = swarmcell::cgroups::sandbox_dirs(&layout, "swarmcell");
+    let layout = swarmcell::host::cgroups::Layout::detect().expect("cgroups");
+    let cgroups = swarmcell::host::cgroups::sandbox_dirs(&layout, "swarmcell");
     if !cgroups.is_empty() {
         left.push(format!("sandbox cgroups: {cgroups:?}"));
     }

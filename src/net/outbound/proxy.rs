@@ -1,8 +1,8 @@
 //! Parent side (host root): the egress proxy's serving, on the sandbox's
 //! outbound event loop ([`super`]): one connection's request head within
-//! `head_timeout`, checked against the rules ([`crate::egress`]), then one
+//! `head_timeout`, checked against the rules ([`crate::net::egress`]), then one
 //! plain-HTTP request or a CONNECT tunnel upstream. What it allows is in
-//! `crate::egress`; how a request is read, in `crate::http1`.
+//! `crate::net::egress`; how a request is read, in `crate::net::http1`.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::Shared;
-use crate::http1::{self, Body, Refusal, Target};
+use crate::net::http1::{self, Body, Refusal, Target};
 use crate::policy::units::HumanDuration;
 
 const MAX_HEAD: usize = 16 * 1024;
@@ -20,7 +20,7 @@ const MAX_HEAD: usize = 16 * 1024;
 const LINGER: Duration = Duration::from_secs(1);
 
 /// As `Rules::decide`, resolving on the loop's few resolver threads, with a deadline.
-async fn decide_bounded(rules: &crate::egress::Rules, host: &str, port: u16, shared: &Shared) -> Result<SocketAddr, String> {
+async fn decide_bounded(rules: &crate::net::egress::Rules, host: &str, port: u16, shared: &Shared) -> Result<SocketAddr, String> {
     let host = rules.check_name(host, port)?;
     let addrs = match rules.resolve.get(&host) {
         Some(ip) => vec![*ip],

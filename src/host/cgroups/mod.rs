@@ -15,7 +15,7 @@ mod v2;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::lease::{Lease, LeaseError};
+use crate::host::lease::{Lease, LeaseError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -290,8 +290,8 @@ impl Drop for SandboxCgroup {
 /// removed ids.
 pub fn gc(layout: &Layout, parent: &str, state_dir: &Path) -> Result<Vec<String>, CgroupError> {
     let leases = state_dir.join("sandboxes");
-    crate::lease::ensure_private_dir(state_dir)?;
-    crate::lease::ensure_private_dir(&leases)?;
+    crate::host::lease::ensure_private_dir(state_dir)?;
+    crate::host::lease::ensure_private_dir(&leases)?;
     let mut ids: Vec<String> = Vec::new();
     for (_, dir) in layout.parent_dirs(parent) {
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
@@ -312,7 +312,7 @@ pub fn gc(layout: &Layout, parent: &str, state_dir: &Path) -> Result<Vec<String>
         removed.push(id);
     }
     for dir in ["sandboxes", "uids", "ports", "projects"] {
-        crate::lease::sweep(&state_dir.join(dir))?;
+        crate::host::lease::sweep(&state_dir.join(dir))?;
     }
     Ok(removed)
 }

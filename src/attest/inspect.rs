@@ -98,7 +98,7 @@ pub fn report(init: i32, payload: i32) -> Value {
         "capabilities": { "inheritable": field("CapInh"), "permitted": field("CapPrm"), "effective": field("CapEff"), "bounding": field("CapBnd"), "ambient": field("CapAmb") },
         "no_new_privs": field("NoNewPrivs"),
         "seccomp": { "mode": field("Seccomp"), "filters": field("Seccomp_filters") },
-        "landlock": { "kernel_abi": crate::landlock::kernel_abi(), "enforced": "not shown per process by this kernel; see `swarmcell verify`" },
+        "landlock": { "kernel_abi": crate::confine::landlock::kernel_abi(), "enforced": "not shown per process by this kernel; see `swarmcell verify`" },
         "cgroups": cgroups,
         "mounts": mounts,
         "interfaces": ifaces,

@@ -8,6 +8,9 @@
 //! The servers are `swarmcell __probe bench-server` / `serve`: the same program
 //! directly on the host, inside a sandbox (through the broker), and behind socat.
 
+/// `swarmcell bench daemon`: soak and scale through the daemon.
+pub mod daemon;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -322,8 +325,8 @@ pub fn broker(opts: &Options) -> Result<(), String> {
         let start = Instant::now();
         let server = Killed(Command::new(&exe).args(["__probe", "serve", &port.to_string()]).spawn().map_err(|e| e.to_string())?);
         let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        crate::health::wait(
-            &crate::health::Check::Http { netns: None, port, request: crate::health::request("/", port, None) },
+        crate::net::health::wait(
+            &crate::net::health::Check::Http { netns: None, port, request: crate::net::health::request("/", port, None) },
             Duration::from_secs(5),
             &cancel,
         )
@@ -352,14 +355,14 @@ pub fn broker(opts: &Options) -> Result<(), String> {
 /// the per-connection times (open, one byte echoed, close) and the accept
 /// rates they give, and one `sock_diag` lookup timed alone.
 fn uid_check_cost(server_port: u16, n: usize) -> Result<(), String> {
-    use crate::broker::{Broker, Dest, Ingress};
+    use crate::net::broker::{Broker, Dest, Ingress};
     const BENCH_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
     let err = |e: std::io::Error| e.to_string();
     let (l1, l2) = (TcpListener::bind("127.0.0.1:0").map_err(err)?, TcpListener::bind("127.0.0.1:0").map_err(err)?);
     let (p1, p2) = (l1.local_addr().map_err(err)?.port(), l2.local_addr().map_err(err)?.port());
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
-    let stats = || crate::broker_stats::SharedCounters::private().map(std::sync::Arc::new).map_err(err);
+    let stats = || crate::net::broker_stats::SharedCounters::private().map(std::sync::Arc::new).map_err(err);
     let _checked =
         Broker::start_checked(l1, Dest::Host(server_port), 256, stats()?, BENCH_IDLE, Some(Ingress { allowed: vec![0, me].into(), port: p1 }))
             .map_err(err)?;
@@ -383,7 +386,7 @@ fn uid_check_cost(server_port: u16, n: usize) -> Result<(), String> {
         }
     }
     let (a, b) = (median(with), median(without));
-    let lookup = crate::sock_diag::time_lookup(20_000).map_err(|e| format!("timing the uid lookup: {e}"))?;
+    let lookup = crate::net::sock_diag::time_lookup(20_000).map_err(|e| format!("timing the uid lookup: {e}"))?;
     println!(
         "uid check (the same relay in this process, {n} connections each, interleaved): median connection {:.1} µs with, {:.1} µs without; accept rate {:.0}/s against {:.0}/s: {:+.1}%; one lookup alone {:.1} µs",
         a.as_secs_f64() * 1e6,

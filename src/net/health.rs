@@ -31,9 +31,9 @@ pub const PER_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 pub enum Check {
     /// `GET` until a 2xx answer, through 127.0.0.1:port in `netns` (None:
     /// the caller's own namespace).
-    Http { netns: Option<crate::broker::Netns>, port: u16, request: Arc<[u8]> },
+    Http { netns: Option<crate::net::broker::Netns>, port: u16, request: Arc<[u8]> },
     /// A TCP connection to 127.0.0.1:port in `netns` is enough.
-    Tcp { netns: Option<crate::broker::Netns>, port: u16 },
+    Tcp { netns: Option<crate::net::broker::Netns>, port: u16 },
 }
 
 #[derive(Debug, thiserror::Error)]

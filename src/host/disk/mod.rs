@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use nix::sys::stat::{FileStat, SFlag};
 use serde::{Deserialize, Serialize};
 
-use crate::lease::{Lease, LeaseError};
+use crate::host::lease::{Lease, LeaseError};
 use crate::policy::units::ByteSize;
 use walk::{Measure, Visitor, WalkError};
 
@@ -202,8 +202,8 @@ fn human(n: u64) -> String {
 /// `<state>/projects`, root-only: the leases of project ids and of trees.
 fn projects_dir(state_dir: &Path) -> Result<PathBuf, DiskError> {
     let dir = state_dir.join("projects");
-    crate::lease::ensure_private_dir(state_dir)?;
-    crate::lease::ensure_private_dir(&dir)?;
+    crate::host::lease::ensure_private_dir(state_dir)?;
+    crate::host::lease::ensure_private_dir(&dir)?;
     Ok(dir)
 }
 

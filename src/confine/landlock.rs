@@ -10,7 +10,7 @@
 //!   namespace with only `lo`): binding and connecting any port there protects
 //!   nothing and would break an agent's test servers. The only host sockets a
 //!   payload holds are connections handed off by the broker, which a locked
-//!   socket filter pins to their client (see `crate::handoff`);
+//!   socket filter pins to their client (see `crate::net::handoff`);
 //! - scopes (ABI >= 6): abstract unix sockets and signals stay inside the sandbox.
 
 use std::path::{Path, PathBuf};

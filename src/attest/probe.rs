@@ -10,7 +10,7 @@ use std::os::fd::AsRawFd;
 use nix::errno::Errno;
 
 pub fn main(name: &str, rest: &[String]) -> u8 {
-    if let Some(code) = crate::probe_net::main(name, rest) {
+    if let Some(code) = crate::attest::probe_net::main(name, rest) {
         return code;
     }
     let arg = rest.first().map(String::as_str);
@@ -432,8 +432,9 @@ fn http_get(target: &str) -> Check {
         let mut s = std::net::TcpStream::connect(hostport)?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
         // With PROBE_PASSWORD: basic auth as OpenCode wants it (user `opencode`).
-        let auth =
-            std::env::var("PROBE_PASSWORD").map(|p| format!("Authorization: {}\r\n", crate::health::basic_auth("opencode", &p))).unwrap_or_default();
+        let auth = std::env::var("PROBE_PASSWORD")
+            .map(|p| format!("Authorization: {}\r\n", crate::net::health::basic_auth("opencode", &p)))
+            .unwrap_or_default();
         write!(s, "GET {path} HTTP/1.1\r\nHost: {hostport}\r\n{auth}Connection: close\r\n\r\n")?;
         let mut resp = String::new();
         s.read_to_string(&mut resp)?;
@@ -529,7 +530,7 @@ fn listen_and_answer(port: &str, bench: bool, response: String) -> u8 {
     let response: std::sync::Arc<str> = response.into();
     let auth: Option<std::sync::Arc<str>> = std::env::var("PROBE_PASSWORD")
         .ok()
-        .map(|p| format!("authorization: {}", crate::health::basic_auth("opencode", &p)).to_ascii_lowercase().into());
+        .map(|p| format!("authorization: {}", crate::net::health::basic_auth("opencode", &p)).to_ascii_lowercase().into());
     loop {
         let Ok((conn, peer)) = listener.accept() else { continue };
         let _ = conn.set_nodelay(true);

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::lease::{Lease, LeaseError, ensure_private_dir};
+use crate::host::lease::{Lease, LeaseError, ensure_private_dir};
 
 /// Default range: 65536 uids starting at 0x60000000, far above login users and
 /// systemd's dynamic and container ranges.
@@ -111,7 +111,7 @@ mod tests {
         // A lock file whose holder died without unlinking it is swept; a held one is not.
         let held = allocate(&state, range, 0).unwrap();
         std::fs::write(state.join("uids/200002.lock"), "").unwrap();
-        assert_eq!(crate::lease::sweep(&state.join("uids")).unwrap(), 1);
+        assert_eq!(crate::host::lease::sweep(&state.join("uids")).unwrap(), 1);
         assert_eq!(std::fs::read_dir(state.join("uids")).unwrap().count(), 1);
         drop(held);
         std::fs::remove_dir_all(&state).unwrap();

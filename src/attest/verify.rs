@@ -136,7 +136,7 @@ pub fn run(opts: &Options) -> Result<u8, String> {
     checks.extend(lines);
     // A check whose target the host itself lacks proves nothing.
     for c in checks.iter_mut() {
-        if let Some((_, path)) = crate::verify_probe::HOST_TARGETS.iter().find(|(name, _)| c["name"] == *name)
+        if let Some((_, path)) = crate::attest::verify_probe::HOST_TARGETS.iter().find(|(name, _)| c["name"] == *name)
             && std::fs::symlink_metadata(path).is_err()
         {
             c["status"] = json!("not_applicable");
@@ -284,15 +284,15 @@ pub fn kernel_features() -> Value {
     } else {
         "unknown".into()
     };
-    let abi = crate::landlock::kernel_abi();
+    let abi = crate::confine::landlock::kernel_abi();
     let landlock_meaning = match abi {
         0 => "absent: filesystem confinement rests on the mounts alone".to_string(),
-        a if a < crate::landlock::NET_ABI => format!("ABI {a}: filesystem rules only, no TCP or scope rules"),
-        a if a < crate::landlock::SCOPE_ABI => format!("ABI {a}: filesystem and TCP rules, no scopes"),
+        a if a < crate::confine::landlock::NET_ABI => format!("ABI {a}: filesystem rules only, no TCP or scope rules"),
+        a if a < crate::confine::landlock::SCOPE_ABI => format!("ABI {a}: filesystem and TCP rules, no scopes"),
         a => format!("ABI {a}: filesystem, TCP and scope rules"),
     };
     let seccomp = std::fs::read_to_string("/proc/self/status").map(|s| s.contains("Seccomp:")).unwrap_or(false);
-    let cgroups = match crate::cgroups::Layout::detect() {
+    let cgroups = match crate::host::cgroups::Layout::detect() {
         Ok(l) => format!(
             "v{} ({})",
             l.version(),

@@ -6,13 +6,13 @@
 //! 1. The payload binds and listens on its inner port inside its own network
 //!    namespace, as usual: it never holds the host's listening socket.
 //! 2. The launcher accepts on 127.0.0.1:PORT, checks the client socket's owner
-//!    ([`crate::sock_diag`], the same [`crate::broker::Ingress`] check as the relay's: root, the worktree owner, and the allowed uids) and
+//!    ([`crate::net::sock_diag`], the same [`crate::net::broker::Ingress`] check as the relay's: root, the worktree owner, and the allowed uids) and
 //!    pins the accepted socket to that client with a locked classic-BPF socket
 //!    filter (below). It then connects a placeholder socket, made by a thread
 //!    inside the sandbox's namespace, to the inner port: the payload's listener
 //!    becomes readable (poll/epoll wake up as for any connection).
 //! 3. The payload's filter turns every `accept`/`accept4` into a user
-//!    notification ([`crate::seccomp::accept_notify_program`]). For an accept on
+//!    notification ([`crate::confine::seccomp::accept_notify_program`]). For an accept on
 //!    the inner-port listener, the launcher takes a copy of that listener
 //!    (`pidfd_getfd`), accepts from it itself, and, when what it got is one of
 //!    its placeholders (matched by the placeholder's address), installs the
@@ -54,8 +54,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::broker::Netns;
-use crate::broker_stats::SharedCounters;
+use crate::net::broker::Netns;
+use crate::net::broker_stats::SharedCounters;
 
 /// What the broker admits and where it delivers.
 #[derive(Debug, Clone)]
@@ -63,7 +63,7 @@ pub struct Config {
     /// The payload's port inside its namespace.
     pub inner: u16,
     /// Who may connect (None: anyone, `--allow-any-uid`).
-    pub ingress: Option<crate::broker::Ingress>,
+    pub ingress: Option<crate::net::broker::Ingress>,
     /// Most admitted connections waiting for the payload's accept.
     pub max_pending: usize,
 }
@@ -97,7 +97,7 @@ impl Handoff {
         let listener = Arc::new(listener);
         let pending: PendingMap = Arc::default();
         // Made here, in the host's namespace (the accept thread enters the sandbox's).
-        let diag = std::cell::RefCell::new(cfg.ingress.as_ref().map(|_| crate::sock_diag::PeerLookup::new()).transpose()?);
+        let diag = std::cell::RefCell::new(cfg.ingress.as_ref().map(|_| crate::net::sock_diag::PeerLookup::new()).transpose()?);
         let host_netns = netns_cookie(listener.as_raw_fd()).ok_or_else(|| io::Error::other("no SO_NETNS_COOKIE (Linux >= 5.14)"))?;
         // The notify thread tells the accept thread that the payload listens.
         let (wake_r, wake_w) = crate::sys::pipe_cloexec().map_err(|e| io::Error::from_raw_os_error(e.errno as i32))?;
@@ -122,7 +122,7 @@ impl Handoff {
     }
 
     pub fn stop(&mut self) {
-        crate::broker::stop_accepting(&self.stop, &self.listener, &mut self.accept);
+        crate::net::broker::stop_accepting(&self.stop, &self.listener, &mut self.accept);
         if let Some(t) = self.notify.take() {
             let _ = t.join();
         }
@@ -147,7 +147,7 @@ pub fn supported() -> bool {
 struct AcceptCtx {
     netns: Netns,
     /// Opened in the host's namespace, before the thread enters the sandbox's.
-    diag: std::cell::RefCell<Option<crate::sock_diag::PeerLookup>>,
+    diag: std::cell::RefCell<Option<crate::net::sock_diag::PeerLookup>>,
     cfg: Config,
     pending: PendingMap,
     stats: Arc<SharedCounters>,

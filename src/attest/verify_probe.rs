@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd;
 
 use nix::errno::Errno;
 
-use crate::probe::{Check, Status};
+use crate::attest::probe::{Check, Status};
 
 /// What the launcher set up on the host for the battery to aim at.
 pub struct Targets {
@@ -203,7 +203,7 @@ pub fn battery(t: &Targets) -> Vec<Check> {
         },
     ];
     // Kernel attack surface: every call the seccomp profile refuses.
-    out.extend(crate::probe::seccomp_battery().into_iter().filter(|ch| ch.status != Status::Ok).map(|mut ch| {
+    out.extend(crate::attest::probe::seccomp_battery().into_iter().filter(|ch| ch.status != Status::Ok).map(|mut ch| {
         ch.name = format!("syscall {}", ch.name);
         if ch.status == Status::Other {
             // Refused, but by the kernel rather than the filter.
@@ -214,7 +214,7 @@ pub fn battery(t: &Targets) -> Vec<Check> {
     }));
     out.extend(function_checks(t));
     // An agent's own test servers: any port of the sandbox's own loopback.
-    out.extend(crate::probe::loopback_servers());
+    out.extend(crate::attest::probe::loopback_servers());
     out
 }
 

@@ -75,7 +75,7 @@ impl OutboundLoop {
     pub fn start(
         id: &str,
         forwards: Vec<(std::net::TcpListener, u16)>,
-        proxy: Option<(std::net::TcpListener, crate::egress::Rules)>,
+        proxy: Option<(std::net::TcpListener, crate::net::egress::Rules)>,
         settings: Settings,
     ) -> std::io::Result<OutboundLoop> {
         for (l, _) in &forwards {
@@ -152,7 +152,7 @@ impl Cap {
 pub(crate) struct Shared {
     pub sandbox: String,
     pub settings: Settings,
-    pub rules: crate::egress::Rules,
+    pub rules: crate::net::egress::Rules,
     pub(crate) resolver: Resolver,
 }
 
@@ -161,7 +161,7 @@ fn run(
     stop: tokio::sync::oneshot::Receiver<()>,
     sandbox: String,
     forwards: Vec<(std::net::TcpListener, u16)>,
-    proxy: Option<(std::net::TcpListener, crate::egress::Rules)>,
+    proxy: Option<(std::net::TcpListener, crate::net::egress::Rules)>,
     settings: Settings,
 ) {
     let local = tokio::task::LocalSet::new();
@@ -170,7 +170,7 @@ fn run(
     local.block_on(&rt, async {
         let (proxy, rules) = match proxy {
             Some((l, r)) => (Some(l), r),
-            None => (None, crate::egress::Rules::default()),
+            None => (None, crate::net::egress::Rules::default()),
         };
         let shared = Rc::new(Shared { sandbox, settings, rules, resolver: Resolver::system() });
         for (l, port) in forwards {

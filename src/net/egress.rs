@@ -13,7 +13,7 @@
 //! The request is what was checked, and only it: the whole head must arrive
 //! within `head_timeout`; a `Host` header must name the request's authority; a
 //! plain-HTTP connection carries ONE request, rebuilt from what was parsed
-//! (`crate::http1`) with `Connection: close` (the response gets one too), and
+//! (`crate::net::http1`) with `Connection: close` (the response gets one too), and
 //! exactly its body (`Content-Length` or chunked) goes upstream: nothing the
 //! client sends after it is read.
 

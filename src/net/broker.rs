@@ -9,10 +9,10 @@
 //! most `max_connections` relays run at once, and a relay that moves no byte
 //! either way for the idle timeout is closed (an idle or half-open client
 //! cannot hold a slot forever). (The outbound forwards and the egress proxy run
-//! on an event loop instead: `crate::outbound`.)
+//! on an event loop instead: `crate::net::outbound`.)
 //!
 //! On a sandbox's host port, every local user shares 127.0.0.1: each accepted
-//! connection's client uid is looked up ([`crate::sock_diag`]) and a uid that
+//! connection's client uid is looked up ([`crate::net::sock_diag`]) and a uid that
 //! is not allowed ([`Ingress`]) is closed at once, before a byte reaches the
 //! payload, counted and reported (`ingress_denied`).
 
@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::broker_stats::SharedCounters;
+use crate::net::broker_stats::SharedCounters;
 
 const PIPE_SIZE: libc::c_int = 1 << 20;
 const RELAY_STACK: usize = 64 * 1024;
@@ -151,19 +151,19 @@ impl Ingress {
     /// pass; a refusal is counted and reported.
     pub(crate) fn admit(
         &self,
-        lookup: &mut Option<crate::sock_diag::PeerLookup>,
+        lookup: &mut Option<crate::net::sock_diag::PeerLookup>,
         peer: SocketAddr,
         local: Option<SocketAddr>,
         stats: &SharedCounters,
     ) -> bool {
         let owner = match (lookup.as_mut(), peer, local) {
-            (Some(l), SocketAddr::V4(peer), Some(SocketAddr::V4(local))) => l.owner(peer, local).unwrap_or(crate::sock_diag::Owner::Unknown),
-            _ => crate::sock_diag::Owner::Unknown,
+            (Some(l), SocketAddr::V4(peer), Some(SocketAddr::V4(local))) => l.owner(peer, local).unwrap_or(crate::net::sock_diag::Owner::Unknown),
+            _ => crate::net::sock_diag::Owner::Unknown,
         };
         let uid = match owner {
-            crate::sock_diag::Owner::Uid(u) if self.allowed.contains(&u) => return true,
-            crate::sock_diag::Owner::Uid(u) => Some(u),
-            crate::sock_diag::Owner::Unknown => None,
+            crate::net::sock_diag::Owner::Uid(u) if self.allowed.contains(&u) => return true,
+            crate::net::sock_diag::Owner::Uid(u) => Some(u),
+            crate::net::sock_diag::Owner::Unknown => None,
         };
         stats.refused_uid.fetch_add(1, Ordering::Relaxed);
         crate::launch::events::emit(crate::launch::events::Event::IngressDenied { uid, port: self.port });
@@ -232,7 +232,7 @@ fn accept_loop(
 ) {
     // Without a lookup socket every client is unknown, hence refused (fail closed).
     let mut lookup = ingress.and_then(|_| {
-        crate::sock_diag::PeerLookup::new()
+        crate::net::sock_diag::PeerLookup::new()
             .map_err(|e| tracing::error!(error = %e, "NETLINK_SOCK_DIAG socket; every connection will be refused"))
             .ok()
     });

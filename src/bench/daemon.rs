@@ -88,7 +88,7 @@ pub fn run(soak: usize, scale: usize) -> Result<(), String> {
     std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
     let socket = dir.join("ctl.sock");
     let config = dir.join("daemon.toml");
-    let state = PathBuf::from(crate::lease::HOST_STATE_DIR);
+    let state = PathBuf::from(crate::host::lease::HOST_STATE_DIR);
     let (daemon_state, logs) = (dir.join("state"), dir.join("logs"));
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
     std::fs::write(
@@ -138,7 +138,7 @@ pub fn run(soak: usize, scale: usize) -> Result<(), String> {
         let took = t.elapsed();
         // The daemon closes the last client's connection just after answering it.
         std::thread::sleep(Duration::from_millis(200));
-        let leaked_cgroups = crate::cgroups::Layout::detect().map(|l| crate::cgroups::sandbox_dirs(&l, "swarmcell").len()).unwrap_or(0);
+        let leaked_cgroups = crate::host::cgroups::Layout::detect().map(|l| crate::host::cgroups::sandbox_dirs(&l, "swarmcell").len()).unwrap_or(0);
         println!(
             "soak: {soak} launch+stop through the daemon in {:.1} s ({:.1} ms each)",
             took.as_secs_f64(),

@@ -218,7 +218,7 @@ fn arch_guard() -> BpfProgram {
     p
 }
 
-/// The socket-handoff filter (see `crate::handoff`): every `accept`/`accept4`
+/// The socket-handoff filter (see `crate::net::handoff`): every `accept`/`accept4`
 /// and `listen` becomes a user notification for the launcher, and TCP Fast Open as a client
 /// is refused (`MSG_FASTOPEN` on `sendto`/`sendmsg`/`sendmmsg`, the
 /// `TCP_FASTOPEN_CONNECT` option): a handed-off host socket that the payload

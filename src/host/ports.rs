@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use crate::lease::{Lease, LeaseError, ensure_private_dir};
+use crate::host::lease::{Lease, LeaseError, ensure_private_dir};
 
 pub const DEFAULT_RANGE: PortRange = PortRange { first: 8000, last: 9000 };
 
