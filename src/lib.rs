@@ -35,6 +35,7 @@ pub mod lease;
 pub mod logging;
 pub mod ns;
 pub mod outbound;
+pub mod phases;
 pub mod policy;
 pub mod ports;
 pub mod probe;

@@ -336,6 +336,8 @@ fn main() -> ExitCode {
         let fd = args.next().and_then(|a| a.to_str().and_then(|s| s.parse().ok())).unwrap_or(-1);
         launch::init::main(fd);
     }
+    swarmcell::phases::init_from_env();
+    swarmcell::phases::mark("main");
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -344,7 +346,9 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    swarmcell::phases::mark("cli parsed");
     swarmcell::logging::init(matches!(cli.log_format, LogFormat::Json), &cli.log_level);
+    swarmcell::phases::mark("logging");
     let log = LogConfig { json: matches!(cli.log_format, LogFormat::Json), level: cli.log_level.clone() };
     let result = match cli.command {
         Command::Init { fd } => launch::init::main(fd),
@@ -473,6 +477,7 @@ fn run_checked(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
     if args.max_connections == 0 {
         return Err(launcher("--max-connections must be 1 or more".into()));
     }
+    swarmcell::phases::mark("policy and arguments");
     let req_policy_command = policy.process.command.clone();
     let req = parent::RunRequest {
         worktree: args.worktree,

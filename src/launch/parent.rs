@@ -328,6 +328,7 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     .map_err(|e| RunError::Invalid(e.to_string()))?;
     let wt = resolve_worktree(&req.worktree, &req.repos)?;
     let (uid, gid) = inside_ids(req, &wt)?;
+    crate::phases::mark("worktree resolved");
     let id = super::new_sandbox_id();
     super::events::set_sandbox(&id);
     let secret = match (&req.policy.process.server_password_env, req.secret_fd) {
@@ -343,6 +344,7 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         }
         PortChoice::Fixed(p) => Some(crate::ports::take(&req.state_dir, req.port_range, p)?),
     };
+    crate::phases::mark("secret and port");
     let env = environment(&req.policy, &id, host_port.as_ref().map(|p| p.port), secret.as_deref());
     // `{port}` in the arguments is the port the payload listens on inside.
     let inner = req.policy.network.inner_port.to_string();
@@ -354,10 +356,14 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     if let Some(missing) = crate::landlock::check_host(req.policy.landlock).map_err(|e| RunError::Invalid(e.to_string()))? {
         tracing::warn!("{missing}");
     }
+    crate::phases::mark("environment and landlock check");
     let seccomp = crate::seccomp::compile(&req.policy.seccomp.deny).map_err(|e| RunError::Invalid(e.to_string()))?;
+    crate::phases::mark("seccomp compiled");
     // Before anything else is made: a limit that cannot be had is refused here.
     let mut disk = crate::disk::prepare(&wt.path, &req.policy.disk_limits(), &req.state_dir, &id).map_err(|e| RunError::Invalid(e.to_string()))?;
+    crate::phases::mark("disk prepared");
     let layout = crate::cgroups::Layout::detect()?;
+    crate::phases::mark("cgroup layout");
     if req.gc {
         match crate::cgroups::gc(&layout, &req.cgroup_parent, &req.state_dir) {
             Ok(ids) if !ids.is_empty() => tracing::info!(removed = ?ids, "removed stale sandbox cgroups"),
@@ -365,11 +371,14 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
             Err(e) => tracing::warn!(error = %e, "could not remove stale sandbox cgroups"),
         }
     }
+    crate::phases::mark("gc sweep");
     let lease = uidalloc::allocate(&req.state_dir, req.uid_range, super::random_u32())?;
     // Held for the sandbox's life: `gc` leaves the cgroup of a held id alone.
     let sandbox_lease = crate::lease::acquire_fresh(&req.state_dir.join("sandboxes").join(format!("{id}.lock")))?
         .ok_or_else(|| RunError::Setup(format!("sandbox id {id} is already in use")))?;
+    crate::phases::mark("uid and sandbox leases");
     let mut cgroup = crate::cgroups::create(&layout, &req.cgroup_parent, &id, &req.policy.cgroup_limits())?;
+    crate::phases::mark("cgroup created");
     let spec = InitSpec {
         id: id.clone(),
         uid,
@@ -387,6 +396,7 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         log: req.log.clone(),
         landlock: landlock_spec(req, &wt),
         seccomp: super::spec::encode_bpf(&seccomp),
+        trace_phases: crate::phases::enabled(),
     };
     let signals = SignalGuard::block()?;
     // A per-sandbox host uid behind an idmapped worktree, or (without idmapping)
@@ -402,7 +412,9 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         other => other.map_err(Fallback::into_error)?,
     };
     tracing::info!(sandbox = %id, pid = sandbox.pid, host_uid = sandbox.host_uid, cgroup_version = cgroup.version(), "sandbox started");
+    crate::phases::mark("sandbox started");
     disk.watch(sandbox.pid).map_err(|e| RunError::Setup(e.to_string()))?;
+    crate::phases::mark("disk watch");
     let publisher = wt.git.as_ref().map(|g| {
         let make = || crate::git::publish::Publisher::new(g.record.clone(), &id, req.policy.git.allow_force_publish);
         PublishWatch::start(make(), make)
@@ -416,19 +428,25 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         req.policy.network.inner_port,
         secret.as_deref().map(|s| (req.policy.health.auth_user.as_str(), s)),
     );
+    crate::phases::mark("publisher");
     let mut network = Network::start(req, &id, host_port.as_ref(), &mut sandbox, std::sync::Arc::new(broker_stats), ingress, health_request)?;
+    crate::phases::mark("network started");
     let ready_info = ReadyInfo { id: &id, port: host_port.as_ref().map(|p| p.port), cgroups: cgroup.paths(), secret: secret.as_deref() };
     let status = sandbox.wait(&signals, ready, &ready_info, &mut network, req.stop_timeout);
+    crate::phases::mark("sandbox ended");
     network.finish();
     drop(sandbox);
+    crate::phases::mark("network finished");
     // The sandbox is gone: the last publish (the worktree's lease is still held).
     if let Some(p) = publisher {
         p.finish();
     }
     let oom_kills = cgroup.oom_kills();
     cgroup.kill_and_remove()?;
+    crate::phases::mark("cgroup removed");
     let disk_stop = disk.finish();
     drop((lease, sandbox_lease, host_port));
+    crate::phases::mark("disk and leases released");
     // The disk monitor stops a sandbox by killing its init, which then reports nothing.
     let status = if disk_stop.is_some() { status.or(Ok(PayloadStatus::Signaled(libc::SIGKILL))) } else { status }?;
     if status == PayloadStatus::Signaled(libc::SIGKILL) && oom_kills > 0 {
@@ -589,11 +607,14 @@ fn start(
     // Clone first: the child's exec of `swarmcell __init` then overlaps with the
     // host-side mount preparation below (it waits for the spec anyway).
     let sandbox = Sandbox::spawn(map.host_uid)?;
+    crate::phases::mark("init cloned");
     tracing::debug!(pid = sandbox.pid, "init cloned");
     map.write(sandbox.pid)?;
+    crate::phases::mark("id maps written");
     // Before init runs anything of the payload's: every process of the sandbox
     // is born inside the cgroup, and init's cgroup namespace is rooted there.
     cgroup.add_process(sandbox.pid)?;
+    crate::phases::mark("init placed in its cgroup");
     tracing::debug!("init placed in its cgroup");
     // Outbound: listeners inside the sandbox's network namespace, made by the
     // launcher before the payload exists (its first connection just queues).
@@ -607,6 +628,7 @@ fn start(
         .loopback_up_and_listen(ports)
         .map_err(|e| RunError::Setup(format!("outbound listeners inside the sandbox (forwards, egress proxy): {e}")))?;
     sandbox.outbound = kinds.into_iter().zip(listeners).collect();
+    crate::phases::mark("outbound listeners");
 
     let mut mounts = PreparedMounts::default();
     for p in &req.policy.filesystem.read_only {
@@ -637,6 +659,7 @@ fn start(
         )?);
     }
     mounts.sort();
+    crate::phases::mark("host mounts prepared");
     spec.mounts = mounts.entries.clone();
     if idmap {
         let userns_path = format!("/proc/{}/ns/user", sandbox.pid);
@@ -652,6 +675,7 @@ fn start(
         }
     }
     sandbox.channel.send_spec(&spec, &mounts.raw_fds())?;
+    crate::phases::mark("spec sent");
     tracing::debug!("spec sent");
     Ok(sandbox)
 }
@@ -809,6 +833,7 @@ impl Sandbox {
             if pfds[1].revents != 0 {
                 match self.channel.recv_from_init() {
                     Ok((FromInit::Running, notify)) => {
+                        crate::phases::mark("payload running");
                         running = true;
                         network.on_running(notify);
                         if network.health.is_none() {
@@ -837,6 +862,7 @@ impl Sandbox {
                 health_open = false;
                 match h.result() {
                     Some(Ok(took)) if running || status.is_none() => {
+                        crate::phases::mark("healthy");
                         tracing::info!(sandbox = %id, port = info.port, healthy_after_ms = took.as_millis() as u64, "ready");
                         if let Some(fd) = ready.take() {
                             write_ready(fd, info, self.pid);
