@@ -13,6 +13,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod bench;
+pub mod bench_all;
 pub mod bench_daemon;
 pub mod broker;
 pub mod broker_stats;

@@ -74,9 +74,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Benchmarks (see benches/).
-    #[command(subcommand)]
-    Bench(BenchCommand),
+    /// Benchmarks (see benches/). Without a subcommand: launch vs bwrap,
+    /// OpenCode launch-to-healthy vs bare, and the broker, side by side.
+    Bench(BenchArgs),
     /// Remove the cgroups of sandboxes whose launcher is gone (also done at every start).
     Gc {
         #[arg(long, default_value = swarmcell::lease::HOST_STATE_DIR)]
@@ -292,6 +292,35 @@ enum WorktreeCommand {
     },
 }
 
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BenchArgs {
+    #[command(subcommand)]
+    cmd: Option<BenchCommand>,
+    /// Launches of each of `swarmcell run -- /bin/true` and bwrap.
+    #[arg(long, default_value_t = 40)]
+    launches: usize,
+    /// OpenCode starts on each side (sandboxed, bare).
+    #[arg(long, default_value_t = 5)]
+    opencode_runs: usize,
+    /// Broker: bytes each way for the throughput runs.
+    #[arg(long, default_value = "384M")]
+    bytes: String,
+    /// Broker: pings, connections and launches.
+    #[arg(long, default_value_t = 3000)]
+    pings: usize,
+    #[arg(long, default_value_t = 600)]
+    connections: usize,
+    #[arg(long, default_value_t = 5)]
+    broker_launches: usize,
+    /// Launch: also time this other swarmcell binary (before/after), alternating.
+    #[arg(long)]
+    compare_with: Option<PathBuf>,
+    /// Only these parts (launch, opencode, broker; comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "launch,opencode,broker")]
+    only: Vec<String>,
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
     /// The broker against direct loopback and socat: throughput, latency, launch-to-healthy.
@@ -365,11 +394,14 @@ fn main() -> ExitCode {
         Command::Inspect { target, json } => {
             swarmcell::inspect::run(&target, json).map(|_| 0).map_err(|e| (format!("inspect: {e}"), launch::EXIT_LAUNCHER_ERROR))
         }
-        Command::Bench(BenchCommand::Broker { bytes, pings, connections, launches }) => bench_broker(&bytes, pings, connections, launches),
-        Command::Bench(BenchCommand::Egress { bytes }) => bench_egress(&bytes),
-        Command::Bench(BenchCommand::Daemon { soak, scale }) => {
+        Command::Bench(BenchArgs { cmd: Some(BenchCommand::Broker { bytes, pings, connections, launches }), .. }) => {
+            bench_broker(&bytes, pings, connections, launches)
+        }
+        Command::Bench(BenchArgs { cmd: Some(BenchCommand::Egress { bytes }), .. }) => bench_egress(&bytes),
+        Command::Bench(BenchArgs { cmd: Some(BenchCommand::Daemon { soak, scale }), .. }) => {
             swarmcell::bench_daemon::run(soak, scale).map(|_| 0).map_err(|e| (e, launch::EXIT_LAUNCHER_ERROR))
         }
+        Command::Bench(args) => bench_all(&args),
         Command::Policy(PolicyCommand::Check { file }) => Policy::load(&file)
             .map(|_| {
                 println!("policy {}: ok", file.display());
@@ -536,6 +568,22 @@ fn bench_broker(bytes: &str, pings: usize, connections: usize, launches: usize) 
     let wt = swarmcell::bench::TempWorktree::new().map_err(launcher)?;
     let opts = swarmcell::bench::Options { bytes, pings, launches, connections, worktree: wt.path() };
     swarmcell::bench::broker(&opts).map(|_| 0).map_err(launcher)
+}
+
+fn bench_all(args: &BenchArgs) -> Result<u8, (String, u8)> {
+    let launcher = |m: String| (m, launch::EXIT_LAUNCHER_ERROR);
+    let bytes = policy::units::parse_size(&args.bytes).map_err(launcher)?.ok_or_else(|| launcher("--bytes cannot be max".into()))?;
+    if [args.launches, args.opencode_runs, args.pings, args.connections, args.broker_launches].contains(&0) {
+        return Err(launcher("--launches, --opencode-runs, --pings, --connections and --broker-launches must be 1 or more".into()));
+    }
+    let wt = swarmcell::bench::TempWorktree::new().map_err(launcher)?;
+    let broker =
+        swarmcell::bench::Options { bytes, pings: args.pings, launches: args.broker_launches, connections: args.connections, worktree: wt.path() };
+    if let Some(p) = args.only.iter().find(|p| !["launch", "opencode", "broker"].contains(&p.as_str())) {
+        return Err(launcher(format!("--only {p:?}: expected launch, opencode or broker")));
+    }
+    let opts = swarmcell::bench_all::Options { launches: args.launches, opencode_runs: args.opencode_runs, broker, parts: args.only.clone(), compare_with: args.compare_with.clone() };
+    swarmcell::bench_all::run(&opts).map(|_| 0).map_err(launcher)
 }
 
 fn worktree(cmd: WorktreeCommand) -> Result<u8, (String, u8)> {

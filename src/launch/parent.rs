@@ -228,7 +228,7 @@ fn inside_ids(req: &RunRequest, wt: &Worktree) -> Result<(u32, u32), RunError> {
     Ok((uid, gid))
 }
 
-fn environment(policy: &Policy, id: &str, port: Option<u16>, secret: Option<&str>) -> Vec<(String, String)> {
+pub fn environment(policy: &Policy, id: &str, port: Option<u16>, secret: Option<&str>) -> Vec<(String, String)> {
     let clean = |v: String| (!v.is_empty() && v.len() < 256 && !v.chars().any(char::is_control)).then_some(v);
     let mut env = vec![
         ("PATH".to_string(), SANDBOX_PATH.to_string()),
@@ -606,14 +606,21 @@ fn start(
 ) -> Result<Sandbox, Fallback> {
     // Clone first: the child's exec of `swarmcell __init` then overlaps with the
     // host-side mount preparation below (it waits for the spec anyway).
-    let sandbox = Sandbox::spawn(map.host_uid)?;
+    // v1: init moves itself into its cgroups before its exec (cheaper, see
+    // `self_attach_files`); otherwise we move it below, before it is sent
+    // anything, so it still runs nothing of the payload's outside them.
+    let attach = cgroup.self_attach_files();
+    let sandbox = Sandbox::spawn(map.host_uid, attach.as_deref().unwrap_or(&[]))?;
     crate::phases::mark("init cloned");
     tracing::debug!(pid = sandbox.pid, "init cloned");
     map.write(sandbox.pid)?;
     crate::phases::mark("id maps written");
     // Before init runs anything of the payload's: every process of the sandbox
     // is born inside the cgroup, and init's cgroup namespace is rooted there.
-    cgroup.add_process(sandbox.pid)?;
+    if attach.is_none() {
+        cgroup.add_process(sandbox.pid)?;
+    }
+    drop(attach);
     crate::phases::mark("init placed in its cgroup");
     tracing::debug!("init placed in its cgroup");
     // Outbound: listeners inside the sandbox's network namespace, made by the
@@ -756,7 +763,10 @@ enum Outbound {
 }
 
 impl Sandbox {
-    fn spawn(host_uid: u32) -> Result<Sandbox, RunError> {
+    /// `attach`: files init writes "0" to before its exec, to join its cgroups
+    /// (v1 `tasks` files; failing that, it exits and never runs).
+    fn spawn(host_uid: u32, attach: &[OwnedFd]) -> Result<Sandbox, RunError> {
+        let attach: Vec<RawFd> = attach.iter().map(|f| f.as_raw_fd()).collect();
         let (parent_end, child_end) = sys::socketpair_seqpacket().map_err(|source| RunError::Sys { what: "creating the sandbox channel", source })?;
         let child_fd = child_end.as_raw_fd();
         let fd_arg = CString::new(child_fd.to_string()).map_err(|_| RunError::Setup("fd argument".into()))?;
@@ -770,6 +780,11 @@ impl Sandbox {
                 // them across the exec.
                 // SAFETY: raw syscalls on prepared, NUL-terminated data.
                 unsafe {
+                    for fd in &attach {
+                        if libc::write(*fd, c"0".as_ptr().cast(), 1) != 1 {
+                            libc::_exit(super::EXIT_LAUNCHER_ERROR.into());
+                        }
+                    }
                     if libc::fcntl(child_fd, libc::F_SETFD, 0) != 0
                         || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
                         || sys::raise_ambient_all().is_err()
