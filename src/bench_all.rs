@@ -58,7 +58,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
         launch_vs_bwrap(&exe, &opts.broker.worktree, opts.launches, opts.compare_with.as_deref())?;
     }
     if part("opencode") {
-        opencode_vs_bare(&exe, &opts.broker.worktree, opts.opencode_runs)?;
+        opencode_vs_bare(&exe, &opts.broker.worktree, opts.opencode_runs, opts.compare_with.as_deref())?;
     }
     if part("broker") {
         println!();
@@ -180,7 +180,7 @@ fn fresh_dir(parent: &Path, name: &str, uid: u32) -> Result<PathBuf, String> {
 /// policy's command, `opencode serve`) until its ready line, which comes after
 /// the health check passed, against `opencode serve` run bare until the same
 /// checker sees it healthy.
-fn opencode_vs_bare(exe: &Path, worktree: &Path, n: usize) -> Result<(), String> {
+fn opencode_vs_bare(exe: &Path, worktree: &Path, n: usize, other: Option<&Path>) -> Result<(), String> {
     if !Path::new(OPENCODE).exists() {
         println!("\nOpenCode launch-to-healthy: not measured ({OPENCODE} is not installed: scripts/install-opencode)");
         return Ok(());
@@ -188,8 +188,11 @@ fn opencode_vs_bare(exe: &Path, worktree: &Path, n: usize) -> Result<(), String>
     let scratch = worktree.parent().ok_or("worktree has no parent")?;
     let bare_wt = fresh_dir(scratch, "wt-bare", BARE_UID)?;
     let policy = crate::policy::Policy::builtin();
-    let (mut sandboxed, mut bare) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut sandboxed, mut bare, mut others) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n {
+        if let Some(other) = other {
+            others.push(opencode_sandboxed(other, worktree)?);
+        }
         if i % 2 == 0 {
             sandboxed.push(opencode_sandboxed(exe, worktree)?);
             bare.push(opencode_bare(&policy, scratch, &bare_wt, i)?);
@@ -203,6 +206,10 @@ fn opencode_vs_bare(exe: &Path, worktree: &Path, n: usize) -> Result<(), String>
     println!("OpenCode launch-to-healthy ({OPENCODE}, cold HOME, password set; {n} alternating runs each, load {}):", load());
     println!("  runs, ms: sandboxed {}; bare {}", show(&sandboxed), show(&bare));
     let (s, b) = (median(sandboxed), median(bare));
+    if let Some(other) = other {
+        let o = median(others.clone());
+        println!("  {}: runs {}; median {:.0} ms: {:.3}x bare", other.display(), show(&others), ms(o), o.as_secs_f64() / b.as_secs_f64());
+    }
     println!("  sandboxed {:.0} ms   bare (uid {BARE_UID}) {:.0} ms   ratio {:.3}x (target 1.05x)", ms(s), ms(b), s.as_secs_f64() / b.as_secs_f64());
     Ok(())
 }
