@@ -127,7 +127,12 @@ fn launch_vs_bwrap(exe: &Path, worktree: &Path, n: usize, other: Option<&Path>) 
     }
     if have_bwrap {
         let wm = median(w);
-        println!("  swarmcell {:.2} ms   bwrap --unshare-all {:.2} ms   ratio {:.2}x (bar 1.0x)", ms(sm), ms(wm), sm.as_secs_f64() / wm.as_secs_f64());
+        println!(
+            "  swarmcell {:.2} ms   bwrap --unshare-all {:.2} ms   ratio {:.2}x (bar 1.0x)",
+            ms(sm),
+            ms(wm),
+            sm.as_secs_f64() / wm.as_secs_f64()
+        );
     } else {
         println!("  swarmcell {:.2} ms   (bwrap not installed: scripts/setup)", ms(sm));
     }

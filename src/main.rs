@@ -582,7 +582,13 @@ fn bench_all(args: &BenchArgs) -> Result<u8, (String, u8)> {
     if let Some(p) = args.only.iter().find(|p| !["launch", "opencode", "broker"].contains(&p.as_str())) {
         return Err(launcher(format!("--only {p:?}: expected launch, opencode or broker")));
     }
-    let opts = swarmcell::bench_all::Options { launches: args.launches, opencode_runs: args.opencode_runs, broker, parts: args.only.clone(), compare_with: args.compare_with.clone() };
+    let opts = swarmcell::bench_all::Options {
+        launches: args.launches,
+        opencode_runs: args.opencode_runs,
+        broker,
+        parts: args.only.clone(),
+        compare_with: args.compare_with.clone(),
+    };
     swarmcell::bench_all::run(&opts).map(|_| 0).map_err(launcher)
 }
 
