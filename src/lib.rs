@@ -31,6 +31,7 @@ pub mod host;
 pub mod launch;
 pub mod logging;
 pub mod net;
+pub mod phases;
 pub mod policy;
 pub mod sanitize;
 pub mod sys;

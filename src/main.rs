@@ -74,9 +74,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Benchmarks (see benches/).
-    #[command(subcommand)]
-    Bench(BenchCommand),
+    /// Benchmarks (see benches/). Without a subcommand: launch vs bwrap,
+    /// OpenCode launch-to-healthy vs bare, and the broker, side by side.
+    Bench(BenchArgs),
     /// Remove the cgroups of sandboxes whose launcher is gone (also done at every start).
     Gc {
         #[arg(long, default_value = swarmcell::host::lease::HOST_STATE_DIR)]
@@ -292,6 +292,35 @@ enum WorktreeCommand {
     },
 }
 
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BenchArgs {
+    #[command(subcommand)]
+    cmd: Option<BenchCommand>,
+    /// Launches of each of `swarmcell run -- /bin/true` and bwrap.
+    #[arg(long, default_value_t = 40)]
+    launches: usize,
+    /// OpenCode starts on each side (sandboxed, bare).
+    #[arg(long, default_value_t = 5)]
+    opencode_runs: usize,
+    /// Broker: bytes each way for the throughput runs.
+    #[arg(long, default_value = "384M")]
+    bytes: String,
+    /// Broker: pings, connections and launches.
+    #[arg(long, default_value_t = 3000)]
+    pings: usize,
+    #[arg(long, default_value_t = 600)]
+    connections: usize,
+    #[arg(long, default_value_t = 5)]
+    broker_launches: usize,
+    /// Launch: also time this other swarmcell binary (before/after), alternating.
+    #[arg(long)]
+    compare_with: Option<PathBuf>,
+    /// Only these parts (launch, opencode, broker; comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "launch,opencode,broker")]
+    only: Vec<String>,
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
     /// The broker against direct loopback and socat: throughput, latency, launch-to-healthy.
@@ -336,6 +365,8 @@ fn main() -> ExitCode {
         let fd = args.next().and_then(|a| a.to_str().and_then(|s| s.parse().ok())).unwrap_or(-1);
         launch::init::main(fd);
     }
+    swarmcell::phases::init_from_env();
+    swarmcell::phases::mark("main");
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -344,7 +375,9 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    swarmcell::phases::mark("cli parsed");
     swarmcell::logging::init(matches!(cli.log_format, LogFormat::Json), &cli.log_level);
+    swarmcell::phases::mark("logging");
     let log = LogConfig { json: matches!(cli.log_format, LogFormat::Json), level: cli.log_level.clone() };
     let result = match cli.command {
         Command::Init { fd } => launch::init::main(fd),
@@ -360,11 +393,14 @@ fn main() -> ExitCode {
         Command::Inspect { target, json } => {
             swarmcell::attest::inspect::run(&target, json).map(|_| 0).map_err(|e| (format!("inspect: {e}"), launch::EXIT_LAUNCHER_ERROR))
         }
-        Command::Bench(BenchCommand::Broker { bytes, pings, connections, launches }) => bench_broker(&bytes, pings, connections, launches),
-        Command::Bench(BenchCommand::Egress { bytes }) => bench_egress(&bytes),
-        Command::Bench(BenchCommand::Daemon { soak, scale }) => {
+        Command::Bench(BenchArgs { cmd: Some(BenchCommand::Broker { bytes, pings, connections, launches }), .. }) => {
+            bench_broker(&bytes, pings, connections, launches)
+        }
+        Command::Bench(BenchArgs { cmd: Some(BenchCommand::Egress { bytes }), .. }) => bench_egress(&bytes),
+        Command::Bench(BenchArgs { cmd: Some(BenchCommand::Daemon { soak, scale }), .. }) => {
             swarmcell::bench::daemon::run(soak, scale).map(|_| 0).map_err(|e| (e, launch::EXIT_LAUNCHER_ERROR))
         }
+        Command::Bench(args) => bench_all(&args),
         Command::Policy(PolicyCommand::Check { file }) => Policy::load(&file)
             .map(|_| {
                 println!("policy {}: ok", file.display());
@@ -472,6 +508,7 @@ fn run_checked(args: RunArgs, log: LogConfig) -> Result<u8, (String, u8)> {
     if args.max_connections == 0 {
         return Err(launcher("--max-connections must be 1 or more".into()));
     }
+    swarmcell::phases::mark("policy and arguments");
     let req_policy_command = policy.process.command.clone();
     let req = parent::RunRequest {
         worktree: args.worktree,
@@ -530,6 +567,28 @@ fn bench_broker(bytes: &str, pings: usize, connections: usize, launches: usize) 
     let wt = swarmcell::bench::TempWorktree::new().map_err(launcher)?;
     let opts = swarmcell::bench::Options { bytes, pings, launches, connections, worktree: wt.path() };
     swarmcell::bench::broker(&opts).map(|_| 0).map_err(launcher)
+}
+
+fn bench_all(args: &BenchArgs) -> Result<u8, (String, u8)> {
+    let launcher = |m: String| (m, launch::EXIT_LAUNCHER_ERROR);
+    let bytes = policy::units::parse_size(&args.bytes).map_err(launcher)?.ok_or_else(|| launcher("--bytes cannot be max".into()))?;
+    if [args.launches, args.opencode_runs, args.pings, args.connections, args.broker_launches].contains(&0) {
+        return Err(launcher("--launches, --opencode-runs, --pings, --connections and --broker-launches must be 1 or more".into()));
+    }
+    let wt = swarmcell::bench::TempWorktree::new().map_err(launcher)?;
+    let broker =
+        swarmcell::bench::Options { bytes, pings: args.pings, launches: args.broker_launches, connections: args.connections, worktree: wt.path() };
+    if let Some(p) = args.only.iter().find(|p| !["launch", "opencode", "broker"].contains(&p.as_str())) {
+        return Err(launcher(format!("--only {p:?}: expected launch, opencode or broker")));
+    }
+    let opts = swarmcell::bench::all::Options {
+        launches: args.launches,
+        opencode_runs: args.opencode_runs,
+        broker,
+        parts: args.only.clone(),
+        compare_with: args.compare_with.clone(),
+    };
+    swarmcell::bench::all::run(&opts).map(|_| 0).map_err(launcher)
 }
 
 fn worktree(cmd: WorktreeCommand) -> Result<u8, (String, u8)> {

@@ -133,3 +133,30 @@ fn limit_flags_are_validated() {
     let out = f.run(&["--cgroup-parent", "../x"], &["/bin/true"]);
     assert_eq!(out.status.code(), Some(125));
 }
+
+/// Init joins its cgroups itself on v1 (the launcher's `tasks` files, written
+/// between clone and exec): it and the payload are in every one of the
+/// sandbox's cgroups, in all processes and threads, before anything runs.
+#[test]
+fn the_init_and_the_payload_are_in_every_one_of_the_sandboxes_cgroups() {
+    let f = Fixture::new();
+    let (mut child, ready) = f.spawn(&[], &["/bin/sh", "-c", "sleep 60 & wait"]);
+    let info = ready_line(&ready);
+    let init = info["pid"].as_u64().unwrap().to_string();
+    let dirs: Vec<PathBuf> = info["cgroups"].as_array().unwrap().iter().map(|p| PathBuf::from(p.as_str().unwrap())).collect();
+    assert!(!dirs.is_empty());
+    for d in &dirs {
+        // Both files list it: the process (cgroup.procs) and its one thread (tasks).
+        let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap();
+        let ids: Vec<&str> = procs.split_whitespace().collect();
+        assert!(ids.contains(&init.as_str()), "init {init} not in {}: {procs:?}", d.display());
+        assert!(ids.len() >= 3, "init, sh and sleep expected in {}: {procs:?}", d.display());
+        if dirs.len() > 1 {
+            let tasks = std::fs::read_to_string(d.join("tasks")).unwrap();
+            assert!(tasks.split_whitespace().any(|t| t == init), "init {init} not in {}/tasks", d.display());
+        }
+    }
+    child.sigterm();
+    child.wait();
+    assert_no_sandbox_left();
+}

@@ -8,6 +8,8 @@
 //! The servers are `swarmcell __probe bench-server` / `serve`: the same program
 //! directly on the host, inside a sandbox (through the broker), and behind socat.
 
+/// `swarmcell bench` (no subcommand): launch, OpenCode and broker side by side.
+pub mod all;
 /// `swarmcell bench daemon`: soak and scale through the daemon.
 pub mod daemon;
 
@@ -72,7 +74,9 @@ fn sandboxed(opts: &Options, mode: &str, health: &str, broker: &str) -> Result<(
         .arg(&exe)
         .args(["__probe", mode, "{port}"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        .stdout(Stdio::null())
+        // `serve` logs every request (each health check) to stderr.
+        .stderr(if mode == "serve" { Stdio::null() } else { Stdio::inherit() });
     let wfd = std::os::fd::AsRawFd::as_raw_fd(&w);
     // SAFETY: install_fd_for_exec is async-signal-safe.
     unsafe {
@@ -323,7 +327,8 @@ pub fn broker(opts: &Options) -> Result<(), String> {
     for _ in 0..opts.launches {
         let port = free_port()?;
         let start = Instant::now();
-        let server = Killed(Command::new(&exe).args(["__probe", "serve", &port.to_string()]).spawn().map_err(|e| e.to_string())?);
+        let server =
+            Killed(Command::new(&exe).args(["__probe", "serve", &port.to_string()]).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?);
         let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         crate::net::health::wait(
             &crate::net::health::Check::Http { netns: None, port, request: crate::net::health::request("/", port, None) },

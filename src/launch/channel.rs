@@ -179,6 +179,7 @@ mod tests {
             stop_timeout_ms: 5000,
             handoff: false,
             log: LogConfig { json: false, level: "warn".into() },
+            trace_phases: false,
             landlock: Default::default(),
             seccomp: vec![],
         }

@@ -59,6 +59,10 @@ pub fn main(channel_fd: RawFd) -> ! {
         // The launcher died or gave up before sending the spec: nothing to report to.
         Err(_) => std::process::exit(super::EXIT_LAUNCHER_ERROR.into()),
     };
+    if spec.trace_phases {
+        crate::phases::enable();
+        crate::phases::mark("init: spec received");
+    }
     crate::logging::init(spec.log.json, &spec.log.level);
     let msg = match run(&chan, &spec, fds) {
         Ok(status) => FromInit::Exited(status),
@@ -95,9 +99,11 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStat
     if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
         return Err(Failure::Setup(format!("unshare(CLONE_NEWCGROUP): {}", nix::errno::Errno::last())));
     }
+    crate::phases::mark("init: credentials and cgroup namespace");
     tracing::debug!("init: credentials set");
     crate::fs::rootfs::build(spec, &fds)?;
     drop(fds);
+    crate::phases::mark("init: root built");
     tracing::debug!("init: root built");
     // (lo was brought up by the launcher, which also created the outbound
     // listeners in this network namespace.)
@@ -107,7 +113,9 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStat
     // Socket handoff: the payload sends its accept-notification listener here.
     let notify_pair = if spec.handoff { Some(sys::socketpair_seqpacket()?) } else { None };
     prepared.notify_sock = notify_pair.as_ref().map(|(_, child)| child.as_raw_fd());
+    crate::phases::mark("init: exec prepared");
     let landlock = crate::confine::landlock::prepare(&spec.landlock)?;
+    crate::phases::mark("init: landlock prepared");
     tracing::debug!(abi = crate::confine::landlock::kernel_abi(), mode = ?spec.landlock.mode, seccomp_programs = prepared.seccomp.len(), "init: filters prepared");
     let watched: Vec<libc::c_int> = FORWARDED.iter().copied().chain([libc::SIGCHLD]).collect();
     let mask = sys::sigset(&watched);
@@ -127,6 +135,7 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStat
         }
     };
     drop(err_w);
+    crate::phases::mark("init: payload forked");
     tracing::debug!("init: payload forked");
     let notify = match notify_pair {
         Some((ours, theirs)) => {
@@ -145,6 +154,7 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStat
     }
 
     // init keeps no privilege: it only reaps and signals processes of its own uid.
+    crate::phases::mark("init: payload exec'd");
     crate::confine::caps::set_no_new_privs()?;
     crate::confine::caps::drop_all(prepared.last_cap)?;
     sys::prctl(libc::PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")?;

@@ -228,7 +228,7 @@ fn inside_ids(req: &RunRequest, wt: &Worktree) -> Result<(u32, u32), RunError> {
     Ok((uid, gid))
 }
 
-fn environment(policy: &Policy, id: &str, port: Option<u16>, secret: Option<&str>) -> Vec<(String, String)> {
+pub fn environment(policy: &Policy, id: &str, port: Option<u16>, secret: Option<&str>) -> Vec<(String, String)> {
     let clean = |v: String| (!v.is_empty() && v.len() < 256 && !v.chars().any(char::is_control)).then_some(v);
     let mut env = vec![
         ("PATH".to_string(), SANDBOX_PATH.to_string()),
@@ -328,6 +328,7 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     .map_err(|e| RunError::Invalid(e.to_string()))?;
     let wt = resolve_worktree(&req.worktree, &req.repos)?;
     let (uid, gid) = inside_ids(req, &wt)?;
+    crate::phases::mark("worktree resolved");
     let id = super::new_sandbox_id();
     super::events::set_sandbox(&id);
     let secret = match (&req.policy.process.server_password_env, req.secret_fd) {
@@ -343,6 +344,7 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         ),
         PortChoice::Fixed(p) => Some(crate::host::ports::take(&req.state_dir, req.port_range, p)?),
     };
+    crate::phases::mark("secret and port");
     let env = environment(&req.policy, &id, host_port.as_ref().map(|p| p.port), secret.as_deref());
     // `{port}` in the arguments is the port the payload listens on inside.
     let inner = req.policy.network.inner_port.to_string();
@@ -354,7 +356,9 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     if let Some(missing) = crate::confine::landlock::check_host(req.policy.landlock).map_err(|e| RunError::Invalid(e.to_string()))? {
         tracing::warn!("{missing}");
     }
+    crate::phases::mark("environment and landlock check");
     let seccomp = crate::confine::seccomp::compile(&req.policy.seccomp.deny).map_err(|e| RunError::Invalid(e.to_string()))?;
+    crate::phases::mark("seccomp compiled");
     // Before anything else is made: a limit that cannot be had is refused here.
     let mut disk =
         crate::host::disk::prepare(&wt.path, &req.policy.disk_limits(), &req.state_dir, &id).map_err(|e| RunError::Invalid(e.to_string()))?;
@@ -362,7 +366,9 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     if let Some(git) = &wt.git {
         disk.add_tree(&git.layer.path).map_err(|e| RunError::Invalid(e.to_string()))?;
     }
+    crate::phases::mark("disk prepared");
     let layout = crate::host::cgroups::Layout::detect()?;
+    crate::phases::mark("cgroup layout");
     if req.gc {
         match crate::host::cgroups::gc(&layout, &req.cgroup_parent, &req.state_dir) {
             Ok(ids) if !ids.is_empty() => tracing::info!(removed = ?ids, "removed stale sandbox cgroups"),
@@ -370,11 +376,14 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
             Err(e) => tracing::warn!(error = %e, "could not remove stale sandbox cgroups"),
         }
     }
+    crate::phases::mark("gc sweep");
     let lease = uidalloc::allocate(&req.state_dir, req.uid_range, super::random_u32())?;
     // Held for the sandbox's life: `gc` leaves the cgroup of a held id alone.
     let sandbox_lease = crate::host::lease::acquire_fresh(&req.state_dir.join("sandboxes").join(format!("{id}.lock")))?
         .ok_or_else(|| RunError::Setup(format!("sandbox id {id} is already in use")))?;
+    crate::phases::mark("uid and sandbox leases");
     let mut cgroup = crate::host::cgroups::create(&layout, &req.cgroup_parent, &id, &req.policy.cgroup_limits())?;
+    crate::phases::mark("cgroup created");
     let spec = InitSpec {
         id: id.clone(),
         uid,
@@ -392,6 +401,7 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         log: req.log.clone(),
         landlock: landlock_spec(req, &wt),
         seccomp: super::spec::encode_bpf(&seccomp),
+        trace_phases: crate::phases::enabled(),
     };
     let signals = SignalGuard::block()?;
     // A per-sandbox host uid behind an idmapped worktree, or (without idmapping)
@@ -407,7 +417,9 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         other => other.map_err(Fallback::into_error)?,
     };
     tracing::info!(sandbox = %id, pid = sandbox.pid, host_uid = sandbox.host_uid, cgroup_version = cgroup.version(), "sandbox started");
+    crate::phases::mark("sandbox started");
     disk.watch(sandbox.pid).map_err(|e| RunError::Setup(e.to_string()))?;
+    crate::phases::mark("disk watch");
     let publisher = wt.git.as_ref().map(|g| {
         let make = || crate::git::publish::Publisher::new(g.record.clone(), &id, req.policy.git.allow_force_publish, req.policy.disk_limits().bytes);
         PublishWatch::start(make(), make)
@@ -421,19 +433,25 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         req.policy.network.inner_port,
         secret.as_deref().map(|s| (req.policy.health.auth_user.as_str(), s)),
     );
+    crate::phases::mark("publisher");
     let mut network = Network::start(req, &id, host_port.as_ref(), &mut sandbox, std::sync::Arc::new(broker_stats), ingress, health_request)?;
+    crate::phases::mark("network started");
     let ready_info = ReadyInfo { id: &id, port: host_port.as_ref().map(|p| p.port), cgroups: cgroup.paths(), secret: secret.as_deref() };
     let status = sandbox.wait(&signals, ready, &ready_info, &mut network, req.stop_timeout);
+    crate::phases::mark("sandbox ended");
     network.finish();
     drop(sandbox);
+    crate::phases::mark("network finished");
     // The sandbox is gone: the last publish (the worktree's lease is still held).
     if let Some(p) = publisher {
         p.finish();
     }
     let oom_kills = cgroup.oom_kills();
     cgroup.kill_and_remove()?;
+    crate::phases::mark("cgroup removed");
     let disk_stop = disk.finish();
     drop((lease, sandbox_lease, host_port));
+    crate::phases::mark("disk and leases released");
     // The disk monitor stops a sandbox by killing its init, which then reports nothing.
     let status = if disk_stop.is_some() { status.or(Ok(PayloadStatus::Signaled(libc::SIGKILL))) } else { status }?;
     if status == PayloadStatus::Signaled(libc::SIGKILL) && oom_kills > 0 {
@@ -601,17 +619,26 @@ fn start(
 ) -> Result<Sandbox, Fallback> {
     // Clone first: the child's exec of `swarmcell __init` then overlaps with the
     // host-side mount preparation below (it waits for the spec anyway).
-    let mut sandbox = Sandbox::spawn(map.host_uid)?;
+    // v1: init moves itself into its cgroups before its exec (cheaper, see
+    // `self_attach_files`); otherwise we move it below, before it is sent
+    // anything, so it still runs nothing of the payload's outside them.
+    let attach = cgroup.self_attach_files();
+    let mut sandbox = Sandbox::spawn(map.host_uid, attach.as_deref().unwrap_or(&[]))?;
     sandbox.owner = wt.uid;
+    crate::phases::mark("init cloned");
     tracing::debug!(pid = sandbox.pid, "init cloned");
     map.write(sandbox.pid)?;
+    crate::phases::mark("id maps written");
     // Before init runs anything of the payload's: every process of the sandbox
     // is born inside the cgroup, and init's cgroup namespace is rooted there.
-    cgroup.add_process(sandbox.pid)?;
+    if attach.is_none() {
+        cgroup.add_process(sandbox.pid)?;
+    }
+    drop(attach);
+    crate::phases::mark("init placed in its cgroup");
     tracing::debug!("init placed in its cgroup");
     // Outbound: listeners inside the sandbox's network namespace, made by the
     // launcher before the payload exists (its first connection just queues).
-    let mut sandbox = sandbox;
     let ns = crate::net::broker::Netns::of_pid(sandbox.pid).map_err(|e| RunError::Setup(format!("opening the sandbox's network namespace: {e}")))?;
     sandbox.netns = Some(ns.clone());
     let forwards = req.forwards();
@@ -621,6 +648,7 @@ fn start(
         .loopback_up_and_listen(ports)
         .map_err(|e| RunError::Setup(format!("outbound listeners inside the sandbox (forwards, egress proxy): {e}")))?;
     sandbox.outbound = kinds.into_iter().zip(listeners).collect();
+    crate::phases::mark("outbound listeners");
 
     let mut mounts = PreparedMounts::default();
     for p in &req.policy.filesystem.read_only {
@@ -651,6 +679,7 @@ fn start(
         )?);
     }
     mounts.sort();
+    crate::phases::mark("host mounts prepared");
     spec.mounts = mounts.entries.clone();
     if idmap {
         let userns_path = format!("/proc/{}/ns/user", sandbox.pid);
@@ -666,6 +695,7 @@ fn start(
         }
     }
     sandbox.channel.send_spec(&spec, &mounts.raw_fds())?;
+    crate::phases::mark("spec sent");
     tracing::debug!("spec sent");
     Ok(sandbox)
 }
@@ -748,7 +778,10 @@ enum Outbound {
 }
 
 impl Sandbox {
-    fn spawn(host_uid: u32) -> Result<Sandbox, RunError> {
+    /// `attach`: files init writes "0" to before its exec, to join its cgroups
+    /// (v1 `tasks` files; failing that, it exits and never runs).
+    fn spawn(host_uid: u32, attach: &[OwnedFd]) -> Result<Sandbox, RunError> {
+        let attach: Vec<RawFd> = attach.iter().map(|f| f.as_raw_fd()).collect();
         let (parent_end, child_end) = sys::socketpair_seqpacket().map_err(|source| RunError::Sys { what: "creating the sandbox channel", source })?;
         let child_fd = child_end.as_raw_fd();
         let fd_arg = CString::new(child_fd.to_string()).map_err(|_| RunError::Setup("fd argument".into()))?;
@@ -762,6 +795,11 @@ impl Sandbox {
                 // them across the exec.
                 // SAFETY: raw syscalls on prepared, NUL-terminated data.
                 unsafe {
+                    for fd in &attach {
+                        if libc::write(*fd, c"0".as_ptr().cast(), 1) != 1 {
+                            libc::_exit(super::EXIT_LAUNCHER_ERROR.into());
+                        }
+                    }
                     if libc::fcntl(child_fd, libc::F_SETFD, 0) != 0
                         || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
                         || sys::raise_ambient_all().is_err()
@@ -825,6 +863,7 @@ impl Sandbox {
             if pfds[1].revents != 0 {
                 match self.channel.recv_from_init() {
                     Ok((FromInit::Running, notify)) => {
+                        crate::phases::mark("payload running");
                         running = true;
                         network.on_running(notify);
                         if network.health.is_none() {
@@ -853,6 +892,7 @@ impl Sandbox {
                 health_open = false;
                 match h.result() {
                     Some(Ok(took)) if running || status.is_none() => {
+                        crate::phases::mark("healthy");
                         tracing::info!(sandbox = %id, port = info.port, healthy_after_ms = took.as_millis() as u64, "ready");
                         if let Some(fd) = ready.take() {
                             write_ready(fd, info, self.pid);

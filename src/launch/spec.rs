@@ -30,6 +30,9 @@ pub struct InitSpec {
     pub handoff: bool,
     /// Compiled seccomp programs, loaded in order: (code, jt, jf, k) per instruction.
     pub seccomp: Vec<Vec<(u16, u8, u8, u32)>>,
+    /// `SWARMCELL_TRACE_PHASES` was set for the launcher: init prints its phases too.
+    #[serde(default)]
+    pub trace_phases: bool,
 }
 
 /// Flatten compiled BPF for the channel.

@@ -13,9 +13,10 @@
 //!
 //! [`Exchange`] is the protocol on a non-blocking socket, driven by the daemon's
 //! epoll loop; [`wait`] drives it with `poll` for `swarmcell run`, on a thread
-//! that has entered the sandbox's namespace. Polling starts every millisecond
-//! and backs off to 25 ms, so a fast server is seen at once and a slow one costs
-//! little.
+//! that has entered the sandbox's namespace. A refused connection is retried
+//! every millisecond, backing off to 25 ms, so a fast server is seen at once and
+//! a slow one costs little; a request left unanswered does not hold up the next
+//! (checks overlap, see [`wait`]).
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -165,38 +166,149 @@ pub fn check_once(port: u16, request: &Arc<[u8]>, timeout: Duration) -> Outcome 
     }
 }
 
+/// At most this many HTTP checks in flight at once (see [`wait`]): enough
+/// that one starts every [`OVERLAP_EVERY`] even while none is answered.
+pub const MAX_IN_FLIGHT: usize = 40;
+/// While a check waits for its answer, a fresh one starts this often.
+pub const OVERLAP_EVERY: Duration = Duration::from_millis(25);
+
+/// One HTTP check in flight.
+struct Attempt {
+    stream: std::net::TcpStream,
+    exchange: Exchange,
+    deadline: Instant,
+}
+
 /// Block until healthy, the deadline passes, or `cancel` is set; returns how
 /// long it took. A check with a namespace enters it first: call this on a
 /// thread of its own.
+///
+/// HTTP checks overlap: a server that accepts connections while it starts may
+/// never answer a request made then, and waiting out that request's timeout
+/// before the next one would add up to [`PER_REQUEST_TIMEOUT`] to every
+/// launch. So while a check waits for its answer a fresh one starts every
+/// [`OVERLAP_EVERY`], each with its own timeout, at most [`MAX_IN_FLIGHT`] at
+/// once; the first 2xx wins. A refused connection is retried after 1 ms,
+/// backing off to 25 ms.
 pub fn wait(check: &Check, deadline: Duration, cancel: &Arc<AtomicBool>) -> Result<Duration, HealthError> {
     let start = Instant::now();
     if let Check::Http { netns: Some(ns), .. } | Check::Tcp { netns: Some(ns), .. } = check {
         ns.enter().map_err(|e| HealthError::Setup(format!("entering the sandbox's network namespace: {e}")))?;
     }
+    match check {
+        Check::Http { port, request, .. } => wait_http(*port, request, start, deadline, cancel),
+        Check::Tcp { port, .. } => wait_tcp(*port, start, deadline, cancel),
+    }
+}
+
+fn wait_tcp(port: u16, start: Instant, deadline: Duration, cancel: &Arc<AtomicBool>) -> Result<Duration, HealthError> {
     let mut interval = Duration::from_millis(1);
-    let mut last: Option<String>;
     loop {
         if cancel.load(Ordering::SeqCst) {
             return Err(HealthError::Cancelled);
         }
-        let per_request = PER_REQUEST_TIMEOUT.min(deadline.saturating_sub(start.elapsed())).max(Duration::from_millis(1));
-        let outcome = match check {
-            Check::Http { port, request, .. } => check_once(*port, request, per_request),
-            Check::Tcp { port, .. } => match std::net::TcpStream::connect(("127.0.0.1", *port)) {
-                Ok(_) => Outcome::Healthy,
-                Err(e) => Outcome::Unhealthy(e.to_string()),
-            },
+        let why = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(_) => return Ok(start.elapsed()),
+            Err(e) => e.to_string(),
         };
-        tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, ?outcome, "health attempt");
-        match outcome {
-            Outcome::Healthy => return Ok(start.elapsed()),
-            Outcome::Unhealthy(why) => last = Some(why),
-        }
         if start.elapsed() >= deadline {
-            return Err(HealthError::Timeout { after: deadline, last });
+            return Err(HealthError::Timeout { after: deadline, last: Some(why) });
         }
         std::thread::sleep(interval.min(deadline.saturating_sub(start.elapsed())));
         interval = (interval * 2).min(Duration::from_millis(25));
+    }
+}
+
+fn wait_http(port: u16, request: &Arc<[u8]>, start: Instant, deadline: Duration, cancel: &Arc<AtomicBool>) -> Result<Duration, HealthError> {
+    let end = start + deadline;
+    let mut flight: Vec<Attempt> = Vec::with_capacity(MAX_IN_FLIGHT);
+    let mut pfds: Vec<libc::pollfd> = Vec::with_capacity(MAX_IN_FLIGHT);
+    let mut next_start = start;
+    let mut backoff = Duration::from_millis(1);
+    let mut last: Option<String> = None;
+    loop {
+        if cancel.load(Ordering::SeqCst) {
+            return Err(HealthError::Cancelled);
+        }
+        let now = Instant::now();
+        if now >= end {
+            return Err(HealthError::Timeout { after: deadline, last });
+        }
+        // Give up on the attempts whose own timeout passed.
+        flight.retain(|a| {
+            let alive = now < a.deadline;
+            if !alive {
+                last = Some(format!("no answer within {}", crate::policy::units::HumanDuration(PER_REQUEST_TIMEOUT)));
+            }
+            alive
+        });
+        if flight.len() < MAX_IN_FLIGHT && now >= next_start {
+            match crate::sys::tcp_connect_loopback_nonblocking(port) {
+                Ok(stream) => {
+                    let per_request = PER_REQUEST_TIMEOUT.min(end - now).max(Duration::from_millis(1));
+                    flight.push(Attempt { stream, exchange: Exchange::new(request.clone()), deadline: now + per_request });
+                    next_start = now + OVERLAP_EVERY;
+                }
+                Err(e) => {
+                    last = Some(e.to_string());
+                    next_start = now + backoff;
+                    backoff = (backoff * 2).min(Duration::from_millis(25));
+                }
+            }
+            tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, in_flight = flight.len(), "health attempt started");
+        }
+        // Sleep until an answer, the next start, an attempt's timeout, or a
+        // cancellation check (every 25 ms at most).
+        let mut wake = end.min(now + Duration::from_millis(25));
+        if flight.len() < MAX_IN_FLIGHT {
+            wake = wake.min(next_start);
+        }
+        for a in &flight {
+            wake = wake.min(a.deadline);
+        }
+        pfds.clear();
+        pfds.extend(flight.iter().map(|a| libc::pollfd {
+            fd: a.stream.as_raw_fd(),
+            events: if a.exchange.sending() { libc::POLLOUT } else { libc::POLLIN },
+            revents: 0,
+        }));
+        let timeout_ms = wake.saturating_duration_since(Instant::now()).as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        // SAFETY: pfds is a valid array of pfds.len() pollfds.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+        if r <= 0 {
+            continue;
+        }
+        let mut healthy = false;
+        let mut failed = false;
+        let mut k = 0;
+        flight.retain_mut(|a| {
+            let ready = pfds[k].revents != 0;
+            k += 1;
+            if !ready {
+                return true;
+            }
+            match a.exchange.advance(&mut a.stream) {
+                None => true,
+                Some(Outcome::Healthy) => {
+                    healthy = true;
+                    false
+                }
+                Some(Outcome::Unhealthy(why)) => {
+                    tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, why = %why, "health attempt failed");
+                    last = Some(why);
+                    failed = true;
+                    false
+                }
+            }
+        });
+        if healthy {
+            return Ok(start.elapsed());
+        }
+        if failed && flight.is_empty() {
+            // An answer, but not a 2xx: ask again soon, backing off.
+            next_start = next_start.min(Instant::now() + backoff);
+            backoff = (backoff * 2).min(Duration::from_millis(25));
+        }
     }
 }
 
@@ -243,6 +355,56 @@ mod tests {
         let t = Instant::now();
         assert!(matches!(once(server(b"")), Outcome::Unhealthy(w) if w.contains("no answer within")));
         assert!(t.elapsed() < Duration::from_secs(2));
+    }
+
+    /// A server that accepts at once but leaves its first connections
+    /// unanswered (as opencode does while it starts): the overlapping checks
+    /// see it healthy as soon as it answers, not a request timeout later.
+    #[test]
+    fn an_unanswered_first_request_does_not_hold_up_the_next() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let t0 = Instant::now();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in l.incoming() {
+                let mut s = s.unwrap();
+                if t0.elapsed() < Duration::from_millis(200) {
+                    held.push(s); // accepted, never answered
+                } else {
+                    let mut buf = [0u8; 512];
+                    let _ = s.read(&mut buf);
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\n");
+                }
+            }
+        });
+        let check = Check::Http { netns: None, port, request: request("/h", port, None) };
+        let took = wait(&check, Duration::from_secs(5), &Arc::new(AtomicBool::new(false))).unwrap();
+        assert!(took >= Duration::from_millis(200), "{took:?}");
+        assert!(took < Duration::from_millis(600), "healthy only after {took:?}");
+    }
+
+    #[test]
+    fn checks_in_flight_are_bounded_and_a_silent_server_times_out() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let a = accepted.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in l.incoming() {
+                a.fetch_add(1, Ordering::SeqCst);
+                held.push(s);
+            }
+        });
+        let check = Check::Http { netns: None, port, request: request("/h", port, None) };
+        let t = Instant::now();
+        let r = wait(&check, Duration::from_millis(700), &Arc::new(AtomicBool::new(false)));
+        assert!(matches!(r, Err(HealthError::Timeout { .. })), "{r:?}");
+        assert!(t.elapsed() < Duration::from_millis(900));
+        std::thread::sleep(Duration::from_millis(50));
+        let n = accepted.load(Ordering::SeqCst);
+        assert!((10..=MAX_IN_FLIGHT).contains(&n), "{n} connections within one request timeout");
     }
 
     #[test]

@@ -232,6 +232,23 @@ impl SandboxCgroup {
         self.memory_limit
     }
 
+    /// v1: each hierarchy's `tasks` file, opened by us (root) for the sandbox
+    /// init to write "0" to between its clone and its exec. A thread that moves
+    /// itself is migrated without the kernel's global threadgroup lock (a
+    /// percpu rwsem whose write side waits for an RCU grace period, milliseconds
+    /// per launch on a busy host), which writing another process's pid to
+    /// `cgroup.procs` always takes; the write is allowed by the opener's
+    /// credentials (v1 checks the file's, root). The new process is single
+    /// threaded, so moving its one thread moves it. None on v2, where
+    /// `cgroup.procs` takes the lock anyway (`clone3(CLONE_INTO_CGROUP)` is
+    /// the way there).
+    pub fn self_attach_files(&self) -> Option<Vec<std::os::fd::OwnedFd>> {
+        if self.version == 2 {
+            return None;
+        }
+        self.dirs.iter().map(|(_, d)| std::fs::OpenOptions::new().write(true).open(d.join("tasks")).ok().map(std::os::fd::OwnedFd::from)).collect()
+    }
+
     /// Move a process (the sandbox init, before it runs anything) into the cgroup.
     pub fn add_process(&self, pid: libc::pid_t) -> Result<(), CgroupError> {
         for (_, dir) in &self.dirs {
