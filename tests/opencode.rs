@@ -229,6 +229,21 @@ fn opencode_through_the_daemon_wants_its_secret_and_refuses_other_users() {
 
 const SDK: &str = "/opt/swarmcell-sdk";
 
+/// The ready line of a `spawn_run` launcher, waiting up to `limit` (OpenCode
+/// takes seconds), or a panic that shows what the launcher said.
+fn ready_within(ready: &std::path::Path, limit: std::time::Duration) -> serde_json::Value {
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(t) = std::fs::read_to_string(ready)
+            && t.ends_with('\n')
+        {
+            return serde_json::from_str(t.trim()).unwrap();
+        }
+        assert!(start.elapsed() < limit, "never healthy: {}", std::fs::read_to_string(ready.with_extension("stderr")).unwrap_or_default());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// `session.shell` of the official SDK for each command, on the OpenCode
 /// server at PORT; one (command, output) per command.
 fn sdk_shell(port: u16, secret: &str, commands: &[&str]) -> Vec<(String, String)> {
@@ -269,20 +284,7 @@ fn an_opencode_agent_commit_reaches_its_branch_and_nothing_else_changes() {
     let refs = || git(&repo, &["for-each-ref", "--format=%(refname) %(objectname)"]);
     let before = refs();
     let (mut l, ready) = spawn_run(&f.dir, &wt, &["--port", "auto", "--health-timeout", "60s"], &[]);
-    let start = std::time::Instant::now();
-    let info = loop {
-        if let Ok(t) = std::fs::read_to_string(&ready)
-            && t.ends_with('\n')
-        {
-            break serde_json::from_str::<serde_json::Value>(t.trim()).unwrap();
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(70),
-            "never healthy: {}",
-            std::fs::read_to_string(ready.with_extension("stderr")).unwrap_or_default()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let info = ready_within(&ready, std::time::Duration::from_secs(70));
     let port = info["port"].as_u64().unwrap() as u16;
     let secret = info["secret"].as_str().expect("the sandbox's secret in the ready line").to_string();
     let commit = "echo hello > agent.txt && git add agent.txt && git -c user.name=agent -c user.email=agent@x commit -qm 'agent commit' 2>&1; git rev-parse HEAD";
@@ -370,20 +372,7 @@ echo SUITE-PASSED
     std::fs::write(wt.join("test.sh"), suite).unwrap();
     std::os::unix::fs::chown(wt.join("test.sh"), Some(OWNER), Some(OWNER)).unwrap();
     let (mut l, ready) = spawn_run(&f.dir, &wt, &["--port", "auto", "--health-timeout", "60s"], &[]);
-    let start = std::time::Instant::now();
-    let info = loop {
-        if let Ok(t) = std::fs::read_to_string(&ready)
-            && t.ends_with('\n')
-        {
-            break serde_json::from_str::<serde_json::Value>(t.trim()).unwrap();
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(70),
-            "never healthy: {}",
-            std::fs::read_to_string(ready.with_extension("stderr")).unwrap_or_default()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let info = ready_within(&ready, std::time::Duration::from_secs(70));
     let port = info["port"].as_u64().unwrap() as u16;
     let secret = info["secret"].as_str().expect("the sandbox's secret in the ready line").to_string();
     let out = sdk_shell(

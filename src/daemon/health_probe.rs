@@ -48,7 +48,6 @@ impl Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
 
     fn run(poller: &Rc<Poller>, p: &mut Probe) -> Option<bool> {
         let mut ready = Vec::new();
@@ -69,21 +68,7 @@ mod tests {
         Probe::start(&poller, 1, None, port, crate::net::health::request("/h", port, None)).map_or(Some(false), |mut p| run(&poller, &mut p))
     }
 
-    fn server(reply: &'static [u8]) -> u16 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            let (mut s, _) = l.accept().unwrap();
-            let mut buf = [0u8; 512];
-            let _ = s.read(&mut buf);
-            if !reply.is_empty() {
-                let _ = s.write_all(reply);
-            } else {
-                std::thread::sleep(Duration::from_secs(3));
-            }
-        });
-        port
-    }
+    use crate::net::health::test_server::start as server;
 
     #[test]
     fn a_2xx_is_healthy_and_anything_else_is_not() {

@@ -312,11 +312,15 @@ fn wait_http(port: u16, request: &Arc<[u8]>, start: Instant, deadline: Duration,
     }
 }
 
+/// A one-connection test server for the checkers' unit tests (here and the daemon's).
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_server {
+    use std::io::{Read, Write};
+    use std::time::Duration;
 
-    fn server(reply: &'static [u8]) -> u16 {
+    /// Answers its first connection with `reply` after reading the request;
+    /// with an empty `reply` it says nothing for 3 s.
+    pub(crate) fn start(reply: &'static [u8]) -> u16 {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         std::thread::spawn(move || {
@@ -331,6 +335,12 @@ mod tests {
         });
         port
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use test_server::start as server;
 
     fn once(port: u16) -> Outcome {
         check_once(port, &request("/h", 1, None), Duration::from_millis(500))
