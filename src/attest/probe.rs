@@ -657,6 +657,16 @@ fn bench_client(args: &[String]) -> u8 {
     }
 }
 
+/// 127.0.0.1:`port` for the raw socket calls of the attack probes.
+fn loopback_v4(port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be() },
+        sin_zero: [0; 8],
+    }
+}
+
 /// Bind and listen on $SWARMCELL_PORT (the inner port), then turn that socket
 /// back into an unconnected one (shutdown) and connect it to 127.0.0.1:PORT.
 /// `ESCAPED` when the connection reaches a listener: with socket handoff the
@@ -666,12 +676,7 @@ fn reuse_listener(port: &str) -> Check {
     let (Ok(target), Some(inner)) = (port.parse::<u16>(), std::env::var("SWARMCELL_PORT").ok().and_then(|p| p.parse::<u16>().ok())) else {
         return check(&name, Status::Broken, "needs a port and SWARMCELL_PORT");
     };
-    let addr = |p: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: p.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be() },
-        sin_zero: [0; 8],
-    };
+    let addr = loopback_v4;
     let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: plain socket calls on a socket this probe owns, with valid sockaddrs.
     unsafe {
@@ -726,12 +731,7 @@ fn reuse_accepted(port: &str) -> Vec<Check> {
             conns.push(c);
         }
     }
-    let addr = |p: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: p.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be() },
-        sin_zero: [0; 8],
-    };
+    let addr = loopback_v4;
     let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     let t = addr(target);
     let unspec = libc::sockaddr { sa_family: libc::AF_UNSPEC as libc::sa_family_t, sa_data: [0; 14] };
