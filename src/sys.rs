@@ -7,6 +7,24 @@
 //! The functions marked *async-signal-safe* do no allocation on success and may be
 //! called between `clone` and `execve` in a multi-threaded parent; the argument
 //! strings are only formatted when a call fails.
+//!
+//! Who calls what, and why these are hand-written:
+//! - **between fork and exec** (the launcher's clone child, the payload in
+//!   `launch::payload`): `clone_fork`, `raise_ambient_all`, `install_fd_for_exec`,
+//!   `close_range`, `setsid`, `set_sigmask`, `send_fd`, `clear_capabilities`.
+//!   These stay here, allocation-free, whatever `nix` or `rustix` offer;
+//! - **the sandbox init** (single-threaded, after its exec): `mount`,
+//!   `move_mount_fd`, `pivot_root`, `umount_detach`, `mkdirat`, `symlinkat`,
+//!   `openat_nofollow`, `sethostname`, `setresuid`/`setresgid`, `prctl`,
+//!   `recv_fd`, `reset_signal_dispositions`, `kill`. Kept here so that every
+//!   failure names its call and arguments the same way (`nix`/`rustix` wrap
+//!   most of them: `mount`, `pivot_root`, `setresuid` could move there);
+//! - **host side only**: `open_tree_clone`, `mount_setattr_fd` (also the init),
+//!   `socketpair_seqpacket`, `pipe_cloexec`, `set_nonblocking`, `dup_at_least`,
+//!   `tcp_connect_loopback_nonblocking`, `loopback_up`, `fchown`. `nix` and
+//!   `rustix` have no `mount_setattr` with an idmap user namespace here, which
+//!   is why the mount-API calls are raw; the socket and pipe helpers could use
+//!   `nix` (the launch channel already does).
 
 use std::ffi::{CStr, CString};
 use std::fmt;
