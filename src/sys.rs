@@ -21,7 +21,7 @@
 //!   most of them: `mount`, `pivot_root`, `setresuid` could move there);
 //! - **host side only**: `open_tree_clone`, `mount_setattr_fd` (also the init),
 //!   `socketpair_seqpacket`, `pipe_cloexec`, `set_nonblocking`, `dup_at_least`,
-//!   `tcp_connect_loopback_nonblocking`, `loopback_up`, `fchown`. `nix` and
+//!   `tcp_connect_loopback_nonblocking`, `loopback_up`. `nix` and
 //!   `rustix` have no `mount_setattr` with an idmap user namespace here, which
 //!   is why the mount-API calls are raw; the socket and pipe helpers could use
 //!   `nix` (the launch channel already does).
@@ -244,12 +244,6 @@ pub fn symlinkat(target: &Path, dir: RawFd, name: &CStr) -> SysResult<()> {
     // SAFETY: valid C strings.
     let ret = unsafe { libc::symlinkat(t.as_ptr(), dir, name.as_ptr()) };
     check(ret.into(), || format!("symlinkat({target:?}, {name:?})")).map(drop)
-}
-
-pub fn fchown(fd: &impl AsRawFd, uid: libc::uid_t, gid: libc::gid_t) -> SysResult<()> {
-    // SAFETY: integer arguments.
-    let ret = unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) };
-    check(ret.into(), || format!("fchown({}, {uid}, {gid})", fd.as_raw_fd())).map(drop)
 }
 
 pub fn socketpair_seqpacket() -> SysResult<(OwnedFd, OwnedFd)> {
