@@ -31,6 +31,7 @@ pub fn main(name: &str, rest: &[String]) -> u8 {
         ("serve", Some(port)) => return serve(port, false),
         ("bench-server", Some(port)) => return serve(port, true),
         ("signalled-server", Some(port)) => return signalled_server(port),
+        ("accept-race", Some(port)) => return accept_race(port),
         ("redirect", Some(port)) => return redirect(port, rest.get(1).map_or("http://127.0.0.1:1/", String::as_str)),
         ("hostile-output", Some(port)) => return hostile_output(port),
         ("egress-then-serve", Some(port)) => return egress_then_serve(port, rest.get(1).map_or("example.invalid:443", String::as_str)),
@@ -846,4 +847,61 @@ fn signalled_server(port: &str) -> u8 {
         }
     });
     serve(port, true)
+}
+
+/// A hostile payload racing the fd number of its accept calls: one thread
+/// flips a descriptor slot between its inner-port listener (blocking) and
+/// another listener (non-blocking), four threads accept on that slot. An
+/// accept the launcher let continue in the kernel on "the other listener"
+/// runs on the inner one, where the launcher's placeholders queue. Each
+/// connection's first byte is echoed; a placeholder (first byte `P`) is
+/// reported as `accept-race ESCAPED`.
+fn accept_race(port: &str) -> u8 {
+    let Ok(inner) = port.parse::<u16>() else { return 2 };
+    let (Ok(l), Ok(o)) = (std::net::TcpListener::bind(("127.0.0.1", inner)), std::net::TcpListener::bind("127.0.0.1:0")) else { return 2 };
+    if o.set_nonblocking(true).is_err() {
+        return 2;
+    }
+    let (lfd, ofd) = (l.as_raw_fd(), o.as_raw_fd());
+    // SAFETY: dup of our own listener; the slot lives as long as the process.
+    let slot = unsafe { libc::dup(ofd) };
+    if slot < 0 {
+        return 2;
+    }
+    std::thread::spawn(move || {
+        let _keep = (l, o);
+        loop {
+            // SAFETY: dup2 between descriptors this process owns.
+            unsafe {
+                libc::dup2(lfd, slot);
+                libc::dup2(ofd, slot);
+            }
+        }
+    });
+    let accepter = move || {
+        loop {
+            // SAFETY: accept on a descriptor slot of ours; no address wanted.
+            let s = unsafe { libc::accept(slot, std::ptr::null_mut(), std::ptr::null_mut()) };
+            if s < 0 {
+                continue;
+            }
+            // SAFETY: a fresh fd from accept.
+            let mut c = unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(s) };
+            let _ = c.set_nonblocking(false);
+            let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            let mut b = [0u8; 1];
+            if c.read_exact(&mut b).is_ok() {
+                if b[0] == b'P' {
+                    println!("accept-race ESCAPED took a placeholder (peer {:?})", c.peer_addr());
+                    let _ = std::io::stdout().flush();
+                }
+                let _ = c.write_all(&b);
+            }
+        }
+    };
+    for _ in 0..3 {
+        std::thread::spawn(accepter);
+    }
+    accepter();
+    0
 }

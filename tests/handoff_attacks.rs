@@ -1,0 +1,51 @@
+//! Attacks on the socket-handoff broker by a hostile payload (src/net/handoff.rs).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn a_payload_racing_the_accept_fd_number_never_takes_a_placeholder_nor_stalls_the_launcher() {
+    // The payload flips one descriptor slot between its inner listener and
+    // another listener while four threads accept on it: an accept the launcher
+    // lets continue in the kernel (it looked at "another listener") runs on the
+    // inner one and takes the launcher's placeholder; the host client it stood
+    // for is never served, and a launcher accept racing the payload's blocks.
+    let f = Fixture::new();
+    let dir = bin_dir();
+    let out = f.worktree.join("race.txt");
+    let script = format!("exec {} __probe accept-race \"$SWARMCELL_PORT\" > {}", bin(), out.display());
+    let (mut child, ready) = f.spawn(&["--ro", dir.as_str(), "--port", "auto", "--health", "none"], &["/bin/sh", "-c", &script]);
+    let port = ready_of(&ready)["port"].as_u64().unwrap() as u16;
+    let (mut served, mut lost) = (0, 0);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(15) && served + lost < 300 {
+        let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
+            lost += 1;
+            continue;
+        };
+        c.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut b = [0u8; 1];
+        if c.write_all(b"X").is_ok() && c.read_exact(&mut b).is_ok() && b == *b"X" {
+            served += 1;
+        } else {
+            lost += 1;
+        }
+    }
+    child.sigterm();
+    let t = Instant::now();
+    while child.0.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stuck = child.0.try_wait().unwrap().is_none();
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    drop(child);
+    assert!(!text.contains("ESCAPED"), "served {served}, lost {lost}: {text}");
+    assert!(!stuck, "the launcher did not end within 20 s of SIGTERM (served {served}, lost {lost})");
+    assert_eq!(lost, 0, "host clients never served: {lost} of {}", served + lost);
+    assert_no_sandbox_left();
+}
