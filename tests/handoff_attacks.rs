@@ -49,3 +49,15 @@ fn a_payload_racing_the_accept_fd_number_never_takes_a_placeholder_nor_stalls_th
     assert_eq!(lost, 0, "host clients never served: {lost} of {}", served + lost);
     assert_no_sandbox_left();
 }
+
+#[test]
+fn with_socket_handoff_accepts_on_the_payloads_other_sockets_behave_as_the_kernels() {
+    // The launcher makes every accept of the payload (none continues in the
+    // kernel): on other listeners (unix, TCP) and on what is not a listener.
+    let f = Fixture::new();
+    let dir = bin_dir();
+    let out = f.run(&["--ro", dir.as_str(), "--port", "auto", "--health", "none"], &[bin(), "__probe", "accept-kinds"]);
+    let text = stdout(&out);
+    assert_eq!(text.lines().filter(|l| l.contains(" ok ")).count(), 6, "{text}{}", stderr(&out));
+    assert!(out.status.success(), "{text}");
+}

@@ -32,6 +32,7 @@ pub fn main(name: &str, rest: &[String]) -> u8 {
         ("bench-server", Some(port)) => return serve(port, true),
         ("signalled-server", Some(port)) => return signalled_server(port),
         ("accept-race", Some(port)) => return accept_race(port),
+        ("accept-kinds", _) => accept_kinds(),
         ("redirect", Some(port)) => return redirect(port, rest.get(1).map_or("http://127.0.0.1:1/", String::as_str)),
         ("hostile-output", Some(port)) => return hostile_output(port),
         ("egress-then-serve", Some(port)) => return egress_then_serve(port, rest.get(1).map_or("example.invalid:443", String::as_str)),
@@ -904,4 +905,73 @@ fn accept_race(port: &str) -> u8 {
     }
     accepter();
     0
+}
+
+/// Accepts on the payload's other sockets, all made by the launcher under
+/// socket handoff: they must behave as the kernel's (connections and their
+/// addresses on other listeners, errnos on everything else).
+fn accept_kinds() -> Vec<Check> {
+    fn accept_addr(fd: i32) -> Result<(i32, Vec<u8>), Errno> {
+        // SAFETY: sockaddr_storage is plain data.
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: accept into our storage.
+        let r = unsafe { libc::accept(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) };
+        if r < 0 {
+            return Err(Errno::last());
+        }
+        // SAFETY: the kernel wrote `len` bytes of `ss`.
+        Ok((r, unsafe { std::slice::from_raw_parts((&ss as *const libc::sockaddr_storage).cast::<u8>(), (len as usize).min(128)) }.to_vec()))
+    }
+    let mut out = Vec::new();
+    let dir = std::env::temp_dir().join(format!("accept-kinds-{}", std::process::id()));
+    let _ = std::fs::remove_file(&dir);
+    match std::os::unix::net::UnixListener::bind(&dir) {
+        Ok(l) => {
+            let path = dir.clone();
+            let t = std::thread::spawn(move || std::os::unix::net::UnixStream::connect(&path));
+            match accept_addr(l.as_raw_fd()) {
+                Ok((fd, addr)) if addr.len() >= 2 && i32::from(u16::from_ne_bytes([addr[0], addr[1]])) == libc::AF_UNIX => {
+                    // SAFETY: closing the fd accept gave us.
+                    unsafe { libc::close(fd) };
+                    out.push(check("unix-accept", Status::Ok, "a unix connection with an AF_UNIX address"));
+                }
+                other => out.push(check("unix-accept", Status::Broken, format!("{other:?}"))),
+            }
+            let _ = t.join();
+        }
+        Err(e) => out.push(check("unix-accept", Status::Broken, format!("bind: {e}"))),
+    }
+    let _ = std::fs::remove_file(&dir);
+    if let Ok(l) = std::net::TcpListener::bind("127.0.0.1:0")
+        && let Ok(a) = l.local_addr()
+    {
+        let c = std::net::TcpStream::connect(a);
+        let want = c.as_ref().ok().and_then(|c| c.local_addr().ok()).map(|a| a.port().to_be_bytes());
+        match accept_addr(l.as_raw_fd()) {
+            Ok((fd, addr)) if addr.len() == 16 && want.is_some_and(|w| addr[2..4] == w) && addr[4..8] == [127, 0, 0, 1] => {
+                // SAFETY: closing the fd accept gave us.
+                unsafe { libc::close(fd) };
+                out.push(check("tcp-accept", Status::Ok, "the client's address"));
+            }
+            other => out.push(check("tcp-accept", Status::Broken, format!("{other:?}"))),
+        }
+    }
+    let file = std::fs::File::open("/proc/self/status");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0");
+    // SAFETY: a new TCP socket that never listens.
+    let tcp = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    let cases = [
+        ("accept-file", file.as_ref().map_or(-1, |f| f.as_raw_fd()), Errno::ENOTSOCK),
+        ("accept-udp", udp.as_ref().map_or(-1, |u| u.as_raw_fd()), Errno::EOPNOTSUPP),
+        ("accept-unlistened", tcp, Errno::EINVAL),
+        ("accept-badfd", 999, Errno::EBADF),
+    ];
+    for (name, fd, want) in cases {
+        out.push(match accept_addr(fd) {
+            Err(e) if e == want => check(name, Status::Ok, format!("{e}")),
+            other => check(name, Status::Broken, format!("{other:?}, want {want}")),
+        });
+    }
+    out
 }

@@ -20,10 +20,14 @@
 //!    (`SECCOMP_IOCTL_NOTIF_ADDFD` with `SEND`: the new fd number is accept's
 //!    return value) and writes the client's address where accept's caller
 //!    asked. Any other connection (the payload's own clients) is installed as
-//!    accepted. Accepts on other sockets continue in the kernel: they are
-//!    sockets of the sandbox's namespace, whatever fd-number race a payload
-//!    plays (the worst it can get is a placeholder, which reaches the launcher).
-//!    A connection taken for a call that a signal interrupted goes to the next.
+//!    accepted. Accepts on the payload's other sockets are made by the
+//!    launcher too, never continued in the kernel: the kernel would look the
+//!    fd number up again, and a payload flipping it to the inner listener took
+//!    placeholders (their host clients were never served) and could race the
+//!    launcher's own accept. Only this thread ever accepts, so a poll that
+//!    sees a connection means accept cannot block.
+//!    A connection taken for a call that a signal interrupted goes to the next
+//!    call on the same listener.
 //! 4. `listen` is a notification too: the launcher makes the call itself on
 //!    its copy of the socket (no fd-number race), refuses it on a socket of the
 //!    host's namespace, and, for the inner port, hands over the connections
@@ -474,14 +478,13 @@ fn on_accept(notify: RawFd, req: &libc::seccomp_notif, inner: u16, pidfds: &mut 
     }
     let Some(ino) = inode(listener.as_raw_fd()) else { return Step::Reply(Reply::Error(libc::EBADF)) };
     if sockopt(listener.as_raw_fd(), libc::SO_ACCEPTCONN) != Some(1) {
-        // Not a listener (not a socket: ENOTSOCK): accept fails at once, with the kernel's own errno.
-        // SAFETY: accept4 on our copy of a socket that does not listen (only this thread makes listen calls).
-        let r = unsafe { libc::accept4(listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
-        if r >= 0 {
-            // SAFETY: a fresh fd; closed, the call is refused.
-            drop(unsafe { OwnedFd::from_raw_fd(r) });
-        }
-        return Step::Reply(Reply::Error(if r >= 0 { libc::EINVAL } else { io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL) }));
+        // Not a listener: the kernel's answers, without calling accept here
+        // (a family whose listen state is not TCP's would block this thread).
+        return Step::Reply(Reply::Error(match sockopt(listener.as_raw_fd(), libc::SO_TYPE) {
+            None => libc::ENOTSOCK,
+            Some(libc::SOCK_STREAM | libc::SOCK_SEQPACKET) => libc::EINVAL,
+            Some(_) => libc::EOPNOTSUPP,
+        }));
     }
     let inner = inner_listener(&listener, inner);
     let acc = Accept { id: req.id, pid, addr: a[1], addrlen: a[2], flags, listener, ino, inner };
