@@ -61,3 +61,33 @@ fn with_socket_handoff_accepts_on_the_payloads_other_sockets_behave_as_the_kerne
     assert_eq!(text.lines().filter(|l| l.contains(" ok ")).count(), 6, "{text}{}", stderr(&out));
     assert!(out.status.success(), "{text}");
 }
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn a_payload_interrupting_its_accepts_on_listeners_it_then_closes_cannot_pile_up_launcher_fds() {
+    // Each connection the launcher took for an accept call that a signal
+    // interrupted waits for the next call on that listener; the payload
+    // closes the listener instead, round after round.
+    let f = Fixture::new();
+    let dir = bin_dir();
+    let out = f.worktree.join("interrupted.txt");
+    let script = format!("{0} __probe serve \"$SWARMCELL_PORT\" & exec {0} __probe interrupted-accepts 20000 > {1}", bin(), out.display());
+    let (mut child, ready) = f.spawn(&["--ro", dir.as_str(), "--port", "auto", "--health", "none"], &["/bin/sh", "-c", &script]);
+    ready_of(&ready);
+    let before = fd_count(child.id());
+    let t = Instant::now();
+    while !std::fs::read_to_string(&out).unwrap_or_default().contains("done") && t.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = fd_count(child.id());
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    eprintln!("launcher fds: {before} -> {after}; {text}");
+    child.sigterm();
+    child.wait();
+    assert!(text.contains("done"), "{text}");
+    assert!(after < before + 80, "the launcher holds {after} fds, {before} at the start: {text}");
+    assert_no_sandbox_left();
+}

@@ -33,6 +33,7 @@ pub fn main(name: &str, rest: &[String]) -> u8 {
         ("signalled-server", Some(port)) => return signalled_server(port),
         ("accept-race", Some(port)) => return accept_race(port),
         ("accept-kinds", _) => accept_kinds(),
+        ("interrupted-accepts", Some(n)) => return interrupted_accepts(n),
         ("redirect", Some(port)) => return redirect(port, rest.get(1).map_or("http://127.0.0.1:1/", String::as_str)),
         ("hostile-output", Some(port)) => return hostile_output(port),
         ("egress-then-serve", Some(port)) => return egress_then_serve(port, rest.get(1).map_or("example.invalid:443", String::as_str)),
@@ -974,4 +975,47 @@ fn accept_kinds() -> Vec<Check> {
         });
     }
     out
+}
+
+/// N rounds of: a fresh listener, a connection to it, an accept that a signal
+/// (no `SA_RESTART`) interrupts at random, and the listener closed. A
+/// connection the launcher took for an interrupted call waits for the next
+/// call on that listener, which never comes. Prints `done`, then sleeps.
+fn interrupted_accepts(n: &str) -> u8 {
+    extern "C" fn nothing(_: libc::c_int) {}
+    let Ok(n) = n.parse::<u32>() else { return 2 };
+    // SAFETY: a handler that does nothing, for SIGUSR1, without SA_RESTART.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = nothing as *const () as usize;
+        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+    }
+    // SAFETY: pthread_self has no preconditions.
+    let me = unsafe { libc::pthread_self() } as usize;
+    std::thread::spawn(move || {
+        loop {
+            // SAFETY: signalling a thread of this process, which lives as long as it.
+            unsafe { libc::pthread_kill(me as libc::pthread_t, libc::SIGUSR1) };
+            std::thread::sleep(std::time::Duration::from_micros(30));
+        }
+    });
+    let mut interrupted = 0;
+    for _ in 0..n {
+        let Ok(l) = std::net::TcpListener::bind("127.0.0.1:0") else { continue };
+        let Ok(a) = l.local_addr() else { continue };
+        let c = std::net::TcpStream::connect(a);
+        // SAFETY: accept on our listener; no address wanted.
+        let r = unsafe { libc::accept(l.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut()) };
+        if r >= 0 {
+            // SAFETY: closing the fd accept gave us.
+            unsafe { libc::close(r) };
+        } else {
+            interrupted += 1;
+        }
+        drop((c, l));
+    }
+    println!("done {interrupted} interrupted of {n}");
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(std::time::Duration::from_secs(60));
+    0
 }
