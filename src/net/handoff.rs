@@ -605,6 +605,11 @@ fn try_accept(notify: RawFd, acc: &Accept, pending: &PendingMap, taken: &mut Tak
         None => (accepted, raw),
     };
     Some(deliver(notify, acc, sock, peer).unwrap_or_else(|(s, p)| {
+        // Bounded: a payload that interrupts its accepts and closes the
+        // listener never calls again; the oldest such connection is closed.
+        if taken.len() >= MAX_TAKEN {
+            taken.pop_front();
+        }
         taken.push_back((acc.ino, s, p));
         Reply::Done
     }))
@@ -613,6 +618,9 @@ fn try_accept(notify: RawFd, acc: &Accept, pending: &PendingMap, taken: &mut Tak
 /// Connections taken from the payload's listener for an accept call that was
 /// interrupted (a signal) before it got them.
 type Taken = std::collections::VecDeque<(u64, OwnedFd, Vec<u8>)>;
+
+/// Most connections waiting for the next call after an interrupted one.
+const MAX_TAKEN: usize = 32;
 
 /// Install `sock` in the payload as the result of its accept call. `Err` gives
 /// the connection back when the call is gone (interrupted by a signal: it
