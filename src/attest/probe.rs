@@ -31,6 +31,9 @@ pub fn main(name: &str, rest: &[String]) -> u8 {
         ("serve", Some(port)) => return serve(port, false),
         ("bench-server", Some(port)) => return serve(port, true),
         ("signalled-server", Some(port)) => return signalled_server(port),
+        ("accept-race", Some(port)) => return accept_race(port),
+        ("accept-kinds", _) => accept_kinds(),
+        ("interrupted-accepts", Some(n)) => return interrupted_accepts(n),
         ("redirect", Some(port)) => return redirect(port, rest.get(1).map_or("http://127.0.0.1:1/", String::as_str)),
         ("hostile-output", Some(port)) => return hostile_output(port),
         ("egress-then-serve", Some(port)) => return egress_then_serve(port, rest.get(1).map_or("example.invalid:443", String::as_str)),
@@ -846,4 +849,173 @@ fn signalled_server(port: &str) -> u8 {
         }
     });
     serve(port, true)
+}
+
+/// A hostile payload racing the fd number of its accept calls: one thread
+/// flips a descriptor slot between its inner-port listener (blocking) and
+/// another listener (non-blocking), four threads accept on that slot. An
+/// accept the launcher let continue in the kernel on "the other listener"
+/// runs on the inner one, where the launcher's placeholders queue. Each
+/// connection's first byte is echoed; a placeholder (first byte `P`) is
+/// reported as `accept-race ESCAPED`.
+fn accept_race(port: &str) -> u8 {
+    let Ok(inner) = port.parse::<u16>() else { return 2 };
+    let (Ok(l), Ok(o)) = (std::net::TcpListener::bind(("127.0.0.1", inner)), std::net::TcpListener::bind("127.0.0.1:0")) else { return 2 };
+    if o.set_nonblocking(true).is_err() {
+        return 2;
+    }
+    let (lfd, ofd) = (l.as_raw_fd(), o.as_raw_fd());
+    // SAFETY: dup of our own listener; the slot lives as long as the process.
+    let slot = unsafe { libc::dup(ofd) };
+    if slot < 0 {
+        return 2;
+    }
+    std::thread::spawn(move || {
+        let _keep = (l, o);
+        loop {
+            // SAFETY: dup2 between descriptors this process owns.
+            unsafe {
+                libc::dup2(lfd, slot);
+                libc::dup2(ofd, slot);
+            }
+        }
+    });
+    let accepter = move || {
+        loop {
+            // SAFETY: accept on a descriptor slot of ours; no address wanted.
+            let s = unsafe { libc::accept(slot, std::ptr::null_mut(), std::ptr::null_mut()) };
+            if s < 0 {
+                continue;
+            }
+            // SAFETY: a fresh fd from accept.
+            let mut c = unsafe { <std::net::TcpStream as std::os::fd::FromRawFd>::from_raw_fd(s) };
+            let _ = c.set_nonblocking(false);
+            let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            let mut b = [0u8; 1];
+            if c.read_exact(&mut b).is_ok() {
+                if b[0] == b'P' {
+                    println!("accept-race ESCAPED took a placeholder (peer {:?})", c.peer_addr());
+                    let _ = std::io::stdout().flush();
+                }
+                let _ = c.write_all(&b);
+            }
+        }
+    };
+    for _ in 0..3 {
+        std::thread::spawn(accepter);
+    }
+    accepter();
+    0
+}
+
+/// Accepts on the payload's other sockets, all made by the launcher under
+/// socket handoff: they must behave as the kernel's (connections and their
+/// addresses on other listeners, errnos on everything else).
+fn accept_kinds() -> Vec<Check> {
+    fn accept_addr(fd: i32) -> Result<(i32, Vec<u8>), Errno> {
+        // SAFETY: sockaddr_storage is plain data.
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: accept into our storage.
+        let r = unsafe { libc::accept(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) };
+        if r < 0 {
+            return Err(Errno::last());
+        }
+        // SAFETY: the kernel wrote `len` bytes of `ss`.
+        Ok((r, unsafe { std::slice::from_raw_parts((&ss as *const libc::sockaddr_storage).cast::<u8>(), (len as usize).min(128)) }.to_vec()))
+    }
+    let mut out = Vec::new();
+    let dir = std::env::temp_dir().join(format!("accept-kinds-{}", std::process::id()));
+    let _ = std::fs::remove_file(&dir);
+    match std::os::unix::net::UnixListener::bind(&dir) {
+        Ok(l) => {
+            let path = dir.clone();
+            let t = std::thread::spawn(move || std::os::unix::net::UnixStream::connect(&path));
+            match accept_addr(l.as_raw_fd()) {
+                Ok((fd, addr)) if addr.len() >= 2 && i32::from(u16::from_ne_bytes([addr[0], addr[1]])) == libc::AF_UNIX => {
+                    // SAFETY: closing the fd accept gave us.
+                    unsafe { libc::close(fd) };
+                    out.push(check("unix-accept", Status::Ok, "a unix connection with an AF_UNIX address"));
+                }
+                other => out.push(check("unix-accept", Status::Broken, format!("{other:?}"))),
+            }
+            let _ = t.join();
+        }
+        Err(e) => out.push(check("unix-accept", Status::Broken, format!("bind: {e}"))),
+    }
+    let _ = std::fs::remove_file(&dir);
+    if let Ok(l) = std::net::TcpListener::bind("127.0.0.1:0")
+        && let Ok(a) = l.local_addr()
+    {
+        let c = std::net::TcpStream::connect(a);
+        let want = c.as_ref().ok().and_then(|c| c.local_addr().ok()).map(|a| a.port().to_be_bytes());
+        match accept_addr(l.as_raw_fd()) {
+            Ok((fd, addr)) if addr.len() == 16 && want.is_some_and(|w| addr[2..4] == w) && addr[4..8] == [127, 0, 0, 1] => {
+                // SAFETY: closing the fd accept gave us.
+                unsafe { libc::close(fd) };
+                out.push(check("tcp-accept", Status::Ok, "the client's address"));
+            }
+            other => out.push(check("tcp-accept", Status::Broken, format!("{other:?}"))),
+        }
+    }
+    let file = std::fs::File::open("/proc/self/status");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0");
+    // SAFETY: a new TCP socket that never listens.
+    let tcp = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+    let cases = [
+        ("accept-file", file.as_ref().map_or(-1, |f| f.as_raw_fd()), Errno::ENOTSOCK),
+        ("accept-udp", udp.as_ref().map_or(-1, |u| u.as_raw_fd()), Errno::EOPNOTSUPP),
+        ("accept-unlistened", tcp, Errno::EINVAL),
+        ("accept-badfd", 999, Errno::EBADF),
+    ];
+    for (name, fd, want) in cases {
+        out.push(match accept_addr(fd) {
+            Err(e) if e == want => check(name, Status::Ok, format!("{e}")),
+            other => check(name, Status::Broken, format!("{other:?}, want {want}")),
+        });
+    }
+    out
+}
+
+/// N rounds of: a fresh listener, a connection to it, an accept that a signal
+/// (no `SA_RESTART`) interrupts at random, and the listener closed. A
+/// connection the launcher took for an interrupted call waits for the next
+/// call on that listener, which never comes. Prints `done`, then sleeps.
+fn interrupted_accepts(n: &str) -> u8 {
+    extern "C" fn nothing(_: libc::c_int) {}
+    let Ok(n) = n.parse::<u32>() else { return 2 };
+    // SAFETY: a handler that does nothing, for SIGUSR1, without SA_RESTART.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = nothing as *const () as usize;
+        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+    }
+    // SAFETY: pthread_self has no preconditions.
+    let me = unsafe { libc::pthread_self() } as usize;
+    std::thread::spawn(move || {
+        loop {
+            // SAFETY: signalling a thread of this process, which lives as long as it.
+            unsafe { libc::pthread_kill(me as libc::pthread_t, libc::SIGUSR1) };
+            std::thread::sleep(std::time::Duration::from_micros(30));
+        }
+    });
+    let mut interrupted = 0;
+    for _ in 0..n {
+        let Ok(l) = std::net::TcpListener::bind("127.0.0.1:0") else { continue };
+        let Ok(a) = l.local_addr() else { continue };
+        let c = std::net::TcpStream::connect(a);
+        // SAFETY: accept on our listener; no address wanted.
+        let r = unsafe { libc::accept(l.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut()) };
+        if r >= 0 {
+            // SAFETY: closing the fd accept gave us.
+            unsafe { libc::close(r) };
+        } else {
+            interrupted += 1;
+        }
+        drop((c, l));
+    }
+    println!("done {interrupted} interrupted of {n}");
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(std::time::Duration::from_secs(60));
+    0
 }

@@ -20,10 +20,14 @@
 //!    (`SECCOMP_IOCTL_NOTIF_ADDFD` with `SEND`: the new fd number is accept's
 //!    return value) and writes the client's address where accept's caller
 //!    asked. Any other connection (the payload's own clients) is installed as
-//!    accepted. Accepts on other sockets continue in the kernel: they are
-//!    sockets of the sandbox's namespace, whatever fd-number race a payload
-//!    plays (the worst it can get is a placeholder, which reaches the launcher).
-//!    A connection taken for a call that a signal interrupted goes to the next.
+//!    accepted. Accepts on the payload's other sockets are made by the
+//!    launcher too, never continued in the kernel: the kernel would look the
+//!    fd number up again, and a payload flipping it to the inner listener took
+//!    placeholders (their host clients were never served) and could race the
+//!    launcher's own accept. Only this thread ever accepts, so a poll that
+//!    sees a connection means accept cannot block.
+//!    A connection taken for a call that a signal interrupted goes to the next
+//!    call on the same listener.
 //! 4. `listen` is a notification too: the launcher makes the call itself on
 //!    its copy of the socket (no fd-number race), refuses it on a socket of the
 //!    host's namespace, and, for the inner port, hands over the connections
@@ -339,7 +343,11 @@ struct Accept {
     flags: i32,
     /// Our copy of the payload's listener (same open file description).
     listener: OwnedFd,
-    v6: bool,
+    /// Its inode: connections taken for an interrupted call go to the next
+    /// call on the same listener.
+    ino: u64,
+    /// The inner-port listener (`Some(is_ipv6)`), whose placeholders stand for host connections.
+    inner: Option<bool>,
 }
 
 /// What the notify thread knows besides the pending connections.
@@ -368,7 +376,7 @@ fn notify_loop(notify: &OwnedFd, ctx: &NotifyCtx, pending: &PendingMap, stop: &A
         }
         // Waiting accepts whose listener has a connection now, or whose caller
         // was interrupted (its call restarts as a new notification).
-        let ready: Vec<bool> = pfds[1..].iter().map(|p| p.revents != 0 || !taken.is_empty()).collect();
+        let ready: Vec<bool> = pfds[1..].iter().zip(&waiting).map(|(p, w)| p.revents != 0 || taken.iter().any(|t| t.0 == w.ino)).collect();
         let mut kept = Vec::with_capacity(waiting.len());
         for (w, r) in std::mem::take(&mut waiting).into_iter().zip(ready) {
             if !id_valid(fd, w.id) {
@@ -456,14 +464,30 @@ fn on_accept(notify: RawFd, req: &libc::seccomp_notif, inner: u16, pidfds: &mut 
         return Step::Reply(Reply::Error(libc::EINVAL));
     }
     let pid = req.pid as libc::pid_t;
-    // Anything we cannot look at is left to the kernel (EBADF, ENOTSOCK...).
-    let Ok(listener) = pidfds.getfd(pid, a[0] as RawFd) else { return Step::Reply(Reply::Continue) };
+    // Never CONTINUE: the kernel would look the fd number up again, and another
+    // thread may have put the inner listener there meanwhile (its accept would
+    // take a placeholder, and race ours). Every accept is made here, by this
+    // one thread, on the very socket: nobody else ever takes from a queue.
+    let listener = match pidfds.getfd(pid, a[0] as RawFd) {
+        Ok(l) => l,
+        Err(e) => return Step::Reply(Reply::Error(e.raw_os_error().unwrap_or(libc::EBADF))),
+    };
     // What we read must belong to the same, still-waiting call.
     if !id_valid(notify, req.id) {
         return Step::Reply(Reply::Done);
     }
-    let Some(v6) = inner_listener(&listener, inner) else { return Step::Reply(Reply::Continue) };
-    let acc = Accept { id: req.id, pid, addr: a[1], addrlen: a[2], flags, listener, v6 };
+    let Some(ino) = inode(listener.as_raw_fd()) else { return Step::Reply(Reply::Error(libc::EBADF)) };
+    if sockopt(listener.as_raw_fd(), libc::SO_ACCEPTCONN) != Some(1) {
+        // Not a listener: the kernel's answers, without calling accept here
+        // (a family whose listen state is not TCP's would block this thread).
+        return Step::Reply(Reply::Error(match sockopt(listener.as_raw_fd(), libc::SO_TYPE) {
+            None => libc::ENOTSOCK,
+            Some(libc::SOCK_STREAM | libc::SOCK_SEQPACKET) => libc::EINVAL,
+            Some(_) => libc::EOPNOTSUPP,
+        }));
+    }
+    let inner = inner_listener(&listener, inner);
+    let acc = Accept { id: req.id, pid, addr: a[1], addrlen: a[2], flags, listener, ino, inner };
     match try_accept(notify, &acc, pending, taken) {
         Some(r) => Step::Reply(r),
         None if fd_nonblocking(acc.listener.as_raw_fd()) => Step::Reply(Reply::Error(libc::EAGAIN)),
@@ -512,6 +536,14 @@ fn netns_cookie(fd: RawFd) -> Option<u64> {
     (unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, SO_NETNS_COOKIE, (&mut v as *mut u64).cast(), &mut len) } == 0).then_some(v)
 }
 
+/// The inode of `fd`'s file (a socket's identity).
+fn inode(fd: RawFd) -> Option<u64> {
+    // SAFETY: stat is plain data; fstat fills it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on a valid fd into our struct.
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st.st_ino)
+}
+
 /// `Some(is_ipv6)` when `fd` is a listening TCP socket on port `inner`.
 fn inner_listener(fd: &OwnedFd, inner: u16) -> Option<bool> {
     if sockopt(fd.as_raw_fd(), libc::SO_ACCEPTCONN)? != 1 || sockopt(fd.as_raw_fd(), libc::SO_PROTOCOL)? != libc::IPPROTO_TCP {
@@ -525,9 +557,11 @@ fn inner_listener(fd: &OwnedFd, inner: u16) -> Option<bool> {
 /// deliver it (or the host connection its placeholder stands for).
 fn try_accept(notify: RawFd, acc: &Accept, pending: &PendingMap, taken: &mut Taken) -> Option<Reply> {
     // A connection taken for a call that was interrupted goes to the next call.
-    if let Some((sock, peer)) = taken.pop_front() {
-        return Some(deliver(notify, acc, sock, peer).unwrap_or_else(|back| {
-            taken.push_front(back);
+    if let Some(i) = taken.iter().position(|t| t.0 == acc.ino)
+        && let Some((ino, sock, peer)) = taken.remove(i)
+    {
+        return Some(deliver(notify, acc, sock, peer).unwrap_or_else(|(s, p)| {
+            taken.push_front((ino, s, p));
             Reply::Done
         }));
     }
@@ -537,8 +571,11 @@ fn try_accept(notify: RawFd, acc: &Accept, pending: &PendingMap, taken: &mut Tak
     if unsafe { libc::poll(&mut pfd, 1, 0) } != 1 {
         return None;
     }
-    // SAFETY: accept4 on our copy of the listener; no address wanted here.
-    let s = unsafe { libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+    // SAFETY: sockaddr_storage is plain data.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: accept4 on our copy of the listener, the address into our storage.
+    let s = unsafe { libc::accept4(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len, libc::SOCK_CLOEXEC) };
     if s < 0 {
         return match io::Error::last_os_error().raw_os_error() {
             Some(libc::EAGAIN) => None,
@@ -548,40 +585,52 @@ fn try_accept(notify: RawFd, acc: &Accept, pending: &PendingMap, taken: &mut Tak
     }
     // SAFETY: a fresh fd from accept4.
     let accepted = unsafe { OwnedFd::from_raw_fd(s) };
-    let peer = peer_addr(s).map(unmap);
-    let entry = match peer {
-        Some(SocketAddr::V4(p)) if *p.ip() == Ipv4Addr::LOCALHOST => pending.lock().ok().and_then(|mut m| m.remove(&p.port())),
+    // The address as accept(2) gives it (any family: the payload's own listeners too).
+    // SAFETY: the kernel wrote `len` bytes (at most the storage's size) of `ss`.
+    let raw = unsafe {
+        std::slice::from_raw_parts((&ss as *const libc::sockaddr_storage).cast::<u8>(), (len as usize).min(size_of::<libc::sockaddr_storage>()))
+    }
+    .to_vec();
+    let entry = match (acc.inner, peer_addr(s).map(unmap)) {
+        (Some(_), Some(SocketAddr::V4(p))) if *p.ip() == Ipv4Addr::LOCALHOST => pending.lock().ok().and_then(|mut m| m.remove(&p.port())),
         _ => None,
     };
-    tracing::trace!(?peer, handed_off = entry.is_some(), "handoff: the payload accepts");
-    let (sock, peer) = match (entry, peer) {
-        (Some(e), _) => {
+    tracing::trace!(handed_off = entry.is_some(), "handoff: the payload accepts");
+    let (sock, peer) = match entry {
+        Some(e) => {
             drop(e.placeholder);
             drop(accepted);
-            (OwnedFd::from(e.host), e.peer)
+            (OwnedFd::from(e.host), sockaddr_bytes(e.peer, acc.inner == Some(true)))
         }
-        (None, Some(p)) => (accepted, p),
-        (None, None) => return Some(Reply::Error(libc::ECONNABORTED)),
+        None => (accepted, raw),
     };
-    Some(deliver(notify, acc, sock, peer).unwrap_or_else(|back| {
-        taken.push_back(back);
+    Some(deliver(notify, acc, sock, peer).unwrap_or_else(|(s, p)| {
+        // Bounded: a payload that interrupts its accepts and closes the
+        // listener never calls again; the oldest such connection is closed.
+        if taken.len() >= MAX_TAKEN {
+            taken.pop_front();
+        }
+        taken.push_back((acc.ino, s, p));
         Reply::Done
     }))
 }
 
 /// Connections taken from the payload's listener for an accept call that was
 /// interrupted (a signal) before it got them.
-type Taken = std::collections::VecDeque<(OwnedFd, SocketAddr)>;
+type Taken = std::collections::VecDeque<(u64, OwnedFd, Vec<u8>)>;
+
+/// Most connections waiting for the next call after an interrupted one.
+const MAX_TAKEN: usize = 32;
 
 /// Install `sock` in the payload as the result of its accept call. `Err` gives
 /// the connection back when the call is gone (interrupted by a signal: it
 /// restarts as a new notification, or the caller retries on EINTR).
-fn deliver(notify: RawFd, acc: &Accept, sock: OwnedFd, peer: SocketAddr) -> Result<Reply, (OwnedFd, SocketAddr)> {
+fn deliver(notify: RawFd, acc: &Accept, sock: OwnedFd, peer: Vec<u8>) -> Result<Reply, (OwnedFd, Vec<u8>)> {
     if set_nonblocking(sock.as_raw_fd(), acc.flags & libc::SOCK_NONBLOCK != 0).is_err() {
         return Ok(Reply::Error(libc::ECONNABORTED));
     }
     if acc.addr != 0 {
-        match write_sockaddr(notify, acc, peer) {
+        match write_sockaddr(notify, acc, &peer) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Err((sock, peer)),
             Err(_) => return Ok(Reply::Error(libc::EFAULT)),
@@ -609,7 +658,7 @@ fn deliver(notify: RawFd, acc: &Accept, sock: OwnedFd, peer: SocketAddr) -> Resu
 
 /// Write `peer` as accept(2) does: at most `*addrlen` bytes, then the full
 /// length. ESRCH: the call is gone.
-fn write_sockaddr(notify: RawFd, acc: &Accept, peer: SocketAddr) -> io::Result<()> {
+fn write_sockaddr(notify: RawFd, acc: &Accept, bytes: &[u8]) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     if acc.addrlen == 0 {
         return Err(io::Error::from_raw_os_error(libc::EFAULT));
@@ -629,7 +678,6 @@ fn write_sockaddr(notify: RawFd, acc: &Accept, peer: SocketAddr) -> io::Result<(
     if room < 0 {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
-    let bytes = sockaddr_bytes(peer, acc.v6);
     mem.write_all_at(&bytes[..bytes.len().min(room as usize)], acc.addr).map_err(fault)?;
     mem.write_all_at(&(bytes.len() as u32).to_ne_bytes(), acc.addrlen).map_err(fault)
 }
