@@ -216,11 +216,10 @@ fn broker_checks(exe: &Path, policy: &Option<PathBuf>, wt: &Path, host: &std::ne
 }
 
 fn broker_attack(exe: &Path, policy: &Option<PathBuf>, wt: &Path, host: &std::net::TcpListener) -> Result<Vec<Value>, String> {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let target = host.local_addr().map_err(|e| e.to_string())?.port();
     host.set_nonblocking(true).map_err(|e| e.to_string())?;
     while host.accept().is_ok() {} // what the battery's own checks left (reported there)
-    let (mut r, w) = std::io::pipe().map_err(|e| e.to_string())?;
     let mut c = Command::new(exe);
     c.args(["run", "--port", "auto", "--health", "none", "--ready-fd", "3", "--worktree"]).arg(wt);
     if let Some(p) = policy {
@@ -228,15 +227,8 @@ fn broker_attack(exe: &Path, policy: &Option<PathBuf>, wt: &Path, host: &std::ne
     }
     let bindir = exe.parent().unwrap_or(Path::new("/"));
     c.arg("--ro").arg(bindir).arg("--").arg(exe).args(["__probe", "reuse-accepted", &target.to_string()]);
-    let wfd = w.as_raw_fd();
-    // SAFETY: install_fd_for_exec is async-signal-safe.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut c, move || crate::sys::install_fd_for_exec(wfd, 3));
-    }
-    let mut child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| e.to_string())?;
-    drop(w);
-    let mut line = String::new();
-    let _ = r.read_to_string(&mut line);
+    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let (mut child, line) = crate::launch::spawn_until_ready(&mut c).map_err(|e| e.to_string())?;
     let port = serde_json::from_str::<Value>(line.trim()).ok().and_then(|v| v["port"].as_u64());
     let mut clients = Vec::new();
     for _ in 0..3 {
@@ -327,23 +319,15 @@ impl Drop for Served {
 }
 
 fn serve_in_sandbox(exe: &Path, policy: &Option<PathBuf>, wt: &Path) -> Result<(Served, u16), String> {
-    use std::io::Read;
-    let (mut r, w) = std::io::pipe().map_err(|e| e.to_string())?;
     let mut c = Command::new(exe);
     c.args(["run", "--port", "auto", "--ready-fd", "3", "--worktree"]).arg(wt);
     if let Some(p) = policy {
         c.arg("--policy").arg(p);
     }
     c.arg("--ro").arg(exe.parent().unwrap_or(Path::new("/"))).arg("--").arg(exe).args(["__probe", "serve", "{port}"]);
-    let wfd = w.as_raw_fd();
-    // SAFETY: install_fd_for_exec is async-signal-safe.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut c, move || crate::sys::install_fd_for_exec(wfd, 3));
-    }
-    let child = Served(c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?);
-    drop(w);
-    let mut line = String::new();
-    r.read_to_string(&mut line).map_err(|e| e.to_string())?;
+    c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let (child, line) = crate::launch::spawn_until_ready(&mut c).map_err(|e| e.to_string())?;
+    let child = Served(child);
     let port = serde_json::from_str::<Value>(line.trim()).ok().and_then(|v| v["port"].as_u64()).ok_or("the sandbox did not become ready")?;
     Ok((child, port as u16))
 }

@@ -220,19 +220,15 @@ fn opencode_vs_bare(exe: &Path, worktree: &Path, n: usize, other: Option<&Path>)
 }
 
 fn opencode_sandboxed(exe: &Path, worktree: &Path) -> Result<Duration, String> {
-    use std::io::Read;
-    let (mut r, w) = std::io::pipe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(exe);
     cmd.args(["run", "--port", "auto", "--health-timeout", "60s", "--ready-fd", "3", "--worktree"])
         .arg(worktree)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let wfd = std::os::fd::AsRawFd::as_raw_fd(&w);
-    // SAFETY: install_fd_for_exec and setpgid are async-signal-safe.
+    // SAFETY: setpgid is async-signal-safe.
     unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            crate::sys::install_fd_for_exec(wfd, 3)?;
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
             if libc::setpgid(0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -240,10 +236,8 @@ fn opencode_sandboxed(exe: &Path, worktree: &Path) -> Result<Duration, String> {
         });
     }
     let start = Instant::now();
-    let child = Group(cmd.spawn().map_err(|e| format!("starting swarmcell run: {e}"))?);
-    drop(w);
-    let mut line = String::new();
-    r.read_to_string(&mut line).map_err(|e| e.to_string())?;
+    let (child, line) = crate::launch::spawn_until_ready(&mut cmd).map_err(|e| format!("starting swarmcell run: {e}"))?;
+    let child = Group(child);
     let took = start.elapsed();
     if !line.contains("\"port\"") {
         return Err(format!("the sandboxed OpenCode never became healthy (ready line {line:?})"));

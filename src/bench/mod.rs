@@ -63,7 +63,6 @@ fn wait_connectable(port: u16, timeout: Duration) -> Result<Duration, String> {
 fn sandboxed(opts: &Options, mode: &str, health: &str, broker: &str) -> Result<(Killed, u16, Duration), String> {
     let exe = exe()?;
     let bindir = exe.parent().ok_or("binary has no directory")?.to_path_buf();
-    let (mut r, w) = std::io::pipe().map_err(|e| e.to_string())?;
     let start = Instant::now();
     let mut cmd = Command::new(&exe);
     cmd.args(["run", "--port", "auto", "--broker", broker, "--health", health, "--ready-fd", "3", "--ro"])
@@ -77,15 +76,8 @@ fn sandboxed(opts: &Options, mode: &str, health: &str, broker: &str) -> Result<(
         .stdout(Stdio::null())
         // `serve` logs every request (each health check) to stderr.
         .stderr(if mode == "serve" { Stdio::null() } else { Stdio::inherit() });
-    let wfd = std::os::fd::AsRawFd::as_raw_fd(&w);
-    // SAFETY: install_fd_for_exec is async-signal-safe.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || crate::sys::install_fd_for_exec(wfd, 3));
-    }
-    let child = Killed(cmd.spawn().map_err(|e| format!("starting swarmcell run: {e}"))?);
-    drop(w);
-    let mut line = String::new();
-    r.read_to_string(&mut line).map_err(|e| e.to_string())?;
+    let (child, line) = crate::launch::spawn_until_ready(&mut cmd).map_err(|e| format!("starting swarmcell run: {e}"))?;
+    let child = Killed(child);
     let took = start.elapsed();
     let v: serde_json::Value = serde_json::from_str(line.trim()).map_err(|e| format!("no ready line ({e}): {line:?}"))?;
     let port = v["port"].as_u64().ok_or("ready line without a port")? as u16;

@@ -23,6 +23,29 @@ pub const EXIT_CANNOT_EXECUTE: u8 = 126;
 /// The payload was not found.
 pub const EXIT_NOT_FOUND: u8 = 127;
 
+/// Spawn `cmd` (a `swarmcell run ... --ready-fd 3 ...`) with a pipe as its fd
+/// 3 and wait for its ready line: the launcher writes it once and closes the
+/// fd, so the read ends with that line, or empty when the launcher ended
+/// without one. A launcher whose line cannot be read is killed, never left.
+pub fn spawn_until_ready(cmd: &mut std::process::Command) -> std::io::Result<(std::process::Child, String)> {
+    use std::io::Read;
+    let (mut r, w) = std::io::pipe()?;
+    let wfd = std::os::fd::AsRawFd::as_raw_fd(&w);
+    // SAFETY: install_fd_for_exec is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || crate::sys::install_fd_for_exec(wfd, 3));
+    }
+    let mut child = cmd.spawn()?;
+    drop(w);
+    let mut line = String::new();
+    if let Err(e) = r.read_to_string(&mut line) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    Ok((child, line))
+}
+
 /// Random bits from the kernel (getrandom); used for ids and search offsets.
 pub fn random_u32() -> u32 {
     let mut b = [0u8; 4];
