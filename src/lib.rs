@@ -23,6 +23,7 @@
 
 pub mod attest;
 pub mod bench;
+pub mod cli;
 pub mod confine;
 pub mod daemon;
 pub mod fs;

@@ -1,0 +1,183 @@
+//! The command line (host side): clap definitions, argument checks, dispatch.
+//! One file per command family; each turns arguments into the validated
+//! request of the module that does the work, and nothing more.
+//!
+//! Exit codes: the payload's own status; 125 for a swarmcell error (bad input,
+//! refused by the kernel); 126 the payload cannot be executed; 127 it was not
+//! found; 128+N when the payload was killed by signal N.
+
+mod bench;
+mod ctl;
+mod run;
+mod worktree;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+
+use crate::launch::{self, spec::LogConfig};
+use crate::policy::{self, Policy};
+
+/// A command's outcome: its exit code, or a one-line error and the exit code.
+type CliResult = Result<u8, (String, u8)>;
+
+#[derive(Parser)]
+#[command(name = "swarmcell", version, about = "A hardened sandbox launcher for AI coding-agent servers")]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    /// Log level or filter (error, warn, info, debug, trace).
+    #[arg(long, default_value = "warn", global = true)]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run CMD in a new sandbox confined to a worktree, in the foreground.
+    Run(Box<run::RunArgs>),
+    /// Validate or show a policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Git worktrees for agents: BASE/AGENT_ID on branch agent/AGENT_ID/NAME.
+    #[command(subcommand)]
+    Worktree(worktree::WorktreeCommand),
+    /// The supervisor service: a control socket, health monitoring and restarts,
+    /// an audit log and Prometheus metrics.
+    Daemon {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override the config's control socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Override the config's state directory (the daemon's records and instance lock).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Talk to the daemon.
+    Ctl {
+        #[arg(long, default_value = "/run/swarmcell/control.sock")]
+        socket: PathBuf,
+        #[command(subcommand)]
+        cmd: ctl::CtlCommand,
+    },
+    /// The escape battery: try to break out of a real sandbox and report.
+    Verify {
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Live attestation of a running sandbox, read from /proc and cgroupfs.
+    Inspect {
+        /// Sandbox id (sc-...) or the pid of its init or payload.
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmarks (see benches/). Without a subcommand: launch vs bwrap,
+    /// OpenCode launch-to-healthy vs bare, and the broker, side by side.
+    Bench(bench::BenchArgs),
+    /// Remove the cgroups of sandboxes whose launcher is gone (also done at every start).
+    Gc {
+        #[arg(long, default_value = crate::host::lease::HOST_STATE_DIR)]
+        state_dir: PathBuf,
+        #[arg(long, default_value = "swarmcell")]
+        cgroup_parent: String,
+    },
+    #[command(name = "__init", hide = true)]
+    Init { fd: i32 },
+    #[command(name = "__probe", hide = true)]
+    Probe {
+        name: String,
+        #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Check a policy file; exit 0 if valid, 125 with the error otherwise.
+    Check { file: PathBuf },
+    /// Print the resolved policy (the built-in one without FILE).
+    Explain { file: Option<PathBuf> },
+}
+
+/// The whole command tree, for generated documentation (man pages, completions).
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// Parse the process's arguments and run the command.
+pub fn main() -> ExitCode {
+    crate::phases::init_from_env();
+    crate::phases::mark("main");
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { launch::EXIT_LAUNCHER_ERROR } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    crate::phases::mark("cli parsed");
+    crate::logging::init(matches!(cli.log_format, LogFormat::Json), &cli.log_level);
+    crate::phases::mark("logging");
+    let log = LogConfig { json: matches!(cli.log_format, LogFormat::Json), level: cli.log_level.clone() };
+    let result = match cli.command {
+        Command::Init { fd } => launch::init::main(fd),
+        Command::Probe { name, args } if name == "verify" => return ExitCode::from(crate::attest::verify_probe::main(&args)),
+        Command::Probe { name, args } => return ExitCode::from(crate::attest::probe::main(&name, &args)),
+        Command::Run(args) => run::run(*args, log),
+        Command::Gc { state_dir, cgroup_parent } => run::gc(&state_dir, &cgroup_parent),
+        Command::Worktree(cmd) => worktree::worktree(cmd),
+        Command::Daemon { config, socket, state_dir } => ctl::daemon(config, socket, state_dir),
+        Command::Ctl { socket, cmd } => ctl::ctl(&socket, cmd),
+        Command::Verify { policy, json } => crate::attest::verify::run(&crate::attest::verify::Options { policy, json })
+            .map_err(|e| (format!("verify: {e}"), launch::EXIT_LAUNCHER_ERROR)),
+        Command::Inspect { target, json } => {
+            crate::attest::inspect::run(&target, json).map(|_| 0).map_err(|e| (format!("inspect: {e}"), launch::EXIT_LAUNCHER_ERROR))
+        }
+        Command::Bench(args) => bench::bench(args),
+        Command::Policy(cmd) => policy_command(cmd),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err((message, code)) => {
+            eprintln!("swarmcell: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn policy_command(cmd: PolicyCommand) -> CliResult {
+    match cmd {
+        PolicyCommand::Check { file } => Policy::load(&file)
+            .map(|_| {
+                println!("policy {}: ok", file.display());
+                0
+            })
+            .map_err(|e| (e.to_string(), launch::EXIT_LAUNCHER_ERROR)),
+        PolicyCommand::Explain { file } => {
+            let (policy, source) = match &file {
+                Some(f) => (Policy::load(f), f.display().to_string()),
+                None => (Ok(Policy::builtin()), policy::DEFAULT_POLICY_NAME.to_string()),
+            };
+            policy
+                .map(|p| {
+                    print!("{}", policy::explain::explain(&p, &source));
+                    0
+                })
+                .map_err(|e| (e.to_string(), launch::EXIT_LAUNCHER_ERROR))
+        }
+    }
+}
