@@ -8,6 +8,7 @@
 
 mod bench;
 mod ctl;
+mod docs;
 mod run;
 mod worktree;
 
@@ -94,6 +95,9 @@ enum Command {
         #[arg(long, default_value = "swarmcell")]
         cgroup_parent: String,
     },
+    /// Write man pages and shell completions into DIR (for packaging).
+    #[command(name = "__gen-docs", hide = true)]
+    GenDocs { dir: PathBuf },
     #[command(name = "__init", hide = true)]
     Init { fd: i32 },
     #[command(name = "__probe", hide = true)]
@@ -149,6 +153,7 @@ pub fn main() -> ExitCode {
         }
         Command::Bench(args) => bench::bench(args),
         Command::Policy(cmd) => policy_command(cmd),
+        Command::GenDocs { dir } => docs::gen_docs(&dir),
     };
     match result {
         Ok(code) => ExitCode::from(code),
