@@ -34,6 +34,11 @@ pub(super) enum CtlCommand {
     Inspect {
         id: String,
     },
+    /// The sandboxes with their usage, refreshed in place (`swarmcell ps --watch`).
+    Top {
+        #[command(flatten)]
+        refresh: super::ps::Refresh,
+    },
     /// The sandbox's output; control characters are shown escaped (`\x1b`).
     Logs {
         id: String,
@@ -73,6 +78,7 @@ pub(super) fn ctl(socket: &std::path::Path, cmd: CtlCommand) -> CliResult {
     use crate::daemon::protocol::Request;
     use crate::sanitize;
     let (req, list_json, raw) = match cmd {
+        CtlCommand::Top { refresh } => return super::ps::top(socket, refresh),
         CtlCommand::Launch { worktree, policy, agent, task, cmd } => (Request::Launch { worktree, agent, task, argv: cmd, policy }, false, false),
         CtlCommand::List { json } => (Request::List, json, false),
         CtlCommand::Stop { id } => (Request::Stop { id }, false, false),

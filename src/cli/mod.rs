@@ -9,6 +9,7 @@
 mod bench;
 mod ctl;
 mod docs;
+mod ps;
 mod run;
 mod worktree;
 
@@ -71,6 +72,8 @@ enum Command {
         #[command(subcommand)]
         cmd: ctl::CtlCommand,
     },
+    /// The daemon's sandboxes with their usage; --watch refreshes like systemd-cgtop.
+    Ps(ps::PsArgs),
     /// The escape battery: try to break out of a real sandbox and report.
     Verify {
         #[arg(long)]
@@ -146,6 +149,7 @@ pub fn main() -> ExitCode {
         Command::Worktree(cmd) => worktree::worktree(cmd),
         Command::Daemon { config, socket, state_dir } => ctl::daemon(config, socket, state_dir),
         Command::Ctl { socket, cmd } => ctl::ctl(&socket, cmd),
+        Command::Ps(args) => ps::ps(args),
         Command::Verify { policy, json } => crate::attest::verify::run(&crate::attest::verify::Options { policy, json })
             .map_err(|e| (format!("verify: {e}"), launch::EXIT_LAUNCHER_ERROR)),
         Command::Inspect { target, json } => {

@@ -175,6 +175,10 @@ impl Daemon {
                 let list: Vec<Value> = self.list().into_iter().filter(mine).collect();
                 self.answer(cid, json!({ "ok": true, "sandboxes": list }));
             }
+            Request::Stats => {
+                let v = self.stats(uid);
+                self.answer(cid, json!({ "ok": true, "sandboxes": v }));
+            }
             Request::Inspect { id } => {
                 let pid = self.sandboxes.get(&id).filter(|e| e.state == State::Running).and_then(|e| e.info["pid"].as_i64());
                 let v = match pid.map(|p| crate::attest::inspect::find(&p.to_string())) {

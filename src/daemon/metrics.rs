@@ -141,7 +141,7 @@ pub fn render(c: &Counters, by_state: &[(&str, usize)], sandboxes: &[SandboxView
 }
 
 /// v1 cpuacct.usage is in ns; v2 cpu.stat usage_usec in µs.
-fn cpu_seconds(dir: &Path) -> Option<f64> {
+pub(super) fn cpu_seconds(dir: &Path) -> Option<f64> {
     if let Some(ns) = std::fs::read_to_string(dir.join("cpuacct.usage")).ok().and_then(|v| v.trim().parse::<f64>().ok()) {
         return Some(ns / 1e9);
     }

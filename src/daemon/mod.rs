@@ -40,6 +40,7 @@ pub mod metrics;
 mod poller;
 pub mod protocol;
 pub mod records;
+mod stats;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};

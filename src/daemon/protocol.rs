@@ -37,6 +37,8 @@ pub enum Request {
     Logs {
         id: String,
     },
+    /// `list` with each sandbox's usage (`swarmcell ps`, `ctl top`).
+    Stats,
 }
 
 /// Shell metacharacters refused in every argument: `; | & > <`, backticks, `$(`
