@@ -64,7 +64,7 @@ pub(super) fn top(socket: &Path, refresh: Refresh) -> CliResult {
 
 fn fetch(socket: &Path) -> Result<Vec<Value>, (String, u8)> {
     let err = |m: String| (sanitize::line(&m), launch::EXIT_LAUNCHER_ERROR);
-    let resp = crate::daemon::ctl(socket, &crate::daemon::protocol::Request::Stats).map_err(err)?;
+    let resp = crate::daemon::ctl(socket, &crate::daemon::protocol::Request::Stats {}).map_err(err)?;
     if resp["ok"] != true {
         return Err(err(resp["error"].as_str().unwrap_or("request failed").to_string()));
     }
@@ -216,7 +216,7 @@ mod tests {
         let t = table(&[r]);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("ID          AGENT"), "{t}");
-        assert!(lines[1].contains("evil\\x1b]0;tit~"), "cut to its column: {t}");
+        assert!(lines[1].contains("evil\\x1b]0;titl~"), "cut to its column: {t}");
         assert!(!t.contains('\u{1b}'));
         assert_eq!(row(&serde_json::json!({ "denials": { "landlock": 2, "seccomp": 3 } }), None)[12], "5");
     }

@@ -175,7 +175,7 @@ impl Daemon {
                 let list: Vec<Value> = self.list().into_iter().filter(mine).collect();
                 self.answer(cid, json!({ "ok": true, "sandboxes": list }));
             }
-            Request::Stats => {
+            Request::Stats {} => {
                 let v = self.stats(uid);
                 self.answer(cid, json!({ "ok": true, "sandboxes": v }));
             }

@@ -38,7 +38,7 @@ pub enum Request {
         id: String,
     },
     /// `list` with each sandbox's usage (`swarmcell ps`, `ctl top`).
-    Stats,
+    Stats {},
 }
 
 /// Shell metacharacters refused in every argument: `; | & > <`, backticks, `$(`

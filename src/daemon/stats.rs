@@ -92,7 +92,7 @@ mod protocol_tests {
 
     #[test]
     fn stats_is_a_request_with_no_fields() {
-        assert_eq!(serde_json::from_str::<Request>(r#"{"cmd":"stats"}"#).unwrap(), Request::Stats);
+        assert_eq!(serde_json::from_str::<Request>(r#"{"cmd":"stats"}"#).unwrap(), Request::Stats {});
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"stats","id":"x"}"#).is_err());
     }
 }
