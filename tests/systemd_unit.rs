@@ -29,4 +29,11 @@ fn the_shipped_unit_launches_reloads_stops_clean_and_recovers_under_a_real_syste
     ] {
         assert!(stdout.contains(step), "scripts/systemd-test did not report {step:?}:\n{stdout}");
     }
+    // The exposure the unit's comment states, measured on the running unit.
+    let score: f64 = stdout
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for swarmcell.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("an exposure score");
+    assert!(score <= 4.6, "systemd-analyze security: {score} (was 4.6)");
 }

@@ -281,7 +281,28 @@ fn close_ok(r: Result<i64, Errno>) -> Result<i64, Errno> {
 #[cfg(target_arch = "x86_64")]
 fn arch_checks() -> Vec<Check> {
     const X32_BIT: libc::c_long = 0x4000_0000;
-    let x32 = denied("x32 getpid", Errno::EPERM, sc(X32_BIT | libc::SYS_getpid, [0; 6]));
+    // In a child: a filter above the sandbox's (systemd's
+    // SystemCallArchitectures=native, for one) may kill the caller instead.
+    // SAFETY: the forked child only makes the call and exits.
+    let x32 = match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            let code = match sc(X32_BIT | libc::SYS_getpid, [0; 6]) {
+                Ok(_) => 0,
+                Err(e) => e as i32,
+            };
+            // SAFETY: exit without unwinding.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => match nix::sys::wait::waitpid(child, None) {
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGSYS, _)) => {
+                check("x32 getpid", Status::Blocked, "killed by SIGSYS")
+            }
+            Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => denied("x32 getpid", Errno::EPERM, Ok(0)),
+            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => denied("x32 getpid", Errno::EPERM, Err(Errno::from_raw(code))),
+            other => check("x32 getpid", Status::Other, format!("{other:?}")),
+        },
+        Err(e) => check("x32 getpid", Status::Other, format!("fork: {e}")),
+    };
     // An i386 system call (int 0x80) from a 64-bit process: a foreign
     // architecture for the filter, which kills the process.
     // SAFETY: the forked child only issues the interrupt and exits.
