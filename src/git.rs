@@ -248,7 +248,10 @@ pub fn list(base: &Path) -> Result<Vec<Listed>, GitError> {
 /// of worktrees that no longer exist.
 pub fn prune(base: &Path) -> Result<Vec<String>, GitError> {
     let mut removed = Vec::new();
-    for w in list(base)? {
+    let all = list(base)?;
+    let mut progress = crate::progress::Progress::new("worktree prune", all.len());
+    for w in all {
+        progress.step(&w.id);
         remove(base, &w.id, true)?;
         removed.push(w.id);
     }

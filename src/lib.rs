@@ -34,5 +34,6 @@ pub mod logging;
 pub mod net;
 pub mod phases;
 pub mod policy;
+pub mod progress;
 pub mod sanitize;
 pub mod sys;

@@ -125,6 +125,8 @@ pub fn run(opts: &Options) -> Result<u8, String> {
         "--worktree",
         &wt_s,
     ];
+    let mut progress = crate::progress::Progress::new("verify", 7);
+    progress.step("the escape battery");
     let out = run_sandbox(&exe, &opts.policy, &wt, &[], &args);
     // SAFETY: closing the descriptor leaked for the check.
     unsafe { libc::close(LEAKED) };
@@ -145,12 +147,14 @@ pub fn run(opts: &Options) -> Result<u8, String> {
     }
 
     // Limits, each in a sandbox of its own so that hitting them ends only it.
+    progress.step("the memory limit");
     let mem = run_sandbox(&exe, &opts.policy, &wt, &["--memory", "64M"], &["__probe", "alloc", "256"]).map_err(|e| e.to_string())?;
     checks.push(match mem.status.code() {
         Some(137) => check("exceed the memory limit", "blocked", "allocating 256 MiB under a 64M limit: OOM-killed"),
         Some(1) => check("exceed the memory limit", "ESCAPED", "allocated 256 MiB under a 64M limit"),
         other => check("exceed the memory limit", "BROKEN", format!("unexpected exit {other:?}: {}", String::from_utf8_lossy(&mem.stderr).trim())),
     });
+    progress.step("the process limit");
     let pids = run_sandbox(&exe, &opts.policy, &wt, &["--pids", "32"], &["__probe", "forks", "64"]).map_err(|e| e.to_string())?;
     let made: Option<u32> =
         String::from_utf8_lossy(&pids.stdout).split_whitespace().find_map(|w| w.strip_prefix("forked=").and_then(|n| n.parse().ok()));
@@ -160,11 +164,16 @@ pub fn run(opts: &Options) -> Result<u8, String> {
         None => check("exceed the process limit", "BROKEN", String::from_utf8_lossy(&pids.stderr).trim().to_string()),
     });
     drop(devnull);
+    progress.step("the broker");
     checks.extend(broker_checks(&exe, &opts.policy, &wt, &host));
+    progress.step("ingress");
     checks.extend(ingress_checks(&exe, &opts.policy, &wt));
+    progress.step("health check redirects");
     checks.push(health_redirect_check(&exe, &opts.policy, &wt));
     // Host-side git checks (issue #14), each in a fixture of its own.
+    progress.step("git worktrees");
     checks.extend(git::checks(&exe, &opts.policy));
+    drop(progress);
 
     let count = |s: &str| checks.iter().filter(|c| c["status"] == s).count();
     let summary = json!({

@@ -54,13 +54,17 @@ pub fn run(opts: &Options) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
     println!("swarmcell bench: load average {} at the start", load());
     let part = |p: &str| opts.parts.iter().any(|q| q == p);
+    let mut progress = crate::progress::Progress::new("bench", ["launch", "opencode", "broker"].iter().filter(|p| part(p)).count());
     if part("launch") {
+        progress.step("launch vs bwrap");
         launch_vs_bwrap(&exe, &opts.broker.worktree, opts.launches, opts.compare_with.as_deref())?;
     }
     if part("opencode") {
+        progress.step("OpenCode launch-to-healthy");
         opencode_vs_bare(&exe, &opts.broker.worktree, opts.opencode_runs, opts.compare_with.as_deref())?;
     }
     if part("broker") {
+        progress.step("the broker");
         println!();
         crate::bench::broker(&opts.broker)?;
     }
