@@ -67,7 +67,11 @@ fn exported() -> BTreeMap<String, BTreeSet<String>> {
     for l in body.lines() {
         if let Some(rest) = l.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
-            let names = if kind == "histogram" { vec![format!("{name}_bucket"), format!("{name}_sum"), format!("{name}_count")] } else { vec![name.to_string()] };
+            let names = if kind == "histogram" {
+                vec![format!("{name}_bucket"), format!("{name}_sum"), format!("{name}_count")]
+            } else {
+                vec![name.to_string()]
+            };
             for n in names {
                 out.entry(n).or_default();
             }
@@ -145,7 +149,12 @@ fn parse(expr: &str) -> (Vec<String>, Vec<(String, String)>, Vec<String>) {
                 let close = next.find(')').unwrap();
                 grouped.extend(next[open + 1..close].split(',').map(|l| l.trim().to_string()).filter(|l| !l.is_empty()));
                 i += expr[i..].find(')').unwrap() + 1;
-            } else if next.starts_with('(') || next.starts_with("by ") || next.starts_with("by(") || next.starts_with("without") || KEYWORDS.contains(&word.to_ascii_lowercase().as_str()) {
+            } else if next.starts_with('(')
+                || next.starts_with("by ")
+                || next.starts_with("by(")
+                || next.starts_with("without")
+                || KEYWORDS.contains(&word.to_ascii_lowercase().as_str())
+            {
                 // A function, an aggregation (`sum by (x) (...)`) or a keyword.
             } else {
                 names.push(word.to_string());

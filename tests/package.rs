@@ -56,7 +56,8 @@ fn the_package_installs_verifies_and_purges_without_leftovers() {
     assert!(!sh("getent passwd swarmcell").status.success(), "a user swarmcell exists before the package is installed");
 
     let f = Fixture::new();
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/package")).arg(bin()).arg(&f.dir).env("DEB_COMPRESS", "none").output().unwrap();
+    let out =
+        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/package")).arg(bin()).arg(&f.dir).env("DEB_COMPRESS", "none").output().unwrap();
     assert!(out.status.success(), "scripts/package: {}", stderr(&out));
     let deb = PathBuf::from(stdout(&out).trim());
     assert!(deb.is_file(), "{}", deb.display());
@@ -102,11 +103,14 @@ fn the_package_installs_verifies_and_purges_without_leftovers() {
 
     drop(_purge);
     assert!(!installed(), "still installed after the purge");
-    let left: Vec<&String> = files.iter().filter(|p| {
-        let p = Path::new(p.as_str());
-        // Directories other packages share (/usr, /usr/share/man/man1, ...) stay.
-        p.exists() && !(p.is_dir() && !p.to_string_lossy().contains("swarmcell"))
-    }).collect();
+    let left: Vec<&String> = files
+        .iter()
+        .filter(|p| {
+            let p = Path::new(p.as_str());
+            // Directories other packages share (/usr, /usr/share/man/man1, ...) stay.
+            p.exists() && (!p.is_dir() || p.to_string_lossy().contains("swarmcell"))
+        })
+        .collect();
     assert!(left.is_empty(), "left after the purge: {left:?}");
     for p in ["/etc/swarmcell", "/var/log/swarmcell/audit.log", "/usr/share/doc/swarmcell"] {
         assert!(!Path::new(p).exists(), "{p} left after the purge");

@@ -56,7 +56,11 @@ fn start(f: &Fixture) -> Daemon {
     let d = Daemon { child, socket };
     let start = Instant::now();
     while !d.ctl(&["list"]).status.success() {
-        assert!(start.elapsed() < Duration::from_secs(5), "daemon did not start: {}", std::fs::read_to_string(f.dir.join("daemon.log")).unwrap_or_default());
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "daemon did not start: {}",
+            std::fs::read_to_string(f.dir.join("daemon.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     d
@@ -143,7 +147,21 @@ fn ps_shows_fifty_sandboxes_with_their_usage_and_top_refreshes() {
     let json: Vec<serde_json::Value> = serde_json::from_str(&ok(&d.ps(&["--json"]))).unwrap();
     assert_eq!(json.len(), SANDBOXES);
     for s in &json {
-        for k in ["id", "agent", "task", "port", "state", "uptime_s", "restarts", "memory_bytes", "cpu_seconds", "pids", "connections", "connections_total", "denials"] {
+        for k in [
+            "id",
+            "agent",
+            "task",
+            "port",
+            "state",
+            "uptime_s",
+            "restarts",
+            "memory_bytes",
+            "cpu_seconds",
+            "pids",
+            "connections",
+            "connections_total",
+            "denials",
+        ] {
             assert!(s.get(k).is_some(), "no {k} in {s}");
         }
         assert!(s["memory_bytes"].as_u64().is_some_and(|m| m > 0) && s["pids"].as_u64().is_some_and(|p| p > 0), "{s}");

@@ -78,8 +78,7 @@ fn watch(socket: &Path, delay: f64, iterations: Option<u64>) -> CliResult {
     loop {
         let list = fetch(socket)?;
         let now = Instant::now();
-        let cpu: Vec<(String, f64)> =
-            list.iter().filter_map(|s| Some((s["id"].as_str()?.to_string(), s["cpu_seconds"].as_f64()?))).collect();
+        let cpu: Vec<(String, f64)> = list.iter().filter_map(|s| Some((s["id"].as_str()?.to_string(), s["cpu_seconds"].as_f64()?))).collect();
         let pct = |id: &str, secs: Option<f64>| -> Option<f64> {
             let (t0, before) = prev.as_ref()?;
             let was = before.iter().find(|(i, _)| i == id)?.1;
