@@ -103,7 +103,7 @@ pub fn run(soak: usize, scale: usize) -> Result<(), String> {
     let daemon = Running(Command::new(&exe).arg("daemon").arg("--config").arg(&config).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?);
     let pid = daemon.0.id();
     let start = Instant::now();
-    while crate::daemon::ctl(&socket, &Request::List).is_err() {
+    while crate::daemon::ctl(&socket, &Request::List {}).is_err() {
         if start.elapsed() > Duration::from_secs(10) {
             return Err("the daemon did not start".into());
         }

@@ -80,12 +80,12 @@ pub(super) fn ctl(socket: &std::path::Path, cmd: CtlCommand) -> CliResult {
     let (req, list_json, raw) = match cmd {
         CtlCommand::Top { refresh } => return super::ps::top(socket, refresh),
         CtlCommand::Launch { worktree, policy, agent, task, cmd } => (Request::Launch { worktree, agent, task, argv: cmd, policy }, false, false),
-        CtlCommand::List { json } => (Request::List, json, false),
+        CtlCommand::List { json } => (Request::List {}, json, false),
         CtlCommand::Stop { id } => (Request::Stop { id }, false, false),
         CtlCommand::Inspect { id } => (Request::Inspect { id }, false, false),
         CtlCommand::Logs { id, raw } => (Request::Logs { id }, false, raw),
     };
-    let is_list = matches!(req, Request::List);
+    let is_list = matches!(req, Request::List {});
     let resp = crate::daemon::ctl(socket, &req).map_err(|e| (sanitize::line(&e), launch::EXIT_LAUNCHER_ERROR))?;
     if resp["ok"] != true {
         return Err((sanitize::line(resp["error"].as_str().unwrap_or("request failed")), launch::EXIT_LAUNCHER_ERROR));

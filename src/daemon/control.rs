@@ -170,7 +170,7 @@ impl Daemon {
                 Some(_) => self.answer(cid, json!({ "ok": false, "error": format!("sandbox {id} is already stopping") })),
                 None => self.answer(cid, json!({ "ok": false, "error": format!("no sandbox {id}") })),
             },
-            Request::List => {
+            Request::List {} => {
                 let mine = |v: &Value| uid == 0 || v["uid"] == uid;
                 let list: Vec<Value> = self.list().into_iter().filter(mine).collect();
                 self.answer(cid, json!({ "ok": true, "sandboxes": list }));

@@ -30,7 +30,7 @@ pub enum Request {
     Stop {
         id: String,
     },
-    List,
+    List {},
     Inspect {
         id: String,
     },
@@ -115,6 +115,13 @@ mod tests {
         assert_eq!(r, Request::Stop { id: "sc-1".into() });
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"exec","id":"x"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"stop","id":"x","extra":1}"#).is_err());
+        // serde lets a unit variant of an internally tagged enum ignore unknown
+        // fields: requests without fields must be empty structs.
+        for cmd in ["list", "stats"] {
+            let line = format!(r#"{{"cmd":"{cmd}","extra":1}}"#);
+            assert!(serde_json::from_str::<Request>(&line).is_err(), "{line} was accepted");
+            assert!(serde_json::from_str::<Request>(&format!(r#"{{"cmd":"{cmd}"}}"#)).is_ok(), "{cmd}");
+        }
     }
 
     #[test]
