@@ -35,3 +35,4 @@ pub mod phases;
 pub mod policy;
 pub mod sanitize;
 pub mod sys;
+pub mod worker;

@@ -53,6 +53,13 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// The Temporal activity worker for this host (unprivileged; runs the
+    /// sibling `swarmcell-worker` binary with ARGS; see its --help).
+    #[command(disable_help_flag = true)]
+    Worker {
+        #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Talk to the daemon.
     Ctl {
         #[arg(long, default_value = "/run/swarmcell/control.sock")]
@@ -388,6 +395,7 @@ fn main() -> ExitCode {
         Command::Worktree(cmd) => worktree(cmd),
         Command::Daemon { config, socket, state_dir } => daemon(config, socket, state_dir),
         Command::Ctl { socket, cmd } => ctl(&socket, cmd),
+        Command::Worker { args } => Err((swarmcell::worker::exec(&args), launch::EXIT_LAUNCHER_ERROR)),
         Command::Verify { policy, json } => swarmcell::attest::verify::run(&swarmcell::attest::verify::Options { policy, json })
             .map_err(|e| (format!("verify: {e}"), launch::EXIT_LAUNCHER_ERROR)),
         Command::Inspect { target, json } => {

@@ -855,7 +855,7 @@ fn a_tenant_cannot_launch_an_agent_on_another_tenants_worktree() {
 /// One raw request line on the control socket as `uid`; its JSON answer.
 fn request_as(d: &Daemon, uid: u32, req: &serde_json::Value) -> serde_json::Value {
     let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall(sys.argv[2].encode()+b'\\n')\nprint(s.makefile().readline().strip())";
-    let mut c = Command::new("python3");
+    let mut c = Command::new("/usr/bin/python3");
     c.arg("-c").arg(script).arg(&d.socket).arg(req.to_string()).uid(uid).gid(OWNER);
     let out = timed(&mut c, Duration::from_secs(60)).expect("the request hangs");
     serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&out), stderr(&out)))

@@ -121,7 +121,7 @@ impl Daemon {
                         json!({ "ok": true, "id": id, "state": format!("{:?}", e.state).to_lowercase(), "agent": e.rec.agent, "task": e.rec.task,
                                 "port": e.info["port"], "restarts": e.rec.restarts,
                                 "healthy": e.state == State::Running && e.failures == 0, "health_failures": e.failures,
-                                "lease_s": e.rec.lease_s,
+                                "lease_s": e.rec.lease_s, "secret": e.rec.secret,
                                 "lease_left_s": e.lease_until.map(|t| t.saturating_duration_since(Instant::now()).as_secs_f64()),
                                 "usage": metrics::usage(&cgroups) })
                     }

