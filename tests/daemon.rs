@@ -882,7 +882,11 @@ fn an_agent_request_makes_its_worktree_once_per_task() {
     assert_eq!(a["reused"], serde_json::Value::Null, "{a}");
     assert_eq!(git(&wt, &["rev-parse", "--abbrev-ref", "HEAD"]), "agent/w1/work");
     let again = request_as(&d, REQUESTER, &req);
-    assert_eq!((again["ok"].clone(), again["id"].clone(), again["port"].clone(), again["reused"].clone()), (true.into(), a["id"].clone(), a["port"].clone(), true.into()), "{again}");
+    assert_eq!(
+        (again["ok"].clone(), again["id"].clone(), again["port"].clone(), again["reused"].clone()),
+        (true.into(), a["id"].clone(), a["port"].clone(), true.into()),
+        "{again}"
+    );
     assert_eq!(d.list().len(), 1, "a retried request starts nothing new");
     // The same task under another agent id is refused; another task of the same agent id needs its own worktree.
     let other = request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "agent", "agent": "w2", "task": "open-swarm-t.1.1", "repo": repo }));

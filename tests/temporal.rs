@@ -222,7 +222,8 @@ fn require_opencode() {
     assert!(Path::new(OPENCODE).exists(), "OpenCode is not installed at {OPENCODE}: run scripts/install-opencode");
 }
 
-const COMMIT: &str = "echo hello > agent.txt && git add agent.txt && git -c user.name=agent -c user.email=agent@x commit -qm 'agent commit' 2>&1; git rev-parse HEAD";
+const COMMIT: &str =
+    "echo hello > agent.txt && git add agent.txt && git -c user.name=agent -c user.email=agent@x commit -qm 'agent commit' 2>&1; git rev-parse HEAD";
 
 fn head_of(run: &serde_json::Value) -> String {
     run["output"].as_str().unwrap_or("").lines().last().unwrap_or("").trim().to_string()
@@ -287,12 +288,10 @@ fn a_worker_killed_mid_activity_fails_over_to_host_b_and_host_a_stops_the_orphan
     let t = Temporal::start(&f.dir);
     let mut a = Host::start(&f.dir, "hosta", &t, false);
     let mut b = Host::start(&f.dir, "hostb", &t, false);
-    // Host B's repository is a different one (each host has its own clone).
+    // Host B has its own repository (each host its own clone).
     let params = serde_json::json!({ "agent_id": "fo", "task_id": "open-swarm-fo.1.1", "repo": a.repo, "launch_queue": a.queue(),
-                                     "fallback_queue": b.queue(), "commands": ["sleep 30; echo slow"], "heartbeat_s": 3 });
-    let params_b = serde_json::json!({ "repo_b": b.repo });
-    let mut params = params;
-    params["fallback_repo"] = params_b["repo_b"].clone();
+                                     "fallback_queue": b.queue(), "fallback_repo": b.repo, "commands": ["sleep 30; echo slow"],
+                                     "heartbeat_s": 3 });
     let addr = t.address.clone();
     let driver = std::thread::spawn(move || {
         let mut c = Command::new(Path::new(VENV).join("bin/python"));
@@ -353,7 +352,12 @@ fn a_retried_launch_starts_nothing_new_and_invalid_input_is_refused_for_good() {
         "not an object",
     ]);
     let n = bad.as_array().unwrap().len();
-    let r = workflow(&t, "InvalidInputWorkflow", serde_json::json!({ "activity": "LaunchAgent", "queue": a.queue(), "inputs": bad }), Duration::from_secs(120));
+    let r = workflow(
+        &t,
+        "InvalidInputWorkflow",
+        serde_json::json!({ "activity": "LaunchAgent", "queue": a.queue(), "inputs": bad }),
+        Duration::from_secs(120),
+    );
     let r2 = workflow(
         &t,
         "InvalidInputWorkflow",

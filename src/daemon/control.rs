@@ -303,7 +303,9 @@ impl Daemon {
             // of an `agent` request that blocks the loop, once per new agent.
             let req = crate::git::AddRequest { repo: &repo, id: &agent, base: &self.cfg.worktree_base, branch: branch.as_deref(), owner: None };
             match crate::git::add(&req) {
-                Ok(p) => self.audit.event("worktree_add", json!({ "uid": uid, "agent": agent, "task": task, "repo": repo, "worktree": p, "outcome": "created" })),
+                Ok(p) => self
+                    .audit
+                    .event("worktree_add", json!({ "uid": uid, "agent": agent, "task": task, "repo": repo, "worktree": p, "outcome": "created" })),
                 Err(e) => return refuse(self, e.to_string()),
             }
         } else if let Err(e) = crate::git::preflight(&path, std::slice::from_ref(&repo)) {

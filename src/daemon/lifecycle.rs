@@ -205,8 +205,8 @@ impl Daemon {
                         e.published = Some((branch.clone(), new.clone()));
                     }
                     (
-                    "git_publish",
-                    json!({ "id": id, "agent": agent, "uid": uid, "branch": line(&branch), "old": line(&old), "new": line(&new), "outcome": "published" }),
+                        "git_publish",
+                        json!({ "id": id, "agent": agent, "uid": uid, "branch": line(&branch), "old": line(&old), "new": line(&new), "outcome": "published" }),
                     )
                 }
                 Ok(Event::DiskLimit { outcome, detail }) => {

@@ -47,7 +47,18 @@ impl State {
     #[allow(clippy::too_many_arguments)]
     pub fn new(daemon: Daemon, audit: Audit, host: String, identity: String, lease_s: u64, heartbeat: Duration, min_free_bytes: u64) -> State {
         let host_queue = format!("swarmcell-{host}");
-        State { daemon, audit, host, host_queue, identity, lease_s, heartbeat, min_free_bytes, sandboxes: Mutex::default(), callers: Mutex::default() }
+        State {
+            daemon,
+            audit,
+            host,
+            host_queue,
+            identity,
+            lease_s,
+            heartbeat,
+            min_free_bytes,
+            sandboxes: Mutex::default(),
+            callers: Mutex::default(),
+        }
     }
 
     pub fn known_ids(&self) -> Vec<String> {
@@ -90,9 +101,19 @@ impl Fail {
 
 /// Errors the daemon gives for requests that no retry can fix.
 fn daemon_refusal(error: &str) -> bool {
-    ["is invalid", "not one the daemon", "not allowed", "launch_for", "already runs as agent", "not inside", "no sandbox", "lease_s", "shell metacharacter"]
-        .iter()
-        .any(|n| error.contains(n))
+    [
+        "is invalid",
+        "not one the daemon",
+        "not allowed",
+        "launch_for",
+        "already runs as agent",
+        "not inside",
+        "no sandbox",
+        "lease_s",
+        "shell metacharacter",
+    ]
+    .iter()
+    .any(|n| error.contains(n))
 }
 
 fn daemon_error(v: &Value) -> Fail {
@@ -157,7 +178,8 @@ impl State {
             ..Default::default()
         };
         let mut svc = ctx.client().connection().workflow_service();
-        let resp = tokio::time::timeout(Duration::from_secs(5), svc.get_workflow_execution_history(temporalio_client::tonic::Request::new(req))).await;
+        let resp =
+            tokio::time::timeout(Duration::from_secs(5), svc.get_workflow_execution_history(temporalio_client::tonic::Request::new(req))).await;
         let identity = resp.ok().and_then(Result::ok).and_then(|r| {
             let ev = r.into_inner().history?.events.into_iter().next()?;
             match ev.attributes? {

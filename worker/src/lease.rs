@@ -37,7 +37,8 @@ pub async fn watch_temporal(client: Client, reach: Arc<Reachability>, state: Arc
     let mut lost = false;
     loop {
         let mut svc = client.connection().workflow_service();
-        let r = tokio::time::timeout(Duration::from_secs(5), svc.get_system_info(temporalio_client::tonic::Request::new(GetSystemInfoRequest {}))).await;
+        let r =
+            tokio::time::timeout(Duration::from_secs(5), svc.get_system_info(temporalio_client::tonic::Request::new(GetSystemInfoRequest {}))).await;
         if matches!(r, Ok(Ok(_))) {
             reach.ok();
             if lost {

@@ -97,7 +97,11 @@ fn read_secret_file(path: &Path, what: &str) -> Result<Vec<u8>, String> {
         return Err(format!("{what} {}: not a regular file", path.display()));
     }
     if m.mode() & 0o137 != 0 {
-        return Err(format!("{what} {}: mode {:o}; it must be 0600 or 0640 (no execute, no group write, nothing for others)", path.display(), m.mode() & 0o777));
+        return Err(format!(
+            "{what} {}: mode {:o}; it must be 0600 or 0640 (no execute, no group write, nothing for others)",
+            path.display(),
+            m.mode() & 0o777
+        ));
     }
     if m.uid() != me && m.uid() != 0 {
         return Err(format!("{what} {}: owned by uid {}, not by this worker's uid or root", path.display(), m.uid()));
@@ -126,8 +130,12 @@ async fn connect(a: &Args, identity: &str) -> Result<Client, String> {
         }
         t.domain = a.tls_server_name.clone();
         if let (Some(cert), Some(key)) = (&a.tls_cert, &a.tls_key) {
-            t.client_tls_options =
-                Some(ClientTlsOptions::builder().client_cert(read_secret_file(cert, "--tls-cert")?).client_private_key(read_secret_file(key, "--tls-key")?).build());
+            t.client_tls_options = Some(
+                ClientTlsOptions::builder()
+                    .client_cert(read_secret_file(cert, "--tls-cert")?)
+                    .client_private_key(read_secret_file(key, "--tls-key")?)
+                    .build(),
+            );
         }
         Some(t)
     } else {
@@ -208,7 +216,10 @@ async fn main() {
                             "shared_activities": [activities::SharedActivities::launch_agent.name()], "outcome": "ok" }),
     );
     // Ready: the queues are polled from here on (tests wait for this line).
-    eprintln!("swarmcell-worker: serving {} for host {host}", [Some(state.host_queue.clone()), a.task_queue.clone()].into_iter().flatten().collect::<Vec<_>>().join(" and "));
+    eprintln!(
+        "swarmcell-worker: serving {} for host {host}",
+        [Some(state.host_queue.clone()), a.task_queue.clone()].into_iter().flatten().collect::<Vec<_>>().join(" and ")
+    );
     let shutdown = [Some(host_worker.shutdown_handle()), shared_worker.as_ref().map(|w| w.shutdown_handle())];
     let signals = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap_or_else(|e| fail(format!("signals: {e}")));

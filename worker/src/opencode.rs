@@ -54,11 +54,21 @@ impl OpenCode {
     /// command. The tool or text output of the resulting message.
     pub async fn run(&self, session: &str, command: &str, arguments: &str) -> Result<Value, String> {
         let answer = if command == "shell" {
-            self.call("POST", &format!("/session/{session}/shell"), Some(json!({ "agent": "build", "command": arguments })), Duration::from_secs(3600))
-                .await?
+            self.call(
+                "POST",
+                &format!("/session/{session}/shell"),
+                Some(json!({ "agent": "build", "command": arguments })),
+                Duration::from_secs(3600),
+            )
+            .await?
         } else {
-            self.call("POST", &format!("/session/{session}/command"), Some(json!({ "command": command, "arguments": arguments })), Duration::from_secs(3600))
-                .await?
+            self.call(
+                "POST",
+                &format!("/session/{session}/command"),
+                Some(json!({ "command": command, "arguments": arguments })),
+                Duration::from_secs(3600),
+            )
+            .await?
         };
         // The answer is the assistant message; its parts hold the output. (Read
         // back from the session when the answer carries no parts.)
