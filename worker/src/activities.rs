@@ -39,13 +39,24 @@ pub struct State {
     /// Launches are refused (retryably: another host may take them) below this much available memory.
     pub min_free_bytes: u64,
     pub sandboxes: Mutex<HashMap<String, Known>>,
+    /// Repository names (`--repo NAME=PATH`) this host's launches may use.
+    pub repos: HashMap<String, std::path::PathBuf>,
     /// Who started each workflow run (its starter's Temporal identity), looked up once.
     callers: Mutex<HashMap<String, String>>,
 }
 
 impl State {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(daemon: Daemon, audit: Audit, host: String, identity: String, lease_s: u64, heartbeat: Duration, min_free_bytes: u64) -> State {
+    pub fn new(
+        daemon: Daemon,
+        audit: Audit,
+        host: String,
+        identity: String,
+        lease_s: u64,
+        heartbeat: Duration,
+        min_free_bytes: u64,
+        repos: HashMap<String, std::path::PathBuf>,
+    ) -> State {
         let host_queue = format!("swarmcell-{host}");
         State {
             daemon,
@@ -57,6 +68,7 @@ impl State {
             heartbeat,
             min_free_bytes,
             sandboxes: Mutex::default(),
+            repos,
             callers: Mutex::default(),
         }
     }
@@ -219,12 +231,18 @@ impl State {
 
     async fn launch(&self, ctx: &ActivityContext, v: Value) -> Result<Value, Fail> {
         let l = input::LaunchAgent::parse(v).map_err(Fail::Invalid)?;
+        let repo = if l.repo.starts_with('/') {
+            std::path::PathBuf::from(&l.repo)
+        } else {
+            // Another host may know the name: retryable (the shared queue hands it on).
+            self.repos.get(&l.repo).cloned().ok_or_else(|| Fail::Retry(format!("host {} has no repository named {:?}", self.host, l.repo)))?
+        };
         if let Some(avail) = mem_available()
             && avail < self.min_free_bytes
         {
             return Err(Fail::Retry(format!("host {} has {} MiB available, less than its reserve", self.host, avail >> 20)));
         }
-        let req = json!({ "cmd": "agent", "agent": l.agent_id, "task": l.task_id, "repo": l.repo, "branch": l.branch, "policy": l.policy,
+        let req = json!({ "cmd": "agent", "agent": l.agent_id, "task": l.task_id, "repo": repo, "branch": l.branch, "policy": l.policy,
                           "lease_s": self.lease_s });
         let daemon = self.daemon.clone();
         let attempt = async {

@@ -14,7 +14,9 @@ use swarmcell::daemon::protocol::{MAX_ARG, valid_task};
 pub struct LaunchAgent {
     pub agent_id: String,
     pub task_id: String,
-    pub repo: PathBuf,
+    /// An absolute path, or a name this worker maps to a path (`--repo NAME=PATH`):
+    /// the same name can stand for each host's own clone.
+    pub repo: String,
     #[serde(default)]
     pub branch: Option<String>,
     #[serde(default)]
@@ -48,6 +50,15 @@ fn path_ok(p: &std::path::Path, what: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A repository's name in `--repo NAME=PATH` and in LaunchAgent's `repo`.
+pub fn valid_repo_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && n.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && !n.contains("..")
+}
+
 /// The daemon's sandbox ids: `d-` and 8 hex digits.
 pub fn sandbox_id(id: &str) -> Result<(), String> {
     if swarmcell::daemon::records::valid_id(id) { Ok(()) } else { Err(format!("sandbox_id {:?} is invalid (^d-[0-9a-f]{{8}}$)", cut(id))) }
@@ -70,7 +81,11 @@ impl LaunchAgent {
         if !valid_task(&l.task_id) {
             return Err(format!("task_id {:?} is invalid (^open-swarm-[a-z0-9]+\\.[0-9]+\\.[0-9]+$)", cut(&l.task_id)));
         }
-        path_ok(&l.repo, "repo")?;
+        if l.repo.starts_with('/') {
+            path_ok(std::path::Path::new(&l.repo), "repo")?;
+        } else if !valid_repo_name(&l.repo) {
+            return Err(format!("repo {:?} is neither an absolute path nor a repository name (^[a-z0-9][a-z0-9._-]{{0,62}}$)", cut(&l.repo)));
+        }
         if let Some(p) = &l.policy {
             path_ok(p, "policy")?;
         }
@@ -124,10 +139,12 @@ mod tests {
     fn launch_inputs_are_checked_field_by_field() {
         let ok = json!({ "agent_id": "a1", "task_id": "open-swarm-x.1.2", "repo": "/srv/repo", "branch": "work" });
         assert!(LaunchAgent::parse(ok).is_ok());
+        assert!(LaunchAgent::parse(json!({ "agent_id": "a1", "task_id": "open-swarm-x.1.2", "repo": "project" })).is_ok());
         for (bad, needle) in [
             (json!({ "agent_id": "A", "task_id": "open-swarm-x.1.2", "repo": "/r" }), "agent_id"),
             (json!({ "agent_id": "a", "task_id": "x", "repo": "/r" }), "task_id"),
-            (json!({ "agent_id": "a", "task_id": "open-swarm-x.1.2", "repo": "r" }), "repo"),
+            (json!({ "agent_id": "a", "task_id": "open-swarm-x.1.2", "repo": "../r" }), "repo"),
+            (json!({ "agent_id": "a", "task_id": "open-swarm-x.1.2", "repo": "Repo" }), "repo"),
             (json!({ "agent_id": "a", "task_id": "open-swarm-x.1.2", "repo": "/r", "branch": "../x" }), "branch"),
             (json!({ "agent_id": "a", "task_id": "open-swarm-x.1.2", "repo": "/r", "argv": ["sh"] }), "unknown field"),
             (json!("a string"), "LaunchAgent"),

@@ -70,6 +70,10 @@ struct Args {
     /// MiB of available memory below which launches are declined (retryably).
     #[arg(long, default_value_t = 512)]
     min_free_mib: u64,
+    /// A repository LaunchAgent may name by NAME instead of its path here
+    /// (repeatable; each host maps the name to its own clone).
+    #[arg(long = "repo", value_name = "NAME=PATH")]
+    repos: Vec<String>,
     /// JSON-lines audit log (0640); events also go to stderr.
     #[arg(long)]
     audit_log: Option<PathBuf>,
@@ -175,6 +179,15 @@ async fn main() {
     {
         fail(format!("--task-queue {q:?}: letters, digits and ._-@: only, at most 200"));
     }
+    let mut repos = std::collections::HashMap::new();
+    for r in &a.repos {
+        match r.split_once('=') {
+            Some((name, path)) if input::valid_repo_name(name) && path.starts_with('/') => {
+                repos.insert(name.to_string(), PathBuf::from(path));
+            }
+            _ => fail(format!("--repo {r:?}: expected NAME=/absolute/path, NAME ^[a-z0-9][a-z0-9._-]{{0,62}}$")),
+        }
+    }
     let audit = audit::Audit::open(a.audit_log.as_deref()).unwrap_or_else(|e| fail(e));
     let client = connect(&a, &identity).await.unwrap_or_else(|e| fail(e));
     let state = Arc::new(activities::State::new(
@@ -185,6 +198,7 @@ async fn main() {
         a.lease,
         Duration::from_secs(a.heartbeat),
         a.min_free_mib << 20,
+        repos,
     ));
     let runtime = Runtime::from_current_tokio(Default::default()).unwrap_or_else(|e| fail(format!("Temporal runtime: {e}")));
     let host_opts = WorkerOptions::new(state.host_queue.clone())
