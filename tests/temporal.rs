@@ -97,6 +97,10 @@ struct Host {
 
 impl Host {
     fn start(root: &Path, name: &str, temporal: &Temporal, shared: bool) -> Host {
+        Host::start_with(root, name, temporal, shared, &["--lease", &LEASE.to_string()])
+    }
+
+    fn start_with(root: &Path, name: &str, temporal: &Temporal, shared: bool, worker_args: &[&str]) -> Host {
         let dir = root.join(name);
         std::fs::create_dir(&dir).unwrap();
         let repo = owned_repo(&dir);
@@ -120,17 +124,18 @@ impl Host {
         let daemon = Command::new(bin()).arg("daemon").arg("--config").arg(&config).stderr(log).spawn().unwrap();
         let mut h = Host { name: name.into(), dir, socket, repo, daemon: Some(daemon), worker: None };
         wait_for("the daemon's socket", Duration::from_secs(10), || h.ctl(&serde_json::json!({ "cmd": "list" }))["ok"] == true);
-        h.start_worker(temporal, shared);
+        h.start_worker(temporal, shared, worker_args);
         h
     }
 
-    fn start_worker(&mut self, temporal: &Temporal, shared: bool) {
+    fn start_worker(&mut self, temporal: &Temporal, shared: bool, extra: &[&str]) {
         let wdir = self.dir.join("worker");
         make_owned_dir(&wdir, WORKER_UID, OWNER);
         let log_path = wdir.join("worker.log");
         let log = std::fs::File::create(&log_path).unwrap();
         let mut c = Command::new(worker_bin());
-        c.args(["--address", &temporal.address, "--host-name", &self.name, "--lease", &LEASE.to_string(), "--heartbeat", "1"])
+        c.args(["--address", &temporal.address, "--host-name", &self.name, "--heartbeat", "1"])
+            .args(extra)
             .arg("--socket")
             .arg(&self.socket)
             .arg("--audit-log")
@@ -375,4 +380,69 @@ fn a_retried_launch_starts_nothing_new_and_invalid_input_is_refused_for_good() {
     a.stop();
     drop(t);
     assert_no_sandbox_left();
+}
+
+/// A worker that loses Temporal for longer than its grace stops the sandboxes
+/// it launched itself (well before their leases would run out).
+#[test]
+fn a_worker_that_loses_temporal_stops_its_sandboxes_after_the_grace() {
+    require_opencode();
+    let f = Fixture::new();
+    std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let t = Temporal::start(&f.dir);
+    let mut a = Host::start_with(&f.dir, "hosta", &t, false, &["--lease", "300", "--temporal-grace", "3"]);
+    let r = workflow(
+        &t,
+        "LaunchOnlyWorkflow",
+        serde_json::json!({ "agent_id": "lo", "task_id": "open-swarm-lo.1.1", "repo": a.repo, "launch_queue": a.queue() }),
+        Duration::from_secs(120),
+    );
+    let id = r["sandbox_id"].clone();
+    assert_eq!(a.sandboxes().len(), 1, "{r}");
+    drop(t);
+    let lost = Instant::now();
+    wait_for("the worker to stop its sandbox", Duration::from_secs(30), || a.sandboxes().is_empty());
+    eprintln!("stopped {:.1}s after Temporal went away", lost.elapsed().as_secs_f64());
+    let events = Host::events(&a.dir.join("worker/audit.log"), "temporal_lost");
+    assert!(events.iter().any(|e| e["stopping"].as_array().is_some_and(|s| s.contains(&id))), "{events:?}");
+    let stops = a.daemon_events("sandbox_stop");
+    assert!(stops.iter().any(|e| e["id"] == id && e["uid"] == WORKER_UID), "stopped by the worker, not by the lease: {stops:?}");
+    assert!(a.daemon_events("lease_expired").is_empty());
+    a.stop();
+    assert_no_sandbox_left();
+}
+
+/// The worker refuses to run as root, and refuses certificate and key files
+/// that others may read or that are symlinks, without printing their content.
+#[test]
+fn the_worker_refuses_root_and_loose_certificate_files() {
+    let f = Fixture::new();
+    let out = Command::new(bin()).args(["worker", "--address", "127.0.0.1:1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("does not run as root"), "{}", stderr(&out));
+    let out = Command::new(worker_bin()).args(["--address", "127.0.0.1:1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = f.dir.join("tls");
+    make_owned_dir(&dir, WORKER_UID, OWNER);
+    let key_text = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1tYXRlcmlhbA==\n-----END PRIVATE KEY-----\n";
+    let file = |name: &str, mode: u32| {
+        let p = dir.join(name);
+        std::fs::write(&p, key_text).unwrap();
+        std::os::unix::fs::chown(&p, Some(WORKER_UID), Some(OWNER)).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    };
+    let (cert, loose, ok_key) = (file("cert.pem", 0o600), file("loose.key", 0o644), file("key.pem", 0o640));
+    let link = dir.join("link.key");
+    std::os::unix::fs::symlink(&ok_key, &link).unwrap();
+    for (key, needle) in [(&loose, "mode 644"), (&link, "Too many levels of symbolic links")] {
+        let mut c = Command::new(worker_bin());
+        c.args(["--address", "127.0.0.1:1", "--tls-cert"]).arg(&cert).arg("--tls-key").arg(key).uid(WORKER_UID).gid(OWNER);
+        let out = timed(&mut c, Duration::from_secs(30)).expect("the worker hangs");
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert_eq!(out.status.code(), Some(125), "{text}");
+        assert!(text.contains(needle), "{key:?}: {text}");
+        assert!(!text.contains("c2VjcmV0"), "key material in the output: {text}");
+    }
 }

@@ -135,7 +135,17 @@ class LaunchStopWorkflow:
         return {"host": launch["host"], "healthy_at": healthy.timestamp()}
 
 
-WORKFLOWS = [AgentWorkflow, RetryLaunchWorkflow, InvalidInputWorkflow, LaunchStopWorkflow]
+@workflow.defn
+class LaunchOnlyWorkflow:
+    """LaunchAgent, and leave the agent running (its result without the secret)."""
+
+    @workflow.run
+    async def run(self, p: dict) -> dict:
+        req = {"agent_id": p["agent_id"], "task_id": p["task_id"], "repo": p["repo"]}
+        return public(await workflow.execute_activity("LaunchAgent", req, **opts(p, p["launch_queue"], 3)))
+
+
+WORKFLOWS = [AgentWorkflow, RetryLaunchWorkflow, InvalidInputWorkflow, LaunchStopWorkflow, LaunchOnlyWorkflow]
 
 
 async def bench(client, queue, p):
