@@ -446,3 +446,29 @@ fn the_worker_refuses_root_and_loose_certificate_files() {
         assert!(!text.contains("c2VjcmV0"), "key material in the output: {text}");
     }
 }
+
+/// A workflow that cancels a running command (or whose heartbeat times out)
+/// ends the agent: the worker stops its sandbox (INV-005).
+#[test]
+fn a_cancelled_command_stops_its_sandbox() {
+    require_opencode();
+    let f = Fixture::new();
+    std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let t = Temporal::start(&f.dir);
+    let mut a = Host::start_with(&f.dir, "hosta", &t, false, &["--lease", "300"]);
+    let r = workflow(
+        &t,
+        "CancelCommandWorkflow",
+        serde_json::json!({ "agent_id": "ca", "task_id": "open-swarm-ca.1.1", "repo": a.repo, "launch_queue": a.queue() }),
+        Duration::from_secs(120),
+    );
+    assert_eq!(r["cancelled"], true, "{r}");
+    wait_for("the cancelled agent's sandbox to stop", Duration::from_secs(20), || a.sandboxes().is_empty());
+    let events = a.worker_events();
+    assert!(events.iter().any(|e| e["activity"] == "RunAgentCommand" && e["outcome"] == "cancelled"), "{events:?}");
+    let stops = a.daemon_events("sandbox_stop");
+    assert!(stops.iter().any(|e| e["id"] == r["sandbox_id"] && e["uid"] == WORKER_UID), "{stops:?}");
+    a.stop();
+    drop(t);
+    assert_no_sandbox_left();
+}

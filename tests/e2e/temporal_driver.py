@@ -145,7 +145,27 @@ class LaunchOnlyWorkflow:
         return public(await workflow.execute_activity("LaunchAgent", req, **opts(p, p["launch_queue"], 3)))
 
 
-WORKFLOWS = [AgentWorkflow, RetryLaunchWorkflow, InvalidInputWorkflow, LaunchStopWorkflow, LaunchOnlyWorkflow]
+@workflow.defn
+class CancelCommandWorkflow:
+    """LaunchAgent, start a long RunAgentCommand, cancel it after `after_s`."""
+
+    @workflow.run
+    async def run(self, p: dict) -> dict:
+        req = {"agent_id": p["agent_id"], "task_id": p["task_id"], "repo": p["repo"]}
+        launch = await workflow.execute_activity("LaunchAgent", req, **opts(p, p["launch_queue"], 3))
+        handle = workflow.start_activity(
+            "RunAgentCommand", {"sandbox_id": launch["sandbox_id"], "command": "shell", "arguments": "sleep 120"},
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED, **opts(p, launch["queue"], 1, 3))
+        await workflow.sleep(p.get("after_s", 4))
+        handle.cancel()
+        try:
+            await handle
+            return {"sandbox_id": launch["sandbox_id"], "cancelled": False}
+        except ActivityError as e:
+            return {"sandbox_id": launch["sandbox_id"], "cancelled": True, "error": str(e.cause or e)}
+
+
+WORKFLOWS = [CancelCommandWorkflow, AgentWorkflow, RetryLaunchWorkflow, InvalidInputWorkflow, LaunchStopWorkflow, LaunchOnlyWorkflow]
 
 
 async def bench(client, queue, p):
