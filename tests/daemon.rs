@@ -966,3 +966,22 @@ fn invalid_agent_requests_are_refused_audited_and_make_nothing() {
     assert!(d.list().is_empty());
     assert!(d.audit_events("policy_violation").len() >= cases.len(), "each refusal is audited");
 }
+
+/// Worktrees made by `agent` requests stay after their sandboxes: a requester
+/// looping over fresh agent ids is stopped at `max_worktrees`.
+#[test]
+fn agent_requests_make_at_most_max_worktrees() {
+    let f = Fixture::new();
+    let repo = owned_repo(&f.dir);
+    let policy = format!("[process]\ncommand = [{:?}, \"__probe\", \"serve\", \"{{port}}\"]\n", bin());
+    // base/a, b and c exist already (the fixture's): one more is allowed.
+    let mut d = Daemon::start_with(&f, &policy, &format!("repositories = [{repo:?}]\nmax_worktrees = 4\n"));
+    let agent = |id: &str, task: &str| request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "agent", "agent": id, "task": task, "repo": repo }));
+    let first = agent("m1", "open-swarm-m.1.1");
+    assert_eq!(first["ok"], true, "{first}");
+    let second = agent("m2", "open-swarm-m.1.2");
+    assert!(second["error"].as_str().unwrap_or("").contains("max_worktrees"), "{second}");
+    assert!(!f.dir.join("base/m2").exists());
+    d.stop();
+    assert_no_sandbox_left();
+}

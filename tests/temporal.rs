@@ -322,6 +322,8 @@ fn a_worker_killed_mid_activity_fails_over_to_host_b_and_host_a_stops_the_orphan
     let port = orphan["port"].as_u64().unwrap() as u16;
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the orphan's port {port} still answers");
     assert!(b.sandboxes().is_empty(), "host B's agent was stopped by the workflow");
+    // With both daemons still running: no process, port, cgroup or lease left.
+    assert_no_sandbox_left();
     a.stop();
     b.stop();
     drop(t);

@@ -298,6 +298,15 @@ impl Daemon {
             return self.answer(cid, json!({ "ok": false, "error": e }));
         }
         let path = self.cfg.worktree_base.join(&agent);
+        let made = std::fs::read_dir(&self.cfg.worktree_base).map_or(0, Iterator::count);
+        if std::fs::symlink_metadata(&path).is_err() && made >= self.cfg.max_worktrees {
+            let e = format!(
+                "{} holds {made} worktrees (max_worktrees); remove some (swarmcell worktree remove, prune)",
+                self.cfg.worktree_base.display()
+            );
+            self.audit.event("policy_violation", json!({ "uid": uid, "agent": agent, "task": task, "error": e, "outcome": "refused" }));
+            return self.answer(cid, json!({ "ok": false, "error": e }));
+        }
         if std::fs::symlink_metadata(&path).is_err() {
             // git runs as the repository's owner (60 s deadline): the one step
             // of an `agent` request that blocks the loop, once per new agent.
