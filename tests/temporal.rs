@@ -97,10 +97,11 @@ struct Host {
 
 impl Host {
     fn start(root: &Path, name: &str, temporal: &Temporal, shared: bool) -> Host {
-        Host::start_with(root, name, temporal, shared, &["--lease", &LEASE.to_string()])
+        Host::start_with(root, name, &temporal.address, shared, &["--lease", &LEASE.to_string()])
     }
 
-    fn start_with(root: &Path, name: &str, temporal: &Temporal, shared: bool, worker_args: &[&str]) -> Host {
+    /// A host whose worker connects to Temporal at `address` with `worker_args`.
+    fn start_with(root: &Path, name: &str, address: &str, shared: bool, worker_args: &[&str]) -> Host {
         let dir = root.join(name);
         std::fs::create_dir(&dir).unwrap();
         let repo = owned_repo(&dir);
@@ -124,17 +125,17 @@ impl Host {
         let daemon = Command::new(bin()).arg("daemon").arg("--config").arg(&config).stderr(log).spawn().unwrap();
         let mut h = Host { name: name.into(), dir, socket, repo, daemon: Some(daemon), worker: None };
         wait_for("the daemon's socket", Duration::from_secs(10), || h.ctl(&serde_json::json!({ "cmd": "list" }))["ok"] == true);
-        h.start_worker(temporal, shared, worker_args);
+        h.start_worker(address, shared, worker_args);
         h
     }
 
-    fn start_worker(&mut self, temporal: &Temporal, shared: bool, extra: &[&str]) {
+    fn start_worker(&mut self, address: &str, shared: bool, extra: &[&str]) {
         let wdir = self.dir.join("worker");
         make_owned_dir(&wdir, WORKER_UID, OWNER);
         let log_path = wdir.join("worker.log");
         let log = std::fs::File::create(&log_path).unwrap();
         let mut c = Command::new(worker_bin());
-        c.args(["--address", &temporal.address, "--host-name", &self.name, "--heartbeat", "1"])
+        c.args(["--address", address, "--host-name", &self.name, "--heartbeat", "1"])
             .args(extra)
             .arg("--socket")
             .arg(&self.socket)
@@ -145,9 +146,15 @@ impl Host {
         }
         let child = c.uid(WORKER_UID).gid(OWNER).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap();
         self.worker = Some(child);
-        wait_for("the worker to serve its queues", Duration::from_secs(60), || {
-            std::fs::read_to_string(&log_path).unwrap_or_default().contains("swarmcell-worker: serving")
-        });
+        let start = Instant::now();
+        while !std::fs::read_to_string(&log_path).unwrap_or_default().contains("swarmcell-worker: serving") {
+            let exited = self.worker.as_mut().and_then(|w| w.try_wait().ok().flatten());
+            if exited.is_some() || start.elapsed() > Duration::from_secs(60) {
+                let front = std::fs::read_to_string(self.dir.join("../front.log")).unwrap_or_default();
+                panic!("the worker does not serve ({exited:?}):\n{}\n{front}", std::fs::read_to_string(&log_path).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn queue(&self) -> String {
@@ -392,7 +399,7 @@ fn a_worker_that_loses_temporal_stops_its_sandboxes_after_the_grace() {
     let f = Fixture::new();
     std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let t = Temporal::start(&f.dir);
-    let mut a = Host::start_with(&f.dir, "hosta", &t, false, &["--lease", "300", "--temporal-grace", "3"]);
+    let mut a = Host::start_with(&f.dir, "hosta", &t.address, false, &["--lease", "300", "--temporal-grace", "3"]);
     let r = workflow(
         &t,
         "LaunchOnlyWorkflow",
@@ -457,7 +464,7 @@ fn a_cancelled_command_stops_its_sandbox() {
     let f = Fixture::new();
     std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let t = Temporal::start(&f.dir);
-    let mut a = Host::start_with(&f.dir, "hosta", &t, false, &["--lease", "300"]);
+    let mut a = Host::start_with(&f.dir, "hosta", &t.address, false, &["--lease", "300"]);
     let r = workflow(
         &t,
         "CancelCommandWorkflow",
@@ -473,4 +480,120 @@ fn a_cancelled_command_stops_its_sandbox() {
     a.stop();
     drop(t);
     assert_no_sandbox_left();
+}
+
+/// `openssl` with ARGS in DIR.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
+}
+
+/// mTLS to Temporal: the worker presents its certificate (checked by a TLS
+/// front of the dev server that requires one from the test CA) and serves
+/// activities through it; a certificate from another CA gets no connection.
+#[test]
+fn the_worker_serves_over_mtls_and_a_certificate_from_another_ca_is_refused() {
+    let f = Fixture::new();
+    std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let t = Temporal::start(&f.dir);
+    let pki = f.dir.join("pki");
+    make_owned_dir(&pki, WORKER_UID, OWNER);
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"];
+    for ca in ["ca", "other-ca"] {
+        openssl(
+            &pki,
+            &[&["req", "-x509"][..], &ec, &["-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.pem"), "-subj", &format!("/CN={ca}")]].concat(),
+        );
+    }
+    for (name, ca, ext) in [
+        ("server", "ca", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+        ("worker", "ca", "subjectAltName=DNS:hosta\nextendedKeyUsage=clientAuth"),
+        ("rogue", "other-ca", "subjectAltName=DNS:hosta\nextendedKeyUsage=clientAuth"),
+    ] {
+        std::fs::write(pki.join(format!("{name}.ext")), ext).unwrap();
+        openssl(
+            &pki,
+            &[&["req"][..], &ec, &["-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr"), "-subj", &format!("/CN={name}")]].concat(),
+        );
+        let out = Command::new("openssl")
+            .current_dir(&pki)
+            .args(["x509", "-req", "-days", "1", "-in", &format!("{name}.csr"), "-CA", &format!("{ca}.pem"), "-CAkey", &format!("{ca}.key")])
+            .args(["-CAcreateserial", "-extfile", &format!("{name}.ext"), "-out", &format!("{name}.pem")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    for e in std::fs::read_dir(&pki).unwrap().flatten() {
+        std::os::unix::fs::chown(e.path(), Some(WORKER_UID), Some(OWNER)).unwrap();
+        std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    // The TLS front: requires a client certificate from the test CA.
+    let port = free_port();
+    let tport = t.address.rsplit(':').next().unwrap().to_string();
+    let p = |n: &str| pki.join(n).to_string_lossy().into_owned();
+    let front = Command::new(Path::new(VENV).join("bin/python"))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/tls_front.py"))
+        .args([port.to_string(), tport])
+        .args([p("server.pem"), p("server.key"), p("ca.pem")])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(f.dir.join("front.log")).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    struct Group(Child);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            // SAFETY: our own child's process group.
+            unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+            let _ = self.0.wait();
+        }
+    }
+    let front = Group(front);
+    wait_for("the TLS front", Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let address = format!("127.0.0.1:{port}");
+    let (ca, cert, key) = (p("ca.pem"), p("worker.pem"), p("worker.key"));
+    let tls = ["--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &key, "--tls-server-name", "localhost"];
+    let t0 = Instant::now();
+    let mut a = Host::start_with(&f.dir, "hosta", &address, false, &tls);
+    eprintln!("worker serving over mTLS after {:?}", t0.elapsed());
+    let started = Host::events(&a.dir.join("worker/audit.log"), "worker_start");
+    assert_eq!(started[0]["mtls"], true, "{started:?}");
+    // An activity reaches the worker through its mTLS connection.
+    let r = workflow(
+        &t,
+        "InvalidInputWorkflow",
+        serde_json::json!({ "activity": "AgentStatus", "queue": a.queue(), "inputs": [{ "sandbox_id": "nope" }] }),
+        Duration::from_secs(60),
+    );
+    assert_eq!(r[0]["non_retryable"], true, "{r}");
+    assert!(a.worker_events().iter().any(|e| e["activity"] == "AgentStatus" && e["outcome"] == "refused"));
+    let log = std::fs::read_to_string(a.dir.join("worker/worker.log")).unwrap();
+    assert!(!log.contains("PRIVATE KEY") && !log.contains(&std::fs::read_to_string(pki.join("worker.key")).unwrap()[30..60]), "{log}");
+    a.stop();
+    eprintln!("stopped after {:?}", t0.elapsed());
+    // A certificate the front's CA did not sign: no connection, the worker exits.
+    let (rcert, rkey) = (p("rogue.pem"), p("rogue.key"));
+    let mut c = Command::new(worker_bin());
+    c.args([
+        "--address",
+        &address,
+        "--host-name",
+        "rogue",
+        "--tls-ca",
+        &ca,
+        "--tls-cert",
+        &rcert,
+        "--tls-key",
+        &rkey,
+        "--tls-server-name",
+        "localhost",
+    ])
+    .uid(WORKER_UID)
+    .gid(OWNER);
+    let out = timed(&mut c, Duration::from_secs(60)).expect("the rogue worker neither connected nor gave up");
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("serving"), "{}", stderr(&out));
+    eprintln!("rogue refused after {:?}: {}", t0.elapsed(), stderr(&out).trim());
+    drop(front);
+    drop(t);
 }

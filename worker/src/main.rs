@@ -46,6 +46,10 @@ struct Args {
     /// The server name in its certificate (default: the host of --address).
     #[arg(long)]
     tls_server_name: Option<String>,
+    /// Seconds to wait for the first connection to Temporal before giving up
+    /// (exit 125; a service manager starts the worker again).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    connect_timeout: u64,
     /// The daemon's control socket.
     #[arg(long, default_value = "/run/swarmcell/control.sock")]
     socket: PathBuf,
@@ -147,7 +151,10 @@ async fn connect(a: &Args, identity: &str) -> Result<Client, String> {
     };
     let opts = ConnectionOptions::new(url).identity(identity.to_string()).maybe_tls_options(tls).build();
     // The connection error never carries the key material (only the endpoint).
-    let conn = Connection::connect(opts).await.map_err(|e| format!("Temporal at {}: {e}", a.address))?;
+    let conn = tokio::time::timeout(Duration::from_secs(a.connect_timeout), Connection::connect(opts))
+        .await
+        .map_err(|_| format!("Temporal at {}: no connection within {} s", a.address, a.connect_timeout))?
+        .map_err(|e| format!("Temporal at {}: {e}", a.address))?;
     Client::new(conn, ClientOptions::new(a.namespace.clone()).build()).map_err(|e| format!("Temporal client: {e}"))
 }
 
@@ -167,6 +174,8 @@ async fn main() {
     if unsafe { libc::geteuid() } == 0 {
         fail("the worker does not run as root: run it as a uid in the daemon's allowed_uids (see systemd/swarmcell-worker.service)".into());
     }
+    // The process-wide TLS provider (before any connection; a second install is a no-op).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let host = a.host_name.clone().unwrap_or_else(hostname);
     let identity = a.identity.clone().unwrap_or_else(|| format!("swarmcell-worker@{host}"));
     for (what, v) in [("--host-name", &host), ("--identity", &identity), ("--namespace", &a.namespace)] {
