@@ -102,16 +102,38 @@ impl Host {
 
     /// A host whose worker connects to Temporal at `address` with `worker_args`.
     fn start_with(root: &Path, name: &str, address: &str, shared: bool, worker_args: &[&str]) -> Host {
+        Host::start_full(root, name, address, shared, worker_args, None)
+    }
+
+    /// With `payload`: the daemon's policy runs `swarmcell __probe PAYLOAD {port}` instead of OpenCode.
+    fn start_full(root: &Path, name: &str, address: &str, shared: bool, worker_args: &[&str], payload: Option<&str>) -> Host {
         let dir = root.join(name);
         std::fs::create_dir(&dir).unwrap();
         let repo = owned_repo(&dir);
         let socket = dir.join("ctl.sock");
         let config = dir.join("daemon.toml");
+        let extra = match payload {
+            Some(p) => {
+                let policy = dir.join("policy.toml");
+                std::fs::write(
+                    &policy,
+                    format!(
+                        "[filesystem]\nread_only = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", {:?}]\n[process]\ncommand = [{:?}, \"__probe\", {p:?}, \"{{port}}\"]\n",
+                        bin_dir(),
+                        bin()
+                    ),
+                )
+                .unwrap();
+                std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o600)).unwrap();
+                format!("policy = {policy:?}\ncommands = [{:?}]\n", bin())
+            }
+            None => "commands = [\"opencode\"]\n".to_string(),
+        };
         std::fs::write(
             &config,
             format!(
                 "socket = {socket:?}\nsocket_group = {OWNER}\nallowed_uids = [0, {WORKER_UID}]\nlaunch_for = {{ \"{WORKER_UID}\" = [{OWNER}] }}\n\
-                 worktree_base = {:?}\nrepositories = [{repo:?}]\ncommands = [\"opencode\"]\naudit_log = {:?}\nmetrics = \"\"\n\
+                 worktree_base = {:?}\nrepositories = [{repo:?}]\n{extra}audit_log = {:?}\nmetrics = \"\"\n\
                  state_dir = {:?}\nlog_dir = {:?}\n",
                 dir.join("base"),
                 dir.join("audit.log"),
@@ -596,4 +618,50 @@ fn the_worker_serves_over_mtls_and_a_certificate_from_another_ca_is_refused() {
     eprintln!("rogue refused after {:?}: {}", t0.elapsed(), stderr(&out).trim());
     drop(front);
     drop(t);
+}
+
+/// The agent's server is on the other side of the trust boundary: one that
+/// answers with a body that never ends costs the worker at most its bound
+/// (16 MiB) and fails the command; the worker keeps serving.
+#[test]
+fn an_agent_server_answering_without_end_fails_the_command_not_the_worker() {
+    let f = Fixture::new();
+    std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let t = Temporal::start(&f.dir);
+    let mut a = Host::start_full(&f.dir, "hosta", &t.address, false, &["--lease", "300"], Some("flood-server"));
+    let r = workflow(
+        &t,
+        "LaunchOnlyWorkflow",
+        serde_json::json!({ "agent_id": "fl", "task_id": "open-swarm-fl.1.1", "repo": a.repo, "launch_queue": a.queue() }),
+        Duration::from_secs(60),
+    );
+    let id = r["sandbox_id"].clone();
+    let inputs = serde_json::json!([{ "sandbox_id": id, "command": "shell", "arguments": "true" }]);
+    let started = Instant::now();
+    let out = workflow(
+        &t,
+        "InvalidInputWorkflow",
+        serde_json::json!({ "activity": "RunAgentCommand", "queue": a.queue(), "inputs": inputs, "attempts": 1 }),
+        Duration::from_secs(60),
+    );
+    assert!(out[0]["message"].as_str().unwrap_or("").contains("larger than 16 MiB"), "{out}");
+    eprintln!("refused after {:?}", started.elapsed());
+    // The worker is alive, small, and still serves.
+    let pid = a.worker.as_ref().unwrap().id();
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap()))
+        .unwrap();
+    assert!(rss_kib < 200 * 1024, "the worker's peak RSS is {rss_kib} KiB");
+    let status = workflow(
+        &t,
+        "InvalidInputWorkflow",
+        serde_json::json!({ "activity": "AgentStatus", "queue": a.queue(), "inputs": [{ "sandbox_id": id }] }),
+        Duration::from_secs(60),
+    );
+    assert_eq!(status[0]["ok"], true, "{status}");
+    a.stop();
+    drop(t);
+    assert_no_sandbox_left();
 }

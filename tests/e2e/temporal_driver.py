@@ -109,7 +109,7 @@ class InvalidInputWorkflow:
         out = []
         for arg in p["inputs"]:
             try:
-                await workflow.execute_activity(p["activity"], arg, **opts(p, p["queue"], 5))
+                await workflow.execute_activity(p["activity"], arg, **opts(p, p["queue"], p.get("attempts", 5)))
                 out.append({"ok": True})
             except ActivityError as e:
                 cause = e.cause

@@ -312,7 +312,8 @@ impl State {
                 None => oc.new_session().await.map_err(Fail::Retry)?,
             };
             let out = oc.run(&session, &r.command, &r.arguments).await.map_err(Fail::Retry)?;
-            Ok(json!({ "sandbox_id": r.sandbox_id, "session_id": session, "output": out["output"], "message_id": out["message_id"] }))
+            Ok(json!({ "sandbox_id": r.sandbox_id, "session_id": session, "output": out["output"], "truncated": out["truncated"],
+                       "message_id": out["message_id"] }))
         };
         match self.with_heartbeats(ctx, work).await {
             Err(Fail::Cancelled) => {

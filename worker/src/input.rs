@@ -59,6 +59,11 @@ pub fn valid_repo_name(n: &str) -> bool {
         && !n.contains("..")
 }
 
+/// An OpenCode session id (it goes into request paths).
+pub fn valid_session(s: &str) -> bool {
+    s.len() <= 128 && s.starts_with("ses") && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 /// The daemon's sandbox ids: `d-` and 8 hex digits.
 pub fn sandbox_id(id: &str) -> Result<(), String> {
     if swarmcell::daemon::records::valid_id(id) { Ok(()) } else { Err(format!("sandbox_id {:?} is invalid (^d-[0-9a-f]{{8}}$)", cut(id))) }
@@ -103,8 +108,7 @@ impl RunAgentCommand {
         let r: RunAgentCommand = parse(v, "RunAgentCommand")?;
         sandbox_id(&r.sandbox_id)?;
         if let Some(s) = &r.session_id {
-            let ok = s.len() <= 128 && s.starts_with("ses") && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !ok {
+            if !valid_session(s) {
                 return Err(format!("session_id {:?} is invalid (^ses[A-Za-z0-9_]{{0,125}}$)", cut(s)));
             }
         }

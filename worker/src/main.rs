@@ -22,7 +22,11 @@ use temporalio_sdk::runtime::worker_tuner::{FixedSizeSlotSupplier, TunerHolder};
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 
 #[derive(Parser, Debug)]
-#[command(name = "swarmcell worker", bin_name = "swarmcell worker", about = "Temporal activity worker for this host's swarmcell daemon (unprivileged)")]
+#[command(
+    name = "swarmcell worker",
+    bin_name = "swarmcell worker",
+    about = "Temporal activity worker for this host's swarmcell daemon (unprivileged)"
+)]
 struct Args {
     /// Temporal frontend, HOST:PORT.
     #[arg(long)]

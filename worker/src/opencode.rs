@@ -6,6 +6,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+/// Largest answer read from a sandbox's server.
+const MAX_BODY: usize = 16 << 20;
+/// Most output returned to the workflow (Temporal's payloads are limited to 2 MB).
+const MAX_OUTPUT: usize = 256 << 10;
+
 pub struct OpenCode {
     http: reqwest::Client,
     base: String,
@@ -28,9 +33,17 @@ impl OpenCode {
         if !self.auth.is_empty() {
             req = req.header("authorization", &self.auth);
         }
-        let resp = req.timeout(limit).send().await.map_err(|e| format!("{method} {path}: {e}"))?;
+        let mut resp = req.timeout(limit).send().await.map_err(|e| format!("{method} {path}: {e}"))?;
         let status = resp.status().as_u16();
-        let text = resp.text().await.map_err(|e| format!("{method} {path}: {e}"))?;
+        // The sandbox's server is untrusted: its answer is read up to a bound.
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{method} {path}: {e}"))? {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(format!("{method} {path}: the answer is larger than {} MiB", MAX_BODY >> 20));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let text = String::from_utf8_lossy(&body);
         if !(200..300).contains(&status) {
             return Err(format!("{method} {path}: HTTP {status}: {}", text.chars().take(300).collect::<String>()));
         }
@@ -46,7 +59,9 @@ impl OpenCode {
 
     pub async fn new_session(&self) -> Result<String, String> {
         let s = self.call("POST", "/session", Some(json!({})), Duration::from_secs(30)).await?;
-        s["id"].as_str().map(str::to_string).ok_or_else(|| "POST /session: no session id".into())
+        // Used in later request paths: only a well-formed id is.
+        let id = s["id"].as_str().filter(|id| crate::input::valid_session(id)).ok_or("POST /session: no valid session id")?;
+        Ok(id.to_string())
     }
 
     /// Run `command` with `arguments` in `session`: `shell` through the
@@ -87,6 +102,16 @@ impl OpenCode {
                 _ => None,
             })
             .collect();
-        Ok(json!({ "output": output.join("\n"), "message_id": answer["info"]["id"] }))
+        let mut output = output.join("\n");
+        let truncated = output.len() > MAX_OUTPUT;
+        if truncated {
+            let mut end = MAX_OUTPUT;
+            while !output.is_char_boundary(end) {
+                end -= 1;
+            }
+            output.truncate(end);
+        }
+        let message_id = answer["info"]["id"].as_str().map(|s| s.chars().take(128).collect::<String>());
+        Ok(json!({ "output": output, "truncated": truncated, "message_id": message_id }))
     }
 }
