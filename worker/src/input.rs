@@ -107,10 +107,10 @@ impl RunAgentCommand {
     pub fn parse(v: Value) -> Result<RunAgentCommand, String> {
         let r: RunAgentCommand = parse(v, "RunAgentCommand")?;
         sandbox_id(&r.sandbox_id)?;
-        if let Some(s) = &r.session_id {
-            if !valid_session(s) {
-                return Err(format!("session_id {:?} is invalid (^ses[A-Za-z0-9_]{{0,125}}$)", cut(s)));
-            }
+        if let Some(s) = &r.session_id
+            && !valid_session(s)
+        {
+            return Err(format!("session_id {:?} is invalid (^ses[A-Za-z0-9_]{{0,125}}$)", cut(s)));
         }
         let name_ok = !r.command.is_empty()
             && r.command.len() <= 64
