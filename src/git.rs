@@ -61,7 +61,8 @@ pub fn valid_agent_id(id: &str) -> bool {
     crate::launch::valid_sandbox_id(id)
 }
 
-fn valid_branch_leaf(name: &str) -> bool {
+/// A branch name's last part (`agent/ID/LEAF`).
+pub fn valid_branch_leaf(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && !name.starts_with(['.', '-'])

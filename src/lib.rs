@@ -37,3 +37,4 @@ pub mod policy;
 pub mod progress;
 pub mod sanitize;
 pub mod sys;
+pub mod worker;

@@ -851,3 +851,137 @@ fn a_tenant_cannot_launch_an_agent_on_another_tenants_worktree() {
     assert_no_sandbox_left();
     assert!(!launched, "uid {STRANGER} launched an agent on a worktree owned by {OWNER}: {}", stdout(&out));
 }
+
+/// One raw request line on the control socket as `uid`; its JSON answer.
+fn request_as(d: &Daemon, uid: u32, req: &serde_json::Value) -> serde_json::Value {
+    let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall(sys.argv[2].encode()+b'\\n')\nprint(s.makefile().readline().strip())";
+    let mut c = Command::new("/usr/bin/python3");
+    c.arg("-c").arg(script).arg(&d.socket).arg(req.to_string()).uid(uid).gid(OWNER);
+    let out = timed(&mut c, Duration::from_secs(60)).expect("the request hangs");
+    serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|e| panic!("{e}: {}{}", stdout(&out), stderr(&out)))
+}
+
+/// A daemon that makes agents' worktrees of `repo`, running the probe server.
+fn agent_daemon(f: &Fixture) -> (Daemon, PathBuf) {
+    let repo = owned_repo(&f.dir);
+    let policy = format!("[process]\ncommand = [{:?}, \"__probe\", \"serve\", \"{{port}}\"]\n", bin());
+    (Daemon::start_with(f, &policy, &format!("repositories = [{repo:?}]\nallowed_gids = [{OWNER}]\n")), repo)
+}
+
+/// Issue #17: `agent` makes the worktree of a listed repository and launches
+/// its policy's command; a second request for the same task gets the same
+/// sandbox back; `status` reports it.
+#[test]
+fn an_agent_request_makes_its_worktree_once_per_task() {
+    let f = Fixture::new();
+    let (mut d, repo) = agent_daemon(&f);
+    let wt = f.dir.join("base/w1");
+    let req = serde_json::json!({ "cmd": "agent", "agent": "w1", "task": "open-swarm-t.1.1", "repo": repo, "branch": "work" });
+    let a = request_as(&d, REQUESTER, &req);
+    assert_eq!(a["ok"], true, "{a}");
+    assert_eq!(a["reused"], serde_json::Value::Null, "{a}");
+    assert_eq!(git(&wt, &["rev-parse", "--abbrev-ref", "HEAD"]), "agent/w1/work");
+    let again = request_as(&d, REQUESTER, &req);
+    assert_eq!(
+        (again["ok"].clone(), again["id"].clone(), again["port"].clone(), again["reused"].clone()),
+        (true.into(), a["id"].clone(), a["port"].clone(), true.into()),
+        "{again}"
+    );
+    assert_eq!(d.list().len(), 1, "a retried request starts nothing new");
+    // The same task under another agent id is refused; another task of the same agent id needs its own worktree.
+    let other = request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "agent", "agent": "w2", "task": "open-swarm-t.1.1", "repo": repo }));
+    assert!(other["error"].as_str().unwrap().contains("already runs as agent w1"), "{other}");
+    let status = request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "status", "id": a["id"] }));
+    assert_eq!((status["state"].as_str(), status["healthy"].as_bool()), (Some("running"), Some(true)), "{status}");
+    assert!(status["usage"]["pids"].as_u64().unwrap_or(0) >= 1, "{status}");
+    assert_eq!(request_as(&d, STRANGER, &serde_json::json!({ "cmd": "status", "id": a["id"] }))["ok"], false, "another tenant sees nothing");
+    // The probe server commits nothing: no commit to return (the Temporal
+    // end-to-end test has a real agent commit, tests/temporal.rs).
+    let stop = request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "stop", "id": a["id"] }));
+    assert_eq!((stop["ok"].as_bool(), stop["commit"].as_str()), (Some(true), None), "{stop}");
+    assert!(d.audit_events("worktree_add").iter().any(|e| e["agent"] == "w1" && e["uid"] == REQUESTER), "audited");
+    d.stop();
+    assert_no_sandbox_left();
+}
+
+/// A leased sandbox whose requester stops renewing (a worker killed, or cut
+/// off from its orchestrator) is stopped by the daemon; renewing keeps it.
+#[test]
+fn a_sandbox_whose_lease_is_not_renewed_is_stopped_and_audited() {
+    let f = Fixture::new();
+    let (mut d, repo) = agent_daemon(&f);
+    let launch = |agent: &str, task: &str| {
+        let v = request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "agent", "agent": agent, "task": task, "repo": repo, "lease_s": 3 }));
+        assert_eq!(v["ok"], true, "{v}");
+        v
+    };
+    let kept = launch("k1", "open-swarm-l.1.1");
+    let dropped = launch("k2", "open-swarm-l.1.2");
+    let port = dropped["port"].as_u64().unwrap() as u16;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(6) {
+        let r = request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "renew", "ids": [kept["id"]] }));
+        assert_eq!(r["renewed"], serde_json::json!([kept["id"]]), "{r}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let ids: Vec<serde_json::Value> = d.list().iter().map(|s| s["id"].clone()).collect();
+    assert_eq!(ids, vec![kept["id"].clone()], "the unrenewed sandbox is gone, the renewed one runs");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "its port is closed");
+    let expired = d.audit_events("lease_expired");
+    assert!(expired.len() == 1 && expired[0]["id"] == dropped["id"] && expired[0]["task"] == "open-swarm-l.1.2", "{expired:?}");
+    // Renewals of someone else's sandbox renew nothing; malformed ones are refused.
+    let r = request_as(&d, STRANGER, &serde_json::json!({ "cmd": "renew", "ids": [kept["id"]] }));
+    assert_eq!(r["missing"], serde_json::json!([kept["id"]]), "{r}");
+    let r = request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "renew", "ids": ["../x"] }));
+    assert_eq!(r["ok"], false, "{r}");
+    d.stop();
+    assert_no_sandbox_left();
+}
+
+/// Agent requests are validated field by field and refused with an audit
+/// event before anything is made.
+#[test]
+fn invalid_agent_requests_are_refused_audited_and_make_nothing() {
+    let f = Fixture::new();
+    let (d, repo) = agent_daemon(&f);
+    let elsewhere = f.dir.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let other_repo = owned_repo(&elsewhere);
+    let cases = [
+        (serde_json::json!({ "cmd": "agent", "agent": "Bad", "task": "open-swarm-t.1.1", "repo": repo }), "agent id"),
+        (serde_json::json!({ "cmd": "agent", "agent": "x9", "task": "t", "repo": repo }), "task id"),
+        (serde_json::json!({ "cmd": "agent", "agent": "x9", "task": "open-swarm-t.1.1", "repo": repo, "branch": "../../x" }), "branch"),
+        (serde_json::json!({ "cmd": "agent", "agent": "x9", "task": "open-swarm-t.1.1", "repo": other_repo }), "not one the daemon"),
+        (serde_json::json!({ "cmd": "agent", "agent": "x9", "task": "open-swarm-t.1.1", "repo": repo, "lease_s": 0 }), "lease_s"),
+        (serde_json::json!({ "cmd": "agent", "agent": "x9", "task": "open-swarm-t.1.1", "repo": repo, "argv": ["sh"] }), "unknown field"),
+    ];
+    for (req, needle) in &cases {
+        let v = request_as(&d, REQUESTER, req);
+        assert!(v["ok"] == false && v["error"].as_str().unwrap_or("").contains(needle), "{req}: {v}");
+    }
+    // A uid the config does not let act for the repository's owner.
+    let v = request_as(&d, STRANGER, &serde_json::json!({ "cmd": "agent", "agent": "x9", "task": "open-swarm-t.1.1", "repo": repo }));
+    assert!(v["error"].as_str().unwrap_or("").contains("launch_for"), "{v}");
+    assert!(!f.dir.join("base/x9").exists(), "no worktree was made");
+    assert!(d.list().is_empty());
+    assert!(d.audit_events("policy_violation").len() >= cases.len(), "each refusal is audited");
+}
+
+/// Worktrees made by `agent` requests stay after their sandboxes: a requester
+/// looping over fresh agent ids is stopped at `max_worktrees`.
+#[test]
+fn agent_requests_make_at_most_max_worktrees() {
+    let f = Fixture::new();
+    let repo = owned_repo(&f.dir);
+    let policy = format!("[process]\ncommand = [{:?}, \"__probe\", \"serve\", \"{{port}}\"]\n", bin());
+    // base/a, b and c exist already (the fixture's): one more is allowed.
+    let mut d = Daemon::start_with(&f, &policy, &format!("repositories = [{repo:?}]\nmax_worktrees = 4\n"));
+    let agent = |id: &str, task: &str| request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "agent", "agent": id, "task": task, "repo": repo }));
+    let first = agent("m1", "open-swarm-m.1.1");
+    assert_eq!(first["ok"], true, "{first}");
+    let second = agent("m2", "open-swarm-m.1.2");
+    assert!(second["error"].as_str().unwrap_or("").contains("max_worktrees"), "{second}");
+    assert!(!f.dir.join("base/m2").exists());
+    d.stop();
+    assert_no_sandbox_left();
+}

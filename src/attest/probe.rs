@@ -36,6 +36,7 @@ pub fn main(name: &str, rest: &[String]) -> u8 {
         ("interrupted-accepts", Some(n)) => return interrupted_accepts(n),
         ("redirect", Some(port)) => return redirect(port, rest.get(1).map_or("http://127.0.0.1:1/", String::as_str)),
         ("hostile-output", Some(port)) => return hostile_output(port),
+        ("flood-server", Some(port)) => return flood_server(port),
         ("egress-then-serve", Some(port)) => return egress_then_serve(port, rest.get(1).map_or("example.invalid:443", String::as_str)),
         _ => {
             eprintln!(
@@ -522,6 +523,39 @@ fn hostile_output(port: &str) -> u8 {
         return 3;
     }
     serve(port, false)
+}
+
+/// A hostile agent server for the Temporal worker: healthy on
+/// `/global/health`, and any other request answered `200` with a JSON body
+/// that never ends (until the client hangs up).
+fn flood_server(port: &str) -> u8 {
+    let Ok(port) = port.parse::<u16>() else { return 2 };
+    let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) else { return 1 };
+    loop {
+        let Ok((mut conn, _)) = listener.accept() else { continue };
+        std::thread::spawn(move || {
+            let mut head = Vec::new();
+            let mut b = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut b) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&b[..n]),
+                }
+                if head.len() > 64 << 10 {
+                    return;
+                }
+            }
+            if head.starts_with(b"GET /global/health ") {
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 16\r\nConnection: close\r\n\r\n{\"healthy\":true}",
+                );
+                return;
+            }
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{\"id\":\"ses_");
+            let chunk = [b'a'; 64 << 10];
+            while conn.write_all(&chunk).is_ok() {}
+        });
+    }
 }
 
 /// Ask the egress proxy (127.0.0.1:3128) for `CONNECT TARGET`, print its

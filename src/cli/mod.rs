@@ -65,6 +65,13 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// The Temporal activity worker for this host (unprivileged; runs the
+    /// sibling `swarmcell-worker` binary with ARGS; see its --help).
+    #[command(disable_help_flag = true)]
+    Worker {
+        #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Talk to the daemon.
     Ctl {
         #[arg(long, default_value = "/run/swarmcell/control.sock")]
@@ -149,6 +156,7 @@ pub fn main() -> ExitCode {
         Command::Worktree(cmd) => worktree::worktree(cmd),
         Command::Daemon { config, socket, state_dir } => ctl::daemon(config, socket, state_dir),
         Command::Ctl { socket, cmd } => ctl::ctl(&socket, cmd),
+        Command::Worker { args } => Err((crate::worker::exec(&args), launch::EXIT_LAUNCHER_ERROR)),
         Command::Ps(args) => ps::ps(args),
         Command::Verify { policy, json } => crate::attest::verify::run(&crate::attest::verify::Options { policy, json })
             .map_err(|e| (format!("verify: {e}"), launch::EXIT_LAUNCHER_ERROR)),

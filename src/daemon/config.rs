@@ -44,6 +44,9 @@ pub struct Config {
     pub restart: bool,
     /// Most sandboxes at once.
     pub max_sandboxes: usize,
+    /// Most entries in `worktree_base` when an `agent` request would make
+    /// another worktree (they stay after their sandboxes stop).
+    pub max_worktrees: usize,
     /// The daemon's own state: one record per managed sandbox (for recovery
     /// after a crash) and its instance lock. (The host-wide leases of uids,
     /// ports and sandbox ids stay in /run/swarmcell, shared by every launcher.)
@@ -82,6 +85,7 @@ impl Default for Config {
             metrics: "127.0.0.1:9464".into(),
             restart: true,
             max_sandboxes: 1001,
+            max_worktrees: 4096,
             state_dir: "/run/swarmcell/daemon".into(),
             recover: Recover::Relaunch,
             log_dir: "/var/log/swarmcell/sandboxes".into(),

@@ -83,7 +83,7 @@ impl Daemon {
         // A sandbox is its requester's (and root's): another tenant allowed on
         // the socket neither reads its log, inspects it, nor stops it, and is
         // told it does not exist.
-        if let Request::Stop { id } | Request::Inspect { id } | Request::Logs { id } = &req
+        if let Request::Stop { id } | Request::Inspect { id } | Request::Logs { id } | Request::Status { id } = &req
             && uid != 0
             && self.sandboxes.get(id).is_some_and(|e| e.rec.uid != uid)
         {
@@ -106,53 +106,28 @@ impl Daemon {
                         return self.answer(cid, json!({ "ok": false, "error": e }));
                     }
                 };
-                // An agent acts as its worktree's owner: only that owner, root, or
-                // a requester the config delegates that owner to may launch one.
-                let owner = std::fs::symlink_metadata(&wt).map(|m| std::os::unix::fs::MetadataExt::uid(&m));
-                if !owner.as_ref().is_ok_and(|o| self.cfg.may_launch_for(uid, *o)) {
-                    let e = match owner {
-                        Ok(o) => format!("worktree {} belongs to uid {o}, not to the requester (uid {uid}); see launch_for", wt.display()),
-                        Err(err) => format!("worktree {}: {err}", wt.display()),
-                    };
-                    self.audit.event("policy_violation", json!({ "uid": uid, "agent": agent, "error": e, "outcome": "refused" }));
-                    return self.answer(cid, json!({ "ok": false, "error": e }));
-                }
-                // One sandbox per worktree: two would share its git state.
-                if let Some(other) = self.sandboxes.values().find(|e| e.rec.worktree == wt) {
-                    let e = format!("worktree {} already has a sandbox ({})", wt.display(), other.rec.id);
-                    return self.answer(cid, json!({ "ok": false, "error": e }));
-                }
-                if self.sandboxes.len() >= self.cfg.max_sandboxes {
-                    let e = format!("{} sandboxes are running (max_sandboxes)", self.sandboxes.len());
-                    return self.answer(cid, json!({ "ok": false, "error": e }));
-                }
-                let id = loop {
-                    let id = format!("d-{:08x}", crate::launch::random_u32());
-                    if !self.sandboxes.contains_key(&id) {
-                        break id;
+                self.start(cid, uid, wt, agent, task, argv, (policy_path, policy), None);
+            }
+            Request::Agent { agent, task, repo, branch, policy, lease_s } => self.launch_agent(cid, uid, agent, task, repo, branch, policy, lease_s),
+            Request::Renew { ids } => self.renew(cid, uid, ids),
+            Request::Status { id } => {
+                let v = match self.sandboxes.get(&id) {
+                    Some(e) => {
+                        let cgroups: Vec<&str> = if e.state == State::Running {
+                            e.info["cgroups"].as_array().into_iter().flatten().filter_map(Value::as_str).collect()
+                        } else {
+                            vec![]
+                        };
+                        json!({ "ok": true, "id": id, "state": format!("{:?}", e.state).to_lowercase(), "agent": e.rec.agent, "task": e.rec.task,
+                                "port": e.info["port"], "restarts": e.rec.restarts,
+                                "healthy": e.state == State::Running && e.failures == 0, "health_failures": e.failures,
+                                "lease_s": e.rec.lease_s, "secret": e.rec.secret,
+                                "lease_left_s": e.lease_until.map(|t| t.saturating_duration_since(Instant::now()).as_secs_f64()),
+                                "usage": metrics::usage(&cgroups) })
                     }
+                    None => json!({ "ok": false, "error": format!("no sandbox {id}") }),
                 };
-                let rec = Record {
-                    id: id.clone(),
-                    agent,
-                    task,
-                    worktree: wt,
-                    argv,
-                    policy: policy_path,
-                    uid,
-                    port: None,
-                    restarts: 0,
-                    launcher: None,
-                    secret: None,
-                };
-                match self.add(rec, &policy, Some(cid)) {
-                    Ok(()) => {
-                        if let Some(c) = self.clients.get_mut(&cid) {
-                            c.wait();
-                        }
-                    }
-                    Err(e) => self.answer(cid, json!({ "ok": false, "error": e })),
-                }
+                self.answer(cid, v);
             }
             Request::Stop { id } => match self.sandboxes.get_mut(&id) {
                 // Answered when the sandbox is gone (see `tick`).
@@ -199,6 +174,182 @@ impl Daemon {
                 self.answer(cid, v);
             }
         }
+    }
+
+    /// Launch a checked request on its canonical worktree `wt`: the owner,
+    /// one-per-worktree and capacity checks, then the sandbox. Answered when
+    /// it is healthy (or failed).
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &mut self,
+        cid: u64,
+        uid: u32,
+        wt: PathBuf,
+        agent: Option<String>,
+        task: Option<String>,
+        argv: Vec<String>,
+        (policy_path, policy): (Option<PathBuf>, crate::policy::Policy),
+        lease_s: Option<u64>,
+    ) {
+        // An agent acts as its worktree's owner: only that owner, root, or
+        // a requester the config delegates that owner to may launch one.
+        let owner = std::fs::symlink_metadata(&wt).map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+        if !owner.as_ref().is_ok_and(|o| self.cfg.may_launch_for(uid, *o)) {
+            let e = match owner {
+                Ok(o) => format!("worktree {} belongs to uid {o}, not to the requester (uid {uid}); see launch_for", wt.display()),
+                Err(err) => format!("worktree {}: {err}", wt.display()),
+            };
+            self.audit.event("policy_violation", json!({ "uid": uid, "agent": agent, "error": e, "outcome": "refused" }));
+            return self.answer(cid, json!({ "ok": false, "error": e }));
+        }
+        // One sandbox per worktree: two would share its git state.
+        if let Some(other) = self.sandboxes.values().find(|e| e.rec.worktree == wt) {
+            let e = format!("worktree {} already has a sandbox ({})", wt.display(), other.rec.id);
+            return self.answer(cid, json!({ "ok": false, "error": e }));
+        }
+        if self.sandboxes.len() >= self.cfg.max_sandboxes {
+            let e = format!("{} sandboxes are running (max_sandboxes)", self.sandboxes.len());
+            return self.answer(cid, json!({ "ok": false, "error": e }));
+        }
+        let id = loop {
+            let id = format!("d-{:08x}", crate::launch::random_u32());
+            if !self.sandboxes.contains_key(&id) {
+                break id;
+            }
+        };
+        let rec = Record {
+            id: id.clone(),
+            agent,
+            task,
+            worktree: wt,
+            argv,
+            policy: policy_path,
+            uid,
+            port: None,
+            restarts: 0,
+            launcher: None,
+            secret: None,
+            lease_s,
+        };
+        match self.add(rec, &policy, Some(cid)) {
+            Ok(()) => {
+                if let Some(c) = self.clients.get_mut(&cid) {
+                    c.wait();
+                }
+            }
+            Err(e) => self.answer(cid, json!({ "ok": false, "error": e })),
+        }
+    }
+
+    /// `agent`: the requester's sandbox for this task if it has one, else a
+    /// new one on `worktree_base/AGENT` (a worktree of `repo` made here, as
+    /// the repository's owner, when missing).
+    #[allow(clippy::too_many_arguments)]
+    fn launch_agent(
+        &mut self,
+        cid: u64,
+        uid: u32,
+        agent: String,
+        task: String,
+        repo: PathBuf,
+        branch: Option<String>,
+        policy: Option<PathBuf>,
+        lease_s: Option<u64>,
+    ) {
+        let refuse = |d: &mut Self, e: String| {
+            d.audit.event("policy_violation", json!({ "uid": uid, "agent": agent, "task": task, "error": e, "outcome": "refused" }));
+            d.answer(cid, json!({ "ok": false, "error": e }));
+        };
+        let repo = match protocol::check_agent(&agent, &task, &repo, branch.as_deref(), lease_s, &self.cfg.repositories) {
+            Ok(r) => r,
+            Err(e) => return refuse(self, e),
+        };
+        // At most one sandbox per task and requester: a retried request gets it back.
+        if let Some((id, e)) = self.sandboxes.iter_mut().find(|(_, e)| e.rec.uid == uid && e.rec.task.as_deref() == Some(task.as_str())) {
+            let id = id.clone();
+            if e.rec.agent.as_deref() != Some(agent.as_str()) {
+                let err = format!("task {task} already runs as agent {} (sandbox {id})", e.rec.agent.as_deref().unwrap_or("-"));
+                return refuse(self, err);
+            }
+            if e.state != State::Running {
+                let err = format!("sandbox {id} of task {task} is {}; try again", format!("{:?}", e.state).to_lowercase());
+                let v = json!({ "ok": false, "error": err, "retry": e.state != State::Stopping });
+                return self.answer(cid, v);
+            }
+            e.lease_until = e.rec.lease_s.map(|s| Instant::now() + Duration::from_secs(s));
+            let mut out = json!({ "ok": true, "id": id, "port": e.info["port"], "pid": e.info["pid"], "sandbox": e.info["id"],
+                                  "worktree": e.rec.worktree, "reused": true });
+            if let Some(secret) = &e.rec.secret {
+                out["secret"] = json!(secret);
+            }
+            let fields = json!({ "id": id, "agent": agent, "task": task, "uid": uid, "outcome": "reused" });
+            self.audit.event("sandbox_launch", fields);
+            return self.answer(cid, out);
+        }
+        let (policy_path, policy) = match self.policy_for(policy.as_deref()) {
+            Ok(p) => p,
+            Err(e) => return refuse(self, e),
+        };
+        let owner = match std::fs::metadata(&repo) {
+            Ok(m) => std::os::unix::fs::MetadataExt::uid(&m),
+            Err(e) => return refuse(self, format!("repository {}: {e}", repo.display())),
+        };
+        if !self.cfg.may_launch_for(uid, owner) {
+            return refuse(self, format!("repository {} belongs to uid {owner}, not to the requester (uid {uid}); see launch_for", repo.display()));
+        }
+        if self.sandboxes.len() >= self.cfg.max_sandboxes {
+            let e = format!("{} sandboxes are running (max_sandboxes)", self.sandboxes.len());
+            return self.answer(cid, json!({ "ok": false, "error": e }));
+        }
+        let path = self.cfg.worktree_base.join(&agent);
+        let made = std::fs::read_dir(&self.cfg.worktree_base).map_or(0, Iterator::count);
+        if std::fs::symlink_metadata(&path).is_err() && made >= self.cfg.max_worktrees {
+            let e = format!(
+                "{} holds {made} worktrees (max_worktrees); remove some (swarmcell worktree remove, prune)",
+                self.cfg.worktree_base.display()
+            );
+            self.audit.event("policy_violation", json!({ "uid": uid, "agent": agent, "task": task, "error": e, "outcome": "refused" }));
+            return self.answer(cid, json!({ "ok": false, "error": e }));
+        }
+        if std::fs::symlink_metadata(&path).is_err() {
+            // git runs as the repository's owner (60 s deadline): the one step
+            // of an `agent` request that blocks the loop, once per new agent.
+            let req = crate::git::AddRequest { repo: &repo, id: &agent, base: &self.cfg.worktree_base, branch: branch.as_deref(), owner: None };
+            match crate::git::add(&req) {
+                Ok(p) => self
+                    .audit
+                    .event("worktree_add", json!({ "uid": uid, "agent": agent, "task": task, "repo": repo, "worktree": p, "outcome": "created" })),
+                Err(e) => return refuse(self, e.to_string()),
+            }
+        } else if let Err(e) = crate::git::preflight(&path, std::slice::from_ref(&repo)) {
+            return refuse(self, format!("worktree {}: {e}", path.display()));
+        }
+        let argv = policy.process.command.clone();
+        match protocol::check_launch(&path, Some(&agent), Some(&task), &argv, &self.cfg.worktree_base, &self.cfg.commands) {
+            Ok(wt) => self.start(cid, uid, wt, Some(agent), Some(task), argv, (policy_path, policy), lease_s),
+            Err(e) => refuse(self, e),
+        }
+    }
+
+    /// `renew`: each of the requester's leased sandboxes named gets its full lease again.
+    fn renew(&mut self, cid: u64, uid: u32, ids: Vec<String>) {
+        if ids.len() > protocol::MAX_RENEW || ids.iter().any(|id| !records::valid_id(id)) {
+            let e = format!("renew takes at most {} sandbox ids (d-XXXXXXXX)", protocol::MAX_RENEW);
+            self.audit.event("policy_violation", json!({ "uid": uid, "error": e, "outcome": "refused" }));
+            return self.answer(cid, json!({ "ok": false, "error": e }));
+        }
+        let now = Instant::now();
+        let (mut renewed, mut missing) = (Vec::new(), Vec::new());
+        for id in ids {
+            match self.sandboxes.get_mut(&id) {
+                Some(e) if (uid == 0 || e.rec.uid == uid) && e.state != State::Stopping && e.lease_until.is_some() => {
+                    e.lease_until = e.rec.lease_s.map(|s| now + Duration::from_secs(s));
+                    renewed.push(id);
+                }
+                _ => missing.push(id),
+            }
+        }
+        self.answer(cid, json!({ "ok": true, "renewed": renewed, "missing": missing }));
     }
 
     /// The policy a launch names (it must be one of the config's `policies`,

@@ -58,6 +58,7 @@ impl Daemon {
             start_deadline: policy.health.timeout.0 + START_MARGIN,
         };
         self.by_key.insert(key, rec.id.clone());
+        let rec_lease = rec.lease_s;
         self.sandboxes.insert(
             rec.id.clone(),
             Entry {
@@ -84,6 +85,8 @@ impl Daemon {
                 stop_by: None,
                 broker,
                 broker_fd,
+                lease_until: rec_lease.map(|s| now + Duration::from_secs(s)),
+                published: None,
             },
         );
         Ok(())
@@ -195,10 +198,17 @@ impl Daemon {
                 Ok(Event::IngressDenied { uid: peer, port }) => {
                     ("ingress_denied", json!({ "id": id, "agent": agent, "uid": peer, "port": port, "outcome": "refused" }))
                 }
-                Ok(Event::GitPublish { branch, old, new }) => (
-                    "git_publish",
-                    json!({ "id": id, "agent": agent, "uid": uid, "branch": line(&branch), "old": line(&old), "new": line(&new), "outcome": "published" }),
-                ),
+                Ok(Event::GitPublish { branch, old, new }) => {
+                    if let Some(e) = self.sandboxes.get_mut(id)
+                        && crate::git::record::valid_oid(&new)
+                    {
+                        e.published = Some((branch.clone(), new.clone()));
+                    }
+                    (
+                        "git_publish",
+                        json!({ "id": id, "agent": agent, "uid": uid, "branch": line(&branch), "old": line(&old), "new": line(&new), "outcome": "published" }),
+                    )
+                }
                 Ok(Event::DiskLimit { outcome, detail }) => {
                     ("disk_limit", json!({ "id": id, "agent": agent, "uid": uid, "detail": line(&detail), "outcome": line(&outcome) }))
                 }
@@ -340,6 +350,10 @@ impl Daemon {
             self.sandboxes.iter().filter(|(_, e)| reap || e.deadline().is_some_and(|t| now >= t)).map(|(id, _)| id.clone()).collect();
         for id in ids {
             let Some(e) = self.sandboxes.get_mut(&id) else { continue };
+            if e.state != State::Stopping && e.lease_until.is_some_and(|t| now >= t) {
+                self.lease_expired(&id);
+                continue;
+            }
             match e.state {
                 State::Stopping => {
                     let exited = match if reap { e.child.try_wait() } else { Ok(None) } {
@@ -358,9 +372,13 @@ impl Daemon {
                     // Answered once everything is gone: record, log, counters.
                     let waiting = e.waiting.take();
                     self.audit.event("sandbox_stop", fields);
+                    // The launcher's last events (its final publish) before the entry goes.
+                    self.on_events(&id);
+                    let published = self.sandboxes.get(&id).and_then(|e| e.published.clone());
                     self.remove(&id, true);
                     if let Some(cid) = waiting {
-                        self.answer(cid, json!({ "ok": true, "id": id, "status": status }));
+                        let (branch, commit) = published.unzip();
+                        self.answer(cid, json!({ "ok": true, "id": id, "status": status, "branch": branch, "commit": commit }));
                     }
                 }
                 State::Running => {
@@ -397,6 +415,20 @@ impl Daemon {
                 State::Restarting | State::Starting => {}
             }
         }
+    }
+
+    /// Nobody renewed the sandbox's lease in time (its requester, e.g. a
+    /// Temporal worker, died or lost its orchestrator): stopped like `ctl stop`.
+    pub(super) fn lease_expired(&mut self, id: &str) {
+        let Some(e) = self.sandboxes.get_mut(id) else { return };
+        e.lease_until = None;
+        let fields = json!({ "id": id, "agent": e.rec.agent, "task": e.rec.task, "uid": e.rec.uid, "lease_s": e.rec.lease_s, "outcome": "stopping" });
+        let launching = e.waiting.take();
+        self.audit.event("lease_expired", fields);
+        if let Some(cid) = launching {
+            self.answer(cid, json!({ "ok": false, "error": format!("sandbox {id}: its lease expired before it was ready") }));
+        }
+        self.begin_stop(id, AfterExit::Remove);
     }
 
     /// The outcome of one health check.

@@ -140,6 +140,19 @@ pub fn render(c: &Counters, by_state: &[(&str, usize)], sandboxes: &[SandboxView
     o
 }
 
+/// A sandbox's resource usage from its cgroup directories (`status`).
+pub fn usage(cgroups: &[&str]) -> serde_json::Value {
+    let (mut memory, mut pids, mut cpu) = (None, None, None);
+    for dir in cgroups.iter().map(Path::new) {
+        for file in ["memory.current", "memory.usage_in_bytes"] {
+            memory = memory.or_else(|| std::fs::read_to_string(dir.join(file)).ok().and_then(|v| v.trim().parse::<u64>().ok()));
+        }
+        pids = pids.or_else(|| std::fs::read_to_string(dir.join("pids.current")).ok().and_then(|v| v.trim().parse::<u64>().ok()));
+        cpu = cpu.or_else(|| cpu_seconds(dir));
+    }
+    serde_json::json!({ "memory_bytes": memory, "pids": pids, "cpu_seconds": cpu })
+}
+
 /// v1 cpuacct.usage is in ns; v2 cpu.stat usage_usec in µs.
 pub(super) fn cpu_seconds(dir: &Path) -> Option<f64> {
     if let Some(ns) = std::fs::read_to_string(dir.join("cpuacct.usage")).ok().and_then(|v| v.trim().parse::<f64>().ok()) {

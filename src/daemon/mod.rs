@@ -127,6 +127,10 @@ struct Entry {
     /// The broker's counters, shared with every launcher of this sandbox.
     broker: crate::net::broker_stats::SharedCounters,
     broker_fd: OwnedFd,
+    /// Stopped at this instant unless renewed (`Record::lease_s`).
+    lease_until: Option<Instant>,
+    /// The last commit the launcher published: (branch, commit).
+    published: Option<(String, String)>,
 }
 
 impl Entry {
@@ -134,11 +138,15 @@ impl Entry {
     /// (or the one in flight running out), a restart, a stop running out, or
     /// a start that never became healthy. Every state has one.
     fn deadline(&self) -> Option<Instant> {
-        match self.state {
+        let own = match self.state {
             State::Running => Some(self.probe.as_ref().map_or(self.next_health, |p| p.deadline)),
             State::Restarting => self.restart_at,
-            State::Stopping => self.stop_deadline,
+            State::Stopping => return self.stop_deadline,
             State::Starting => Some(self.started + self.health.start_deadline),
+        };
+        match (own, self.lease_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 }

@@ -39,7 +39,37 @@ pub enum Request {
     },
     /// `list` with each sandbox's usage (`swarmcell ps`, `ctl top`).
     Stats {},
+    /// An agent on its own worktree `worktree_base/AGENT` of a repository the
+    /// config lists (made, on branch `agent/AGENT/BRANCH`, if missing), running
+    /// the policy's command; at most one per task: while the requester has a
+    /// sandbox for `task`, that one is answered (`"reused": true`). With
+    /// `lease_s`, the sandbox is stopped unless renewed within that time.
+    Agent {
+        agent: String,
+        task: String,
+        repo: PathBuf,
+        #[serde(default)]
+        branch: Option<String>,
+        #[serde(default)]
+        policy: Option<PathBuf>,
+        #[serde(default)]
+        lease_s: Option<u64>,
+    },
+    /// Renew the leases of the requester's sandboxes (`lease_s` more each).
+    Renew {
+        ids: Vec<String>,
+    },
+    /// State, health and resource usage of one sandbox.
+    Status {
+        id: String,
+    },
 }
+
+/// Shortest and longest lease a launch may ask for.
+pub const MIN_LEASE_S: u64 = 2;
+pub const MAX_LEASE_S: u64 = 3600;
+/// Most ids one renewal names (INV-001: at most 1001 sandboxes per host).
+pub const MAX_RENEW: usize = 1001;
 
 /// Shell metacharacters refused in every argument: `; | & > <`, backticks, `$(`
 /// (checked as `$`), and newlines.
@@ -97,6 +127,43 @@ pub fn check_launch(
     Ok(wt)
 }
 
+/// Check an agent request's own fields; returns the canonical repository,
+/// which must be one of `repositories` (an empty list allows none here: the
+/// daemon makes worktrees only of repositories it is told about).
+pub fn check_agent(
+    agent: &str,
+    task: &str,
+    repo: &Path,
+    branch: Option<&str>,
+    lease_s: Option<u64>,
+    repositories: &[PathBuf],
+) -> Result<PathBuf, String> {
+    if !crate::git::valid_agent_id(agent) {
+        return Err(format!("agent id {agent:?} is invalid (^[a-z0-9][a-z0-9-]{{0,62}}$)"));
+    }
+    if !valid_task(task) {
+        return Err(format!("task id {task:?} is invalid (^open-swarm-[a-z0-9]+\\.[0-9]+\\.[0-9]+$)"));
+    }
+    if let Some(b) = branch
+        && !crate::git::valid_branch_leaf(b)
+    {
+        return Err(format!("branch {b:?} is invalid (^[A-Za-z0-9_][A-Za-z0-9._-]{{0,62}}$, no \"..\", not ending in .lock)"));
+    }
+    if let Some(l) = lease_s
+        && !(MIN_LEASE_S..=MAX_LEASE_S).contains(&l)
+    {
+        return Err(format!("lease_s {l} is out of range ({MIN_LEASE_S}-{MAX_LEASE_S})"));
+    }
+    if repo.as_os_str().len() > MAX_ARG || !repo.is_absolute() {
+        return Err("repo must be an absolute path of at most 4096 bytes".into());
+    }
+    let canonical = repo.canonicalize().map_err(|e| format!("repository {}: {e}", repo.display()))?;
+    if !repositories.iter().any(|r| r.canonicalize().is_ok_and(|r| r == canonical)) {
+        return Err(format!("repository {} is not one the daemon's config allows (`repositories`)", repo.display()));
+    }
+    Ok(canonical)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +210,26 @@ mod tests {
         assert!(check_launch(&wt, None, Some("task"), &["opencode".into()], &base, &cmds).is_err());
         assert!(check_launch(Path::new("/etc"), None, None, &["opencode".into()], &base, &cmds).unwrap_err().contains("not inside"));
         std::fs::remove_dir_all(&wt).unwrap();
+    }
+
+    #[test]
+    fn agent_requests_are_checked_field_by_field() {
+        let repo = std::env::temp_dir().join(format!("swarmcell-proto-repo-{}", std::process::id()));
+        std::fs::create_dir_all(&repo).unwrap();
+        let repos = vec![repo.clone()];
+        let check = |agent: &str, task: &str, branch: Option<&str>, lease: Option<u64>| check_agent(agent, task, &repo, branch, lease, &repos);
+        assert_eq!(check("a1", "open-swarm-x.1.2", Some("work"), Some(30)).unwrap(), repo.canonicalize().unwrap());
+        assert!(check("A", "open-swarm-x.1.2", None, None).unwrap_err().contains("agent id"));
+        assert!(check("a1", "x", None, None).unwrap_err().contains("task id"));
+        for bad in ["../x", "a/b", "-x", ".x", "x.lock", "a b", "x;y", ""] {
+            assert!(check("a1", "open-swarm-x.1.2", Some(bad), None).unwrap_err().contains("branch"), "{bad}");
+        }
+        assert!(check("a1", "open-swarm-x.1.2", None, Some(1)).unwrap_err().contains("lease_s"));
+        assert!(check("a1", "open-swarm-x.1.2", None, Some(3601)).unwrap_err().contains("lease_s"));
+        assert!(check_agent("a1", "open-swarm-x.1.2", Path::new("/etc"), None, None, &repos).unwrap_err().contains("not one"));
+        assert!(check_agent("a1", "open-swarm-x.1.2", &repo, None, None, &[]).unwrap_err().contains("not one"));
+        let r: Request = serde_json::from_str(r#"{"cmd":"renew","ids":["d-00000001"]}"#).unwrap();
+        assert_eq!(r, Request::Renew { ids: vec!["d-00000001".into()] });
+        std::fs::remove_dir_all(&repo).unwrap();
     }
 }

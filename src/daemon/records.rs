@@ -36,6 +36,10 @@ pub struct Record {
     /// its restarts; the file is 0600 and the value is never logged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// Stopped unless its requester renews it within this many seconds
+    /// (`agent` requests; a relaunch after a crash starts a fresh lease).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_s: Option<u64>,
 }
 
 /// A process, identified beyond its pid.
@@ -164,6 +168,7 @@ mod tests {
             restarts: 0,
             launcher,
             secret: None,
+            lease_s: None,
         }
     }
 
