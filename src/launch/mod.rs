@@ -12,8 +12,11 @@
 pub mod channel;
 pub mod events;
 pub mod init;
+pub mod network;
 pub mod parent;
 pub mod payload;
+pub mod request;
+pub mod sandbox;
 pub mod spec;
 
 /// Exit code for an error of swarmcell itself (bad input, kernel refusal).

@@ -1,0 +1,182 @@
+//! Parent side (host root): the launcher's network services for one sandbox:
+//! the outbound forwards and egress proxy (one event loop), the inbound broker
+//! (socket handoff, or the relay) and the health check.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use super::request::{BrokerMode, HealthMode, RunError, RunRequest};
+use super::sandbox::{Outbound, Sandbox};
+use crate::sys;
+
+/// The launcher's network services for one sandbox: outbound forwards and the
+/// egress proxy, the inbound broker (relay, or socket handoff once the payload
+/// runs) and the health check. Each stops its threads when dropped.
+pub(super) struct Network<'a> {
+    pub(super) req: &'a RunRequest,
+    pub(super) id: String,
+    pub(super) lease: Option<&'a crate::host::ports::PortLease>,
+    pub(super) netns: Option<crate::net::broker::Netns>,
+    pub(super) relay: Option<crate::net::broker::Broker>,
+    /// The inbound broker's counters (a handoff counts connections, not bytes:
+    /// it has no data path).
+    pub(super) relay_stats: std::sync::Arc<crate::net::broker_stats::SharedCounters>,
+    pub(super) handoff: Option<crate::net::handoff::Handoff>,
+    /// The outbound forwards and the egress proxy, on one bounded event loop.
+    pub(super) outbound: Option<crate::net::outbound::OutboundLoop>,
+    pub(super) health: Option<HealthWatch>,
+    /// Who may connect to the host port (None: anyone, `--allow-any-uid`).
+    pub(super) ingress: Option<crate::net::broker::Ingress>,
+}
+
+impl<'a> Network<'a> {
+    pub(super) fn start(
+        req: &'a RunRequest,
+        id: &str,
+        lease: Option<&'a crate::host::ports::PortLease>,
+        sandbox: &mut Sandbox,
+        relay_stats: std::sync::Arc<crate::net::broker_stats::SharedCounters>,
+        ingress: Option<crate::net::broker::Ingress>,
+        health_request: std::sync::Arc<[u8]>,
+    ) -> Result<Network<'a>, RunError> {
+        let inner = req.policy.network.inner_port;
+        let mut net = Network {
+            req,
+            id: id.to_string(),
+            lease,
+            netns: sandbox.netns.clone(),
+            relay: None,
+            relay_stats,
+            handoff: None,
+            outbound: None,
+            health: None,
+            ingress,
+        };
+        let (mut forwards, mut proxy) = (Vec::new(), None);
+        for (kind, listener) in std::mem::take(&mut sandbox.outbound) {
+            match kind {
+                Outbound::Forward(p) => forwards.push((listener, p)),
+                Outbound::Proxy => proxy = Some((listener, req.egress_rules())),
+            }
+        }
+        if !forwards.is_empty() || proxy.is_some() {
+            // The payload's upstream sockets are its owner's, never root's.
+            let settings = crate::net::outbound::Settings { connect_as: sandbox.owner, ..crate::net::outbound::Settings::of(&req.policy.network) };
+            net.outbound = Some(
+                crate::net::outbound::OutboundLoop::start(id, forwards, proxy, settings)
+                    .map_err(|e| RunError::Setup(format!("outbound forwards and egress proxy: {e}")))?,
+            );
+        }
+        if let (Some(lease), Some(ns)) = (lease, &net.netns) {
+            if req.broker == BrokerMode::Relay {
+                net.relay = Some(start_relay(req, lease, ns, &net.relay_stats, net.ingress.clone())?);
+            }
+            // Always inside the sandbox's namespace, never through the host's
+            // (with a handoff, too: the payload listens there itself).
+            let check = match req.health {
+                HealthMode::Http => crate::net::health::Check::Http { netns: Some(ns.clone()), port: inner, request: health_request },
+                HealthMode::Tcp => crate::net::health::Check::Tcp { netns: Some(ns.clone()), port: inner },
+            };
+            net.health = Some(HealthWatch::start(check, req.health_timeout.unwrap_or(req.policy.health.timeout.0))?);
+        }
+        Ok(net)
+    }
+
+    /// The payload runs: broker by handoff (accept the host port, serve the
+    /// payload's accept notifications), or relay when that cannot be set up.
+    pub(super) fn on_running(&mut self, notify: Option<OwnedFd>) {
+        let (Some(lease), Some(ns)) = (self.lease, &self.netns) else { return };
+        if self.req.broker != BrokerMode::Handoff {
+            return;
+        }
+        let inner = self.req.policy.network.inner_port;
+        let started = notify.ok_or_else(|| "no accept-notification listener from the sandbox".to_string()).and_then(|n| {
+            let listener = lease.listener.try_clone().map_err(|e| e.to_string())?;
+            let cfg = crate::net::handoff::Config { inner, ingress: self.ingress.clone(), max_pending: self.req.max_connections };
+            crate::net::handoff::Handoff::start(n, listener, ns.clone(), cfg, self.relay_stats.clone()).map_err(|e| e.to_string())
+        });
+        match started {
+            Ok(h) => self.handoff = Some(h),
+            Err(e) => {
+                tracing::warn!(sandbox = %self.id, error = %e, "socket handoff unavailable; relaying connections instead");
+                let _ = lease.listener.set_nonblocking(false); // the handoff may have set it
+                self.relay = start_relay(self.req, lease, ns, &self.relay_stats, self.ingress.clone()).ok();
+            }
+        }
+    }
+
+    /// Stop the health check, then (by dropping them) every service.
+    pub(super) fn finish(mut self) {
+        if let Some(h) = self.health.take() {
+            h.finish();
+        }
+    }
+}
+
+pub(super) fn start_relay(
+    req: &RunRequest,
+    lease: &crate::host::ports::PortLease,
+    ns: &crate::net::broker::Netns,
+    stats: &std::sync::Arc<crate::net::broker_stats::SharedCounters>,
+    ingress: Option<crate::net::broker::Ingress>,
+) -> Result<crate::net::broker::Broker, RunError> {
+    let listener = lease.listener.try_clone().map_err(|e| RunError::Setup(format!("broker listener: {e}")))?;
+    let (inner, idle) = (req.policy.network.inner_port, req.policy.network.idle_timeout.0);
+    crate::net::broker::Broker::start_checked(
+        listener,
+        crate::net::broker::Dest::Inside(ns.clone(), inner),
+        req.max_connections,
+        stats.clone(),
+        idle,
+        ingress,
+    )
+    .map_err(|e| RunError::Setup(format!("starting the broker: {e}")))
+}
+
+/// The health check, on a thread of its own; the wait loop polls `done_fd`.
+pub(super) struct HealthWatch {
+    pub(super) cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub(super) result: std::sync::Arc<std::sync::Mutex<Option<Result<std::time::Duration, crate::net::health::HealthError>>>>,
+    pub(super) done_r: OwnedFd,
+    pub(super) thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HealthWatch {
+    pub(super) fn start(check: crate::net::health::Check, deadline: std::time::Duration) -> Result<HealthWatch, RunError> {
+        let (done_r, done_w) = sys::pipe_cloexec().map_err(|source| RunError::Sys { what: "health pipe", source })?;
+        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let result = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let thread = {
+            let (cancel, result) = (cancel.clone(), result.clone());
+            std::thread::Builder::new()
+                .name("health".into())
+                .spawn(move || {
+                    let r = crate::net::health::wait(&check, deadline, &cancel);
+                    if let Ok(mut slot) = result.lock() {
+                        *slot = Some(r);
+                    }
+                    drop(done_w); // EOF wakes the wait loop
+                })
+                .map_err(|e| RunError::Setup(format!("starting the health check: {e}")))?
+        };
+        Ok(HealthWatch { cancel, result, done_r, thread: Some(thread) })
+    }
+
+    pub(super) fn done_fd(&self) -> i32 {
+        self.done_r.as_raw_fd()
+    }
+
+    pub(super) fn result(&self) -> Option<Result<std::time::Duration, crate::net::health::HealthError>> {
+        self.result.lock().ok().and_then(|mut r| r.take())
+    }
+
+    pub(super) fn cancel(&self) {
+        self.cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(super) fn finish(mut self) {
+        self.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
