@@ -84,8 +84,6 @@ enum Command {
         #[arg(long, default_value = "swarmcell")]
         cgroup_parent: String,
     },
-    #[command(name = "__init", hide = true)]
-    Init { fd: i32 },
     #[command(name = "__probe", hide = true)]
     Probe {
         name: String,
@@ -359,12 +357,6 @@ enum PolicyCommand {
 }
 
 fn main() -> ExitCode {
-    // The sandbox init is exec'd on every launch: skip the CLI parser.
-    let mut args = std::env::args_os().skip(1);
-    if args.next().as_deref() == Some(std::ffi::OsStr::new("__init")) {
-        let fd = args.next().and_then(|a| a.to_str().and_then(|s| s.parse().ok())).unwrap_or(-1);
-        launch::init::main(fd);
-    }
     swarmcell::phases::init_from_env();
     swarmcell::phases::mark("main");
     let cli = match Cli::try_parse() {
@@ -380,7 +372,6 @@ fn main() -> ExitCode {
     swarmcell::phases::mark("logging");
     let log = LogConfig { json: matches!(cli.log_format, LogFormat::Json), level: cli.log_level.clone() };
     let result = match cli.command {
-        Command::Init { fd } => launch::init::main(fd),
         Command::Probe { name, args } if name == "verify" => return ExitCode::from(swarmcell::attest::verify_probe::main(&args)),
         Command::Probe { name, args } => return ExitCode::from(swarmcell::attest::probe::main(&name, &args)),
         Command::Run(args) => run(*args, log),

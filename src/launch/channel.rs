@@ -1,6 +1,8 @@
 //! The typed channel between the launcher (parent) and the sandbox init (child):
-//! a `SOCK_SEQPACKET` socketpair carrying one JSON message per packet, plus the
-//! parent's prepared mount fds (`SCM_RIGHTS`) with the spec.
+//! a `SOCK_SEQPACKET` socketpair carrying one JSON message per packet. The init
+//! is a clone of the launcher, so it already holds its spec and the prepared
+//! mount fds; the parent only tells it when to go on, and init reports back
+//! (with the handoff's notification listener as `SCM_RIGHTS`).
 //!
 //! Each side has one method per message it expects; anything else is an error.
 
@@ -10,16 +12,18 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use serde::{Deserialize, Serialize};
 
-use super::spec::{InitSpec, PayloadStatus};
+use super::spec::PayloadStatus;
 
 /// Largest message either side accepts.
-pub const MAX_MESSAGE: usize = 256 * 1024;
-/// Most fds the parent sends with a spec.
-pub const MAX_FDS: usize = 200;
+pub const MAX_MESSAGE: usize = 64 * 1024;
+/// Most fds a message may carry.
+pub const MAX_FDS: usize = 4;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToInit {
-    Spec(Box<InitSpec>),
+    /// The uid/gid maps are written and the mounts are ready (idmapped): build
+    /// the sandbox and start the payload.
+    Go,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -57,10 +61,10 @@ struct Socket {
     fd: OwnedFd,
 }
 
-/// The launcher's end (host root): sends the spec, receives what init reports.
+/// The launcher's end (host root): says go, receives what init reports.
 pub struct ParentEnd(Socket);
 
-/// The sandbox init's end: receives the spec, reports to the launcher.
+/// The sandbox init's end: waits for go, reports to the launcher.
 pub struct InitEnd(Socket);
 
 impl Socket {
@@ -115,8 +119,8 @@ impl ParentEnd {
         self.0.fd.as_raw_fd()
     }
 
-    pub fn send_spec(&self, spec: &InitSpec, fds: &[RawFd]) -> Result<(), ChannelError> {
-        self.0.send(&ToInit::Spec(Box::new(spec.clone())), fds)
+    pub fn send_go(&self) -> Result<(), ChannelError> {
+        self.0.send(&ToInit::Go, &[])
     }
 
     /// A message from init; only `Running` may carry a descriptor (the seccomp
@@ -136,9 +140,12 @@ impl InitEnd {
         InitEnd(Socket { fd })
     }
 
-    pub fn recv_spec(&self) -> Result<(InitSpec, Vec<OwnedFd>), ChannelError> {
-        let (ToInit::Spec(spec), fds) = self.0.recv::<ToInit>()?;
-        Ok((*spec, fds))
+    /// Wait for `Go`; a message with descriptors is refused.
+    pub fn recv_go(&self) -> Result<(), ChannelError> {
+        match self.0.recv::<ToInit>()? {
+            (ToInit::Go, fds) if fds.is_empty() => Ok(()),
+            _ => Err(ChannelError::Unexpected("file descriptors from the launcher".into())),
+        }
     }
 
     pub fn send_to_parent(&self, msg: &FromInit) -> Result<(), ChannelError> {
@@ -162,38 +169,14 @@ impl InitEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::launch::spec::LogConfig;
-
-    fn spec() -> InitSpec {
-        InitSpec {
-            id: "sc-test".into(),
-            uid: 1000,
-            gid: 1000,
-            mounts: vec![],
-            tmp_size: 1 << 20,
-            shm_size: 1 << 20,
-            cwd: "/w".into(),
-            home: "/tmp/home".into(),
-            argv: vec!["/bin/true".into()],
-            env: vec![],
-            stop_timeout_ms: 5000,
-            handoff: false,
-            log: LogConfig { json: false, level: "warn".into() },
-            trace_phases: false,
-            landlock: Default::default(),
-            seccomp: vec![],
-        }
-    }
 
     #[test]
-    fn spec_and_fds_cross_the_channel() {
+    fn go_and_reports_cross_the_channel() {
         let (a, b) = crate::sys::socketpair_seqpacket().unwrap();
         let (parent, child) = (ParentEnd::new(a), InitEnd::new(b));
         let f = std::fs::File::open("/dev/null").unwrap();
-        parent.send_spec(&spec(), &[f.as_raw_fd()]).unwrap();
-        let (got, fds) = child.recv_spec().unwrap();
-        assert_eq!(got.id, "sc-test");
-        assert_eq!(fds.len(), 1);
+        parent.send_go().unwrap();
+        child.recv_go().unwrap();
         child.send_to_parent(&FromInit::Exited(PayloadStatus::Signaled(15))).unwrap();
         assert!(matches!(parent.recv_from_init().unwrap(), (FromInit::Exited(PayloadStatus::Signaled(15)), None)));
         child.send_running(Some(f.as_raw_fd())).unwrap();
@@ -207,7 +190,7 @@ mod tests {
         assert!(!child.peer_gone());
         drop(a);
         assert!(child.peer_gone());
-        assert!(matches!(child.recv_spec(), Err(ChannelError::Closed)));
+        assert!(matches!(child.recv_go(), Err(ChannelError::Closed)));
     }
 
     #[test]

@@ -4,11 +4,18 @@
 //! 1. validate the request (payload, worktree and its owner, ids);
 //! 2. lease a per-sandbox host uid;
 //! 3. prepare every bind as a detached, flagged mount tree ([`crate::fs::host_binds`]);
-//! 4. `clone` the init into new namespaces; the child only re-execs this binary;
-//! 5. write the child's `setgroups`/uid/gid maps; idmap the worktree mount through
-//!    the child's user namespace (falling back to mapping the sandbox to the
-//!    worktree owner where the filesystem cannot idmap);
-//! 6. send the spec and the mount fds; forward signals; report the status.
+//! 4. `clone` the init into new namespaces: a copy of this (single-threaded)
+//!    process that runs [`super::init`] with the spec and mount fds made before;
+//! 5. write the child's `setgroups`/uid/gid maps; make the outbound listeners in
+//!    its network namespace; idmap the worktree mount through the child's user
+//!    namespace (falling back to mapping the sandbox to the worktree owner where
+//!    the filesystem cannot idmap);
+//! 6. tell init to go on; sweep stale sandboxes meanwhile; forward signals;
+//!    report the status.
+//!
+//! The types: [`super::request`] (the request and its validation),
+//! [`super::network`] (the network services), [`super::sandbox`] (a sandbox's
+//! lifetime).
 
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
@@ -203,47 +210,10 @@ impl<E: Into<RunError>> From<E> for Fallback {
     }
 }
 
-fn start(
-    req: &RunRequest,
-    wt: &Worktree,
-    mut spec: InitSpec,
-    map: IdMap,
-    idmap: bool,
-    cgroup: &crate::host::cgroups::SandboxCgroup,
-) -> Result<Sandbox, Fallback> {
-    // Clone first: the child's exec of `swarmcell __init` then overlaps with the
-    // host-side mount preparation below (it waits for the spec anyway).
-    // v1: init moves itself into its cgroups before its exec (cheaper, see
-    // `self_attach_files`); otherwise we move it below, before it is sent
-    // anything, so it still runs nothing of the payload's outside them.
-    let attach = cgroup.self_attach_files();
-    let mut sandbox = Sandbox::spawn(map.host_uid, attach.as_deref().unwrap_or(&[]))?;
-    sandbox.owner = wt.uid;
-    crate::phases::mark("init cloned");
-    tracing::debug!(pid = sandbox.pid, "init cloned");
-    map.write(sandbox.pid)?;
-    crate::phases::mark("id maps written");
-    // Before init runs anything of the payload's: every process of the sandbox
-    // is born inside the cgroup, and init's cgroup namespace is rooted there.
-    if attach.is_none() {
-        cgroup.add_process(sandbox.pid)?;
-    }
-    drop(attach);
-    crate::phases::mark("init placed in its cgroup");
-    tracing::debug!("init placed in its cgroup");
-    // Outbound: listeners inside the sandbox's network namespace, made by the
-    // launcher before the payload exists (its first connection just queues).
-    let ns = crate::net::broker::Netns::of_pid(sandbox.pid).map_err(|e| RunError::Setup(format!("opening the sandbox's network namespace: {e}")))?;
-    sandbox.netns = Some(ns.clone());
-    let forwards = req.forwards();
-    let kinds: Vec<Outbound> = forwards.iter().map(|p| Outbound::Forward(*p)).chain([Outbound::Proxy]).collect();
-    let ports: Vec<u16> = forwards.into_iter().chain([req.policy.network.proxy_port]).collect();
-    let listeners = ns
-        .loopback_up_and_listen(ports)
-        .map_err(|e| RunError::Setup(format!("outbound listeners inside the sandbox (forwards, egress proxy): {e}")))?;
-    sandbox.outbound = kinds.into_iter().zip(listeners).collect();
-    crate::phases::mark("outbound listeners");
-
+/// The host's bind mounts, each a detached and flagged tree (made before the
+/// clone: the init inherits the fds); returns them with the indexes of the
+/// trees that get idmapped (the worktree and the git layer).
+fn prepare_mounts(req: &RunRequest, wt: &Worktree) -> Result<(PreparedMounts, Vec<usize>), RunError> {
     let mut mounts = PreparedMounts::default();
     for p in &req.policy.filesystem.read_only {
         mounts.add_bind(p, Access::ReadOnly, false, "read-only path")?;
@@ -273,8 +243,51 @@ fn start(
         )?);
     }
     mounts.sort();
-    crate::phases::mark("host mounts prepared");
+    Ok((mounts, owned))
+}
+
+fn start(
+    req: &RunRequest,
+    wt: &Worktree,
+    mut spec: InitSpec,
+    map: IdMap,
+    idmap: bool,
+    cgroup: &crate::host::cgroups::SandboxCgroup,
+) -> Result<Sandbox, Fallback> {
+    // Everything the init needs is made before the clone: it is a copy of
+    // this process and inherits the spec and the mount fds.
+    let (mounts, owned) = prepare_mounts(req, wt)?;
     spec.mounts = mounts.entries.clone();
+    crate::phases::mark("host mounts prepared");
+    // v1: init moves itself into its cgroups first thing (cheaper, see
+    // `self_attach_files`); otherwise we move it below, before it is told to
+    // go on, so it still runs nothing of the payload's outside them.
+    let attach = cgroup.self_attach_files();
+    let mut sandbox = Sandbox::spawn(map.host_uid, attach.as_deref().unwrap_or(&[]), &spec, &mounts.fds)?;
+    sandbox.owner = wt.uid;
+    crate::phases::mark("init cloned");
+    tracing::debug!(pid = sandbox.pid, "init cloned");
+    map.write(sandbox.pid)?;
+    crate::phases::mark("id maps written");
+    // Before init runs anything of the payload's: every process of the sandbox
+    // is born inside the cgroup, and init's cgroup namespace is rooted there.
+    if attach.is_none() {
+        cgroup.add_process(sandbox.pid)?;
+    }
+    drop(attach);
+    crate::phases::mark("init placed in its cgroup");
+    // Outbound: listeners inside the sandbox's network namespace, made by the
+    // launcher before the payload exists (its first connection just queues;
+    // they are served from the first one on, see `Network`).
+    let ns = crate::net::broker::Netns::of_pid(sandbox.pid).map_err(|e| RunError::Setup(format!("opening the sandbox's network namespace: {e}")))?;
+    sandbox.netns = Some(ns.clone());
+    let forwards = req.forwards();
+    let kinds: Vec<Outbound> = forwards.iter().map(|p| Outbound::Forward(*p)).chain([Outbound::Proxy]).collect();
+    let ports: Vec<u16> = forwards.into_iter().chain([req.policy.network.proxy_port]).collect();
+    let listeners =
+        ns.listen_inside(&ports).map_err(|e| RunError::Setup(format!("outbound listeners inside the sandbox (forwards, egress proxy): {e}")))?;
+    sandbox.outbound = kinds.into_iter().zip(listeners).collect();
+    crate::phases::mark("outbound listeners");
     if idmap {
         let userns_path = format!("/proc/{}/ns/user", sandbox.pid);
         let userns = std::fs::File::open(&userns_path).map_err(|e| RunError::Setup(format!("open {userns_path}: {e}")))?;
@@ -288,8 +301,9 @@ fn start(
             }
         }
     }
-    sandbox.channel.send_spec(&spec, &mounts.raw_fds())?;
-    crate::phases::mark("spec sent");
-    tracing::debug!("spec sent");
+    sandbox.channel.send_go()?;
+    // Init holds its own copies of the mount fds now; ours go.
+    drop(mounts);
+    crate::phases::mark("go sent");
     Ok(sandbox)
 }

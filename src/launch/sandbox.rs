@@ -3,14 +3,13 @@
 //! publisher while it runs, the ready line, and the kill of an init that a
 //! launcher error leaves (dropping a [`Sandbox`] never leaves one behind).
 
-use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use super::channel::{ChannelError, FromInit, ParentEnd};
 use super::network::Network;
 use super::request::RunError;
-use super::spec::PayloadStatus;
+use super::spec::{InitSpec, PayloadStatus};
 use crate::sys::{self, Errno, SysError};
 
 /// The launcher's signals, blocked and read from a signalfd so that they can be
@@ -80,37 +79,40 @@ pub(super) enum Outbound {
 }
 
 impl Sandbox {
-    /// `attach`: files init writes "0" to before its exec, to join its cgroups
-    /// (v1 `tasks` files; failing that, it exits and never runs).
-    pub(super) fn spawn(host_uid: u32, attach: &[OwnedFd]) -> Result<Sandbox, RunError> {
+    /// Clone the sandbox init: it runs [`super::init::main`] on a copy of this
+    /// process (no exec), with `spec` and `mount_fds` prepared before the clone.
+    /// `attach`: v1 `tasks` files it writes "0" to first, to join its cgroups
+    /// (failing that, it exits and never runs).
+    ///
+    /// The launcher must be single-threaded here (checked): the child then runs
+    /// ordinary code on a consistent copy of the launcher's memory, as after a
+    /// `fork` of a single-threaded program.
+    pub(super) fn spawn(host_uid: u32, attach: &[OwnedFd], spec: &InitSpec, mount_fds: &[OwnedFd]) -> Result<Sandbox, RunError> {
+        let threads = sys::thread_count().map_err(|source| RunError::Sys { what: "counting the launcher's threads", source })?;
+        if threads != 1 {
+            return Err(RunError::Setup(format!("the launcher has {threads} threads before cloning the sandbox init (it must have one)")));
+        }
         let attach: Vec<RawFd> = attach.iter().map(|f| f.as_raw_fd()).collect();
         let (parent_end, child_end) = sys::socketpair_seqpacket().map_err(|source| RunError::Sys { what: "creating the sandbox channel", source })?;
-        let child_fd = child_end.as_raw_fd();
-        let fd_arg = CString::new(child_fd.to_string()).map_err(|_| RunError::Setup("fd argument".into()))?;
-        let argv = [c"swarmcell".as_ptr(), c"__init".as_ptr(), fd_arg.as_ptr(), std::ptr::null()];
-        let envp = [std::ptr::null::<libc::c_char>()];
+        let parent_fd = parent_end.as_raw_fd();
         let pid = match sys::clone_fork(crate::confine::ns::CLONE_FLAGS) {
             Ok(0) => {
-                // Child, in the new namespaces. Only async-signal-safe calls until
-                // exec: the launcher may be multi-threaded. Our capabilities (over
-                // the new user namespace only) are made ambient so that init keeps
-                // them across the exec.
-                // SAFETY: raw syscalls on prepared, NUL-terminated data.
+                // Child, in the new namespaces: first into its cgroups (a thread
+                // moving itself is cheap on v1, see `self_attach_files`), then
+                // the parent-death signal, before anything else runs.
+                // SAFETY: raw syscalls on prepared data; _exit on failure.
                 unsafe {
                     for fd in &attach {
                         if libc::write(*fd, c"0".as_ptr().cast(), 1) != 1 {
                             libc::_exit(super::EXIT_LAUNCHER_ERROR.into());
                         }
                     }
-                    if libc::fcntl(child_fd, libc::F_SETFD, 0) != 0
-                        || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
-                        || sys::raise_ambient_all().is_err()
-                    {
+                    libc::close(parent_fd);
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                         libc::_exit(super::EXIT_LAUNCHER_ERROR.into());
                     }
-                    libc::execve(c"/proc/self/exe".as_ptr(), argv.as_ptr(), envp.as_ptr());
-                    libc::_exit(super::EXIT_LAUNCHER_ERROR.into());
                 }
+                super::init::main(child_end, spec, mount_fds)
             }
             Ok(pid) => pid,
             Err(e) => {
