@@ -21,11 +21,21 @@ pub(super) struct Network<'a> {
     /// it has no data path).
     pub(super) relay_stats: std::sync::Arc<crate::net::broker_stats::SharedCounters>,
     pub(super) handoff: Option<crate::net::handoff::Handoff>,
-    /// The outbound forwards and the egress proxy, on one bounded event loop.
+    /// The outbound forwards and the egress proxy, on one bounded event loop,
+    /// started at the first connection to one of their listeners (a payload
+    /// that never connects out costs no thread and no runtime).
     pub(super) outbound: Option<crate::net::outbound::OutboundLoop>,
+    pending_outbound: Option<PendingOutbound>,
     pub(super) health: Option<HealthWatch>,
     /// Who may connect to the host port (None: anyone, `--allow-any-uid`).
     pub(super) ingress: Option<crate::net::broker::Ingress>,
+}
+
+/// The outbound listeners until their first connection.
+pub(super) struct PendingOutbound {
+    forwards: Vec<(std::net::TcpListener, u16)>,
+    proxy: Option<(std::net::TcpListener, crate::net::egress::Rules)>,
+    settings: crate::net::outbound::Settings,
 }
 
 impl<'a> Network<'a> {
@@ -48,6 +58,7 @@ impl<'a> Network<'a> {
             relay_stats,
             handoff: None,
             outbound: None,
+            pending_outbound: None,
             health: None,
             ingress,
         };
@@ -61,10 +72,7 @@ impl<'a> Network<'a> {
         if !forwards.is_empty() || proxy.is_some() {
             // The payload's upstream sockets are its owner's, never root's.
             let settings = crate::net::outbound::Settings { connect_as: sandbox.owner, ..crate::net::outbound::Settings::of(&req.policy.network) };
-            net.outbound = Some(
-                crate::net::outbound::OutboundLoop::start(id, forwards, proxy, settings)
-                    .map_err(|e| RunError::Setup(format!("outbound forwards and egress proxy: {e}")))?,
-            );
+            net.pending_outbound = Some(PendingOutbound { forwards, proxy, settings });
         }
         if let (Some(lease), Some(ns)) = (lease, &net.netns) {
             if req.broker == BrokerMode::Relay {
@@ -79,6 +87,25 @@ impl<'a> Network<'a> {
             net.health = Some(HealthWatch::start(check, req.health_timeout.unwrap_or(req.policy.health.timeout.0))?);
         }
         Ok(net)
+    }
+
+    /// The outbound listeners not served yet: the wait loop polls them and
+    /// calls [`Network::serve_outbound`] at the first connection.
+    pub(super) fn pending_outbound_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.pending_outbound.as_ref().map_or(Vec::new(), |p| {
+            p.forwards.iter().map(|(l, _)| l.as_raw_fd()).chain(p.proxy.as_ref().map(|(l, _)| l.as_raw_fd())).collect()
+        })
+    }
+
+    /// Start the outbound event loop (a connection is waiting).
+    pub(super) fn serve_outbound(&mut self) -> Result<(), RunError> {
+        let Some(p) = self.pending_outbound.take() else { return Ok(()) };
+        crate::phases::mark("outbound loop starting");
+        self.outbound = Some(
+            crate::net::outbound::OutboundLoop::start(&self.id, p.forwards, p.proxy, p.settings)
+                .map_err(|e| RunError::Setup(format!("outbound forwards and egress proxy: {e}")))?,
+        );
+        Ok(())
     }
 
     /// The payload runs: broker by handoff (accept the host port, serve the

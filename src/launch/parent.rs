@@ -33,6 +33,10 @@ use crate::fs::host_binds::{Access, PreparedMounts};
 use crate::host::uidalloc;
 use crate::sys::{self, Errno};
 
+/// How long after the start the disk monitor's thread starts (its first
+/// measurement comes one period later).
+const DISK_WATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Run one sandbox in the foreground and return the payload's exit code.
 pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     if req.argv.is_empty() {
@@ -94,17 +98,13 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     crate::phases::mark("disk prepared");
     let layout = crate::host::cgroups::Layout::detect()?;
     crate::phases::mark("cgroup layout");
-    if req.gc {
-        match crate::host::cgroups::gc(&layout, &req.cgroup_parent, &req.state_dir) {
-            Ok(ids) if !ids.is_empty() => tracing::info!(removed = ?ids, "removed stale sandbox cgroups"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not remove stale sandbox cgroups"),
-        }
-    }
-    crate::phases::mark("gc sweep");
+    // (The sweep of stale sandboxes comes once the init is on its way.)
+    let leases_dir = req.state_dir.join("sandboxes");
+    crate::host::lease::ensure_private_dir(&req.state_dir)?;
+    crate::host::lease::ensure_private_dir(&leases_dir)?;
     let lease = uidalloc::allocate(&req.state_dir, req.uid_range, super::random_u32())?;
     // Held for the sandbox's life: `gc` leaves the cgroup of a held id alone.
-    let sandbox_lease = crate::host::lease::acquire_fresh(&req.state_dir.join("sandboxes").join(format!("{id}.lock")))?
+    let sandbox_lease = crate::host::lease::acquire_fresh(&leases_dir.join(format!("{id}.lock")))?
         .ok_or_else(|| RunError::Setup(format!("sandbox id {id} is already in use")))?;
     crate::phases::mark("uid and sandbox leases");
     let mut cgroup = crate::host::cgroups::create(&layout, &req.cgroup_parent, &id, &req.policy.cgroup_limits())?;
@@ -143,8 +143,16 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     };
     tracing::info!(sandbox = %id, pid = sandbox.pid, host_uid = sandbox.host_uid, cgroup_version = cgroup.version(), "sandbox started");
     crate::phases::mark("sandbox started");
-    disk.watch(sandbox.pid).map_err(|e| RunError::Setup(e.to_string()))?;
-    crate::phases::mark("disk watch");
+    // While the init builds the root: sweep the cgroups and leases of
+    // sandboxes whose launcher is gone (ours are held, so left alone).
+    if req.gc {
+        match crate::host::cgroups::gc(&layout, &req.cgroup_parent, &req.state_dir) {
+            Ok(ids) if !ids.is_empty() => tracing::info!(removed = ?ids, "removed stale sandbox cgroups"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not remove stale sandbox cgroups"),
+        }
+    }
+    crate::phases::mark("gc sweep");
     let publisher = wt.git.as_ref().map(|g| {
         let make = || crate::git::publish::Publisher::new(g.record.clone(), &id, req.policy.git.allow_force_publish, req.policy.disk_limits().bytes);
         PublishWatch::start(make(), make)
@@ -162,7 +170,16 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     let mut network = Network::start(req, &id, host_port.as_ref(), &mut sandbox, std::sync::Arc::new(broker_stats), ingress, health_request)?;
     crate::phases::mark("network started");
     let ready_info = ReadyInfo { id: &id, port: host_port.as_ref().map(|p| p.port), cgroups: cgroup.paths(), secret: secret.as_deref() };
-    let status = sandbox.wait(&signals, ready, &ready_info, &mut network, req.stop_timeout);
+    // The disk monitor measures first after its period anyway: its thread is
+    // started a little later, and never for a payload that is gone by then.
+    let sandbox_pid = sandbox.pid;
+    let disk_ref = &mut disk;
+    let watch_disk: Box<dyn FnOnce() -> Result<(), RunError> + '_> = Box::new(move || {
+        crate::phases::mark("disk watch starting");
+        disk_ref.watch(sandbox_pid).map_err(|e| RunError::Setup(e.to_string()))
+    });
+    let deferred = Some((std::time::Instant::now() + DISK_WATCH_DELAY, watch_disk));
+    let status = sandbox.wait(&signals, ready, &ready_info, &mut network, req.stop_timeout, deferred);
     crate::phases::mark("sandbox ended");
     network.finish();
     drop(sandbox);

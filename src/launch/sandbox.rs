@@ -12,6 +12,10 @@ use super::request::RunError;
 use super::spec::{InitSpec, PayloadStatus};
 use crate::sys::{self, Errno, SysError};
 
+/// Work the wait loop does once at a given time (what a short-lived payload
+/// never needs, such as the disk monitor's thread).
+pub(super) type Deferred<'a> = Option<(std::time::Instant, Box<dyn FnOnce() -> Result<(), RunError> + 'a>)>;
+
 /// The launcher's signals, blocked and read from a signalfd so that they can be
 /// forwarded into the sandbox instead of killing the launcher.
 pub struct SignalGuard {
@@ -134,6 +138,7 @@ impl Sandbox {
         info: &ReadyInfo,
         network: &mut Network,
         stop_timeout: std::time::Duration,
+        mut deferred: Deferred<'_>,
     ) -> Result<PayloadStatus, RunError> {
         let id = info.id;
         let mut status = None;
@@ -145,18 +150,36 @@ impl Sandbox {
         let mut killed_after_stop_timeout = false;
         let mut init_status = 0;
         while channel_open || !self.reaped {
-            let timeout = kill_at.map_or(-1, |t| t.saturating_duration_since(std::time::Instant::now()).as_millis().min(i32::MAX as u128) as i32);
-            let mut pfds = [
+            let next = [kill_at, deferred.as_ref().map(|d| d.0)].into_iter().flatten().min();
+            let timeout = next.map_or(-1, |t| t.saturating_duration_since(std::time::Instant::now()).as_millis().min(i32::MAX as u128) as i32);
+            let mut pfds = vec![
                 libc::pollfd { fd: signals.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
                 libc::pollfd { fd: if channel_open { self.channel.raw_fd() } else { -1 }, events: libc::POLLIN, revents: 0 },
                 libc::pollfd { fd: network.health.as_ref().filter(|_| health_open).map_or(-1, |h| h.done_fd()), events: libc::POLLIN, revents: 0 },
             ];
-            // SAFETY: pfds is a valid array of three pollfds.
-            if unsafe { libc::poll(pfds.as_mut_ptr(), 3, timeout) } < 0 {
+            let outbound = network.pending_outbound_fds();
+            pfds.extend(outbound.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }));
+            // SAFETY: pfds is a valid array of pollfds of this length.
+            if unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) } < 0 {
                 if Errno::last() == Errno::EINTR {
                     continue;
                 }
                 return Err(RunError::Sys { what: "waiting for the sandbox", source: SysError { call: "poll".into(), errno: Errno::last() } });
+            }
+            if pfds[3..].iter().any(|p| p.revents != 0)
+                && let Err(e) = network.serve_outbound()
+                && failure.is_none()
+            {
+                failure = Some(e);
+                let _ = sys::kill(self.pid, libc::SIGKILL);
+            }
+            if deferred.as_ref().is_some_and(|d| std::time::Instant::now() >= d.0)
+                && let Some((_, work)) = deferred.take()
+                && let Err(e) = work()
+                && failure.is_none()
+            {
+                failure = Some(e);
+                let _ = sys::kill(self.pid, libc::SIGKILL);
             }
             if kill_at.is_some_and(|t| std::time::Instant::now() >= t) && !self.reaped {
                 tracing::warn!(sandbox = %id, "still running {} after SIGTERM; killing", crate::policy::units::HumanDuration(stop_timeout));
