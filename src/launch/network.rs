@@ -92,9 +92,9 @@ impl<'a> Network<'a> {
     /// The outbound listeners not served yet: the wait loop polls them and
     /// calls [`Network::serve_outbound`] at the first connection.
     pub(super) fn pending_outbound_fds(&self) -> Vec<std::os::fd::RawFd> {
-        self.pending_outbound.as_ref().map_or(Vec::new(), |p| {
-            p.forwards.iter().map(|(l, _)| l.as_raw_fd()).chain(p.proxy.as_ref().map(|(l, _)| l.as_raw_fd())).collect()
-        })
+        self.pending_outbound
+            .as_ref()
+            .map_or(Vec::new(), |p| p.forwards.iter().map(|(l, _)| l.as_raw_fd()).chain(p.proxy.as_ref().map(|(l, _)| l.as_raw_fd())).collect())
     }
 
     /// Start the outbound event loop (a connection is waiting).
