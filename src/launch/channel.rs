@@ -22,8 +22,10 @@ pub const MAX_FDS: usize = 4;
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToInit {
     /// The uid/gid maps are written and the mounts are ready (idmapped): build
-    /// the sandbox and start the payload.
+    /// the sandbox.
     Go,
+    /// The outbound listeners exist in our network namespace: start the payload.
+    Listening,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -123,6 +125,10 @@ impl ParentEnd {
         self.0.send(&ToInit::Go, &[])
     }
 
+    pub fn send_listening(&self) -> Result<(), ChannelError> {
+        self.0.send(&ToInit::Listening, &[])
+    }
+
     /// A message from init; only `Running` may carry a descriptor (the seccomp
     /// notification listener for socket handoff), at most one.
     pub fn recv_from_init(&self) -> Result<(FromInit, Option<OwnedFd>), ChannelError> {
@@ -140,11 +146,20 @@ impl InitEnd {
         InitEnd(Socket { fd })
     }
 
-    /// Wait for `Go`; a message with descriptors is refused.
+    /// Wait for `Go`.
     pub fn recv_go(&self) -> Result<(), ChannelError> {
+        self.recv_exactly(ToInit::Go)
+    }
+
+    /// Wait for `Listening`.
+    pub fn recv_listening(&self) -> Result<(), ChannelError> {
+        self.recv_exactly(ToInit::Listening)
+    }
+
+    fn recv_exactly(&self, want: ToInit) -> Result<(), ChannelError> {
         match self.0.recv::<ToInit>()? {
-            (ToInit::Go, fds) if fds.is_empty() => Ok(()),
-            _ => Err(ChannelError::Unexpected("file descriptors from the launcher".into())),
+            (got, fds) if fds.is_empty() && std::mem::discriminant(&got) == std::mem::discriminant(&want) => Ok(()),
+            (got, _) => Err(ChannelError::Unexpected(format!("{got:?} (with descriptors or out of order)"))),
         }
     }
 
@@ -177,6 +192,8 @@ mod tests {
         let f = std::fs::File::open("/dev/null").unwrap();
         parent.send_go().unwrap();
         child.recv_go().unwrap();
+        parent.send_listening().unwrap();
+        child.recv_listening().unwrap();
         child.send_to_parent(&FromInit::Exited(PayloadStatus::Signaled(15))).unwrap();
         assert!(matches!(parent.recv_from_init().unwrap(), (FromInit::Exited(PayloadStatus::Signaled(15)), None)));
         child.send_running(Some(f.as_raw_fd())).unwrap();

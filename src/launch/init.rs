@@ -10,7 +10,8 @@
 //!    signals and close every fd but the channel and the mount fds (nothing else
 //!    of the launcher's survives into the sandbox); bring `lo` up;
 //! 2. wait for `Go` (sent only after the parent wrote our uid/gid maps and
-//!    idmapped the worktree mount);
+//!    idmapped the worktree mount); later, before the payload starts, for
+//!    `Listening` (the launcher's outbound listeners exist);
 //! 3. become the sandbox uid/gid (capabilities in our own user namespace are
 //!    kept: uid 0 is not mapped, so the kernel does not clear them), re-arm the
 //!    parent-death signal that the uid change cleared;
@@ -146,6 +147,10 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: &[OwnedFd]) -> Result<PayloadStatus
     let mask = sys::sigset(&watched);
     sys::set_sigmask(libc::SIG_BLOCK, &mask)?;
     let (err_r, err_w) = sys::pipe_cloexec()?;
+    // The launcher made the outbound listeners meanwhile; the payload may
+    // connect to them from its first instruction on.
+    chan.recv_listening().map_err(|e| Failure::Setup(format!("waiting for the launcher's listeners: {e}")))?;
+    crate::phases::mark("init: listeners ready");
 
     // SAFETY: this process is single-threaded (a clone of a single-threaded launcher), so the child may run
     // ordinary code; it only makes the syscalls in payload::exec anyway.

@@ -293,18 +293,6 @@ fn start(
     }
     drop(attach);
     crate::phases::mark("init placed in its cgroup");
-    // Outbound: listeners inside the sandbox's network namespace, made by the
-    // launcher before the payload exists (its first connection just queues;
-    // they are served from the first one on, see `Network`).
-    let ns = crate::net::broker::Netns::of_pid(sandbox.pid).map_err(|e| RunError::Setup(format!("opening the sandbox's network namespace: {e}")))?;
-    sandbox.netns = Some(ns.clone());
-    let forwards = req.forwards();
-    let kinds: Vec<Outbound> = forwards.iter().map(|p| Outbound::Forward(*p)).chain([Outbound::Proxy]).collect();
-    let ports: Vec<u16> = forwards.into_iter().chain([req.policy.network.proxy_port]).collect();
-    let listeners =
-        ns.listen_inside(&ports).map_err(|e| RunError::Setup(format!("outbound listeners inside the sandbox (forwards, egress proxy): {e}")))?;
-    sandbox.outbound = kinds.into_iter().zip(listeners).collect();
-    crate::phases::mark("outbound listeners");
     if idmap {
         let userns_path = format!("/proc/{}/ns/user", sandbox.pid);
         let userns = std::fs::File::open(&userns_path).map_err(|e| RunError::Setup(format!("open {userns_path}: {e}")))?;
@@ -322,5 +310,19 @@ fn start(
     // Init holds its own copies of the mount fds now; ours go.
     drop(mounts);
     crate::phases::mark("go sent");
+    // Outbound: listeners inside the sandbox's network namespace, made by the
+    // launcher before the payload exists (its first connection just queues;
+    // they are served from the first one on, see `Network`).
+    // (While init builds the root; it starts the payload after `Listening`.)
+    let ns = crate::net::broker::Netns::of_pid(sandbox.pid).map_err(|e| RunError::Setup(format!("opening the sandbox's network namespace: {e}")))?;
+    sandbox.netns = Some(ns.clone());
+    let forwards = req.forwards();
+    let kinds: Vec<Outbound> = forwards.iter().map(|p| Outbound::Forward(*p)).chain([Outbound::Proxy]).collect();
+    let ports: Vec<u16> = forwards.into_iter().chain([req.policy.network.proxy_port]).collect();
+    let listeners =
+        ns.listen_inside(&ports).map_err(|e| RunError::Setup(format!("outbound listeners inside the sandbox (forwards, egress proxy): {e}")))?;
+    sandbox.outbound = kinds.into_iter().zip(listeners).collect();
+    crate::phases::mark("outbound listeners");
+    sandbox.channel.send_listening()?;
     Ok(sandbox)
 }
