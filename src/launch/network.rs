@@ -118,7 +118,12 @@ impl<'a> Network<'a> {
         let inner = self.req.policy.network.inner_port;
         let started = notify.ok_or_else(|| "no accept-notification listener from the sandbox".to_string()).and_then(|n| {
             let listener = lease.listener.try_clone().map_err(|e| e.to_string())?;
-            let cfg = crate::net::handoff::Config { inner, ingress: self.ingress.clone(), max_pending: self.req.max_connections };
+            let cfg = crate::net::handoff::Config {
+                inner,
+                ingress: self.ingress.clone(),
+                max_pending: self.req.max_connections,
+                on_inner_listen: self.health.as_ref().map(|h| h.kick.clone()),
+            };
             crate::net::handoff::Handoff::start(n, listener, ns.clone(), cfg, self.relay_stats.clone()).map_err(|e| e.to_string())
         });
         match started {
@@ -164,12 +169,19 @@ pub(super) struct HealthWatch {
     pub(super) cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub(super) result: std::sync::Arc<std::sync::Mutex<Option<Result<std::time::Duration, crate::net::health::HealthError>>>>,
     pub(super) done_r: OwnedFd,
+    /// Written when the payload listens on its inner port (see
+    /// [`crate::net::health::wait_kicked`]).
+    pub(super) kick: std::sync::Arc<OwnedFd>,
     pub(super) thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl HealthWatch {
     pub(super) fn start(check: crate::net::health::Check, deadline: std::time::Duration) -> Result<HealthWatch, RunError> {
         let (done_r, done_w) = sys::pipe_cloexec().map_err(|source| RunError::Sys { what: "health pipe", source })?;
+        let (kick_r, kick_w) = sys::pipe_cloexec().map_err(|source| RunError::Sys { what: "health pipe", source })?;
+        for fd in [&kick_r, &kick_w] {
+            sys::set_nonblocking(fd.as_raw_fd()).map_err(|source| RunError::Sys { what: "health pipe", source })?;
+        }
         let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let result = std::sync::Arc::new(std::sync::Mutex::new(None));
         let thread = {
@@ -177,7 +189,7 @@ impl HealthWatch {
             std::thread::Builder::new()
                 .name("health".into())
                 .spawn(move || {
-                    let r = crate::net::health::wait(&check, deadline, &cancel);
+                    let r = crate::net::health::wait_kicked(&check, deadline, &cancel, Some(kick_r.as_raw_fd()));
                     if let Ok(mut slot) = result.lock() {
                         *slot = Some(r);
                     }
@@ -185,7 +197,7 @@ impl HealthWatch {
                 })
                 .map_err(|e| RunError::Setup(format!("starting the health check: {e}")))?
         };
-        Ok(HealthWatch { cancel, result, done_r, thread: Some(thread) })
+        Ok(HealthWatch { cancel, result, done_r, kick: std::sync::Arc::new(kick_w), thread: Some(thread) })
     }
 
     pub(super) fn done_fd(&self) -> i32 {
