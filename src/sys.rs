@@ -10,10 +10,10 @@
 //!
 //! Who calls what, and why these are hand-written:
 //! - **between fork and exec** (the launcher's clone child, the payload in
-//!   `launch::payload`): `clone_fork`, `raise_ambient_all`, `install_fd_for_exec`,
+//!   `launch::payload`): `clone_fork`, `install_fd_for_exec`,
 //!   `close_range`, `setsid`, `set_sigmask`, `send_fd`, `clear_capabilities`.
 //!   These stay here, allocation-free, whatever `nix` or `rustix` offer;
-//! - **the sandbox init** (single-threaded, after its exec): `mount`,
+//! - **the sandbox init** (single-threaded, a clone of the launcher): `mount`,
 //!   `move_mount_fd`, `pivot_root`, `umount_detach`, `mkdirat`, `symlinkat`,
 //!   `openat_nofollow`, `sethostname`, `setresuid`/`setresgid`, `prctl`,
 //!   `recv_fd`, `reset_signal_dispositions`, `kill`. Kept here so that every

@@ -123,10 +123,8 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         stop_timeout_ms: req.stop_timeout.as_millis() as u64,
         // Without kernel support no filter is loaded, and `on_running` relays.
         handoff: host_port.is_some() && req.broker == BrokerMode::Handoff && crate::net::handoff::supported(),
-        log: req.log.clone(),
         landlock: landlock_spec(req, &wt),
         seccomp: super::spec::encode_bpf(&seccomp),
-        trace_phases: crate::phases::enabled(),
     };
     let signals = SignalGuard::block()?;
     // A per-sandbox host uid behind an idmapped worktree, or (without idmapping)
