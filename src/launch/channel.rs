@@ -87,9 +87,14 @@ impl Socket {
         let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
         let (len, fds, truncated) = {
             let mut iov = [IoSliceMut::new(&mut buf)];
+            let mut reset = false;
             let msg = loop {
                 match recvmsg::<()>(self.fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
                     Err(nix::Error::EINTR) => continue,
+                    // The peer closed with a message of ours unread (init
+                    // failed before it read `Listening`): the kernel reports
+                    // that once, before what the peer sent us; read on.
+                    Err(nix::Error::ECONNRESET) if !reset => reset = true,
                     other => break other?,
                 }
             };

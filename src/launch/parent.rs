@@ -304,7 +304,11 @@ fn start(
             }
         }
     }
-    sandbox.channel.send_go()?;
+    // A send that fails means init is gone (it reported why, or died): the
+    // wait loop reads its report either way.
+    if let Err(e) = sandbox.channel.send_go() {
+        tracing::debug!(error = %e, "init gone before go");
+    }
     // Init holds its own copies of the mount fds now; ours go.
     drop(mounts);
     crate::phases::mark("go sent");
@@ -321,6 +325,8 @@ fn start(
         ns.listen_inside(&ports).map_err(|e| RunError::Setup(format!("outbound listeners inside the sandbox (forwards, egress proxy): {e}")))?;
     sandbox.outbound = kinds.into_iter().zip(listeners).collect();
     crate::phases::mark("outbound listeners");
-    sandbox.channel.send_listening()?;
+    if let Err(e) = sandbox.channel.send_listening() {
+        tracing::debug!(error = %e, "init gone before its payload started");
+    }
     Ok(sandbox)
 }

@@ -92,7 +92,16 @@ impl Sandbox {
     /// ordinary code on a consistent copy of the launcher's memory, as after a
     /// `fork` of a single-threaded program.
     pub(super) fn spawn(host_uid: u32, attach: &[OwnedFd], spec: &InitSpec, mount_fds: &[OwnedFd]) -> Result<Sandbox, RunError> {
-        let threads = sys::thread_count().map_err(|source| RunError::Sys { what: "counting the launcher's threads", source })?;
+        // A thread joined just before (a git helper's reader) leaves the
+        // thread group a moment after its join returns: wait that out briefly.
+        let mut threads = 0;
+        for _ in 0..50 {
+            threads = sys::thread_count().map_err(|source| RunError::Sys { what: "counting the launcher's threads", source })?;
+            if threads == 1 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
         if threads != 1 {
             return Err(RunError::Setup(format!("the launcher has {threads} threads before cloning the sandbox init (it must have one)")));
         }
