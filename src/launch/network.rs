@@ -5,7 +5,6 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::request::{BrokerMode, HealthMode, RunError, RunRequest};
-use super::sandbox::{Outbound, Sandbox};
 use crate::sys;
 
 /// The launcher's network services for one sandbox: outbound forwards and the
@@ -31,6 +30,13 @@ pub(super) struct Network<'a> {
     pub(super) ingress: Option<crate::net::broker::Ingress>,
 }
 
+/// What an outbound listener inside the sandbox is for.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Outbound {
+    Forward(u16),
+    Proxy,
+}
+
 /// The outbound listeners until their first connection.
 pub(super) struct PendingOutbound {
     forwards: Vec<(std::net::TcpListener, u16)>,
@@ -43,7 +49,9 @@ impl<'a> Network<'a> {
         req: &'a RunRequest,
         id: &str,
         lease: Option<&'a crate::host::ports::PortLease>,
-        sandbox: &mut Sandbox,
+        // The outbound listeners, the sandbox's network namespace, and the
+        // host uid the payload works for (its upstream sockets are that uid's).
+        (outbound, netns, owner): (Vec<(Outbound, std::net::TcpListener)>, Option<crate::net::broker::Netns>, u32),
         relay_stats: std::sync::Arc<crate::net::broker_stats::SharedCounters>,
         ingress: Option<crate::net::broker::Ingress>,
         health_request: std::sync::Arc<[u8]>,
@@ -53,7 +61,7 @@ impl<'a> Network<'a> {
             req,
             id: id.to_string(),
             lease,
-            netns: sandbox.netns.clone(),
+            netns,
             relay: None,
             relay_stats,
             handoff: None,
@@ -63,7 +71,7 @@ impl<'a> Network<'a> {
             ingress,
         };
         let (mut forwards, mut proxy) = (Vec::new(), None);
-        for (kind, listener) in std::mem::take(&mut sandbox.outbound) {
+        for (kind, listener) in outbound {
             match kind {
                 Outbound::Forward(p) => forwards.push((listener, p)),
                 Outbound::Proxy => proxy = Some((listener, req.egress_rules())),
@@ -71,7 +79,7 @@ impl<'a> Network<'a> {
         }
         if !forwards.is_empty() || proxy.is_some() {
             // The payload's upstream sockets are its owner's, never root's.
-            let settings = crate::net::outbound::Settings { connect_as: sandbox.owner, ..crate::net::outbound::Settings::of(&req.policy.network) };
+            let settings = crate::net::outbound::Settings { connect_as: owner, ..crate::net::outbound::Settings::of(&req.policy.network) };
             net.pending_outbound = Some(PendingOutbound { forwards, proxy, settings });
         }
         if let (Some(lease), Some(ns)) = (lease, &net.netns) {

@@ -21,12 +21,13 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
 use super::network::Network;
+use super::network::Outbound;
 pub use super::request::{
     BrokerMode, HealthMode, MAX_ARGS_BYTES, PortChoice, RunError, RunRequest, SANDBOX_HOME, SANDBOX_PATH, Worktree, environment, new_secret,
     resolve_worktree,
 };
 use super::request::{inside_ids, invalid, landlock_spec, read_secret, take_ready_fd};
-use super::sandbox::{Outbound, PublishWatch, ReadyInfo, Sandbox, SignalGuard};
+use super::sandbox::{PublishWatch, ReadyInfo, Sandbox, SignalGuard};
 use super::spec::{InitSpec, PayloadStatus};
 use crate::confine::ns::user::IdMap;
 use crate::fs::host_binds::{Access, PreparedMounts};
@@ -165,7 +166,16 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         secret.as_deref().map(|s| (req.policy.health.auth_user.as_str(), s)),
     );
     crate::phases::mark("publisher");
-    let mut network = Network::start(req, &id, host_port.as_ref(), &mut sandbox, std::sync::Arc::new(broker_stats), ingress, health_request)?;
+    let outbound = std::mem::take(&mut sandbox.outbound);
+    let mut network = Network::start(
+        req,
+        &id,
+        host_port.as_ref(),
+        (outbound, sandbox.netns.clone(), sandbox.owner),
+        std::sync::Arc::new(broker_stats),
+        ingress,
+        health_request,
+    )?;
     crate::phases::mark("network started");
     let ready_info = ReadyInfo { id: &id, port: host_port.as_ref().map(|p| p.port), cgroups: cgroup.paths(), secret: secret.as_deref() };
     // The disk monitor measures first after its period anyway: its thread is

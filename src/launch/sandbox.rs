@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use super::channel::{ChannelError, FromInit, ParentEnd};
-use super::network::Network;
+use super::network::{Network, Outbound};
 use super::request::RunError;
 use super::spec::{InitSpec, PayloadStatus};
 use crate::sys::{self, Errno, SysError};
@@ -74,12 +74,6 @@ pub(super) struct Sandbox {
     pub(super) outbound: Vec<(Outbound, std::net::TcpListener)>,
     /// The sandbox's network namespace (for the broker and health checks).
     pub(super) netns: Option<crate::net::broker::Netns>,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Outbound {
-    Forward(u16),
-    Proxy,
 }
 
 impl Sandbox {
