@@ -196,7 +196,8 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     if let Some(p) = publisher {
         p.finish();
     }
-    let oom_kills = cgroup.oom_kills();
+    // Read only when it can matter (the kernel's OOM killer sends SIGKILL).
+    let oom_kills = if matches!(status, Ok(PayloadStatus::Signaled(libc::SIGKILL)) | Err(_)) { cgroup.oom_kills() } else { 0 };
     cgroup.kill_and_remove()?;
     crate::phases::mark("cgroup removed");
     let disk_stop = disk.finish();
