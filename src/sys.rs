@@ -10,10 +10,10 @@
 //!
 //! Who calls what, and why these are hand-written:
 //! - **between fork and exec** (the launcher's clone child, the payload in
-//!   `launch::payload`): `clone_fork`, `raise_ambient_all`, `install_fd_for_exec`,
+//!   `launch::payload`): `clone_fork`, `install_fd_for_exec`,
 //!   `close_range`, `setsid`, `set_sigmask`, `send_fd`, `clear_capabilities`.
 //!   These stay here, allocation-free, whatever `nix` or `rustix` offer;
-//! - **the sandbox init** (single-threaded, after its exec): `mount`,
+//! - **the sandbox init** (single-threaded, a clone of the launcher): `mount`,
 //!   `move_mount_fd`, `pivot_root`, `umount_detach`, `mkdirat`, `symlinkat`,
 //!   `openat_nofollow`, `sethostname`, `setresuid`/`setresgid`, `prctl`,
 //!   `recv_fd`, `reset_signal_dispositions`, `kill`. Kept here so that every
@@ -219,6 +219,17 @@ pub fn set_cloexec(fd: RawFd, on: bool) -> SysResult<()> {
     check(ret.into(), || format!("fcntl({fd}, F_SETFD)")).map(drop)
 }
 
+/// How many threads this process has: `/proc/self/task` has one link per
+/// thread besides `.` and `..`.
+pub fn thread_count() -> SysResult<u64> {
+    // SAFETY: stat is plain data, filled by the kernel.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid stat buffer.
+    let ret = unsafe { libc::stat(c"/proc/self/task".as_ptr(), &mut st) };
+    check(ret.into(), || "stat(/proc/self/task)".to_string())?;
+    Ok((st.st_nlink as u64).saturating_sub(2))
+}
+
 pub fn fd_is_open(fd: RawFd) -> bool {
     // SAFETY: F_GETFD on any integer is harmless.
     unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
@@ -400,47 +411,6 @@ pub fn clear_capabilities() -> SysResult<()> {
     // SAFETY: hdr and data are the v3 layout the kernel expects (two data words).
     let ret = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
     check(ret, || "capset(all empty)".to_string()).map(drop)
-}
-
-/// Make every permitted capability inheritable and ambient, so that it survives
-/// the next `execve` of an unprivileged binary. Async-signal-safe.
-///
-/// Used only in the freshly cloned sandbox init, whose capabilities are those of
-/// its own new user namespace: without this, the exec of `swarmcell __init` by a
-/// uid that is not root inside that namespace would drop them all.
-pub fn raise_ambient_all() -> Result<(), Errno> {
-    let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: hdr and data are the v3 layout the kernel expects (two data words).
-    if unsafe { libc::syscall(libc::SYS_capget, &mut hdr as *mut CapHeader, data.as_mut_ptr()) } != 0 {
-        return Err(Errno::last());
-    }
-    for d in &mut data {
-        d.inheritable = d.permitted;
-    }
-    // SAFETY: as above.
-    if unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) } != 0 {
-        return Err(Errno::last());
-    }
-    for cap in 0..64u32 {
-        let word = data[(cap / 32) as usize].permitted;
-        if word & (1 << (cap % 32)) != 0 {
-            // SAFETY: integer-argument prctl.
-            if unsafe {
-                libc::prctl(
-                    libc::PR_CAP_AMBIENT,
-                    libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
-                    cap as libc::c_ulong,
-                    0 as libc::c_ulong,
-                    0 as libc::c_ulong,
-                )
-            } != 0
-            {
-                return Err(Errno::last());
-            }
-        }
-    }
-    Ok(())
 }
 
 // ---- passing one fd over a unix socket ----

@@ -91,3 +91,47 @@ fn a_payload_interrupting_its_accepts_on_listeners_it_then_closes_cannot_pile_up
     assert!(after < before + 80, "the launcher holds {after} fds, {before} at the start: {text}");
     assert_no_sandbox_left();
 }
+
+#[test]
+fn with_io_uring_allowed_by_a_policy_an_accept_still_goes_through_the_launcher() {
+    // A custom policy that allows io_uring (the default denies it): an
+    // IORING_OP_ACCEPT is made by the kernel, not by a system call, so the
+    // accept notification never sees it; it took the launcher's placeholder
+    // and the host client it stood for was never served.
+    let f = Fixture::new();
+    let open = f.dir.join("io-uring.toml");
+    std::fs::write(&open, "[seccomp]\ndeny = []\n").unwrap();
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let dir = bin_dir();
+    let out = f.worktree.join("uring.txt");
+    let script = format!("exec {} __probe io-uring-accept \"$SWARMCELL_PORT\" > {}", bin(), out.display());
+    let policy = open.to_string_lossy().into_owned();
+    let (mut child, ready) = f.spawn(&["--policy", &policy, "--ro", dir.as_str(), "--port", "auto", "--health", "none"], &["/bin/sh", "-c", &script]);
+    let port = ready_of(&ready)["port"].as_u64().unwrap() as u16;
+    // One client, served (its byte echoed) by whatever accept the payload made.
+    let mut served = false;
+    let t = Instant::now();
+    while !served && t.elapsed() < Duration::from_secs(8) {
+        let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut b = [0u8; 1];
+        served = c.write_all(b"X").is_ok() && c.read_exact(&mut b).is_ok() && b == *b"X";
+    }
+    let t = Instant::now();
+    while !std::fs::read_to_string(&out).unwrap_or_default().contains("io-uring-accept") && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    child.sigterm();
+    let t = Instant::now();
+    while child.0.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(child);
+    assert!(text.contains("io-uring-accept blocked"), "{text}");
+    assert!(served, "the host client was not served: {text}");
+    assert_no_sandbox_left();
+}

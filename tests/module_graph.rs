@@ -104,7 +104,7 @@ fn cycle_from(g: &BTreeMap<String, BTreeSet<String>>, start: &str) -> Option<Vec
 #[test]
 fn the_modules_have_no_import_cycle() {
     let g = graph();
-    assert!(g.len() > 30 && g.contains_key("launch::parent") && g["launch::parent"].contains("policy"), "the source was not read: {g:?}");
+    assert!(g.len() > 30 && g.contains_key("launch::request") && g["launch::request"].contains("policy"), "the source was not read: {g:?}");
     let cycles: Vec<String> = g.keys().filter_map(|m| cycle_from(&g, m)).map(|c| c.join(" -> ")).collect();
     assert!(cycles.is_empty(), "import cycles:\n{}", cycles.join("\n"));
 }

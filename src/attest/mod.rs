@@ -7,5 +7,6 @@
 pub mod inspect;
 pub mod probe;
 pub mod probe_net;
+pub mod probe_uring;
 pub mod verify;
 pub mod verify_probe;

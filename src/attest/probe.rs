@@ -33,6 +33,7 @@ pub fn main(name: &str, rest: &[String]) -> u8 {
         ("signalled-server", Some(port)) => return signalled_server(port),
         ("accept-race", Some(port)) => return accept_race(port),
         ("accept-kinds", _) => accept_kinds(),
+        ("io-uring-accept", Some(port)) => return crate::attest::probe_uring::main(port),
         ("interrupted-accepts", Some(n)) => return interrupted_accepts(n),
         ("redirect", Some(port)) => return redirect(port, rest.get(1).map_or("http://127.0.0.1:1/", String::as_str)),
         ("hostile-output", Some(port)) => return hostile_output(port),

@@ -321,6 +321,11 @@ pub fn broker(opts: &Options) -> Result<(), String> {
         let start = Instant::now();
         let server =
             Killed(Command::new(&exe).args(["__probe", "serve", &port.to_string()]).stderr(Stdio::null()).spawn().map_err(|e| e.to_string())?);
+        // Polled every 0.2 ms until it listens (the checker's back-off after a
+        // refused connection would add up to milliseconds to the baseline).
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_micros(200));
+        }
         let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         crate::net::health::wait(
             &crate::net::health::Check::Http { netns: None, port, request: crate::net::health::request("/", port, None) },

@@ -27,7 +27,7 @@ pub(super) fn gen_docs(dir: &Path) -> CliResult {
     Ok(0)
 }
 
-/// The command tree without its hidden subcommands (`__init`, `__probe`,
+/// The command tree without its hidden subcommands (`__probe`,
 /// `__gen-docs`), which clap_complete would otherwise offer.
 fn visible(cmd: &clap::Command) -> clap::Command {
     let mut c = clap::Command::new(cmd.get_name().to_string());

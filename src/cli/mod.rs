@@ -108,8 +108,6 @@ enum Command {
     /// Write man pages and shell completions into DIR (for packaging).
     #[command(name = "__gen-docs", hide = true)]
     GenDocs { dir: PathBuf },
-    #[command(name = "__init", hide = true)]
-    Init { fd: i32 },
     #[command(name = "__probe", hide = true)]
     Probe {
         name: String,
@@ -148,7 +146,6 @@ pub fn main() -> ExitCode {
     crate::phases::mark("logging");
     let log = LogConfig { json: matches!(cli.log_format, LogFormat::Json), level: cli.log_level.clone() };
     let result = match cli.command {
-        Command::Init { fd } => launch::init::main(fd),
         Command::Probe { name, args } if name == "verify" => return ExitCode::from(crate::attest::verify_probe::main(&args)),
         Command::Probe { name, args } => return ExitCode::from(crate::attest::probe::main(&name, &args)),
         Command::Run(args) => run::run(*args, log),

@@ -10,14 +10,17 @@ pub fn cloexec_inherited() -> SysResult<()> {
     sys::close_range(3, u32::MAX, CLOSE_RANGE_CLOEXEC)
 }
 
-/// Sandbox init start-up: close every descriptor above stderr except `keep`.
-pub fn close_all_except(keep: RawFd) -> SysResult<()> {
-    let keep = keep as u32;
-    if keep > 3 {
-        sys::close_range(3, keep - 1, 0)?;
+/// Sandbox init start-up (a clone of the launcher): close every descriptor
+/// above stderr except those in `keep` (sorted in place).
+pub fn close_all_except_these(keep: &mut [RawFd]) -> SysResult<()> {
+    keep.sort_unstable();
+    let mut from: u32 = 3;
+    for &k in keep.iter().filter(|&&k| k >= 3) {
+        let k = k as u32;
+        if k > from {
+            sys::close_range(from, k - 1, 0)?;
+        }
+        from = from.max(k + 1);
     }
-    if keep < u32::MAX {
-        sys::close_range(keep.max(2) + 1, u32::MAX, 0)?;
-    }
-    Ok(())
+    sys::close_range(from, u32::MAX, 0)
 }

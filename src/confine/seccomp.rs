@@ -225,6 +225,12 @@ fn arch_guard() -> BpfProgram {
 /// disconnects and points elsewhere must not carry data in a SYN. Only argument
 /// registers are inspected, so nothing here can race. Foreign architectures are
 /// left to the guard.
+///
+/// io_uring is refused here too (EPERM, as the default policy's list), whatever
+/// the policy allows: its operations (accept, listen, send with
+/// `MSG_FASTOPEN`, setsockopt) are made by the kernel, not by system calls,
+/// so no filter would see them, and an accept through it took the launcher's
+/// placeholder instead of its host client.
 pub fn accept_notify_program() -> BpfProgram {
     const LD_W_ABS: u16 = 0x20;
     const JEQ_K: u16 = 0x05 | 0x10;
@@ -239,31 +245,36 @@ pub fn accept_notify_program() -> BpfProgram {
     let deny = libc::SECCOMP_RET_ERRNO | libc::EOPNOTSUPP as u32;
     let allow = libc::SECCOMP_RET_ALLOW;
     let fastopen = libc::MSG_FASTOPEN as u32;
+    let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
     vec![
         /* 0 */ stmt(LD_W_ABS, 4),
-        /* 1 */ jump(JEQ_K, native, 0, 8), // -> 10 allow
+        /* 1 */ jump(JEQ_K, native, 0, 11), // -> 13 allow
         /* 2 */ stmt(LD_W_ABS, 0),
-        /* 3 */ jump(JEQ_K, libc::SYS_accept as u32, 7, 0), // -> 11 notify
-        /* 4 */ jump(JEQ_K, libc::SYS_accept4 as u32, 6, 0), // -> 11 notify
-        /* 5 */ jump(JEQ_K, libc::SYS_listen as u32, 5, 0), // -> 11 notify
-        /* 6 */ jump(JEQ_K, libc::SYS_sendto as u32, 5, 0), // -> 12 flags in arg 3
-        /* 7 */ jump(JEQ_K, libc::SYS_sendmmsg as u32, 4, 0), // -> 12 flags in arg 3
-        /* 8 */ jump(JEQ_K, libc::SYS_sendmsg as u32, 6, 0), // -> 15 flags in arg 2
-        /* 9 */ jump(JEQ_K, libc::SYS_setsockopt as u32, 8, 0), // -> 18
-        /* 10 */ stmt(RET_K, allow),
-        /* 11 */ stmt(RET_K, notify),
-        /* 12 */ stmt(LD_W_ABS, arg(3)),
-        /* 13 */ jump(JSET_K, fastopen, 9, 0), // -> 23 deny
-        /* 14 */ stmt(RET_K, allow),
-        /* 15 */ stmt(LD_W_ABS, arg(2)),
-        /* 16 */ jump(JSET_K, fastopen, 6, 0), // -> 23 deny
+        /* 3 */ jump(JEQ_K, libc::SYS_accept as u32, 10, 0), // -> 14 notify
+        /* 4 */ jump(JEQ_K, libc::SYS_accept4 as u32, 9, 0), // -> 14 notify
+        /* 5 */ jump(JEQ_K, libc::SYS_listen as u32, 8, 0), // -> 14 notify
+        /* 6 */ jump(JEQ_K, libc::SYS_sendto as u32, 8, 0), // -> 15 flags in arg 3
+        /* 7 */ jump(JEQ_K, libc::SYS_sendmmsg as u32, 7, 0), // -> 15 flags in arg 3
+        /* 8 */ jump(JEQ_K, libc::SYS_sendmsg as u32, 9, 0), // -> 18 flags in arg 2
+        /* 9 */ jump(JEQ_K, libc::SYS_setsockopt as u32, 11, 0), // -> 21
+        /* 10 */ jump(JEQ_K, libc::SYS_io_uring_setup as u32, 16, 0), // -> 27 EPERM
+        /* 11 */ jump(JEQ_K, libc::SYS_io_uring_enter as u32, 15, 0), // -> 27 EPERM
+        /* 12 */ jump(JEQ_K, libc::SYS_io_uring_register as u32, 14, 0), // -> 27 EPERM
+        /* 13 */ stmt(RET_K, allow),
+        /* 14 */ stmt(RET_K, notify),
+        /* 15 */ stmt(LD_W_ABS, arg(3)),
+        /* 16 */ jump(JSET_K, fastopen, 9, 0), // -> 26 deny
         /* 17 */ stmt(RET_K, allow),
-        /* 18 */ stmt(LD_W_ABS, arg(1)),
-        /* 19 */ jump(JEQ_K, libc::IPPROTO_TCP as u32, 0, 2), // -> 22 allow
-        /* 20 */ stmt(LD_W_ABS, arg(2)),
-        /* 21 */ jump(JEQ_K, TCP_FASTOPEN_CONNECT, 1, 0), // -> 23 deny
-        /* 22 */ stmt(RET_K, allow),
-        /* 23 */ stmt(RET_K, deny),
+        /* 18 */ stmt(LD_W_ABS, arg(2)),
+        /* 19 */ jump(JSET_K, fastopen, 6, 0), // -> 26 deny
+        /* 20 */ stmt(RET_K, allow),
+        /* 21 */ stmt(LD_W_ABS, arg(1)),
+        /* 22 */ jump(JEQ_K, libc::IPPROTO_TCP as u32, 0, 2), // -> 25 allow
+        /* 23 */ stmt(LD_W_ABS, arg(2)),
+        /* 24 */ jump(JEQ_K, TCP_FASTOPEN_CONNECT, 1, 0), // -> 26 deny
+        /* 25 */ stmt(RET_K, allow),
+        /* 26 */ stmt(RET_K, deny),
+        /* 27 */ stmt(RET_K, eperm),
     ]
 }
 
@@ -573,6 +584,60 @@ mod tests {
 
     fn rule(syscalls: &[&str], args: Vec<ArgCondition>) -> DenyRule {
         DenyRule { syscalls: syscalls.iter().map(|s| s.to_string()).collect(), args, errno: "EPERM".into(), reason: "test".into() }
+    }
+
+    /// Run a classic-BPF seccomp program (the instructions the hand-assembled
+    /// programs use) on a native call `nr` with `args`.
+    fn run(program: &[seccompiler::sock_filter], nr: i64, args: [u64; 6]) -> u32 {
+        let native = if cfg!(target_arch = "aarch64") { AUDIT_ARCH_AARCH64 } else { AUDIT_ARCH_X86_64 };
+        let word = |off: u32| -> u32 {
+            match off {
+                0 => nr as u32,
+                4 => native,
+                o if o >= 16 => {
+                    let a = args[((o - 16) / 8) as usize];
+                    if (o - 16) % 8 == 0 { a as u32 } else { (a >> 32) as u32 }
+                }
+                o => panic!("load at {o}"),
+            }
+        };
+        let (mut pc, mut acc) = (0usize, 0u32);
+        loop {
+            let i = &program[pc];
+            pc += 1;
+            match i.code {
+                0x20 => acc = word(i.k),
+                0x06 => return i.k,
+                0x15 => pc += usize::from(if acc == i.k { i.jt } else { i.jf }),
+                0x45 => pc += usize::from(if acc & i.k != 0 { i.jt } else { i.jf }),
+                c => panic!("instruction {c:#x}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_accept_notify_program_notifies_accepts_and_refuses_io_uring_and_fast_open() {
+        let p = accept_notify_program();
+        let (notify, allow) = (libc::SECCOMP_RET_USER_NOTIF, libc::SECCOMP_RET_ALLOW);
+        let errno = |e: i32| libc::SECCOMP_RET_ERRNO | e as u32;
+        for nr in [libc::SYS_accept, libc::SYS_accept4, libc::SYS_listen] {
+            assert_eq!(run(&p, nr, [0; 6]), notify, "{nr}");
+        }
+        for nr in [libc::SYS_io_uring_setup, libc::SYS_io_uring_enter, libc::SYS_io_uring_register] {
+            assert_eq!(run(&p, nr, [0; 6]), errno(libc::EPERM), "{nr}");
+        }
+        let fastopen = libc::MSG_FASTOPEN as u64;
+        assert_eq!(run(&p, libc::SYS_sendto, [0, 0, 0, fastopen, 0, 0]), errno(libc::EOPNOTSUPP));
+        assert_eq!(run(&p, libc::SYS_sendmmsg, [0, 0, 0, fastopen, 0, 0]), errno(libc::EOPNOTSUPP));
+        assert_eq!(run(&p, libc::SYS_sendmsg, [0, 0, fastopen, 0, 0, 0]), errno(libc::EOPNOTSUPP));
+        assert_eq!(run(&p, libc::SYS_setsockopt, [0, libc::IPPROTO_TCP as u64, 30, 0, 0, 0]), errno(libc::EOPNOTSUPP));
+        assert_eq!(run(&p, libc::SYS_sendto, [0; 6]), allow);
+        assert_eq!(run(&p, libc::SYS_sendmsg, [0; 6]), allow);
+        assert_eq!(run(&p, libc::SYS_setsockopt, [0, libc::IPPROTO_TCP as u64, 1, 0, 0, 0]), allow);
+        assert_eq!(run(&p, libc::SYS_setsockopt, [0, libc::SOL_SOCKET as u64, 30, 0, 0, 0]), allow);
+        for nr in [libc::SYS_read, libc::SYS_connect, libc::SYS_socket] {
+            assert_eq!(run(&p, nr, [0; 6]), allow, "{nr}");
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The typed channel between the launcher (parent) and the sandbox init (child):
-//! a `SOCK_SEQPACKET` socketpair carrying one JSON message per packet, plus the
-//! parent's prepared mount fds (`SCM_RIGHTS`) with the spec.
+//! a `SOCK_SEQPACKET` socketpair carrying one JSON message per packet. The init
+//! is a clone of the launcher, so it already holds its spec and the prepared
+//! mount fds; the parent only tells it when to go on, and init reports back
+//! (with the handoff's notification listener as `SCM_RIGHTS`).
 //!
 //! Each side has one method per message it expects; anything else is an error.
 
@@ -10,16 +12,20 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use serde::{Deserialize, Serialize};
 
-use super::spec::{InitSpec, PayloadStatus};
+use super::spec::PayloadStatus;
 
 /// Largest message either side accepts.
-pub const MAX_MESSAGE: usize = 256 * 1024;
-/// Most fds the parent sends with a spec.
-pub const MAX_FDS: usize = 200;
+pub const MAX_MESSAGE: usize = 64 * 1024;
+/// Most fds a message may carry.
+pub const MAX_FDS: usize = 4;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToInit {
-    Spec(Box<InitSpec>),
+    /// The uid/gid maps are written and the mounts are ready (idmapped): build
+    /// the sandbox.
+    Go,
+    /// The outbound listeners exist in our network namespace: start the payload.
+    Listening,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -57,10 +63,10 @@ struct Socket {
     fd: OwnedFd,
 }
 
-/// The launcher's end (host root): sends the spec, receives what init reports.
+/// The launcher's end (host root): says go, receives what init reports.
 pub struct ParentEnd(Socket);
 
-/// The sandbox init's end: receives the spec, reports to the launcher.
+/// The sandbox init's end: waits for go, reports to the launcher.
 pub struct InitEnd(Socket);
 
 impl Socket {
@@ -81,9 +87,14 @@ impl Socket {
         let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
         let (len, fds, truncated) = {
             let mut iov = [IoSliceMut::new(&mut buf)];
+            let mut reset = false;
             let msg = loop {
                 match recvmsg::<()>(self.fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
                     Err(nix::Error::EINTR) => continue,
+                    // The peer closed with a message of ours unread (init
+                    // failed before it read `Listening`): the kernel reports
+                    // that once, before what the peer sent us; read on.
+                    Err(nix::Error::ECONNRESET) if !reset => reset = true,
                     other => break other?,
                 }
             };
@@ -115,8 +126,12 @@ impl ParentEnd {
         self.0.fd.as_raw_fd()
     }
 
-    pub fn send_spec(&self, spec: &InitSpec, fds: &[RawFd]) -> Result<(), ChannelError> {
-        self.0.send(&ToInit::Spec(Box::new(spec.clone())), fds)
+    pub fn send_go(&self) -> Result<(), ChannelError> {
+        self.0.send(&ToInit::Go, &[])
+    }
+
+    pub fn send_listening(&self) -> Result<(), ChannelError> {
+        self.0.send(&ToInit::Listening, &[])
     }
 
     /// A message from init; only `Running` may carry a descriptor (the seccomp
@@ -136,9 +151,21 @@ impl InitEnd {
         InitEnd(Socket { fd })
     }
 
-    pub fn recv_spec(&self) -> Result<(InitSpec, Vec<OwnedFd>), ChannelError> {
-        let (ToInit::Spec(spec), fds) = self.0.recv::<ToInit>()?;
-        Ok((*spec, fds))
+    /// Wait for `Go`.
+    pub fn recv_go(&self) -> Result<(), ChannelError> {
+        self.recv_exactly(ToInit::Go)
+    }
+
+    /// Wait for `Listening`.
+    pub fn recv_listening(&self) -> Result<(), ChannelError> {
+        self.recv_exactly(ToInit::Listening)
+    }
+
+    fn recv_exactly(&self, want: ToInit) -> Result<(), ChannelError> {
+        match self.0.recv::<ToInit>()? {
+            (got, fds) if fds.is_empty() && std::mem::discriminant(&got) == std::mem::discriminant(&want) => Ok(()),
+            (got, _) => Err(ChannelError::Unexpected(format!("{got:?} (with descriptors or out of order)"))),
+        }
     }
 
     pub fn send_to_parent(&self, msg: &FromInit) -> Result<(), ChannelError> {
@@ -162,38 +189,16 @@ impl InitEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::launch::spec::LogConfig;
-
-    fn spec() -> InitSpec {
-        InitSpec {
-            id: "sc-test".into(),
-            uid: 1000,
-            gid: 1000,
-            mounts: vec![],
-            tmp_size: 1 << 20,
-            shm_size: 1 << 20,
-            cwd: "/w".into(),
-            home: "/tmp/home".into(),
-            argv: vec!["/bin/true".into()],
-            env: vec![],
-            stop_timeout_ms: 5000,
-            handoff: false,
-            log: LogConfig { json: false, level: "warn".into() },
-            trace_phases: false,
-            landlock: Default::default(),
-            seccomp: vec![],
-        }
-    }
 
     #[test]
-    fn spec_and_fds_cross_the_channel() {
+    fn go_and_reports_cross_the_channel() {
         let (a, b) = crate::sys::socketpair_seqpacket().unwrap();
         let (parent, child) = (ParentEnd::new(a), InitEnd::new(b));
         let f = std::fs::File::open("/dev/null").unwrap();
-        parent.send_spec(&spec(), &[f.as_raw_fd()]).unwrap();
-        let (got, fds) = child.recv_spec().unwrap();
-        assert_eq!(got.id, "sc-test");
-        assert_eq!(fds.len(), 1);
+        parent.send_go().unwrap();
+        child.recv_go().unwrap();
+        parent.send_listening().unwrap();
+        child.recv_listening().unwrap();
         child.send_to_parent(&FromInit::Exited(PayloadStatus::Signaled(15))).unwrap();
         assert!(matches!(parent.recv_from_init().unwrap(), (FromInit::Exited(PayloadStatus::Signaled(15)), None)));
         child.send_running(Some(f.as_raw_fd())).unwrap();
@@ -207,7 +212,7 @@ mod tests {
         assert!(!child.peer_gone());
         drop(a);
         assert!(child.peer_gone());
-        assert!(matches!(child.recv_spec(), Err(ChannelError::Closed)));
+        assert!(matches!(child.recv_go(), Err(ChannelError::Closed)));
     }
 
     #[test]

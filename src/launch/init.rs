@@ -1,16 +1,23 @@
-//! Child side: `swarmcell __init FD`, exec'd by the launcher into new user,
-//! mount, PID, network, IPC and UTS namespaces. Single-threaded, pid 1.
+//! Child side: the sandbox init, a `clone` of the launcher (no exec) into new
+//! user, mount, PID, network, IPC and UTS namespaces. Single-threaded (the
+//! launcher is when it clones, which it checks), pid 1. It already holds its
+//! spec and the prepared mount fds (a copy of the launcher's memory and fds,
+//! made before the clone), and never returns into the launcher's code: it ends
+//! with `_exit`, so none of the launcher's destructors (leases, cgroups) runs here.
 //!
 //! The sequence, in order, each step for a reason:
-//! 1. reset signals and close every inherited fd but the channel (nothing of the
-//!    launcher's survives into the sandbox);
-//! 2. receive the spec (sent only after the parent wrote our uid/gid maps);
+//! 1. become non-dumpable (this memory is a copy of the launcher's), reset
+//!    signals and close every fd but the channel and the mount fds (nothing else
+//!    of the launcher's survives into the sandbox); bring `lo` up;
+//! 2. wait for `Go` (sent only after the parent wrote our uid/gid maps and
+//!    idmapped the worktree mount); later, before the payload starts, for
+//!    `Listening` (the launcher's outbound listeners exist);
 //! 3. become the sandbox uid/gid (capabilities in our own user namespace are
 //!    kept: uid 0 is not mapped, so the kernel does not clear them), re-arm the
 //!    parent-death signal that the uid change cleared;
 //! 4. enter a new cgroup namespace rooted at the cgroup the parent placed us in;
 //! 5. build the root filesystem and `pivot_root` into it;
-//! 6. hostname (the launcher already brought `lo` up);
+//! 6. hostname;
 //! 7. fork the payload ([`super::payload`]): setsid, no_new_privs, drop all
 //!    capabilities, close fds, chdir to the worktree, execve;
 //! 8. drop our own capabilities and stay as a reaping init that forwards signals;
@@ -19,7 +26,7 @@
 
 use std::ffi::CString;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use super::channel::{FromInit, InitEnd};
@@ -41,30 +48,45 @@ impl<E: std::fmt::Display> From<E> for Failure {
     }
 }
 
-/// Entry point of `swarmcell __init FD`. Never returns.
-pub fn main(channel_fd: RawFd) -> ! {
+/// Entry point of the cloned init. Never returns.
+///
+/// `channel` is our end of the channel; `mount_fds` are the parent's prepared
+/// mount trees (the spec's `fd_index`es), inherited through the clone.
+pub fn main(channel: OwnedFd, spec: &InitSpec, mount_fds: &[OwnedFd]) -> ! {
+    // Whatever happens below, never unwind into the launcher's frames.
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(channel, spec, mount_fds))).unwrap_or(super::EXIT_LAUNCHER_ERROR);
+    // SAFETY: _exit ends this process without running the launcher's atexit
+    // handlers or flushing its buffers (a copy of the launcher's memory).
+    unsafe { libc::_exit(code.into()) }
+}
+
+fn serve(channel: OwnedFd, spec: &InitSpec, mount_fds: &[OwnedFd]) -> u8 {
+    // First: this memory is a copy of the launcher's. (The payload, once it runs
+    // as our uid, could otherwise read it through ptrace or /proc/1/mem.)
+    // SAFETY: prctl with integer arguments.
+    let dumpable = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     sys::reset_signal_dispositions();
     let _ = sys::set_sigmask(libc::SIG_SETMASK, &sys::sigset(&[]));
-    if !sys::fd_is_open(channel_fd) || crate::confine::fds::close_all_except(channel_fd).is_err() || sys::set_cloexec(channel_fd, true).is_err() {
-        eprintln!("swarmcell __init: invalid channel fd {channel_fd}; this mode is started by `swarmcell run` only");
-        std::process::exit(super::EXIT_LAUNCHER_ERROR.into());
+    let mut keep: Vec<RawFd> = mount_fds.iter().map(|f| f.as_raw_fd()).chain([channel.as_raw_fd()]).collect();
+    if dumpable != 0 || crate::confine::fds::close_all_except_these(&mut keep).is_err() || sys::set_cloexec(channel.as_raw_fd(), true).is_err() {
+        return super::EXIT_LAUNCHER_ERROR;
     }
-    // Exec'd as /proc/self/exe; name ourselves for ps and /proc/1/stat.
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"swarmcell-init".as_ptr()) };
-    // SAFETY: the fd was passed to us by the launcher and is owned by nobody else.
-    let chan = InitEnd::new(unsafe { OwnedFd::from_raw_fd(channel_fd) });
-    let (spec, fds) = match chan.recv_spec() {
-        Ok(x) => x,
-        // The launcher died or gave up before sending the spec: nothing to report to.
-        Err(_) => std::process::exit(super::EXIT_LAUNCHER_ERROR.into()),
-    };
-    if spec.trace_phases {
-        crate::phases::enable();
-        crate::phases::mark("init: spec received");
+    let chan = InitEnd::new(channel);
+    // The loopback interface, while the parent writes our maps (we hold
+    // CAP_NET_ADMIN over this network namespace from the clone on).
+    let lo = sys::loopback_up();
+    if chan.recv_go().is_err() {
+        // The launcher died or gave up: nothing to report to.
+        return super::EXIT_LAUNCHER_ERROR;
     }
-    crate::logging::init(spec.log.json, &spec.log.level);
-    let msg = match run(&chan, &spec, fds) {
+    crate::phases::mark("init: go received");
+    let result = match lo {
+        Ok(()) => run(&chan, spec, mount_fds),
+        Err(e) => Err(Failure::Setup(format!("bringing lo up: {e}"))),
+    };
+    let msg = match result {
         Ok(status) => FromInit::Exited(status),
         Err(Failure::Setup(message)) => FromInit::SetupFailed { message: format!("sandbox {}: {message}", spec.id) },
         Err(Failure::Exec { path, errno }) => FromInit::ExecFailed { path, errno },
@@ -74,10 +96,10 @@ pub fn main(channel_fd: RawFd) -> ! {
         _ => super::EXIT_LAUNCHER_ERROR,
     };
     let _ = chan.send_to_parent(&msg);
-    std::process::exit(code.into())
+    code
 }
 
-fn run(chan: &InitEnd, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStatus, Failure> {
+fn run(chan: &InitEnd, spec: &InitSpec, fds: &[OwnedFd]) -> Result<PayloadStatus, Failure> {
     // SAFETY: getpid has no preconditions.
     if unsafe { libc::getpid() } != 1 {
         return Err(Failure::Setup("sandbox init is not pid 1 of a new PID namespace".into()));
@@ -101,12 +123,16 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStat
     }
     crate::phases::mark("init: credentials and cgroup namespace");
     tracing::debug!("init: credentials set");
-    crate::fs::rootfs::build(spec, &fds)?;
-    drop(fds);
+    crate::fs::rootfs::build(spec, fds)?;
+    // The mount trees are attached: close them (they are the launcher's copies).
+    for f in fds {
+        // SAFETY: closing our copy of a descriptor nothing else here uses; its
+        // OwnedFd (the launcher's) is never dropped in this process.
+        unsafe { libc::close(f.as_raw_fd()) };
+    }
     crate::phases::mark("init: root built");
     tracing::debug!("init: root built");
-    // (lo was brought up by the launcher, which also created the outbound
-    // listeners in this network namespace.)
+    // (The launcher created the outbound listeners in this network namespace.)
     sys::sethostname(&spec.id)?;
 
     let mut prepared = prepare_exec(spec)?;
@@ -121,8 +147,12 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: Vec<OwnedFd>) -> Result<PayloadStat
     let mask = sys::sigset(&watched);
     sys::set_sigmask(libc::SIG_BLOCK, &mask)?;
     let (err_r, err_w) = sys::pipe_cloexec()?;
+    // The launcher made the outbound listeners meanwhile; the payload may
+    // connect to them from its first instruction on.
+    chan.recv_listening().map_err(|e| Failure::Setup(format!("waiting for the launcher's listeners: {e}")))?;
+    crate::phases::mark("init: listeners ready");
 
-    // SAFETY: this process is single-threaded (a fresh exec), so the child may run
+    // SAFETY: this process is single-threaded (a clone of a single-threaded launcher), so the child may run
     // ordinary code; it only makes the syscalls in payload::exec anyway.
     let payload_pid = match unsafe { nix::unistd::fork() }.map_err(|e| Failure::Setup(format!("fork: {e}")))? {
         nix::unistd::ForkResult::Child => {

@@ -1,19 +1,24 @@
 //! Launching one sandbox.
 //!
-//! - [`parent`]: the launcher side (host root). Validates, prepares mounts and
-//!   ids, `clone`s the init into new namespaces, writes its maps, sends the spec,
-//!   forwards signals and reports the payload's status.
-//! - [`init`]: the child side, a re-exec of this binary (`swarmcell __init`),
-//!   single-threaded, pid 1 of the new PID namespace: builds the root, drops
-//!   privileges, forks the payload and stays as a tiny reaping init.
+//! - [`parent`]: the launcher side (host root). Validates ([`request`]),
+//!   prepares mounts and ids, `clone`s the init into new namespaces, writes its
+//!   maps, tells it to go on; [`sandbox`] waits, forwards signals and reports
+//!   the payload's status; [`network`] holds the launcher's services for it.
+//! - [`init`]: the child side, a clone of the (single-threaded) launcher, no
+//!   exec: pid 1 of the new PID namespace: builds the root, drops privileges,
+//!   forks the payload and stays as a tiny reaping init.
 //! - [`payload`]: the last steps in the payload process, between fork and exec.
-//! - [`channel`], [`spec`]: the typed messages between the two sides.
+//! - [`channel`], [`spec`]: the typed messages between the two sides, and what
+//!   init is told (prepared before the clone).
 
 pub mod channel;
 pub mod events;
 pub mod init;
+pub mod network;
 pub mod parent;
 pub mod payload;
+pub mod request;
+pub mod sandbox;
 pub mod spec;
 
 /// Exit code for an error of swarmcell itself (bad input, kernel refusal).

@@ -1,5 +1,6 @@
-//! What the parent tells the sandbox init: everything decided and validated on
-//! the privileged side, so the child only applies it.
+//! What the sandbox init is to do: everything decided and validated on the
+//! privileged side before the clone (the init inherits it), so the child only
+//! applies it. (Its logging and phase tracing are the launcher's, inherited too.)
 
 use std::path::PathBuf;
 
@@ -23,16 +24,12 @@ pub struct InitSpec {
     /// After the payload exits, how long the rest of the sandbox gets between
     /// SIGTERM and the end of the PID namespace.
     pub stop_timeout_ms: u64,
-    pub log: LogConfig,
     pub landlock: crate::confine::landlock::LandlockSpec,
     /// Socket handoff: the payload turns its accept() calls into notifications
     /// for the launcher (see crate::net::handoff).
     pub handoff: bool,
     /// Compiled seccomp programs, loaded in order: (code, jt, jf, k) per instruction.
     pub seccomp: Vec<Vec<(u16, u8, u8, u32)>>,
-    /// `SWARMCELL_TRACE_PHASES` was set for the launcher: init prints its phases too.
-    #[serde(default)]
-    pub trace_phases: bool,
 }
 
 /// Flatten compiled BPF for the channel.

@@ -99,21 +99,58 @@ impl Netns {
         self.inside(move || TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))))
     }
 
-    /// Bring the namespace's loopback interface up and listen on 127.0.0.1 on
-    /// each of `ports`, in one trip into the namespace (the listeners are the
-    /// launcher's, never created by code running as the sandbox).
-    pub fn loopback_up_and_listen(&self, ports: Vec<u16>) -> std::io::Result<Vec<TcpListener>> {
-        self.inside(move || {
-            crate::sys::loopback_up().map_err(|e| std::io::Error::from_raw_os_error(e.errno as i32))?;
-            ports
-                .iter()
-                .map(|p| {
-                    TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], *p)))
-                        .map_err(|e| std::io::Error::new(e.kind(), format!("127.0.0.1:{p}: {e}")))
-                })
-                .collect()
-        })
+    /// Listen on 127.0.0.1 on each of `ports` inside the namespace, from the
+    /// calling thread (it enters the namespace and comes back; no thread is
+    /// made). The listeners are the launcher's, never created by code running
+    /// as the sandbox. `IP_FREEBIND`: the sandbox init brings `lo` up at the
+    /// same time; once it is up, 127.0.0.1:PORT reaches these listeners, and
+    /// it is up before the payload starts.
+    pub fn listen_inside(&self, ports: &[u16]) -> std::io::Result<Vec<TcpListener>> {
+        let home = Netns::current()?;
+        self.run_inside(&home, || {
+            ports.iter().map(|p| listen_freebind(*p).map_err(|e| std::io::Error::new(e.kind(), format!("127.0.0.1:{p}: {e}")))).collect()
+        })?
     }
+}
+
+/// A listener on 127.0.0.1:`port` that binds even before the address exists.
+fn listen_freebind(port: u16) -> std::io::Result<TcpListener> {
+    use std::os::fd::FromRawFd;
+    let one: libc::c_int = 1;
+    let opt = |fd: &OwnedFd, level, name| {
+        // SAFETY: a valid int option value and its size.
+        let r = unsafe {
+            libc::setsockopt(fd.as_raw_fd(), level, name, (&one as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+        };
+        if r != 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+    };
+    // SAFETY: a plain socket call.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    opt(&fd, libc::IPPROTO_IP, libc::IP_FREEBIND)?;
+    // As std's listeners.
+    opt(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: addr is a valid sockaddr_in of the given size.
+    if unsafe { libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t) }
+        != 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: listen on our bound socket.
+    if unsafe { libc::listen(fd.as_raw_fd(), 128) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(TcpListener::from(fd))
 }
 
 /// Where a relay connects each accepted connection.

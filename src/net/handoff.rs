@@ -70,6 +70,9 @@ pub struct Config {
     pub ingress: Option<crate::net::broker::Ingress>,
     /// Most admitted connections waiting for the payload's accept.
     pub max_pending: usize,
+    /// Written to (one byte, non-blocking) when the payload listens on its
+    /// inner port: the health check tries at once.
+    pub on_inner_listen: Option<Arc<OwnedFd>>,
 }
 
 /// Most accepts of the payload waiting (blocking) for a connection at once.
@@ -110,7 +113,7 @@ impl Handoff {
         listener.set_nonblocking(true)?;
         let notify = {
             let (stop, pending, inner) = (stop.clone(), pending.clone(), cfg.inner);
-            let ctx = NotifyCtx { inner, host_netns, wake: wake_w };
+            let ctx = NotifyCtx { inner, host_netns, wake: wake_w, on_inner_listen: cfg.on_inner_listen.clone() };
             std::thread::Builder::new().name("handoff-notify".into()).spawn(move || notify_loop(&notify, &ctx, &pending, &stop))?
         };
         let accept = {
@@ -357,6 +360,8 @@ struct NotifyCtx {
     host_netns: u64,
     /// Written when the payload listens on its inner port.
     wake: OwnedFd,
+    /// Written then too, for the health check.
+    on_inner_listen: Option<Arc<OwnedFd>>,
 }
 
 fn notify_loop(notify: &OwnedFd, ctx: &NotifyCtx, pending: &PendingMap, stop: &AtomicBool) {
@@ -521,8 +526,10 @@ fn on_listen(notify: RawFd, req: &libc::seccomp_notif, ctx: &NotifyCtx, pidfds: 
         return Reply::Error(io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL));
     }
     if local_addr(sock.as_raw_fd()).is_some_and(|a| a.port() == ctx.inner) {
-        // SAFETY: one byte to our non-blocking pipe; a full pipe already wakes.
-        unsafe { libc::write(ctx.wake.as_raw_fd(), b"L".as_ptr().cast(), 1) };
+        for fd in [Some(&ctx.wake), ctx.on_inner_listen.as_deref()].into_iter().flatten() {
+            // SAFETY: one byte to a non-blocking pipe; a full pipe already wakes.
+            unsafe { libc::write(fd.as_raw_fd(), b"L".as_ptr().cast(), 1) };
+        }
     }
     Reply::Value(0)
 }

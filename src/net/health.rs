@@ -19,7 +19,7 @@
 //! (checks overlap, see [`wait`]).
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -191,17 +191,47 @@ struct Attempt {
 /// once; the first 2xx wins. A refused connection is retried after 1 ms,
 /// backing off to 25 ms.
 pub fn wait(check: &Check, deadline: Duration, cancel: &Arc<AtomicBool>) -> Result<Duration, HealthError> {
+    wait_kicked(check, deadline, cancel, None)
+}
+
+/// [`wait`], and each time `kick` (a non-blocking pipe's read end) becomes
+/// readable, a new attempt at once: the socket handoff writes to it when the
+/// payload listens on its inner port, so a refused connection's back-off
+/// (up to 25 ms) never delays the first answer.
+pub fn wait_kicked(check: &Check, deadline: Duration, cancel: &Arc<AtomicBool>, kick: Option<RawFd>) -> Result<Duration, HealthError> {
     let start = Instant::now();
     if let Check::Http { netns: Some(ns), .. } | Check::Tcp { netns: Some(ns), .. } = check {
         ns.enter().map_err(|e| HealthError::Setup(format!("entering the sandbox's network namespace: {e}")))?;
     }
     match check {
-        Check::Http { port, request, .. } => wait_http(*port, request, start, deadline, cancel),
-        Check::Tcp { port, .. } => wait_tcp(*port, start, deadline, cancel),
+        Check::Http { port, request, .. } => wait_http(*port, request, start, deadline, cancel, kick),
+        Check::Tcp { port, .. } => wait_tcp(*port, start, deadline, cancel, kick),
     }
 }
 
-fn wait_tcp(port: u16, start: Instant, deadline: Duration, cancel: &Arc<AtomicBool>) -> Result<Duration, HealthError> {
+/// Sleep up to `d`, less when `kick` becomes readable (then drained): true if kicked.
+fn sleep_or_kick(d: Duration, kick: Option<RawFd>) -> bool {
+    let Some(fd) = kick else {
+        std::thread::sleep(d);
+        return false;
+    };
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let ms = d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd.
+    let kicked = unsafe { libc::poll(&mut pfd, 1, ms) } > 0 && pfd.revents != 0;
+    if kicked {
+        drain_kick(fd);
+    }
+    kicked
+}
+
+fn drain_kick(fd: RawFd) {
+    let mut buf = [0u8; 64];
+    // SAFETY: reading into a local buffer from a non-blocking pipe.
+    while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+}
+
+fn wait_tcp(port: u16, start: Instant, deadline: Duration, cancel: &Arc<AtomicBool>, kick: Option<RawFd>) -> Result<Duration, HealthError> {
     let mut interval = Duration::from_millis(1);
     loop {
         if cancel.load(Ordering::SeqCst) {
@@ -214,12 +244,22 @@ fn wait_tcp(port: u16, start: Instant, deadline: Duration, cancel: &Arc<AtomicBo
         if start.elapsed() >= deadline {
             return Err(HealthError::Timeout { after: deadline, last: Some(why) });
         }
-        std::thread::sleep(interval.min(deadline.saturating_sub(start.elapsed())));
-        interval = (interval * 2).min(Duration::from_millis(25));
+        if sleep_or_kick(interval.min(deadline.saturating_sub(start.elapsed())), kick) {
+            interval = Duration::from_millis(1);
+        } else {
+            interval = (interval * 2).min(Duration::from_millis(25));
+        }
     }
 }
 
-fn wait_http(port: u16, request: &Arc<[u8]>, start: Instant, deadline: Duration, cancel: &Arc<AtomicBool>) -> Result<Duration, HealthError> {
+fn wait_http(
+    port: u16,
+    request: &Arc<[u8]>,
+    start: Instant,
+    deadline: Duration,
+    cancel: &Arc<AtomicBool>,
+    kick: Option<RawFd>,
+) -> Result<Duration, HealthError> {
     let end = start + deadline;
     let mut flight: Vec<Attempt> = Vec::with_capacity(MAX_IN_FLIGHT);
     let mut pfds: Vec<libc::pollfd> = Vec::with_capacity(MAX_IN_FLIGHT);
@@ -272,11 +312,21 @@ fn wait_http(port: u16, request: &Arc<[u8]>, start: Instant, deadline: Duration,
             events: if a.exchange.sending() { libc::POLLOUT } else { libc::POLLIN },
             revents: 0,
         }));
+        let n = pfds.len();
+        pfds.extend(kick.map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }));
         let timeout_ms = wake.saturating_duration_since(Instant::now()).as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
         // SAFETY: pfds is a valid array of pfds.len() pollfds.
         let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
         if r <= 0 {
             continue;
+        }
+        if let Some(fd) = kick
+            && pfds[n].revents != 0
+        {
+            // The payload listens now: try at once, with a fresh back-off.
+            drain_kick(fd);
+            next_start = Instant::now();
+            backoff = Duration::from_millis(1);
         }
         let mut healthy = false;
         let mut failed = false;

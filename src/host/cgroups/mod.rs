@@ -179,7 +179,9 @@ pub fn valid_parent_name(name: &str) -> bool {
 }
 
 /// A sandbox's cgroup: one directory per hierarchy. Dropping it kills whatever
-/// is still inside and removes the directories.
+/// is still inside and removes the directories. (The parent directory that
+/// holds them stays: making it again for the next sandbox costs a cgroup per
+/// hierarchy.)
 #[derive(Debug)]
 pub struct SandboxCgroup {
     version: u8,
@@ -277,6 +279,17 @@ impl SandboxCgroup {
         if self.removed {
             return Ok(());
         }
+        // Usually empty by now (the launcher reaped the init, and the kernel
+        // ended its PID namespace with it): the removal then succeeds at once,
+        // and only a cgroup still in use (EBUSY) is killed and waited for.
+        self.dirs.retain(|(_, dir)| match std::fs::remove_dir(dir) {
+            Ok(()) => false,
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        });
+        if self.dirs.is_empty() {
+            self.removed = true;
+            return Ok(());
+        }
         match self.version {
             2 => v2::kill(&self.dirs[0].1)?,
             _ => v1::kill(&self.dirs)?,
@@ -284,10 +297,6 @@ impl SandboxCgroup {
         for (_, dir) in self.dirs.iter().rev() {
             wait_empty(dir, Duration::from_secs(5))?;
             rmdir(dir)?;
-            // The parent goes too once no sandbox is left in it (EBUSY otherwise).
-            if let Some(parent) = dir.parent() {
-                let _ = std::fs::remove_dir(parent);
-            }
         }
         self.removed = true;
         Ok(())

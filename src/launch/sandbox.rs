@@ -1,0 +1,377 @@
+//! Parent side (host root): one sandbox's lifetime: its init's `clone`, the
+//! wait loop (the channel, the launcher's signals, the health check), the git
+//! publisher while it runs, the ready line, and the kill of an init that a
+//! launcher error leaves (dropping a [`Sandbox`] never leaves one behind).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use super::channel::{ChannelError, FromInit, ParentEnd};
+use super::network::{Network, Outbound};
+use super::request::RunError;
+use super::spec::{InitSpec, PayloadStatus};
+use crate::sys::{self, Errno, SysError};
+
+/// Work the wait loop does once at a given time (what a short-lived payload
+/// never needs, such as the disk monitor's thread).
+pub(super) type Deferred<'a> = Option<(std::time::Instant, Box<dyn FnOnce() -> Result<(), RunError> + 'a>)>;
+
+/// The launcher's signals, blocked and read from a signalfd so that they can be
+/// forwarded into the sandbox instead of killing the launcher.
+pub struct SignalGuard {
+    fd: OwnedFd,
+    old: libc::sigset_t,
+}
+
+const LAUNCHER_SIGNALS: [libc::c_int; 5] = [libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+impl SignalGuard {
+    pub(super) fn block() -> Result<SignalGuard, RunError> {
+        let set = sys::sigset(&LAUNCHER_SIGNALS);
+        // SAFETY: zeroed sigset_t is valid storage for the old mask.
+        let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: set and old are valid sigset_t values.
+        if unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) } != 0 {
+            return Err(RunError::Setup("pthread_sigmask failed".into()));
+        }
+        // SAFETY: set is valid; -1 creates a new signalfd.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(RunError::Sys { what: "signalfd", source: SysError { call: "signalfd".into(), errno: Errno::last() } });
+        }
+        // SAFETY: fresh fd.
+        Ok(SignalGuard { fd: unsafe { OwnedFd::from_raw_fd(fd) }, old })
+    }
+
+    /// Next pending signal, if any.
+    pub(super) fn next(&self) -> Option<libc::c_int> {
+        // SAFETY: signalfd_siginfo is plain data.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reading into a correctly sized buffer.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+        (n == size as isize).then_some(info.ssi_signo as libc::c_int)
+    }
+}
+
+impl Drop for SignalGuard {
+    fn drop(&mut self) {
+        // SAFETY: restoring the mask saved in block().
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+    }
+}
+
+/// A started sandbox init. Dropping it before it was reaped kills it: a launcher
+/// error never leaves a sandbox behind.
+pub(super) struct Sandbox {
+    pub(super) pid: libc::pid_t,
+    pub(super) host_uid: u32,
+    /// The host uid the payload works for (the worktree's owner).
+    pub(super) owner: u32,
+    pub(super) channel: ParentEnd,
+    pub(super) reaped: bool,
+    /// Listeners inside the sandbox for outbound traffic, served once it runs.
+    pub(super) outbound: Vec<(Outbound, std::net::TcpListener)>,
+    /// The sandbox's network namespace (for the broker and health checks).
+    pub(super) netns: Option<crate::net::broker::Netns>,
+}
+
+impl Sandbox {
+    /// Clone the sandbox init: it runs [`super::init::main`] on a copy of this
+    /// process (no exec), with `spec` and `mount_fds` prepared before the clone.
+    /// `attach`: v1 `tasks` files it writes "0" to first, to join its cgroups
+    /// (failing that, it exits and never runs).
+    ///
+    /// The launcher must be single-threaded here (checked): the child then runs
+    /// ordinary code on a consistent copy of the launcher's memory, as after a
+    /// `fork` of a single-threaded program.
+    pub(super) fn spawn(host_uid: u32, attach: &[OwnedFd], spec: &InitSpec, mount_fds: &[OwnedFd]) -> Result<Sandbox, RunError> {
+        // A thread joined just before (a git helper's reader) leaves the
+        // thread group a moment after its join returns: wait that out briefly.
+        let mut threads = 0;
+        for _ in 0..50 {
+            threads = sys::thread_count().map_err(|source| RunError::Sys { what: "counting the launcher's threads", source })?;
+            if threads == 1 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        if threads != 1 {
+            return Err(RunError::Setup(format!("the launcher has {threads} threads before cloning the sandbox init (it must have one)")));
+        }
+        let attach: Vec<RawFd> = attach.iter().map(|f| f.as_raw_fd()).collect();
+        let (parent_end, child_end) = sys::socketpair_seqpacket().map_err(|source| RunError::Sys { what: "creating the sandbox channel", source })?;
+        let parent_fd = parent_end.as_raw_fd();
+        let pid = match sys::clone_fork(crate::confine::ns::CLONE_FLAGS) {
+            Ok(0) => {
+                // Child, in the new namespaces: first into its cgroups (a thread
+                // moving itself is cheap on v1, see `self_attach_files`), then
+                // the parent-death signal, before anything else runs.
+                // SAFETY: raw syscalls on prepared data; _exit on failure.
+                unsafe {
+                    for fd in &attach {
+                        if libc::write(*fd, c"0".as_ptr().cast(), 1) != 1 {
+                            libc::_exit(super::EXIT_LAUNCHER_ERROR.into());
+                        }
+                    }
+                    libc::close(parent_fd);
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        libc::_exit(super::EXIT_LAUNCHER_ERROR.into());
+                    }
+                }
+                super::init::main(child_end, spec, mount_fds)
+            }
+            Ok(pid) => pid,
+            Err(e) => {
+                return Err(RunError::Namespaces(crate::confine::ns::diagnose_clone_failure(e.errno)));
+            }
+        };
+        drop(child_end);
+        Ok(Sandbox { pid, host_uid, owner: host_uid, channel: ParentEnd::new(parent_end), reaped: false, outbound: Vec::new(), netns: None })
+    }
+
+    /// Poll the channel and the launcher's signals until init is gone.
+    /// Poll the channel, the launcher's signals and the health check until init
+    /// is gone. A stop signal is forwarded (init passes it to the payload) and,
+    /// after `stop_timeout`, followed by SIGKILL.
+    pub(super) fn wait(
+        &mut self,
+        signals: &SignalGuard,
+        mut ready: Option<OwnedFd>,
+        info: &ReadyInfo,
+        network: &mut Network,
+        stop_timeout: std::time::Duration,
+        mut deferred: Deferred<'_>,
+    ) -> Result<PayloadStatus, RunError> {
+        let id = info.id;
+        let mut status = None;
+        let mut failure: Option<RunError> = None;
+        let mut channel_open = true;
+        let mut health_open = network.health.is_some();
+        let mut running = false;
+        let mut kill_at: Option<std::time::Instant> = None;
+        let mut killed_after_stop_timeout = false;
+        let mut init_status = 0;
+        while channel_open || !self.reaped {
+            let next = [kill_at, deferred.as_ref().map(|d| d.0)].into_iter().flatten().min();
+            let timeout = next.map_or(-1, |t| t.saturating_duration_since(std::time::Instant::now()).as_millis().min(i32::MAX as u128) as i32);
+            let mut pfds = vec![
+                libc::pollfd { fd: signals.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: if channel_open { self.channel.raw_fd() } else { -1 }, events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: network.health.as_ref().filter(|_| health_open).map_or(-1, |h| h.done_fd()), events: libc::POLLIN, revents: 0 },
+            ];
+            let outbound = network.pending_outbound_fds();
+            pfds.extend(outbound.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }));
+            // SAFETY: pfds is a valid array of pollfds of this length.
+            if unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) } < 0 {
+                if Errno::last() == Errno::EINTR {
+                    continue;
+                }
+                return Err(RunError::Sys { what: "waiting for the sandbox", source: SysError { call: "poll".into(), errno: Errno::last() } });
+            }
+            if pfds[3..].iter().any(|p| p.revents != 0)
+                && let Err(e) = network.serve_outbound()
+                && failure.is_none()
+            {
+                failure = Some(e);
+                let _ = sys::kill(self.pid, libc::SIGKILL);
+            }
+            if deferred.as_ref().is_some_and(|d| std::time::Instant::now() >= d.0)
+                && let Some((_, work)) = deferred.take()
+                && let Err(e) = work()
+                && failure.is_none()
+            {
+                failure = Some(e);
+                let _ = sys::kill(self.pid, libc::SIGKILL);
+            }
+            if kill_at.is_some_and(|t| std::time::Instant::now() >= t) && !self.reaped {
+                tracing::warn!(sandbox = %id, "still running {} after SIGTERM; killing", crate::policy::units::HumanDuration(stop_timeout));
+                let _ = sys::kill(self.pid, libc::SIGKILL);
+                kill_at = None;
+                killed_after_stop_timeout = true;
+            }
+            if pfds[1].revents != 0 {
+                match self.channel.recv_from_init() {
+                    Ok((FromInit::Running, notify)) => {
+                        crate::phases::mark("payload running");
+                        running = true;
+                        network.on_running(notify);
+                        if network.health.is_none() {
+                            tracing::info!(sandbox = %id, "ready");
+                            if let Some(fd) = ready.take() {
+                                write_ready(fd, info, self.pid);
+                            }
+                        }
+                    }
+                    Ok((FromInit::Exited(s), _)) => status = Some(s),
+                    Ok((FromInit::SetupFailed { message }, _)) => failure = Some(RunError::Setup(message)),
+                    Ok((FromInit::ExecFailed { path, errno }, _)) => {
+                        let errno = Errno::from_raw(errno);
+                        failure = Some(RunError::Exec { verb: if errno == Errno::ENOENT { "find" } else { "execute" }, path, errno });
+                    }
+                    Err(ChannelError::Closed) => channel_open = false,
+                    Err(e) => {
+                        failure.get_or_insert(e.into());
+                        channel_open = false;
+                    }
+                }
+            }
+            if pfds[2].revents != 0
+                && let Some(h) = &network.health
+            {
+                health_open = false;
+                match h.result() {
+                    Some(Ok(took)) if running || status.is_none() => {
+                        crate::phases::mark("healthy");
+                        tracing::info!(sandbox = %id, port = info.port, healthy_after_ms = took.as_millis() as u64, "ready");
+                        if let Some(fd) = ready.take() {
+                            write_ready(fd, info, self.pid);
+                        }
+                    }
+                    Some(Err(e)) if !matches!(e, crate::net::health::HealthError::Cancelled) && status.is_none() && failure.is_none() => {
+                        failure = Some(RunError::Health { id: id.to_string(), source: e });
+                        let _ = sys::kill(self.pid, libc::SIGKILL);
+                    }
+                    _ => {}
+                }
+            }
+            while let Some(sig) = signals.next() {
+                if sig == libc::SIGCHLD {
+                    // SAFETY: init_status is a valid int.
+                    if !self.reaped && unsafe { libc::waitpid(self.pid, &mut init_status, libc::WNOHANG) } == self.pid {
+                        self.reaped = true;
+                        if let Some(h) = &network.health {
+                            h.cancel();
+                        }
+                    }
+                } else if !self.reaped {
+                    tracing::debug!(sandbox = %id, signal = sig, "forwarding signal");
+                    let _ = sys::kill(self.pid, sig);
+                    if [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT].contains(&sig) && kill_at.is_none() {
+                        kill_at = Some(std::time::Instant::now() + stop_timeout);
+                        if let Some(h) = &network.health {
+                            h.cancel();
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(f) = failure {
+            return Err(f);
+        }
+        if ready.is_some()
+            && let Some(s) = status
+            && super::events::has_sink()
+        {
+            let how = match s {
+                PayloadStatus::Exited(c) => format!("exit status {c}"),
+                PayloadStatus::Signaled(n) => format!("signal {n}"),
+            };
+            super::events::emit(super::events::Event::StartFailed { error: format!("sandbox {id}: the payload ended ({how}) before it was ready") });
+        }
+        if killed_after_stop_timeout && status.is_none() {
+            return Ok(PayloadStatus::Signaled(libc::SIGKILL));
+        }
+        status.ok_or_else(|| {
+            let how = if libc::WIFSIGNALED(init_status) {
+                format!("killed by signal {}", libc::WTERMSIG(init_status))
+            } else {
+                format!("exit status {}", libc::WEXITSTATUS(init_status))
+            };
+            RunError::Setup(format!("sandbox {id}: init ended without reporting the payload's status ({how})"))
+        })
+    }
+}
+
+/// The publisher while the sandbox runs: the layer's branch tip is checked
+/// every 500 ms (a small bounded read), so a commit reaches the host branch
+/// within about a second.
+pub(super) struct PublishWatch {
+    pub(super) stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub(super) thread: Option<std::thread::JoinHandle<crate::git::publish::Publisher>>,
+    /// Without a thread (it could not start), publishing happens at stop only.
+    pub(super) fallback: Option<crate::git::publish::Publisher>,
+}
+
+impl PublishWatch {
+    const PERIOD: std::time::Duration = std::time::Duration::from_millis(500);
+
+    pub(super) fn start(mut p: crate::git::publish::Publisher, again: impl FnOnce() -> crate::git::publish::Publisher) -> PublishWatch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("git-publish".into())
+            .spawn(move || {
+                let mut last_error = String::new();
+                while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    match p.tick() {
+                        // Logged once per distinct error, not every period.
+                        Err(e) if e.to_string() != last_error => {
+                            last_error = e.to_string();
+                            tracing::warn!(event = "git_publish", error = %e, "publishing the agent's branch failed");
+                        }
+                        Err(_) => {}
+                        Ok(_) => last_error.clear(),
+                    }
+                    std::thread::park_timeout(Self::PERIOD);
+                }
+                p
+            })
+            .ok();
+        let fallback = thread.is_none().then(again);
+        PublishWatch { stop, thread, fallback }
+    }
+
+    pub(super) fn finish(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let p = match self.thread.take() {
+            Some(t) => {
+                t.thread().unpark();
+                t.join().ok()
+            }
+            None => self.fallback.take(),
+        };
+        if let Some(mut p) = p {
+            p.finish();
+        }
+    }
+}
+
+impl Drop for PublishWatch {
+    /// An early return of the launcher stops the thread (no last publish).
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// What the ready line reports besides the pid.
+pub(super) struct ReadyInfo<'a> {
+    pub(super) id: &'a str,
+    pub(super) port: Option<u16>,
+    pub(super) cgroups: Vec<PathBuf>,
+    /// Only for the requester, who holds the ready fd; never logged.
+    pub(super) secret: Option<&'a str>,
+}
+
+pub(super) fn write_ready(fd: OwnedFd, info: &ReadyInfo, pid: libc::pid_t) {
+    use std::io::Write;
+    let mut line = serde_json::json!({ "id": info.id, "pid": pid, "port": info.port, "cgroups": info.cgroups });
+    if let Some(secret) = info.secret {
+        line["secret"] = secret.into();
+    }
+    let line = line.to_string() + "\n";
+    let mut f = std::fs::File::from(fd);
+    if let Err(e) = f.write_all(line.as_bytes()) {
+        tracing::warn!(error = %e, "could not write the ready line to --ready-fd");
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = sys::kill(self.pid, libc::SIGKILL);
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) };
+        }
+    }
+}
