@@ -138,9 +138,9 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: &[OwnedFd]) -> Result<PayloadStatus
     let mut prepared = prepare_exec(spec)?;
     // Socket handoff: the payload sends its accept-notification listener here.
     let notify_pair = if spec.handoff { Some(sys::socketpair_seqpacket()?) } else { None };
-    prepared.notify_sock = notify_pair.as_ref().map(|(_, child)| child.as_raw_fd());
+    prepared.notify = notify_pair.as_ref().map(|(_, child)| (child.as_raw_fd(), crate::confine::seccomp::compile::accept_notify_program()));
     crate::phases::mark("init: exec prepared");
-    let landlock = crate::confine::landlock::prepare(&spec.landlock)?;
+    let landlock = crate::confine::landlock::apply::prepare(&spec.landlock)?;
     crate::phases::mark("init: landlock prepared");
     tracing::debug!(abi = crate::confine::landlock::kernel_abi(), mode = ?spec.landlock.mode, seccomp_programs = prepared.seccomp.len(), "init: filters prepared");
     let watched: Vec<libc::c_int> = FORWARDED.iter().copied().chain([libc::SIGCHLD]).collect();

@@ -87,7 +87,7 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         tracing::warn!("{missing}");
     }
     crate::phases::mark("environment and landlock check");
-    let seccomp = crate::confine::seccomp::compile(&req.policy.seccomp.deny).map_err(|e| RunError::Invalid(e.to_string()))?;
+    let seccomp = crate::confine::seccomp::compile::programs(&req.policy.seccomp.deny).map_err(|e| RunError::Invalid(e.to_string()))?;
     crate::phases::mark("seccomp compiled");
     // Before anything else is made: a limit that cannot be had is refused here.
     let mut disk =

@@ -21,8 +21,9 @@ pub struct PreparedExec {
     pub last_cap: u32,
     /// seccomp programs, loaded in order, last before execve.
     pub seccomp: Vec<seccompiler::BpfProgram>,
-    /// Socket handoff: where to send the accept-notification listener (to init).
-    pub notify_sock: Option<RawFd>,
+    /// Socket handoff: where to send the accept-notification listener (to
+    /// init), and its program (built before the fork, like everything here).
+    pub notify: Option<(RawFd, seccompiler::BpfProgram)>,
 }
 
 impl PreparedExec {
@@ -36,7 +37,7 @@ impl PreparedExec {
     ) -> PreparedExec {
         let ptrs = |v: &[CString]| v.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
         let (argv_ptrs, envp_ptrs) = (ptrs(&argv), ptrs(&envp));
-        PreparedExec { path, _argv: argv, _envp: envp, argv_ptrs, envp_ptrs, cwd, last_cap, seccomp, notify_sock: None }
+        PreparedExec { path, _argv: argv, _envp: envp, argv_ptrs, envp_ptrs, cwd, last_cap, seccomp, notify: None }
     }
 }
 
@@ -102,23 +103,22 @@ pub fn exec(p: &PreparedExec, landlock: Option<::landlock::RulesetCreated>, err_
         fail(err_fd, Stage::Chdir, nix::errno::Errno::last() as i32);
     }
     if let Some(ruleset) = landlock
-        && crate::confine::landlock::enforce(ruleset).is_err()
+        && crate::confine::landlock::apply::enforce(ruleset).is_err()
     {
         fail(err_fd, Stage::Landlock, nix::errno::Errno::last() as i32);
     }
     // Last before execve: from here on only the filtered calls remain.
     for program in &p.seccomp {
-        if let Err(e) = crate::confine::seccomp::load(program) {
+        if let Err(e) = crate::confine::seccomp::load::filter(program) {
             fail(err_fd, Stage::Seccomp, errno_of(&e));
         }
     }
-    if let Some(sock) = p.notify_sock {
+    if let Some((sock, program)) = &p.notify {
         // The accept-notification filter; its listener goes to init (and on to
         // the launcher) and is closed here: the payload must never answer its own.
-        let program = crate::confine::seccomp::accept_notify_program();
-        match crate::confine::seccomp::load_with_listener(&program) {
+        match crate::confine::seccomp::load::filter_with_listener(program) {
             Ok(listener) => {
-                let sent = crate::sys::send_fd(sock, listener);
+                let sent = crate::sys::send_fd(*sock, listener);
                 // SAFETY: closing the listener fd we just created.
                 unsafe { libc::close(listener) };
                 if let Err(e) = sent {

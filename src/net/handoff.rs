@@ -12,7 +12,7 @@
 //!    inside the sandbox's namespace, to the inner port: the payload's listener
 //!    becomes readable (poll/epoll wake up as for any connection).
 //! 3. The payload's filter turns every `accept`/`accept4` into a user
-//!    notification ([`crate::confine::seccomp::accept_notify_program`]). For an accept on
+//!    notification ([`crate::confine::seccomp::compile::accept_notify_program`]). For an accept on
 //!    the inner-port listener, the launcher takes a copy of that listener
 //!    (`pidfd_getfd`), accepts from it itself, and, when what it got is one of
 //!    its placeholders (matched by the placeholder's address), installs the

@@ -1,6 +1,9 @@
-//! Landlock, on the child side. The sandbox init prepares the ruleset after
-//! `pivot_root` (paths are sandbox paths) and before forking; the payload
-//! enforces it after dropping capabilities and before loading seccomp.
+//! Landlock. The rules are data (`LandlockSpec`, derived from the policy by
+//! `Policy::landlock_rules`) that the parent checks against the host
+//! (`check_host`) and sends to the sandbox; `apply` is the child's side: the
+//! sandbox init prepares the ruleset after `pivot_root` (paths are sandbox
+//! paths) and before forking, and the payload enforces it after dropping
+//! capabilities and before loading seccomp.
 //!
 //! - filesystem: read/execute beneath the read-only system paths, read-write
 //!   beneath the worktree, /tmp and the policy's read-write paths, read/write on
@@ -13,12 +16,10 @@
 //!   socket filter pins to their client (see `crate::net::handoff`);
 //! - scopes (ABI >= 6): abstract unix sockets and signals stay inside the sandbox.
 
-use std::path::{Path, PathBuf};
+pub mod apply;
 
-use landlock::{
-    ABI, Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, RestrictionStatus, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr,
-    RulesetStatus, Scope,
-};
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 /// The highest ABI whose features swarmcell uses (scopes).
@@ -99,52 +100,6 @@ fn describe_missing(abi: i32) -> Option<String> {
         a if a < NET_ABI => Some(format!("Landlock ABI {a}: no TCP bind/connect rules (need {NET_ABI}) and no scopes (need {SCOPE_ABI})")),
         a if a < SCOPE_ABI => Some(format!("Landlock ABI {a}: no abstract-socket and signal scopes (need {SCOPE_ABI})")),
         _ => None,
-    }
-}
-
-/// Child side (sandbox init, after `pivot_root`): build the ruleset. `None` when
-/// the policy turns Landlock off.
-pub fn prepare(spec: &LandlockSpec) -> Result<Option<RulesetCreated>, LandlockError> {
-    if spec.mode == Mode::Off {
-        return Ok(None);
-    }
-    let err = |e: &dyn std::fmt::Display| LandlockError::Ruleset(e.to_string());
-    let level = if spec.mode == Mode::Required { CompatLevel::HardRequirement } else { CompatLevel::BestEffort };
-    let abi = ABI::V6;
-    let ruleset = Ruleset::default()
-        .set_compatibility(level)
-        .handle_access(AccessFs::from_all(abi))
-        .map_err(|e| err(&e))?
-        .scope(Scope::AbstractUnixSocket | Scope::Signal)
-        .map_err(|e| err(&e))?;
-    let mut created = ruleset.create().map_err(|e| err(&e))?;
-    let read = AccessFs::from_read(abi);
-    let file_rw = AccessFs::from_file(abi) & !AccessFs::Execute;
-    for (paths, access) in [(&spec.read_exec, read), (&spec.read_write, AccessFs::from_all(abi)), (&spec.device_files, file_rw)] {
-        for path in paths.iter().filter(|p| exists(p)) {
-            let fd = PathFd::new(path).map_err(|e| LandlockError::Ruleset(format!("{}: {e}", path.display())))?;
-            created = created.add_rule(PathBeneath::new(fd, access)).map_err(|e| LandlockError::Ruleset(format!("{}: {e}", path.display())))?;
-        }
-    }
-    Ok(Some(created))
-}
-
-fn exists(p: &Path) -> bool {
-    std::fs::symlink_metadata(p).is_ok()
-}
-
-/// Payload side: enforce the prepared ruleset on this process (and its future
-/// children). Only `prctl` and `landlock_restrict_self` on success.
-pub fn enforce(ruleset: RulesetCreated) -> Result<RestrictionStatus, LandlockError> {
-    ruleset.restrict_self().map_err(|e| LandlockError::Ruleset(e.to_string()))
-}
-
-/// A one-line description of what an enforcement achieved.
-pub fn describe(status: &RestrictionStatus) -> &'static str {
-    match status.ruleset {
-        RulesetStatus::FullyEnforced => "fully enforced",
-        RulesetStatus::PartiallyEnforced => "partially enforced",
-        RulesetStatus::NotEnforced => "not enforced",
     }
 }
 

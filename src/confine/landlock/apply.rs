@@ -1,0 +1,48 @@
+//! Landlock, the child's side: the sandbox init builds the ruleset, the
+//! payload enforces it (between fork and exec).
+
+use std::path::Path;
+
+use landlock::{
+    ABI, Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, RestrictionStatus, Ruleset, RulesetAttr, RulesetCreated, RulesetCreatedAttr,
+    Scope,
+};
+
+use super::{LandlockError, LandlockSpec, Mode};
+
+/// Child side (sandbox init, after `pivot_root`): build the ruleset. `None` when
+/// the policy turns Landlock off.
+pub fn prepare(spec: &LandlockSpec) -> Result<Option<RulesetCreated>, LandlockError> {
+    if spec.mode == Mode::Off {
+        return Ok(None);
+    }
+    let err = |e: &dyn std::fmt::Display| LandlockError::Ruleset(e.to_string());
+    let level = if spec.mode == Mode::Required { CompatLevel::HardRequirement } else { CompatLevel::BestEffort };
+    let abi = ABI::V6;
+    let ruleset = Ruleset::default()
+        .set_compatibility(level)
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(|e| err(&e))?
+        .scope(Scope::AbstractUnixSocket | Scope::Signal)
+        .map_err(|e| err(&e))?;
+    let mut created = ruleset.create().map_err(|e| err(&e))?;
+    let read = AccessFs::from_read(abi);
+    let file_rw = AccessFs::from_file(abi) & !AccessFs::Execute;
+    for (paths, access) in [(&spec.read_exec, read), (&spec.read_write, AccessFs::from_all(abi)), (&spec.device_files, file_rw)] {
+        for path in paths.iter().filter(|p| exists(p)) {
+            let fd = PathFd::new(path).map_err(|e| LandlockError::Ruleset(format!("{}: {e}", path.display())))?;
+            created = created.add_rule(PathBeneath::new(fd, access)).map_err(|e| LandlockError::Ruleset(format!("{}: {e}", path.display())))?;
+        }
+    }
+    Ok(Some(created))
+}
+
+fn exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}
+
+/// Payload side: enforce the prepared ruleset on this process (and its future
+/// children). Only `prctl` and `landlock_restrict_self` on success.
+pub fn enforce(ruleset: RulesetCreated) -> Result<RestrictionStatus, LandlockError> {
+    ruleset.restrict_self().map_err(|e| LandlockError::Ruleset(e.to_string()))
+}
