@@ -23,7 +23,7 @@ pub fn drop_all(last_cap: u32) -> Result<(), CapsError> {
         }
     }
     sys::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, "PR_CAP_AMBIENT_CLEAR_ALL")?;
-    sys::clear_capabilities()?;
+    sys::child::clear_capabilities()?;
     Ok(())
 }
 

@@ -2,12 +2,13 @@
 
 use std::os::fd::RawFd;
 
-use crate::sys::{self, CLOSE_RANGE_CLOEXEC, SysResult};
+use crate::sys::child::CLOSE_RANGE_CLOEXEC;
+use crate::sys::{self, SysResult};
 
 /// Launcher start-up: mark every inherited descriptor above stderr close-on-exec,
 /// so nothing a caller leaked to us can reach a sandbox.
 pub fn cloexec_inherited() -> SysResult<()> {
-    sys::close_range(3, u32::MAX, CLOSE_RANGE_CLOEXEC)
+    sys::child::close_range(3, u32::MAX, CLOSE_RANGE_CLOEXEC)
 }
 
 /// Sandbox init start-up (a clone of the launcher): close every descriptor
@@ -18,9 +19,9 @@ pub fn close_all_except_these(keep: &mut [RawFd]) -> SysResult<()> {
     for &k in keep.iter().filter(|&&k| k >= 3) {
         let k = k as u32;
         if k > from {
-            sys::close_range(from, k - 1, 0)?;
+            sys::child::close_range(from, k - 1, 0)?;
         }
         from = from.max(k + 1);
     }
-    sys::close_range(from, u32::MAX, 0)
+    sys::child::close_range(from, u32::MAX, 0)
 }

@@ -153,11 +153,11 @@ impl Daemon {
         // the signal was armed.
         unsafe {
             c.pre_exec(move || {
-                crate::sys::install_fd_for_exec(wfd, 3)?;
-                crate::sys::install_fd_for_exec(sfd, 4)?;
-                crate::sys::install_fd_for_exec(efd, 5)?;
+                crate::sys::child::install_fd_for_exec(wfd, 3)?;
+                crate::sys::child::install_fd_for_exec(sfd, 4)?;
+                crate::sys::child::install_fd_for_exec(efd, 5)?;
                 if secret_fd >= 0 {
-                    crate::sys::install_fd_for_exec(secret_fd, 6)?;
+                    crate::sys::child::install_fd_for_exec(secret_fd, 6)?;
                 }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());

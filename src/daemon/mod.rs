@@ -317,8 +317,8 @@ impl Daemon {
     /// Serve until SIGTERM or SIGINT; then stop every sandbox.
     pub fn serve(&mut self) -> Result<(), String> {
         raise_nofile();
-        let set = crate::sys::sigset(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD, libc::SIGHUP]);
-        crate::sys::set_sigmask(libc::SIG_BLOCK, &set).map_err(|e| e.to_string())?;
+        let set = crate::sys::child::sigset(&[libc::SIGTERM, libc::SIGINT, libc::SIGCHLD, libc::SIGHUP]);
+        crate::sys::child::set_sigmask(libc::SIG_BLOCK, &set).map_err(|e| e.to_string())?;
         // SAFETY: a signalfd for the blocked signals.
         let sfd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
         if sfd < 0 {

@@ -6,7 +6,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::launch::spec::MountEntry;
-use crate::sys::{self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY, SysError};
+use crate::sys::mount::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
+use crate::sys::{self, SysError};
 
 /// Device nodes bound from the host into the sandbox's /dev.
 pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
@@ -117,7 +118,7 @@ impl PreparedMounts {
             path: target.into(),
             reason: format!("cannot clone the mount: {e}"),
         })?;
-        sys::mount_setattr_fd(fd.as_raw_fd(), false, flags, None).map_err(|source| BindError::Sys { what, path: target.into(), source })?;
+        sys::mount::mount_setattr_fd(fd.as_raw_fd(), false, flags, None).map_err(|source| BindError::Sys { what, path: target.into(), source })?;
         self.push_tree(target.into(), false, fd);
         Ok(self.fds.len() - 1)
     }
@@ -133,7 +134,7 @@ impl PreparedMounts {
 }
 
 fn detached_tree(path: &Path, recursive: bool, flags: u64) -> Result<OwnedFd, SysError> {
-    let fd = sys::open_tree_clone(path, recursive)?;
-    sys::mount_setattr_fd(fd.as_raw_fd(), recursive, flags, None)?;
+    let fd = sys::mount::open_tree_clone(path, recursive)?;
+    sys::mount::mount_setattr_fd(fd.as_raw_fd(), recursive, flags, None)?;
     Ok(fd)
 }

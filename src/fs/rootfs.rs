@@ -36,10 +36,10 @@ fn step<T>(what: impl Into<String>, r: Result<T, SysError>) -> Result<T, RootfsE
 
 pub fn build(spec: &InitSpec, fds: &[OwnedFd]) -> Result<(), RootfsError> {
     let staging = Path::new(STAGING);
-    step("make mounts private", sys::mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None))?;
+    step("make mounts private", sys::mount::mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None))?;
     step(
         "root tmpfs",
-        sys::mount(Some("tmpfs"), staging, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("mode=0755,size=8m,nr_inodes=4096")),
+        sys::mount::mount(Some("tmpfs"), staging, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("mode=0755,size=8m,nr_inodes=4096")),
     )?;
     let root = step("open root", open_dir_path(staging))?;
 
@@ -60,10 +60,10 @@ pub fn build(spec: &InitSpec, fds: &[OwnedFd]) -> Result<(), RootfsError> {
     drop(root);
 
     step("chdir to new root", chdir(staging))?;
-    step("pivot_root", sys::pivot_root(Path::new("."), Path::new(".")))?;
+    step("pivot_root", sys::mount::pivot_root(Path::new("."), Path::new(".")))?;
     // The old root is now stacked on top of "."; detaching it removes every host
     // mount from this namespace.
-    step("detach old root", sys::umount_detach(Path::new(".")))?;
+    step("detach old root", sys::mount::umount_detach(Path::new(".")))?;
     step("chdir /", chdir(Path::new("/")))?;
     step("read-only /", remount_readonly(Path::new("/"), libc::MS_NOSUID | libc::MS_NODEV))?;
     step("read-only /dev", remount_readonly(Path::new("/dev"), libc::MS_NOSUID | libc::MS_NOEXEC))?;
@@ -72,24 +72,30 @@ pub fn build(spec: &InitSpec, fds: &[OwnedFd]) -> Result<(), RootfsError> {
 
 fn mount_tmp(staging: &Path, spec: &InitSpec) -> Result<(), RootfsError> {
     let opts = format!("mode=1777,size={}", spec.tmp_size);
-    step("mount /tmp", sys::mount(Some("tmpfs"), &staging.join("tmp"), Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&opts)))
+    step("mount /tmp", sys::mount::mount(Some("tmpfs"), &staging.join("tmp"), Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&opts)))
 }
 
 fn mount_dev(staging: &Path, root: &OwnedFd, spec: &InitSpec) -> Result<(), RootfsError> {
     let dev = staging.join("dev");
-    step("mount /dev", sys::mount(Some("tmpfs"), &dev, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NOEXEC, Some("mode=0755,size=64k")))?;
+    step("mount /dev", sys::mount::mount(Some("tmpfs"), &dev, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NOEXEC, Some("mode=0755,size=64k")))?;
     for d in ["dev/pts", "dev/shm"] {
         step(format!("mkdir /{d}"), ensure_path(root, Path::new(d), false))?;
     }
     // A private devpts instance: the sandbox sees only its own ptys.
     step(
         "mount /dev/pts",
-        sys::mount(Some("devpts"), &dev.join("pts"), Some("devpts"), libc::MS_NOSUID | libc::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620")),
+        sys::mount::mount(
+            Some("devpts"),
+            &dev.join("pts"),
+            Some("devpts"),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        ),
     )?;
     let shm_opts = format!("mode=1777,size={}", spec.shm_size);
     step(
         "mount /dev/shm",
-        sys::mount(Some("tmpfs"), &dev.join("shm"), Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, Some(&shm_opts)),
+        sys::mount::mount(Some("tmpfs"), &dev.join("shm"), Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, Some(&shm_opts)),
     )?;
     let dev_fd = step("open /dev", open_dir_path(&dev))?;
     for (name, link) in
@@ -104,7 +110,7 @@ fn mount_proc(staging: &Path, root: &OwnedFd) -> Result<(), RootfsError> {
     let proc_dir = staging.join("proc");
     // Mounted while the host's /proc is still visible in this namespace, as the
     // kernel requires for a new proc instance in a user namespace.
-    step("mount /proc", sys::mount(Some("proc"), &proc_dir, Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None))?;
+    step("mount /proc", sys::mount::mount(Some("proc"), &proc_dir, Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None))?;
     for name in PROC_READ_ONLY {
         let path = proc_dir.join(name);
         let target = match ensure_existing(root, &Path::new("proc").join(name)) {
@@ -112,10 +118,10 @@ fn mount_proc(staging: &Path, root: &OwnedFd) -> Result<(), RootfsError> {
             Err(e) if e.errno == Errno::ENOENT => continue,
             Err(e) => return step(format!("open /proc/{name}"), Err(e)),
         };
-        let tree = step(format!("clone /proc/{name}"), sys::open_tree_clone(&path, true))?;
-        let flags = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC;
-        step(format!("read-only /proc/{name}"), sys::mount_setattr_fd(tree.as_raw_fd(), true, flags, None))?;
-        step(format!("attach /proc/{name}"), sys::move_mount_fd(tree.as_raw_fd(), target.as_raw_fd(), &path))?;
+        let tree = step(format!("clone /proc/{name}"), sys::mount::open_tree_clone(&path, true))?;
+        let flags = sys::mount::MOUNT_ATTR_RDONLY | sys::mount::MOUNT_ATTR_NOSUID | sys::mount::MOUNT_ATTR_NODEV | sys::mount::MOUNT_ATTR_NOEXEC;
+        step(format!("read-only /proc/{name}"), sys::mount::mount_setattr_fd(tree.as_raw_fd(), true, flags, None))?;
+        step(format!("attach /proc/{name}"), sys::mount::move_mount_fd(tree.as_raw_fd(), target.as_raw_fd(), &path))?;
     }
     Ok(())
 }
@@ -130,7 +136,7 @@ fn attach(root: &OwnedFd, entry: &MountEntry, fds: &[OwnedFd]) -> Result<(), Roo
                 source: SysError { call: format!("mount fd #{fd_index} missing"), errno: Errno::EBADF },
             })?;
             let point = step(format!("mount point {}", target.display()), ensure_path(root, rel, *is_file))?;
-            step(format!("attach {}", target.display()), sys::move_mount_fd(tree.as_raw_fd(), point.as_raw_fd(), target))
+            step(format!("attach {}", target.display()), sys::mount::move_mount_fd(tree.as_raw_fd(), point.as_raw_fd(), target))
         }
         MountEntry::Symlink { link, .. } => {
             let (parent, name) = split(rel);
@@ -232,5 +238,5 @@ fn chdir(path: &Path) -> Result<(), SysError> {
 }
 
 fn remount_readonly(path: &Path, keep: libc::c_ulong) -> Result<(), SysError> {
-    sys::mount(None, path, None, libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | keep, None)
+    sys::mount::mount(None, path, None, libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | keep, None)
 }

@@ -66,7 +66,7 @@ fn serve(channel: OwnedFd, spec: &InitSpec, mount_fds: &[OwnedFd]) -> u8 {
     // SAFETY: prctl with integer arguments.
     let dumpable = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     sys::reset_signal_dispositions();
-    let _ = sys::set_sigmask(libc::SIG_SETMASK, &sys::sigset(&[]));
+    let _ = sys::child::set_sigmask(libc::SIG_SETMASK, &sys::child::sigset(&[]));
     let mut keep: Vec<RawFd> = mount_fds.iter().map(|f| f.as_raw_fd()).chain([channel.as_raw_fd()]).collect();
     if dumpable != 0 || crate::confine::fds::close_all_except_these(&mut keep).is_err() || sys::set_cloexec(channel.as_raw_fd(), true).is_err() {
         return super::EXIT_LAUNCHER_ERROR;
@@ -144,8 +144,8 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: &[OwnedFd]) -> Result<PayloadStatus
     crate::phases::mark("init: landlock prepared");
     tracing::debug!(abi = crate::confine::landlock::kernel_abi(), mode = ?spec.landlock.mode, seccomp_programs = prepared.seccomp.len(), "init: filters prepared");
     let watched: Vec<libc::c_int> = FORWARDED.iter().copied().chain([libc::SIGCHLD]).collect();
-    let mask = sys::sigset(&watched);
-    sys::set_sigmask(libc::SIG_BLOCK, &mask)?;
+    let mask = sys::child::sigset(&watched);
+    sys::child::set_sigmask(libc::SIG_BLOCK, &mask)?;
     let (err_r, err_w) = sys::pipe_cloexec()?;
     // The launcher made the outbound listeners meanwhile; the payload may
     // connect to them from its first instruction on.
@@ -164,6 +164,11 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: &[OwnedFd]) -> Result<PayloadStatus
             child.as_raw()
         }
     };
+    // init keeps no privilege once the payload exists (it only reaps and
+    // signals): dropped now, not after the exec, so that no instant of the
+    // payload's life sees a privileged pid 1.
+    crate::confine::caps::set_no_new_privs()?;
+    crate::confine::caps::drop_all(prepared.last_cap)?;
     drop(err_w);
     crate::phases::mark("init: payload forked");
     tracing::debug!("init: payload forked");
@@ -183,10 +188,7 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: &[OwnedFd]) -> Result<PayloadStatus
         });
     }
 
-    // init keeps no privilege: it only reaps and signals processes of its own uid.
     crate::phases::mark("init: payload exec'd");
-    crate::confine::caps::set_no_new_privs()?;
-    crate::confine::caps::drop_all(prepared.last_cap)?;
     sys::prctl(libc::PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")?;
     let _ = chan.send_running(notify.as_ref().map(|f| f.as_raw_fd()));
     drop(notify);

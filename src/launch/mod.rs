@@ -38,7 +38,7 @@ pub fn spawn_until_ready(cmd: &mut std::process::Command) -> std::io::Result<(st
     let wfd = std::os::fd::AsRawFd::as_raw_fd(&w);
     // SAFETY: install_fd_for_exec is async-signal-safe.
     unsafe {
-        std::os::unix::process::CommandExt::pre_exec(cmd, move || crate::sys::install_fd_for_exec(wfd, 3));
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || crate::sys::child::install_fd_for_exec(wfd, 3));
     }
     let mut child = cmd.spawn()?;
     drop(w);

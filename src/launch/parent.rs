@@ -306,7 +306,8 @@ fn start(
         let userns_path = format!("/proc/{}/ns/user", sandbox.pid);
         let userns = std::fs::File::open(&userns_path).map_err(|e| RunError::Setup(format!("open {userns_path}: {e}")))?;
         for index in owned {
-            if let Err(e) = sys::mount_setattr_fd(mounts.fds[index].as_raw_fd(), false, sys::MOUNT_ATTR_IDMAP, Some(userns.as_raw_fd())) {
+            if let Err(e) = sys::mount::mount_setattr_fd(mounts.fds[index].as_raw_fd(), false, sys::mount::MOUNT_ATTR_IDMAP, Some(userns.as_raw_fd()))
+            {
                 if matches!(e.errno, Errno::EINVAL | Errno::EOPNOTSUPP | Errno::ENOSYS) {
                     tracing::debug!(error = %e, "idmapped mount refused");
                     return Err(Fallback::Idmap);

@@ -84,10 +84,10 @@ fn errno_of(e: &sys::SysError) -> i32 {
 pub fn exec(p: &PreparedExec, landlock: Option<::landlock::RulesetCreated>, err_fd: RawFd) -> ! {
     // A new session without a controlling terminal: TIOCSTI and job-control
     // signals cannot reach the supervisor's terminal.
-    if let Err(e) = sys::setsid() {
+    if let Err(e) = sys::child::setsid() {
         fail(err_fd, Stage::Session, errno_of(&e));
     }
-    if let Err(e) = sys::set_sigmask(libc::SIG_SETMASK, &sys::sigset(&[])) {
+    if let Err(e) = sys::child::set_sigmask(libc::SIG_SETMASK, &sys::child::sigset(&[])) {
         fail(err_fd, Stage::Session, errno_of(&e));
     }
     if crate::confine::caps::set_no_new_privs().is_err() || crate::confine::caps::drop_all(p.last_cap).is_err() {
@@ -95,7 +95,7 @@ pub fn exec(p: &PreparedExec, landlock: Option<::landlock::RulesetCreated>, err_
     }
     // Everything but stdio closes at exec (the error pipe and the Landlock
     // ruleset included).
-    if let Err(e) = sys::close_range(3, u32::MAX, sys::CLOSE_RANGE_CLOEXEC) {
+    if let Err(e) = sys::child::close_range(3, u32::MAX, sys::child::CLOSE_RANGE_CLOEXEC) {
         fail(err_fd, Stage::Descriptors, errno_of(&e));
     }
     // SAFETY: cwd is a valid C string.
@@ -118,7 +118,7 @@ pub fn exec(p: &PreparedExec, landlock: Option<::landlock::RulesetCreated>, err_
         // the launcher) and is closed here: the payload must never answer its own.
         match crate::confine::seccomp::load::filter_with_listener(program) {
             Ok(listener) => {
-                let sent = crate::sys::send_fd(*sock, listener);
+                let sent = crate::sys::child::send_fd(*sock, listener);
                 // SAFETY: closing the listener fd we just created.
                 unsafe { libc::close(listener) };
                 if let Err(e) = sent {

@@ -27,7 +27,7 @@ const LAUNCHER_SIGNALS: [libc::c_int; 5] = [libc::SIGCHLD, libc::SIGINT, libc::S
 
 impl SignalGuard {
     pub(super) fn block() -> Result<SignalGuard, RunError> {
-        let set = sys::sigset(&LAUNCHER_SIGNALS);
+        let set = sys::child::sigset(&LAUNCHER_SIGNALS);
         // SAFETY: zeroed sigset_t is valid storage for the old mask.
         let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
         // SAFETY: set and old are valid sigset_t values.
@@ -102,7 +102,7 @@ impl Sandbox {
         let attach: Vec<RawFd> = attach.iter().map(|f| f.as_raw_fd()).collect();
         let (parent_end, child_end) = sys::socketpair_seqpacket().map_err(|source| RunError::Sys { what: "creating the sandbox channel", source })?;
         let parent_fd = parent_end.as_raw_fd();
-        let pid = match sys::clone_fork(crate::confine::ns::CLONE_FLAGS) {
+        let pid = match sys::child::clone_fork(crate::confine::ns::CLONE_FLAGS) {
             Ok(0) => {
                 // Child, in the new namespaces: first into its cgroups (a thread
                 // moving itself is cheap on v1, see `self_attach_files`), then

@@ -135,7 +135,7 @@ pub fn spawn_run(dir: &Path, worktree: &Path, extra: &[&str], cmd: &[&str]) -> (
     c.args(["run", "--ready-fd", "3", "--worktree"]).arg(worktree).args(extra).arg("--").args(cmd);
     // SAFETY: install_fd_for_exec is async-signal-safe.
     unsafe {
-        c.pre_exec(move || swarmcell::sys::install_fd_for_exec(fd, 3));
+        c.pre_exec(move || swarmcell::sys::child::install_fd_for_exec(fd, 3));
     }
     let log = std::fs::File::create(ready.with_extension("stderr")).unwrap();
     let child = c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().unwrap();
