@@ -74,6 +74,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Accesses the daemon's sandboxes were refused (kernel and launcher), counted.
+    Denials(swarmcell::denials::cli::DenialsArgs),
     /// Benchmarks (see benches/). Without a subcommand: launch vs bwrap,
     /// OpenCode launch-to-healthy vs bare, and the broker, side by side.
     Bench(BenchArgs),
@@ -254,6 +256,8 @@ enum CtlCommand {
         #[arg(long)]
         raw: bool,
     },
+    #[command(flatten)]
+    Incident(swarmcell::denials::cli::IncidentCommand),
 }
 
 #[derive(Subcommand)]
@@ -387,7 +391,9 @@ fn main() -> ExitCode {
         Command::Gc { state_dir, cgroup_parent } => gc(&state_dir, &cgroup_parent),
         Command::Worktree(cmd) => worktree(cmd),
         Command::Daemon { config, socket, state_dir } => daemon(config, socket, state_dir),
+        Command::Ctl { socket, cmd: CtlCommand::Incident(cmd) } => swarmcell::denials::cli::ctl(&socket, cmd),
         Command::Ctl { socket, cmd } => ctl(&socket, cmd),
+        Command::Denials(args) => swarmcell::denials::cli::denials(&args),
         Command::Verify { policy, json } => swarmcell::attest::verify::run(&swarmcell::attest::verify::Options { policy, json })
             .map_err(|e| (format!("verify: {e}"), launch::EXIT_LAUNCHER_ERROR)),
         Command::Inspect { target, json } => {
@@ -670,6 +676,7 @@ fn ctl(socket: &std::path::Path, cmd: CtlCommand) -> Result<u8, (String, u8)> {
         CtlCommand::Stop { id } => (Request::Stop { id }, false, false),
         CtlCommand::Inspect { id } => (Request::Inspect { id }, false, false),
         CtlCommand::Logs { id, raw } => (Request::Logs { id }, false, raw),
+        CtlCommand::Incident(cmd) => return swarmcell::denials::cli::ctl(socket, cmd),
     };
     let is_list = matches!(req, Request::List);
     let resp = swarmcell::daemon::ctl(socket, &req).map_err(|e| (sanitize::line(&e), launch::EXIT_LAUNCHER_ERROR))?;

@@ -26,6 +26,8 @@ pub const WANTED_ABI: i32 = 6;
 /// What each feature needs.
 pub const NET_ABI: i32 = 4;
 pub const SCOPE_ABI: i32 = 6;
+/// Audit records of denials, and the restrict_self log flags.
+pub const LOG_ABI: i32 = 7;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -125,6 +127,13 @@ pub fn prepare(spec: &LandlockSpec) -> Result<Option<RulesetCreated>, LandlockEr
             let fd = PathFd::new(path).map_err(|e| LandlockError::Ruleset(format!("{}: {e}", path.display())))?;
             created = created.add_rule(PathBeneath::new(fd, access)).map_err(|e| LandlockError::Ruleset(format!("{}: {e}", path.display())))?;
         }
+    }
+    // ABI 7: the payload restricts itself and then execs, and the kernel by
+    // default logs only denials of the executable that restricted itself; the
+    // denials after the exec are the ones the daemon reports (`crate::denials`).
+    // Records are written only while audit is enabled.
+    if kernel_abi() >= LOG_ABI {
+        created = created.log_new_exec(true).map_err(|e| err(&e))?;
     }
     Ok(Some(created))
 }

@@ -288,11 +288,19 @@ pub fn load_with_listener(program: &[seccompiler::sock_filter]) -> Result<RawFd,
 
 /// Load one compiled program into the calling thread. Async-signal-safe; needs
 /// no_new_privs (or CAP_SYS_ADMIN).
+///
+/// With `SECCOMP_FILTER_FLAG_LOG`: every call the program refuses becomes an
+/// `AUDIT_SECCOMP` record (pid, host uid, syscall number) that the daemon
+/// attributes to its sandbox (see `crate::denials`). The kernel writes these
+/// records even with audit disabled (Linux 6.18 checked), unless `errno` is
+/// removed from `/proc/sys/kernel/seccomp/actions_logged`.
 pub fn load(program: &[seccompiler::sock_filter]) -> Result<(), crate::sys::SysError> {
     let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut libc::sock_filter };
     // SAFETY: prog points at `len` valid instructions with sock_filter's layout
     // (seccompiler's sock_filter is repr(C) with the same fields).
-    let ret = unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0u32, &prog as *const libc::sock_fprog) };
+    let ret = unsafe {
+        libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, libc::SECCOMP_FILTER_FLAG_LOG as u32, &prog as *const libc::sock_fprog)
+    };
     if ret < 0 {
         return Err(crate::sys::SysError { call: "seccomp(SECCOMP_SET_MODE_FILTER)".into(), errno: crate::sys::Errno::last() });
     }

@@ -84,6 +84,7 @@ impl Daemon {
                 stop_by: None,
                 broker,
                 broker_fd,
+                incident: super::incident::SandboxIncident::new(&policy.tripwires),
             },
         );
         Ok(())
@@ -186,13 +187,20 @@ impl Daemon {
                     }
                     continue;
                 }
-                Ok(Event::Egress { host, port, allowed, reason, address }) => (
+                Ok(Event::Egress { host, port, allowed, reason, address }) => {
+                    if !allowed {
+                        self.denials.lock().add(id, crate::denials::Kind::Egress, &line(&format!("{host}:{port}")), 1);
+                    }
+                    (
                     "egress",
                     json!({ "id": id, "agent": agent, "host": line(&host), "port": port, "allowed": allowed,
                             "reason": reason.as_deref().map(line), "address": address.as_deref().map(line),
                             "outcome": if allowed { "allowed" } else { "denied" } }),
-                ),
+                    )
+                }
                 Ok(Event::IngressDenied { uid: peer, port }) => {
+                    let who = peer.map_or("unknown uid".to_string(), |u| format!("uid {u}"));
+                    self.denials.lock().add(id, crate::denials::Kind::Ingress, &format!("{who} port {port}"), 1);
                     ("ingress_denied", json!({ "id": id, "agent": agent, "uid": peer, "port": port, "outcome": "refused" }))
                 }
                 Ok(Event::GitPublish { branch, old, new }) => (
@@ -243,6 +251,7 @@ impl Daemon {
         });
         e.info = info;
         e.state = State::Running;
+        self.denials.register(super::incident::owner(id, e));
         e.failures = 0;
         e.failed_starts = 0;
         // Its SIGCHLD may have been read while it was still starting.
@@ -326,12 +335,16 @@ impl Daemon {
         let sandboxes = self.sandboxes.values().filter_map(Entry::deadline);
         let clients = self.clients.values().filter_map(Conn::deadline);
         let scrapers = self.scrapers.values().filter_map(Conn::deadline);
-        sandboxes.chain(clients).chain(scrapers).min()
+        let denials = self.denials.lock().agg.next_due();
+        sandboxes.chain(clients).chain(scrapers).chain(denials).min()
     }
 
     /// Deadlines, exits, restarts and health checks.
     pub(super) fn tick(&mut self) {
         let now = Instant::now();
+        if self.denials.lock().agg.next_due().is_some_and(|t| t <= now) {
+            self.flush_denials();
+        }
         let reap = std::mem::take(&mut self.reap_due);
         self.clients.retain(|_, c| c.deadline().is_none_or(|t| now < t));
         self.scrapers.retain(|_, c| c.deadline().is_none_or(|t| now < t));
@@ -373,7 +386,7 @@ impl Daemon {
                         self.schedule_restart(&id);
                     } else if e.probe.as_ref().is_some_and(|p| now >= p.deadline) {
                         self.health_result(&id, false);
-                    } else if e.probe.is_none() && now >= e.next_health {
+                    } else if e.probe.is_none() && now >= e.next_health && e.incident.frozen.is_none() {
                         e.next_health = now + e.health.interval;
                         self.counters.health_checks += 1;
                         let started = match &e.netns {
@@ -514,6 +527,7 @@ impl Daemon {
         self.on_events(id);
         let Some(mut e) = self.sandboxes.remove(id) else { return };
         self.by_key.remove(&e.key);
+        self.denials.unregister(id);
         records::remove(&self.cfg.state_dir, id);
         self.counters.retire(&e.broker);
         e.log.drain();

@@ -33,6 +33,7 @@ pub mod config;
 mod conn;
 mod control;
 pub mod health_probe;
+mod incident;
 mod launcher_events;
 mod lifecycle;
 mod log_sink;
@@ -126,6 +127,8 @@ struct Entry {
     /// The broker's counters, shared with every launcher of this sandbox.
     broker: crate::net::broker_stats::SharedCounters,
     broker_fd: OwnedFd,
+    /// Tripwires, and the frozen state (see `incident`).
+    incident: incident::SandboxIncident,
 }
 
 impl Entry {
@@ -134,6 +137,7 @@ impl Entry {
     /// a start that never became healthy. Every state has one.
     fn deadline(&self) -> Option<Instant> {
         match self.state {
+            State::Running if self.incident.frozen.is_some() => self.probe.as_ref().map(|p| p.deadline),
             State::Running => Some(self.probe.as_ref().map_or(self.next_health, |p| p.deadline)),
             State::Restarting => self.restart_at,
             State::Stopping => self.stop_deadline,
@@ -161,6 +165,7 @@ const MAX_SCRAPE_REQUEST: usize = 8 * 1024;
 const T_SIGNALS: u64 = 0;
 const T_CONTROL: u64 = 1;
 const T_METRICS: u64 = 2;
+const T_DENIALS: u64 = 3;
 const READY: u64 = 1 << 56;
 const LOG: u64 = 2 << 56;
 const PROBE: u64 = 3 << 56;
@@ -200,6 +205,9 @@ pub struct Daemon {
     /// The daemon's own network namespace, to come back to after creating a
     /// health check's socket in a sandbox's.
     home_netns: crate::net::broker::Netns,
+    /// Every sandbox's denials (kernel records, egress, ingress): see `incident`.
+    denials: crate::denials::hub::Hub,
+    counters_tripwires: u64,
 }
 
 impl Daemon {
@@ -226,6 +234,10 @@ impl Daemon {
             Some(l)
         };
         audit.event("server_startup", json!({ "socket": cfg.socket, "pid": std::process::id(), "outcome": "ok" }));
+        let denials = crate::denials::hub::Hub::start(cfg.kernel_audit)?;
+        // Said once, clearly: what the denial stream will and will not contain.
+        tracing::warn!("{}", denials.kernel);
+        audit.event("kernel_audit", json!({ "landlock": denials.landlock, "seccomp": denials.seccomp, "detail": denials.kernel, "outcome": "ok" }));
         let mut d = Daemon {
             poller,
             by_key: HashMap::new(),
@@ -243,6 +255,8 @@ impl Daemon {
             reap_due: false,
             stale_due: false,
             home_netns,
+            denials,
+            counters_tripwires: 0,
             cfg,
         };
         d.recover();
@@ -324,6 +338,7 @@ impl Daemon {
         if let Some(m) = &self.metrics {
             watch(m.as_raw_fd(), T_METRICS)?;
         }
+        watch(self.denials.wake_fd(), T_DENIALS)?;
         let mut ready = Vec::new();
         loop {
             // Rounded up: waking before a deadline would only loop back here.
@@ -344,6 +359,10 @@ impl Daemon {
                     }
                     T_CONTROL => self.accept_clients(),
                     T_METRICS => self.accept_scrapers(),
+                    T_DENIALS => {
+                        self.denials.woken();
+                        self.flush_denials();
+                    }
                     _ if t & !KEY == CLIENT => self.on_client(t & KEY),
                     _ if t & !KEY == SCRAPER => self.on_scraper(t & KEY),
                     _ => {
@@ -384,7 +403,8 @@ impl Daemon {
     /// away, e.g. by logrotate). On failure the old file stays in use.
     fn reopen_audit_log(&mut self) {
         match Audit::open(&self.cfg.audit_log) {
-            Ok(a) => {
+            Ok(mut a) => {
+                a.take_recent(&mut self.audit);
                 self.audit = a;
                 self.audit.event("audit_reopened", json!({ "pid": std::process::id(), "outcome": "ok" }));
             }

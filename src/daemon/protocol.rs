@@ -37,6 +37,26 @@ pub enum Request {
     Logs {
         id: String,
     },
+    /// Denial counts (one sandbox's, or every sandbox the requester may see).
+    Denials {
+        #[serde(default)]
+        id: Option<String>,
+    },
+    /// A sandbox's recent audit events.
+    Events {
+        id: String,
+    },
+    /// Freeze a sandbox and write a forensic bundle.
+    Freeze {
+        id: String,
+    },
+    Thaw {
+        id: String,
+    },
+    /// Kill a sandbox (frozen or not) and remove it.
+    Kill {
+        id: String,
+    },
 }
 
 /// Shell metacharacters refused in every argument: `; | & > <`, backticks, `$(`
