@@ -293,14 +293,16 @@ pub fn load_with_listener(program: &[seccompiler::sock_filter]) -> Result<RawFd,
 /// `AUDIT_SECCOMP` record (pid, host uid, syscall number) that the daemon
 /// attributes to its sandbox (see `crate::denials`). The kernel writes these
 /// records even with audit disabled (Linux 6.18 checked), unless `errno` is
-/// removed from `/proc/sys/kernel/seccomp/actions_logged`.
+/// removed from `/proc/sys/kernel/seccomp/actions_logged`. A program that
+/// answers ENOSYS is loaded without it: ENOSYS rules are compatibility
+/// fallbacks (clone3, which libc retries as clone), not refusals to report.
 pub fn load(program: &[seccompiler::sock_filter]) -> Result<(), crate::sys::SysError> {
     let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut libc::sock_filter };
+    let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+    let flags = if program.iter().any(|i| i.code == 0x06 && i.k == enosys) { 0 } else { libc::SECCOMP_FILTER_FLAG_LOG as u32 };
     // SAFETY: prog points at `len` valid instructions with sock_filter's layout
     // (seccompiler's sock_filter is repr(C) with the same fields).
-    let ret = unsafe {
-        libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, libc::SECCOMP_FILTER_FLAG_LOG as u32, &prog as *const libc::sock_fprog)
-    };
+    let ret = unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, flags, &prog as *const libc::sock_fprog) };
     if ret < 0 {
         return Err(crate::sys::SysError { call: "seccomp(SECCOMP_SET_MODE_FILTER)".into(), errno: crate::sys::Errno::last() });
     }
@@ -611,6 +613,14 @@ mod tests {
         let c = ArgCondition { arg: 0, op: "any_bits".into(), value: 0b1010_0000, mask: None };
         let alts = conditions(0, &[c]).unwrap();
         assert_eq!(alts.len(), 2);
+    }
+
+    #[test]
+    fn only_the_enosys_program_is_recognised_as_a_compatibility_fallback() {
+        let programs = compile(&crate::policy::Policy::builtin().seccomp.deny).unwrap();
+        let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+        let fallback: Vec<bool> = programs.iter().map(|p| p.iter().any(|i| i.code == 0x06 && i.k == enosys)).collect();
+        assert_eq!(fallback, vec![false, false, true], "guard, EPERM, ENOSYS");
     }
 
     #[test]

@@ -24,6 +24,8 @@ use crate::denials::tripwire::{Action, Armed};
 pub(super) struct SandboxIncident {
     pub(super) tripwires: Armed,
     pub(super) frozen: Option<Frozen>,
+    /// A freeze or kill that fired before the sandbox was ready (applied then).
+    pending: Option<(Action, String)>,
 }
 
 pub(super) struct Frozen {
@@ -33,7 +35,7 @@ pub(super) struct Frozen {
 
 impl SandboxIncident {
     pub(super) fn new(rules: &[crate::denials::tripwire::Tripwire]) -> SandboxIncident {
-        SandboxIncident { tripwires: Armed::new(rules), frozen: None }
+        SandboxIncident { tripwires: Armed::new(rules), frozen: None, pending: None }
     }
 }
 
@@ -97,6 +99,14 @@ impl Daemon {
                         "count": fired.count, "action": action, "outcome": "fired" }),
             );
             let why = format!("tripwire {} ({} {}: {} denials)", fired.rule, fired.kind.name(), fired.detail, fired.count);
+            if fired.action != Action::Alert
+                && let Some(e) = self.sandboxes.get_mut(&id)
+                && e.state != State::Running
+            {
+                // Not ready yet (its cgroups are not known): when it is.
+                e.incident.pending.get_or_insert((fired.action, why));
+                continue;
+            }
             match fired.action {
                 Action::Alert => {}
                 Action::Freeze => {
@@ -108,6 +118,18 @@ impl Daemon {
                     self.kill(&id, &why, None);
                 }
             }
+        }
+    }
+
+    /// A sandbox became ready: a tripwire that fired while it started acts now.
+    pub(super) fn apply_pending_tripwire(&mut self, id: &str) {
+        let Some((action, why)) = self.sandboxes.get_mut(id).and_then(|e| e.incident.pending.take()) else { return };
+        match action {
+            Action::Freeze => {
+                let _ = self.freeze(id, &why, "tripwire", None);
+            }
+            Action::Kill => self.kill(id, &why, None),
+            Action::Alert => {}
         }
     }
 

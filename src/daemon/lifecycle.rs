@@ -272,6 +272,7 @@ impl Daemon {
         if let Some(cid) = waiting {
             self.answer(cid, out);
         }
+        self.apply_pending_tripwire(id);
     }
 
     /// The launcher exited (or closed its ready pipe) before the sandbox was

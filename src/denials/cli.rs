@@ -24,6 +24,10 @@ pub struct DenialsArgs {
     pub json: bool,
     #[arg(long, default_value = "/run/swarmcell/control.sock")]
     pub socket: PathBuf,
+    /// Turn kernel audit on (AUDIT_SET enabled=1; it stays on until reboot or
+    /// `auditctl -e 0`) so that Landlock writes its denial records, and exit.
+    #[arg(long, conflicts_with_all = ["id", "follow", "json"])]
+    pub enable_kernel_audit: bool,
 }
 
 /// The incident-response commands of `swarmcell ctl`.
@@ -75,6 +79,12 @@ fn line_of(d: &Value, count: u64, json: bool) -> String {
 
 /// `swarmcell denials`.
 pub fn denials(args: &DenialsArgs) -> Result<u8, Failure> {
+    if args.enable_kernel_audit {
+        crate::denials::audit_nl::enable().map_err(|e| fail(format!("enabling kernel audit (AUDIT_SET; root in the initial PID and user namespaces): {e}")))?;
+        let st = crate::denials::audit_nl::status().map_err(|e| fail(format!("AUDIT_GET: {e}")))?;
+        println!("kernel audit enabled={} auditd_pid={} lost={} backlog_limit={}", st.enabled, st.auditd_pid, st.lost, st.backlog_limit);
+        return Ok(0);
+    }
     let req = Request::Denials { id: args.id.clone() };
     let resp = ask(&args.socket, &req)?;
     if !args.json {

@@ -36,12 +36,30 @@ pub struct Owner {
     pub uid: Option<u32>,
 }
 
+/// Denials whose sandbox is not known yet: the kernel reports them from the
+/// payload's first instruction, the daemon learns a sandbox's uid when it is
+/// ready. Counted per (uid, pid, kind, detail); attributed when a sandbox
+/// registers with that uid (or pid cgroup), counted as unattributed after
+/// [`LIMBO_TTL`] or beyond [`LIMBO_KEYS`].
+pub const LIMBO_KEYS: usize = 4096;
+pub const LIMBO_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+type LimboKey = (u32, i32, Kind, String);
+
+/// Who made a Landlock domain: a sandbox, or a uid and pid not known yet.
+#[derive(Debug, Clone)]
+enum Creator {
+    Sandbox(String),
+    Unknown(u32, i32),
+}
+
 #[derive(Default)]
 pub struct Shared {
     pub agg: Aggregator,
     owners: Vec<Owner>,
-    /// Landlock domain -> daemon id, and the records read for it.
-    domains: HashMap<u64, (String, u64)>,
+    /// Landlock domain -> its creator, and the records read for it.
+    domains: HashMap<u64, (Creator, u64)>,
+    limbo: HashMap<LimboKey, (u64, std::time::Instant)>,
     /// ENOBUFS on the audit socket: records lost in numbers nobody knows.
     pub overruns: u64,
     wake_fd: RawFd,
@@ -50,14 +68,38 @@ pub struct Shared {
 
 impl Shared {
     fn owner_of(&self, uid: u32, pid: i32) -> Option<String> {
-        if let Some(o) = self.owners.iter().find(|o| o.uid == Some(uid)) {
-            return Some(o.id.clone());
+        owner_in(&self.owners, uid, pid).map(|o| o.id.clone())
+    }
+
+    /// Count a denial of the sandbox with `uid`/`pid`, or keep it in limbo.
+    fn attribute(&mut self, uid: u32, pid: i32, kind: Kind, detail: &str) {
+        match self.owner_of(uid, pid) {
+            Some(id) => self.add(&id, kind, detail, 1),
+            None => {
+                let key = (uid, pid, kind, detail.to_string());
+                if self.limbo.len() >= LIMBO_KEYS && !self.limbo.contains_key(&key) {
+                    self.agg.unattributed += 1;
+                    return;
+                }
+                self.limbo.entry(key).or_insert((0, std::time::Instant::now())).0 += 1;
+            }
         }
-        if pid <= 0 || self.owners.is_empty() {
-            return None;
+    }
+
+    /// Limbo entries past their time are unattributed.
+    fn expire(&mut self) {
+        let before = self.limbo.len();
+        let mut gone = 0;
+        self.limbo.retain(|_, (n, t)| {
+            let keep = t.elapsed() < LIMBO_TTL;
+            if !keep {
+                gone += *n;
+            }
+            keep
+        });
+        if self.limbo.len() != before {
+            self.agg.unattributed += gone;
         }
-        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        self.owners.iter().find(|o| cg.lines().any(|l| l.split('/').any(|c| c == o.sandbox))).map(|o| o.id.clone())
     }
 
     /// Count denials of a sandbox; wake the daemon when a report became due.
@@ -70,15 +112,20 @@ impl Shared {
         }
     }
 
-    fn landlock(&mut self, id: &str, domain: u64, blockers: &str, object: &str) {
+    /// A Landlock denial of a domain whose creator is known (a sandbox, or a
+    /// uid and pid for the limbo).
+    fn landlock(&mut self, creator: Creator, domain: u64, blockers: &str, object: &str) {
         let kind = match blockers.split('.').next() {
             Some("net") => Kind::Net,
             Some("scope") => Kind::Scope,
             _ => Kind::Fs,
         };
         let detail = if object.is_empty() { blockers.to_string() } else { format!("{blockers} {object}") };
-        self.add(id, kind, &detail, 1);
-        let d = self.domains.entry(domain).or_insert_with(|| (id.to_string(), 0));
+        match &creator {
+            Creator::Sandbox(id) => self.add(id, kind, &detail, 1),
+            Creator::Unknown(uid, pid) => self.attribute(*uid, *pid, kind, &detail),
+        }
+        let d = self.domains.entry(domain).or_insert_with(|| (creator, 0));
         d.1 += 1;
     }
 }
@@ -134,17 +181,23 @@ impl Hub {
                 return Ok(hub);
             }
         };
-        let mut status = super::audit_nl::status().ok();
+        let status = super::audit_nl::status();
         let mut enabled_now = false;
-        if mode == KernelAudit::Enable && status.is_some_and(|s| s.enabled == 0) {
-            match super::audit_nl::enable() {
+        let status = match status {
+            Ok(st) if mode == KernelAudit::Enable && st.enabled == 0 => match super::audit_nl::enable() {
                 Ok(()) => {
                     enabled_now = true;
-                    status = super::audit_nl::status().ok();
+                    super::audit_nl::status().map_err(|e| e.to_string())
                 }
-                Err(e) => tracing::warn!(error = %e, "could not enable kernel audit (AUDIT_SET)"),
-            }
-        }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not enable kernel audit (AUDIT_SET)");
+                    Ok(st)
+                }
+            },
+            other => other.map_err(|e| e.to_string()),
+        };
+        let status_error = status.as_ref().err().cloned();
+        let status = status.ok();
         hub.lost_at_start = status.map(|s| s.lost);
         let abi = crate::confine::landlock::kernel_abi();
         let audit_on = status.is_some_and(|s| s.enabled != 0);
@@ -156,6 +209,10 @@ impl Hub {
             None => "the audit status is unknown".to_string(),
         };
         hub.kernel = match (hub.landlock, audit_on) {
+            (false, false) if status_error.is_some() => format!(
+                "the kernel audit status cannot be read ({}; audit control needs the initial PID and user namespaces): seccomp (syscall), egress and ingress denials are reported, Landlock (fs, net, scope) ones only if kernel audit is enabled on the host (`swarmcell denials --enable-kernel-audit`)",
+                status_error.unwrap_or_default()
+            ),
             (true, _) => format!(
                 "kernel denials are reported: Landlock (fs, net, scope) and seccomp (syscall){}; {auditd}",
                 if enabled_now { "; kernel audit was off and the daemon turned it on (kernel_audit = \"enable\")" } else { "" }
@@ -189,10 +246,25 @@ impl Hub {
         self.lock().wake_armed = false;
     }
 
+    /// A sandbox is ready: attribute it what waited in limbo for it.
     pub fn register(&self, owner: Owner) {
         let mut s = self.lock();
         s.agg.revive(&owner.id);
         s.owners.retain(|o| o.id != owner.id);
+        let one = [owner.clone()];
+        let mine: Vec<LimboKey> = s.limbo.keys().filter(|(uid, pid, _, _)| owner_in(&one, *uid, *pid).is_some()).cloned().collect();
+        for key in mine {
+            if let Some((n, _)) = s.limbo.remove(&key) {
+                s.add(&owner.id, key.2, &key.3, n);
+            }
+        }
+        for (creator, _) in s.domains.values_mut() {
+            if let Creator::Unknown(uid, pid) = creator
+                && owner_in(&one, *uid, *pid).is_some()
+            {
+                *creator = Creator::Sandbox(owner.id.clone());
+            }
+        }
         s.owners.push(owner);
     }
 
@@ -250,6 +322,9 @@ fn read_loop(fd: OwnedFd, shared: Arc<Mutex<Shared>>) {
         }
         let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
         s.overruns += overruns;
+        if !s.limbo.is_empty() {
+            s.expire();
+        }
         for r in batch.drain(..) {
             handle(&mut s, &mut pending, r);
         }
@@ -286,38 +361,37 @@ fn handle(s: &mut Shared, pending: &mut Pending, r: Record) {
     }
     match r {
         Record::LandlockAccess { domain, blockers, object, .. } => match s.domains.get(&domain).map(|d| d.0.clone()) {
-            Some(id) => s.landlock(&id, domain, &blockers, &object),
+            Some(creator) => s.landlock(creator, domain, &blockers, &object),
             None => pending.get_or_insert_with(|| (serial, Vec::new())).1.push((domain, blockers, object)),
         },
-        Record::DomainAllocated { domain, pid, uid, .. } | Record::Syscall { pid, uid, serial: domain } => {
-            let is_domain = !matches!(r, Record::Syscall { .. });
-            let Some((_, items)) = pending.take() else {
-                if is_domain && let Some(id) = s.owner_of(uid, pid) {
-                    s.domains.entry(domain).or_insert((id, 0));
+        Record::DomainAllocated { domain, pid, uid, .. } => {
+            let creator = s.owner_of(uid, pid).map_or(Creator::Unknown(uid, pid), Creator::Sandbox);
+            s.domains.entry(domain).or_insert((creator, 0));
+            if let Some((_, items)) = pending.take() {
+                for (d, blockers, object) in items {
+                    let c = s.domains.get(&d).map_or(Creator::Unknown(uid, pid), |x| x.0.clone());
+                    s.landlock(c, d, &blockers, &object);
                 }
-                return;
-            };
-            match s.owner_of(uid, pid) {
-                Some(id) => {
-                    for (d, blockers, object) in items {
-                        s.landlock(&id, d, &blockers, &object);
-                    }
+            }
+        }
+        Record::Syscall { pid, uid, .. } => {
+            // A domain not seen allocated (the daemon started after): the
+            // process that was refused tells whose it is.
+            if let Some((_, items)) = pending.take() {
+                for (d, blockers, object) in items {
+                    s.landlock(Creator::Unknown(uid, pid), d, &blockers, &object);
                 }
-                None => s.agg.unattributed += items.len() as u64,
             }
         }
         Record::DomainFreed { domain, denials, .. } => {
-            if let Some((_, seen)) = s.domains.remove(&domain) {
+            if let Some((Creator::Sandbox(_), seen)) = s.domains.remove(&domain) {
                 s.agg.dropped += denials.saturating_sub(seen);
             }
         }
-        Record::Seccomp { pid, uid, syscall, .. } => match s.owner_of(uid, pid) {
-            Some(id) => {
-                let (kind, detail) = seccomp_detail(syscall);
-                s.add(&id, kind, &detail, 1);
-            }
-            None => s.agg.unattributed += 1,
-        },
+        Record::Seccomp { pid, uid, syscall, .. } => {
+            let (kind, detail) = seccomp_detail(syscall);
+            s.attribute(uid, pid, kind, &detail);
+        }
         Record::EndOfEvent { .. } => {
             if let Some((_, items)) = pending.take() {
                 s.agg.unattributed += items.len() as u64;
@@ -325,6 +399,18 @@ fn handle(s: &mut Shared, pending: &mut Pending, r: Record) {
         }
         Record::Other => {}
     }
+}
+
+/// The owner a record's uid (when it is a sandbox's own) or pid (its cgroup) names.
+fn owner_in(owners: &[Owner], uid: u32, pid: i32) -> Option<&Owner> {
+    if let Some(o) = owners.iter().find(|o| o.uid == Some(uid)) {
+        return Some(o);
+    }
+    if pid <= 0 || owners.is_empty() {
+        return None;
+    }
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    owners.iter().find(|o| !o.sandbox.is_empty() && cg.lines().any(|l| l.split('/').any(|c| c == o.sandbox)))
 }
 
 #[cfg(test)]
@@ -349,13 +435,14 @@ mod tests {
         handle(&mut s, &mut p, Record::EndOfEvent { serial: 1 });
         handle(&mut s, &mut p, access(2));
         handle(&mut s, &mut p, Record::Seccomp { serial: 3, pid: 99, uid: 1_610_612_737, syscall: libc::SYS_ptrace });
-        handle(&mut s, &mut p, Record::Seccomp { serial: 4, pid: 99, uid: 5, syscall: libc::SYS_ptrace });
+        handle(&mut s, &mut p, Record::Seccomp { serial: 4, pid: -1, uid: 5, syscall: libc::SYS_ptrace });
         // The kernel counted 5 denials for the domain; 2 were read.
         handle(&mut s, &mut p, Record::DomainFreed { serial: 5, domain: 7, denials: 5 });
         let d = &s.agg.sandboxes["d-1"];
         assert_eq!(d.details[&(Kind::Fs, "fs.read_file /etc/shadow".to_string())].total, 2);
         assert_eq!(d.details[&(Kind::Syscall, "ptrace".to_string())].total, 1);
-        assert_eq!((s.agg.dropped, s.agg.unattributed), (3, 1));
+        // uid 5 is nobody's yet: in limbo, not lost.
+        assert_eq!((s.agg.dropped, s.agg.unattributed, s.limbo.len()), (3, 0, 1));
     }
 
     #[test]
@@ -369,5 +456,28 @@ mod tests {
         handle(&mut s, &mut p, Record::EndOfEvent { serial: 2 });
         assert_eq!(s.agg.sandboxes["d-1"].by_kind[&Kind::Scope], 1);
         assert_eq!(s.agg.unattributed, 1);
+    }
+
+    #[test]
+    fn denials_before_a_sandbox_is_registered_wait_in_limbo_and_are_attributed_when_it_is() {
+        let mut s = shared();
+        let mut p = None;
+        let uid = 1_610_612_999;
+        for serial in 1..=1000 {
+            handle(&mut s, &mut p, Record::Seccomp { serial, pid: -1, uid, syscall: libc::SYS_keyctl });
+        }
+        handle(&mut s, &mut p, Record::LandlockAccess { serial: 2000, domain: 9, blockers: "fs.read_dir".into(), object: "/".into() });
+        handle(&mut s, &mut p, Record::DomainAllocated { serial: 2000, domain: 9, pid: -1, uid });
+        handle(&mut s, &mut p, Record::LandlockAccess { serial: 2001, domain: 9, blockers: "fs.read_dir".into(), object: "/".into() });
+        assert!(!s.agg.sandboxes.contains_key("d-2"));
+        // SAFETY: our own eventfd, leaked by the test.
+        let hub = Hub { shared: Arc::new(Mutex::new(s)), wake: unsafe { OwnedFd::from_raw_fd(libc::eventfd(0, 0)) }, kernel: String::new(), landlock: true, seccomp: true, lost_at_start: None };
+        hub.register(Owner { id: "d-2".into(), sandbox: "sc-2".into(), uid: Some(uid) });
+        let mut s = hub.lock();
+        handle(&mut s, &mut p, Record::LandlockAccess { serial: 2002, domain: 9, blockers: "fs.read_dir".into(), object: "/".into() });
+        let d = &s.agg.sandboxes["d-2"];
+        assert_eq!(d.details[&(Kind::Syscall, "keyctl".to_string())].total, 1000);
+        assert_eq!(d.details[&(Kind::Fs, "fs.read_dir /".to_string())].total, 3);
+        assert!(s.limbo.is_empty());
     }
 }
