@@ -553,6 +553,11 @@ fn denials(port: &str, flood: u64) -> u8 {
         let p = unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) };
         eprintln!("denials: read_dir / {}, socket(AF_PACKET) {s}, ptrace {p}", if dir.is_ok() { "ALLOWED" } else { "refused" });
     }
+    // A flood runs while the sandbox serves (it is healthy meanwhile).
+    let server = (port != "-" && flood > 0).then(|| {
+        let port = port.to_string();
+        std::thread::spawn(move || serve(&port, false))
+    });
     let start = std::time::Instant::now();
     for _ in 0..flood {
         // SAFETY: keyctl(KEYCTL_GET_KEYRING_ID, 0, 0) takes no pointers; refused by the filter anyway.
@@ -561,10 +566,11 @@ fn denials(port: &str, flood: u64) -> u8 {
     println!("flood {flood} {:.6}", start.elapsed().as_secs_f64());
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    if port == "-" {
-        return 0;
+    match server {
+        Some(s) => s.join().unwrap_or(1),
+        None if port == "-" => 0,
+        None => serve(port, false),
     }
-    serve(port, false)
 }
 
 fn listen_and_answer(port: &str, bench: bool, response: String) -> u8 {

@@ -63,13 +63,19 @@ pub fn unix_now() -> f64 {
 impl Aggregator {
     /// Count `n` denials; true when this made a detail newly due (wake the reporter).
     pub fn add(&mut self, sandbox: &str, kind: Kind, detail: &str, n: u64) -> bool {
-        let s = self.sandboxes.entry(sandbox.to_string()).or_default();
-        let mut key = (kind, detail.to_string());
-        if !s.details.contains_key(&key) && s.details.len() >= MAX_DETAILS {
-            key.1 = OTHER.to_string();
+        if !self.sandboxes.contains_key(sandbox) {
+            self.sandboxes.insert(sandbox.to_string(), SandboxDenials::default());
         }
+        let Some(s) = self.sandboxes.get_mut(sandbox) else { return false };
         let now = unix_now();
-        let c = s.details.entry(key).or_insert_with(|| Count { first: now, ..Count::default() });
+        // The hot path (a flood of one detail) allocates nothing.
+        let c = match s.details.iter_mut().find(|((k, d), _)| *k == kind && d == detail) {
+            Some((_, c)) => c,
+            None => {
+                let detail = if s.details.len() >= MAX_DETAILS { OTHER } else { detail };
+                s.details.entry((kind, detail.to_string())).or_insert_with(|| Count { first: now, ..Count::default() })
+            }
+        };
         let was_clean = c.total == c.reported;
         c.total += n;
         c.last = now;

@@ -60,6 +60,9 @@ pub struct Shared {
     /// Landlock domain -> its creator, and the records read for it.
     domains: HashMap<u64, (Creator, u64)>,
     limbo: HashMap<LimboKey, (u64, std::time::Instant)>,
+    /// Recent lookups by uid and pid (a flood names the same pid a million
+    /// times; /proc is read once a second per pid at most).
+    lookups: HashMap<(u32, i32), (Option<String>, std::time::Instant)>,
     /// ENOBUFS on the audit socket: records lost in numbers nobody knows.
     pub overruns: u64,
     wake_fd: RawFd,
@@ -67,21 +70,31 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn owner_of(&self, uid: u32, pid: i32) -> Option<String> {
-        owner_in(&self.owners, uid, pid).map(|o| o.id.clone())
+    fn owner_of(&mut self, uid: u32, pid: i32) -> Option<String> {
+        if let Some((o, t)) = self.lookups.get(&(uid, pid))
+            && t.elapsed() < std::time::Duration::from_secs(1)
+        {
+            return o.clone();
+        }
+        let o = owner_in(&self.owners, uid, pid).map(|o| o.id.clone());
+        if self.lookups.len() >= 4096 {
+            self.lookups.clear();
+        }
+        self.lookups.insert((uid, pid), (o.clone(), std::time::Instant::now()));
+        o
     }
 
     /// Count a denial of the sandbox with `uid`/`pid`, or keep it in limbo.
-    fn attribute(&mut self, uid: u32, pid: i32, kind: Kind, detail: &str) {
+    fn attribute(&mut self, uid: u32, pid: i32, kind: Kind, detail: &str, n: u64) {
         match self.owner_of(uid, pid) {
-            Some(id) => self.add(&id, kind, detail, 1),
+            Some(id) => self.add(&id, kind, detail, n),
             None => {
                 let key = (uid, pid, kind, detail.to_string());
                 if self.limbo.len() >= LIMBO_KEYS && !self.limbo.contains_key(&key) {
-                    self.agg.unattributed += 1;
+                    self.agg.unattributed += n;
                     return;
                 }
-                self.limbo.entry(key).or_insert((0, std::time::Instant::now())).0 += 1;
+                self.limbo.entry(key).or_insert((0, std::time::Instant::now())).0 += n;
             }
         }
     }
@@ -123,7 +136,7 @@ impl Shared {
         let detail = if object.is_empty() { blockers.to_string() } else { format!("{blockers} {object}") };
         match &creator {
             Creator::Sandbox(id) => self.add(id, kind, &detail, 1),
-            Creator::Unknown(uid, pid) => self.attribute(*uid, *pid, kind, &detail),
+            Creator::Unknown(uid, pid) => self.attribute(*uid, *pid, kind, &detail, 1),
         }
         let d = self.domains.entry(domain).or_insert_with(|| (creator, 0));
         d.1 += 1;
@@ -250,6 +263,7 @@ impl Hub {
     pub fn register(&self, owner: Owner) {
         let mut s = self.lock();
         s.agg.revive(&owner.id);
+        s.lookups.clear();
         s.owners.retain(|o| o.id != owner.id);
         let one = [owner.clone()];
         let mine: Vec<LimboKey> = s.limbo.keys().filter(|(uid, pid, _, _)| owner_in(&one, *uid, *pid).is_some()).cloned().collect();
@@ -270,6 +284,7 @@ impl Hub {
 
     pub fn unregister(&self, id: &str) {
         let mut s = self.lock();
+        s.lookups.clear();
         s.owners.retain(|o| o.id != id);
         s.agg.retire(id);
     }
@@ -325,9 +340,19 @@ fn read_loop(fd: OwnedFd, shared: Arc<Mutex<Shared>>) {
         if !s.limbo.is_empty() {
             s.expire();
         }
-        for r in batch.drain(..) {
-            handle(&mut s, &mut pending, r);
+        // A flood repeats one record: count runs of equal seccomp records once.
+        let mut i = 0;
+        while i < batch.len() {
+            let mut n = 1;
+            if let Record::Seccomp { pid, uid, syscall, .. } = batch[i] {
+                while batch.get(i + n).is_some_and(|r| matches!(r, Record::Seccomp { pid: p, uid: u, syscall: c, .. } if *p == pid && *u == uid && *c == syscall)) {
+                    n += 1;
+                }
+            }
+            handle_n(&mut s, &mut pending, batch[i].clone(), n as u64);
+            i += n;
         }
+        batch.clear();
     }
 }
 
@@ -342,7 +367,13 @@ fn seccomp_detail(nr: i64) -> (Kind, String) {
 
 type Pending = Option<(u64, Vec<(u64, String, String)>)>;
 
+#[cfg(test)]
 fn handle(s: &mut Shared, pending: &mut Pending, r: Record) {
+    handle_n(s, pending, r, 1)
+}
+
+/// One record (`n` equal ones for a seccomp record).
+fn handle_n(s: &mut Shared, pending: &mut Pending, r: Record, n: u64) {
     // A Landlock record waits for the rest of its event (the domain's creator,
     // or the syscall record) when its domain is not known yet.
     let serial = match &r {
@@ -390,7 +421,7 @@ fn handle(s: &mut Shared, pending: &mut Pending, r: Record) {
         }
         Record::Seccomp { pid, uid, syscall, .. } => {
             let (kind, detail) = seccomp_detail(syscall);
-            s.attribute(uid, pid, kind, &detail);
+            s.attribute(uid, pid, kind, &detail, n);
         }
         Record::EndOfEvent { .. } => {
             if let Some((_, items)) = pending.take() {
@@ -452,9 +483,12 @@ mod tests {
         let access = |serial| Record::LandlockAccess { serial, domain: 8, blockers: "scope.signal".into(), object: "opid=1".into() };
         handle(&mut s, &mut p, access(1));
         handle(&mut s, &mut p, Record::Syscall { serial: 1, pid: 5, uid: 1_610_612_737 });
+        // Known from then on.
         handle(&mut s, &mut p, access(2));
-        handle(&mut s, &mut p, Record::EndOfEvent { serial: 2 });
-        assert_eq!(s.agg.sandboxes["d-1"].by_kind[&Kind::Scope], 1);
+        // A domain nothing names: unattributed at the end of its event.
+        handle(&mut s, &mut p, Record::LandlockAccess { serial: 3, domain: 10, blockers: "fs.read_dir".into(), object: "/".into() });
+        handle(&mut s, &mut p, Record::EndOfEvent { serial: 3 });
+        assert_eq!(s.agg.sandboxes["d-1"].by_kind[&Kind::Scope], 2);
         assert_eq!(s.agg.unattributed, 1);
     }
 

@@ -34,6 +34,10 @@ pub fn parse(msg_type: u16, text: &[u8]) -> Record {
     if !matches!(msg_type, AUDIT_SYSCALL | AUDIT_EOE | AUDIT_SECCOMP | AUDIT_LANDLOCK_ACCESS | AUDIT_LANDLOCK_DOMAIN) {
         return Record::Other;
     }
+    // The hot path (a seccomp flood): no allocation.
+    if msg_type == AUDIT_SECCOMP || msg_type == AUDIT_SYSCALL || msg_type == AUDIT_EOE {
+        return parse_fast(msg_type, text);
+    }
     let text = String::from_utf8_lossy(text.strip_suffix(b"\0").unwrap_or(text));
     let Some((head, body)) = text.split_once("): ").or_else(|| text.strip_suffix("):").map(|h| (h, ""))) else { return Record::Other };
     let Some(serial) = head.rsplit_once(':').and_then(|(_, s)| s.parse::<u64>().ok()) else { return Record::Other };
@@ -81,6 +85,41 @@ pub fn parse(msg_type: u16, text: &[u8]) -> Record {
         }
         _ => Record::Other,
     }
+}
+
+/// Seccomp, syscall and end-of-event records: only numbers are read.
+fn parse_fast(msg_type: u16, text: &[u8]) -> Record {
+    let Some(close) = text.windows(3).position(|w| w == b"): ") else {
+        return match (msg_type, text.strip_suffix(b"):").or_else(|| text.strip_suffix(b"): "))) {
+            (AUDIT_EOE, Some(head)) => serial_of(head).map_or(Record::Other, |serial| Record::EndOfEvent { serial }),
+            _ => Record::Other,
+        };
+    };
+    let Some(serial) = serial_of(&text[..close]) else { return Record::Other };
+    if msg_type == AUDIT_EOE {
+        return Record::EndOfEvent { serial };
+    }
+    let (mut pid, mut uid, mut syscall) = (None, None, None);
+    for tok in text[close + 3..].split(|b| *b == b' ') {
+        let num = |p: &[u8]| tok.strip_prefix(p).and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse::<i64>().ok());
+        if let Some(v) = num(b"pid=") {
+            pid = i32::try_from(v).ok();
+        } else if let Some(v) = num(b"uid=") {
+            uid = u32::try_from(v).ok();
+        } else if let Some(v) = num(b"syscall=") {
+            syscall = Some(v);
+        }
+    }
+    match (msg_type, pid, uid, syscall) {
+        (AUDIT_SECCOMP, Some(pid), Some(uid), Some(syscall)) => Record::Seccomp { serial, pid, uid, syscall },
+        (AUDIT_SYSCALL, Some(pid), Some(uid), _) => Record::Syscall { serial, pid, uid },
+        _ => Record::Other,
+    }
+}
+
+fn serial_of(head: &[u8]) -> Option<u64> {
+    let colon = head.iter().rposition(|b| *b == b':')?;
+    std::str::from_utf8(&head[colon + 1..]).ok()?.parse().ok()
 }
 
 fn bound(mut s: String) -> String {
