@@ -264,8 +264,9 @@ fn a_freeze_tripwire_freezes_on_its_first_match_the_bundle_verifies_thaw_resumes
         let o = Command::new("sha256sum").arg("/etc/shadow").output().unwrap();
         stdout(&o).split_whitespace().next().unwrap().to_string()
     };
-    let untracked: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("git/untracked.json")).unwrap()).unwrap();
-    let all = std::fs::read_to_string(dir.join("git/untracked.json")).unwrap();
+    // (Not a git worktree: every file is listed, as untracked ones are in one.)
+    let untracked: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("worktree.json")).unwrap()).unwrap();
+    let all = std::fs::read_to_string(dir.join("worktree.json")).unwrap();
     assert!(!all.contains(&shadow_hash), "the symlink's target was read");
     let first_line = shadow.lines().next().unwrap_or("root:");
     for e in walk(&dir) {

@@ -438,6 +438,13 @@ impl Daemon {
         let Some(e) = self.sandboxes.get_mut(id) else { return };
         e.after_exit = after;
         e.probe = None;
+        if e.incident.frozen.take().is_some() {
+            // A frozen sandbox cannot act on a signal, nor its stopped launcher.
+            let cgroups: Vec<PathBuf> = e.info["cgroups"].as_array().into_iter().flatten().filter_map(Value::as_str).map(PathBuf::from).collect();
+            crate::incident::freezer::kill(&cgroups);
+            // SAFETY: SIGCONT to our own child, the sandbox's launcher.
+            unsafe { libc::kill(e.child.id() as i32, libc::SIGCONT) };
+        }
         if e.state == State::Restarting {
             // Nothing runs: a stop ends it at the next tick.
             e.stop_deadline = Some(Instant::now());

@@ -199,6 +199,43 @@ fn untracked(worktree: &Path, owner: u32, names: &[&[u8]]) -> Value {
 
 use std::os::fd::AsFd;
 
+/// The entries below a worktree (relative names), breadth first, without
+/// following a symlink or crossing a mount, at most [`MAX_UNTRACKED`] and 16
+/// levels deep.
+fn walk(worktree: &Path, owner: u32) -> Vec<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(root) = crate::fs::safe_open::open_dir_nofollow(worktree, Some(owner)) else { return Vec::new() };
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut dirs: std::collections::VecDeque<(PathBuf, usize)> = [(PathBuf::new(), 0)].into();
+    while let Some((rel, depth)) = dirs.pop_front() {
+        let dir = if rel.as_os_str().is_empty() {
+            None
+        } else {
+            match crate::fs::safe_open::open_beneath(root.fd.as_fd(), worktree, &rel, crate::fs::safe_open::Kind::Dir, None) {
+                Ok(d) => Some(d),
+                Err(_) => continue,
+            }
+        };
+        let fd = dir.as_ref().map_or(root.fd.as_fd(), |d| d.fd.as_fd());
+        let Ok(names) = crate::fs::safe_open::list_dir(fd, &worktree.join(&rel)) else { continue };
+        for name in names {
+            if out.len() >= MAX_UNTRACKED {
+                return out;
+            }
+            let child = rel.join(&name);
+            let st = nix::sys::stat::fstatat(fd, name.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW);
+            if st.is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR) {
+                if depth < 16 && name != ".git" {
+                    dirs.push_back((child.clone(), depth + 1));
+                }
+                continue;
+            }
+            out.push(child.as_os_str().as_bytes().to_vec());
+        }
+    }
+    out
+}
+
 /// Write the bundle under `base` (created 0700); returns its directory.
 pub fn write(base: &Path, input: &Input) -> Result<PathBuf, String> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(base).map_err(|e| format!("{}: {e}", base.display()))?;
@@ -276,6 +313,13 @@ pub fn write(base: &Path, input: &Input) -> Result<PathBuf, String> {
             w.put("git/diff.patch", &diff)?;
         }
         _ => w.put("git/status", b"error: the worktree is not a directory owned by a user\n")?,
+    }
+    if !w.files.iter().any(|(p, _, _)| p == "git/untracked.json") {
+        // Not a git worktree (or git failed): every file, hashed the same way.
+        let owner = std::fs::symlink_metadata(&input.worktree).map(|m| m.uid()).unwrap_or(0);
+        let names = walk(&input.worktree, owner);
+        let refs: Vec<&[u8]> = names.iter().map(Vec::as_slice).collect();
+        w.json("worktree.json", &untracked(&input.worktree, owner, &refs))?;
     }
     let manifest: Vec<Value> = w.files.iter().map(|(p, h, n)| json!({ "path": p, "sha256": h, "size": n })).collect();
     let sums: String = w.files.iter().map(|(p, h, _)| format!("{h}  {p}\n")).collect();
