@@ -347,6 +347,13 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1001)]
         scale: usize,
     },
+    /// A denial storm's cost: the payload's refused-call rate with audit logging off, on, and read.
+    Denials {
+        #[arg(long, default_value_t = 200_000)]
+        calls: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Outbound forward and egress proxy against direct loopback: throughput.
     Egress {
         #[arg(long, default_value = "1G")]
@@ -403,6 +410,9 @@ fn main() -> ExitCode {
             bench_broker(&bytes, pings, connections, launches)
         }
         Command::Bench(BenchArgs { cmd: Some(BenchCommand::Egress { bytes }), .. }) => bench_egress(&bytes),
+        Command::Bench(BenchArgs { cmd: Some(BenchCommand::Denials { calls, rounds }), .. }) => {
+            swarmcell::bench::denials::run(calls, rounds).map(|_| 0).map_err(|e| (e, launch::EXIT_LAUNCHER_ERROR))
+        }
         Command::Bench(BenchArgs { cmd: Some(BenchCommand::Daemon { soak, scale }), .. }) => {
             swarmcell::bench::daemon::run(soak, scale).map(|_| 0).map_err(|e| (e, launch::EXIT_LAUNCHER_ERROR))
         }

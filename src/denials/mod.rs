@@ -16,6 +16,7 @@ pub mod cli;
 pub mod hub;
 pub mod record;
 pub mod tripwire;
+pub mod verify;
 
 use serde::{Deserialize, Serialize};
 
