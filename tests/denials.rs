@@ -31,7 +31,8 @@ impl Daemon {
         }
         std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let policy = f.dir.join("policy.toml");
-        std::fs::write(&policy, format!("[filesystem]\nread_only = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", {:?}]\n{policy_extra}", bin_dir())).unwrap();
+        std::fs::write(&policy, format!("[filesystem]\nread_only = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", {:?}]\n{policy_extra}", bin_dir()))
+            .unwrap();
         std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o600)).unwrap();
         let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let d = Daemon { child: None, dir: f.dir.clone(), socket: f.dir.join("ctl.sock"), audit: f.dir.join("audit.log"), metrics };
@@ -56,7 +57,11 @@ impl Daemon {
         d.child = Some(Command::new(bin()).arg("daemon").arg("--config").arg(&config).stderr(log).spawn().unwrap());
         let start = Instant::now();
         while !d.ctl(&["list"]).status.success() {
-            assert!(start.elapsed() < Duration::from_secs(5), "daemon did not start: {}", std::fs::read_to_string(f.dir.join("daemon.log")).unwrap_or_default());
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "daemon did not start: {}",
+                std::fs::read_to_string(f.dir.join("daemon.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         d
@@ -170,7 +175,12 @@ fn fs_socket_family_and_syscall_denials_arrive_attributed_with_counts_within_a_s
     for (kind, detail) in [("fs", "fs.read_dir /"), ("net", "socket"), ("syscall", "ptrace")] {
         let total: u64 = v.iter().filter(|e| e["id"] == id && e["kind"] == kind && e["detail"] == detail).map(|e| e["count"].as_u64().unwrap()).sum();
         assert_eq!(total, 3, "{kind} {detail}: {v:?}");
-        assert!(v.iter().any(|e| e["id"] == id && e["agent"] == "a" && e["sandbox"].as_str().is_some_and(|s| s.starts_with("sc-")) && e["source"] == "kernel"));
+        assert!(
+            v.iter().any(|e| e["id"] == id
+                && e["agent"] == "a"
+                && e["sandbox"].as_str().is_some_and(|s| s.starts_with("sc-"))
+                && e["source"] == "kernel")
+        );
     }
     let m = d.scrape();
     assert!(m.contains(&format!("swarmcell_denials_total{{sandbox=\"{id}\",kind=\"fs\"}} 3")), "{m}");
@@ -206,7 +216,11 @@ fn a_flood_of_a_million_denials_is_counted_without_loss_and_other_launches_stay_
         if c + r["dropped"].as_u64().unwrap() >= 1_000_000 {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(120), "not all counted: keyctl {c}, {r}\n{}", std::fs::read_to_string(f.dir.join("logs").join(format!("{id}.log"))).unwrap_or_default());
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "not all counted: keyctl {c}, {r}\n{}",
+            std::fs::read_to_string(f.dir.join("logs").join(format!("{id}.log"))).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let took = t0.elapsed();
@@ -272,7 +286,9 @@ fn a_freeze_tripwire_freezes_on_its_first_match_the_bundle_verifies_thaw_resumes
     for e in walk(&dir) {
         assert!(!std::fs::read_to_string(&e).unwrap_or_default().contains(first_line), "{} holds /etc/shadow", e.display());
     }
-    let entry = |name: &str| untracked["files"].as_array().unwrap().iter().find(|e| e["path"] == name).cloned().unwrap_or_else(|| panic!("{name} not listed: {untracked}"));
+    let entry = |name: &str| {
+        untracked["files"].as_array().unwrap().iter().find(|e| e["path"] == name).cloned().unwrap_or_else(|| panic!("{name} not listed: {untracked}"))
+    };
     assert_eq!(entry("planted.fifo")["type"], "fifo");
     assert_eq!(entry("planted-shadow")["type"], "symlink");
     assert_eq!(entry("planted-shadow")["target"], "/etc/shadow");

@@ -138,7 +138,10 @@ impl Daemon {
         use std::fmt::Write;
         let mut o = String::new();
         let s = self.denials.lock();
-        let _ = writeln!(o, "# HELP swarmcell_denials_total Accesses refused to a sandbox, by kind (kernel: fs, net, scope, syscall; launcher: egress, ingress).");
+        let _ = writeln!(
+            o,
+            "# HELP swarmcell_denials_total Accesses refused to a sandbox, by kind (kernel: fs, net, scope, syscall; launcher: egress, ingress)."
+        );
         let _ = writeln!(o, "# TYPE swarmcell_denials_total counter");
         for (id, d) in &s.agg.sandboxes {
             for (kind, n) in &d.by_kind {
@@ -261,14 +264,16 @@ impl Daemon {
         let result = crate::incident::bundle::write(&base, &input);
         let v = match &result {
             Ok(dir) => {
-                self.audit.event("forensic_bundle", json!({ "id": id, "agent": agent, "incident_id": incident_id, "path": dir, "outcome": "written" }));
+                self.audit
+                    .event("forensic_bundle", json!({ "id": id, "agent": agent, "incident_id": incident_id, "path": dir, "outcome": "written" }));
                 if let Some(f) = self.sandboxes.get_mut(id).and_then(|e| e.incident.frozen.as_mut()) {
                     f.bundle = Some(dir.clone());
                 }
                 json!({ "ok": true, "id": id, "incident_id": incident_id, "bundle": dir })
             }
             Err(err) => {
-                self.audit.event("forensic_bundle", json!({ "id": id, "agent": agent, "incident_id": incident_id, "error": err, "outcome": "failed" }));
+                self.audit
+                    .event("forensic_bundle", json!({ "id": id, "agent": agent, "incident_id": incident_id, "error": err, "outcome": "failed" }));
                 json!({ "ok": true, "id": id, "incident_id": incident_id, "bundle": Value::Null, "bundle_error": err })
             }
         };
@@ -286,7 +291,10 @@ impl Daemon {
         e.failures = 0;
         let agent = e.rec.agent.clone();
         let outcome = if r.is_ok() { "thawed" } else { "failed" };
-        self.audit.event("sandbox_thaw", json!({ "id": id, "agent": agent, "uid": uid, "incident_id": f.incident_id, "outcome": outcome, "error": r.as_ref().err() }));
+        self.audit.event(
+            "sandbox_thaw",
+            json!({ "id": id, "agent": agent, "uid": uid, "incident_id": f.incident_id, "outcome": outcome, "error": r.as_ref().err() }),
+        );
         r.map_err(|err| format!("thawing sandbox {id}: {err}"))?;
         Ok(json!({ "ok": true, "id": id, "incident_id": f.incident_id }))
     }

@@ -192,8 +192,8 @@ impl Daemon {
                         self.denials.lock().add(id, crate::denials::Kind::Egress, &line(&format!("{host}:{port}")), 1);
                     }
                     (
-                    "egress",
-                    json!({ "id": id, "agent": agent, "host": line(&host), "port": port, "allowed": allowed,
+                        "egress",
+                        json!({ "id": id, "agent": agent, "host": line(&host), "port": port, "allowed": allowed,
                             "reason": reason.as_deref().map(line), "address": address.as_deref().map(line),
                             "outcome": if allowed { "allowed" } else { "denied" } }),
                     )

@@ -86,7 +86,14 @@ fn request(msg_type: u16, payload: &[u8]) -> std::io::Result<Vec<u8>> {
     to.nl_family = libc::AF_NETLINK as libc::sa_family_t;
     // SAFETY: valid buffer and address.
     let n = unsafe {
-        libc::sendto(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0, (&to as *const libc::sockaddr_nl).cast(), std::mem::size_of::<libc::sockaddr_nl>() as u32)
+        libc::sendto(
+            fd.as_raw_fd(),
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            (&to as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
     };
     if n < 0 {
         return Err(std::io::Error::last_os_error());
@@ -94,7 +101,13 @@ fn request(msg_type: u16, payload: &[u8]) -> std::io::Result<Vec<u8>> {
     let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
     // SAFETY: a timeval option of the right size.
     unsafe {
-        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as u32)
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
     };
     // The ACK (an error message with error 0) and, for AUDIT_GET, the reply.
     let mut reply = Vec::new();

@@ -80,7 +80,8 @@ fn line_of(d: &Value, count: u64, json: bool) -> String {
 /// `swarmcell denials`.
 pub fn denials(args: &DenialsArgs) -> Result<u8, Failure> {
     if args.enable_kernel_audit {
-        crate::denials::audit_nl::enable().map_err(|e| fail(format!("enabling kernel audit (AUDIT_SET; root in the initial PID and user namespaces): {e}")))?;
+        crate::denials::audit_nl::enable()
+            .map_err(|e| fail(format!("enabling kernel audit (AUDIT_SET; root in the initial PID and user namespaces): {e}")))?;
         let st = crate::denials::audit_nl::status().map_err(|e| fail(format!("AUDIT_GET: {e}")))?;
         println!("kernel audit enabled={} auditd_pid={} lost={} backlog_limit={}", st.enabled, st.auditd_pid, st.lost, st.backlog_limit);
         return Ok(0);
@@ -134,7 +135,12 @@ pub fn ctl(socket: &Path, cmd: IncidentCommand) -> Result<u8, Failure> {
                     o.remove("time");
                     o.remove("event");
                 }
-                println!("{:.3}\t{}\t{}", e["time"].as_f64().unwrap_or(0.0), sanitize::line(e["event"].as_str().unwrap_or("")), sanitize::json(&rest));
+                println!(
+                    "{:.3}\t{}\t{}",
+                    e["time"].as_f64().unwrap_or(0.0),
+                    sanitize::line(e["event"].as_str().unwrap_or("")),
+                    sanitize::json(&rest)
+                );
             }
         }
         IncidentCommand::Freeze { id } => {

@@ -304,7 +304,7 @@ impl Hub {
 fn read_loop(fd: OwnedFd, shared: Arc<Mutex<Shared>>) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut batch: Vec<Record> = Vec::with_capacity(512);
-    let mut pending: Option<(u64, Vec<(u64, String, String)>)> = None;
+    let mut pending: Pending = None;
     loop {
         let mut overruns = 0u64;
         let mut flags = 0;
@@ -345,7 +345,10 @@ fn read_loop(fd: OwnedFd, shared: Arc<Mutex<Shared>>) {
         while i < batch.len() {
             let mut n = 1;
             if let Record::Seccomp { pid, uid, syscall, .. } = batch[i] {
-                while batch.get(i + n).is_some_and(|r| matches!(r, Record::Seccomp { pid: p, uid: u, syscall: c, .. } if *p == pid && *u == uid && *c == syscall)) {
+                while batch
+                    .get(i + n)
+                    .is_some_and(|r| matches!(r, Record::Seccomp { pid: p, uid: u, syscall: c, .. } if *p == pid && *u == uid && *c == syscall))
+                {
                     n += 1;
                 }
             }
@@ -365,6 +368,7 @@ fn seccomp_detail(nr: i64) -> (Kind, String) {
     }
 }
 
+/// Landlock records of one event waiting for its creator: (serial, [(domain, blockers, object)]).
 type Pending = Option<(u64, Vec<(u64, String, String)>)>;
 
 #[cfg(test)]
@@ -504,8 +508,15 @@ mod tests {
         handle(&mut s, &mut p, Record::DomainAllocated { serial: 2000, domain: 9, pid: -1, uid });
         handle(&mut s, &mut p, Record::LandlockAccess { serial: 2001, domain: 9, blockers: "fs.read_dir".into(), object: "/".into() });
         assert!(!s.agg.sandboxes.contains_key("d-2"));
-        // SAFETY: our own eventfd, leaked by the test.
-        let hub = Hub { shared: Arc::new(Mutex::new(s)), wake: unsafe { OwnedFd::from_raw_fd(libc::eventfd(0, 0)) }, kernel: String::new(), landlock: true, seccomp: true, lost_at_start: None };
+        let hub = Hub {
+            shared: Arc::new(Mutex::new(s)),
+            // SAFETY: a fresh eventfd, owned by the hub.
+            wake: unsafe { OwnedFd::from_raw_fd(libc::eventfd(0, 0)) },
+            kernel: String::new(),
+            landlock: true,
+            seccomp: true,
+            lost_at_start: None,
+        };
         hub.register(Owner { id: "d-2".into(), sandbox: "sc-2".into(), uid: Some(uid) });
         let mut s = hub.lock();
         handle(&mut s, &mut p, Record::LandlockAccess { serial: 2002, domain: 9, blockers: "fs.read_dir".into(), object: "/".into() });

@@ -161,7 +161,7 @@ fn fields(body: &str) -> Vec<(&str, String)> {
 }
 
 fn unhex(s: &str) -> Option<String> {
-    if s.len() % 2 != 0 || s.is_empty() || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !s.len().is_multiple_of(2) || s.is_empty() || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect();
@@ -174,7 +174,10 @@ mod tests {
 
     #[test]
     fn the_records_of_a_landlock_and_a_seccomp_denial_are_parsed() {
-        let a = parse(AUDIT_LANDLOCK_ACCESS, b"audit(1795986076.378:260): domain=155e8c56b blockers=fs.read_file path=\"/etc/hostname\" dev=\"vda\" ino=611");
+        let a = parse(
+            AUDIT_LANDLOCK_ACCESS,
+            b"audit(1795986076.378:260): domain=155e8c56b blockers=fs.read_file path=\"/etc/hostname\" dev=\"vda\" ino=611",
+        );
         assert_eq!(a, Record::LandlockAccess { serial: 260, domain: 0x155e8c56b, blockers: "fs.read_file".into(), object: "/etc/hostname".into() });
         let d = parse(
             AUDIT_LANDLOCK_DOMAIN,

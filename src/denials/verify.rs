@@ -57,10 +57,7 @@ pub fn check_denials(exe: &Path, policy: &Option<PathBuf>, wt: &Path) -> Value {
     let wanted = [(Kind::Net, "socket"), (Kind::Syscall, "ptrace"), (Kind::Fs, "fs.read_dir /")];
     let counts = |hub: &Hub| -> Vec<u64> {
         let s = hub.lock();
-        wanted
-            .iter()
-            .map(|(k, d)| s.agg.sandboxes.get(id).and_then(|x| x.details.get(&(*k, d.to_string()))).map_or(0, |c| c.total))
-            .collect()
+        wanted.iter().map(|(k, d)| s.agg.sandboxes.get(id).and_then(|x| x.details.get(&(*k, d.to_string()))).map_or(0, |c| c.total)).collect()
     };
     let start = Instant::now();
     while counts(&hub).iter().any(|n| *n < 3) && start.elapsed() < Duration::from_secs(2) {
@@ -71,7 +68,8 @@ pub fn check_denials(exe: &Path, policy: &Option<PathBuf>, wt: &Path) -> Value {
     }
     let got = counts(&hub);
     let shown: Vec<String> = wanted.iter().zip(&got).map(|((k, d), n)| format!("{} {d}: {n}", k.name())).collect();
-    let landlock = if hub.landlock { "" } else { " (Landlock records not required: the kernel audit status says they are not written, or cannot be read)" };
+    let landlock =
+        if hub.landlock { "" } else { " (Landlock records not required: the kernel audit status says they are not written, or cannot be read)" };
     if got.iter().take(required).all(|n| *n == 3) {
         check("ok", format!("attributed to {id} within {:?}: {}{landlock}", start.elapsed(), shown.join(", ")))
     } else {

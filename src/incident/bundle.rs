@@ -309,7 +309,8 @@ pub fn write(base: &Path, input: &Input) -> Result<PathBuf, String> {
                 }
                 Err(e) => w.put("git/status", format!("error: {e}\n").as_bytes())?,
             }
-            let diff = git(owner, &input.worktree, &["diff", "--no-ext-diff", "--no-textconv", "--binary", "HEAD"]).unwrap_or_else(|e| format!("error: {e}\n").into_bytes());
+            let diff = git(owner, &input.worktree, &["diff", "--no-ext-diff", "--no-textconv", "--binary", "HEAD"])
+                .unwrap_or_else(|e| format!("error: {e}\n").into_bytes());
             w.put("git/diff.patch", &diff)?;
         }
         _ => w.put("git/status", b"error: the worktree is not a directory owned by a user\n")?,
