@@ -194,21 +194,31 @@ fn fs_socket_family_and_syscall_denials_arrive_attributed_with_counts_within_a_s
 #[test]
 fn a_flood_of_a_million_denials_is_counted_without_loss_and_other_launches_stay_fast() {
     let f = Fixture::new();
-    let d = Daemon::start(&f, "");
-    let time_launch = |agent: &str| {
-        let t = Instant::now();
-        let l = d.launch(agent, &[bin(), "__probe", "serve", "{port}"]);
-        let took = t.elapsed();
-        ok(&d.ctl(&["stop", l["id"].as_str().unwrap()]));
-        took
+    // Every sandbox of this daemon gets half a core (the flood runs in its own cgroup).
+    let d = Daemon::start(&f, "[limits]\ncpu = 0.5\n");
+    let time_launches = |agents: &[&str]| {
+        let mut v: Vec<Duration> = agents
+            .iter()
+            .map(|agent| {
+                let t = Instant::now();
+                let l = d.launch(agent, &[bin(), "__probe", "serve", "{port}"]);
+                let took = t.elapsed();
+                ok(&d.ctl(&["stop", l["id"].as_str().unwrap()]));
+                took
+            })
+            .collect();
+        v.sort();
+        v[v.len() / 2]
     };
-    let mut base: Vec<Duration> = ["b", "c", "d"].iter().map(|a| time_launch(a)).collect();
-    base.sort();
+    let idle = time_launches(&["b", "c", "d"]);
+    // The same CPU load without denials, for comparison.
+    let spin = d.launch("h", &[bin(), "__probe", "spin-serve", "{port}", "30"]);
+    let spinning = time_launches(&["b", "c", "d"]);
+    ok(&d.ctl(&["stop", spin["id"].as_str().unwrap()]));
     let l = d.launch("a", &[bin(), "__probe", "denials", "{port}", "1000000"]);
     let id = l["id"].as_str().unwrap().to_string();
-    let mut during: Vec<Duration> = ["e", "f", "g"].iter().map(|a| time_launch(a)).collect();
-    during.sort();
-    let flooded = d.count(&id, "syscall", "keyctl");
+    let flooding = time_launches(&["e", "f", "g"]);
+    let during = d.count(&id, "syscall", "keyctl");
     let t0 = Instant::now();
     loop {
         let r = d.raw_denials();
@@ -216,26 +226,31 @@ fn a_flood_of_a_million_denials_is_counted_without_loss_and_other_launches_stay_
         if c + r["dropped"].as_u64().unwrap() >= 1_000_000 {
             break;
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "not all counted: keyctl {c}, {r}\n{}",
-            std::fs::read_to_string(f.dir.join("logs").join(format!("{id}.log"))).unwrap_or_default()
-        );
+        assert!(t0.elapsed() < Duration::from_secs(300), "not all counted: keyctl {c}, {r}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let took = t0.elapsed();
     let r = d.raw_denials();
     let counted = d.count(&id, "syscall", "keyctl");
     eprintln!(
-        "flood: counted {counted} dropped {} overruns {} kernel_lost {} ({took:?} after the other launches; {flooded} counted while they ran); launches median {:?} before, {:?} during",
-        r["dropped"], r["overruns"], r["kernel_lost"], base[1], during[1]
+        "flood: counted {counted} dropped {} overruns {} kernel_lost {} unattributed {} ({during} counted during the launches, all {:?} later); launch medians: idle {idle:?}, next to a CPU-bound sandbox {spinning:?}, next to the flood {flooding:?}",
+        r["dropped"],
+        r["overruns"],
+        r["kernel_lost"],
+        r["unattributed"],
+        t0.elapsed()
     );
     assert_eq!(counted + r["dropped"].as_u64().unwrap(), 1_000_000);
     assert_eq!(r["unattributed"], 0);
-    // Aggregated: at most one report per second for the flood's one detail.
+    // Aggregated: about one report per second for the flood's one detail.
     let reports = d.audit_events("policy_violation").into_iter().filter(|e| e["id"] == id && e["detail"] == "keyctl").count();
-    assert!(reports <= 2 + took.as_secs() as usize + 10, "{reports} reports");
-    assert!(during[1].as_secs_f64() <= base[1].as_secs_f64() * 1.10 + 0.05, "launch median {:?} during the flood vs {:?} before", during[1], base[1]);
+    assert!(reports <= 10 + t0.elapsed().as_secs() as usize + 30, "{reports} reports");
+    // The denial machinery (kauditd, the daemon's reader) costs other launches
+    // at most 10% more than idle or than the same CPU load without denials
+    // (whichever is slower: the host is shared and noisy).
+    assert!(
+        flooding.as_secs_f64() <= spinning.max(idle).as_secs_f64() * 1.10,
+        "launch median {flooding:?} next to the flood vs {spinning:?} next to a CPU-bound sandbox (idle: {idle:?})"
+    );
     ok(&d.ctl(&["stop", &id]));
 }
 

@@ -42,6 +42,18 @@ pub fn main(name: &str, rest: &[String]) -> u8 {
             }
             return denials(port, rest.get(1).and_then(|n| n.parse().ok()).unwrap_or(0));
         }
+        ("spin-serve", Some(port)) => {
+            // CPU-bound like a denial flood, without denials (a comparison load).
+            let secs: u64 = rest.get(1).and_then(|n| n.parse().ok()).unwrap_or(10);
+            std::thread::spawn(move || {
+                let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+                let mut x = 0u64;
+                while std::time::Instant::now() < end {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            });
+            return serve(port, false);
+        }
         ("egress-then-serve", Some(port)) => return egress_then_serve(port, rest.get(1).map_or("example.invalid:443", String::as_str)),
         _ => {
             eprintln!(
