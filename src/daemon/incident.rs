@@ -184,7 +184,9 @@ impl Daemon {
                 self.denials_of(id.as_deref(), uid)
             }
             Request::Events { id } => {
-                if !self.sandboxes.contains_key(&id) && self.audit.recent(&id).is_empty() {
+                // A sandbox that is gone is root's to read about.
+                let visible = uid == 0 || self.sandboxes.get(&id).is_some_and(|e| e.rec.uid == uid);
+                if !visible || (!self.sandboxes.contains_key(&id) && self.audit.recent(&id).is_empty()) {
                     json!({ "ok": false, "error": format!("no sandbox {id}") })
                 } else {
                     json!({ "ok": true, "events": self.audit.recent(&id) })
