@@ -6,8 +6,8 @@
 //! v2 cgroup.freeze); its launcher, which runs the broker, the forwards and the
 //! egress proxy, is stopped with SIGSTOP, so that nothing is accepted or
 //! relayed (connections wait in the kernel's backlog); health checks pause. A
-//! forensic bundle is written (`crate::incident::bundle`) — in the loop, which
-//! waits for it (bounded by the bundle's own deadlines). Thaw reverses both;
+//! forensic bundle is written (`crate::incident::bundle`) by a thread of its
+//! own (the loop goes on; a `forensic_bundle` event when it is done). Thaw reverses both;
 //! kill SIGKILLs the cgroup, resumes the launcher, and removes the sandbox as
 //! a stop does.
 
@@ -30,7 +30,14 @@ pub(super) struct SandboxIncident {
 
 pub(super) struct Frozen {
     pub(super) incident_id: String,
-    pub(super) bundle: Option<PathBuf>,
+}
+
+/// A forensic bundle being written.
+pub(super) struct BundleJob {
+    id: String,
+    agent: Option<String>,
+    incident_id: String,
+    job: std::thread::JoinHandle<Result<PathBuf, String>>,
 }
 
 impl SandboxIncident {
@@ -236,7 +243,7 @@ impl Daemon {
         unsafe { libc::kill(e.child.id() as i32, libc::SIGSTOP) };
         e.probe = None;
         let incident_id = incident_id();
-        e.incident.frozen = Some(Frozen { incident_id: incident_id.clone(), bundle: None });
+        e.incident.frozen = Some(Frozen { incident_id: incident_id.clone() });
         let agent = e.rec.agent.clone();
         self.audit.event(
             "sandbox_freeze",
@@ -262,24 +269,44 @@ impl Daemon {
                 json!({ "time": frozen_at, "event": "isolated", "detail": "cgroup frozen, launcher stopped" }),
             ],
         };
+        // Written by a thread of its own: a worktree made to be slow to read
+        // (bounded as it is) must not hold up the loop and every other sandbox.
         let base = self.cfg.state_dir.join("incidents");
-        let result = crate::incident::bundle::write(&base, &input);
-        let v = match &result {
-            Ok(dir) => {
-                self.audit
-                    .event("forensic_bundle", json!({ "id": id, "agent": agent, "incident_id": incident_id, "path": dir, "outcome": "written" }));
-                if let Some(f) = self.sandboxes.get_mut(id).and_then(|e| e.incident.frozen.as_mut()) {
-                    f.bundle = Some(dir.clone());
+        let dir = base.join(&incident_id);
+        let wake = self.denials.wake_fd();
+        let job = std::thread::Builder::new().name("bundle".into()).spawn(move || {
+            let r = crate::incident::bundle::write(&base, &input);
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: an 8-byte write to the daemon's eventfd, which lives as long as the daemon.
+            unsafe { libc::write(wake, one.as_ptr().cast(), 8) };
+            r
+        });
+        match job {
+            Ok(job) => self.bundles.push(BundleJob { id: id.to_string(), agent, incident_id: incident_id.clone(), job }),
+            Err(err) => self.audit.event(
+                "forensic_bundle",
+                json!({ "id": id, "agent": agent, "incident_id": incident_id, "error": err.to_string(), "outcome": "failed" }),
+            ),
+        }
+        Ok(json!({ "ok": true, "id": id, "incident_id": incident_id, "bundle": dir }))
+    }
+
+    /// Bundles written since the last look (`wait`: all of them, at shutdown):
+    /// each a `forensic_bundle` event.
+    pub(super) fn poll_bundles(&mut self, wait: bool) {
+        let (done, pending): (Vec<BundleJob>, Vec<BundleJob>) =
+            std::mem::take(&mut self.bundles).into_iter().partition(|b| wait || b.job.is_finished());
+        self.bundles = pending;
+        for b in done {
+            let fields = match b.job.join() {
+                Ok(Ok(dir)) => json!({ "id": b.id, "agent": b.agent, "incident_id": b.incident_id, "path": dir, "outcome": "written" }),
+                Ok(Err(err)) => json!({ "id": b.id, "agent": b.agent, "incident_id": b.incident_id, "error": err, "outcome": "failed" }),
+                Err(_) => {
+                    json!({ "id": b.id, "agent": b.agent, "incident_id": b.incident_id, "error": "the bundle writer panicked", "outcome": "failed" })
                 }
-                json!({ "ok": true, "id": id, "incident_id": incident_id, "bundle": dir })
-            }
-            Err(err) => {
-                self.audit
-                    .event("forensic_bundle", json!({ "id": id, "agent": agent, "incident_id": incident_id, "error": err, "outcome": "failed" }));
-                json!({ "ok": true, "id": id, "incident_id": incident_id, "bundle": Value::Null, "bundle_error": err })
-            }
-        };
-        Ok(v)
+            };
+            self.audit.event("forensic_bundle", fields);
+        }
     }
 
     fn thaw(&mut self, id: &str, uid: u32) -> Result<Value, String> {

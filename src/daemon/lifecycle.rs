@@ -572,6 +572,8 @@ impl Daemon {
         }
         // Launchers killed at the deadline could not clean up after themselves.
         self.sweep_stale();
+        // Forensic bundles still being written are finished (their reads are bounded).
+        self.poll_bundles(true);
         let _ = std::fs::remove_file(&self.cfg.socket);
         self.audit.event("server_shutdown", json!({ "stopped": ids, "outcome": "ok" }));
     }

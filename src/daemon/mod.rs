@@ -208,6 +208,8 @@ pub struct Daemon {
     /// Every sandbox's denials (kernel records, egress, ingress): see `incident`.
     denials: crate::denials::hub::Hub,
     counters_tripwires: u64,
+    /// Forensic bundles being written (see `incident`).
+    bundles: Vec<incident::BundleJob>,
 }
 
 impl Daemon {
@@ -257,6 +259,7 @@ impl Daemon {
             home_netns,
             denials,
             counters_tripwires: 0,
+            bundles: Vec::new(),
             cfg,
         };
         d.recover();
@@ -362,6 +365,7 @@ impl Daemon {
                     T_DENIALS => {
                         self.denials.woken();
                         self.flush_denials();
+                        self.poll_bundles(false);
                     }
                     _ if t & !KEY == CLIENT => self.on_client(t & KEY),
                     _ if t & !KEY == SCRAPER => self.on_scraper(t & KEY),
