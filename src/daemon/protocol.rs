@@ -131,6 +131,12 @@ mod tests {
     fn requests_are_a_closed_set_with_no_unknown_fields() {
         let r: Request = serde_json::from_str(r#"{"cmd":"stop","id":"sc-1"}"#).unwrap();
         assert_eq!(r, Request::Stop { id: "sc-1".into() });
+        let r: Request = serde_json::from_str(r#"{"cmd":"denials"}"#).unwrap();
+        assert_eq!(r, Request::Denials { id: None });
+        let r: Request = serde_json::from_str(r#"{"cmd":"freeze","id":"d-1"}"#).unwrap();
+        assert_eq!(r, Request::Freeze { id: "d-1".into() });
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"kill","id":"d-1","signal":9}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"thaw"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"exec","id":"x"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"stop","id":"x","extra":1}"#).is_err());
     }

@@ -228,6 +228,17 @@ mod tests {
         assert_eq!(rule("kind = \"syscall\"\npath = \"/x\"\naction = \"alert\"").validate().unwrap_err().0, "path");
         assert_eq!(rule("syscall = \"nope\"\naction = \"alert\"").validate().unwrap_err().0, "syscall");
         assert_eq!(rule("kind = \"fs\"\ncount = 0\naction = \"alert\"").validate().unwrap_err().0, "count");
+        // In a policy: refused with the rule's index and field.
+        let e = crate::policy::Policy::parse("[[tripwire]]\nkind = \"fs\"\nsyscall = \"ptrace\"\naction = \"alert\"\n", "p.toml").unwrap_err();
+        assert!(e.to_string().contains("tripwire[0].syscall"), "{e}");
+        let e = crate::policy::Policy::parse("[[tripwire]]\nkind = \"fs\"\naction = \"alert\"\nsevere = true\n", "p.toml").unwrap_err();
+        assert!(e.to_string().contains("severe"), "{e}");
+        let ok = crate::policy::Policy::parse(
+            "[[tripwire]]\nkind = \"egress\"\nhost = \"*.evil\"\ncount = 3\nwindow = \"10s\"\naction = \"kill\"\n",
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(ok.tripwires.len(), 1);
     }
 
     #[test]
