@@ -15,7 +15,9 @@
 //!   egress proxy, health checks;
 //! - `git`: worktree records, the private git layer, the publisher;
 //! - `policy`: the TOML policy, validated before anything is started;
-//! - `daemon`: the supervisor; `attest`: what auditors run (`verify`, its
+//! - `daemon`: the supervisor; `denials`: the denial stream it reads from the
+//!   kernel's audit records, and tripwires; `incident`: freezing a sandbox and
+//!   its forensic bundle; `attest`: what auditors run (`verify`, its
 //!   in-sandbox probes, `inspect`); `bench`: benchmarks;
 //! - leaf helpers nothing depends back on: `sys` (raw system calls), `sanitize`,
 //!   `logging`.
@@ -26,9 +28,11 @@ pub mod bench;
 pub mod cli;
 pub mod confine;
 pub mod daemon;
+pub mod denials;
 pub mod fs;
 pub mod git;
 pub mod host;
+pub mod incident;
 pub mod launch;
 pub mod logging;
 pub mod net;

@@ -38,6 +38,24 @@ pub fn main(name: &str, rest: &[String]) -> u8 {
         ("redirect", Some(port)) => return redirect(port, rest.get(1).map_or("http://127.0.0.1:1/", String::as_str)),
         ("hostile-output", Some(port)) => return hostile_output(port),
         ("flood-server", Some(port)) => return flood_server(port),
+        ("denials", Some(port)) => {
+            if rest.iter().any(|a| a == "plant") {
+                plant();
+            }
+            return denials(port, rest.get(1).and_then(|n| n.parse().ok()).unwrap_or(0));
+        }
+        ("spin-serve", Some(port)) => {
+            // CPU-bound like a denial flood, without denials (a comparison load).
+            let secs: u64 = rest.get(1).and_then(|n| n.parse().ok()).unwrap_or(10);
+            std::thread::spawn(move || {
+                let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+                let mut x = 0u64;
+                while std::time::Instant::now() < end {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            });
+            return serve(port, false);
+        }
         ("egress-then-serve", Some(port)) => return egress_then_serve(port, rest.get(1).map_or("example.invalid:443", String::as_str)),
         _ => {
             eprintln!(
@@ -574,6 +592,55 @@ fn egress_then_serve(port: &str, target: &str) -> u8 {
     serve(port, false)
 }
 
+/// What a hostile payload leaves in its worktree for a forensic bundle: a
+/// FIFO nobody writes to, a symlink to /etc/shadow, a 64 GiB sparse file.
+fn plant() {
+    let fifo = c"planted.fifo";
+    // SAFETY: mkfifo with a valid C string.
+    unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) };
+    let _ = std::os::unix::fs::symlink("/etc/shadow", "planted-shadow");
+    if let Ok(f) = std::fs::File::create("planted.sparse") {
+        let _ = f.set_len(64 << 30);
+    }
+}
+
+/// Three refusals of each layer — a directory outside the Landlock rules
+/// (`/`), a socket family the seccomp filter refuses (AF_PACKET), a refused
+/// system call (ptrace) — then `flood` more refused calls (keyctl), timed;
+/// then serve on `port` ("-": exit). Prints `flood N S` (calls, seconds).
+fn denials(port: &str, flood: u64) -> u8 {
+    for _ in 0..3 {
+        let dir = std::fs::read_dir("/");
+        // SAFETY: socket(2) with constant arguments; closed if it was made.
+        let s = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        if s >= 0 {
+            // SAFETY: our own fd.
+            unsafe { libc::close(s) };
+        }
+        // SAFETY: PTRACE_TRACEME takes no pointers.
+        let p = unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) };
+        eprintln!("denials: read_dir / {}, socket(AF_PACKET) {s}, ptrace {p}", if dir.is_ok() { "ALLOWED" } else { "refused" });
+    }
+    // A flood runs while the sandbox serves (it is healthy meanwhile).
+    let server = (port != "-" && flood > 0).then(|| {
+        let port = port.to_string();
+        std::thread::spawn(move || serve(&port, false))
+    });
+    let start = std::time::Instant::now();
+    for _ in 0..flood {
+        // SAFETY: keyctl(KEYCTL_GET_KEYRING_ID, 0, 0) takes no pointers; refused by the filter anyway.
+        unsafe { libc::syscall(libc::SYS_keyctl, 0, 0, 0) };
+    }
+    println!("flood {flood} {:.6}", start.elapsed().as_secs_f64());
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    match server {
+        Some(s) => s.join().unwrap_or(1),
+        None if port == "-" => 0,
+        None => serve(port, false),
+    }
+}
+
 fn listen_and_answer(port: &str, bench: bool, response: String) -> u8 {
     let Ok(port) = port.parse::<u16>() else {
         eprintln!("serve: {port:?} is not a port");
@@ -610,6 +677,11 @@ fn http_conn(mut conn: std::net::TcpStream, response: &str, auth: Option<&str>) 
             let head: Vec<u8> = buf.drain(..end + 4).collect();
             let head = String::from_utf8_lossy(&head);
             eprintln!("serve: {}", head.lines().next().unwrap_or("").escape_debug());
+            if head.starts_with("GET /deny ") {
+                // A refused system call on demand (tripwire tests).
+                // SAFETY: PTRACE_TRACEME takes no pointers.
+                unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) };
+            }
             let lower = head.to_ascii_lowercase();
             let close = lower.contains("connection: close");
             let unauthorized = "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"probe\"\r\nContent-Length: 0\r\n\r\n";

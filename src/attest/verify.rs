@@ -170,6 +170,7 @@ pub fn run(opts: &Options) -> Result<u8, String> {
     checks.extend(ingress_checks(&exe, &opts.policy, &wt));
     progress.step("health check redirects");
     checks.push(health_redirect_check(&exe, &opts.policy, &wt));
+    checks.push(crate::denials::verify::check_denials(&exe, &opts.policy, &wt));
     // Host-side git checks (issue #14), each in a fixture of its own.
     progress.step("git worktrees");
     checks.extend(git::checks(&exe, &opts.policy));

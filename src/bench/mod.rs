@@ -12,6 +12,8 @@
 pub mod all;
 /// `swarmcell bench daemon`: soak and scale through the daemon.
 pub mod daemon;
+/// `swarmcell bench denials`: a denial storm's cost to its payload.
+pub mod denials;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

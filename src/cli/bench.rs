@@ -59,6 +59,13 @@ pub(super) enum BenchCommand {
         #[arg(long, default_value_t = 1001)]
         scale: usize,
     },
+    /// A denial storm's cost: the payload's refused-call rate with audit logging off, on, and read.
+    Denials {
+        #[arg(long, default_value_t = 200_000)]
+        calls: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Outbound forward and egress proxy against direct loopback: throughput.
     Egress {
         #[arg(long, default_value = "1G")]
@@ -111,6 +118,9 @@ pub(super) fn bench(args: BenchArgs) -> CliResult {
     match args.cmd {
         Some(BenchCommand::Broker { bytes, pings, connections, launches }) => bench_broker(&bytes, pings, connections, launches),
         Some(BenchCommand::Egress { bytes }) => bench_egress(&bytes),
+        Some(BenchCommand::Denials { calls, rounds }) => {
+            crate::bench::denials::run(calls, rounds).map(|_| 0).map_err(|e| (e, launch::EXIT_LAUNCHER_ERROR))
+        }
         Some(BenchCommand::Daemon { soak, scale }) => crate::bench::daemon::run(soak, scale).map(|_| 0).map_err(|e| (e, launch::EXIT_LAUNCHER_ERROR)),
         None => bench_all(&args),
     }

@@ -46,6 +46,8 @@ pub(super) enum CtlCommand {
         #[arg(long)]
         raw: bool,
     },
+    #[command(flatten)]
+    Incident(super::denials::IncidentCommand),
 }
 
 pub(super) fn daemon(config: Option<PathBuf>, socket: Option<PathBuf>, state_dir: Option<PathBuf>) -> CliResult {
@@ -84,6 +86,7 @@ pub(super) fn ctl(socket: &std::path::Path, cmd: CtlCommand) -> CliResult {
         CtlCommand::Stop { id } => (Request::Stop { id }, false, false),
         CtlCommand::Inspect { id } => (Request::Inspect { id }, false, false),
         CtlCommand::Logs { id, raw } => (Request::Logs { id }, false, raw),
+        CtlCommand::Incident(cmd) => return super::denials::ctl(socket, cmd),
     };
     let is_list = matches!(req, Request::List {});
     let resp = crate::daemon::ctl(socket, &req).map_err(|e| (sanitize::line(&e), launch::EXIT_LAUNCHER_ERROR))?;

@@ -8,6 +8,7 @@
 
 mod bench;
 mod ctl;
+mod denials;
 mod docs;
 mod ps;
 mod run;
@@ -95,6 +96,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Accesses the daemon's sandboxes were refused (kernel and launcher), counted.
+    Denials(denials::DenialsArgs),
     /// Benchmarks (see benches/). Without a subcommand: launch vs bwrap,
     /// OpenCode launch-to-healthy vs bare, and the broker, side by side.
     Bench(bench::BenchArgs),
@@ -153,6 +156,7 @@ pub fn main() -> ExitCode {
         Command::Worktree(cmd) => worktree::worktree(cmd),
         Command::Daemon { config, socket, state_dir } => ctl::daemon(config, socket, state_dir),
         Command::Ctl { socket, cmd } => ctl::ctl(&socket, cmd),
+        Command::Denials(args) => denials::denials(&args),
         Command::Worker { args } => Err((crate::worker::exec(&args), launch::EXIT_LAUNCHER_ERROR)),
         Command::Ps(args) => ps::ps(args),
         Command::Verify { policy, json } => crate::attest::verify::run(&crate::attest::verify::Options { policy, json })

@@ -8,7 +8,19 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-pub struct Audit(std::fs::File);
+/// Most recent events kept per sandbox (for `ctl events` and bundles), and
+/// most sandboxes kept.
+const RECENT_PER_SANDBOX: usize = 500;
+const RECENT_SANDBOXES: usize = 256;
+
+pub struct Audit(std::fs::File, Recent);
+
+/// The latest events of each sandbox (those with an `id` field).
+#[derive(Default)]
+pub struct Recent {
+    by_id: std::collections::HashMap<String, std::collections::VecDeque<Value>>,
+    order: std::collections::VecDeque<String>,
+}
 
 impl Audit {
     pub fn open(path: &Path) -> Result<Audit, String> {
@@ -23,7 +35,7 @@ impl Audit {
             .open(path)
             .map_err(|e| format!("audit log {}: {e}", path.display()))?;
         f.set_permissions(std::fs::Permissions::from_mode(0o640)).map_err(|e| format!("audit log {}: {e}", path.display()))?;
-        Ok(Audit(f))
+        Ok(Audit(f, Recent::default()))
     }
 
     pub fn event(&mut self, event: &str, fields: Value) {
@@ -37,5 +49,31 @@ impl Audit {
             tracing::error!(error = %e, "audit log write failed");
         }
         tracing::info!(target: "audit", "{v}");
+        if let Some(id) = v["id"].as_str().map(str::to_string) {
+            let r = &mut self.1;
+            if !r.by_id.contains_key(&id) {
+                r.order.push_back(id.clone());
+                while r.order.len() > RECENT_SANDBOXES {
+                    if let Some(old) = r.order.pop_front() {
+                        r.by_id.remove(&old);
+                    }
+                }
+            }
+            let q = r.by_id.entry(id).or_default();
+            q.push_back(v);
+            if q.len() > RECENT_PER_SANDBOX {
+                q.pop_front();
+            }
+        }
+    }
+
+    /// The latest events of sandbox `id`, oldest first.
+    pub fn recent(&self, id: &str) -> Vec<Value> {
+        self.1.by_id.get(id).map(|q| q.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Keep the recent events across a reopen of the file.
+    pub fn take_recent(&mut self, from: &mut Audit) {
+        self.1 = std::mem::take(&mut from.1);
     }
 }

@@ -59,6 +59,10 @@ pub struct Config {
     pub log_dir: PathBuf,
     /// A sandbox log past this size is rotated (one old file kept).
     pub log_max: ByteSize,
+    /// Kernel denial records: "leave" the host's audit setting as it is (with
+    /// audit off, Landlock writes none), "enable" kernel audit when it is off,
+    /// or "off" (read none). See README, "Denials and incident response".
+    pub kernel_audit: crate::denials::hub::KernelAudit,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -90,6 +94,7 @@ impl Default for Config {
             recover: Recover::Relaunch,
             log_dir: "/var/log/swarmcell/sandboxes".into(),
             log_max: ByteSize::bytes(8 << 20),
+            kernel_audit: Default::default(),
         }
     }
 }

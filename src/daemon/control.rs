@@ -83,7 +83,15 @@ impl Daemon {
         // A sandbox is its requester's (and root's): another tenant allowed on
         // the socket neither reads its log, inspects it, nor stops it, and is
         // told it does not exist.
-        if let Request::Stop { id } | Request::Inspect { id } | Request::Logs { id } | Request::Status { id } = &req
+        if let Request::Stop { id }
+        | Request::Inspect { id }
+        | Request::Logs { id }
+        | Request::Status { id }
+        | Request::Events { id }
+        | Request::Freeze { id }
+        | Request::Thaw { id }
+        | Request::Kill { id }
+        | Request::Denials { id: Some(id) } = &req
             && uid != 0
             && self.sandboxes.get(id).is_some_and(|e| e.rec.uid != uid)
         {
@@ -162,6 +170,9 @@ impl Daemon {
                     None => json!({ "ok": false, "error": format!("no running sandbox {id}") }),
                 };
                 self.answer(cid, v);
+            }
+            Request::Denials { .. } | Request::Events { .. } | Request::Freeze { .. } | Request::Thaw { .. } | Request::Kill { .. } => {
+                self.handle_incident(req, cid, uid)
             }
             Request::Logs { id } => {
                 let v = match self.sandboxes.get_mut(&id) {
@@ -434,7 +445,7 @@ impl Daemon {
                 broker: &e.broker,
             })
             .collect();
-        metrics::render(&self.counters, &by_state, &views)
+        metrics::render(&self.counters, &by_state, &views) + &self.denials_metrics()
     }
 }
 

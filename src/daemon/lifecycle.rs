@@ -87,6 +87,7 @@ impl Daemon {
                 broker_fd,
                 lease_until: rec_lease.map(|s| now + Duration::from_secs(s)),
                 published: None,
+                incident: super::incident::SandboxIncident::new(&policy.tripwires),
             },
         );
         Ok(())
@@ -189,13 +190,20 @@ impl Daemon {
                     }
                     continue;
                 }
-                Ok(Event::Egress { host, port, allowed, reason, address }) => (
-                    "egress",
-                    json!({ "id": id, "agent": agent, "host": line(&host), "port": port, "allowed": allowed,
+                Ok(Event::Egress { host, port, allowed, reason, address }) => {
+                    if !allowed {
+                        self.denials.lock().add(id, crate::denials::Kind::Egress, &line(&format!("{host}:{port}")), 1);
+                    }
+                    (
+                        "egress",
+                        json!({ "id": id, "agent": agent, "host": line(&host), "port": port, "allowed": allowed,
                             "reason": reason.as_deref().map(line), "address": address.as_deref().map(line),
                             "outcome": if allowed { "allowed" } else { "denied" } }),
-                ),
+                    )
+                }
                 Ok(Event::IngressDenied { uid: peer, port }) => {
+                    let who = peer.map_or("unknown uid".to_string(), |u| format!("uid {u}"));
+                    self.denials.lock().add(id, crate::denials::Kind::Ingress, &format!("{who} port {port}"), 1);
                     ("ingress_denied", json!({ "id": id, "agent": agent, "uid": peer, "port": port, "outcome": "refused" }))
                 }
                 Ok(Event::GitPublish { branch, old, new }) => {
@@ -253,6 +261,7 @@ impl Daemon {
         });
         e.info = info;
         e.state = State::Running;
+        self.denials.register(super::incident::owner(id, e));
         e.failures = 0;
         e.failed_starts = 0;
         // Its SIGCHLD may have been read while it was still starting.
@@ -273,6 +282,7 @@ impl Daemon {
         if let Some(cid) = waiting {
             self.answer(cid, out);
         }
+        self.apply_pending_tripwire(id);
     }
 
     /// The launcher exited (or closed its ready pipe) before the sandbox was
@@ -336,12 +346,16 @@ impl Daemon {
         let sandboxes = self.sandboxes.values().filter_map(Entry::deadline);
         let clients = self.clients.values().filter_map(Conn::deadline);
         let scrapers = self.scrapers.values().filter_map(Conn::deadline);
-        sandboxes.chain(clients).chain(scrapers).min()
+        let denials = self.denials.lock().agg.next_due();
+        sandboxes.chain(clients).chain(scrapers).chain(denials).min()
     }
 
     /// Deadlines, exits, restarts and health checks.
     pub(super) fn tick(&mut self) {
         let now = Instant::now();
+        if self.denials.lock().agg.next_due().is_some_and(|t| t <= now) {
+            self.flush_denials();
+        }
         let reap = std::mem::take(&mut self.reap_due);
         self.clients.retain(|_, c| c.deadline().is_none_or(|t| now < t));
         self.scrapers.retain(|_, c| c.deadline().is_none_or(|t| now < t));
@@ -350,7 +364,9 @@ impl Daemon {
             self.sandboxes.iter().filter(|(_, e)| reap || e.deadline().is_some_and(|t| now >= t)).map(|(id, _)| id.clone()).collect();
         for id in ids {
             let Some(e) = self.sandboxes.get_mut(&id) else { continue };
-            if e.state != State::Stopping && e.lease_until.is_some_and(|t| now >= t) {
+            // A frozen sandbox is kept for investigation: its lease waits for
+            // the thaw (renewed then) or the kill.
+            if e.state != State::Stopping && e.incident.frozen.is_none() && e.lease_until.is_some_and(|t| now >= t) {
                 self.lease_expired(&id);
                 continue;
             }
@@ -391,7 +407,7 @@ impl Daemon {
                         self.schedule_restart(&id);
                     } else if e.probe.as_ref().is_some_and(|p| now >= p.deadline) {
                         self.health_result(&id, false);
-                    } else if e.probe.is_none() && now >= e.next_health {
+                    } else if e.probe.is_none() && now >= e.next_health && e.incident.frozen.is_none() {
                         e.next_health = now + e.health.interval;
                         self.counters.health_checks += 1;
                         let started = match &e.netns {
@@ -456,6 +472,13 @@ impl Daemon {
         let Some(e) = self.sandboxes.get_mut(id) else { return };
         e.after_exit = after;
         e.probe = None;
+        if e.incident.frozen.take().is_some() {
+            // A frozen sandbox cannot act on a signal, nor its stopped launcher.
+            let cgroups: Vec<PathBuf> = e.info["cgroups"].as_array().into_iter().flatten().filter_map(Value::as_str).map(PathBuf::from).collect();
+            crate::incident::freezer::kill(&cgroups);
+            // SAFETY: SIGCONT to our own child, the sandbox's launcher.
+            unsafe { libc::kill(e.child.id() as i32, libc::SIGCONT) };
+        }
         if e.state == State::Restarting {
             // Nothing runs: a stop ends it at the next tick.
             e.stop_deadline = Some(Instant::now());
@@ -546,6 +569,7 @@ impl Daemon {
         self.on_events(id);
         let Some(mut e) = self.sandboxes.remove(id) else { return };
         self.by_key.remove(&e.key);
+        self.denials.unregister(id);
         records::remove(&self.cfg.state_dir, id);
         self.counters.retire(&e.broker);
         e.log.drain();
@@ -582,6 +606,8 @@ impl Daemon {
         }
         // Launchers killed at the deadline could not clean up after themselves.
         self.sweep_stale();
+        // Forensic bundles still being written are finished (their reads are bounded).
+        self.poll_bundles(true);
         let _ = std::fs::remove_file(&self.cfg.socket);
         self.audit.event("server_shutdown", json!({ "stopped": ids, "outcome": "ok" }));
     }

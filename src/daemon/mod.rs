@@ -33,6 +33,7 @@ pub mod config;
 mod conn;
 mod control;
 pub mod health_probe;
+mod incident;
 mod launcher_events;
 mod lifecycle;
 mod log_sink;
@@ -131,6 +132,8 @@ struct Entry {
     lease_until: Option<Instant>,
     /// The last commit the launcher published: (branch, commit).
     published: Option<(String, String)>,
+    /// Tripwires, and the frozen state (see `incident`).
+    incident: incident::SandboxIncident,
 }
 
 impl Entry {
@@ -138,13 +141,17 @@ impl Entry {
     /// (or the one in flight running out), a restart, a stop running out, or
     /// a start that never became healthy. Every state has one.
     fn deadline(&self) -> Option<Instant> {
+        let frozen = self.incident.frozen.is_some();
         let own = match self.state {
+            State::Running if frozen => self.probe.as_ref().map(|p| p.deadline),
             State::Running => Some(self.probe.as_ref().map_or(self.next_health, |p| p.deadline)),
             State::Restarting => self.restart_at,
             State::Stopping => return self.stop_deadline,
             State::Starting => Some(self.started + self.health.start_deadline),
         };
-        match (own, self.lease_until) {
+        // A frozen sandbox is kept for investigation: no lease ends it.
+        let lease = if frozen { None } else { self.lease_until };
+        match (own, lease) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -170,6 +177,7 @@ const MAX_SCRAPE_REQUEST: usize = 8 * 1024;
 const T_SIGNALS: u64 = 0;
 const T_CONTROL: u64 = 1;
 const T_METRICS: u64 = 2;
+const T_DENIALS: u64 = 3;
 const READY: u64 = 1 << 56;
 const LOG: u64 = 2 << 56;
 const PROBE: u64 = 3 << 56;
@@ -209,6 +217,11 @@ pub struct Daemon {
     /// The daemon's own network namespace, to come back to after creating a
     /// health check's socket in a sandbox's.
     home_netns: crate::net::broker::Netns,
+    /// Every sandbox's denials (kernel records, egress, ingress): see `incident`.
+    denials: crate::denials::hub::Hub,
+    counters_tripwires: u64,
+    /// Forensic bundles being written (see `incident`).
+    bundles: Vec<incident::BundleJob>,
 }
 
 impl Daemon {
@@ -235,6 +248,10 @@ impl Daemon {
             Some(l)
         };
         audit.event("server_startup", json!({ "socket": cfg.socket, "pid": std::process::id(), "outcome": "ok" }));
+        let denials = crate::denials::hub::Hub::start(cfg.kernel_audit)?;
+        // Said once, clearly: what the denial stream will and will not contain.
+        tracing::warn!("{}", denials.kernel);
+        audit.event("kernel_audit", json!({ "landlock": denials.landlock, "seccomp": denials.seccomp, "detail": denials.kernel, "outcome": "ok" }));
         let mut d = Daemon {
             poller,
             by_key: HashMap::new(),
@@ -252,6 +269,9 @@ impl Daemon {
             reap_due: false,
             stale_due: false,
             home_netns,
+            denials,
+            counters_tripwires: 0,
+            bundles: Vec::new(),
             cfg,
         };
         d.recover();
@@ -333,6 +353,7 @@ impl Daemon {
         if let Some(m) = &self.metrics {
             watch(m.as_raw_fd(), T_METRICS)?;
         }
+        watch(self.denials.wake_fd(), T_DENIALS)?;
         let mut ready = Vec::new();
         loop {
             // Rounded up: waking before a deadline would only loop back here.
@@ -353,6 +374,11 @@ impl Daemon {
                     }
                     T_CONTROL => self.accept_clients(),
                     T_METRICS => self.accept_scrapers(),
+                    T_DENIALS => {
+                        self.denials.woken();
+                        self.flush_denials();
+                        self.poll_bundles(false);
+                    }
                     _ if t & !KEY == CLIENT => self.on_client(t & KEY),
                     _ if t & !KEY == SCRAPER => self.on_scraper(t & KEY),
                     _ => {
@@ -393,7 +419,8 @@ impl Daemon {
     /// away, e.g. by logrotate). On failure the old file stays in use.
     fn reopen_audit_log(&mut self) {
         match Audit::open(&self.cfg.audit_log) {
-            Ok(a) => {
+            Ok(mut a) => {
+                a.take_recent(&mut self.audit);
                 self.audit = a;
                 self.audit.event("audit_reopened", json!({ "pid": std::process::id(), "outcome": "ok" }));
             }

@@ -63,6 +63,26 @@ pub enum Request {
     Status {
         id: String,
     },
+    /// Denial counts (one sandbox's, or every sandbox the requester may see).
+    Denials {
+        #[serde(default)]
+        id: Option<String>,
+    },
+    /// A sandbox's recent audit events.
+    Events {
+        id: String,
+    },
+    /// Freeze a sandbox and write a forensic bundle.
+    Freeze {
+        id: String,
+    },
+    Thaw {
+        id: String,
+    },
+    /// Kill a sandbox (frozen or not) and remove it.
+    Kill {
+        id: String,
+    },
 }
 
 /// Shortest and longest lease a launch may ask for.
@@ -180,6 +200,12 @@ mod tests {
     fn requests_are_a_closed_set_with_no_unknown_fields() {
         let r: Request = serde_json::from_str(r#"{"cmd":"stop","id":"sc-1"}"#).unwrap();
         assert_eq!(r, Request::Stop { id: "sc-1".into() });
+        let r: Request = serde_json::from_str(r#"{"cmd":"denials"}"#).unwrap();
+        assert_eq!(r, Request::Denials { id: None });
+        let r: Request = serde_json::from_str(r#"{"cmd":"freeze","id":"d-1"}"#).unwrap();
+        assert_eq!(r, Request::Freeze { id: "d-1".into() });
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"kill","id":"d-1","signal":9}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"thaw"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"exec","id":"x"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"stop","id":"x","extra":1}"#).is_err());
         // serde lets a unit variant of an internally tagged enum ignore unknown

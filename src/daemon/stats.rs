@@ -12,10 +12,11 @@ impl Daemon {
     /// `list`'s entries (the requester's own, or all for root) with their usage.
     /// Fields (null when unknown, e.g. not running): `uptime_s` (this run),
     /// `memory_bytes`, `cpu_seconds`, `pids`, `connections` (being relayed),
-    /// `connections_total`, `refused_uid`; `denials` is passed through when the
-    /// list entry or the launcher's ready line has it.
+    /// `connections_total`, `refused_uid`, `denials` (every kind, counted so
+    /// far by `crate::denials`).
     pub(super) fn stats(&self, uid: u32) -> Vec<Value> {
         let now = Instant::now();
+        let denials = self.denials.lock();
         self.list()
             .into_iter()
             .zip(self.sandboxes.values())
@@ -32,9 +33,8 @@ impl Daemon {
                 v["connections"] = json!(e.broker.active.load(Ordering::Relaxed));
                 v["connections_total"] = json!(e.broker.connections.load(Ordering::Relaxed));
                 v["refused_uid"] = json!(e.broker.refused_uid.load(Ordering::Relaxed));
-                if v.get("denials").is_none() {
-                    v["denials"] = e.info.get("denials").cloned().unwrap_or(Value::Null);
-                }
+                let id = v["id"].as_str().unwrap_or_default();
+                v["denials"] = json!(denials.agg.sandboxes.get(id).map_or(0, |d| d.by_kind.values().sum::<u64>()));
                 v
             })
             .collect()

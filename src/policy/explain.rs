@@ -109,6 +109,22 @@ pub fn explain(p: &Policy, source: &str) -> String {
         "git: the real repository read-only, writes to a private layer; the publisher moves the worktree's branch {}",
         if p.git.allow_force_publish { "by any update, forced ones included" } else { "by fast-forward only" }
     );
+    for (i, t) in p.tripwires.iter().enumerate() {
+        let what: Vec<String> =
+            [("kind", t.kind.map(|k| k.name().to_string())), ("path", t.path.clone()), ("syscall", t.syscall.clone()), ("host", t.host.clone())]
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| format!("{k} {v}")))
+                .collect();
+        let _ = writeln!(
+            o,
+            "{}: {} denial(s) within {} of {} -> {} (daemon only)",
+            t.label(i),
+            t.count,
+            t.window,
+            if what.is_empty() { "any kind".to_string() } else { what.join(", ") },
+            format!("{:?}", t.action).to_lowercase()
+        );
+    }
     let _ = writeln!(
         o,
         "environment: PATH HOME TERM LANG USER SWARMCELL_SANDBOX_ID{}",

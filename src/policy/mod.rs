@@ -29,6 +29,10 @@ pub struct Policy {
     pub health: Health,
     pub seccomp: Seccomp,
     pub git: Git,
+    /// `[[tripwire]]` rules over the sandbox's denials (daemon only; see
+    /// `crate::denials::tripwire`).
+    #[serde(rename = "tripwire", skip_serializing_if = "Vec::is_empty")]
+    pub tripwires: Vec<crate::denials::tripwire::Tripwire>,
 }
 
 /// The git publisher (see README, "Git worktrees").
@@ -332,6 +336,11 @@ impl Policy {
 
     fn validate(&self) -> Result<(), (String, String)> {
         let err = |f: &str, m: String| Err((f.to_string(), m));
+        for (i, t) in self.tripwires.iter().enumerate() {
+            if let Err((field, m)) = t.validate() {
+                return err(&format!("tripwire[{i}].{field}"), m);
+            }
+        }
         if self.process.command.iter().any(|a| a.contains('\0') || a.len() > 4096) {
             return err("process.command", "arguments must be NUL-free and at most 4096 bytes".into());
         }

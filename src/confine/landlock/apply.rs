@@ -34,6 +34,13 @@ pub fn prepare(spec: &LandlockSpec) -> Result<Option<RulesetCreated>, LandlockEr
             created = created.add_rule(PathBeneath::new(fd, access)).map_err(|e| LandlockError::Ruleset(format!("{}: {e}", path.display())))?;
         }
     }
+    // ABI 7: the payload restricts itself and then execs, and the kernel by
+    // default logs only denials of the executable that restricted itself; the
+    // denials after the exec are the ones the daemon reports (`crate::denials`).
+    // Records are written only while audit is enabled.
+    if super::kernel_abi() >= super::LOG_ABI {
+        created = created.log_new_exec(true).map_err(|e| err(&e))?;
+    }
     Ok(Some(created))
 }
 

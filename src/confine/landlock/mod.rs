@@ -27,6 +27,8 @@ pub const WANTED_ABI: i32 = 6;
 /// What each feature needs.
 pub const NET_ABI: i32 = 4;
 pub const SCOPE_ABI: i32 = 6;
+/// Audit records of denials, and the restrict_self log flags.
+pub const LOG_ABI: i32 = 7;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]

@@ -304,4 +304,12 @@ mod tests {
             assert!(syscall_number(name).is_some(), "{name}");
         }
     }
+
+    #[test]
+    fn only_the_enosys_program_is_recognised_as_a_compatibility_fallback() {
+        let programs = programs(&crate::policy::Policy::builtin().seccomp.deny).unwrap();
+        let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+        let fallback: Vec<bool> = programs.iter().map(|p| p.iter().any(|i| i.code == 0x06 && i.k == enosys)).collect();
+        assert_eq!(fallback, vec![false, false, true], "guard, EPERM, ENOSYS");
+    }
 }

@@ -24,11 +24,21 @@ pub fn filter_with_listener(program: &[seccompiler::sock_filter]) -> Result<RawF
 
 /// Load one compiled program into the calling thread. Async-signal-safe; needs
 /// no_new_privs (or CAP_SYS_ADMIN).
+///
+/// With `SECCOMP_FILTER_FLAG_LOG`: every call the program refuses becomes an
+/// `AUDIT_SECCOMP` record (pid, host uid, syscall number) that the daemon
+/// attributes to its sandbox (see `crate::denials`). The kernel writes these
+/// records even with audit disabled (Linux 6.18 checked), unless `errno` is
+/// removed from `/proc/sys/kernel/seccomp/actions_logged`. A program that
+/// answers ENOSYS is loaded without it: ENOSYS rules are compatibility
+/// fallbacks (clone3, which libc retries as clone), not refusals to report.
 pub fn filter(program: &[seccompiler::sock_filter]) -> Result<(), crate::sys::SysError> {
     let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut libc::sock_filter };
+    let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+    let flags = if program.iter().any(|i| i.code == 0x06 && i.k == enosys) { 0 } else { libc::SECCOMP_FILTER_FLAG_LOG as u32 };
     // SAFETY: prog points at `len` valid instructions with sock_filter's layout
     // (seccompiler's sock_filter is repr(C) with the same fields).
-    let ret = unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0u32, &prog as *const libc::sock_fprog) };
+    let ret = unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, flags, &prog as *const libc::sock_fprog) };
     if ret < 0 {
         return Err(crate::sys::SysError { call: "seccomp(SECCOMP_SET_MODE_FILTER)".into(), errno: crate::sys::Errno::last() });
     }

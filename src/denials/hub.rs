@@ -1,0 +1,536 @@
+//! Daemon side (host root): the denial stream's shared state and the thread
+//! that reads the kernel's audit records into it.
+//!
+//! Attribution. Each record names a host uid and a pid (seccomp), or a
+//! Landlock domain whose creator's uid and pid the kernel writes once, with the
+//! first denial of the domain. A sandbox is found:
+//! 1. by its host uid, when it has one of its own (the idmapped mode: a uid
+//!    leased for this sandbox alone) — exact, and independent of PID
+//!    namespaces;
+//! 2. else by the pid's cgroup (`/proc/PID/cgroup` names the sandbox's
+//!    cgroup, `.../sc-ID`), read when the record is read: a process that has
+//!    exited by then cannot be attributed (the race), and a daemon in another
+//!    PID namespace than the kernel's initial one cannot use it at all;
+//! 3. a Landlock record of a domain already attributed needs neither.
+//!
+//! What names no known sandbox is counted as `unattributed`; what the kernel
+//! reports it lost (a Landlock domain's final count above what was read, the
+//! audit `lost` counter) or the socket overran (ENOBUFS) as `dropped`.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::Kind;
+use super::aggregate::Aggregator;
+use super::record::{self, Record};
+
+/// A live sandbox, as the attribution knows it.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    /// The daemon's id (`d-...`).
+    pub id: String,
+    /// The launcher's id (`sc-...`), the name of its cgroups.
+    pub sandbox: String,
+    /// The sandbox's own host uid (None: it shares its uid with others).
+    pub uid: Option<u32>,
+}
+
+/// Denials whose sandbox is not known yet: the kernel reports them from the
+/// payload's first instruction, the daemon learns a sandbox's uid when it is
+/// ready. Counted per (uid, pid, kind, detail); attributed when a sandbox
+/// registers with that uid (or pid cgroup), counted as unattributed after
+/// [`LIMBO_TTL`] or beyond [`LIMBO_KEYS`].
+pub const LIMBO_KEYS: usize = 4096;
+pub const LIMBO_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+type LimboKey = (u32, i32, Kind, String);
+
+/// Who made a Landlock domain: a sandbox, or a uid and pid not known yet.
+#[derive(Debug, Clone)]
+enum Creator {
+    Sandbox(String),
+    Unknown(u32, i32),
+}
+
+#[derive(Default)]
+pub struct Shared {
+    pub agg: Aggregator,
+    owners: Vec<Owner>,
+    /// Landlock domain -> its creator, and the records read for it.
+    domains: HashMap<u64, (Creator, u64)>,
+    limbo: HashMap<LimboKey, (u64, std::time::Instant)>,
+    /// Recent lookups by uid and pid (a flood names the same pid a million
+    /// times; /proc is read once a second per pid at most).
+    lookups: HashMap<(u32, i32), (Option<String>, std::time::Instant)>,
+    /// ENOBUFS on the audit socket: records lost in numbers nobody knows.
+    pub overruns: u64,
+    wake_fd: RawFd,
+    wake_armed: bool,
+}
+
+impl Shared {
+    fn owner_of(&mut self, uid: u32, pid: i32) -> Option<String> {
+        if let Some((o, t)) = self.lookups.get(&(uid, pid))
+            && t.elapsed() < std::time::Duration::from_secs(1)
+        {
+            return o.clone();
+        }
+        let o = owner_in(&self.owners, uid, pid).map(|o| o.id.clone());
+        if self.lookups.len() >= 4096 {
+            self.lookups.clear();
+        }
+        self.lookups.insert((uid, pid), (o.clone(), std::time::Instant::now()));
+        o
+    }
+
+    /// Count a denial of the sandbox with `uid`/`pid`, or keep it in limbo.
+    fn attribute(&mut self, uid: u32, pid: i32, kind: Kind, detail: &str, n: u64) {
+        match self.owner_of(uid, pid) {
+            Some(id) => self.add(&id, kind, detail, n),
+            None => {
+                let key = (uid, pid, kind, detail.to_string());
+                if self.limbo.len() >= LIMBO_KEYS && !self.limbo.contains_key(&key) {
+                    self.agg.unattributed += n;
+                    return;
+                }
+                self.limbo.entry(key).or_insert((0, std::time::Instant::now())).0 += n;
+            }
+        }
+    }
+
+    /// Limbo entries past their time are unattributed.
+    fn expire(&mut self) {
+        let before = self.limbo.len();
+        let mut gone = 0;
+        self.limbo.retain(|_, (n, t)| {
+            let keep = t.elapsed() < LIMBO_TTL;
+            if !keep {
+                gone += *n;
+            }
+            keep
+        });
+        if self.limbo.len() != before {
+            self.agg.unattributed += gone;
+        }
+    }
+
+    /// Count denials of a sandbox; wake the daemon when a report became due.
+    pub fn add(&mut self, id: &str, kind: Kind, detail: &str, n: u64) {
+        if self.agg.add(id, kind, detail, n) && !self.wake_armed {
+            self.wake_armed = true;
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: an 8-byte write to our eventfd.
+            unsafe { libc::write(self.wake_fd, one.as_ptr().cast(), 8) };
+        }
+    }
+
+    /// A Landlock denial of a domain whose creator is known (a sandbox, or a
+    /// uid and pid for the limbo).
+    fn landlock(&mut self, creator: Creator, domain: u64, blockers: &str, object: &str) {
+        let kind = match blockers.split('.').next() {
+            Some("net") => Kind::Net,
+            Some("scope") => Kind::Scope,
+            _ => Kind::Fs,
+        };
+        let detail = if object.is_empty() { blockers.to_string() } else { format!("{blockers} {object}") };
+        match &creator {
+            Creator::Sandbox(id) => self.add(id, kind, &detail, 1),
+            Creator::Unknown(uid, pid) => self.attribute(*uid, *pid, kind, &detail, 1),
+        }
+        let d = self.domains.entry(domain).or_insert_with(|| (creator, 0));
+        d.1 += 1;
+    }
+}
+
+/// The denial stream: shared with the reader thread, and an eventfd that wakes
+/// the daemon's loop when a report is due.
+pub struct Hub {
+    shared: Arc<Mutex<Shared>>,
+    wake: OwnedFd,
+    /// What the kernel reports, in one sentence (logged once, shown by `denials`).
+    pub kernel: String,
+    /// Landlock denials are reported (audit enabled, ABI >= 7, reader running).
+    pub landlock: bool,
+    /// seccomp denials are reported (reader running).
+    pub seccomp: bool,
+    lost_at_start: Option<u32>,
+}
+
+/// Whether the daemon may turn kernel audit on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KernelAudit {
+    /// Use what the host has: with audit off, Landlock writes no records.
+    #[default]
+    Leave,
+    /// Turn kernel audit on (AUDIT_SET enabled=1) when it is off; it stays on.
+    Enable,
+    /// Do not read kernel records at all.
+    Off,
+}
+
+impl Hub {
+    pub fn start(mode: KernelAudit) -> Result<Hub, String> {
+        // SAFETY: eventfd with flags only.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: a fresh descriptor we own.
+        let wake = unsafe { OwnedFd::from_raw_fd(fd) };
+        let shared = Arc::new(Mutex::new(Shared { wake_fd: wake.as_raw_fd(), ..Shared::default() }));
+        let mut hub = Hub { shared, wake, kernel: String::new(), landlock: false, seccomp: false, lost_at_start: None };
+        if mode == KernelAudit::Off {
+            hub.kernel = "kernel denials are not read (kernel_audit = \"off\"): only egress and ingress denials are reported".into();
+            return Ok(hub);
+        }
+        let reader = match super::audit_nl::open_reader(64 << 20) {
+            Ok(r) => r,
+            Err(e) => {
+                hub.kernel = format!(
+                    "cannot read kernel audit records (netlink audit, read-only group: {e}; the daemon needs CAP_AUDIT_READ and the initial network namespace): only egress and ingress denials are reported"
+                );
+                return Ok(hub);
+            }
+        };
+        let status = super::audit_nl::status();
+        let mut enabled_now = false;
+        let status = match status {
+            Ok(st) if mode == KernelAudit::Enable && st.enabled == 0 => match super::audit_nl::enable() {
+                Ok(()) => {
+                    enabled_now = true;
+                    super::audit_nl::status().map_err(|e| e.to_string())
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not enable kernel audit (AUDIT_SET)");
+                    Ok(st)
+                }
+            },
+            other => other.map_err(|e| e.to_string()),
+        };
+        let status_error = status.as_ref().err().cloned();
+        let status = status.ok();
+        hub.lost_at_start = status.map(|s| s.lost);
+        let abi = crate::confine::landlock::kernel_abi();
+        let audit_on = status.is_some_and(|s| s.enabled != 0);
+        hub.seccomp = true;
+        hub.landlock = audit_on && abi >= crate::confine::landlock::LOG_ABI;
+        let auditd = match status.map(|s| s.auditd_pid) {
+            Some(0) => "no audit daemon is registered, so the kernel also writes each record to its log (rate-limited)".to_string(),
+            Some(p) => format!("the audit daemon (pid {p}) keeps receiving every record"),
+            None => "the audit status is unknown".to_string(),
+        };
+        hub.kernel = match (hub.landlock, audit_on) {
+            (false, false) if status_error.is_some() => format!(
+                "the kernel audit status cannot be read ({}; audit control needs the initial PID and user namespaces): seccomp (syscall), egress and ingress denials are reported, Landlock (fs, net, scope) ones only if kernel audit is enabled on the host (`swarmcell denials --enable-kernel-audit`)",
+                status_error.unwrap_or_default()
+            ),
+            (true, _) => format!(
+                "kernel denials are reported: Landlock (fs, net, scope) and seccomp (syscall){}; {auditd}",
+                if enabled_now { "; kernel audit was off and the daemon turned it on (kernel_audit = \"enable\")" } else { "" }
+            ),
+            (false, true) => format!(
+                "Landlock ABI {abi} writes no audit records (7 needed): only seccomp (syscall), egress and ingress denials are reported; {auditd}"
+            ),
+            (false, false) => "kernel audit is off, so Landlock writes no records: filesystem, network and scope denials are NOT reported; seccomp (syscall), egress and ingress denials are (set kernel_audit = \"enable\" in the daemon's config to report all)".to_string(),
+        };
+        let shared = hub.shared.clone();
+        std::thread::Builder::new()
+            .name("denials".into())
+            .spawn(move || read_loop(reader, shared))
+            .map_err(|e| format!("starting the denials reader: {e}"))?;
+        Ok(hub)
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn wake_fd(&self) -> RawFd {
+        self.wake.as_raw_fd()
+    }
+
+    /// The daemon was woken: re-arm the wake-up.
+    pub fn woken(&self) {
+        let mut b = [0u8; 8];
+        // SAFETY: reading our non-blocking eventfd into an 8-byte buffer.
+        unsafe { libc::read(self.wake.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
+        self.lock().wake_armed = false;
+    }
+
+    /// A sandbox is ready: attribute it what waited in limbo for it.
+    pub fn register(&self, owner: Owner) {
+        let mut s = self.lock();
+        s.agg.revive(&owner.id);
+        s.lookups.clear();
+        s.owners.retain(|o| o.id != owner.id);
+        let one = [owner.clone()];
+        let mine: Vec<LimboKey> = s.limbo.keys().filter(|(uid, pid, _, _)| owner_in(&one, *uid, *pid).is_some()).cloned().collect();
+        for key in mine {
+            if let Some((n, _)) = s.limbo.remove(&key) {
+                s.add(&owner.id, key.2, &key.3, n);
+            }
+        }
+        for (creator, _) in s.domains.values_mut() {
+            if let Creator::Unknown(uid, pid) = creator
+                && owner_in(&one, *uid, *pid).is_some()
+            {
+                *creator = Creator::Sandbox(owner.id.clone());
+            }
+        }
+        s.owners.push(owner);
+    }
+
+    pub fn unregister(&self, id: &str) {
+        let mut s = self.lock();
+        s.lookups.clear();
+        s.owners.retain(|o| o.id != id);
+        s.agg.retire(id);
+    }
+
+    /// Records the kernel lost since the daemon started (host-wide: other
+    /// programs' records included), as its audit status says.
+    pub fn kernel_lost(&self) -> u64 {
+        match (self.lost_at_start, super::audit_nl::status().ok()) {
+            (Some(a), Some(s)) => u64::from(s.lost.wrapping_sub(a)),
+            _ => 0,
+        }
+    }
+}
+
+/// The reader thread: parse, attribute and count each record; never blocks on
+/// the daemon (the lock is held for a batch of records, never across a read).
+fn read_loop(fd: OwnedFd, shared: Arc<Mutex<Shared>>) {
+    // Signals are the daemon's loop's (its signalfd): a signal delivered to this
+    // thread instead would be lost (SIGCHLD) or end the process (SIGTERM).
+    // SAFETY: sigfillset on a zeroed set, then this thread's own mask.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut batch: Vec<Record> = Vec::with_capacity(512);
+    let mut pending: Pending = None;
+    loop {
+        let mut overruns = 0u64;
+        let mut flags = 0;
+        while batch.len() < 512 {
+            // SAFETY: buf is writable for its length.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+            if n < 0 {
+                match std::io::Error::last_os_error().raw_os_error() {
+                    Some(libc::ENOBUFS) => overruns += 1,
+                    Some(libc::EINTR) => {}
+                    Some(libc::EAGAIN) => break,
+                    _ => {
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                        break;
+                    }
+                }
+                continue;
+            }
+            flags = libc::MSG_DONTWAIT;
+            let mut msg = &buf[..n as usize];
+            while msg.len() >= super::audit_nl::NLMSG_HDRLEN {
+                let len = (u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]) as usize).clamp(super::audit_nl::NLMSG_HDRLEN, msg.len());
+                let t = u16::from_ne_bytes([msg[4], msg[5]]);
+                let r = record::parse(t, &msg[super::audit_nl::NLMSG_HDRLEN..len]);
+                if r != Record::Other {
+                    batch.push(r);
+                }
+                msg = &msg[len.next_multiple_of(4).min(msg.len())..];
+            }
+        }
+        let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+        s.overruns += overruns;
+        if !s.limbo.is_empty() {
+            s.expire();
+        }
+        // A flood repeats one record: count runs of equal seccomp records once.
+        let mut i = 0;
+        while i < batch.len() {
+            let mut n = 1;
+            if let Record::Seccomp { pid, uid, syscall, .. } = batch[i] {
+                while batch
+                    .get(i + n)
+                    .is_some_and(|r| matches!(r, Record::Seccomp { pid: p, uid: u, syscall: c, .. } if *p == pid && *u == uid && *c == syscall))
+                {
+                    n += 1;
+                }
+            }
+            handle_n(&mut s, &mut pending, batch[i].clone(), n as u64);
+            i += n;
+        }
+        batch.clear();
+    }
+}
+
+fn seccomp_detail(nr: i64) -> (Kind, String) {
+    let name = crate::confine::seccomp::KNOWN_SYSCALLS.iter().copied().find(|n| crate::confine::seccomp::syscall_number(n) == Some(nr));
+    match name {
+        Some(n @ ("socket" | "socketpair")) => (Kind::Net, n.to_string()),
+        Some(n) => (Kind::Syscall, n.to_string()),
+        None => (Kind::Syscall, format!("syscall {nr}")),
+    }
+}
+
+/// Landlock records of one event waiting for its creator: (serial, [(domain, blockers, object)]).
+type Pending = Option<(u64, Vec<(u64, String, String)>)>;
+
+#[cfg(test)]
+fn handle(s: &mut Shared, pending: &mut Pending, r: Record) {
+    handle_n(s, pending, r, 1)
+}
+
+/// One record (`n` equal ones for a seccomp record).
+fn handle_n(s: &mut Shared, pending: &mut Pending, r: Record, n: u64) {
+    // A Landlock record waits for the rest of its event (the domain's creator,
+    // or the syscall record) when its domain is not known yet.
+    let serial = match &r {
+        Record::LandlockAccess { serial, .. }
+        | Record::DomainAllocated { serial, .. }
+        | Record::DomainFreed { serial, .. }
+        | Record::Seccomp { serial, .. }
+        | Record::Syscall { serial, .. }
+        | Record::EndOfEvent { serial } => *serial,
+        Record::Other => return,
+    };
+    if pending.as_ref().is_some_and(|(p, _)| *p != serial)
+        && let Some((_, items)) = pending.take()
+    {
+        s.agg.unattributed += items.len() as u64;
+    }
+    match r {
+        Record::LandlockAccess { domain, blockers, object, .. } => match s.domains.get(&domain).map(|d| d.0.clone()) {
+            Some(creator) => s.landlock(creator, domain, &blockers, &object),
+            None => pending.get_or_insert_with(|| (serial, Vec::new())).1.push((domain, blockers, object)),
+        },
+        Record::DomainAllocated { domain, pid, uid, .. } => {
+            let creator = s.owner_of(uid, pid).map_or(Creator::Unknown(uid, pid), Creator::Sandbox);
+            s.domains.entry(domain).or_insert((creator, 0));
+            if let Some((_, items)) = pending.take() {
+                for (d, blockers, object) in items {
+                    let c = s.domains.get(&d).map_or(Creator::Unknown(uid, pid), |x| x.0.clone());
+                    s.landlock(c, d, &blockers, &object);
+                }
+            }
+        }
+        Record::Syscall { pid, uid, .. } => {
+            // A domain not seen allocated (the daemon started after): the
+            // process that was refused tells whose it is.
+            if let Some((_, items)) = pending.take() {
+                for (d, blockers, object) in items {
+                    s.landlock(Creator::Unknown(uid, pid), d, &blockers, &object);
+                }
+            }
+        }
+        Record::DomainFreed { domain, denials, .. } => {
+            if let Some((Creator::Sandbox(_), seen)) = s.domains.remove(&domain) {
+                s.agg.dropped += denials.saturating_sub(seen);
+            }
+        }
+        Record::Seccomp { pid, uid, syscall, .. } => {
+            let (kind, detail) = seccomp_detail(syscall);
+            s.attribute(uid, pid, kind, &detail, n);
+        }
+        Record::EndOfEvent { .. } => {
+            if let Some((_, items)) = pending.take() {
+                s.agg.unattributed += items.len() as u64;
+            }
+        }
+        Record::Other => {}
+    }
+}
+
+/// The owner a record's uid (when it is a sandbox's own) or pid (its cgroup) names.
+fn owner_in(owners: &[Owner], uid: u32, pid: i32) -> Option<&Owner> {
+    if let Some(o) = owners.iter().find(|o| o.uid == Some(uid)) {
+        return Some(o);
+    }
+    if pid <= 0 || owners.is_empty() {
+        return None;
+    }
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    owners.iter().find(|o| !o.sandbox.is_empty() && cg.lines().any(|l| l.split('/').any(|c| c == o.sandbox)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Shared {
+        // SAFETY: eventfd with flags only; leaked in the test.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        let mut s = Shared { wake_fd: fd, ..Shared::default() };
+        s.owners.push(Owner { id: "d-1".into(), sandbox: "sc-1".into(), uid: Some(1_610_612_737) });
+        s
+    }
+
+    #[test]
+    fn landlock_records_are_attributed_by_their_domain_s_creator_and_reconciled() {
+        let mut s = shared();
+        let mut p = None;
+        let access = |serial| Record::LandlockAccess { serial, domain: 7, blockers: "fs.read_file".into(), object: "/etc/shadow".into() };
+        handle(&mut s, &mut p, access(1));
+        handle(&mut s, &mut p, Record::DomainAllocated { serial: 1, domain: 7, pid: 99, uid: 1_610_612_737 });
+        handle(&mut s, &mut p, Record::EndOfEvent { serial: 1 });
+        handle(&mut s, &mut p, access(2));
+        handle(&mut s, &mut p, Record::Seccomp { serial: 3, pid: 99, uid: 1_610_612_737, syscall: libc::SYS_ptrace });
+        handle(&mut s, &mut p, Record::Seccomp { serial: 4, pid: -1, uid: 5, syscall: libc::SYS_ptrace });
+        // The kernel counted 5 denials for the domain; 2 were read.
+        handle(&mut s, &mut p, Record::DomainFreed { serial: 5, domain: 7, denials: 5 });
+        let d = &s.agg.sandboxes["d-1"];
+        assert_eq!(d.details[&(Kind::Fs, "fs.read_file /etc/shadow".to_string())].total, 2);
+        assert_eq!(d.details[&(Kind::Syscall, "ptrace".to_string())].total, 1);
+        // uid 5 is nobody's yet: in limbo, not lost.
+        assert_eq!((s.agg.dropped, s.agg.unattributed, s.limbo.len()), (3, 0, 1));
+    }
+
+    #[test]
+    fn an_unknown_domain_is_attributed_by_its_syscall_record_or_counted_unattributed() {
+        let mut s = shared();
+        let mut p = None;
+        let access = |serial| Record::LandlockAccess { serial, domain: 8, blockers: "scope.signal".into(), object: "opid=1".into() };
+        handle(&mut s, &mut p, access(1));
+        handle(&mut s, &mut p, Record::Syscall { serial: 1, pid: 5, uid: 1_610_612_737 });
+        // Known from then on.
+        handle(&mut s, &mut p, access(2));
+        // A domain nothing names: unattributed at the end of its event.
+        handle(&mut s, &mut p, Record::LandlockAccess { serial: 3, domain: 10, blockers: "fs.read_dir".into(), object: "/".into() });
+        handle(&mut s, &mut p, Record::EndOfEvent { serial: 3 });
+        assert_eq!(s.agg.sandboxes["d-1"].by_kind[&Kind::Scope], 2);
+        assert_eq!(s.agg.unattributed, 1);
+    }
+
+    #[test]
+    fn denials_before_a_sandbox_is_registered_wait_in_limbo_and_are_attributed_when_it_is() {
+        let mut s = shared();
+        let mut p = None;
+        let uid = 1_610_612_999;
+        for serial in 1..=1000 {
+            handle(&mut s, &mut p, Record::Seccomp { serial, pid: -1, uid, syscall: libc::SYS_keyctl });
+        }
+        handle(&mut s, &mut p, Record::LandlockAccess { serial: 2000, domain: 9, blockers: "fs.read_dir".into(), object: "/".into() });
+        handle(&mut s, &mut p, Record::DomainAllocated { serial: 2000, domain: 9, pid: -1, uid });
+        handle(&mut s, &mut p, Record::LandlockAccess { serial: 2001, domain: 9, blockers: "fs.read_dir".into(), object: "/".into() });
+        assert!(!s.agg.sandboxes.contains_key("d-2"));
+        let hub = Hub {
+            shared: Arc::new(Mutex::new(s)),
+            // SAFETY: a fresh eventfd, owned by the hub.
+            wake: unsafe { OwnedFd::from_raw_fd(libc::eventfd(0, 0)) },
+            kernel: String::new(),
+            landlock: true,
+            seccomp: true,
+            lost_at_start: None,
+        };
+        hub.register(Owner { id: "d-2".into(), sandbox: "sc-2".into(), uid: Some(uid) });
+        let mut s = hub.lock();
+        handle(&mut s, &mut p, Record::LandlockAccess { serial: 2002, domain: 9, blockers: "fs.read_dir".into(), object: "/".into() });
+        let d = &s.agg.sandboxes["d-2"];
+        assert_eq!(d.details[&(Kind::Syscall, "keyctl".to_string())].total, 1000);
+        assert_eq!(d.details[&(Kind::Fs, "fs.read_dir /".to_string())].total, 3);
+        assert!(s.limbo.is_empty());
+    }
+}

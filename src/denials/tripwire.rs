@@ -1,0 +1,256 @@
+//! Tripwires (`[[tripwire]]` in the policy): rules over a sandbox's denial
+//! stream that raise an alert, freeze the sandbox, or kill it. Validated with
+//! the policy (unknown keys refused); evaluated by the daemon on each report
+//! (daemon side).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::Kind;
+use super::aggregate::Report;
+use crate::policy::units::HumanDuration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// A `tripwire` audit event and the `swarmcell_tripwires_total` metric.
+    Alert,
+    /// Also freeze the sandbox and write a forensic bundle.
+    Freeze,
+    /// Also kill the sandbox.
+    Kill,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn minute() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+/// One `[[tripwire]]`: matches the denials of `kind` whose `path`, `syscall`
+/// or `host` matches (each optional; all given must match); fires when
+/// `count` of them happen within `window`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tripwire {
+    /// Shown in events (default: tripwire[N]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// fs, net, scope, syscall, egress or ingress; absent: any kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<Kind>,
+    /// A glob on the refused path (`*` any run of characters, `?` one), fs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A system call name (syscall and net kinds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syscall: Option<String>,
+    /// A glob on the refused egress host (egress only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Denials within `window` that fire it (default 1).
+    #[serde(default = "one")]
+    pub count: u64,
+    /// Default 60s.
+    #[serde(default = "minute")]
+    pub window: HumanDuration,
+    pub action: Action,
+}
+
+impl Tripwire {
+    pub fn label(&self, index: usize) -> String {
+        self.name.clone().unwrap_or_else(|| format!("tripwire[{index}]"))
+    }
+
+    /// Check one rule (policy validation): `Err((field, message))`.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.count == 0 {
+            return Err(("count", "must be at least 1".into()));
+        }
+        if self.window.0.is_zero() {
+            return Err(("window", "must be longer than 0".into()));
+        }
+        if let Some(n) = &self.name
+            && (n.is_empty() || n.len() > 64 || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            return Err(("name", "1-64 of [A-Za-z0-9_-]".into()));
+        }
+        if self.path.is_some() && !matches!(self.kind, None | Some(Kind::Fs)) {
+            return Err(("path", "applies to kind = \"fs\" only".into()));
+        }
+        if self.host.is_some() && !matches!(self.kind, None | Some(Kind::Egress)) {
+            return Err(("host", "applies to kind = \"egress\" only".into()));
+        }
+        if let Some(s) = &self.syscall {
+            if !matches!(self.kind, None | Some(Kind::Syscall) | Some(Kind::Net)) {
+                return Err(("syscall", "applies to kind = \"syscall\" or \"net\" only".into()));
+            }
+            if crate::confine::seccomp::syscall_number(s).is_none() {
+                return Err(("syscall", format!("unknown system call {s:?}")));
+            }
+        }
+        for (field, g) in [("path", &self.path), ("host", &self.host)] {
+            if g.as_ref().is_some_and(|g| g.is_empty() || g.len() > 1024) {
+                return Err((field, "must be 1-1024 characters".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a report's denials are of this rule.
+    pub fn matches(&self, kind: Kind, detail: &str) -> bool {
+        if self.kind.is_some_and(|k| k != kind) {
+            return false;
+        }
+        if let Some(p) = &self.path {
+            // An fs detail is "BLOCKERS PATH".
+            let Some((_, path)) = detail.split_once(' ') else { return false };
+            if kind != Kind::Fs || !glob(p, path) {
+                return false;
+            }
+        }
+        if let Some(s) = &self.syscall
+            && detail != s
+        {
+            return false;
+        }
+        if let Some(h) = &self.host {
+            let host = detail.rsplit_once(':').map_or(detail, |(h, _)| h);
+            if kind != Kind::Egress || !glob(&h.to_ascii_lowercase(), &host.to_ascii_lowercase()) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// `*` matches any run of characters (`/` included), `?` one character.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// The counts in the window of each rule of one sandbox.
+#[derive(Debug, Default)]
+pub struct Armed {
+    pub rules: Vec<Tripwire>,
+    seen: Vec<VecDeque<(Instant, u64)>>,
+}
+
+/// A rule that fired.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fired {
+    pub rule: String,
+    pub action: Action,
+    pub kind: Kind,
+    pub detail: String,
+    pub count: u64,
+}
+
+impl Armed {
+    pub fn new(rules: &[Tripwire]) -> Armed {
+        Armed { rules: rules.to_vec(), seen: vec![VecDeque::new(); rules.len()] }
+    }
+
+    /// Count a report against every rule; the rules that fire (their window
+    /// starts again).
+    pub fn observe(&mut self, r: &Report, now: Instant) -> Vec<Fired> {
+        let mut out = Vec::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !rule.matches(r.kind, &r.detail) {
+                continue;
+            }
+            let q = &mut self.seen[i];
+            q.push_back((now, r.count));
+            while q.front().is_some_and(|(t, _)| now.duration_since(*t) > rule.window.0) || q.len() > 4096 {
+                q.pop_front();
+            }
+            let n: u64 = q.iter().map(|(_, c)| c).sum();
+            if n >= rule.count {
+                q.clear();
+                out.push(Fired { rule: rule.label(i), action: rule.action, kind: r.kind, detail: r.detail.clone(), count: n });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(toml_text: &str) -> Tripwire {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn globs_and_matchers() {
+        assert!(glob("/etc/*", "/etc/shadow"));
+        assert!(glob("*/.ssh/*", "/home/a/.ssh/id_rsa"));
+        assert!(!glob("/etc/*", "/usr/etc"));
+        assert!(glob("a?c", "abc"));
+        let t = rule("kind = \"fs\"\npath = \"/etc/sh*\"\naction = \"freeze\"");
+        assert!(t.matches(Kind::Fs, "fs.read_file /etc/shadow"));
+        assert!(!t.matches(Kind::Fs, "fs.read_file /etc/passwd"));
+        assert!(!t.matches(Kind::Syscall, "ptrace"));
+        let e = rule("kind = \"egress\"\nhost = \"*.evil.example\"\naction = \"alert\"");
+        assert!(e.matches(Kind::Egress, "x.EVIL.example:443"));
+        let s = rule("syscall = \"ptrace\"\naction = \"kill\"");
+        assert!(s.matches(Kind::Syscall, "ptrace") && !s.matches(Kind::Syscall, "bpf"));
+    }
+
+    #[test]
+    fn bad_rules_are_refused_and_unknown_keys_too() {
+        assert!(toml::from_str::<Tripwire>("kind = \"fs\"\naction = \"alert\"\nwhat = 1").is_err());
+        assert!(toml::from_str::<Tripwire>("kind = \"disk\"\naction = \"alert\"").is_err());
+        assert!(toml::from_str::<Tripwire>("kind = \"fs\"\naction = \"explode\"").is_err());
+        assert_eq!(rule("kind = \"syscall\"\npath = \"/x\"\naction = \"alert\"").validate().unwrap_err().0, "path");
+        assert_eq!(rule("syscall = \"nope\"\naction = \"alert\"").validate().unwrap_err().0, "syscall");
+        assert_eq!(rule("kind = \"fs\"\ncount = 0\naction = \"alert\"").validate().unwrap_err().0, "count");
+        // In a policy: refused with the rule's index and field.
+        let e = crate::policy::Policy::parse("[[tripwire]]\nkind = \"fs\"\nsyscall = \"ptrace\"\naction = \"alert\"\n", "p.toml").unwrap_err();
+        assert!(e.to_string().contains("tripwire[0].syscall"), "{e}");
+        let e = crate::policy::Policy::parse("[[tripwire]]\nkind = \"fs\"\naction = \"alert\"\nsevere = true\n", "p.toml").unwrap_err();
+        assert!(e.to_string().contains("severe"), "{e}");
+        let ok = crate::policy::Policy::parse(
+            "[[tripwire]]\nkind = \"egress\"\nhost = \"*.evil\"\ncount = 3\nwindow = \"10s\"\naction = \"kill\"\n",
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(ok.tripwires.len(), 1);
+    }
+
+    #[test]
+    fn a_rule_fires_when_its_count_is_reached_within_the_window() {
+        let mut a = Armed::new(&[rule("kind = \"syscall\"\ncount = 10\nwindow = \"1s\"\naction = \"alert\"")]);
+        let r = |count| Report { sandbox: "d".into(), kind: Kind::Syscall, detail: "bpf".into(), count, total: 0 };
+        let t0 = Instant::now();
+        assert!(a.observe(&r(4), t0).is_empty());
+        // The first 4 fall out of the window.
+        assert!(a.observe(&r(6), t0 + Duration::from_secs(2)).is_empty());
+        let fired = a.observe(&r(4), t0 + Duration::from_millis(2500));
+        assert_eq!(fired.len(), 1);
+        assert_eq!((fired[0].count, fired[0].action), (10, Action::Alert));
+    }
+}
