@@ -938,6 +938,31 @@ fn a_sandbox_whose_lease_is_not_renewed_is_stopped_and_audited() {
     assert_no_sandbox_left();
 }
 
+/// A frozen sandbox is kept for investigation: its lease does not end it
+/// while frozen (its worker may be gone); after the thaw the lease runs again
+/// and, unrenewed, ends it.
+#[test]
+fn a_frozen_sandbox_outlives_its_lease_until_it_is_thawed() {
+    let f = Fixture::new();
+    let (mut d, repo) = agent_daemon(&f);
+    let v = request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "agent", "agent": "z1", "task": "open-swarm-z.1.1", "repo": repo, "lease_s": 2 }));
+    assert_eq!(v["ok"], true, "{v}");
+    let id = v["id"].clone();
+    let r = request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "freeze", "id": id }));
+    assert_eq!(r["ok"], true, "{r}");
+    std::thread::sleep(Duration::from_secs(4));
+    let ids: Vec<serde_json::Value> = d.list().iter().map(|s| s["id"].clone()).collect();
+    assert_eq!(ids, vec![id.clone()], "a frozen sandbox was ended by its lease");
+    assert!(d.audit_events("lease_expired").is_empty());
+    let r = request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "thaw", "id": id }));
+    assert_eq!(r["ok"], true, "{r}");
+    wait_until("the thawed, unrenewed sandbox is stopped by its lease", || d.list().is_empty());
+    let expired = d.audit_events("lease_expired");
+    assert!(expired.len() == 1 && expired[0]["id"] == id, "{expired:?}");
+    d.stop();
+    assert_no_sandbox_left();
+}
+
 /// Agent requests are validated field by field and refused with an audit
 /// event before anything is made.
 #[test]

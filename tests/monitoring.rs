@@ -56,12 +56,28 @@ fn exported() -> BTreeMap<String, BTreeSet<String>> {
         assert!(start.elapsed() < Duration::from_secs(5), "the daemon did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
-    ok(&ctl(&["launch", "--worktree", f.worktree.to_str().unwrap(), "--", bin(), "__probe", "serve", "{port}"]));
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let body = resp.split_once("\r\n\r\n").expect("an HTTP response").1.to_string();
+    let launched: serde_json::Value =
+        serde_json::from_str(&ok(&ctl(&["launch", "--worktree", f.worktree.to_str().unwrap(), "--", bin(), "__probe", "serve", "{port}"]))).unwrap();
+    // One refused call (the probe's `GET /deny` calls ptrace), so that the
+    // denial families have samples and labels too.
+    let get = |port: u16, path: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        resp
+    };
+    get(launched["port"].as_u64().unwrap() as u16, "/deny");
+    let start = Instant::now();
+    let body = loop {
+        let resp = get(port, "/metrics");
+        let body = resp.split_once("\r\n\r\n").expect("an HTTP response").1.to_string();
+        if body.contains("swarmcell_denials_total{") {
+            break body;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the sandbox's denial never reached the metrics:\n{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
 
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for l in body.lines() {
