@@ -352,10 +352,13 @@ impl Daemon {
     /// or its `policy`), or the default one: (its path, the policy).
     pub(super) fn policy_for(&self, requested: Option<&Path>) -> Result<(Option<PathBuf>, crate::policy::Policy), String> {
         let Some(requested) = requested else { return Ok((self.cfg.policy.clone(), self.default_policy.clone())) };
-        let canonical = requested.canonicalize().map_err(|e| format!("policy {}: {e}", requested.display()))?;
+        // Resolved as root: one answer whether the path resolves or is not
+        // listed (else it would tell which hidden paths exist).
+        let refused = || format!("policy {} is not one the daemon's config allows (`policies`)", requested.display());
+        let canonical = requested.canonicalize().map_err(|_| refused())?;
         let allowed = self.cfg.policies.iter().chain(&self.cfg.policy).any(|p| p.canonicalize().is_ok_and(|p| p == canonical));
         if !allowed {
-            return Err(format!("policy {} is not one the daemon's config allows (`policies`)", requested.display()));
+            return Err(refused());
         }
         let policy = crate::policy::Policy::load(&canonical).map_err(|e| e.to_string())?;
         Ok((Some(canonical), policy))
