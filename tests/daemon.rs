@@ -1116,3 +1116,45 @@ fn agent_requests_do_not_reveal_which_hidden_paths_exist() {
     }
     assert!(answers[0] == answers[1] && answers[2] == answers[3], "the answers differ by existence: {answers:?}");
 }
+
+/// Red team (#17): the daemon checks the repository's owner, then `git
+/// worktree add` resolves the path again and runs as whoever owns it then.
+/// Tenant B swaps its listed repository for a symlink to OWNER's in between
+/// (renameat2 RENAME_EXCHANGE in a loop): the daemon makes OWNER-owned
+/// worktrees and `agent/*` branches in a repository B may not launch for.
+#[test]
+fn a_tenant_cannot_swap_its_repository_for_another_owners_between_check_and_git() {
+    let f = Fixture::new();
+    let victim = owned_repo(&f.dir);
+    let b_dir = f.dir.join("tenant-b");
+    let b_repo = tenant_repo(&b_dir, STRANGER, None);
+    Command::new("chown").arg(format!("{STRANGER}:{STRANGER}")).arg(&b_dir).status().unwrap();
+    std::os::unix::fs::symlink(&victim, b_dir.join("swap")).unwrap();
+    std::os::unix::fs::lchown(b_dir.join("swap"), Some(STRANGER), Some(STRANGER)).unwrap();
+    // B's own policy runs a command the daemon does not allow: each attempt stops after git.
+    let cheap = f.dir.join("cheap.toml");
+    std::fs::write(&cheap, "[process]\ncommand = [\"/bin/true\"]\n").unwrap();
+    std::fs::set_permissions(&cheap, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let policy = format!("[process]\ncommand = [{:?}, \"__probe\", \"serve\", \"{{port}}\"]\n", bin());
+    let mut d = Daemon::start_with(
+        &f,
+        &policy,
+        &format!("repositories = [{b_repo:?}]\npolicies = [{cheap:?}]\nallowed_gids = [{OWNER}]\nmax_worktrees = 100000\n"),
+    );
+    let racer = "import ctypes,os,sys\nlibc=ctypes.CDLL(None,use_errno=True)\nfd=os.open(sys.argv[1],os.O_RDONLY)\nwhile True: libc.syscall(316,fd,b'repo',fd,b'swap',2)";
+    let mut race = Command::new("/usr/bin/python3").arg("-c").arg(racer).arg(&b_dir).uid(STRANGER).gid(STRANGER).spawn().unwrap();
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < Duration::from_secs(40) && git(&victim, &["branch", "--list", "agent/*"]).is_empty() {
+        let _ = request_as(&d, STRANGER, &serde_json::json!({ "cmd": "agent", "agent": format!("r{i}"), "task": format!("open-swarm-r.1.{i}"), "repo": b_repo, "policy": cheap }));
+        i += 1;
+    }
+    let _ = race.kill();
+    let _ = race.wait();
+    let branches = git(&victim, &["branch", "--list", "agent/*"]);
+    let errors: std::collections::BTreeMap<String, usize> = d.audit_events("policy_violation").iter().fold(Default::default(), |mut m, e| { *m.entry(e["error"].as_str().unwrap_or("").chars().filter(|c| !c.is_ascii_digit()).collect::<String>().replace(&f.dir.display().to_string(), "")).or_default() += 1; m });
+    eprintln!("{i} attempts: {errors:#?}");
+    d.stop();
+    assert_no_sandbox_left();
+    assert!(branches.is_empty(), "tenant B made the daemon write into OWNER's repository: {branches}");
+}
