@@ -286,8 +286,8 @@ impl Daemon {
             Ok(p) => p,
             Err(e) => return refuse(self, e),
         };
-        let owner = match std::fs::metadata(&repo) {
-            Ok(m) => std::os::unix::fs::MetadataExt::uid(&m),
+        let (owner, group) = match std::fs::metadata(&repo) {
+            Ok(m) => (std::os::unix::fs::MetadataExt::uid(&m), std::os::unix::fs::MetadataExt::gid(&m)),
             Err(e) => return refuse(self, format!("repository {}: {e}", repo.display())),
         };
         if !self.cfg.may_launch_for(uid, owner) {
@@ -310,7 +310,11 @@ impl Daemon {
         if std::fs::symlink_metadata(&path).is_err() {
             // git runs as the repository's owner (60 s deadline): the one step
             // of an `agent` request that blocks the loop, once per new agent.
-            let req = crate::git::AddRequest { repo: &repo, id: &agent, base: &self.cfg.worktree_base, branch: branch.as_deref(), owner: None };
+            // git runs as the owner checked above, never as whoever owns the
+            // path when git resolves it again (a tenant may swap its listed
+            // repository for a symlink to another owner's in between).
+            let owner = Some((owner, group));
+            let req = crate::git::AddRequest { repo: &repo, id: &agent, base: &self.cfg.worktree_base, branch: branch.as_deref(), owner };
             match crate::git::add(&req) {
                 Ok(p) => self
                     .audit
