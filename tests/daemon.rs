@@ -1158,3 +1158,31 @@ fn a_tenant_cannot_swap_its_repository_for_another_owners_between_check_and_git(
     assert_no_sandbox_left();
     assert!(branches.is_empty(), "tenant B made the daemon write into OWNER's repository: {branches}");
 }
+
+/// Red team (#17): a lease notices a requester that went away; one still
+/// waiting for its launch has not. A sandbox slower to become healthy than
+/// its lease (OpenCode under load, with the worker's 30 s lease) was stopped
+/// while its requester waited, and every retry failed the same way.
+#[test]
+fn a_launch_slower_than_its_lease_is_not_stopped_while_its_requester_waits() {
+    let f = Fixture::new();
+    let repo = owned_repo(&f.dir);
+    let policy = format!("[process]\ncommand = [{:?}, \"__probe\", \"slow-serve\", \"{{port}}\", \"4\"]\n", bin());
+    let mut d = Daemon::start_with(&f, &policy, &format!("repositories = [{repo:?}]\nallowed_gids = [{OWNER}]\n"));
+    let a = request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "agent", "agent": "s1", "task": "open-swarm-s.1.1", "repo": repo, "lease_s": 2 }));
+    // Once it is ready, the lease runs: unrenewed, it is stopped.
+    let stopped = a["ok"] == true && {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(8) && !d.list().is_empty() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        d.list().is_empty()
+    };
+    for s in d.list() {
+        let _ = d.ctl(&["stop", s["id"].as_str().unwrap()]);
+    }
+    d.stop();
+    assert_no_sandbox_left();
+    assert_eq!(a["ok"], true, "a launch slower than its lease failed while its requester waited: {a}");
+    assert!(stopped, "the lease did not run once the sandbox was ready");
+}

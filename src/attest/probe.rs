@@ -37,6 +37,11 @@ pub fn main(name: &str, rest: &[String]) -> u8 {
         ("redirect", Some(port)) => return redirect(port, rest.get(1).map_or("http://127.0.0.1:1/", String::as_str)),
         ("hostile-output", Some(port)) => return hostile_output(port),
         ("flood-server", Some(port)) => return flood_server(port),
+        ("slow-serve", Some(port)) => {
+            // Serves PORT after SECS (a server slow to become healthy).
+            std::thread::sleep(std::time::Duration::from_secs(rest.get(1).and_then(|s| s.parse().ok()).unwrap_or(5)));
+            return serve(port, false);
+        }
         ("redirect-server", Some(url)) => return redirect_server(rest.get(1).map_or("", String::as_str), url),
         ("egress-then-serve", Some(port)) => return egress_then_serve(port, rest.get(1).map_or("example.invalid:443", String::as_str)),
         _ => {
