@@ -266,6 +266,9 @@ impl Daemon {
             out["secret"] = json!(secret);
         }
         let (waiting, rec) = (e.waiting.take(), e.rec.clone());
+        if waiting.is_some() {
+            e.lease_until = rec.lease_s.map(|s| Instant::now() + Duration::from_secs(s));
+        }
         if let Err(err) = records::save(&self.cfg.state_dir, &rec) {
             tracing::error!(id, error = %err, "could not update the sandbox record");
         }
@@ -350,7 +353,10 @@ impl Daemon {
             self.sandboxes.iter().filter(|(_, e)| reap || e.deadline().is_some_and(|t| now >= t)).map(|(id, _)| id.clone()).collect();
         for id in ids {
             let Some(e) = self.sandboxes.get_mut(&id) else { continue };
-            if e.state != State::Stopping && e.lease_until.is_some_and(|t| now >= t) {
+            // A requester still waiting for the launch is there: its lease
+            // runs from the answer (the start has its own deadline).
+            let waited_for = e.state == State::Starting && e.waiting.is_some();
+            if e.state != State::Stopping && !waited_for && e.lease_until.is_some_and(|t| now >= t) {
                 self.lease_expired(&id);
                 continue;
             }

@@ -143,7 +143,9 @@ impl Entry {
             State::Stopping => return self.stop_deadline,
             State::Starting => Some(self.started + self.health.start_deadline),
         };
-        match (own, self.lease_until) {
+        // A launch still answered to its requester holds no lease yet (see `tick`).
+        let lease = if self.state == State::Starting && self.waiting.is_some() { None } else { self.lease_until };
+        match (own, lease) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
