@@ -1014,12 +1014,12 @@ fn a_slow_checkout_of_one_tenant_does_not_expire_another_tenants_lease() {
     let b_repo = tenant_repo(&f.dir.join("tenant-b"), STRANGER, Some("sleep 5; cat"));
     let policy = format!("[process]\ncommand = [{:?}, \"__probe\", \"serve\", \"{{port}}\"]\n", bin());
     let mut d = Daemon::start_with(&f, &policy, &format!("repositories = [{repo:?}, {b_repo:?}]\nallowed_gids = [{OWNER}]\n"));
-    let victim = request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "agent", "agent": "v1", "task": "open-swarm-v.1.1", "repo": repo, "lease_s": 4 }));
+    let victim =
+        request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "agent", "agent": "v1", "task": "open-swarm-v.1.1", "repo": repo, "lease_s": 4 }));
     assert_eq!(victim["ok"], true, "{victim}");
     let attacker = std::thread::scope(|s| {
-        let b = s.spawn(|| {
-            request_as(&d, STRANGER, &serde_json::json!({ "cmd": "agent", "agent": "b1", "task": "open-swarm-b.1.1", "repo": b_repo }))
-        });
+        let b =
+            s.spawn(|| request_as(&d, STRANGER, &serde_json::json!({ "cmd": "agent", "agent": "b1", "task": "open-swarm-b.1.1", "repo": b_repo })));
         // The victim renews every second, as its worker does (a third of the lease).
         let mut slowest = Duration::ZERO;
         let start = Instant::now();
@@ -1081,7 +1081,11 @@ fn one_tenant_cannot_use_up_max_worktrees_for_the_others() {
     // base/a, b and c exist already (the fixture's, OWNER's): 3 more are allowed.
     let mut d = Daemon::start_with(&f, &policy, &format!("repositories = [{repo:?}, {b_repo:?}]\nallowed_gids = [{OWNER}]\nmax_worktrees = 6\n"));
     for i in 1..=3 {
-        let b = request_as(&d, STRANGER, &serde_json::json!({ "cmd": "agent", "agent": format!("b{i}"), "task": format!("open-swarm-b.1.{i}"), "repo": b_repo }));
+        let b = request_as(
+            &d,
+            STRANGER,
+            &serde_json::json!({ "cmd": "agent", "agent": format!("b{i}"), "task": format!("open-swarm-b.1.{i}"), "repo": b_repo }),
+        );
         assert_eq!(b["ok"], true, "{b}");
         ok(&d.ctl(&["stop", b["id"].as_str().unwrap()]));
     }
@@ -1146,13 +1150,23 @@ fn a_tenant_cannot_swap_its_repository_for_another_owners_between_check_and_git(
     let start = Instant::now();
     let mut i = 0;
     while start.elapsed() < Duration::from_secs(40) && git(&victim, &["branch", "--list", "agent/*"]).is_empty() {
-        let _ = request_as(&d, STRANGER, &serde_json::json!({ "cmd": "agent", "agent": format!("r{i}"), "task": format!("open-swarm-r.1.{i}"), "repo": b_repo, "policy": cheap }));
+        let _ = request_as(
+            &d,
+            STRANGER,
+            &serde_json::json!({ "cmd": "agent", "agent": format!("r{i}"), "task": format!("open-swarm-r.1.{i}"), "repo": b_repo, "policy": cheap }),
+        );
         i += 1;
     }
     let _ = race.kill();
     let _ = race.wait();
     let branches = git(&victim, &["branch", "--list", "agent/*"]);
-    let errors: std::collections::BTreeMap<String, usize> = d.audit_events("policy_violation").iter().fold(Default::default(), |mut m, e| { *m.entry(e["error"].as_str().unwrap_or("").chars().filter(|c| !c.is_ascii_digit()).collect::<String>().replace(&f.dir.display().to_string(), "")).or_default() += 1; m });
+    let errors: std::collections::BTreeMap<String, usize> = d.audit_events("policy_violation").iter().fold(Default::default(), |mut m, e| {
+        *m.entry(
+            e["error"].as_str().unwrap_or("").chars().filter(|c| !c.is_ascii_digit()).collect::<String>().replace(&f.dir.display().to_string(), ""),
+        )
+        .or_default() += 1;
+        m
+    });
     eprintln!("{i} attempts: {errors:#?}");
     d.stop();
     assert_no_sandbox_left();

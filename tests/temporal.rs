@@ -707,7 +707,11 @@ fn an_agent_server_cannot_redirect_the_worker_to_a_host_service() {
                 let n = c.read(&mut b).unwrap_or(0);
                 reached.lock().unwrap().push(String::from_utf8_lossy(&b[..n]).lines().next().unwrap_or("").to_string());
                 let body = r#"{"id":"ses_internal","parts":[{"type":"text","text":"HOST-ONLY-DATA"}]}"#;
-                let _ = write!(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
             }
         })
     };
