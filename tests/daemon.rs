@@ -7,7 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -1009,4 +1009,220 @@ fn agent_requests_make_at_most_max_worktrees() {
     assert!(!f.dir.join("base/m2").exists());
     d.stop();
     assert_no_sandbox_left();
+}
+
+/// A repository at DIR/repo owned by `uid` (another tenant than OWNER's
+/// delegate); with `smudge`, its checkout runs that filter (the owner's own
+/// repository configuration, which git honours as the owner).
+fn tenant_repo(dir: &Path, uid: u32, smudge: Option<&str>) -> PathBuf {
+    std::fs::create_dir(dir).unwrap();
+    let repo = owned_repo(dir);
+    if let Some(cmd) = smudge {
+        std::fs::write(repo.join(".gitattributes"), "* filter=slow\n").unwrap();
+        git(&repo, &["add", ".gitattributes"]);
+        git(&repo, &["commit", "-q", "-m", "attributes"]);
+        let mut c = std::fs::OpenOptions::new().append(true).open(repo.join(".git/config")).unwrap();
+        writeln!(c, "[filter \"slow\"]\n\tsmudge = {cmd}\n\trequired = true").unwrap();
+    }
+    Command::new("chown").args(["-R", &format!("{uid}:{uid}")]).arg(&repo).status().unwrap();
+    repo
+}
+
+/// Red team (#17): one tenant's `agent` request must not stall the daemon for
+/// the others. Tenant B's repository checks out slowly (a smudge filter of
+/// its own; a big tree does the same): the daemon's loop waits for git, the
+/// other tenant's renewals wait with it, and its leased sandbox expires.
+#[test]
+fn a_slow_checkout_of_one_tenant_does_not_stall_the_daemon_for_the_others() {
+    let f = Fixture::new();
+    let repo = owned_repo(&f.dir);
+    let b_repo = tenant_repo(&f.dir.join("tenant-b"), STRANGER, Some("sleep 5; cat"));
+    let policy = format!("[process]\ncommand = [{:?}, \"__probe\", \"serve\", \"{{port}}\"]\n", bin());
+    let mut d = Daemon::start_with(&f, &policy, &format!("repositories = [{repo:?}, {b_repo:?}]\nallowed_gids = [{OWNER}]\n"));
+    let victim =
+        request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "agent", "agent": "v1", "task": "open-swarm-v.1.1", "repo": repo, "lease_s": 4 }));
+    assert_eq!(victim["ok"], true, "{victim}");
+    let attacker = std::thread::scope(|s| {
+        let b =
+            s.spawn(|| request_as(&d, STRANGER, &serde_json::json!({ "cmd": "agent", "agent": "b1", "task": "open-swarm-b.1.1", "repo": b_repo })));
+        // The victim renews every second, as its worker does (a third of the lease).
+        let mut slowest = Duration::ZERO;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(14) {
+            let t = Instant::now();
+            let r = request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "renew", "ids": [victim["id"]] }));
+            slowest = slowest.max(t.elapsed());
+            if r["renewed"] != serde_json::json!([victim["id"]]) {
+                eprintln!("renewal refused after {:?}: {r}", start.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        (b.join().unwrap(), slowest)
+    });
+    let (attacker, slowest) = attacker;
+    eprintln!("tenant B's request: {attacker}");
+    let expired = d.audit_events("lease_expired");
+    let alive = d.list().iter().any(|s| s["id"] == victim["id"]);
+    for s in d.list() {
+        ok(&d.ctl(&["stop", s["id"].as_str().unwrap()]));
+    }
+    d.stop();
+    assert_no_sandbox_left();
+    assert!(alive && expired.is_empty(), "tenant B's slow checkout expired tenant A's renewed lease: {expired:?}");
+    assert!(slowest < Duration::from_secs(2), "tenant A's renewal waited {slowest:?} for tenant B's checkout");
+}
+
+/// Red team (#17): agent ids are one namespace for every tenant and
+/// `max_worktrees` one pool: tenant B takes the worktree name tenant A's
+/// workflow will use (ids are predictable), so A's launch is refused.
+#[test]
+fn a_tenant_cannot_take_another_tenants_agent_worktree_name() {
+    let f = Fixture::new();
+    let repo = owned_repo(&f.dir);
+    let b_repo = tenant_repo(&f.dir.join("tenant-b"), STRANGER, None);
+    let policy = format!("[process]\ncommand = [{:?}, \"__probe\", \"serve\", \"{{port}}\"]\n", bin());
+    let mut d = Daemon::start_with(&f, &policy, &format!("repositories = [{repo:?}, {b_repo:?}]\nallowed_gids = [{OWNER}]\n"));
+    let b = request_as(&d, STRANGER, &serde_json::json!({ "cmd": "agent", "agent": "agent-1", "task": "open-swarm-b.1.1", "repo": b_repo }));
+    assert_eq!(b["ok"], true, "{b}");
+    ok(&d.ctl(&["stop", b["id"].as_str().unwrap()]));
+    let a = request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "agent", "agent": "agent-1", "task": "open-swarm-a.1.1", "repo": repo }));
+    for s in d.list() {
+        ok(&d.ctl(&["stop", s["id"].as_str().unwrap()]));
+    }
+    d.stop();
+    assert_no_sandbox_left();
+    assert_eq!(a["ok"], true, "tenant B's worktree agent-1 refuses tenant A's agent agent-1: {a}");
+}
+
+/// Red team (#17): `max_worktrees` is one pool for every tenant: tenant B
+/// fills it (worktrees stay after their sandboxes) and no other tenant can
+/// launch a new agent any more.
+#[test]
+fn one_tenant_cannot_use_up_max_worktrees_for_the_others() {
+    let f = Fixture::new();
+    let repo = owned_repo(&f.dir);
+    let b_repo = tenant_repo(&f.dir.join("tenant-b"), STRANGER, None);
+    let policy = format!("[process]\ncommand = [{:?}, \"__probe\", \"serve\", \"{{port}}\"]\n", bin());
+    // base/a, b and c exist already (the fixture's, OWNER's): 3 more are allowed.
+    let mut d = Daemon::start_with(&f, &policy, &format!("repositories = [{repo:?}, {b_repo:?}]\nallowed_gids = [{OWNER}]\nmax_worktrees = 6\n"));
+    for i in 1..=3 {
+        let b = request_as(
+            &d,
+            STRANGER,
+            &serde_json::json!({ "cmd": "agent", "agent": format!("b{i}"), "task": format!("open-swarm-b.1.{i}"), "repo": b_repo }),
+        );
+        assert_eq!(b["ok"], true, "{b}");
+        ok(&d.ctl(&["stop", b["id"].as_str().unwrap()]));
+    }
+    let a = request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "agent", "agent": "a1", "task": "open-swarm-a.1.1", "repo": repo }));
+    for s in d.list() {
+        ok(&d.ctl(&["stop", s["id"].as_str().unwrap()]));
+    }
+    d.stop();
+    assert_no_sandbox_left();
+    assert_eq!(a["ok"], true, "tenant B's stopped agents used up every worktree: {a}");
+}
+
+/// Red team (#17): the daemon resolves an `agent` request's repository and
+/// policy paths as root before it checks them against its lists: its
+/// answers tell a tenant which paths exist where the tenant cannot look.
+#[test]
+fn agent_requests_do_not_reveal_which_hidden_paths_exist() {
+    let f = Fixture::new();
+    let (d, repo) = agent_daemon(&f);
+    let hidden = f.dir.join("hidden");
+    std::fs::create_dir(&hidden).unwrap();
+    std::fs::set_permissions(&hidden, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(hidden.join("id_ed25519"), "key").unwrap();
+    let mut answers = vec![];
+    for field in ["repo", "policy"] {
+        for name in ["id_ed25519", "absent"] {
+            let mut req = serde_json::json!({ "cmd": "agent", "agent": "o1", "task": "open-swarm-o.1.1", "repo": repo });
+            req[field] = serde_json::json!(hidden.join(name));
+            let v = request_as(&d, REQUESTER, &req);
+            answers.push(v["error"].as_str().unwrap_or("").replace(name, "NAME"));
+        }
+    }
+    assert!(answers[0] == answers[1] && answers[2] == answers[3], "the answers differ by existence: {answers:?}");
+}
+
+/// Red team (#17): the daemon checks the repository's owner, then `git
+/// worktree add` resolves the path again and runs as whoever owns it then.
+/// Tenant B swaps its listed repository for a symlink to OWNER's in between
+/// (renameat2 RENAME_EXCHANGE in a loop): the daemon makes OWNER-owned
+/// worktrees and `agent/*` branches in a repository B may not launch for.
+#[test]
+fn a_tenant_cannot_swap_its_repository_for_another_owners_between_check_and_git() {
+    let f = Fixture::new();
+    let victim = owned_repo(&f.dir);
+    let b_dir = f.dir.join("tenant-b");
+    let b_repo = tenant_repo(&b_dir, STRANGER, None);
+    Command::new("chown").arg(format!("{STRANGER}:{STRANGER}")).arg(&b_dir).status().unwrap();
+    std::os::unix::fs::symlink(&victim, b_dir.join("swap")).unwrap();
+    std::os::unix::fs::lchown(b_dir.join("swap"), Some(STRANGER), Some(STRANGER)).unwrap();
+    // B's own policy runs a command the daemon does not allow: each attempt stops after git.
+    let cheap = f.dir.join("cheap.toml");
+    std::fs::write(&cheap, "[process]\ncommand = [\"/bin/true\"]\n").unwrap();
+    std::fs::set_permissions(&cheap, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let policy = format!("[process]\ncommand = [{:?}, \"__probe\", \"serve\", \"{{port}}\"]\n", bin());
+    let mut d = Daemon::start_with(
+        &f,
+        &policy,
+        &format!("repositories = [{b_repo:?}]\npolicies = [{cheap:?}]\nallowed_gids = [{OWNER}]\nmax_worktrees = 100000\n"),
+    );
+    let racer = "import ctypes,os,sys\nlibc=ctypes.CDLL(None,use_errno=True)\nfd=os.open(sys.argv[1],os.O_RDONLY)\nwhile True: libc.syscall(316,fd,b'repo',fd,b'swap',2)";
+    let mut race = Command::new("/usr/bin/python3").arg("-c").arg(racer).arg(&b_dir).uid(STRANGER).gid(STRANGER).spawn().unwrap();
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < Duration::from_secs(40) && git(&victim, &["branch", "--list", "agent/*"]).is_empty() {
+        let _ = request_as(
+            &d,
+            STRANGER,
+            &serde_json::json!({ "cmd": "agent", "agent": format!("r{i}"), "task": format!("open-swarm-r.1.{i}"), "repo": b_repo, "policy": cheap }),
+        );
+        i += 1;
+    }
+    let _ = race.kill();
+    let _ = race.wait();
+    let branches = git(&victim, &["branch", "--list", "agent/*"]);
+    let errors: std::collections::BTreeMap<String, usize> = d.audit_events("policy_violation").iter().fold(Default::default(), |mut m, e| {
+        *m.entry(
+            e["error"].as_str().unwrap_or("").chars().filter(|c| !c.is_ascii_digit()).collect::<String>().replace(&f.dir.display().to_string(), ""),
+        )
+        .or_default() += 1;
+        m
+    });
+    eprintln!("{i} attempts: {errors:#?}");
+    d.stop();
+    assert_no_sandbox_left();
+    assert!(branches.is_empty(), "tenant B made the daemon write into OWNER's repository: {branches}");
+}
+
+/// Red team (#17): a lease notices a requester that went away; one still
+/// waiting for its launch has not. A sandbox slower to become healthy than
+/// its lease (OpenCode under load, with the worker's 30 s lease) was stopped
+/// while its requester waited, and every retry failed the same way.
+#[test]
+fn a_launch_slower_than_its_lease_is_not_stopped_while_its_requester_waits() {
+    let f = Fixture::new();
+    let repo = owned_repo(&f.dir);
+    let policy = format!("[process]\ncommand = [{:?}, \"__probe\", \"slow-serve\", \"{{port}}\", \"4\"]\n", bin());
+    let mut d = Daemon::start_with(&f, &policy, &format!("repositories = [{repo:?}]\nallowed_gids = [{OWNER}]\n"));
+    let a = request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "agent", "agent": "s1", "task": "open-swarm-s.1.1", "repo": repo, "lease_s": 2 }));
+    // Once it is ready, the lease runs: unrenewed, it is stopped.
+    let stopped = a["ok"] == true && {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(8) && !d.list().is_empty() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        d.list().is_empty()
+    };
+    for s in d.list() {
+        let _ = d.ctl(&["stop", s["id"].as_str().unwrap()]);
+    }
+    d.stop();
+    assert_no_sandbox_left();
+    assert_eq!(a["ok"], true, "a launch slower than its lease failed while its requester waited: {a}");
+    assert!(stopped, "the lease did not run once the sandbox was ready");
 }

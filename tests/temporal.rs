@@ -118,9 +118,11 @@ impl Host {
                 std::fs::write(
                     &policy,
                     format!(
-                        "[filesystem]\nread_only = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", {:?}]\n[process]\ncommand = [{:?}, \"__probe\", {p:?}, \"{{port}}\"]\n",
+                        "[filesystem]\nread_only = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", {:?}]\n[process]\ncommand = [{:?}, \"__probe\", {}, \"{{port}}\"]\n",
                         bin_dir(),
-                        bin()
+                        bin(),
+                        // Words: the probe's name, then its arguments before the port.
+                        p.split(' ').map(|w| format!("{w:?}")).collect::<Vec<_>>().join(", ")
                     ),
                 )
                 .unwrap();
@@ -664,4 +666,123 @@ fn an_agent_server_answering_without_end_fails_the_command_not_the_worker() {
     a.stop();
     drop(t);
     assert_no_sandbox_left();
+}
+
+/// Red team (#17): the agent's server is the sandbox's payload, cut off from
+/// the host's network; the worker must not be its way out. A redirect in its
+/// answer sent the worker (with the command's body) to a host service, and
+/// that service's answer came back as the command's output.
+#[test]
+fn an_agent_server_cannot_redirect_the_worker_to_a_host_service() {
+    let f = Fixture::new();
+    std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A host-only service (think: a metadata endpoint, the daemon's metrics).
+    let service = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://127.0.0.1:{}/internal", service.local_addr().unwrap().port());
+    service.set_nonblocking(true).unwrap();
+    let t = Temporal::start(&f.dir);
+    let mut a = Host::start_full(&f.dir, "hosta", &t.address, false, &["--lease", "300"], Some(&format!("redirect-server {url}")));
+    let r = workflow(
+        &t,
+        "LaunchOnlyWorkflow",
+        serde_json::json!({ "agent_id": "rd", "task_id": "open-swarm-rd.1.1", "repo": a.repo, "launch_queue": a.queue() }),
+        Duration::from_secs(60),
+    );
+    let id = r["sandbox_id"].clone();
+    assert!(id.is_string(), "{r}");
+    let reached = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = {
+        let (reached, stop) = (reached.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((mut c, _)) = service.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = c.set_nonblocking(false);
+                let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut b = vec![0u8; 8192];
+                let n = c.read(&mut b).unwrap_or(0);
+                reached.lock().unwrap().push(String::from_utf8_lossy(&b[..n]).lines().next().unwrap_or("").to_string());
+                let body = r#"{"id":"ses_internal","parts":[{"type":"text","text":"HOST-ONLY-DATA"}]}"#;
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        })
+    };
+    let out = workflow(
+        &t,
+        "InvalidInputWorkflow",
+        serde_json::json!({ "activity": "RunAgentCommand", "queue": a.queue(), "attempts": 1,
+                            "inputs": [{ "sandbox_id": id, "command": "shell", "arguments": "cat /etc/hostname" }] }),
+        Duration::from_secs(60),
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = server.join();
+    a.stop();
+    drop(t);
+    assert_no_sandbox_left();
+    let reached = reached.lock().unwrap().clone();
+    eprintln!("workflow: {out}");
+    assert!(reached.is_empty(), "the worker followed the sandbox's redirect to the host service: {reached:?}; result: {out}");
+}
+
+/// Red team (#17): the worker remembered each sandbox's port from its launch.
+/// A sandbox that restarts frees that port for a moment; any local user may
+/// bind it, and the sandbox comes back elsewhere. The worker then sent the
+/// sandbox's commands, with its secret as basic auth, to that user's
+/// listener, and returned that listener's answer as the agent's output.
+#[test]
+fn a_restarted_sandbox_s_old_port_taken_by_a_local_user_gets_none_of_its_commands() {
+    let f = Fixture::new();
+    std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let t = Temporal::start(&f.dir);
+    let mut a = Host::start_full(&f.dir, "hosta", &t.address, false, &["--lease", "300"], Some("serve"));
+    let r = workflow(
+        &t,
+        "LaunchOnlyWorkflow",
+        serde_json::json!({ "agent_id": "pt", "task_id": "open-swarm-pt.1.1", "repo": a.repo, "launch_queue": a.queue() }),
+        Duration::from_secs(60),
+    );
+    let (id, port) = (r["sandbox_id"].clone(), r["port"].as_u64().unwrap());
+    let pid = a.sandboxes().iter().find(|s| s["id"] == id).and_then(|s| s["pid"].as_i64()).unwrap();
+    // The squatter: uid 1001, nothing to do with swarmcell, binds the port as soon as it is free.
+    let squat = "import socket,sys,time\np=int(sys.argv[1]);s=socket.socket();t=time.time()\nwhile True:\n try:\n  s.bind(('127.0.0.1',p));break\n except OSError:\n  if time.time()-t>30: sys.exit(1)\n  time.sleep(0.005)\ns.listen(8);print('bound',flush=True)\nwhile True:\n c,_=s.accept();d=c.recv(65536);print(repr(d[:400]),flush=True)\n b=b'{\"id\":\"ses_evil\",\"parts\":[{\"type\":\"text\",\"text\":\"forged\"}]}'\n c.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\nConnection: close\\r\\nContent-Length: %d\\r\\n\\r\\n'%len(b)+b);c.close()";
+    let log = f.dir.join("squatter.log");
+    let mut squatter = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(squat)
+        .arg(port.to_string())
+        .uid(1001)
+        .gid(1001)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // The agent's server crashes (here: its init is killed); the daemon restarts it.
+    // SAFETY: a process of the sandbox this test launched.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_for("the squatter's bind", Duration::from_secs(30), || std::fs::read_to_string(&log).unwrap_or_default().contains("bound"));
+    wait_for("the sandbox back on another port", Duration::from_secs(40), || {
+        a.sandboxes().iter().any(|s| s["id"] == id && s["state"] == "running" && s["port"].as_u64().is_some_and(|p| p != port))
+    });
+    let out = workflow(
+        &t,
+        "InvalidInputWorkflow",
+        serde_json::json!({ "activity": "RunAgentCommand", "queue": a.queue(), "attempts": 1,
+                            "inputs": [{ "sandbox_id": id, "command": "shell", "arguments": "cat secret-plan.txt" }] }),
+        Duration::from_secs(60),
+    );
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    a.stop();
+    drop(t);
+    assert_no_sandbox_left();
+    let got: Vec<String> = std::fs::read_to_string(&log).unwrap_or_default().lines().filter(|l| *l != "bound").map(str::to_string).collect();
+    eprintln!("workflow: {out}");
+    assert!(got.is_empty(), "a local user on the sandbox's old port received its commands: {got:?}");
 }

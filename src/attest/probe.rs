@@ -56,6 +56,12 @@ pub fn main(name: &str, rest: &[String]) -> u8 {
             });
             return serve(port, false);
         }
+        ("slow-serve", Some(port)) => {
+            // Serves PORT after SECS (a server slow to become healthy).
+            std::thread::sleep(std::time::Duration::from_secs(rest.get(1).and_then(|s| s.parse().ok()).unwrap_or(5)));
+            return serve(port, false);
+        }
+        ("redirect-server", Some(url)) => return redirect_server(rest.get(1).map_or("", String::as_str), url),
         ("egress-then-serve", Some(port)) => return egress_then_serve(port, rest.get(1).map_or("example.invalid:443", String::as_str)),
         _ => {
             eprintln!(
@@ -574,6 +580,31 @@ fn flood_server(port: &str) -> u8 {
             let chunk = [b'a'; 64 << 10];
             while conn.write_all(&chunk).is_ok() {}
         });
+    }
+}
+
+/// A hostile agent server for the Temporal worker: healthy on
+/// `/global/health`, and any other request answered `307` to URL (a host
+/// service the sandbox itself cannot reach).
+fn redirect_server(port: &str, url: &str) -> u8 {
+    let Ok(port) = port.parse::<u16>() else { return 2 };
+    let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) else { return 1 };
+    loop {
+        let Ok((mut conn, _)) = listener.accept() else { continue };
+        let mut head = Vec::new();
+        let mut b = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 << 10 {
+            match conn.read(&mut b) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&b[..n]),
+            }
+        }
+        let answer = if head.starts_with(b"GET /global/health ") {
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 16\r\nConnection: close\r\n\r\n{\"healthy\":true}".to_string()
+        } else {
+            format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: {url}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        };
+        let _ = conn.write_all(answer.as_bytes());
     }
 }
 

@@ -301,8 +301,8 @@ impl Daemon {
             Ok(p) => p,
             Err(e) => return refuse(self, e),
         };
-        let owner = match std::fs::metadata(&repo) {
-            Ok(m) => std::os::unix::fs::MetadataExt::uid(&m),
+        let (owner, group) = match std::fs::metadata(&repo) {
+            Ok(m) => (std::os::unix::fs::MetadataExt::uid(&m), std::os::unix::fs::MetadataExt::gid(&m)),
             Err(e) => return refuse(self, format!("repository {}: {e}", repo.display())),
         };
         if !self.cfg.may_launch_for(uid, owner) {
@@ -325,7 +325,11 @@ impl Daemon {
         if std::fs::symlink_metadata(&path).is_err() {
             // git runs as the repository's owner (60 s deadline): the one step
             // of an `agent` request that blocks the loop, once per new agent.
-            let req = crate::git::AddRequest { repo: &repo, id: &agent, base: &self.cfg.worktree_base, branch: branch.as_deref(), owner: None };
+            // git runs as the owner checked above, never as whoever owns the
+            // path when git resolves it again (a tenant may swap its listed
+            // repository for a symlink to another owner's in between).
+            let owner = Some((owner, group));
+            let req = crate::git::AddRequest { repo: &repo, id: &agent, base: &self.cfg.worktree_base, branch: branch.as_deref(), owner };
             match crate::git::add(&req) {
                 Ok(p) => self
                     .audit
@@ -367,10 +371,13 @@ impl Daemon {
     /// or its `policy`), or the default one: (its path, the policy).
     pub(super) fn policy_for(&self, requested: Option<&Path>) -> Result<(Option<PathBuf>, crate::policy::Policy), String> {
         let Some(requested) = requested else { return Ok((self.cfg.policy.clone(), self.default_policy.clone())) };
-        let canonical = requested.canonicalize().map_err(|e| format!("policy {}: {e}", requested.display()))?;
+        // Resolved as root: one answer whether the path resolves or is not
+        // listed (else it would tell which hidden paths exist).
+        let refused = || format!("policy {} is not one the daemon's config allows (`policies`)", requested.display());
+        let canonical = requested.canonicalize().map_err(|_| refused())?;
         let allowed = self.cfg.policies.iter().chain(&self.cfg.policy).any(|p| p.canonicalize().is_ok_and(|p| p == canonical));
         if !allowed {
-            return Err(format!("policy {} is not one the daemon's config allows (`policies`)", requested.display()));
+            return Err(refused());
         }
         let policy = crate::policy::Policy::load(&canonical).map_err(|e| e.to_string())?;
         Ok((Some(canonical), policy))

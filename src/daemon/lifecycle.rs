@@ -275,6 +275,9 @@ impl Daemon {
             out["secret"] = json!(secret);
         }
         let (waiting, rec) = (e.waiting.take(), e.rec.clone());
+        if waiting.is_some() {
+            e.lease_until = rec.lease_s.map(|s| Instant::now() + Duration::from_secs(s));
+        }
         if let Err(err) = records::save(&self.cfg.state_dir, &rec) {
             tracing::error!(id, error = %err, "could not update the sandbox record");
         }
@@ -365,8 +368,11 @@ impl Daemon {
         for id in ids {
             let Some(e) = self.sandboxes.get_mut(&id) else { continue };
             // A frozen sandbox is kept for investigation: its lease waits for
-            // the thaw (renewed then) or the kill.
-            if e.state != State::Stopping && e.incident.frozen.is_none() && e.lease_until.is_some_and(|t| now >= t) {
+            // the thaw (renewed then) or the kill. A requester still waiting
+            // for the launch is there: its lease runs from the answer (the
+            // start has its own deadline).
+            let waited_for = e.state == State::Starting && e.waiting.is_some();
+            if e.state != State::Stopping && e.incident.frozen.is_none() && !waited_for && e.lease_until.is_some_and(|t| now >= t) {
                 self.lease_expired(&id);
                 continue;
             }

@@ -149,8 +149,9 @@ impl Entry {
             State::Stopping => return self.stop_deadline,
             State::Starting => Some(self.started + self.health.start_deadline),
         };
-        // A frozen sandbox is kept for investigation: no lease ends it.
-        let lease = if frozen { None } else { self.lease_until };
+        // No lease ends a frozen sandbox (kept for investigation), nor a
+        // launch still answered to its requester (see `tick`).
+        let lease = if frozen || (self.state == State::Starting && self.waiting.is_some()) { None } else { self.lease_until };
         match (own, lease) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -177,9 +177,12 @@ pub fn check_agent(
     if repo.as_os_str().len() > MAX_ARG || !repo.is_absolute() {
         return Err("repo must be an absolute path of at most 4096 bytes".into());
     }
-    let canonical = repo.canonicalize().map_err(|e| format!("repository {}: {e}", repo.display()))?;
+    // Resolved as root: a path that does not resolve gets the same answer as
+    // one not listed, or the answer would tell which hidden paths exist.
+    let refused = || format!("repository {} is not one the daemon's config allows (`repositories`)", repo.display());
+    let canonical = repo.canonicalize().map_err(|_| refused())?;
     if !repositories.iter().any(|r| r.canonicalize().is_ok_and(|r| r == canonical)) {
-        return Err(format!("repository {} is not one the daemon's config allows (`repositories`)", repo.display()));
+        return Err(refused());
     }
     Ok(canonical)
 }

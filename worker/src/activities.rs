@@ -288,15 +288,16 @@ impl State {
         }
     }
 
-    /// Port and secret of one of our sandboxes (asked of the daemon if this
-    /// worker did not launch it, e.g. after a restart).
+    /// Port and secret of one of our sandboxes, asked of the daemon each
+    /// time: a sandbox that restarted may run on another port, and its old
+    /// one may be anybody's by now (the secret and the command must not go there).
     async fn known(&self, id: &str) -> Result<Known, Fail> {
-        if let Some(k) = self.sandboxes.lock().ok().and_then(|m| m.get(id).cloned()) {
-            return Ok(k);
-        }
         let s = self.daemon.request(&json!({ "cmd": "status", "id": id }), Duration::from_secs(10)).await.map_err(Fail::Retry)?;
         if s["ok"] != true {
             return Err(daemon_error(&s));
+        }
+        if s["state"] != "running" {
+            return Err(Fail::Retry(format!("sandbox {id} is {}", s["state"].as_str().unwrap_or("not running"))));
         }
         let port = s["port"].as_u64().and_then(|p| u16::try_from(p).ok()).ok_or_else(|| Fail::Retry(format!("sandbox {id} has no port yet")))?;
         Ok(Known { port, secret: s["secret"].as_str().map(str::to_string) })

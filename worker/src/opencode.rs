@@ -19,7 +19,15 @@ pub struct OpenCode {
 
 impl OpenCode {
     pub fn new(port: u16, secret: Option<&str>) -> Result<OpenCode, String> {
-        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(3600)).build().map_err(|e| format!("http client: {e}"))?;
+        // No redirects: the server is the sandbox's payload, and following
+        // one would carry the worker (and the request's body) to any address
+        // the host reaches but the sandbox does not.
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(3600))
+            .build()
+            .map_err(|e| format!("http client: {e}"))?;
         let auth = secret.map(|s| swarmcell::net::health::basic_auth("opencode", s)).unwrap_or_default();
         Ok(OpenCode { http, base: format!("http://127.0.0.1:{port}"), auth })
     }
