@@ -310,3 +310,25 @@ fn the_daemon_survives_sighup_and_shuts_down_cleanly_on_sigterm() {
         events.last().unwrap()
     );
 }
+
+#[test]
+fn a_local_user_refused_at_a_sandbox_s_port_cannot_trip_its_tripwires() {
+    let f = Fixture::new();
+    // "Any five denials within a minute: kill it" (a rule on the sandbox's own behaviour).
+    let d = Daemon::start(&f, "[[tripwire]]\nname = \"noisy\"\ncount = 5\naction = \"kill\"\n", "");
+    let l = d.launch_script("a", &format!("exec {bin} __probe serve \"$1\"\n", bin = bin()));
+    let (id, port) = (l["id"].as_str().unwrap().to_string(), l["port"].as_u64().unwrap() as u16);
+    // Another local user, not allowed in, knocks five times.
+    for _ in 0..5 {
+        let n = bytes_back_as(TENANT, port, "/");
+        assert!(n <= 0, "the other uid was let in ({n} bytes)");
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let fired = d.audit_events("tripwire");
+    let killed = d.audit_events("sandbox_kill");
+    assert!(
+        fired.is_empty() && killed.is_empty(),
+        "an outsider's refused connections tripped the sandbox's tripwire: {fired:?} {killed:?}"
+    );
+    let _ = d.ctl(&["kill", &id]);
+}
