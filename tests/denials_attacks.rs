@@ -326,9 +326,6 @@ fn a_local_user_refused_at_a_sandbox_s_port_cannot_trip_its_tripwires() {
     std::thread::sleep(Duration::from_millis(2500));
     let fired = d.audit_events("tripwire");
     let killed = d.audit_events("sandbox_kill");
-    assert!(
-        fired.is_empty() && killed.is_empty(),
-        "an outsider's refused connections tripped the sandbox's tripwire: {fired:?} {killed:?}"
-    );
+    assert!(fired.is_empty() && killed.is_empty(), "an outsider's refused connections tripped the sandbox's tripwire: {fired:?} {killed:?}");
     let _ = d.ctl(&["kill", &id]);
 }
