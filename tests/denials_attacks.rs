@@ -329,3 +329,32 @@ fn a_local_user_refused_at_a_sandbox_s_port_cannot_trip_its_tripwires() {
     assert!(fired.is_empty() && killed.is_empty(), "an outsider's refused connections tripped the sandbox's tripwire: {fired:?} {killed:?}");
     let _ = d.ctl(&["kill", &id]);
 }
+
+#[test]
+fn a_payload_s_first_landlock_denial_is_attributed_even_while_another_of_its_threads_floods() {
+    let f = Fixture::new();
+    let d = Daemon::start(&f, "[[tripwire]]\nname = \"no-root-listing\"\nkind = \"fs\"\npath = \"/\"\naction = \"alert\"\n", "");
+    // Once ready, one thread floods refused calls (keyctl) while the main
+    // thread lists `/` once: the first denial of the sandbox's Landlock
+    // domain, whose two records (access, then domain) other records now
+    // separate.
+    let script = format!(
+        "{bin} __probe serve \"$1\" &\nsleep 2\n/usr/bin/python3 -c 'import ctypes, os, threading, time\nl = ctypes.CDLL(None, use_errno=True)\nstop = []\ndef flood():\n    while not stop:\n        for _ in range(1000): l.syscall(250, 0, 0, 0)\nts = [threading.Thread(target=flood) for _ in range(2)]\n[t.start() for t in ts]\ntime.sleep(0.5)\ntry: os.listdir(\"/\")\nexcept OSError: pass\ntime.sleep(0.5)\nstop.append(1)\n[t.join() for t in ts]'\nwait\n",
+        bin = bin()
+    );
+    let l = d.launch_script("a", &script);
+    let id = l["id"].as_str().unwrap().to_string();
+    let denials = || d.raw(&format!("{{\"cmd\":\"denials\",\"id\":\"{id}\"}}"));
+    std::thread::sleep(Duration::from_secs(5));
+    let r = denials();
+    let fs: Vec<&serde_json::Value> = r["denials"].as_array().unwrap().iter().filter(|x| x["kind"] == "fs").collect();
+    let keyctl: u64 = r["denials"].as_array().unwrap().iter().filter(|x| x["detail"] == "keyctl").map(|x| x["count"].as_u64().unwrap()).sum();
+    eprintln!("keyctl {keyctl}, fs {fs:?}, unattributed {}, dropped {}", r["unattributed"], r["dropped"]);
+    assert!(keyctl > 0, "the flood did not run: {r}");
+    assert!(
+        !d.audit_events("tripwire").is_empty(),
+        "the listing of / was not attributed (fs: {fs:?}; unattributed {}): the tripwire on it never fired",
+        r["unattributed"]
+    );
+    let _ = d.ctl(&["kill", &id]);
+}
