@@ -191,12 +191,18 @@ impl Daemon {
                 self.denials_of(id.as_deref(), uid)
             }
             Request::Events { id } => {
-                // A sandbox that is gone is root's to read about.
-                let visible = uid == 0 || self.sandboxes.get(&id).is_some_and(|e| e.rec.uid == uid);
-                if !visible || (!self.sandboxes.contains_key(&id) && self.audit.recent(&id).is_empty()) {
+                let recent = self.audit.recent(&id);
+                // A sandbox that is gone is still its requester's (and root's)
+                // only: its launch event says whose it was (none kept: root's).
+                let mine = uid == 0
+                    || match self.sandboxes.get(&id) {
+                        Some(e) => e.rec.uid == uid,
+                        None => recent.iter().any(|e| e["event"] == "sandbox_launch" && e["uid"] == uid),
+                    };
+                if !mine || (!self.sandboxes.contains_key(&id) && recent.is_empty()) {
                     json!({ "ok": false, "error": format!("no sandbox {id}") })
                 } else {
-                    json!({ "ok": true, "events": self.audit.recent(&id) })
+                    json!({ "ok": true, "events": recent })
                 }
             }
             Request::Freeze { id } => match self.freeze(&id, "frozen by an operator (ctl freeze)", "operator", Some(uid)) {

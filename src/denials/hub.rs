@@ -236,10 +236,22 @@ impl Hub {
             (false, false) => "kernel audit is off, so Landlock writes no records: filesystem, network and scope denials are NOT reported; seccomp (syscall), egress and ingress denials are (set kernel_audit = \"enable\" in the daemon's config to report all)".to_string(),
         };
         let shared = hub.shared.clone();
-        std::thread::Builder::new()
-            .name("denials".into())
-            .spawn(move || read_loop(reader, shared))
-            .map_err(|e| format!("starting the denials reader: {e}"))?;
+        // The thread must not take the signals the daemon reads from its
+        // signalfd (SIGTERM, SIGHUP, SIGCHLD): started before they are blocked,
+        // it would die of them with the whole daemon, or swallow a SIGCHLD. It
+        // inherits this thread's mask, all blocked for the time of the spawn.
+        let all = crate::sys::sigset(&[]);
+        let mut full: libc::sigset_t = all;
+        let mut old: libc::sigset_t = all;
+        // SAFETY: sigfillset and pthread_sigmask on valid sigset_t values of ours.
+        unsafe {
+            libc::sigfillset(&mut full);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &full, &mut old);
+        }
+        let spawned = std::thread::Builder::new().name("denials".into()).spawn(move || read_loop(reader, shared));
+        // SAFETY: restores the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+        spawned.map_err(|e| format!("starting the denials reader: {e}"))?;
         Ok(hub)
     }
 

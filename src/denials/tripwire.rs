@@ -40,7 +40,8 @@ pub struct Tripwire {
     /// Shown in events (default: tripwire[N]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// fs, net, scope, syscall, egress or ingress; absent: any kind.
+    /// fs, net, scope, syscall, egress or ingress; absent: any kind but
+    /// ingress (refusals of other users' connections, which they control).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<Kind>,
     /// A glob on the refused path (`*` any run of characters, `?` one), fs only.
@@ -104,6 +105,11 @@ impl Tripwire {
     /// Whether a report's denials are of this rule.
     pub fn matches(&self, kind: Kind, detail: &str) -> bool {
         if self.kind.is_some_and(|k| k != kind) {
+            return false;
+        }
+        // Ingress denials are what others did to the sandbox (any local uid
+        // can knock at its port): only a rule that names them counts them.
+        if self.kind.is_none() && kind == Kind::Ingress {
             return false;
         }
         if let Some(p) = &self.path {

@@ -1,0 +1,360 @@
+//! Red-team tests of the denial stream and incident response (issue 18), as
+//! an attacker would try them: a payload that blinds a tripwire by filling its
+//! sandbox's denial details with decoys first; a payload whose worktree makes
+//! the forensic bundle's git stall the daemon for every other client; another
+//! local uid reading the audit events of a sandbox that is not its own.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Another local user allowed on the control socket (not the sandbox's requester).
+const TENANT: u32 = 4343;
+
+struct Daemon {
+    child: Option<Child>,
+    dir: PathBuf,
+    socket: PathBuf,
+    audit: PathBuf,
+}
+
+impl Daemon {
+    fn start(f: &Fixture, policy_extra: &str, config_extra: &str) -> Daemon {
+        let base = f.dir.join("base");
+        for id in ["a", "b"] {
+            make_owned_dir(&base.join(id), OWNER, OWNER);
+        }
+        std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let policy = f.dir.join("policy.toml");
+        std::fs::write(&policy, format!("[filesystem]\nread_only = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", {:?}]\n{policy_extra}", bin_dir()))
+            .unwrap();
+        std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let d = Daemon { child: None, dir: f.dir.clone(), socket: f.dir.join("ctl.sock"), audit: f.dir.join("audit.log") };
+        let config = f.dir.join("daemon.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "socket = {:?}\nworktree_base = {:?}\ncommands = [{:?}, \"/bin/sh\"]\npolicy = {:?}\naudit_log = {:?}\nstate_dir = {:?}\nlog_dir = {:?}\nkernel_audit = \"enable\"\n{config_extra}",
+                d.socket,
+                base,
+                bin(),
+                policy,
+                d.audit,
+                f.dir.join("state"),
+                f.dir.join("logs")
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mut d = d;
+        let log = std::fs::File::create(f.dir.join("daemon.log")).unwrap();
+        d.child = Some(Command::new(bin()).arg("daemon").arg("--config").arg(&config).stderr(log).spawn().unwrap());
+        let start = Instant::now();
+        while !d.ctl(&["list"]).status.success() {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "daemon did not start: {}",
+                std::fs::read_to_string(f.dir.join("daemon.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        d
+    }
+
+    fn ctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin()).arg("ctl").arg("--socket").arg(&self.socket).args(args).output().unwrap()
+    }
+
+    fn ctl_as(&self, uid: u32, args: &[&str]) -> std::process::Output {
+        Command::new(bin()).arg("ctl").arg("--socket").arg(&self.socket).args(args).uid(uid).gid(OWNER).output().unwrap()
+    }
+
+    fn worktree(&self, agent: &str) -> PathBuf {
+        self.dir.join("base").join(agent)
+    }
+
+    /// `/bin/sh WORKTREE/attack.sh {port}` in a sandbox on `base/AGENT`.
+    fn launch_script(&self, agent: &str, script: &str) -> serde_json::Value {
+        let wt = self.worktree(agent);
+        let path = wt.join("attack.sh");
+        std::fs::write(&path, script).unwrap();
+        std::os::unix::fs::chown(&path, Some(OWNER), Some(OWNER)).unwrap();
+        let out = self.ctl(&["launch", "--worktree", wt.to_str().unwrap(), "--agent", agent, "--", "/bin/sh", path.to_str().unwrap(), "{port}"]);
+        serde_json::from_str(&ok(&out)).unwrap_or_else(|e| panic!("{e}: {}", self.daemon_log()))
+    }
+
+    fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    fn audit_events(&self, event: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == event)
+            .collect()
+    }
+
+    fn raw(&self, req: &str) -> serde_json::Value {
+        use std::io::Write;
+        let s = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
+        let mut w = &s;
+        writeln!(w, "{req}").unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: SIGTERM to our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+        assert_no_sandbox_left();
+    }
+}
+
+#[test]
+fn a_tripwire_fires_even_after_the_payload_filled_its_denial_details_with_decoys() {
+    let f = Fixture::new();
+    // The rule of tests/denials.rs: a ptrace attempt freezes the sandbox.
+    let d = Daemon::start(&f, "[[tripwire]]\nname = \"no-ptrace\"\nkind = \"syscall\"\nsyscall = \"ptrace\"\naction = \"freeze\"\n", "");
+    // The payload serves; once ready, it makes 300 refused calls with
+    // distinct numbers (x32 numbers: refused by the architecture guard, each
+    // its own detail "syscall N"), then tries ptrace (`__probe denials -`).
+    let script = format!(
+        "{bin} __probe serve \"$1\" &\nsleep 2\n/usr/bin/python3 -c 'import ctypes\nl = ctypes.CDLL(None, use_errno=True)\nfor i in range(300): l.syscall(0x40000000 + 1000 + i)'\n{bin} __probe denials -\nwait\n",
+        bin = bin()
+    );
+    let l = d.launch_script("a", &script);
+    let id = l["id"].as_str().unwrap().to_string();
+    let denials = || d.raw(&format!("{{\"cmd\":\"denials\",\"id\":\"{id}\"}}"));
+    // Every denial was counted (the decoys and the three ptrace attempts)...
+    let start = Instant::now();
+    loop {
+        let r = denials();
+        let n: u64 = r["denials"].as_array().unwrap().iter().filter(|x| x["kind"] == "syscall").map(|x| x["count"].as_u64().unwrap()).sum();
+        if n >= 303 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the payload's denials were not counted: {r}\n{}\n{}",
+            d.daemon_log(),
+            std::fs::read_to_string(f.dir.join("logs").join(format!("{id}.log"))).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // ...and the tripwire must fire.
+    let start = Instant::now();
+    while d.audit_events("tripwire").is_empty() {
+        let r = denials();
+        let ptrace: Vec<&serde_json::Value> =
+            r["denials"].as_array().unwrap().iter().filter(|x| x["detail"] == "ptrace" || x["detail"] == "(other)").collect();
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the ptrace tripwire never fired: the payload's ptrace denials were counted as {ptrace:?} once 256 decoy details filled its table"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(d.audit_events("tripwire")[0]["rule"], "no-ptrace");
+    let _ = d.ctl(&["kill", &id]);
+}
+
+#[test]
+fn the_forensic_bundle_of_a_hostile_git_worktree_does_not_stall_the_daemon_for_other_clients() {
+    let f = Fixture::new();
+    let d = Daemon::start(&f, "", "");
+    // A git worktree with a small committed file, owned by its owner.
+    let wt = d.worktree("a");
+    git(&wt, &["init", "-q", "-b", "main"]);
+    std::fs::write(wt.join("big"), "small\n").unwrap();
+    git(&wt, &["add", "big"]);
+    git(&wt, &["commit", "-q", "-m", "initial"]);
+    Command::new("chown").args(["-R", &format!("{OWNER}:{OWNER}")]).arg(&wt).status().unwrap();
+    // The payload turns it into a 1 TiB sparse file (no disk used), then serves.
+    let l = d.launch_script("a", &format!("truncate -s 1T {wt}/big\nexec {bin} __probe serve \"$1\"\n", wt = wt.display(), bin = bin()));
+    let id = l["id"].as_str().unwrap().to_string();
+    let sock = d.socket.clone();
+    let freeze = std::thread::spawn(move || {
+        let t = Instant::now();
+        let out = Command::new(bin()).arg("ctl").arg("--socket").arg(&sock).args(["freeze", &id]).output().unwrap();
+        (t.elapsed(), out)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // Another client (an operator listing sandboxes) meanwhile.
+    let t = Instant::now();
+    let list = d.ctl(&["list", "--json"]);
+    let list_took = t.elapsed();
+    let (freeze_took, out) = freeze.join().unwrap();
+    eprintln!("freeze answered after {freeze_took:?}; a `list` sent 0.5 s into it answered after {list_took:?}: {}", stdout(&out));
+    let id = l["id"].as_str().unwrap();
+    ok(&d.ctl(&["kill", id]));
+    assert!(list.status.success());
+    assert!(
+        list_took < Duration::from_secs(3),
+        "the daemon answered no other client for {list_took:?} while it wrote a bundle (freeze took {freeze_took:?})"
+    );
+}
+
+/// The sandbox's cgroup directories (every hierarchy) named `name`.
+fn cgroup_dirs(name: &str) -> Vec<PathBuf> {
+    let out = Command::new("find").args(["/sys/fs/cgroup", "-maxdepth", "8", "-type", "d", "-name", name]).output().unwrap();
+    stdout(&out).lines().map(PathBuf::from).collect()
+}
+
+/// Kill and thaw what is left in `dirs`, and remove them; returns what was left.
+fn reap_leftovers(dirs: &[PathBuf]) -> Vec<String> {
+    let mut left = Vec::new();
+    for dir in dirs {
+        for pid in std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {
+            left.push(format!("pid {pid} in {} ({})", dir.display(), std::fs::read_to_string(dir.join("freezer.state")).unwrap_or_default().trim()));
+            if let Ok(p) = pid.parse::<i32>() {
+                // SAFETY: SIGKILL to a process of this test's sandbox cgroup.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+        let _ = std::fs::write(dir.join("freezer.state"), "THAWED");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for dir in dirs {
+        if std::fs::remove_dir(dir).is_ok() {
+            left.push(format!("cgroup {}", dir.display()));
+        }
+    }
+    left
+}
+
+#[test]
+fn a_daemon_stopped_while_a_sandbox_is_frozen_leaves_nothing_behind() {
+    let f = Fixture::new();
+    let mut d = Daemon::start(&f, "", "");
+    let l = d.launch_script("a", &format!("exec {bin} __probe serve \"$1\"\n", bin = bin()));
+    let (id, sandbox) = (l["id"].as_str().unwrap().to_string(), l["sandbox"].as_str().unwrap_or("").to_string());
+    let listed: serde_json::Value = serde_json::from_str(&ok(&d.ctl(&["list", "--json"]))).unwrap();
+    let sandbox = if sandbox.is_empty() { listed[0]["sandbox"].as_str().unwrap().to_string() } else { sandbox };
+    let out = ok(&d.ctl(&["freeze", &id]));
+    eprintln!("frozen: {out}");
+    let dirs = cgroup_dirs(&sandbox);
+    assert!(!dirs.is_empty(), "no cgroup named {sandbox}");
+    // The daemon is stopped (a restart, a shutdown) while the sandbox is frozen.
+    let mut child = d.child.take().unwrap();
+    // SAFETY: SIGTERM to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    let _ = child.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    let left = reap_leftovers(&dirs);
+    assert!(
+        left.is_empty(),
+        "the daemon exited ({:?} after SIGTERM) and left the frozen sandbox {sandbox} behind: {left:?}\n{}\n{}",
+        t.elapsed(),
+        std::fs::read_to_string(&d.audit).unwrap_or_default().lines().rev().take(3).collect::<Vec<_>>().join("\n"),
+        d.daemon_log()
+    );
+}
+
+#[test]
+fn another_uid_cannot_read_the_events_of_a_sandbox_that_is_gone() {
+    let f = Fixture::new();
+    let d = Daemon::start(&f, "", &format!("socket_group = {OWNER}\nallowed_uids = [0, {TENANT}]\n"));
+    // Root's sandbox.
+    let l = d.launch_script("a", &format!("exec {bin} __probe serve \"$1\"\n", bin = bin()));
+    let id = l["id"].as_str().unwrap().to_string();
+    // While it runs, the tenant is told it does not exist.
+    let out = d.ctl_as(TENANT, &["events", &id, "--json"]);
+    assert!(!out.status.success(), "the tenant read a running sandbox's events: {}", stdout(&out));
+    ok(&d.ctl(&["stop", &id]));
+    // Once it is gone: still not the tenant's.
+    let out = d.ctl_as(TENANT, &["events", &id, "--json"]);
+    assert!(
+        !out.status.success(),
+        "another uid read the events of root's stopped sandbox {id}: {}",
+        stdout(&out).lines().take(3).collect::<Vec<_>>().join("\n")
+    );
+}
+
+#[test]
+fn the_daemon_survives_sighup_and_shuts_down_cleanly_on_sigterm() {
+    let f = Fixture::new();
+    let mut d = Daemon::start(&f, "", "");
+    let l = d.launch_script("a", &format!("exec {bin} __probe serve \"$1\"\n", bin = bin()));
+    assert!(l["id"].is_string());
+    let mut child = d.child.take().unwrap();
+    // SIGHUP reopens the audit log (logrotate); the daemon keeps serving.
+    // SAFETY: SIGHUP to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(500));
+    let alive = child.try_wait().unwrap();
+    // SAFETY: SIGTERM to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let events: Vec<String> = std::fs::read_to_string(&d.audit).unwrap_or_default().lines().map(str::to_string).collect();
+    assert!(
+        alive.is_none(),
+        "the daemon died of SIGHUP ({alive:?}): the denials reader thread does not block the signals the daemon reads from its signalfd"
+    );
+    assert!(
+        events.iter().any(|e| e.contains("\"server_shutdown\"")),
+        "the daemon ended ({status:?}) on SIGTERM without its shutdown: {}",
+        events.last().unwrap()
+    );
+}
+
+#[test]
+fn a_local_user_refused_at_a_sandbox_s_port_cannot_trip_its_tripwires() {
+    let f = Fixture::new();
+    // "Any five denials within a minute: kill it" (a rule on the sandbox's own behaviour).
+    let d = Daemon::start(&f, "[[tripwire]]\nname = \"noisy\"\ncount = 5\naction = \"kill\"\n", "");
+    let l = d.launch_script("a", &format!("exec {bin} __probe serve \"$1\"\n", bin = bin()));
+    let (id, port) = (l["id"].as_str().unwrap().to_string(), l["port"].as_u64().unwrap() as u16);
+    // Another local user, not allowed in, knocks five times.
+    for _ in 0..5 {
+        let n = bytes_back_as(TENANT, port, "/");
+        assert!(n <= 0, "the other uid was let in ({n} bytes)");
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let fired = d.audit_events("tripwire");
+    let killed = d.audit_events("sandbox_kill");
+    assert!(fired.is_empty() && killed.is_empty(), "an outsider's refused connections tripped the sandbox's tripwire: {fired:?} {killed:?}");
+    let _ = d.ctl(&["kill", &id]);
+}
+
+#[test]
+fn a_payload_s_first_landlock_denial_is_attributed_even_while_another_of_its_threads_floods() {
+    let f = Fixture::new();
+    let d = Daemon::start(&f, "[[tripwire]]\nname = \"no-root-listing\"\nkind = \"fs\"\npath = \"/\"\naction = \"alert\"\n", "");
+    // Once ready, one thread floods refused calls (keyctl) while the main
+    // thread lists `/` once: the first denial of the sandbox's Landlock
+    // domain, whose two records (access, then domain) other records now
+    // separate.
+    let script = format!(
+        "{bin} __probe serve \"$1\" &\nsleep 2\n/usr/bin/python3 -c 'import ctypes, os, threading, time\nl = ctypes.CDLL(None, use_errno=True)\nstop = []\ndef flood():\n    while not stop:\n        for _ in range(1000): l.syscall(250, 0, 0, 0)\nts = [threading.Thread(target=flood) for _ in range(2)]\n[t.start() for t in ts]\ntime.sleep(0.5)\ntry: os.listdir(\"/\")\nexcept OSError: pass\ntime.sleep(0.5)\nstop.append(1)\n[t.join() for t in ts]'\nwait\n",
+        bin = bin()
+    );
+    let l = d.launch_script("a", &script);
+    let id = l["id"].as_str().unwrap().to_string();
+    let denials = || d.raw(&format!("{{\"cmd\":\"denials\",\"id\":\"{id}\"}}"));
+    std::thread::sleep(Duration::from_secs(5));
+    let r = denials();
+    let fs: Vec<&serde_json::Value> = r["denials"].as_array().unwrap().iter().filter(|x| x["kind"] == "fs").collect();
+    let keyctl: u64 = r["denials"].as_array().unwrap().iter().filter(|x| x["detail"] == "keyctl").map(|x| x["count"].as_u64().unwrap()).sum();
+    eprintln!("keyctl {keyctl}, fs {fs:?}, unattributed {}, dropped {}", r["unattributed"], r["dropped"]);
+    assert!(keyctl > 0, "the flood did not run: {r}");
+    assert!(
+        !d.audit_events("tripwire").is_empty(),
+        "the listing of / was not attributed (fs: {fs:?}; unattributed {}): the tripwire on it never fired",
+        r["unattributed"]
+    );
+    let _ = d.ctl(&["kill", &id]);
+}
