@@ -240,7 +240,7 @@ impl Hub {
         // signalfd (SIGTERM, SIGHUP, SIGCHLD): started before they are blocked,
         // it would die of them with the whole daemon, or swallow a SIGCHLD. It
         // inherits this thread's mask, all blocked for the time of the spawn.
-        let all = crate::sys::sigset(&[]);
+        let all = crate::sys::child::sigset(&[]);
         let mut full: libc::sigset_t = all;
         let mut old: libc::sigset_t = all;
         // SAFETY: sigfillset and pthread_sigmask on valid sigset_t values of ours.
@@ -314,14 +314,8 @@ impl Hub {
 /// The reader thread: parse, attribute and count each record; never blocks on
 /// the daemon (the lock is held for a batch of records, never across a read).
 fn read_loop(fd: OwnedFd, shared: Arc<Mutex<Shared>>) {
-    // Signals are the daemon's loop's (its signalfd): a signal delivered to this
-    // thread instead would be lost (SIGCHLD) or end the process (SIGTERM).
-    // SAFETY: sigfillset on a zeroed set, then this thread's own mask.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
-    }
+    // Every signal is blocked here from the thread's first instruction on
+    // (inherited: see `Hub::start`).
     let mut buf = vec![0u8; 64 * 1024];
     let mut batch: Vec<Record> = Vec::with_capacity(512);
     let mut pending: Pending = None;
