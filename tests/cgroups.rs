@@ -146,8 +146,15 @@ fn the_init_and_the_payload_are_in_every_one_of_the_sandboxes_cgroups() {
     let dirs: Vec<PathBuf> = info["cgroups"].as_array().unwrap().iter().map(|p| PathBuf::from(p.as_str().unwrap())).collect();
     assert!(!dirs.is_empty());
     for d in &dirs {
-        // Both files list it: the process (cgroup.procs) and its one thread (tasks).
-        let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap();
+        // Both files list it: the process (cgroup.procs) and its one thread
+        // (tasks). The shell forks `sleep` on its own time after the ready
+        // line: wait for it (a loaded host may take a moment).
+        let start = std::time::Instant::now();
+        let mut procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap();
+        while procs.split_whitespace().count() < 3 && start.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap();
+        }
         let ids: Vec<&str> = procs.split_whitespace().collect();
         assert!(ids.contains(&init.as_str()), "init {init} not in {}: {procs:?}", d.display());
         assert!(ids.len() >= 3, "init, sh and sleep expected in {}: {procs:?}", d.display());
