@@ -11,14 +11,18 @@
 //!   denials.json       its denial counts
 //!   events.json        its recent audit events
 //!   git/status         `git status --porcelain=v1` of the worktree
-//!   git/diff.patch     `git diff HEAD` (no external diff, no textconv)
+//!   git/diff.stat      `git diff --stat HEAD`
+//!   git/diff.patch     `git diff HEAD` (no external diff, no textconv, no
+//!                      binary patches; files above 1 MiB are "binary";
+//!                      cut at 8 MiB)
 //!   git/untracked.json hashed listing of untracked files
 //!   manifest.json      SHA-256 and size of every file above
 //!   MANIFEST.sha256    the same, for `sha256sum -c`
 //! ```
 //!
 //! The worktree was written by the sandbox: git runs as the worktree's owner
-//! ([`crate::git::cmd`]) with a deadline and bounded output; untracked files
+//! ([`crate::git::cmd`]) with a deadline of [`GIT_DEADLINE`] per command and
+//! bounded output, without reading big files; untracked files
 //! are opened only through [`crate::fs::safe_open`] (no symlink is followed,
 //! a FIFO or device is never opened), and at most [`MAX_HASHED`] bytes of each
 //! and [`MAX_TOTAL_HASHED`] in all are read. /proc files are read bounded.
@@ -40,7 +44,12 @@ const MAX_PROCS: usize = 1024;
 const MAX_FDS: usize = 1024;
 /// Most bytes read of one /proc file.
 const MAX_PROC_FILE: u64 = 4 << 20;
-const GIT_DEADLINE: Duration = Duration::from_secs(20);
+/// Each git command's deadline (three of them: status, diff --stat, diff).
+const GIT_DEADLINE: Duration = Duration::from_secs(5);
+/// Bytes above which a file is binary to git (not read for a diff).
+const BIG_FILE: &str = "1m";
+/// Most bytes of patch kept.
+const MAX_PATCH: u64 = 8 << 20;
 
 /// What the bundle is about.
 pub struct Input {
@@ -309,8 +318,18 @@ pub fn write(base: &Path, input: &Input) -> Result<PathBuf, String> {
                 }
                 Err(e) => w.put("git/status", format!("error: {e}\n").as_bytes())?,
             }
-            let diff = git(owner, &input.worktree, &["diff", "--no-ext-diff", "--no-textconv", "--binary", "HEAD"])
+            // Files above BIG_FILE are binary to git: never read for the diff
+            // (a 1 TiB sparse file is one line of --stat, not 1 TiB of patch).
+            let big = format!("core.bigFileThreshold={BIG_FILE}");
+            let stat = git(owner, &input.worktree, &["-c", &big, "diff", "--no-ext-diff", "--no-textconv", "--stat=200", "HEAD"])
                 .unwrap_or_else(|e| format!("error: {e}\n").into_bytes());
+            w.put("git/diff.stat", &stat)?;
+            let mut diff = git(owner, &input.worktree, &["-c", &big, "diff", "--no-ext-diff", "--no-textconv", "HEAD"])
+                .unwrap_or_else(|e| format!("error: {e}\n").into_bytes());
+            if diff.len() as u64 > MAX_PATCH {
+                diff.truncate(MAX_PATCH as usize);
+                diff.extend_from_slice(b"\n[swarmcell: patch cut at its size limit; see git/diff.stat]\n");
+            }
             w.put("git/diff.patch", &diff)?;
         }
         _ => w.put("git/status", b"error: the worktree is not a directory owned by a user\n")?,
