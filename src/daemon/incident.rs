@@ -45,7 +45,10 @@ pub(super) struct BundleJob {
     id: String,
     agent: Option<String>,
     incident_id: String,
-    job: std::thread::JoinHandle<Result<PathBuf, String>>,
+    /// Set by the worker before it wakes the loop (a finished thread may not
+    /// look finished yet when the loop wakes: the result is what counts).
+    result: std::sync::Arc<std::sync::Mutex<Option<Result<PathBuf, String>>>>,
+    job: std::thread::JoinHandle<()>,
 }
 
 impl SandboxIncident {
@@ -318,15 +321,17 @@ impl Daemon {
             let base = self.cfg.state_dir.join("incidents");
             let wake = self.denials.wake_fd();
             let (id, agent, incident_id) = (input.sandbox.clone(), input.agent.clone(), input.incident_id.clone());
+            let result = std::sync::Arc::new(std::sync::Mutex::new(None));
+            let out = result.clone();
             let job = std::thread::Builder::new().name("bundle".into()).spawn(move || {
                 let r = crate::incident::bundle::write(&base, &input);
+                *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
                 let one = 1u64.to_ne_bytes();
                 // SAFETY: an 8-byte write to the daemon's eventfd, which lives as long as the daemon.
                 unsafe { libc::write(wake, one.as_ptr().cast(), 8) };
-                r
             });
             match job {
-                Ok(job) => self.bundles.push(BundleJob { id, agent, incident_id, job }),
+                Ok(job) => self.bundles.push(BundleJob { id, agent, incident_id, result, job }),
                 Err(err) => self.audit.event(
                     "forensic_bundle",
                     json!({ "id": id, "agent": agent, "incident_id": incident_id, "error": err.to_string(), "outcome": "failed" }),
@@ -338,14 +343,16 @@ impl Daemon {
     /// Bundles written since the last look (`wait`: all of them, at shutdown):
     /// each a `forensic_bundle` event.
     pub(super) fn poll_bundles(&mut self, wait: bool) {
-        let (done, pending): (Vec<BundleJob>, Vec<BundleJob>) =
-            std::mem::take(&mut self.bundles).into_iter().partition(|b| wait || b.job.is_finished());
+        let is_done = |b: &BundleJob| b.result.lock().unwrap_or_else(|p| p.into_inner()).is_some() || b.job.is_finished();
+        let (done, pending): (Vec<BundleJob>, Vec<BundleJob>) = std::mem::take(&mut self.bundles).into_iter().partition(|b| wait || is_done(b));
         self.bundles = pending;
         for b in done {
-            let fields = match b.job.join() {
-                Ok(Ok(dir)) => json!({ "id": b.id, "agent": b.agent, "incident_id": b.incident_id, "path": dir, "outcome": "written" }),
-                Ok(Err(err)) => json!({ "id": b.id, "agent": b.agent, "incident_id": b.incident_id, "error": err, "outcome": "failed" }),
-                Err(_) => {
+            let _ = b.job.join();
+            let result = b.result.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let fields = match result {
+                Some(Ok(dir)) => json!({ "id": b.id, "agent": b.agent, "incident_id": b.incident_id, "path": dir, "outcome": "written" }),
+                Some(Err(err)) => json!({ "id": b.id, "agent": b.agent, "incident_id": b.incident_id, "error": err, "outcome": "failed" }),
+                None => {
                     json!({ "id": b.id, "agent": b.agent, "incident_id": b.incident_id, "error": "the bundle writer panicked", "outcome": "failed" })
                 }
             };

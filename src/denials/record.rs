@@ -18,12 +18,13 @@ pub const AUDIT_LANDLOCK_DOMAIN: u16 = 1424;
 /// Longest object (path, port) kept from a record.
 pub const MAX_OBJECT: usize = 256;
 
+/// One audit record, as far as denials need it (a seccomp record's `arch`: its
+/// AUDIT_ARCH_*, 0 when absent).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     LandlockAccess { serial: u64, domain: u64, blockers: String, object: String },
     DomainAllocated { serial: u64, domain: u64, pid: i32, uid: u32 },
     DomainFreed { serial: u64, domain: u64, denials: u64 },
-    /// `arch`: the AUDIT_ARCH_* of the call (0: not in the record).
     Seccomp { serial: u64, pid: i32, uid: u32, syscall: i64, arch: u32 },
     Syscall { serial: u64, pid: i32, uid: u32 },
     EndOfEvent { serial: u64 },
