@@ -149,10 +149,13 @@ fn git_os(owner: (u32, u32), worktree: &Path, args: &[&std::ffi::OsStr]) -> Resu
     crate::git::cmd::run_as(owner, &all, &[], GIT_DEADLINE).map_err(|e| e.to_string())
 }
 
+/// A changed tracked file too big to diff: its name and size.
+type BigFile = (Vec<u8>, i64);
+
 /// The changed tracked files above [`BIG_FILE`] bytes (size from lstat, never
 /// read): git would hash all of a file (a 1 TiB sparse one: minutes) to show
 /// it in a stat or a patch. None: more than [`MAX_BIG`] of them.
-fn big_changes(owner: (u32, u32), worktree: &Path) -> Result<Option<Vec<(Vec<u8>, i64)>>, String> {
+fn big_changes(owner: (u32, u32), worktree: &Path) -> Result<Option<Vec<BigFile>>, String> {
     use std::os::unix::ffi::OsStrExt;
     let names = git(owner, worktree, &["diff", "--name-only", "-z", "--no-renames", "HEAD"])?;
     let dir = crate::fs::safe_open::open_dir_nofollow(worktree, Some(owner.0)).map_err(|e| e.to_string())?;
