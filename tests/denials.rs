@@ -254,8 +254,11 @@ fn a_flood_of_a_million_denials_is_counted_without_loss_and_other_launches_stay_
         r["unattributed"],
         t0.elapsed()
     );
-    assert_eq!(counted + r["dropped"].as_u64().unwrap(), 1_000_000);
-    assert_eq!(r["unattributed"], 0);
+    // Every denial of this sandbox is its own, none lost: exactly the flood.
+    // (Not `unattributed == 0`: the daemon reads the whole host's audit
+    // records, and other programs' seccomp-logged calls on a shared host are
+    // unattributed by design; one of this sandbox's would be missing here.)
+    assert_eq!((counted, r["dropped"].as_u64().unwrap()), (1_000_000, 0), "{r}");
     // Aggregated: about one report per second for the flood's one detail.
     let reports = d.audit_events("policy_violation").into_iter().filter(|e| e["id"] == id && e["detail"] == "keyctl").count();
     assert!(reports <= 10 + t0.elapsed().as_secs() as usize + 30, "{reports} reports");

@@ -6,8 +6,12 @@
 //! v2 cgroup.freeze); its launcher, which runs the broker, the forwards and the
 //! egress proxy, is stopped with SIGSTOP, so that nothing is accepted or
 //! relayed (connections wait in the kernel's backlog); health checks pause. A
-//! forensic bundle is written (`crate::incident::bundle`) by a thread of its
-//! own (the loop goes on; a `forensic_bundle` event when it is done). Thaw reverses both;
+//! forensic bundle is written (`crate::incident::bundle`) by a worker thread
+//! (at most [`MAX_BUNDLE_WORKERS`] at once, the rest queued): the freeze, the
+//! launcher's stop and the `sandbox_freeze` event happen before the client is
+//! answered; the answer carries the incident id and the bundle's directory at
+//! once, and a `forensic_bundle` event says when it is written. A freeze that
+//! fails is thawed again. Thaw reverses both;
 //! kill SIGKILLs the cgroup, resumes the launcher, and removes the sandbox as
 //! a stop does.
 
@@ -18,11 +22,10 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::denials::Kind;
-use crate::denials::tripwire::{Action, Armed};
+use crate::denials::tripwire::Action;
 
-/// A sandbox's tripwires and frozen state.
+/// A sandbox's frozen state (its tripwires are armed in the denial hub).
 pub(super) struct SandboxIncident {
-    pub(super) tripwires: Armed,
     pub(super) frozen: Option<Frozen>,
     /// A freeze or kill that fired before the sandbox was ready (applied then).
     pending: Option<(Action, String)>,
@@ -32,17 +35,25 @@ pub(super) struct Frozen {
     pub(super) incident_id: String,
 }
 
+/// Bundles written at once (each runs git and reads the worktree, bounded).
+const MAX_BUNDLE_WORKERS: usize = 2;
+/// Bundles waiting for a worker (more: the freeze holds, the bundle fails).
+pub(super) const MAX_BUNDLES_QUEUED: usize = 16;
+
 /// A forensic bundle being written.
 pub(super) struct BundleJob {
     id: String,
     agent: Option<String>,
     incident_id: String,
-    job: std::thread::JoinHandle<Result<PathBuf, String>>,
+    /// Set by the worker before it wakes the loop (a finished thread may not
+    /// look finished yet when the loop wakes: the result is what counts).
+    result: std::sync::Arc<std::sync::Mutex<Option<Result<PathBuf, String>>>>,
+    job: std::thread::JoinHandle<()>,
 }
 
 impl SandboxIncident {
-    pub(super) fn new(rules: &[crate::denials::tripwire::Tripwire]) -> SandboxIncident {
-        SandboxIncident { tripwires: Armed::new(rules), frozen: None, pending: None }
+    pub(super) fn new() -> SandboxIncident {
+        SandboxIncident { frozen: None, pending: None }
     }
 }
 
@@ -70,11 +81,10 @@ fn incident_id() -> String {
 
 impl Daemon {
     /// Report what is due: one `policy_violation` audit event per (sandbox,
-    /// kind, detail) with the denials since its last report; then tripwires.
+    /// kind, detail) with the denials since its last report; then the
+    /// tripwires that fired (matched by the hub on each denial as it came).
     pub(super) fn flush_denials(&mut self) {
         let reports = self.denials.lock().agg.take_reports(Instant::now());
-        let now = Instant::now();
-        let mut actions = Vec::new();
         for r in reports {
             let (agent, sandbox) = match self.sandboxes.get(&r.sandbox) {
                 Some(e) => (e.rec.agent.clone(), e.info["id"].clone()),
@@ -86,13 +96,11 @@ impl Daemon {
                 json!({ "id": r.sandbox, "sandbox": sandbox, "agent": agent, "kind": r.kind.name(), "detail": r.detail,
                         "count": r.count, "total": r.total, "source": source, "outcome": "denied" }),
             );
-            if let Some(e) = self.sandboxes.get_mut(&r.sandbox) {
-                for fired in e.incident.tripwires.observe(&r, now) {
-                    actions.push((r.sandbox.clone(), fired));
-                }
-            }
         }
-        for (id, fired) in actions {
+        for (id, fired) in self.denials.take_fired() {
+            if !self.sandboxes.contains_key(&id) {
+                continue;
+            }
             self.counters_tripwires += 1;
             let action = match fired.action {
                 Action::Alert => "alert",
@@ -242,7 +250,20 @@ impl Daemon {
         }
         let started = crate::denials::aggregate::unix_now();
         let cgroups = Self::cgroups_of(e);
-        crate::incident::freezer::set(&cgroups, true).map_err(|err| format!("freezing sandbox {id}: {err}"))?;
+        if let Err(err) = crate::incident::freezer::set(&cgroups, true) {
+            // A cgroup stuck FREEZING (or one hierarchy frozen and the other
+            // not) must not stay half-frozen with nothing that says so: thaw.
+            let thawed = crate::incident::freezer::set(&cgroups, false);
+            let agent = e.rec.agent.clone();
+            self.audit.event(
+                "sandbox_freeze",
+                json!({ "id": id, "agent": agent, "uid": uid, "reason": why, "by": by, "error": err, "thawed": thawed.is_ok(), "outcome": "failed" }),
+            );
+            return Err(match thawed {
+                Ok(()) => format!("freezing sandbox {id}: {err} (thawed again)"),
+                Err(t) => format!("freezing sandbox {id}: {err}; thawing it again failed too: {t}"),
+            });
+        }
         let frozen_at = crate::denials::aggregate::unix_now();
         // The launcher's accept loops, relays and proxy stop with it.
         // SAFETY: SIGSTOP to our own child, the sandbox's launcher (not reaped: the sandbox runs).
@@ -275,43 +296,79 @@ impl Daemon {
                 json!({ "time": frozen_at, "event": "isolated", "detail": "cgroup frozen, launcher stopped" }),
             ],
         };
-        // Written by a thread of its own: a worktree made to be slow to read
-        // (bounded as it is) must not hold up the loop and every other sandbox.
-        let base = self.cfg.state_dir.join("incidents");
-        let dir = base.join(&incident_id);
-        let wake = self.denials.wake_fd();
-        let job = std::thread::Builder::new().name("bundle".into()).spawn(move || {
-            let r = crate::incident::bundle::write(&base, &input);
-            let one = 1u64.to_ne_bytes();
-            // SAFETY: an 8-byte write to the daemon's eventfd, which lives as long as the daemon.
-            unsafe { libc::write(wake, one.as_ptr().cast(), 8) };
-            r
-        });
-        match job {
-            Ok(job) => self.bundles.push(BundleJob { id: id.to_string(), agent, incident_id: incident_id.clone(), job }),
-            Err(err) => self.audit.event(
+        // Written by a worker thread (at most MAX_BUNDLE_WORKERS at once, the
+        // rest queued): a worktree made to be slow to read (bounded as it is)
+        // must not hold up the loop and every other sandbox. The client is
+        // answered now, with the incident id and the bundle's directory; a
+        // `forensic_bundle` event says when it is written.
+        let dir = self.cfg.state_dir.join("incidents").join(&incident_id);
+        if self.bundle_queue.len() >= MAX_BUNDLES_QUEUED {
+            self.audit.event(
                 "forensic_bundle",
-                json!({ "id": id, "agent": agent, "incident_id": incident_id, "error": err.to_string(), "outcome": "failed" }),
-            ),
+                json!({ "id": id, "agent": agent, "incident_id": incident_id, "error": "too many bundles waiting to be written", "outcome": "failed" }),
+            );
+        } else {
+            self.bundle_queue.push_back(input);
+            self.start_bundles();
         }
         Ok(json!({ "ok": true, "id": id, "incident_id": incident_id, "bundle": dir }))
+    }
+
+    /// Start queued bundles while fewer than MAX_BUNDLE_WORKERS are being written.
+    fn start_bundles(&mut self) {
+        while self.bundles.len() < MAX_BUNDLE_WORKERS {
+            let Some(input) = self.bundle_queue.pop_front() else { return };
+            let base = self.cfg.state_dir.join("incidents");
+            let wake = self.denials.wake_fd();
+            let (id, agent, incident_id) = (input.sandbox.clone(), input.agent.clone(), input.incident_id.clone());
+            let result = std::sync::Arc::new(std::sync::Mutex::new(None));
+            let out = result.clone();
+            let job = std::thread::Builder::new().name("bundle".into()).spawn(move || {
+                let r = crate::incident::bundle::write(&base, &input);
+                *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                let one = 1u64.to_ne_bytes();
+                // SAFETY: an 8-byte write to the daemon's eventfd, which lives as long as the daemon.
+                unsafe { libc::write(wake, one.as_ptr().cast(), 8) };
+            });
+            match job {
+                Ok(job) => self.bundles.push(BundleJob { id, agent, incident_id, result, job }),
+                Err(err) => self.audit.event(
+                    "forensic_bundle",
+                    json!({ "id": id, "agent": agent, "incident_id": incident_id, "error": err.to_string(), "outcome": "failed" }),
+                ),
+            }
+        }
     }
 
     /// Bundles written since the last look (`wait`: all of them, at shutdown):
     /// each a `forensic_bundle` event.
     pub(super) fn poll_bundles(&mut self, wait: bool) {
-        let (done, pending): (Vec<BundleJob>, Vec<BundleJob>) =
-            std::mem::take(&mut self.bundles).into_iter().partition(|b| wait || b.job.is_finished());
+        let is_done = |b: &BundleJob| b.result.lock().unwrap_or_else(|p| p.into_inner()).is_some() || b.job.is_finished();
+        let (done, pending): (Vec<BundleJob>, Vec<BundleJob>) = std::mem::take(&mut self.bundles).into_iter().partition(|b| wait || is_done(b));
         self.bundles = pending;
         for b in done {
-            let fields = match b.job.join() {
-                Ok(Ok(dir)) => json!({ "id": b.id, "agent": b.agent, "incident_id": b.incident_id, "path": dir, "outcome": "written" }),
-                Ok(Err(err)) => json!({ "id": b.id, "agent": b.agent, "incident_id": b.incident_id, "error": err, "outcome": "failed" }),
-                Err(_) => {
+            let _ = b.job.join();
+            let result = b.result.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let fields = match result {
+                Some(Ok(dir)) => json!({ "id": b.id, "agent": b.agent, "incident_id": b.incident_id, "path": dir, "outcome": "written" }),
+                Some(Err(err)) => json!({ "id": b.id, "agent": b.agent, "incident_id": b.incident_id, "error": err, "outcome": "failed" }),
+                None => {
                     json!({ "id": b.id, "agent": b.agent, "incident_id": b.incident_id, "error": "the bundle writer panicked", "outcome": "failed" })
                 }
             };
             self.audit.event("forensic_bundle", fields);
+        }
+        if wait {
+            // The daemon stops: what is still queued is not written.
+            for input in std::mem::take(&mut self.bundle_queue) {
+                self.audit.event(
+                    "forensic_bundle",
+                    json!({ "id": input.sandbox, "agent": input.agent, "incident_id": input.incident_id,
+                            "error": "the daemon stopped before it was written", "outcome": "failed" }),
+                );
+            }
+        } else {
+            self.start_bundles();
         }
     }
 

@@ -59,6 +59,7 @@ impl Daemon {
         };
         self.by_key.insert(key, rec.id.clone());
         let rec_lease = rec.lease_s;
+        self.denials.arm(&rec.id, &policy.tripwires);
         self.sandboxes.insert(
             rec.id.clone(),
             Entry {
@@ -87,7 +88,7 @@ impl Daemon {
                 broker_fd,
                 lease_until: rec_lease.map(|s| now + Duration::from_secs(s)),
                 published: None,
-                incident: super::incident::SandboxIncident::new(&policy.tripwires),
+                incident: super::incident::SandboxIncident::new(),
             },
         );
         Ok(())

@@ -223,6 +223,8 @@ pub struct Daemon {
     counters_tripwires: u64,
     /// Forensic bundles being written (see `incident`).
     bundles: Vec<incident::BundleJob>,
+    /// Forensic bundles waiting for a worker.
+    bundle_queue: std::collections::VecDeque<crate::incident::bundle::Input>,
 }
 
 impl Daemon {
@@ -273,6 +275,7 @@ impl Daemon {
             denials,
             counters_tripwires: 0,
             bundles: Vec::new(),
+            bundle_queue: std::collections::VecDeque::new(),
             cfg,
         };
         d.recover();

@@ -1,8 +1,10 @@
 //! Daemon side: denials counted per (sandbox, kind, detail), and reported at a
 //! bounded rate. A denial is never lost from the counts: what the kernel or
 //! the reader could not deliver is counted apart (`dropped`). Memory is
-//! bounded: at most [`MAX_DETAILS`] details per sandbox (the rest are counted
-//! under `(other)`), at most [`MAX_GONE`] sandboxes that are gone.
+//! bounded: at most [`MAX_DETAILS`] details per sandbox and kind (the rest are
+//! counted under `(other)`: a flood of distinct paths does not hide a refused
+//! call's name), at most [`MAX_GONE`] sandboxes that are gone. Tripwires do
+//! not depend on it: they see every denial's own detail (`super::hub`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -69,10 +71,11 @@ impl Aggregator {
         let Some(s) = self.sandboxes.get_mut(sandbox) else { return false };
         let now = unix_now();
         // The hot path (a flood of one detail) allocates nothing.
-        let c = match s.details.iter_mut().find(|((k, d), _)| *k == kind && d == detail) {
+        let c = match s.details.range_mut((kind, String::new())..).take_while(|((k, _), _)| *k == kind).find(|((_, d), _)| d == detail) {
             Some((_, c)) => c,
             None => {
-                let detail = if s.details.len() >= MAX_DETAILS { OTHER } else { detail };
+                let of_kind = s.details.range((kind, String::new())..).take_while(|((k, _), _)| *k == kind).count();
+                let detail = if of_kind >= MAX_DETAILS { OTHER } else { detail };
                 s.details.entry((kind, detail.to_string())).or_insert_with(|| Count { first: now, ..Count::default() })
             }
         };
@@ -175,6 +178,9 @@ mod tests {
         assert_eq!(s.details.len(), MAX_DETAILS + 1);
         assert_eq!(s.details[&(Kind::Fs, OTHER.to_string())].total, 50);
         assert_eq!(s.by_kind[&Kind::Fs], (MAX_DETAILS + 50) as u64);
+        // Other kinds keep their own names.
+        a.add("d-1", Kind::Syscall, "ptrace", 1);
+        assert_eq!(a.sandboxes["d-1"].details[&(Kind::Syscall, "ptrace".to_string())].total, 1);
         for i in 0..MAX_GONE + 3 {
             let id = format!("g-{i}");
             a.add(&id, Kind::Net, "x", 1);

@@ -24,6 +24,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use super::Kind;
 use super::aggregate::Aggregator;
 use super::record::{self, Record};
+use super::tripwire::{Armed, Fired, Tripwire};
+
+/// Most fired tripwires waiting for the daemon (each rule fires at most once
+/// a second: reached only by thousands of rules).
+const MAX_FIRED: usize = 4096;
 
 /// A live sandbox, as the attribution knows it.
 #[derive(Debug, Clone)]
@@ -65,6 +70,10 @@ pub struct Shared {
     lookups: HashMap<(u32, i32), (Option<String>, std::time::Instant)>,
     /// ENOBUFS on the audit socket: records lost in numbers nobody knows.
     pub overruns: u64,
+    /// Each sandbox's tripwires, fed every denial before it is aggregated.
+    armed: HashMap<String, Armed>,
+    /// Tripwires that fired, for the daemon (see [`Hub::take_fired`]).
+    fired: Vec<(String, Fired)>,
     wake_fd: RawFd,
     wake_armed: bool,
 }
@@ -115,9 +124,23 @@ impl Shared {
         }
     }
 
-    /// Count denials of a sandbox; wake the daemon when a report became due.
+    /// Count denials of a sandbox; wake the daemon when a report became due
+    /// or a tripwire fired. Tripwires see the denial's own detail, before the
+    /// aggregator may count it under `(other)`.
     pub fn add(&mut self, id: &str, kind: Kind, detail: &str, n: u64) {
-        if self.agg.add(id, kind, detail, n) && !self.wake_armed {
+        let mut wake = false;
+        if let Some(a) = self.armed.get_mut(id) {
+            for f in a.observe(kind, detail, n, std::time::Instant::now()) {
+                if self.fired.len() < MAX_FIRED {
+                    self.fired.push((id.to_string(), f));
+                    wake = true;
+                } else {
+                    tracing::error!(sandbox = id, rule = f.rule, "too many tripwires waiting for the daemon: this one is not acted on");
+                }
+            }
+        }
+        wake |= self.agg.add(id, kind, detail, n);
+        if wake && !self.wake_armed {
             self.wake_armed = true;
             let one = 1u64.to_ne_bytes();
             // SAFETY: an 8-byte write to our eventfd.
@@ -271,6 +294,22 @@ impl Hub {
         self.lock().wake_armed = false;
     }
 
+    /// A sandbox is launched: its tripwires see its denials from now on
+    /// (also those attributed to it later from the limbo, and its launcher's).
+    pub fn arm(&self, id: &str, rules: &[Tripwire]) {
+        let mut s = self.lock();
+        if rules.is_empty() {
+            s.armed.remove(id);
+        } else {
+            s.armed.insert(id.to_string(), Armed::new(rules));
+        }
+    }
+
+    /// The tripwires that fired since the last call, in order.
+    pub fn take_fired(&self) -> Vec<(String, Fired)> {
+        std::mem::take(&mut self.lock().fired)
+    }
+
     /// A sandbox is ready: attribute it what waited in limbo for it.
     pub fn register(&self, owner: Owner) {
         let mut s = self.lock();
@@ -298,6 +337,7 @@ impl Hub {
         let mut s = self.lock();
         s.lookups.clear();
         s.owners.retain(|o| o.id != id);
+        s.armed.remove(id);
         s.agg.retire(id);
     }
 
@@ -358,10 +398,10 @@ fn read_loop(fd: OwnedFd, shared: Arc<Mutex<Shared>>) {
         let mut i = 0;
         while i < batch.len() {
             let mut n = 1;
-            if let Record::Seccomp { pid, uid, syscall, .. } = batch[i] {
-                while batch
-                    .get(i + n)
-                    .is_some_and(|r| matches!(r, Record::Seccomp { pid: p, uid: u, syscall: c, .. } if *p == pid && *u == uid && *c == syscall))
+            if let Record::Seccomp { pid, uid, syscall, arch, .. } = batch[i] {
+                while batch.get(i + n).is_some_and(
+                    |r| matches!(r, Record::Seccomp { pid: p, uid: u, syscall: c, arch: a, .. } if *p == pid && *u == uid && *c == syscall && *a == arch),
+                )
                 {
                     n += 1;
                 }
@@ -373,12 +413,26 @@ fn read_loop(fd: OwnedFd, shared: Arc<Mutex<Shared>>) {
     }
 }
 
-fn seccomp_detail(nr: i64) -> (Kind, String) {
+/// The detail of a refused call: its name when the policy can name it;
+/// otherwise one of a few fixed details, so that a payload cannot make
+/// thousands of details of its own out of call numbers (x32 calls, numbers no
+/// kernel knows, another architecture's calls) and crowd the names out.
+pub const X32: &str = "x32";
+pub const UNKNOWN_SYSCALL: &str = "syscall (unknown)";
+pub const FOREIGN_ARCH: &str = "syscall (foreign architecture)";
+
+fn seccomp_detail(arch: u32, nr: i64) -> (Kind, &'static str) {
+    if arch != 0 && arch != record::NATIVE_ARCH {
+        return (Kind::Syscall, FOREIGN_ARCH);
+    }
+    if cfg!(target_arch = "x86_64") && nr & 0x4000_0000 != 0 {
+        return (Kind::Syscall, X32);
+    }
     let name = crate::confine::seccomp::KNOWN_SYSCALLS.iter().copied().find(|n| crate::confine::seccomp::syscall_number(n) == Some(nr));
     match name {
-        Some(n @ ("socket" | "socketpair")) => (Kind::Net, n.to_string()),
-        Some(n) => (Kind::Syscall, n.to_string()),
-        None => (Kind::Syscall, format!("syscall {nr}")),
+        Some(n @ ("socket" | "socketpair")) => (Kind::Net, n),
+        Some(n) => (Kind::Syscall, n),
+        None => (Kind::Syscall, UNKNOWN_SYSCALL),
     }
 }
 
@@ -437,9 +491,9 @@ fn handle_n(s: &mut Shared, pending: &mut Pending, r: Record, n: u64) {
                 s.agg.dropped += denials.saturating_sub(seen);
             }
         }
-        Record::Seccomp { pid, uid, syscall, .. } => {
-            let (kind, detail) = seccomp_detail(syscall);
-            s.attribute(uid, pid, kind, &detail, n);
+        Record::Seccomp { pid, uid, syscall, arch, .. } => {
+            let (kind, detail) = seccomp_detail(arch, syscall);
+            s.attribute(uid, pid, kind, detail, n);
         }
         Record::EndOfEvent { .. } => {
             if let Some((_, items)) = pending.take() {
@@ -483,8 +537,8 @@ mod tests {
         handle(&mut s, &mut p, Record::DomainAllocated { serial: 1, domain: 7, pid: 99, uid: 1_610_612_737 });
         handle(&mut s, &mut p, Record::EndOfEvent { serial: 1 });
         handle(&mut s, &mut p, access(2));
-        handle(&mut s, &mut p, Record::Seccomp { serial: 3, pid: 99, uid: 1_610_612_737, syscall: libc::SYS_ptrace });
-        handle(&mut s, &mut p, Record::Seccomp { serial: 4, pid: -1, uid: 5, syscall: libc::SYS_ptrace });
+        handle(&mut s, &mut p, Record::Seccomp { serial: 3, pid: 99, uid: 1_610_612_737, syscall: libc::SYS_ptrace, arch: record::NATIVE_ARCH });
+        handle(&mut s, &mut p, Record::Seccomp { serial: 4, pid: -1, uid: 5, syscall: libc::SYS_ptrace, arch: record::NATIVE_ARCH });
         // The kernel counted 5 denials for the domain; 2 were read.
         handle(&mut s, &mut p, Record::DomainFreed { serial: 5, domain: 7, denials: 5 });
         let d = &s.agg.sandboxes["d-1"];
@@ -516,7 +570,7 @@ mod tests {
         let mut p = None;
         let uid = 1_610_612_999;
         for serial in 1..=1000 {
-            handle(&mut s, &mut p, Record::Seccomp { serial, pid: -1, uid, syscall: libc::SYS_keyctl });
+            handle(&mut s, &mut p, Record::Seccomp { serial, pid: -1, uid, syscall: libc::SYS_keyctl, arch: 0 });
         }
         handle(&mut s, &mut p, Record::LandlockAccess { serial: 2000, domain: 9, blockers: "fs.read_dir".into(), object: "/".into() });
         handle(&mut s, &mut p, Record::DomainAllocated { serial: 2000, domain: 9, pid: -1, uid });
@@ -538,5 +592,31 @@ mod tests {
         assert_eq!(d.details[&(Kind::Syscall, "keyctl".to_string())].total, 1000);
         assert_eq!(d.details[&(Kind::Fs, "fs.read_dir /".to_string())].total, 3);
         assert!(s.limbo.is_empty());
+    }
+
+    #[test]
+    fn tripwires_see_every_denial_s_own_detail_whatever_the_decoys() {
+        let mut s = shared();
+        s.armed.insert("d-1".into(), Armed::new(&[toml::from_str("syscall = \"ptrace\"\naction = \"freeze\"").unwrap()]));
+        let mut p = None;
+        let uid = 1_610_612_737;
+        // Decoys: distinct paths past the cap, x32 and unknown numbers, another architecture's calls.
+        for i in 0..1000u64 {
+            let path = format!("/decoy/{i}");
+            s.add("d-1", Kind::Fs, &format!("fs.read_file {path}"), 1);
+            for (nr, arch) in [(0x4000_0000 + i as i64, record::NATIVE_ARCH), (100_000 + i as i64, record::NATIVE_ARCH), (i as i64, 0x4000_0003)] {
+                handle(&mut s, &mut p, Record::Seccomp { serial: i, pid: 5, uid, syscall: nr, arch });
+            }
+        }
+        assert!(s.fired.is_empty());
+        handle(&mut s, &mut p, Record::Seccomp { serial: 5000, pid: 5, uid, syscall: libc::SYS_ptrace, arch: record::NATIVE_ARCH });
+        assert_eq!(s.fired.len(), 1, "the ptrace tripwire did not fire");
+        assert_eq!((s.fired[0].1.detail.as_str(), s.fired[0].1.count), ("ptrace", 1));
+        // The operator still sees the name: syscall details are few, whatever the numbers.
+        let d = &s.agg.sandboxes["d-1"];
+        assert_eq!(d.details[&(Kind::Syscall, "ptrace".to_string())].total, 1);
+        for detail in [X32, UNKNOWN_SYSCALL, FOREIGN_ARCH] {
+            assert_eq!(d.details[&(Kind::Syscall, detail.to_string())].total, 1000, "{detail}");
+        }
     }
 }

@@ -18,16 +18,21 @@ pub const AUDIT_LANDLOCK_DOMAIN: u16 = 1424;
 /// Longest object (path, port) kept from a record.
 pub const MAX_OBJECT: usize = 256;
 
+/// One audit record, as far as denials need it (a seccomp record's `arch`: its
+/// AUDIT_ARCH_*, 0 when absent).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     LandlockAccess { serial: u64, domain: u64, blockers: String, object: String },
     DomainAllocated { serial: u64, domain: u64, pid: i32, uid: u32 },
     DomainFreed { serial: u64, domain: u64, denials: u64 },
-    Seccomp { serial: u64, pid: i32, uid: u32, syscall: i64 },
+    Seccomp { serial: u64, pid: i32, uid: u32, syscall: i64, arch: u32 },
     Syscall { serial: u64, pid: i32, uid: u32 },
     EndOfEvent { serial: u64 },
     Other,
 }
+
+/// The AUDIT_ARCH_* of this binary's architecture (the call numbers named).
+pub const NATIVE_ARCH: u32 = if cfg!(target_arch = "aarch64") { 0xc000_00b7 } else { 0xc000_003e };
 
 /// Parse one record's text (the netlink payload) of type `msg_type`.
 pub fn parse(msg_type: u16, text: &[u8]) -> Record {
@@ -54,7 +59,9 @@ pub fn parse(msg_type: u16, text: &[u8]) -> Record {
             _ => Record::Other,
         },
         AUDIT_SECCOMP => match (pid(), uid(), num("syscall")) {
-            (Some(pid), Some(uid), Some(syscall)) => Record::Seccomp { serial, pid, uid, syscall },
+            (Some(pid), Some(uid), Some(syscall)) => {
+                Record::Seccomp { serial, pid, uid, syscall, arch: get("arch").and_then(|a| u32::from_str_radix(a, 16).ok()).unwrap_or(0) }
+            }
             _ => Record::Other,
         },
         AUDIT_LANDLOCK_ACCESS => {
@@ -99,7 +106,7 @@ fn parse_fast(msg_type: u16, text: &[u8]) -> Record {
     if msg_type == AUDIT_EOE {
         return Record::EndOfEvent { serial };
     }
-    let (mut pid, mut uid, mut syscall) = (None, None, None);
+    let (mut pid, mut uid, mut syscall, mut arch) = (None, None, None, 0);
     for tok in text[close + 3..].split(|b| *b == b' ') {
         let num = |p: &[u8]| tok.strip_prefix(p).and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse::<i64>().ok());
         if let Some(v) = num(b"pid=") {
@@ -108,10 +115,12 @@ fn parse_fast(msg_type: u16, text: &[u8]) -> Record {
             uid = u32::try_from(v).ok();
         } else if let Some(v) = num(b"syscall=") {
             syscall = Some(v);
+        } else if let Some(v) = tok.strip_prefix(b"arch=").and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| u32::from_str_radix(v, 16).ok()) {
+            arch = v;
         }
     }
     match (msg_type, pid, uid, syscall) {
-        (AUDIT_SECCOMP, Some(pid), Some(uid), Some(syscall)) => Record::Seccomp { serial, pid, uid, syscall },
+        (AUDIT_SECCOMP, Some(pid), Some(uid), Some(syscall)) => Record::Seccomp { serial, pid, uid, syscall, arch },
         (AUDIT_SYSCALL, Some(pid), Some(uid), _) => Record::Syscall { serial, pid, uid },
         _ => Record::Other,
     }
@@ -190,7 +199,7 @@ mod tests {
             AUDIT_SECCOMP,
             b"audit(1795986076.378:263): auid=4294967295 uid=0 gid=0 ses=4294967295 pid=19182 comm=\"exp\" exe=\"/tmp/den/exp\" sig=0 arch=c000003e syscall=63 compat=0 ip=0x7fe940201829 code=0x50000",
         );
-        assert_eq!(s, Record::Seccomp { serial: 263, pid: 19182, uid: 0, syscall: 63 });
+        assert_eq!(s, Record::Seccomp { serial: 263, pid: 19182, uid: 0, syscall: 63, arch: 0xc000_003e });
         assert_eq!(parse(AUDIT_EOE, b"audit(1795986076.378:260): "), Record::EndOfEvent { serial: 260 });
         assert_eq!(parse(1327, b"audit(1.2:3): proctitle=2E"), Record::Other);
     }

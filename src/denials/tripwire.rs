@@ -1,7 +1,7 @@
 //! Tripwires (`[[tripwire]]` in the policy): rules over a sandbox's denial
 //! stream that raise an alert, freeze the sandbox, or kill it. Validated with
-//! the policy (unknown keys refused); evaluated by the daemon on each report
-//! (daemon side).
+//! the policy (unknown keys refused); evaluated on every denial as it is
+//! counted, by the denial hub ([`super::hub`], daemon side).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::Kind;
-use super::aggregate::Report;
 use crate::policy::units::HumanDuration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,11 +156,21 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
-/// The counts in the window of each rule of one sandbox.
+/// A rule that fired is not fired again for this long (its matches go on
+/// counting): a flood matching a `count = 1` rule is one event a second, not
+/// one per denial.
+pub const REFIRE_EVERY: Duration = Duration::from_secs(1);
+
+/// The counts in the window of each rule of one sandbox. Fed every denial as
+/// it is counted, with its own kind and detail (before the per-sandbox cap on
+/// details and the report rate: decoys cannot hide a denial from a rule nor
+/// delay it past its window).
 #[derive(Debug, Default)]
 pub struct Armed {
     pub rules: Vec<Tripwire>,
+    /// Per rule: (time of the last match in the bucket, matches), oldest first.
     seen: Vec<VecDeque<(Instant, u64)>>,
+    last_fired: Vec<Option<Instant>>,
 }
 
 /// A rule that fired.
@@ -176,26 +185,45 @@ pub struct Fired {
 
 impl Armed {
     pub fn new(rules: &[Tripwire]) -> Armed {
-        Armed { rules: rules.to_vec(), seen: vec![VecDeque::new(); rules.len()] }
+        Armed { rules: rules.to_vec(), seen: vec![VecDeque::new(); rules.len()], last_fired: vec![None; rules.len()] }
     }
 
-    /// Count a report against every rule; the rules that fire (their window
-    /// starts again).
-    pub fn observe(&mut self, r: &Report, now: Instant) -> Vec<Fired> {
+    /// Count `n` denials of `kind`/`detail` against every rule; the rules
+    /// that fire (their window starts again).
+    pub fn observe(&mut self, kind: Kind, detail: &str, n: u64, now: Instant) -> Vec<Fired> {
         let mut out = Vec::new();
         for (i, rule) in self.rules.iter().enumerate() {
-            if !rule.matches(r.kind, &r.detail) {
+            if !rule.matches(kind, detail) {
                 continue;
             }
             let q = &mut self.seen[i];
-            q.push_back((now, r.count));
-            while q.front().is_some_and(|(t, _)| now.duration_since(*t) > rule.window.0) || q.len() > 4096 {
+            // Matches close in time share a bucket (its time is its last
+            // match's: a bucket leaves the window late, never early), so a
+            // flood keeps at most ~256 buckets per window.
+            let bucket = rule.window.0 / 256;
+            match q.back_mut() {
+                Some((t, c)) if now.saturating_duration_since(*t) <= bucket => {
+                    *t = now;
+                    *c += n;
+                }
+                _ => q.push_back((now, n)),
+            }
+            while q.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > rule.window.0) {
                 q.pop_front();
             }
-            let n: u64 = q.iter().map(|(_, c)| c).sum();
-            if n >= rule.count {
+            while q.len() > 4096 {
+                // Never the case with the buckets above; merge rather than forget.
+                if let Some((_, c)) = q.pop_front()
+                    && let Some(f) = q.front_mut()
+                {
+                    f.1 += c;
+                }
+            }
+            let count: u64 = q.iter().map(|(_, c)| c).sum();
+            if count >= rule.count && self.last_fired[i].is_none_or(|t| now.saturating_duration_since(t) >= REFIRE_EVERY) {
                 q.clear();
-                out.push(Fired { rule: rule.label(i), action: rule.action, kind: r.kind, detail: r.detail.clone(), count: n });
+                self.last_fired[i] = Some(now);
+                out.push(Fired { rule: rule.label(i), action: rule.action, kind, detail: detail.to_string(), count });
             }
         }
         out
@@ -250,13 +278,27 @@ mod tests {
     #[test]
     fn a_rule_fires_when_its_count_is_reached_within_the_window() {
         let mut a = Armed::new(&[rule("kind = \"syscall\"\ncount = 10\nwindow = \"1s\"\naction = \"alert\"")]);
-        let r = |count| Report { sandbox: "d".into(), kind: Kind::Syscall, detail: "bpf".into(), count, total: 0 };
         let t0 = Instant::now();
-        assert!(a.observe(&r(4), t0).is_empty());
+        assert!(a.observe(Kind::Syscall, "bpf", 4, t0).is_empty());
         // The first 4 fall out of the window.
-        assert!(a.observe(&r(6), t0 + Duration::from_secs(2)).is_empty());
-        let fired = a.observe(&r(4), t0 + Duration::from_millis(2500));
+        assert!(a.observe(Kind::Syscall, "bpf", 6, t0 + Duration::from_secs(2)).is_empty());
+        let fired = a.observe(Kind::Syscall, "bpf", 4, t0 + Duration::from_millis(2500));
         assert_eq!(fired.len(), 1);
         assert_eq!((fired[0].count, fired[0].action), (10, Action::Alert));
+    }
+
+    #[test]
+    fn a_flood_fires_a_count_1_rule_once_a_second_and_keeps_its_window_bounded() {
+        let mut a = Armed::new(&[rule("syscall = \"ptrace\"\naction = \"alert\""), rule("kind = \"syscall\"\ncount = 1000000\naction = \"kill\"")]);
+        let t0 = Instant::now();
+        let mut fired = Vec::new();
+        for i in 0..1_000_000u64 {
+            fired.extend(a.observe(Kind::Syscall, "ptrace", 1, t0 + Duration::from_micros(i)));
+        }
+        // One second of a flood: the alert once (the first denial), the count rule at its millionth.
+        assert_eq!(fired.iter().filter(|f| f.rule == "tripwire[0]").count(), 1);
+        assert_eq!(fired.iter().filter(|f| f.rule == "tripwire[1]").map(|f| f.count).collect::<Vec<_>>(), vec![1_000_000]);
+        assert!(a.seen.iter().all(|q| q.len() <= 257), "{:?}", a.seen.iter().map(VecDeque::len).collect::<Vec<_>>());
+        assert_eq!(a.observe(Kind::Syscall, "ptrace", 1, t0 + Duration::from_secs(2)).len(), 1, "fires again after REFIRE_EVERY");
     }
 }

@@ -11,14 +11,19 @@
 //!   denials.json       its denial counts
 //!   events.json        its recent audit events
 //!   git/status         `git status --porcelain=v1` of the worktree
-//!   git/diff.patch     `git diff HEAD` (no external diff, no textconv)
+//!   git/big.json       changed tracked files above 1 MiB (path, size), left
+//!                      out of the stat and the patch: git would read them whole
+//!   git/diff.stat      `git diff --stat HEAD`
+//!   git/diff.patch     `git diff HEAD` (no external diff, no textconv, no
+//!                      binary patches; cut at 8 MiB)
 //!   git/untracked.json hashed listing of untracked files
 //!   manifest.json      SHA-256 and size of every file above
 //!   MANIFEST.sha256    the same, for `sha256sum -c`
 //! ```
 //!
 //! The worktree was written by the sandbox: git runs as the worktree's owner
-//! ([`crate::git::cmd`]) with a deadline and bounded output; untracked files
+//! ([`crate::git::cmd`]) with a deadline of [`GIT_DEADLINE`] per command and
+//! bounded output, without reading big files; untracked files
 //! are opened only through [`crate::fs::safe_open`] (no symlink is followed,
 //! a FIFO or device is never opened), and at most [`MAX_HASHED`] bytes of each
 //! and [`MAX_TOTAL_HASHED`] in all are read. /proc files are read bounded.
@@ -40,7 +45,14 @@ const MAX_PROCS: usize = 1024;
 const MAX_FDS: usize = 1024;
 /// Most bytes read of one /proc file.
 const MAX_PROC_FILE: u64 = 4 << 20;
-const GIT_DEADLINE: Duration = Duration::from_secs(20);
+/// Each git command's deadline (three of them: status, diff --stat, diff).
+const GIT_DEADLINE: Duration = Duration::from_secs(5);
+/// Changed files above this many bytes are not diffed (git would hash them whole).
+const BIG_FILE: i64 = 1 << 20;
+/// More big changed files than this: no stat and no patch at all.
+const MAX_BIG: usize = 1000;
+/// Most bytes of patch kept.
+const MAX_PATCH: u64 = 8 << 20;
 
 /// What the bundle is about.
 pub struct Input {
@@ -125,11 +137,41 @@ fn process(pid: i32) -> Value {
 
 /// `git -C WORKTREE ARGS` as the worktree's owner.
 fn git(owner: (u32, u32), worktree: &Path, args: &[&str]) -> Result<Vec<u8>, String> {
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    git_os(owner, worktree, &args)
+}
+
+fn git_os(owner: (u32, u32), worktree: &Path, args: &[&std::ffi::OsStr]) -> Result<Vec<u8>, String> {
     let c = crate::git::cmd::flag("work-tree", worktree);
     let dash_c = std::ffi::OsString::from("-C");
     let mut all: Vec<&std::ffi::OsStr> = vec![&dash_c, worktree.as_os_str(), &c];
-    all.extend(args.iter().map(|a| std::ffi::OsStr::new(*a)));
+    all.extend_from_slice(args);
     crate::git::cmd::run_as(owner, &all, &[], GIT_DEADLINE).map_err(|e| e.to_string())
+}
+
+/// A changed tracked file too big to diff: its name and size.
+type BigFile = (Vec<u8>, i64);
+
+/// The changed tracked files above [`BIG_FILE`] bytes (size from lstat, never
+/// read): git would hash all of a file (a 1 TiB sparse one: minutes) to show
+/// it in a stat or a patch. None: more than [`MAX_BIG`] of them.
+fn big_changes(owner: (u32, u32), worktree: &Path) -> Result<Option<Vec<BigFile>>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let names = git(owner, worktree, &["diff", "--name-only", "-z", "--no-renames", "HEAD"])?;
+    let dir = crate::fs::safe_open::open_dir_nofollow(worktree, Some(owner.0)).map_err(|e| e.to_string())?;
+    let mut big = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let st = nix::sys::stat::fstatat(&dir.fd, std::ffi::OsStr::from_bytes(name), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW);
+        if let Ok(st) = st
+            && st.st_size > BIG_FILE
+        {
+            if big.len() >= MAX_BIG {
+                return Ok(None);
+            }
+            big.push((name.to_vec(), st.st_size));
+        }
+    }
+    Ok(Some(big))
 }
 
 /// Hash the untracked files `names` (relative to the worktree) safely.
@@ -309,8 +351,38 @@ pub fn write(base: &Path, input: &Input) -> Result<PathBuf, String> {
                 }
                 Err(e) => w.put("git/status", format!("error: {e}\n").as_bytes())?,
             }
-            let diff = git(owner, &input.worktree, &["diff", "--no-ext-diff", "--no-textconv", "--binary", "HEAD"])
-                .unwrap_or_else(|e| format!("error: {e}\n").into_bytes());
+            // Changed files above BIG_FILE are left out of the stat and the
+            // patch (listed in git/big.json), never read.
+            let (stat, mut diff) = match big_changes(owner, &input.worktree) {
+                Ok(Some(big)) => {
+                    use std::os::unix::ffi::OsStrExt;
+                    let listed: Vec<Value> = big.iter().map(|(n, size)| json!({ "path": String::from_utf8_lossy(n), "size": size })).collect();
+                    w.json("git/big.json", &json!({ "limit": BIG_FILE, "files": listed }))?;
+                    let mut spec: Vec<std::ffi::OsString> = vec!["--".into(), ".".into()];
+                    for (n, _) in &big {
+                        let mut x = std::ffi::OsString::from(":(exclude,literal)");
+                        x.push(std::ffi::OsStr::from_bytes(n));
+                        spec.push(x);
+                    }
+                    let run = |first: &[&str]| {
+                        let mut args: Vec<&std::ffi::OsStr> = first.iter().map(std::ffi::OsStr::new).collect();
+                        args.extend(spec.iter().map(|s| s.as_os_str()));
+                        git_os(owner, &input.worktree, &args).unwrap_or_else(|e| format!("error: {e}\n").into_bytes())
+                    };
+                    let base = ["-c", "core.bigFileThreshold=1m", "diff", "--no-ext-diff", "--no-textconv", "--no-renames"];
+                    (run(&[&base[..], &["--stat=200", "HEAD"]].concat()), run(&[&base[..], &["HEAD"]].concat()))
+                }
+                Ok(None) => {
+                    let e = format!("error: more than {MAX_BIG} changed files above {BIG_FILE} bytes: no stat, no patch\n").into_bytes();
+                    (e.clone(), e)
+                }
+                Err(e) => (format!("error: {e}\n").into_bytes(), format!("error: {e}\n").into_bytes()),
+            };
+            w.put("git/diff.stat", &stat)?;
+            if diff.len() as u64 > MAX_PATCH {
+                diff.truncate(MAX_PATCH as usize);
+                diff.extend_from_slice(b"\n[swarmcell: patch cut at its size limit; see git/diff.stat]\n");
+            }
             w.put("git/diff.patch", &diff)?;
         }
         _ => w.put("git/status", b"error: the worktree is not a directory owned by a user\n")?,
