@@ -40,14 +40,16 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "socket = {:?}\nworktree_base = {:?}\ncommands = [{:?}, \"/bin/sh\"]\npolicy = {:?}\naudit_log = {:?}\nstate_dir = {:?}\nlog_dir = {:?}\nkernel_audit = \"enable\"\n{config_extra}",
+                "socket = {:?}\nworktree_base = {:?}\ncommands = [{:?}, \"/bin/sh\"]\npolicy = {:?}\naudit_log = {:?}\nstate_dir = {:?}\nlog_dir = {:?}\nkernel_audit = \"enable\"\nmetrics = \"127.0.0.1:{}\"\n{config_extra}",
                 d.socket,
                 base,
                 bin(),
                 policy,
                 d.audit,
                 f.dir.join("state"),
-                f.dir.join("logs")
+                f.dir.join("logs"),
+                // Not the default port: another daemon (a test, a host's own) may hold it.
+                std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
             ),
         )
         .unwrap();
