@@ -875,7 +875,7 @@ fn agent_daemon(f: &Fixture) -> (Daemon, PathBuf) {
 fn an_agent_request_makes_its_worktree_once_per_task() {
     let f = Fixture::new();
     let (mut d, repo) = agent_daemon(&f);
-    let wt = f.dir.join("base/w1");
+    let wt = f.dir.join(format!("base/{REQUESTER}/w1"));
     let req = serde_json::json!({ "cmd": "agent", "agent": "w1", "task": "open-swarm-t.1.1", "repo": repo, "branch": "work" });
     let a = request_as(&d, REQUESTER, &req);
     assert_eq!(a["ok"], true, "{a}");
@@ -987,26 +987,29 @@ fn invalid_agent_requests_are_refused_audited_and_make_nothing() {
     // A uid the config does not let act for the repository's owner.
     let v = request_as(&d, STRANGER, &serde_json::json!({ "cmd": "agent", "agent": "x9", "task": "open-swarm-t.1.1", "repo": repo }));
     assert!(v["error"].as_str().unwrap_or("").contains("launch_for"), "{v}");
-    assert!(!f.dir.join("base/x9").exists(), "no worktree was made");
+    assert!(!f.dir.join(format!("base/{REQUESTER}/x9")).exists() && !f.dir.join(format!("base/{STRANGER}/x9")).exists(), "no worktree was made");
     assert!(d.list().is_empty());
     assert!(d.audit_events("policy_violation").len() >= cases.len(), "each refusal is audited");
 }
 
 /// Worktrees made by `agent` requests stay after their sandboxes: a requester
-/// looping over fresh agent ids is stopped at `max_worktrees`.
+/// looping over fresh agent ids is stopped at `max_worktrees` (its own
+/// directory `base/UID`; the fixture's base/a, b and c do not count).
 #[test]
 fn agent_requests_make_at_most_max_worktrees() {
     let f = Fixture::new();
     let repo = owned_repo(&f.dir);
     let policy = format!("[process]\ncommand = [{:?}, \"__probe\", \"serve\", \"{{port}}\"]\n", bin());
-    // base/a, b and c exist already (the fixture's): one more is allowed.
-    let mut d = Daemon::start_with(&f, &policy, &format!("repositories = [{repo:?}]\nmax_worktrees = 4\n"));
+    let mut d = Daemon::start_with(&f, &policy, &format!("repositories = [{repo:?}]\nmax_worktrees = 2\n"));
     let agent = |id: &str, task: &str| request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "agent", "agent": id, "task": task, "repo": repo }));
-    let first = agent("m1", "open-swarm-m.1.1");
-    assert_eq!(first["ok"], true, "{first}");
-    let second = agent("m2", "open-swarm-m.1.2");
-    assert!(second["error"].as_str().unwrap_or("").contains("max_worktrees"), "{second}");
-    assert!(!f.dir.join("base/m2").exists());
+    for (id, task) in [("m1", "open-swarm-m.1.1"), ("m2", "open-swarm-m.1.2")] {
+        let v = agent(id, task);
+        assert_eq!(v["ok"], true, "{v}");
+        ok(&d.ctl(&["stop", v["id"].as_str().unwrap()]));
+    }
+    let third = agent("m3", "open-swarm-m.1.3");
+    assert!(third["error"].as_str().unwrap_or("").contains("max_worktrees"), "{third}");
+    assert!(!f.dir.join(format!("base/{REQUESTER}/m3")).exists());
     d.stop();
     assert_no_sandbox_left();
 }

@@ -312,37 +312,136 @@ impl Daemon {
             let e = format!("{} sandboxes are running (max_sandboxes)", self.sandboxes.len());
             return self.answer(cid, json!({ "ok": false, "error": e }));
         }
-        let path = self.cfg.worktree_base.join(&agent);
-        let made = std::fs::read_dir(&self.cfg.worktree_base).map_or(0, Iterator::count);
-        if std::fs::symlink_metadata(&path).is_err() && made >= self.cfg.max_worktrees {
-            let e = format!(
-                "{} holds {made} worktrees (max_worktrees); remove some (swarmcell worktree remove, prune)",
-                self.cfg.worktree_base.display()
-            );
-            self.audit.event("policy_violation", json!({ "uid": uid, "agent": agent, "task": task, "error": e, "outcome": "refused" }));
-            return self.answer(cid, json!({ "ok": false, "error": e }));
+        // Each requester's agents live in its own directory (root's, 0755),
+        // so agent ids are a namespace per requester and `max_worktrees` a
+        // budget per requester: another tenant can neither take an id
+        // first nor use up the worktrees.
+        let base = match self.requester_base(uid) {
+            Ok(b) => b,
+            Err(e) => return refuse(self, e),
+        };
+        let path = base.join(&agent);
+        if self.creating.iter().any(|c| c.uid == uid && (c.task == task || c.agent == agent)) {
+            let e = format!("the worktree of agent {agent} (task {task}) is being made; try again");
+            return self.answer(cid, json!({ "ok": false, "error": e, "retry": true }));
         }
-        if std::fs::symlink_metadata(&path).is_err() {
-            // git runs as the repository's owner (60 s deadline): the one step
-            // of an `agent` request that blocks the loop, once per new agent.
-            // git runs as the owner checked above, never as whoever owns the
-            // path when git resolves it again (a tenant may swap its listed
-            // repository for a symlink to another owner's in between).
-            let owner = Some((owner, group));
-            let req = crate::git::AddRequest { repo: &repo, id: &agent, base: &self.cfg.worktree_base, branch: branch.as_deref(), owner };
-            match crate::git::add(&req) {
-                Ok(p) => self
-                    .audit
-                    .event("worktree_add", json!({ "uid": uid, "agent": agent, "task": task, "repo": repo, "worktree": p, "outcome": "created" })),
-                Err(e) => return refuse(self, e.to_string()),
+        if std::fs::symlink_metadata(&path).is_ok() {
+            if let Err(e) = crate::git::preflight(&path, std::slice::from_ref(&repo)) {
+                return refuse(self, format!("worktree {}: {e}", path.display()));
             }
-        } else if let Err(e) = crate::git::preflight(&path, std::slice::from_ref(&repo)) {
-            return refuse(self, format!("worktree {}: {e}", path.display()));
+            return self.finish_agent(cid, uid, path, agent, task, (policy_path, policy), lease_s);
         }
+        let made = std::fs::read_dir(&base).map_or(0, Iterator::count);
+        if made >= self.cfg.max_worktrees {
+            let e = format!("{} holds {made} worktrees (max_worktrees, per requester); remove some (agent_remove)", base.display());
+            return refuse(self, e);
+        }
+        if self.creating.len() >= MAX_CREATING {
+            let e = format!("{} worktrees are being made; try again", self.creating.len());
+            return self.answer(cid, json!({ "ok": false, "error": e, "retry": true }));
+        }
+        // git runs as the repository's owner checked above (never as whoever
+        // owns the path when git resolves it again), in a thread of its own:
+        // a slow checkout (a big tree, the owner's own filters) must not hold
+        // the loop, which goes on serving the others; the request continues
+        // in `worktree_made` when the thread is done.
+        let job = WorktreeJob { uid, agent, task, path, branch, policy: (policy_path, policy), lease_s, cid };
+        let owner = (owner, group);
+        let tx = self.made_tx.clone();
+        let wake = self.made_wake.try_clone();
+        let (a, t, b) = (job.agent.clone(), job.task.clone(), job.branch.clone());
+        let spawned = wake.map_err(|e| e.to_string()).and_then(|wake| {
+            std::thread::Builder::new()
+                .name("worktree-add".into())
+                .spawn(move || {
+                    let req = crate::git::AddRequest { repo: &repo, id: &a, base: &base, branch: b.as_deref(), owner: Some(owner) };
+                    let r = crate::git::add(&req).map_err(|e| e.to_string()).map(|p| (p, repo.clone()));
+                    let _ = tx.send((a, t, uid, r));
+                    // SAFETY: writing 8 bytes to our own eventfd.
+                    unsafe { libc::write(wake.as_raw_fd(), 1u64.to_ne_bytes().as_ptr().cast(), 8) };
+                })
+                .map_err(|e| e.to_string())
+        });
+        match spawned {
+            Ok(_) => {
+                if let Some(c) = self.clients.get_mut(&cid) {
+                    c.wait();
+                }
+                self.creating.push(job);
+            }
+            Err(e) => self.answer(cid, json!({ "ok": false, "error": format!("worktree creation: {e}") })),
+        }
+    }
+
+    /// `worktree_base/UID`: the requester's directory of agent worktrees,
+    /// made by root (0755) when missing; opened without following symlinks,
+    /// and refused unless it is root's own directory (never one a tenant
+    /// planted or moved there).
+    pub(super) fn requester_base(&self, uid: u32) -> Result<PathBuf, String> {
+        use crate::fs::safe_open;
+        use std::os::fd::AsFd;
+        let base = &self.cfg.worktree_base;
+        let b = safe_open::open_dir_nofollow(base, None).map_err(|e| format!("worktree base {}: {e}", base.display()))?;
+        let name = uid.to_string();
+        let d = safe_open::ensure_dir(b.fd.as_fd(), base, &name, 0, 0).map_err(|e| format!("worktree base {}: {e}", base.display()))?;
+        if d.stat.st_mode & 0o7777 != 0o755 {
+            nix::sys::stat::fchmod(&d.fd, nix::sys::stat::Mode::from_bits_truncate(0o755))
+                .map_err(|e| format!("{}: fchmod: {}", base.join(&name).display(), e.desc()))?;
+        }
+        Ok(base.join(name))
+    }
+
+    /// A worktree thread is done: go on with the requests it held.
+    pub(super) fn worktrees_made(&mut self) {
+        let mut b = [0u8; 8];
+        // SAFETY: reading our non-blocking eventfd into an 8-byte buffer.
+        unsafe { libc::read(self.made_wake.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
+        while let Ok((agent, task, uid, result)) = self.made_rx.try_recv() {
+            let Some(i) = self.creating.iter().position(|j| j.uid == uid && j.agent == agent && j.task == task) else { continue };
+            let job = self.creating.swap_remove(i);
+            let WorktreeJob { cid, path, policy, lease_s, .. } = job;
+            match result {
+                Ok((p, repo)) => {
+                    let fields = json!({ "uid": uid, "agent": agent, "task": task, "repo": repo, "worktree": p, "outcome": "created" });
+                    self.audit.event("worktree_add", fields);
+                    // Checked again: the world moved on while git ran.
+                    if self.sandboxes.values().any(|e| e.rec.uid == uid && e.rec.task.as_deref() == Some(task.as_str())) {
+                        let e = format!("task {task} has a sandbox now; try again");
+                        self.answer(cid, json!({ "ok": false, "error": e, "retry": true }));
+                    } else if self.sandboxes.len() >= self.cfg.max_sandboxes {
+                        let e = format!("{} sandboxes are running (max_sandboxes)", self.sandboxes.len());
+                        self.answer(cid, json!({ "ok": false, "error": e }));
+                    } else {
+                        self.finish_agent(cid, uid, path, agent, task, policy, lease_s);
+                    }
+                }
+                Err(e) => {
+                    self.audit.event("policy_violation", json!({ "uid": uid, "agent": agent, "task": task, "error": e, "outcome": "refused" }));
+                    self.answer(cid, json!({ "ok": false, "error": e }));
+                }
+            }
+        }
+    }
+
+    /// The rest of an `agent` request, once its worktree is there.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_agent(
+        &mut self,
+        cid: u64,
+        uid: u32,
+        path: PathBuf,
+        agent: String,
+        task: String,
+        (policy_path, policy): (Option<PathBuf>, crate::policy::Policy),
+        lease_s: Option<u64>,
+    ) {
         let argv = policy.process.command.clone();
         match protocol::check_launch(&path, Some(&agent), Some(&task), &argv, &self.cfg.worktree_base, &self.cfg.commands) {
             Ok(wt) => self.start(cid, uid, wt, Some(agent), Some(task), argv, (policy_path, policy), lease_s),
-            Err(e) => refuse(self, e),
+            Err(e) => {
+                self.audit.event("policy_violation", json!({ "uid": uid, "agent": agent, "task": task, "error": e, "outcome": "refused" }));
+                self.answer(cid, json!({ "ok": false, "error": e }));
+            }
         }
     }
 

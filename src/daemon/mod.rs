@@ -179,6 +179,7 @@ const T_SIGNALS: u64 = 0;
 const T_CONTROL: u64 = 1;
 const T_METRICS: u64 = 2;
 const T_DENIALS: u64 = 3;
+const T_WORKTREES: u64 = 4;
 const READY: u64 = 1 << 56;
 const LOG: u64 = 2 << 56;
 const PROBE: u64 = 3 << 56;
@@ -223,7 +224,34 @@ pub struct Daemon {
     counters_tripwires: u64,
     /// Forensic bundles being written (see `incident`).
     bundles: Vec<incident::BundleJob>,
+    /// `agent` requests whose worktree a thread is making (see `control`).
+    creating: Vec<WorktreeJob>,
+    made_tx: std::sync::mpsc::Sender<WorktreeMade>,
+    made_rx: std::sync::mpsc::Receiver<WorktreeMade>,
+    /// An eventfd the worktree threads wake the loop with.
+    made_wake: OwnedFd,
 }
+
+/// A round of the loop longer than this moves every lease on by its length.
+const LEASE_STALL: Duration = Duration::from_millis(500);
+
+/// Most worktrees made at once (each a thread running git).
+const MAX_CREATING: usize = 16;
+
+/// An `agent` request waiting for its worktree.
+struct WorktreeJob {
+    uid: u32,
+    agent: String,
+    task: String,
+    path: PathBuf,
+    branch: Option<String>,
+    policy: (Option<PathBuf>, crate::policy::Policy),
+    lease_s: Option<u64>,
+    cid: u64,
+}
+
+/// A worktree thread's result: (agent, task, requester, the worktree and repository or why not).
+type WorktreeMade = (String, String, u32, Result<(PathBuf, PathBuf), String>);
 
 impl Daemon {
     pub fn new(cfg: Config) -> Result<Daemon, String> {
@@ -253,6 +281,14 @@ impl Daemon {
         // Said once, clearly: what the denial stream will and will not contain.
         tracing::warn!("{}", denials.kernel);
         audit.event("kernel_audit", json!({ "landlock": denials.landlock, "seccomp": denials.seccomp, "detail": denials.kernel, "outcome": "ok" }));
+        let (made_tx, made_rx) = std::sync::mpsc::channel();
+        // SAFETY: a fresh eventfd; checked below.
+        let made_wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if made_wake < 0 {
+            return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: fresh fd, ours alone.
+        let made_wake = unsafe { OwnedFd::from_raw_fd(made_wake) };
         let mut d = Daemon {
             poller,
             by_key: HashMap::new(),
@@ -273,6 +309,10 @@ impl Daemon {
             denials,
             counters_tripwires: 0,
             bundles: Vec::new(),
+            creating: Vec::new(),
+            made_tx,
+            made_rx,
+            made_wake,
             cfg,
         };
         d.recover();
@@ -355,11 +395,13 @@ impl Daemon {
             watch(m.as_raw_fd(), T_METRICS)?;
         }
         watch(self.denials.wake_fd(), T_DENIALS)?;
+        watch(self.made_wake.as_raw_fd(), T_WORKTREES)?;
         let mut ready = Vec::new();
         loop {
             // Rounded up: waking before a deadline would only loop back here.
             let timeout = self.next_due().map_or(-1, |t| t.saturating_duration_since(Instant::now()).as_micros().div_ceil(1000).min(60_000) as i32);
             poller.wait(timeout, &mut ready);
+            let woke = Instant::now();
             for &t in &ready {
                 match t {
                     T_SIGNALS => {
@@ -374,6 +416,7 @@ impl Daemon {
                         }
                     }
                     T_CONTROL => self.accept_clients(),
+                    T_WORKTREES => self.worktrees_made(),
                     T_METRICS => self.accept_scrapers(),
                     T_DENIALS => {
                         self.denials.woken();
@@ -404,9 +447,23 @@ impl Daemon {
                     }
                 }
             }
+            // A lease measures its requester's silence, not the daemon's:
+            // renewals that queued while the loop was busy (a sweep, local
+            // I/O) have not been read yet, so the leases are moved on by the stall.
+            self.extend_leases(woke.elapsed());
             self.tick();
             if self.stale_due {
+                let t = Instant::now();
                 self.sweep_stale();
+                self.extend_leases(t.elapsed());
+            }
+        }
+    }
+
+    fn extend_leases(&mut self, busy: Duration) {
+        if busy > LEASE_STALL {
+            for e in self.sandboxes.values_mut() {
+                e.lease_until = e.lease_until.map(|t| t + busy);
             }
         }
     }
