@@ -1045,9 +1045,12 @@ fn a_slow_checkout_of_one_tenant_does_not_stall_the_daemon_for_the_others() {
     let victim =
         request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "agent", "agent": "v1", "task": "open-swarm-v.1.1", "repo": repo, "lease_s": 4 }));
     assert_eq!(victim["ok"], true, "{victim}");
-    let attacker = std::thread::scope(|s| {
-        let b =
-            s.spawn(|| request_as(&d, STRANGER, &serde_json::json!({ "cmd": "agent", "agent": "b1", "task": "open-swarm-b.1.1", "repo": b_repo })));
+    let b_req = serde_json::json!({ "cmd": "agent", "agent": "b1", "task": "open-swarm-b.1.1", "repo": b_repo });
+    let (attacker, retried) = std::thread::scope(|s| {
+        let b = s.spawn(|| request_as(&d, STRANGER, &b_req));
+        // A retry while B's worktree is being made starts no second one.
+        std::thread::sleep(Duration::from_millis(1500));
+        let retried = request_as(&d, STRANGER, &b_req);
         // The victim renews every second, as its worker does (a third of the lease).
         let mut slowest = Duration::ZERO;
         let start = Instant::now();
@@ -1061,10 +1064,11 @@ fn a_slow_checkout_of_one_tenant_does_not_stall_the_daemon_for_the_others() {
             }
             std::thread::sleep(Duration::from_secs(1));
         }
-        (b.join().unwrap(), slowest)
+        ((b.join().unwrap(), slowest), retried)
     });
     let (attacker, slowest) = attacker;
-    eprintln!("tenant B's request: {attacker}");
+    eprintln!("tenant B's request: {attacker}; its retry meanwhile: {retried}");
+    let b_sandboxes = d.list().iter().filter(|s| s["task"] == "open-swarm-b.1.1").count();
     let expired = d.audit_events("lease_expired");
     let alive = d.list().iter().any(|s| s["id"] == victim["id"]);
     for s in d.list() {
@@ -1074,6 +1078,8 @@ fn a_slow_checkout_of_one_tenant_does_not_stall_the_daemon_for_the_others() {
     assert_no_sandbox_left();
     assert!(alive && expired.is_empty(), "tenant B's slow checkout expired tenant A's renewed lease: {expired:?}");
     assert!(slowest < Duration::from_secs(2), "tenant A's renewal waited {slowest:?} for tenant B's checkout");
+    assert_eq!((attacker["ok"].as_bool(), b_sandboxes), (Some(true), 1), "tenant B's slow checkout still launches, once: {attacker}");
+    assert_eq!((retried["ok"].as_bool(), retried["retry"].as_bool()), (Some(false), Some(true)), "a retry meanwhile waits: {retried}");
 }
 
 /// Red team (#17): agent ids are one namespace for every tenant and
@@ -1228,4 +1234,41 @@ fn a_launch_slower_than_its_lease_is_not_stopped_while_its_requester_waits() {
     assert_no_sandbox_left();
     assert_eq!(a["ok"], true, "a launch slower than its lease failed while its requester waited: {a}");
     assert!(stopped, "the lease did not run once the sandbox was ready");
+}
+
+/// Red team (#17): StopAgent could lose the agent's commit. A retried stop
+/// of a sandbox already stopping was told "already stopping", the next retry
+/// "no sandbox", and the worker returned `commit: null` although the
+/// launcher had published one. A stop of a stopping sandbox waits for the
+/// same answer; a gone sandbox's last branch and commit are kept a while for
+/// its requester's `stop` and `status` (and no one else's).
+#[test]
+fn a_retried_stop_still_gets_the_agents_commit() {
+    let f = Fixture::new();
+    let repo = owned_repo(&f.dir);
+    let policy = format!("[process]\ncommand = [{:?}, \"__probe\", \"commit-serve\", \"{{port}}\"]\n", bin());
+    let mut d = Daemon::start_with(&f, &policy, &format!("repositories = [{repo:?}]\nallowed_gids = [{OWNER}]\n"));
+    let a = request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "agent", "agent": "c1", "task": "open-swarm-c.1.1", "repo": repo }));
+    assert_eq!(a["ok"], true, "{a}");
+    let stop = serde_json::json!({ "cmd": "stop", "id": a["id"] });
+    let (first, second) = std::thread::scope(|s| {
+        let first = s.spawn(|| request_as(&d, REQUESTER, &stop));
+        std::thread::sleep(Duration::from_millis(20));
+        let second = request_as(&d, REQUESTER, &stop);
+        (first.join().unwrap(), second)
+    });
+    let third = request_as(&d, REQUESTER, &stop);
+    let status = request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "status", "id": a["id"] }));
+    let stranger_stop = request_as(&d, STRANGER, &stop);
+    let stranger_status = request_as(&d, STRANGER, &serde_json::json!({ "cmd": "status", "id": a["id"] }));
+    d.stop();
+    assert_no_sandbox_left();
+    let commit = git(&repo, &["rev-parse", "agent/c1/work"]);
+    assert_eq!((first["ok"].as_bool(), first["commit"].as_str()), (Some(true), Some(commit.as_str())), "the first stop: {first}");
+    assert_eq!((second["ok"].as_bool(), second["commit"].as_str()), (Some(true), Some(commit.as_str())), "a stop while stopping: {second}");
+    assert_eq!((third["ok"].as_bool(), third["commit"].as_str()), (Some(true), Some(commit.as_str())), "a stop once gone: {third}");
+    assert_eq!((status["state"].as_str(), status["commit"].as_str()), (Some("gone"), Some(commit.as_str())), "{status}");
+    for v in [stranger_stop, stranger_status] {
+        assert!(v["ok"] == false && v["error"].as_str().unwrap_or("").starts_with("no sandbox"), "another tenant learns nothing: {v}");
+    }
 }

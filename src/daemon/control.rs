@@ -133,7 +133,14 @@ impl Daemon {
                                 "lease_left_s": e.lease_until.map(|t| t.saturating_duration_since(Instant::now()).as_secs_f64()),
                                 "usage": metrics::usage(&cgroups) })
                     }
-                    None => json!({ "ok": false, "error": format!("no sandbox {id}") }),
+                    None => match self.gone(&id, uid) {
+                        Some(g) => {
+                            let (branch, commit) = g.published.clone().unzip();
+                            json!({ "ok": true, "id": id, "state": "gone", "status": g.status, "healthy": false,
+                                    "branch": branch, "commit": commit })
+                        }
+                        None => json!({ "ok": false, "error": format!("no sandbox {id}") }),
+                    },
                 };
                 self.answer(cid, v);
             }
@@ -150,8 +157,32 @@ impl Daemon {
                     }
                     self.begin_stop(&id, AfterExit::Remove);
                 }
-                Some(_) => self.answer(cid, json!({ "ok": false, "error": format!("sandbox {id} is already stopping") })),
-                None => self.answer(cid, json!({ "ok": false, "error": format!("no sandbox {id}") })),
+                // Already stopping (a retry, or its lease expired): this
+                // client waits for the same answer, the agent's commit.
+                Some(e) => {
+                    let others = self.stop_waiters.entry(id.clone()).or_default();
+                    if e.waiting.is_none() {
+                        e.waiting = Some(cid);
+                    } else if others.len() < MAX_STOP_WAITERS {
+                        others.push(cid);
+                    } else {
+                        return self
+                            .answer(cid, json!({ "ok": false, "error": format!("sandbox {id} is already stopping; try again"), "retry": true }));
+                    }
+                    if let Some(c) = self.clients.get_mut(&cid) {
+                        c.wait();
+                    }
+                }
+                None => {
+                    let v = match self.gone(&id, uid) {
+                        Some(g) => {
+                            let (branch, commit) = g.published.clone().unzip();
+                            json!({ "ok": true, "id": id, "status": g.status, "gone": true, "branch": branch, "commit": commit })
+                        }
+                        None => json!({ "ok": false, "error": format!("no sandbox {id}") }),
+                    };
+                    self.answer(cid, v);
+                }
             },
             Request::List {} => {
                 let mine = |v: &Value| uid == 0 || v["uid"] == uid;

@@ -230,7 +230,27 @@ pub struct Daemon {
     made_rx: std::sync::mpsc::Receiver<WorktreeMade>,
     /// An eventfd the worktree threads wake the loop with.
     made_wake: OwnedFd,
+    /// More clients waiting for a stop in progress (the first is the entry's `waiting`).
+    stop_waiters: HashMap<String, Vec<u64>>,
+    /// Sandboxes removed lately, oldest first: a retried `stop` or a
+    /// `status` of its requester still gets the agent's last commit.
+    gone: std::collections::VecDeque<Gone>,
 }
+
+/// What is kept of a removed sandbox, [`GONE_KEEP`] long.
+struct Gone {
+    at: Instant,
+    id: String,
+    uid: u32,
+    status: String,
+    published: Option<(String, String)>,
+}
+
+/// How long a removed sandbox's last answer is kept, and how many at most.
+const GONE_KEEP: Duration = Duration::from_secs(300);
+const MAX_GONE: usize = 4096;
+/// Most clients waiting for the same stop besides the first.
+const MAX_STOP_WAITERS: usize = 16;
 
 /// A round of the loop longer than this moves every lease on by its length.
 const LEASE_STALL: Duration = Duration::from_millis(500);
@@ -313,6 +333,8 @@ impl Daemon {
             made_tx,
             made_rx,
             made_wake,
+            stop_waiters: HashMap::new(),
+            gone: std::collections::VecDeque::new(),
             cfg,
         };
         d.recover();
