@@ -1272,3 +1272,37 @@ fn a_retried_stop_still_gets_the_agents_commit() {
         assert!(v["ok"] == false && v["error"].as_str().unwrap_or("").starts_with("no sandbox"), "another tenant learns nothing: {v}");
     }
 }
+
+/// #17: a requester frees its own `max_worktrees` budget with
+/// `agent_remove` (never while a sandbox runs on the worktree, never another
+/// tenant's worktree: the id names one in the requester's own directory).
+#[test]
+fn a_requester_removes_its_own_agent_worktrees_only() {
+    let f = Fixture::new();
+    let repo = owned_repo(&f.dir);
+    let b_repo = tenant_repo(&f.dir.join("tenant-b"), STRANGER, None);
+    let policy = format!("[process]\ncommand = [{:?}, \"__probe\", \"serve\", \"{{port}}\"]\n", bin());
+    let mut d = Daemon::start_with(&f, &policy, &format!("repositories = [{repo:?}, {b_repo:?}]\nallowed_gids = [{OWNER}]\nmax_worktrees = 1\n"));
+    let b = request_as(&d, STRANGER, &serde_json::json!({ "cmd": "agent", "agent": "r1", "task": "open-swarm-r.1.1", "repo": b_repo }));
+    assert_eq!(b["ok"], true, "{b}");
+    let remove = serde_json::json!({ "cmd": "agent_remove", "agent": "r1" });
+    let busy = request_as(&d, STRANGER, &remove);
+    ok(&d.ctl(&["stop", b["id"].as_str().unwrap()]));
+    let by_other = request_as(&d, REQUESTER, &remove);
+    let b_wt = f.dir.join(format!("base/{STRANGER}/r1"));
+    let kept = b_wt.exists();
+    let removed = request_as(&d, STRANGER, &remove);
+    let again = request_as(&d, STRANGER, &serde_json::json!({ "cmd": "agent", "agent": "r2", "task": "open-swarm-r.1.2", "repo": b_repo }));
+    let bad = request_as(&d, STRANGER, &serde_json::json!({ "cmd": "agent_remove", "agent": "../1000" }));
+    for s in d.list() {
+        ok(&d.ctl(&["stop", s["id"].as_str().unwrap()]));
+    }
+    d.stop();
+    assert_no_sandbox_left();
+    assert!(busy["ok"] == false && busy["error"].as_str().unwrap_or("").contains("a sandbox runs"), "{busy}");
+    assert!(by_other["ok"] == false && kept, "another tenant removed B's worktree: {by_other}");
+    assert_eq!(removed["ok"], true, "{removed}");
+    assert!(!b_wt.exists() && git(&b_repo, &["branch", "--list", "agent/r1/work"]).contains("agent/r1/work"), "the worktree goes, its branch stays");
+    assert_eq!(again["ok"], true, "the budget is free again: {again}");
+    assert!(bad["ok"] == false && bad["error"].as_str().unwrap_or("").contains("invalid"), "{bad}");
+}

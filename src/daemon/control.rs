@@ -118,6 +118,7 @@ impl Daemon {
             }
             Request::Agent { agent, task, repo, branch, policy, lease_s } => self.launch_agent(cid, uid, agent, task, repo, branch, policy, lease_s),
             Request::Renew { ids } => self.renew(cid, uid, ids),
+            Request::AgentRemove { agent, force } => self.agent_remove(cid, uid, agent, force),
             Request::Status { id } => {
                 let v = match self.sandboxes.get(&id) {
                     Some(e) => {
@@ -378,29 +379,73 @@ impl Daemon {
         // in `worktree_made` when the thread is done.
         let job = WorktreeJob { uid, agent, task, path, branch, policy: (policy_path, policy), lease_s, cid };
         let owner = (owner, group);
-        let tx = self.made_tx.clone();
-        let wake = self.made_wake.try_clone();
         let (a, t, b) = (job.agent.clone(), job.task.clone(), job.branch.clone());
-        let spawned = wake.map_err(|e| e.to_string()).and_then(|wake| {
-            std::thread::Builder::new()
-                .name("worktree-add".into())
-                .spawn(move || {
-                    let req = crate::git::AddRequest { repo: &repo, id: &a, base: &base, branch: b.as_deref(), owner: Some(owner) };
-                    let r = crate::git::add(&req).map_err(|e| e.to_string()).map(|p| (p, repo.clone()));
-                    let _ = tx.send((a, t, uid, r));
-                    // SAFETY: writing 8 bytes to our own eventfd.
-                    unsafe { libc::write(wake.as_raw_fd(), 1u64.to_ne_bytes().as_ptr().cast(), 8) };
-                })
-                .map_err(|e| e.to_string())
+        let spawned = self.in_thread("worktree-add", move || {
+            let req = crate::git::AddRequest { repo: &repo, id: &a, base: &base, branch: b.as_deref(), owner: Some(owner) };
+            let r = crate::git::add(&req).map_err(|e| e.to_string()).map(|p| (p, repo.clone()));
+            GitDone::Made(a, t, uid, r)
         });
         match spawned {
-            Ok(_) => {
+            Ok(()) => {
                 if let Some(c) = self.clients.get_mut(&cid) {
                     c.wait();
                 }
                 self.creating.push(job);
             }
             Err(e) => self.answer(cid, json!({ "ok": false, "error": format!("worktree creation: {e}") })),
+        }
+    }
+
+    /// Run `work` (git, as a repository's owner) in a thread of its own; the
+    /// loop is woken to take its result (`worktrees_made`).
+    fn in_thread(&self, name: &str, work: impl FnOnce() -> GitDone + Send + 'static) -> Result<(), String> {
+        let tx = self.made_tx.clone();
+        let wake = self.made_wake.try_clone().map_err(|e| format!("eventfd: {e}"))?;
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let _ = tx.send(work());
+                // SAFETY: writing 8 bytes to our own eventfd.
+                unsafe { libc::write(wake.as_raw_fd(), 1u64.to_ne_bytes().as_ptr().cast(), 8) };
+            })
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// `agent_remove`: one of the requester's own agent worktrees
+    /// (`worktree_base/UID/AGENT`) removed like `swarmcell worktree remove`
+    /// (refused while a sandbox runs on it, or, unless `force`, when it has
+    /// changes or unpublished commits); its branch is kept. git runs in a thread.
+    fn agent_remove(&mut self, cid: u64, uid: u32, agent: String, force: bool) {
+        let refuse = |d: &mut Self, e: String| {
+            d.audit.event("policy_violation", json!({ "uid": uid, "agent": agent, "error": e, "outcome": "refused" }));
+            d.answer(cid, json!({ "ok": false, "error": e }));
+        };
+        if !crate::git::valid_agent_id(&agent) {
+            return refuse(self, format!("agent id {agent:?} is invalid (^[a-z0-9][a-z0-9-]{{0,62}}$)"));
+        }
+        if self.creating.iter().any(|c| c.uid == uid && c.agent == agent) || self.removing.contains(&(uid, agent.clone())) {
+            return self.answer(cid, json!({ "ok": false, "error": format!("the worktree of agent {agent} is busy; try again"), "retry": true }));
+        }
+        if self.creating.len() + self.removing.len() >= MAX_CREATING {
+            return self.answer(cid, json!({ "ok": false, "error": "too many worktrees are being made or removed; try again", "retry": true }));
+        }
+        let base = match self.requester_base(uid) {
+            Ok(b) => b,
+            Err(e) => return refuse(self, e),
+        };
+        let a = agent.clone();
+        match self.in_thread("worktree-remove", move || {
+            let r = crate::git::remove(&base, &a, force).map_err(|e| e.to_string());
+            GitDone::Removed { cid, uid, agent: a, result: r }
+        }) {
+            Ok(()) => {
+                if let Some(c) = self.clients.get_mut(&cid) {
+                    c.wait();
+                }
+                self.removing.push((uid, agent));
+            }
+            Err(e) => self.answer(cid, json!({ "ok": false, "error": format!("worktree removal: {e}") })),
         }
     }
 
@@ -412,6 +457,9 @@ impl Daemon {
         use crate::fs::safe_open;
         use std::os::fd::AsFd;
         let base = &self.cfg.worktree_base;
+        // The configured base itself is root's to trust (as `worktree add` does).
+        std::fs::create_dir_all(base).map_err(|e| format!("worktree base {}: {e}", base.display()))?;
+        let base = &base.canonicalize().map_err(|e| format!("worktree base {}: {e}", base.display()))?;
         let b = safe_open::open_dir_nofollow(base, None).map_err(|e| format!("worktree base {}: {e}", base.display()))?;
         let name = uid.to_string();
         let d = safe_open::ensure_dir(b.fd.as_fd(), base, &name, 0, 0).map_err(|e| format!("worktree base {}: {e}", base.display()))?;
@@ -427,7 +475,25 @@ impl Daemon {
         let mut b = [0u8; 8];
         // SAFETY: reading our non-blocking eventfd into an 8-byte buffer.
         unsafe { libc::read(self.made_wake.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
-        while let Ok((agent, task, uid, result)) = self.made_rx.try_recv() {
+        while let Ok(done) = self.made_rx.try_recv() {
+            let (agent, task, uid, result) = match done {
+                GitDone::Made(agent, task, uid, result) => (agent, task, uid, result),
+                GitDone::Removed { cid, uid, agent, result } => {
+                    self.removing.retain(|(u, a)| (*u, a) != (uid, &agent));
+                    let v = match result {
+                        Ok(p) => {
+                            self.audit.event("worktree_remove", json!({ "uid": uid, "agent": agent, "worktree": p, "outcome": "removed" }));
+                            json!({ "ok": true, "agent": agent, "worktree": p })
+                        }
+                        Err(e) => {
+                            self.audit.event("worktree_remove", json!({ "uid": uid, "agent": agent, "error": e, "outcome": "refused" }));
+                            json!({ "ok": false, "error": e })
+                        }
+                    };
+                    self.answer(cid, v);
+                    continue;
+                }
+            };
             let Some(i) = self.creating.iter().position(|j| j.uid == uid && j.agent == agent && j.task == task) else { continue };
             let job = self.creating.swap_remove(i);
             let WorktreeJob { cid, path, policy, lease_s, .. } = job;

@@ -226,8 +226,10 @@ pub struct Daemon {
     bundles: Vec<incident::BundleJob>,
     /// `agent` requests whose worktree a thread is making (see `control`).
     creating: Vec<WorktreeJob>,
-    made_tx: std::sync::mpsc::Sender<WorktreeMade>,
-    made_rx: std::sync::mpsc::Receiver<WorktreeMade>,
+    /// `agent_remove` requests in a thread: (requester, agent).
+    removing: Vec<(u32, String)>,
+    made_tx: std::sync::mpsc::Sender<GitDone>,
+    made_rx: std::sync::mpsc::Receiver<GitDone>,
     /// An eventfd the worktree threads wake the loop with.
     made_wake: OwnedFd,
     /// More clients waiting for a stop in progress (the first is the entry's `waiting`).
@@ -270,8 +272,13 @@ struct WorktreeJob {
     cid: u64,
 }
 
-/// A worktree thread's result: (agent, task, requester, the worktree and repository or why not).
-type WorktreeMade = (String, String, u32, Result<(PathBuf, PathBuf), String>);
+/// A git thread's result.
+enum GitDone {
+    /// A worktree made: (agent, task, requester, the worktree and repository or why not).
+    Made(String, String, u32, Result<(PathBuf, PathBuf), String>),
+    /// An `agent_remove`: the client to answer, the worktree removed or why not.
+    Removed { cid: u64, uid: u32, agent: String, result: Result<PathBuf, String> },
+}
 
 impl Daemon {
     pub fn new(cfg: Config) -> Result<Daemon, String> {
@@ -330,6 +337,7 @@ impl Daemon {
             counters_tripwires: 0,
             bundles: Vec::new(),
             creating: Vec::new(),
+            removing: Vec::new(),
             made_tx,
             made_rx,
             made_wake,

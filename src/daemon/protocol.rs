@@ -55,6 +55,14 @@ pub enum Request {
         #[serde(default)]
         lease_s: Option<u64>,
     },
+    /// Remove one of the requester's own agent worktrees
+    /// (`worktree_base/UID/AGENT`; the branch is kept).
+    #[serde(rename = "agent_remove")]
+    AgentRemove {
+        agent: String,
+        #[serde(default)]
+        force: bool,
+    },
     /// Renew the leases of the requester's sandboxes (`lease_s` more each).
     Renew {
         ids: Vec<String>,
