@@ -285,7 +285,7 @@ impl Daemon {
     }
 
     /// `agent`: the requester's sandbox for this task if it has one, else a
-    /// new one on `worktree_base/AGENT` (a worktree of `repo` made here, as
+    /// new one on `worktree_base/UID/AGENT` (a worktree of `repo` made here, as
     /// the repository's owner, when missing).
     #[allow(clippy::too_many_arguments)]
     fn launch_agent(

@@ -13,6 +13,8 @@
 //! killed and waited for, at most 5 s each, and only sandboxes whose launcher
 //! died have one); local file I/O (records, at most 64 KiB of a log for `ctl
 //! logs`, the audit log); and at shutdown, the stop grace of every sandbox.
+//! git for `agent` and `agent_remove` (a checkout may take up to git's 60 s
+//! deadline) runs in threads, which wake the loop through an eventfd.
 //!
 //! Each sandbox is a `swarmcell run` child with PR_SET_PDEATHSIG=SIGTERM, and a
 //! record in the state directory. If the daemon dies, every sandbox shuts down
