@@ -1266,7 +1266,11 @@ fn a_retried_stop_still_gets_the_agents_commit() {
     let commit = git(&repo, &["rev-parse", "agent/c1/work"]);
     assert_eq!((first["ok"].as_bool(), first["commit"].as_str()), (Some(true), Some(commit.as_str())), "the first stop: {first}");
     assert_eq!((second["ok"].as_bool(), second["commit"].as_str()), (Some(true), Some(commit.as_str())), "a stop while stopping: {second}");
-    assert_eq!((third["ok"].as_bool(), third["commit"].as_str()), (Some(true), Some(commit.as_str())), "a stop once gone: {third}");
+    assert_eq!(
+        (third["ok"].as_bool(), third["status"].as_str(), third["commit"].as_str()),
+        (Some(true), Some("gone"), Some(commit.as_str())),
+        "a stop once gone: {third}"
+    );
     assert_eq!((status["state"].as_str(), status["commit"].as_str()), (Some("gone"), Some(commit.as_str())), "{status}");
     for v in [stranger_stop, stranger_status] {
         assert!(v["ok"] == false && v["error"].as_str().unwrap_or("").starts_with("no sandbox"), "another tenant learns nothing: {v}");

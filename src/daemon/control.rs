@@ -178,7 +178,7 @@ impl Daemon {
                     let v = match self.gone(&id, uid) {
                         Some(g) => {
                             let (branch, commit) = g.published.clone().unzip();
-                            json!({ "ok": true, "id": id, "status": g.status, "gone": true, "branch": branch, "commit": commit })
+                            json!({ "ok": true, "id": id, "status": "gone", "stopped": g.status, "branch": branch, "commit": commit })
                         }
                         None => json!({ "ok": false, "error": format!("no sandbox {id}") }),
                     };
@@ -353,8 +353,8 @@ impl Daemon {
             Err(e) => return refuse(self, e),
         };
         let path = base.join(&agent);
-        if self.creating.iter().any(|c| c.uid == uid && (c.task == task || c.agent == agent)) {
-            let e = format!("the worktree of agent {agent} (task {task}) is being made; try again");
+        if self.creating.iter().any(|c| c.uid == uid && (c.task == task || c.agent == agent)) || self.removing.contains(&(uid, agent.clone())) {
+            let e = format!("the worktree of agent {agent} (task {task}) is being made or removed; try again");
             return self.answer(cid, json!({ "ok": false, "error": e, "retry": true }));
         }
         if std::fs::symlink_metadata(&path).is_ok() {
@@ -368,15 +368,15 @@ impl Daemon {
             let e = format!("{} holds {made} worktrees (max_worktrees, per requester); remove some (agent_remove)", base.display());
             return refuse(self, e);
         }
-        if self.creating.len() >= MAX_CREATING {
-            let e = format!("{} worktrees are being made; try again", self.creating.len());
+        if self.creating.len() + self.removing.len() >= MAX_CREATING {
+            let e = format!("{} worktrees are being made or removed; try again", self.creating.len() + self.removing.len());
             return self.answer(cid, json!({ "ok": false, "error": e, "retry": true }));
         }
         // git runs as the repository's owner checked above (never as whoever
         // owns the path when git resolves it again), in a thread of its own:
         // a slow checkout (a big tree, the owner's own filters) must not hold
         // the loop, which goes on serving the others; the request continues
-        // in `worktree_made` when the thread is done.
+        // in `worktrees_made` when the thread is done.
         let job = WorktreeJob { uid, agent, task, path, branch, policy: (policy_path, policy), lease_s, cid };
         let owner = (owner, group);
         let (a, t, b) = (job.agent.clone(), job.task.clone(), job.branch.clone());
