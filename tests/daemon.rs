@@ -875,7 +875,7 @@ fn agent_daemon(f: &Fixture) -> (Daemon, PathBuf) {
 fn an_agent_request_makes_its_worktree_once_per_task() {
     let f = Fixture::new();
     let (mut d, repo) = agent_daemon(&f);
-    let wt = f.dir.join("base/w1");
+    let wt = f.dir.join(format!("base/{REQUESTER}/w1"));
     let req = serde_json::json!({ "cmd": "agent", "agent": "w1", "task": "open-swarm-t.1.1", "repo": repo, "branch": "work" });
     let a = request_as(&d, REQUESTER, &req);
     assert_eq!(a["ok"], true, "{a}");
@@ -987,26 +987,29 @@ fn invalid_agent_requests_are_refused_audited_and_make_nothing() {
     // A uid the config does not let act for the repository's owner.
     let v = request_as(&d, STRANGER, &serde_json::json!({ "cmd": "agent", "agent": "x9", "task": "open-swarm-t.1.1", "repo": repo }));
     assert!(v["error"].as_str().unwrap_or("").contains("launch_for"), "{v}");
-    assert!(!f.dir.join("base/x9").exists(), "no worktree was made");
+    assert!(!f.dir.join(format!("base/{REQUESTER}/x9")).exists() && !f.dir.join(format!("base/{STRANGER}/x9")).exists(), "no worktree was made");
     assert!(d.list().is_empty());
     assert!(d.audit_events("policy_violation").len() >= cases.len(), "each refusal is audited");
 }
 
 /// Worktrees made by `agent` requests stay after their sandboxes: a requester
-/// looping over fresh agent ids is stopped at `max_worktrees`.
+/// looping over fresh agent ids is stopped at `max_worktrees` (its own
+/// directory `base/UID`; the fixture's base/a, b and c do not count).
 #[test]
 fn agent_requests_make_at_most_max_worktrees() {
     let f = Fixture::new();
     let repo = owned_repo(&f.dir);
     let policy = format!("[process]\ncommand = [{:?}, \"__probe\", \"serve\", \"{{port}}\"]\n", bin());
-    // base/a, b and c exist already (the fixture's): one more is allowed.
-    let mut d = Daemon::start_with(&f, &policy, &format!("repositories = [{repo:?}]\nmax_worktrees = 4\n"));
+    let mut d = Daemon::start_with(&f, &policy, &format!("repositories = [{repo:?}]\nmax_worktrees = 2\n"));
     let agent = |id: &str, task: &str| request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "agent", "agent": id, "task": task, "repo": repo }));
-    let first = agent("m1", "open-swarm-m.1.1");
-    assert_eq!(first["ok"], true, "{first}");
-    let second = agent("m2", "open-swarm-m.1.2");
-    assert!(second["error"].as_str().unwrap_or("").contains("max_worktrees"), "{second}");
-    assert!(!f.dir.join("base/m2").exists());
+    for (id, task) in [("m1", "open-swarm-m.1.1"), ("m2", "open-swarm-m.1.2")] {
+        let v = agent(id, task);
+        assert_eq!(v["ok"], true, "{v}");
+        ok(&d.ctl(&["stop", v["id"].as_str().unwrap()]));
+    }
+    let third = agent("m3", "open-swarm-m.1.3");
+    assert!(third["error"].as_str().unwrap_or("").contains("max_worktrees"), "{third}");
+    assert!(!f.dir.join(format!("base/{REQUESTER}/m3")).exists());
     d.stop();
     assert_no_sandbox_left();
 }
@@ -1042,9 +1045,12 @@ fn a_slow_checkout_of_one_tenant_does_not_stall_the_daemon_for_the_others() {
     let victim =
         request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "agent", "agent": "v1", "task": "open-swarm-v.1.1", "repo": repo, "lease_s": 4 }));
     assert_eq!(victim["ok"], true, "{victim}");
-    let attacker = std::thread::scope(|s| {
-        let b =
-            s.spawn(|| request_as(&d, STRANGER, &serde_json::json!({ "cmd": "agent", "agent": "b1", "task": "open-swarm-b.1.1", "repo": b_repo })));
+    let b_req = serde_json::json!({ "cmd": "agent", "agent": "b1", "task": "open-swarm-b.1.1", "repo": b_repo });
+    let (attacker, retried) = std::thread::scope(|s| {
+        let b = s.spawn(|| request_as(&d, STRANGER, &b_req));
+        // A retry while B's worktree is being made starts no second one.
+        std::thread::sleep(Duration::from_millis(1500));
+        let retried = request_as(&d, STRANGER, &b_req);
         // The victim renews every second, as its worker does (a third of the lease).
         let mut slowest = Duration::ZERO;
         let start = Instant::now();
@@ -1058,10 +1064,11 @@ fn a_slow_checkout_of_one_tenant_does_not_stall_the_daemon_for_the_others() {
             }
             std::thread::sleep(Duration::from_secs(1));
         }
-        (b.join().unwrap(), slowest)
+        ((b.join().unwrap(), slowest), retried)
     });
     let (attacker, slowest) = attacker;
-    eprintln!("tenant B's request: {attacker}");
+    eprintln!("tenant B's request: {attacker}; its retry meanwhile: {retried}");
+    let b_sandboxes = d.list().iter().filter(|s| s["task"] == "open-swarm-b.1.1").count();
     let expired = d.audit_events("lease_expired");
     let alive = d.list().iter().any(|s| s["id"] == victim["id"]);
     for s in d.list() {
@@ -1071,6 +1078,8 @@ fn a_slow_checkout_of_one_tenant_does_not_stall_the_daemon_for_the_others() {
     assert_no_sandbox_left();
     assert!(alive && expired.is_empty(), "tenant B's slow checkout expired tenant A's renewed lease: {expired:?}");
     assert!(slowest < Duration::from_secs(2), "tenant A's renewal waited {slowest:?} for tenant B's checkout");
+    assert_eq!((attacker["ok"].as_bool(), b_sandboxes), (Some(true), 1), "tenant B's slow checkout still launches, once: {attacker}");
+    assert_eq!((retried["ok"].as_bool(), retried["retry"].as_bool()), (Some(false), Some(true)), "a retry meanwhile waits: {retried}");
 }
 
 /// Red team (#17): agent ids are one namespace for every tenant and
@@ -1225,4 +1234,79 @@ fn a_launch_slower_than_its_lease_is_not_stopped_while_its_requester_waits() {
     assert_no_sandbox_left();
     assert_eq!(a["ok"], true, "a launch slower than its lease failed while its requester waited: {a}");
     assert!(stopped, "the lease did not run once the sandbox was ready");
+}
+
+/// Red team (#17): StopAgent could lose the agent's commit. A retried stop
+/// of a sandbox already stopping was told "already stopping", the next retry
+/// "no sandbox", and the worker returned `commit: null` although the
+/// launcher had published one. A stop of a stopping sandbox waits for the
+/// same answer; a gone sandbox's last branch and commit are kept a while for
+/// its requester's `stop` and `status` (and no one else's).
+#[test]
+fn a_retried_stop_still_gets_the_agents_commit() {
+    let f = Fixture::new();
+    let repo = owned_repo(&f.dir);
+    let policy = format!("[process]\ncommand = [{:?}, \"__probe\", \"commit-serve\", \"{{port}}\"]\n", bin());
+    let mut d = Daemon::start_with(&f, &policy, &format!("repositories = [{repo:?}]\nallowed_gids = [{OWNER}]\n"));
+    let a = request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "agent", "agent": "c1", "task": "open-swarm-c.1.1", "repo": repo }));
+    assert_eq!(a["ok"], true, "{a}");
+    let stop = serde_json::json!({ "cmd": "stop", "id": a["id"] });
+    let (first, second) = std::thread::scope(|s| {
+        let first = s.spawn(|| request_as(&d, REQUESTER, &stop));
+        std::thread::sleep(Duration::from_millis(20));
+        let second = request_as(&d, REQUESTER, &stop);
+        (first.join().unwrap(), second)
+    });
+    let third = request_as(&d, REQUESTER, &stop);
+    let status = request_as(&d, REQUESTER, &serde_json::json!({ "cmd": "status", "id": a["id"] }));
+    let stranger_stop = request_as(&d, STRANGER, &stop);
+    let stranger_status = request_as(&d, STRANGER, &serde_json::json!({ "cmd": "status", "id": a["id"] }));
+    d.stop();
+    assert_no_sandbox_left();
+    let commit = git(&repo, &["rev-parse", "agent/c1/work"]);
+    assert_eq!((first["ok"].as_bool(), first["commit"].as_str()), (Some(true), Some(commit.as_str())), "the first stop: {first}");
+    assert_eq!((second["ok"].as_bool(), second["commit"].as_str()), (Some(true), Some(commit.as_str())), "a stop while stopping: {second}");
+    assert_eq!(
+        (third["ok"].as_bool(), third["status"].as_str(), third["commit"].as_str()),
+        (Some(true), Some("gone"), Some(commit.as_str())),
+        "a stop once gone: {third}"
+    );
+    assert_eq!((status["state"].as_str(), status["commit"].as_str()), (Some("gone"), Some(commit.as_str())), "{status}");
+    for v in [stranger_stop, stranger_status] {
+        assert!(v["ok"] == false && v["error"].as_str().unwrap_or("").starts_with("no sandbox"), "another tenant learns nothing: {v}");
+    }
+}
+
+/// #17: a requester frees its own `max_worktrees` budget with
+/// `agent_remove` (never while a sandbox runs on the worktree, never another
+/// tenant's worktree: the id names one in the requester's own directory).
+#[test]
+fn a_requester_removes_its_own_agent_worktrees_only() {
+    let f = Fixture::new();
+    let repo = owned_repo(&f.dir);
+    let b_repo = tenant_repo(&f.dir.join("tenant-b"), STRANGER, None);
+    let policy = format!("[process]\ncommand = [{:?}, \"__probe\", \"serve\", \"{{port}}\"]\n", bin());
+    let mut d = Daemon::start_with(&f, &policy, &format!("repositories = [{repo:?}, {b_repo:?}]\nallowed_gids = [{OWNER}]\nmax_worktrees = 1\n"));
+    let b = request_as(&d, STRANGER, &serde_json::json!({ "cmd": "agent", "agent": "r1", "task": "open-swarm-r.1.1", "repo": b_repo }));
+    assert_eq!(b["ok"], true, "{b}");
+    let remove = serde_json::json!({ "cmd": "agent_remove", "agent": "r1" });
+    let busy = request_as(&d, STRANGER, &remove);
+    ok(&d.ctl(&["stop", b["id"].as_str().unwrap()]));
+    let by_other = request_as(&d, REQUESTER, &remove);
+    let b_wt = f.dir.join(format!("base/{STRANGER}/r1"));
+    let kept = b_wt.exists();
+    let removed = request_as(&d, STRANGER, &remove);
+    let again = request_as(&d, STRANGER, &serde_json::json!({ "cmd": "agent", "agent": "r2", "task": "open-swarm-r.1.2", "repo": b_repo }));
+    let bad = request_as(&d, STRANGER, &serde_json::json!({ "cmd": "agent_remove", "agent": "../1000" }));
+    for s in d.list() {
+        ok(&d.ctl(&["stop", s["id"].as_str().unwrap()]));
+    }
+    d.stop();
+    assert_no_sandbox_left();
+    assert!(busy["ok"] == false && busy["error"].as_str().unwrap_or("").contains("a sandbox runs"), "{busy}");
+    assert!(by_other["ok"] == false && kept, "another tenant removed B's worktree: {by_other}");
+    assert_eq!(removed["ok"], true, "{removed}");
+    assert!(!b_wt.exists() && git(&b_repo, &["branch", "--list", "agent/r1/work"]).contains("agent/r1/work"), "the worktree goes, its branch stays");
+    assert_eq!(again["ok"], true, "the budget is free again: {again}");
+    assert!(bad["ok"] == false && bad["error"].as_str().unwrap_or("").contains("invalid"), "{bad}");
 }

@@ -409,7 +409,8 @@ fn a_retried_launch_starts_nothing_new_and_invalid_input_is_refused_for_good() {
     assert_eq!(refused.len(), n + 1, "one audit event per refused input, no retries: {refused:?}");
     assert!(refused.iter().all(|e| e["attempt"] == 1 && e["workflow_id"].is_string() && e["error"].is_string()), "{refused:?}");
     assert!(a.sandboxes().is_empty());
-    assert!(!a.dir.join("base/ok2").exists() && !a.dir.join("base/ok3").exists(), "nothing was made for a refused input");
+    let made = |id: &str| a.dir.join(format!("base/{WORKER_UID}/{id}")).exists();
+    assert!(!made("ok2") && !made("ok3"), "nothing was made for a refused input");
     a.stop();
     drop(t);
     assert_no_sandbox_left();

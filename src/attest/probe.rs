@@ -56,6 +56,18 @@ pub fn main(name: &str, rest: &[String]) -> u8 {
             });
             return serve(port, false);
         }
+        ("commit-serve", Some(port)) => {
+            // An agent that made a commit (in its worktree, the cwd), then serves PORT.
+            let ok = std::process::Command::new("git")
+                .args(["-c", "user.name=agent", "-c", "user.email=agent@invalid", "commit", "-q", "--allow-empty", "-m", "agent work"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!("swarmcell __probe commit-serve: git commit failed");
+                return 1;
+            }
+            return serve(port, false);
+        }
         ("slow-serve", Some(port)) => {
             // Serves PORT after SECS (a server slow to become healthy).
             std::thread::sleep(std::time::Duration::from_secs(rest.get(1).and_then(|s| s.parse().ok()).unwrap_or(5)));

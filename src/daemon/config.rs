@@ -44,8 +44,9 @@ pub struct Config {
     pub restart: bool,
     /// Most sandboxes at once.
     pub max_sandboxes: usize,
-    /// Most entries in `worktree_base` when an `agent` request would make
-    /// another worktree (they stay after their sandboxes stop).
+    /// Most entries in a requester's `worktree_base/UID` when its `agent`
+    /// request would make another worktree (they stay after their sandboxes
+    /// stop): a budget per requester, so one tenant cannot use up the others'.
     pub max_worktrees: usize,
     /// The daemon's own state: one record per managed sandbox (for recovery
     /// after a crash) and its instance lock. (The host-wide leases of uids,

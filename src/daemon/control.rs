@@ -118,6 +118,7 @@ impl Daemon {
             }
             Request::Agent { agent, task, repo, branch, policy, lease_s } => self.launch_agent(cid, uid, agent, task, repo, branch, policy, lease_s),
             Request::Renew { ids } => self.renew(cid, uid, ids),
+            Request::AgentRemove { agent, force } => self.agent_remove(cid, uid, agent, force),
             Request::Status { id } => {
                 let v = match self.sandboxes.get(&id) {
                     Some(e) => {
@@ -133,7 +134,14 @@ impl Daemon {
                                 "lease_left_s": e.lease_until.map(|t| t.saturating_duration_since(Instant::now()).as_secs_f64()),
                                 "usage": metrics::usage(&cgroups) })
                     }
-                    None => json!({ "ok": false, "error": format!("no sandbox {id}") }),
+                    None => match self.gone(&id, uid) {
+                        Some(g) => {
+                            let (branch, commit) = g.published.clone().unzip();
+                            json!({ "ok": true, "id": id, "state": "gone", "status": g.status, "healthy": false,
+                                    "branch": branch, "commit": commit })
+                        }
+                        None => json!({ "ok": false, "error": format!("no sandbox {id}") }),
+                    },
                 };
                 self.answer(cid, v);
             }
@@ -150,8 +158,32 @@ impl Daemon {
                     }
                     self.begin_stop(&id, AfterExit::Remove);
                 }
-                Some(_) => self.answer(cid, json!({ "ok": false, "error": format!("sandbox {id} is already stopping") })),
-                None => self.answer(cid, json!({ "ok": false, "error": format!("no sandbox {id}") })),
+                // Already stopping (a retry, or its lease expired): this
+                // client waits for the same answer, the agent's commit.
+                Some(e) => {
+                    let others = self.stop_waiters.entry(id.clone()).or_default();
+                    if e.waiting.is_none() {
+                        e.waiting = Some(cid);
+                    } else if others.len() < MAX_STOP_WAITERS {
+                        others.push(cid);
+                    } else {
+                        return self
+                            .answer(cid, json!({ "ok": false, "error": format!("sandbox {id} is already stopping; try again"), "retry": true }));
+                    }
+                    if let Some(c) = self.clients.get_mut(&cid) {
+                        c.wait();
+                    }
+                }
+                None => {
+                    let v = match self.gone(&id, uid) {
+                        Some(g) => {
+                            let (branch, commit) = g.published.clone().unzip();
+                            json!({ "ok": true, "id": id, "status": "gone", "stopped": g.status, "branch": branch, "commit": commit })
+                        }
+                        None => json!({ "ok": false, "error": format!("no sandbox {id}") }),
+                    };
+                    self.answer(cid, v);
+                }
             },
             Request::List {} => {
                 let mine = |v: &Value| uid == 0 || v["uid"] == uid;
@@ -253,7 +285,7 @@ impl Daemon {
     }
 
     /// `agent`: the requester's sandbox for this task if it has one, else a
-    /// new one on `worktree_base/AGENT` (a worktree of `repo` made here, as
+    /// new one on `worktree_base/UID/AGENT` (a worktree of `repo` made here, as
     /// the repository's owner, when missing).
     #[allow(clippy::too_many_arguments)]
     fn launch_agent(
@@ -312,37 +344,201 @@ impl Daemon {
             let e = format!("{} sandboxes are running (max_sandboxes)", self.sandboxes.len());
             return self.answer(cid, json!({ "ok": false, "error": e }));
         }
-        let path = self.cfg.worktree_base.join(&agent);
-        let made = std::fs::read_dir(&self.cfg.worktree_base).map_or(0, Iterator::count);
-        if std::fs::symlink_metadata(&path).is_err() && made >= self.cfg.max_worktrees {
-            let e = format!(
-                "{} holds {made} worktrees (max_worktrees); remove some (swarmcell worktree remove, prune)",
-                self.cfg.worktree_base.display()
-            );
-            self.audit.event("policy_violation", json!({ "uid": uid, "agent": agent, "task": task, "error": e, "outcome": "refused" }));
-            return self.answer(cid, json!({ "ok": false, "error": e }));
+        // Each requester's agents live in its own directory (root's, 0755),
+        // so agent ids are a namespace per requester and `max_worktrees` a
+        // budget per requester: another tenant can neither take an id
+        // first nor use up the worktrees.
+        let base = match self.requester_base(uid) {
+            Ok(b) => b,
+            Err(e) => return refuse(self, e),
+        };
+        let path = base.join(&agent);
+        if self.creating.iter().any(|c| c.uid == uid && (c.task == task || c.agent == agent)) || self.removing.contains(&(uid, agent.clone())) {
+            let e = format!("the worktree of agent {agent} (task {task}) is being made or removed; try again");
+            return self.answer(cid, json!({ "ok": false, "error": e, "retry": true }));
         }
-        if std::fs::symlink_metadata(&path).is_err() {
-            // git runs as the repository's owner (60 s deadline): the one step
-            // of an `agent` request that blocks the loop, once per new agent.
-            // git runs as the owner checked above, never as whoever owns the
-            // path when git resolves it again (a tenant may swap its listed
-            // repository for a symlink to another owner's in between).
-            let owner = Some((owner, group));
-            let req = crate::git::AddRequest { repo: &repo, id: &agent, base: &self.cfg.worktree_base, branch: branch.as_deref(), owner };
-            match crate::git::add(&req) {
-                Ok(p) => self
-                    .audit
-                    .event("worktree_add", json!({ "uid": uid, "agent": agent, "task": task, "repo": repo, "worktree": p, "outcome": "created" })),
-                Err(e) => return refuse(self, e.to_string()),
+        if std::fs::symlink_metadata(&path).is_ok() {
+            if let Err(e) = crate::git::preflight(&path, std::slice::from_ref(&repo)) {
+                return refuse(self, format!("worktree {}: {e}", path.display()));
             }
-        } else if let Err(e) = crate::git::preflight(&path, std::slice::from_ref(&repo)) {
-            return refuse(self, format!("worktree {}: {e}", path.display()));
+            return self.finish_agent(cid, uid, path, agent, task, (policy_path, policy), lease_s);
         }
+        let made = std::fs::read_dir(&base).map_or(0, Iterator::count);
+        if made >= self.cfg.max_worktrees {
+            let e = format!("{} holds {made} worktrees (max_worktrees, per requester); remove some (agent_remove)", base.display());
+            return refuse(self, e);
+        }
+        if self.creating.len() + self.removing.len() >= MAX_CREATING {
+            let e = format!("{} worktrees are being made or removed; try again", self.creating.len() + self.removing.len());
+            return self.answer(cid, json!({ "ok": false, "error": e, "retry": true }));
+        }
+        // git runs as the repository's owner checked above (never as whoever
+        // owns the path when git resolves it again), in a thread of its own:
+        // a slow checkout (a big tree, the owner's own filters) must not hold
+        // the loop, which goes on serving the others; the request continues
+        // in `worktrees_made` when the thread is done.
+        let job = WorktreeJob { uid, agent, task, path, branch, policy: (policy_path, policy), lease_s, cid };
+        let owner = (owner, group);
+        let (a, t, b) = (job.agent.clone(), job.task.clone(), job.branch.clone());
+        let spawned = self.in_thread("worktree-add", move || {
+            let req = crate::git::AddRequest { repo: &repo, id: &a, base: &base, branch: b.as_deref(), owner: Some(owner) };
+            let r = crate::git::add(&req).map_err(|e| e.to_string()).map(|p| (p, repo.clone()));
+            GitDone::Made(a, t, uid, r)
+        });
+        match spawned {
+            Ok(()) => {
+                if let Some(c) = self.clients.get_mut(&cid) {
+                    c.wait();
+                }
+                self.creating.push(job);
+            }
+            Err(e) => self.answer(cid, json!({ "ok": false, "error": format!("worktree creation: {e}") })),
+        }
+    }
+
+    /// Run `work` (git, as a repository's owner) in a thread of its own; the
+    /// loop is woken to take its result (`worktrees_made`).
+    fn in_thread(&self, name: &str, work: impl FnOnce() -> GitDone + Send + 'static) -> Result<(), String> {
+        let tx = self.made_tx.clone();
+        let wake = self.made_wake.try_clone().map_err(|e| format!("eventfd: {e}"))?;
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let _ = tx.send(work());
+                // SAFETY: writing 8 bytes to our own eventfd.
+                unsafe { libc::write(wake.as_raw_fd(), 1u64.to_ne_bytes().as_ptr().cast(), 8) };
+            })
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// `agent_remove`: one of the requester's own agent worktrees
+    /// (`worktree_base/UID/AGENT`) removed like `swarmcell worktree remove`
+    /// (refused while a sandbox runs on it, or, unless `force`, when it has
+    /// changes or unpublished commits); its branch is kept. git runs in a thread.
+    fn agent_remove(&mut self, cid: u64, uid: u32, agent: String, force: bool) {
+        let refuse = |d: &mut Self, e: String| {
+            d.audit.event("policy_violation", json!({ "uid": uid, "agent": agent, "error": e, "outcome": "refused" }));
+            d.answer(cid, json!({ "ok": false, "error": e }));
+        };
+        if !crate::git::valid_agent_id(&agent) {
+            return refuse(self, format!("agent id {agent:?} is invalid (^[a-z0-9][a-z0-9-]{{0,62}}$)"));
+        }
+        if self.creating.iter().any(|c| c.uid == uid && c.agent == agent) || self.removing.contains(&(uid, agent.clone())) {
+            return self.answer(cid, json!({ "ok": false, "error": format!("the worktree of agent {agent} is busy; try again"), "retry": true }));
+        }
+        if self.creating.len() + self.removing.len() >= MAX_CREATING {
+            return self.answer(cid, json!({ "ok": false, "error": "too many worktrees are being made or removed; try again", "retry": true }));
+        }
+        let base = match self.requester_base(uid) {
+            Ok(b) => b,
+            Err(e) => return refuse(self, e),
+        };
+        let a = agent.clone();
+        match self.in_thread("worktree-remove", move || {
+            let r = crate::git::remove(&base, &a, force).map_err(|e| e.to_string());
+            GitDone::Removed { cid, uid, agent: a, result: r }
+        }) {
+            Ok(()) => {
+                if let Some(c) = self.clients.get_mut(&cid) {
+                    c.wait();
+                }
+                self.removing.push((uid, agent));
+            }
+            Err(e) => self.answer(cid, json!({ "ok": false, "error": format!("worktree removal: {e}") })),
+        }
+    }
+
+    /// `worktree_base/UID`: the requester's directory of agent worktrees,
+    /// made by root (0755) when missing; opened without following symlinks,
+    /// and refused unless it is root's own directory (never one a tenant
+    /// planted or moved there).
+    pub(super) fn requester_base(&self, uid: u32) -> Result<PathBuf, String> {
+        use crate::fs::safe_open;
+        use std::os::fd::AsFd;
+        let base = &self.cfg.worktree_base;
+        // The configured base itself is root's to trust (as `worktree add` does).
+        std::fs::create_dir_all(base).map_err(|e| format!("worktree base {}: {e}", base.display()))?;
+        let base = &base.canonicalize().map_err(|e| format!("worktree base {}: {e}", base.display()))?;
+        let b = safe_open::open_dir_nofollow(base, None).map_err(|e| format!("worktree base {}: {e}", base.display()))?;
+        let name = uid.to_string();
+        let d = safe_open::ensure_dir(b.fd.as_fd(), base, &name, 0, 0).map_err(|e| format!("worktree base {}: {e}", base.display()))?;
+        if d.stat.st_mode & 0o7777 != 0o755 {
+            nix::sys::stat::fchmod(&d.fd, nix::sys::stat::Mode::from_bits_truncate(0o755))
+                .map_err(|e| format!("{}: fchmod: {}", base.join(&name).display(), e.desc()))?;
+        }
+        Ok(base.join(name))
+    }
+
+    /// A worktree thread is done: go on with the requests it held.
+    pub(super) fn worktrees_made(&mut self) {
+        let mut b = [0u8; 8];
+        // SAFETY: reading our non-blocking eventfd into an 8-byte buffer.
+        unsafe { libc::read(self.made_wake.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
+        while let Ok(done) = self.made_rx.try_recv() {
+            let (agent, task, uid, result) = match done {
+                GitDone::Made(agent, task, uid, result) => (agent, task, uid, result),
+                GitDone::Removed { cid, uid, agent, result } => {
+                    self.removing.retain(|(u, a)| (*u, a) != (uid, &agent));
+                    let v = match result {
+                        Ok(p) => {
+                            self.audit.event("worktree_remove", json!({ "uid": uid, "agent": agent, "worktree": p, "outcome": "removed" }));
+                            json!({ "ok": true, "agent": agent, "worktree": p })
+                        }
+                        Err(e) => {
+                            self.audit.event("worktree_remove", json!({ "uid": uid, "agent": agent, "error": e, "outcome": "refused" }));
+                            json!({ "ok": false, "error": e })
+                        }
+                    };
+                    self.answer(cid, v);
+                    continue;
+                }
+            };
+            let Some(i) = self.creating.iter().position(|j| j.uid == uid && j.agent == agent && j.task == task) else { continue };
+            let job = self.creating.swap_remove(i);
+            let WorktreeJob { cid, path, policy, lease_s, .. } = job;
+            match result {
+                Ok((p, repo)) => {
+                    let fields = json!({ "uid": uid, "agent": agent, "task": task, "repo": repo, "worktree": p, "outcome": "created" });
+                    self.audit.event("worktree_add", fields);
+                    // Checked again: the world moved on while git ran.
+                    if self.sandboxes.values().any(|e| e.rec.uid == uid && e.rec.task.as_deref() == Some(task.as_str())) {
+                        let e = format!("task {task} has a sandbox now; try again");
+                        self.answer(cid, json!({ "ok": false, "error": e, "retry": true }));
+                    } else if self.sandboxes.len() >= self.cfg.max_sandboxes {
+                        let e = format!("{} sandboxes are running (max_sandboxes)", self.sandboxes.len());
+                        self.answer(cid, json!({ "ok": false, "error": e }));
+                    } else {
+                        self.finish_agent(cid, uid, path, agent, task, policy, lease_s);
+                    }
+                }
+                Err(e) => {
+                    self.audit.event("policy_violation", json!({ "uid": uid, "agent": agent, "task": task, "error": e, "outcome": "refused" }));
+                    self.answer(cid, json!({ "ok": false, "error": e }));
+                }
+            }
+        }
+    }
+
+    /// The rest of an `agent` request, once its worktree is there.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_agent(
+        &mut self,
+        cid: u64,
+        uid: u32,
+        path: PathBuf,
+        agent: String,
+        task: String,
+        (policy_path, policy): (Option<PathBuf>, crate::policy::Policy),
+        lease_s: Option<u64>,
+    ) {
         let argv = policy.process.command.clone();
         match protocol::check_launch(&path, Some(&agent), Some(&task), &argv, &self.cfg.worktree_base, &self.cfg.commands) {
             Ok(wt) => self.start(cid, uid, wt, Some(agent), Some(task), argv, (policy_path, policy), lease_s),
-            Err(e) => refuse(self, e),
+            Err(e) => {
+                self.audit.event("policy_violation", json!({ "uid": uid, "agent": agent, "task": task, "error": e, "outcome": "refused" }));
+                self.answer(cid, json!({ "ok": false, "error": e }));
+            }
         }
     }
 

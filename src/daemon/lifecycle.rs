@@ -398,9 +398,16 @@ impl Daemon {
                     // The launcher's last events (its final publish) before the entry goes.
                     self.on_events(&id);
                     let published = self.sandboxes.get(&id).and_then(|e| e.published.clone());
+                    let others = self.stop_waiters.remove(&id).unwrap_or_default();
                     self.remove(&id, true);
-                    if let Some(cid) = waiting {
-                        let (branch, commit) = published.unzip();
+                    if let Some(g) = self.gone.back_mut()
+                        && g.id == id
+                    {
+                        g.status.clone_from(&status);
+                    }
+                    // Every stop asked meanwhile gets the same answer (the agent's commit).
+                    let (branch, commit) = published.unzip();
+                    for cid in waiting.into_iter().chain(others) {
                         self.answer(cid, json!({ "ok": true, "id": id, "status": status, "branch": branch, "commit": commit }));
                     }
                 }
@@ -587,9 +594,20 @@ impl Daemon {
             let live: Vec<&str> = self.sandboxes.keys().map(String::as_str).collect();
             log_sink::prune_kept(&self.cfg.log_dir, &live, log_sink::MAX_KEPT);
         }
-        if let Some(cid) = e.waiting.take() {
+        let now = Instant::now();
+        while self.gone.front().is_some_and(|g| now.duration_since(g.at) > GONE_KEEP) || self.gone.len() >= MAX_GONE {
+            self.gone.pop_front();
+        }
+        self.gone.push_back(Gone { at: now, id: id.to_string(), uid: e.rec.uid, status: "gone".into(), published: e.published.clone() });
+        let others = self.stop_waiters.remove(id).unwrap_or_default();
+        for cid in e.waiting.take().into_iter().chain(others) {
             self.answer(cid, json!({ "ok": false, "error": format!("sandbox {id} is gone") }));
         }
+    }
+
+    /// A sandbox removed lately, for its requester (or root).
+    pub(super) fn gone(&self, id: &str, uid: u32) -> Option<&Gone> {
+        self.gone.iter().rev().find(|g| g.id == id && (uid == 0 || g.uid == uid) && g.at.elapsed() <= GONE_KEEP)
     }
 
     /// Stop every sandbox (SIGTERM to all, one shared grace period, then SIGKILL)

@@ -13,6 +13,8 @@
 //! killed and waited for, at most 5 s each, and only sandboxes whose launcher
 //! died have one); local file I/O (records, at most 64 KiB of a log for `ctl
 //! logs`, the audit log); and at shutdown, the stop grace of every sandbox.
+//! git for `agent` and `agent_remove` (a checkout may take up to git's 60 s
+//! deadline) runs in threads, which wake the loop through an eventfd.
 //!
 //! Each sandbox is a `swarmcell run` child with PR_SET_PDEATHSIG=SIGTERM, and a
 //! record in the state directory. If the daemon dies, every sandbox shuts down
@@ -179,6 +181,7 @@ const T_SIGNALS: u64 = 0;
 const T_CONTROL: u64 = 1;
 const T_METRICS: u64 = 2;
 const T_DENIALS: u64 = 3;
+const T_WORKTREES: u64 = 4;
 const READY: u64 = 1 << 56;
 const LOG: u64 = 2 << 56;
 const PROBE: u64 = 3 << 56;
@@ -225,6 +228,60 @@ pub struct Daemon {
     bundles: Vec<incident::BundleJob>,
     /// Forensic bundles waiting for a worker.
     bundle_queue: std::collections::VecDeque<crate::incident::bundle::Input>,
+    /// `agent` requests whose worktree a thread is making (see `control`).
+    creating: Vec<WorktreeJob>,
+    /// `agent_remove` requests in a thread: (requester, agent).
+    removing: Vec<(u32, String)>,
+    made_tx: std::sync::mpsc::Sender<GitDone>,
+    made_rx: std::sync::mpsc::Receiver<GitDone>,
+    /// An eventfd the worktree threads wake the loop with.
+    made_wake: OwnedFd,
+    /// More clients waiting for a stop in progress (the first is the entry's `waiting`).
+    stop_waiters: HashMap<String, Vec<u64>>,
+    /// Sandboxes removed lately, oldest first: a retried `stop` or a
+    /// `status` of its requester still gets the agent's last commit.
+    gone: std::collections::VecDeque<Gone>,
+}
+
+/// What is kept of a removed sandbox, [`GONE_KEEP`] long.
+struct Gone {
+    at: Instant,
+    id: String,
+    uid: u32,
+    status: String,
+    published: Option<(String, String)>,
+}
+
+/// How long a removed sandbox's last answer is kept, and how many at most.
+const GONE_KEEP: Duration = Duration::from_secs(300);
+const MAX_GONE: usize = 4096;
+/// Most clients waiting for the same stop besides the first.
+const MAX_STOP_WAITERS: usize = 16;
+
+/// A round of the loop longer than this moves every lease on by its length.
+const LEASE_STALL: Duration = Duration::from_millis(500);
+
+/// Most worktrees made at once (each a thread running git).
+const MAX_CREATING: usize = 16;
+
+/// An `agent` request waiting for its worktree.
+struct WorktreeJob {
+    uid: u32,
+    agent: String,
+    task: String,
+    path: PathBuf,
+    branch: Option<String>,
+    policy: (Option<PathBuf>, crate::policy::Policy),
+    lease_s: Option<u64>,
+    cid: u64,
+}
+
+/// A git thread's result.
+enum GitDone {
+    /// A worktree made: (agent, task, requester, the worktree and repository or why not).
+    Made(String, String, u32, Result<(PathBuf, PathBuf), String>),
+    /// An `agent_remove`: the client to answer, the worktree removed or why not.
+    Removed { cid: u64, uid: u32, agent: String, result: Result<PathBuf, String> },
 }
 
 impl Daemon {
@@ -255,6 +312,14 @@ impl Daemon {
         // Said once, clearly: what the denial stream will and will not contain.
         tracing::warn!("{}", denials.kernel);
         audit.event("kernel_audit", json!({ "landlock": denials.landlock, "seccomp": denials.seccomp, "detail": denials.kernel, "outcome": "ok" }));
+        let (made_tx, made_rx) = std::sync::mpsc::channel();
+        // SAFETY: a fresh eventfd; checked below.
+        let made_wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if made_wake < 0 {
+            return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: fresh fd, ours alone.
+        let made_wake = unsafe { OwnedFd::from_raw_fd(made_wake) };
         let mut d = Daemon {
             poller,
             by_key: HashMap::new(),
@@ -276,6 +341,13 @@ impl Daemon {
             counters_tripwires: 0,
             bundles: Vec::new(),
             bundle_queue: std::collections::VecDeque::new(),
+            creating: Vec::new(),
+            removing: Vec::new(),
+            made_tx,
+            made_rx,
+            made_wake,
+            stop_waiters: HashMap::new(),
+            gone: std::collections::VecDeque::new(),
             cfg,
         };
         d.recover();
@@ -358,11 +430,13 @@ impl Daemon {
             watch(m.as_raw_fd(), T_METRICS)?;
         }
         watch(self.denials.wake_fd(), T_DENIALS)?;
+        watch(self.made_wake.as_raw_fd(), T_WORKTREES)?;
         let mut ready = Vec::new();
         loop {
             // Rounded up: waking before a deadline would only loop back here.
             let timeout = self.next_due().map_or(-1, |t| t.saturating_duration_since(Instant::now()).as_micros().div_ceil(1000).min(60_000) as i32);
             poller.wait(timeout, &mut ready);
+            let woke = Instant::now();
             for &t in &ready {
                 match t {
                     T_SIGNALS => {
@@ -377,6 +451,7 @@ impl Daemon {
                         }
                     }
                     T_CONTROL => self.accept_clients(),
+                    T_WORKTREES => self.worktrees_made(),
                     T_METRICS => self.accept_scrapers(),
                     T_DENIALS => {
                         self.denials.woken();
@@ -407,9 +482,23 @@ impl Daemon {
                     }
                 }
             }
+            // A lease measures its requester's silence, not the daemon's:
+            // renewals that queued while the loop was busy (a sweep, local
+            // I/O) have not been read yet, so the leases are moved on by the stall.
+            self.extend_leases(woke.elapsed());
             self.tick();
             if self.stale_due {
+                let t = Instant::now();
                 self.sweep_stale();
+                self.extend_leases(t.elapsed());
+            }
+        }
+    }
+
+    fn extend_leases(&mut self, busy: Duration) {
+        if busy > LEASE_STALL {
+            for e in self.sandboxes.values_mut() {
+                e.lease_until = e.lease_until.map(|t| t + busy);
             }
         }
     }

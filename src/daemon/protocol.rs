@@ -39,7 +39,7 @@ pub enum Request {
     },
     /// `list` with each sandbox's usage (`swarmcell ps`, `ctl top`).
     Stats {},
-    /// An agent on its own worktree `worktree_base/AGENT` of a repository the
+    /// An agent on its own worktree `worktree_base/UID/AGENT` (UID the requester's) of a repository the
     /// config lists (made, on branch `agent/AGENT/BRANCH`, if missing), running
     /// the policy's command; at most one per task: while the requester has a
     /// sandbox for `task`, that one is answered (`"reused": true`). With
@@ -54,6 +54,14 @@ pub enum Request {
         policy: Option<PathBuf>,
         #[serde(default)]
         lease_s: Option<u64>,
+    },
+    /// Remove one of the requester's own agent worktrees
+    /// (`worktree_base/UID/AGENT`; the branch is kept).
+    #[serde(rename = "agent_remove")]
+    AgentRemove {
+        agent: String,
+        #[serde(default)]
+        force: bool,
     },
     /// Renew the leases of the requester's sandboxes (`lease_s` more each).
     Renew {
