@@ -17,7 +17,7 @@ use super::spec::PayloadStatus;
 /// Largest message either side accepts.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// Most fds a message may carry.
-pub const MAX_FDS: usize = 4;
+pub const MAX_FDS: usize = 8;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToInit {
@@ -126,8 +126,10 @@ impl ParentEnd {
         self.0.fd.as_raw_fd()
     }
 
-    pub fn send_go(&self) -> Result<(), ChannelError> {
-        self.0.send(&ToInit::Go, &[])
+    /// `Go`, with the v1 cgroups' `tasks` files init joins first (see
+    /// `SandboxCgroup::self_attach_files`).
+    pub fn send_go(&self, attach: &[RawFd]) -> Result<(), ChannelError> {
+        self.0.send(&ToInit::Go, attach)
     }
 
     pub fn send_listening(&self) -> Result<(), ChannelError> {
@@ -151,9 +153,12 @@ impl InitEnd {
         InitEnd(Socket { fd })
     }
 
-    /// Wait for `Go`.
-    pub fn recv_go(&self) -> Result<(), ChannelError> {
-        self.recv_exactly(ToInit::Go)
+    /// Wait for `Go`; returns the cgroup `tasks` files that came with it.
+    pub fn recv_go(&self) -> Result<Vec<OwnedFd>, ChannelError> {
+        match self.0.recv::<ToInit>()? {
+            (ToInit::Go, fds) => Ok(fds),
+            (got, _) => Err(ChannelError::Unexpected(format!("{got:?} (out of order)"))),
+        }
     }
 
     /// Wait for `Listening`.
@@ -195,8 +200,8 @@ mod tests {
         let (a, b) = crate::sys::socketpair_seqpacket().unwrap();
         let (parent, child) = (ParentEnd::new(a), InitEnd::new(b));
         let f = std::fs::File::open("/dev/null").unwrap();
-        parent.send_go().unwrap();
-        child.recv_go().unwrap();
+        parent.send_go(&[]).unwrap();
+        assert!(child.recv_go().unwrap().is_empty());
         parent.send_listening().unwrap();
         child.recv_listening().unwrap();
         child.send_to_parent(&FromInit::Exited(PayloadStatus::Signaled(15))).unwrap();

@@ -65,6 +65,7 @@ fn serve(channel: OwnedFd, spec: &InitSpec, mount_fds: &[OwnedFd]) -> u8 {
     // as our uid, could otherwise read it through ptrace or /proc/1/mem.)
     // SAFETY: prctl with integer arguments.
     let dumpable = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    crate::phases::mark("init: started");
     sys::reset_signal_dispositions();
     let _ = sys::child::set_sigmask(libc::SIG_SETMASK, &sys::child::sigset(&[]));
     let mut keep: Vec<RawFd> = mount_fds.iter().map(|f| f.as_raw_fd()).chain([channel.as_raw_fd()]).collect();
@@ -76,15 +77,29 @@ fn serve(channel: OwnedFd, spec: &InitSpec, mount_fds: &[OwnedFd]) -> u8 {
     let chan = InitEnd::new(channel);
     // The loopback interface, while the parent writes our maps (we hold
     // CAP_NET_ADMIN over this network namespace from the clone on).
+    crate::phases::mark("init: fds closed");
     let lo = sys::loopback_up();
-    if chan.recv_go().is_err() {
+    crate::phases::mark("init: lo up");
+    // Nothing here ever execs but the payload: the bounding set goes now, while
+    // the launcher still works, and the payload inherits it empty.
+    let last_cap = crate::confine::caps::last_cap();
+    let bounding = crate::confine::caps::drop_bounding_set(last_cap);
+    crate::phases::mark("init: bounding set dropped");
+    let Ok(attach) = chan.recv_go() else {
         // The launcher died or gave up: nothing to report to.
         return super::EXIT_LAUNCHER_ERROR;
-    }
+    };
     crate::phases::mark("init: go received");
-    let result = match lo {
-        Ok(()) => run(&chan, spec, mount_fds),
-        Err(e) => Err(Failure::Setup(format!("bringing lo up: {e}"))),
+    // Into the sandbox's cgroups before anything else: every process of the
+    // sandbox is born inside them. (Until here init ran only the lines above;
+    // the launcher made the cgroups meanwhile.)
+    let joined = join_cgroups(&attach);
+    drop(attach);
+    let result = match (lo, bounding, joined) {
+        (Ok(()), Ok(()), Ok(())) => run(&chan, spec, mount_fds, last_cap),
+        (Err(e), _, _) => Err(Failure::Setup(format!("bringing lo up: {e}"))),
+        (_, Err(e), _) => Err(Failure::Setup(e.to_string())),
+        (_, _, Err(e)) => Err(e),
     };
     let msg = match result {
         Ok(status) => FromInit::Exited(status),
@@ -99,7 +114,20 @@ fn serve(channel: OwnedFd, spec: &InitSpec, mount_fds: &[OwnedFd]) -> u8 {
     code
 }
 
-fn run(chan: &InitEnd, spec: &InitSpec, fds: &[OwnedFd]) -> Result<PayloadStatus, Failure> {
+/// v1: write "0" to each hierarchy's `tasks` file (opened by the launcher): a
+/// thread moving itself is cheap, see `SandboxCgroup::self_attach_files`. (On
+/// v2 the launcher placed us already, and sends none.)
+fn join_cgroups(tasks: &[OwnedFd]) -> Result<(), Failure> {
+    for fd in tasks {
+        // SAFETY: writing one byte from a static string to a descriptor we hold.
+        if unsafe { libc::write(fd.as_raw_fd(), c"0".as_ptr().cast(), 1) } != 1 {
+            return Err(Failure::Setup(format!("joining the sandbox's cgroups: write(tasks): {}", nix::errno::Errno::last())));
+        }
+    }
+    Ok(())
+}
+
+fn run(chan: &InitEnd, spec: &InitSpec, fds: &[OwnedFd], last_cap: u32) -> Result<PayloadStatus, Failure> {
     // SAFETY: getpid has no preconditions.
     if unsafe { libc::getpid() } != 1 {
         return Err(Failure::Setup("sandbox init is not pid 1 of a new PID namespace".into()));
@@ -135,7 +163,7 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: &[OwnedFd]) -> Result<PayloadStatus
     // (The launcher created the outbound listeners in this network namespace.)
     sys::sethostname(&spec.id)?;
 
-    let mut prepared = prepare_exec(spec)?;
+    let mut prepared = prepare_exec(spec, last_cap)?;
     // Socket handoff: the payload sends its accept-notification listener here.
     let notify_pair = if spec.handoff { Some(sys::socketpair_seqpacket()?) } else { None };
     prepared.notify = notify_pair.as_ref().map(|(_, child)| (child.as_raw_fd(), crate::confine::seccomp::compile::accept_notify_program()));
@@ -194,6 +222,7 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: &[OwnedFd]) -> Result<PayloadStatus
     drop(notify);
     tracing::debug!(sandbox = %spec.id, payload_pid, "payload running");
     let status = reap_until_payload_exits(payload_pid, &mask);
+    crate::phases::mark("init: payload reaped");
     drain(&mask, std::time::Duration::from_millis(spec.stop_timeout_ms));
     Ok(status)
 }
@@ -237,7 +266,7 @@ fn resolve_program(spec: &InitSpec) -> PathBuf {
     path_var.split(':').filter(|d| d.starts_with('/')).map(|d| Path::new(d).join(prog)).find(|p| p.is_file()).unwrap_or_else(|| PathBuf::from(prog))
 }
 
-fn prepare_exec(spec: &InitSpec) -> Result<PreparedExec, Failure> {
+fn prepare_exec(spec: &InitSpec, last_cap: u32) -> Result<PreparedExec, Failure> {
     let path = resolve_program(spec);
     if !path.is_absolute() && !spec.argv[0].contains('/') {
         return Err(Failure::Exec { path: spec.argv[0].clone(), errno: libc::ENOENT });
@@ -249,7 +278,7 @@ fn prepare_exec(spec: &InitSpec) -> Result<PreparedExec, Failure> {
         .map(|(k, v)| CString::new(format!("{k}={v}")).map_err(|_| Failure::Setup(format!("variable {k} contains a NUL byte"))))
         .collect::<Result<_, _>>()?;
     let seccomp = super::spec::decode_bpf(&spec.seccomp);
-    Ok(PreparedExec::new(sys::cstring(&path)?, argv, envp, sys::cstring(&spec.cwd)?, crate::confine::caps::last_cap(), seccomp))
+    Ok(PreparedExec::new(sys::cstring(&path)?, argv, envp, sys::cstring(&spec.cwd)?, last_cap, seccomp))
 }
 
 /// EOF means the exec succeeded (the pipe was close-on-exec).

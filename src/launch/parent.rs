@@ -108,8 +108,9 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     let sandbox_lease = crate::host::lease::acquire_fresh(&leases_dir.join(format!("{id}.lock")))?
         .ok_or_else(|| RunError::Setup(format!("sandbox id {id} is already in use")))?;
     crate::phases::mark("uid and sandbox leases");
-    let mut cgroup = crate::host::cgroups::create(&layout, &req.cgroup_parent, &id, &req.policy.cgroup_limits())?;
-    crate::phases::mark("cgroup created");
+    // The cgroup is made by `start`, once the init is cloned (while it starts).
+    let mut cgroup = None;
+    let make_cgroup = || crate::host::cgroups::create(&layout, &req.cgroup_parent, &id, &req.policy.cgroup_limits());
     let spec = InitSpec {
         id: id.clone(),
         uid,
@@ -132,13 +133,20 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     // the worktree owner's own ids.
     let leased = IdMap { inside_uid: uid, host_uid: lease.uid, inside_gid: gid, host_gid: lease.uid };
     let direct = IdMap { inside_uid: uid, host_uid: uid, inside_gid: gid, host_gid: gid };
-    let first = if req.idmap { start(req, &wt, spec.clone(), leased, true, &cgroup) } else { start(req, &wt, spec.clone(), direct, false, &cgroup) };
+    let first = if req.idmap {
+        start(req, &wt, spec.clone(), leased, true, (&mut cgroup, &make_cgroup))
+    } else {
+        start(req, &wt, spec.clone(), direct, false, (&mut cgroup, &make_cgroup))
+    };
     let mut sandbox = match first {
         Err(Fallback::Idmap) => {
             tracing::warn!(worktree = %wt.path.display(), "this filesystem cannot idmap mounts; the sandbox runs as the worktree owner's uid");
-            start(req, &wt, spec, direct, false, &cgroup).map_err(Fallback::into_error)?
+            start(req, &wt, spec, direct, false, (&mut cgroup, &make_cgroup)).map_err(Fallback::into_error)?
         }
         other => other.map_err(Fallback::into_error)?,
+    };
+    let Some(mut cgroup) = cgroup else {
+        return Err(RunError::Setup(format!("sandbox {id}: started without its cgroup")));
     };
     tracing::info!(sandbox = %id, pid = sandbox.pid, host_uid = sandbox.host_uid, cgroup_version = cgroup.version(), "sandbox started");
     crate::phases::mark("sandbox started");
@@ -278,29 +286,36 @@ fn start(
     mut spec: InitSpec,
     map: IdMap,
     idmap: bool,
-    cgroup: &crate::host::cgroups::SandboxCgroup,
+    (cgroup, make_cgroup): (&mut Option<crate::host::cgroups::SandboxCgroup>, &dyn Fn() -> Result<crate::host::cgroups::SandboxCgroup, crate::host::cgroups::CgroupError>),
 ) -> Result<Sandbox, Fallback> {
     // Everything the init needs is made before the clone: it is a copy of
     // this process and inherits the spec and the mount fds.
     let (mounts, owned) = prepare_mounts(req, wt)?;
     spec.mounts = mounts.entries.clone();
     crate::phases::mark("host mounts prepared");
-    // v1: init moves itself into its cgroups first thing (cheaper, see
-    // `self_attach_files`); otherwise we move it below, before it is told to
-    // go on, so it still runs nothing of the payload's outside them.
-    let attach = cgroup.self_attach_files();
-    let mut sandbox = Sandbox::spawn(map.host_uid, attach.as_deref().unwrap_or(&[]), &spec, &mounts.fds)?;
+    let mut sandbox = Sandbox::spawn(map.host_uid, &spec, &mounts.fds)?;
     sandbox.owner = wt.uid;
     crate::phases::mark("init cloned");
     tracing::debug!(pid = sandbox.pid, "init cloned");
     map.write(sandbox.pid)?;
     crate::phases::mark("id maps written");
+    // The cgroup, while the new init starts (it waits for `Go` before it does
+    // anything of the sandbox's).
+    if cgroup.is_none() {
+        *cgroup = Some(make_cgroup()?);
+    }
+    let Some(cgroup) = cgroup.as_ref() else {
+        return Err(RunError::Setup("the sandbox's cgroup is missing".into()).into());
+    };
+    crate::phases::mark("cgroup created");
     // Before init runs anything of the payload's: every process of the sandbox
     // is born inside the cgroup, and init's cgroup namespace is rooted there.
+    // v1: init moves itself into its cgroups when told to go on (cheaper, see
+    // `self_attach_files`); otherwise we move it here.
+    let attach = cgroup.self_attach_files();
     if attach.is_none() {
         cgroup.add_process(sandbox.pid)?;
     }
-    drop(attach);
     crate::phases::mark("init placed in its cgroup");
     if idmap {
         let userns_path = format!("/proc/{}/ns/user", sandbox.pid);
@@ -318,7 +333,10 @@ fn start(
     }
     // A send that fails means init is gone (it reported why, or died): the
     // wait loop reads its report either way.
-    if let Err(e) = sandbox.channel.send_go() {
+    let attach_fds: Vec<std::os::fd::RawFd> = attach.iter().flatten().map(|f| f.as_raw_fd()).collect();
+    let sent = sandbox.channel.send_go(&attach_fds);
+    drop(attach);
+    if let Err(e) = sent {
         tracing::debug!(error = %e, "init gone before go");
     }
     // Init holds its own copies of the mount fds now; ours go.
