@@ -126,14 +126,14 @@ impl ParentEnd {
         self.0.fd.as_raw_fd()
     }
 
-    /// `Go`, with the v1 cgroups' `tasks` files init joins first (see
-    /// `SandboxCgroup::self_attach_files`).
-    pub fn send_go(&self, attach: &[RawFd]) -> Result<(), ChannelError> {
-        self.0.send(&ToInit::Go, attach)
+    pub fn send_go(&self) -> Result<(), ChannelError> {
+        self.0.send(&ToInit::Go, &[])
     }
 
-    pub fn send_listening(&self) -> Result<(), ChannelError> {
-        self.0.send(&ToInit::Listening, &[])
+    /// `Listening`, with the v1 cgroups' `tasks` files init joins before it
+    /// forks the payload (see `SandboxCgroup::self_attach_files`).
+    pub fn send_listening(&self, attach: &[RawFd]) -> Result<(), ChannelError> {
+        self.0.send(&ToInit::Listening, attach)
     }
 
     /// A message from init; only `Running` may carry a descriptor (the seccomp
@@ -153,17 +153,17 @@ impl InitEnd {
         InitEnd(Socket { fd })
     }
 
-    /// Wait for `Go`; returns the cgroup `tasks` files that came with it.
-    pub fn recv_go(&self) -> Result<Vec<OwnedFd>, ChannelError> {
-        match self.0.recv::<ToInit>()? {
-            (ToInit::Go, fds) => Ok(fds),
-            (got, _) => Err(ChannelError::Unexpected(format!("{got:?} (out of order)"))),
-        }
+    /// Wait for `Go`.
+    pub fn recv_go(&self) -> Result<(), ChannelError> {
+        self.recv_exactly(ToInit::Go)
     }
 
-    /// Wait for `Listening`.
-    pub fn recv_listening(&self) -> Result<(), ChannelError> {
-        self.recv_exactly(ToInit::Listening)
+    /// Wait for `Listening`; returns the cgroup `tasks` files that came with it.
+    pub fn recv_listening(&self) -> Result<Vec<OwnedFd>, ChannelError> {
+        match self.0.recv::<ToInit>()? {
+            (ToInit::Listening, fds) => Ok(fds),
+            (got, _) => Err(ChannelError::Unexpected(format!("{got:?} (out of order)"))),
+        }
     }
 
     fn recv_exactly(&self, want: ToInit) -> Result<(), ChannelError> {
@@ -200,8 +200,8 @@ mod tests {
         let (a, b) = crate::sys::socketpair_seqpacket().unwrap();
         let (parent, child) = (ParentEnd::new(a), InitEnd::new(b));
         let f = std::fs::File::open("/dev/null").unwrap();
-        parent.send_go(&[]).unwrap();
-        assert!(child.recv_go().unwrap().is_empty());
+        parent.send_go().unwrap();
+        child.recv_go().unwrap();
         parent.send_listening().unwrap();
         child.recv_listening().unwrap();
         child.send_to_parent(&FromInit::Exited(PayloadStatus::Signaled(15))).unwrap();

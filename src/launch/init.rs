@@ -85,21 +85,15 @@ fn serve(channel: OwnedFd, spec: &InitSpec, mount_fds: &[OwnedFd]) -> u8 {
     let last_cap = crate::confine::caps::last_cap();
     let bounding = crate::confine::caps::drop_bounding_set(last_cap);
     crate::phases::mark("init: bounding set dropped");
-    let Ok(attach) = chan.recv_go() else {
+    if chan.recv_go().is_err() {
         // The launcher died or gave up: nothing to report to.
         return super::EXIT_LAUNCHER_ERROR;
-    };
+    }
     crate::phases::mark("init: go received");
-    // Into the sandbox's cgroups before anything else: every process of the
-    // sandbox is born inside them. (Until here init ran only the lines above;
-    // the launcher made the cgroups meanwhile.)
-    let joined = join_cgroups(&attach);
-    drop(attach);
-    let result = match (lo, bounding, joined) {
-        (Ok(()), Ok(()), Ok(())) => run(&chan, spec, mount_fds, last_cap),
-        (Err(e), _, _) => Err(Failure::Setup(format!("bringing lo up: {e}"))),
-        (_, Err(e), _) => Err(Failure::Setup(e.to_string())),
-        (_, _, Err(e)) => Err(e),
+    let result = match (lo, bounding) {
+        (Ok(()), Ok(())) => run(&chan, spec, mount_fds, last_cap),
+        (Err(e), _) => Err(Failure::Setup(format!("bringing lo up: {e}"))),
+        (_, Err(e)) => Err(Failure::Setup(e.to_string())),
     };
     let msg = match result {
         Ok(status) => FromInit::Exited(status),
@@ -116,7 +110,8 @@ fn serve(channel: OwnedFd, spec: &InitSpec, mount_fds: &[OwnedFd]) -> u8 {
 
 /// v1: write "0" to each hierarchy's `tasks` file (opened by the launcher): a
 /// thread moving itself is cheap, see `SandboxCgroup::self_attach_files`. (On
-/// v2 the launcher placed us already, and sends none.)
+/// v2 the launcher placed us already, and sends none.) Until here init ran in
+/// the launcher's cgroups: its own set-up only, nothing of the payload's.
 fn join_cgroups(tasks: &[OwnedFd]) -> Result<(), Failure> {
     for fd in tasks {
         // SAFETY: writing one byte from a static string to a descriptor we hold.
@@ -145,11 +140,7 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: &[OwnedFd], last_cap: u32) -> Resul
     if chan.peer_gone() {
         return Err(Failure::Setup("launcher exited".into()));
     }
-    // SAFETY: unshare with a namespace flag; we are single-threaded.
-    if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
-        return Err(Failure::Setup(format!("unshare(CLONE_NEWCGROUP): {}", nix::errno::Errno::last())));
-    }
-    crate::phases::mark("init: credentials and cgroup namespace");
+    crate::phases::mark("init: credentials");
     tracing::debug!("init: credentials set");
     crate::fs::rootfs::build(spec, fds)?;
     // The mount trees are attached: close them (they are the launcher's copies).
@@ -177,8 +168,18 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: &[OwnedFd], last_cap: u32) -> Resul
     let (err_r, err_w) = sys::pipe_cloexec()?;
     // The launcher made the outbound listeners meanwhile; the payload may
     // connect to them from its first instruction on.
-    chan.recv_listening().map_err(|e| Failure::Setup(format!("waiting for the launcher's listeners: {e}")))?;
+    // With them came the sandbox's cgroups (made while we built the root).
+    let attach = chan.recv_listening().map_err(|e| Failure::Setup(format!("waiting for the launcher's listeners: {e}")))?;
     crate::phases::mark("init: listeners ready");
+    // Into the cgroups before the payload exists: every process of the sandbox
+    // is born inside them, and our cgroup namespace is rooted there.
+    join_cgroups(&attach)?;
+    drop(attach);
+    // SAFETY: unshare with a namespace flag; we are single-threaded.
+    if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
+        return Err(Failure::Setup(format!("unshare(CLONE_NEWCGROUP): {}", nix::errno::Errno::last())));
+    }
+    crate::phases::mark("init: cgroups joined");
 
     // SAFETY: this process is single-threaded (a clone of a single-threaded launcher), so the child may run
     // ordinary code; it only makes the syscalls in payload::exec anyway.

@@ -299,24 +299,6 @@ fn start(
     tracing::debug!(pid = sandbox.pid, "init cloned");
     map.write(sandbox.pid)?;
     crate::phases::mark("id maps written");
-    // The cgroup, while the new init starts (it waits for `Go` before it does
-    // anything of the sandbox's).
-    if cgroup.is_none() {
-        *cgroup = Some(make_cgroup()?);
-    }
-    let Some(cgroup) = cgroup.as_ref() else {
-        return Err(RunError::Setup("the sandbox's cgroup is missing".into()).into());
-    };
-    crate::phases::mark("cgroup created");
-    // Before init runs anything of the payload's: every process of the sandbox
-    // is born inside the cgroup, and init's cgroup namespace is rooted there.
-    // v1: init moves itself into its cgroups when told to go on (cheaper, see
-    // `self_attach_files`); otherwise we move it here.
-    let attach = cgroup.self_attach_files();
-    if attach.is_none() {
-        cgroup.add_process(sandbox.pid)?;
-    }
-    crate::phases::mark("init placed in its cgroup");
     if idmap {
         let userns_path = format!("/proc/{}/ns/user", sandbox.pid);
         let userns = std::fs::File::open(&userns_path).map_err(|e| RunError::Setup(format!("open {userns_path}: {e}")))?;
@@ -333,15 +315,30 @@ fn start(
     }
     // A send that fails means init is gone (it reported why, or died): the
     // wait loop reads its report either way.
-    let attach_fds: Vec<std::os::fd::RawFd> = attach.iter().flatten().map(|f| f.as_raw_fd()).collect();
-    let sent = sandbox.channel.send_go(&attach_fds);
-    drop(attach);
-    if let Err(e) = sent {
+    if let Err(e) = sandbox.channel.send_go() {
         tracing::debug!(error = %e, "init gone before go");
     }
     // Init holds its own copies of the mount fds now; ours go.
     drop(mounts);
     crate::phases::mark("go sent");
+    // The cgroup, while init builds the root (it joins it before it forks
+    // the payload, see below).
+    if cgroup.is_none() {
+        *cgroup = Some(make_cgroup()?);
+    }
+    let Some(cgroup) = cgroup.as_ref() else {
+        return Err(RunError::Setup("the sandbox's cgroup is missing".into()).into());
+    };
+    crate::phases::mark("cgroup created");
+    // Before init forks the payload: every process of the sandbox is born
+    // inside the cgroup, and init's cgroup namespace is rooted there. v1: init
+    // moves itself in, with the `tasks` files sent along with `Listening`
+    // (cheaper, see `self_attach_files`); otherwise we move it here.
+    let attach = cgroup.self_attach_files();
+    if attach.is_none() {
+        cgroup.add_process(sandbox.pid)?;
+    }
+    crate::phases::mark("init's cgroup ready");
     // Outbound: listeners inside the sandbox's network namespace, made by the
     // launcher before the payload exists (its first connection just queues;
     // they are served from the first one on, see `Network`).
@@ -355,7 +352,10 @@ fn start(
         ns.listen_inside(&ports).map_err(|e| RunError::Setup(format!("outbound listeners inside the sandbox (forwards, egress proxy): {e}")))?;
     sandbox.outbound = kinds.into_iter().zip(listeners).collect();
     crate::phases::mark("outbound listeners");
-    if let Err(e) = sandbox.channel.send_listening() {
+    let attach_fds: Vec<std::os::fd::RawFd> = attach.iter().flatten().map(|f| f.as_raw_fd()).collect();
+    let sent = sandbox.channel.send_listening(&attach_fds);
+    drop(attach);
+    if let Err(e) = sent {
         tracing::debug!(error = %e, "init gone before its payload started");
     }
     Ok(sandbox)
