@@ -202,8 +202,8 @@ mod tests {
         let f = std::fs::File::open("/dev/null").unwrap();
         parent.send_go().unwrap();
         child.recv_go().unwrap();
-        parent.send_listening().unwrap();
-        child.recv_listening().unwrap();
+        parent.send_listening(&[f.as_raw_fd()]).unwrap();
+        assert_eq!(child.recv_listening().unwrap().len(), 1);
         child.send_to_parent(&FromInit::Exited(PayloadStatus::Signaled(15))).unwrap();
         assert!(matches!(parent.recv_from_init().unwrap(), (FromInit::Exited(PayloadStatus::Signaled(15)), None)));
         child.send_running(Some(f.as_raw_fd())).unwrap();
