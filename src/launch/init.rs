@@ -50,17 +50,17 @@ impl<E: std::fmt::Display> From<E> for Failure {
 
 /// Entry point of the cloned init. Never returns.
 ///
-/// `channel` is our end of the channel; `mount_fds` are the parent's prepared
-/// mount trees (the spec's `fd_index`es), inherited through the clone.
-pub fn main(channel: OwnedFd, spec: &InitSpec, mount_fds: &[OwnedFd]) -> ! {
+/// `channel` is our end of the channel; the parent's prepared mount trees come
+/// with `Go` (the entries' `fd_index`es refer to them).
+pub fn main(channel: OwnedFd, spec: &InitSpec) -> ! {
     // Whatever happens below, never unwind into the launcher's frames.
-    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(channel, spec, mount_fds))).unwrap_or(super::EXIT_LAUNCHER_ERROR);
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(channel, spec))).unwrap_or(super::EXIT_LAUNCHER_ERROR);
     // SAFETY: _exit ends this process without running the launcher's atexit
     // handlers or flushing its buffers (a copy of the launcher's memory).
     unsafe { libc::_exit(code.into()) }
 }
 
-fn serve(channel: OwnedFd, spec: &InitSpec, mount_fds: &[OwnedFd]) -> u8 {
+fn serve(channel: OwnedFd, spec: &InitSpec) -> u8 {
     // First: this memory is a copy of the launcher's. (The payload, once it runs
     // as our uid, could otherwise read it through ptrace or /proc/1/mem.)
     // SAFETY: prctl with integer arguments.
@@ -68,7 +68,7 @@ fn serve(channel: OwnedFd, spec: &InitSpec, mount_fds: &[OwnedFd]) -> u8 {
     crate::phases::mark("init: started");
     sys::reset_signal_dispositions();
     let _ = sys::child::set_sigmask(libc::SIG_SETMASK, &sys::child::sigset(&[]));
-    let mut keep: Vec<RawFd> = mount_fds.iter().map(|f| f.as_raw_fd()).chain([channel.as_raw_fd()]).collect();
+    let mut keep: Vec<RawFd> = vec![channel.as_raw_fd()];
     if dumpable != 0 || crate::confine::fds::close_all_except_these(&mut keep).is_err() || sys::set_cloexec(channel.as_raw_fd(), true).is_err() {
         return super::EXIT_LAUNCHER_ERROR;
     }
@@ -85,13 +85,13 @@ fn serve(channel: OwnedFd, spec: &InitSpec, mount_fds: &[OwnedFd]) -> u8 {
     let last_cap = crate::confine::caps::last_cap();
     let bounding = crate::confine::caps::drop_bounding_set(last_cap);
     crate::phases::mark("init: bounding set dropped");
-    if chan.recv_go().is_err() {
+    let Ok((mounts, mount_fds)) = chan.recv_go() else {
         // The launcher died or gave up: nothing to report to.
         return super::EXIT_LAUNCHER_ERROR;
-    }
+    };
     crate::phases::mark("init: go received");
     let result = match (lo, bounding) {
-        (Ok(()), Ok(())) => run(&chan, spec, mount_fds, last_cap),
+        (Ok(()), Ok(())) => run(&chan, &InitSpec { mounts, ..spec.clone() }, mount_fds, last_cap),
         (Err(e), _) => Err(Failure::Setup(format!("bringing lo up: {e}"))),
         (_, Err(e)) => Err(Failure::Setup(e.to_string())),
     };
@@ -122,7 +122,7 @@ fn join_cgroups(tasks: &[OwnedFd]) -> Result<(), Failure> {
     Ok(())
 }
 
-fn run(chan: &InitEnd, spec: &InitSpec, fds: &[OwnedFd], last_cap: u32) -> Result<PayloadStatus, Failure> {
+fn run(chan: &InitEnd, spec: &InitSpec, fds: Vec<OwnedFd>, last_cap: u32) -> Result<PayloadStatus, Failure> {
     // SAFETY: getpid has no preconditions.
     if unsafe { libc::getpid() } != 1 {
         return Err(Failure::Setup("sandbox init is not pid 1 of a new PID namespace".into()));
@@ -142,13 +142,9 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: &[OwnedFd], last_cap: u32) -> Resul
     }
     crate::phases::mark("init: credentials");
     tracing::debug!("init: credentials set");
-    crate::fs::rootfs::build(spec, fds)?;
-    // The mount trees are attached: close them (they are the launcher's copies).
-    for f in fds {
-        // SAFETY: closing our copy of a descriptor nothing else here uses; its
-        // OwnedFd (the launcher's) is never dropped in this process.
-        unsafe { libc::close(f.as_raw_fd()) };
-    }
+    crate::fs::rootfs::build(spec, &fds)?;
+    // The mount trees are attached: their descriptors go.
+    drop(fds);
     crate::phases::mark("init: root built");
     tracing::debug!("init: root built");
     // (The launcher created the outbound listeners in this network namespace.)

@@ -283,22 +283,21 @@ fn prepare_mounts(req: &RunRequest, wt: &Worktree) -> Result<(PreparedMounts, Ve
 fn start(
     req: &RunRequest,
     wt: &Worktree,
-    mut spec: InitSpec,
+    spec: InitSpec,
     map: IdMap,
     idmap: bool,
     (cgroup, make_cgroup): (&mut Option<crate::host::cgroups::SandboxCgroup>, &dyn Fn() -> Result<crate::host::cgroups::SandboxCgroup, crate::host::cgroups::CgroupError>),
 ) -> Result<Sandbox, Fallback> {
-    // Everything the init needs is made before the clone: it is a copy of
-    // this process and inherits the spec and the mount fds.
-    let (mounts, owned) = prepare_mounts(req, wt)?;
-    spec.mounts = mounts.entries.clone();
-    crate::phases::mark("host mounts prepared");
-    let mut sandbox = Sandbox::spawn(map.host_uid, &spec, &mounts.fds)?;
+    // The init is a copy of this process: it inherits the spec. The mount
+    // trees are prepared while it starts, and sent with `Go`.
+    let mut sandbox = Sandbox::spawn(map.host_uid, &spec)?;
     sandbox.owner = wt.uid;
     crate::phases::mark("init cloned");
     tracing::debug!(pid = sandbox.pid, "init cloned");
     map.write(sandbox.pid)?;
     crate::phases::mark("id maps written");
+    let (mounts, owned) = prepare_mounts(req, wt)?;
+    crate::phases::mark("host mounts prepared");
     if idmap {
         let userns_path = format!("/proc/{}/ns/user", sandbox.pid);
         let userns = std::fs::File::open(&userns_path).map_err(|e| RunError::Setup(format!("open {userns_path}: {e}")))?;
@@ -315,7 +314,7 @@ fn start(
     }
     // A send that fails means init is gone (it reported why, or died): the
     // wait loop reads its report either way.
-    if let Err(e) = sandbox.channel.send_go() {
+    if let Err(e) = sandbox.channel.send_go(mounts.entries.clone(), &mounts.raw_fds()) {
         tracing::debug!(error = %e, "init gone before go");
     }
     // Init holds its own copies of the mount fds now; ours go.

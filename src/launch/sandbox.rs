@@ -84,7 +84,7 @@ impl Sandbox {
     /// The launcher must be single-threaded here (checked): the child then runs
     /// ordinary code on a consistent copy of the launcher's memory, as after a
     /// `fork` of a single-threaded program.
-    pub(super) fn spawn(host_uid: u32, spec: &InitSpec, mount_fds: &[OwnedFd]) -> Result<Sandbox, RunError> {
+    pub(super) fn spawn(host_uid: u32, spec: &InitSpec) -> Result<Sandbox, RunError> {
         // A thread joined just before (a git helper's reader) leaves the
         // thread group a moment after its join returns: wait that out briefly.
         let mut threads = 0;
@@ -112,7 +112,7 @@ impl Sandbox {
                         libc::_exit(super::EXIT_LAUNCHER_ERROR.into());
                     }
                 }
-                super::init::main(child_end, spec, mount_fds)
+                super::init::main(child_end, spec)
             }
             Ok(pid) => pid,
             Err(e) => {
