@@ -1,23 +1,25 @@
 //! Child side: the sandbox init, a `clone` of the launcher (no exec) into new
 //! user, mount, PID, network, IPC and UTS namespaces. Single-threaded (the
 //! launcher is when it clones, which it checks), pid 1. It already holds its
-//! spec and the prepared mount fds (a copy of the launcher's memory and fds,
-//! made before the clone), and never returns into the launcher's code: it ends
+//! spec (a copy of the launcher's memory, made before the clone); the mount
+//! trees come with `Go`. It never returns into the launcher's code: it ends
 //! with `_exit`, so none of the launcher's destructors (leases, cgroups) runs here.
 //!
 //! The sequence, in order, each step for a reason:
 //! 1. become non-dumpable (this memory is a copy of the launcher's), reset
-//!    signals and close every fd but the channel and the mount fds (nothing else
-//!    of the launcher's survives into the sandbox); bring `lo` up;
+//!    signals and close every fd but the channel (nothing else of the
+//!    launcher's survives into the sandbox); bring `lo` up; empty the bounding
+//!    set (nothing here execs but the payload, which inherits it empty);
 //! 2. wait for `Go` (sent only after the parent wrote our uid/gid maps and
-//!    idmapped the worktree mount); later, before the payload starts, for
-//!    `Listening` (the launcher's outbound listeners exist);
+//!    idmapped the worktree mount; it carries the mount trees);
 //! 3. become the sandbox uid/gid (capabilities in our own user namespace are
 //!    kept: uid 0 is not mapped, so the kernel does not clear them), re-arm the
 //!    parent-death signal that the uid change cleared;
-//! 4. enter a new cgroup namespace rooted at the cgroup the parent placed us in;
-//! 5. build the root filesystem and `pivot_root` into it;
-//! 6. hostname;
+//! 4. build the root filesystem and `pivot_root` into it;
+//! 5. hostname;
+//! 6. wait for `Listening` (the launcher's outbound listeners exist; it
+//!    carries the v1 cgroups' `tasks` files): join the cgroups, and enter a new
+//!    cgroup namespace rooted there, so the payload is born inside them;
 //! 7. fork the payload ([`super::payload`]): setsid, no_new_privs, drop all
 //!    capabilities, close fds, chdir to the worktree, execve;
 //! 8. drop our own capabilities and stay as a reaping init that forwards signals;

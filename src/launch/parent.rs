@@ -3,15 +3,17 @@
 //!
 //! 1. validate the request (payload, worktree and its owner, ids);
 //! 2. lease a per-sandbox host uid;
-//! 3. prepare every bind as a detached, flagged mount tree ([`crate::fs::host_binds`]);
-//! 4. `clone` the init into new namespaces: a copy of this (single-threaded)
-//!    process that runs [`super::init`] with the spec and mount fds made before;
-//! 5. write the child's `setgroups`/uid/gid maps; make the outbound listeners in
-//!    its network namespace; idmap the worktree mount through the child's user
-//!    namespace (falling back to mapping the sandbox to the worktree owner where
-//!    the filesystem cannot idmap);
-//! 6. tell init to go on; sweep stale sandboxes meanwhile; forward signals;
-//!    report the status.
+//! 3. `clone` the init into new namespaces: a copy of this (single-threaded)
+//!    process that runs [`super::init`] with the spec made before;
+//! 4. while it starts: write the child's `setgroups`/uid/gid maps; prepare
+//!    every bind as a detached, flagged mount tree ([`crate::fs::host_binds`]);
+//!    idmap the worktree mount through the child's user namespace (falling back
+//!    to mapping the sandbox to the worktree owner where the filesystem cannot
+//!    idmap); send `Go` with the trees;
+//! 5. while it builds the root: make the sandbox's cgroup and the outbound
+//!    listeners in its network namespace; send `Listening` (with the v1 cgroups'
+//!    `tasks` files, which init joins before it forks the payload);
+//! 6. sweep stale sandboxes meanwhile; forward signals; report the status.
 //!
 //! The types: [`super::request`] (the request and its validation),
 //! [`super::network`] (the network services), [`super::sandbox`] (a sandbox's
@@ -286,7 +288,10 @@ fn start(
     spec: InitSpec,
     map: IdMap,
     idmap: bool,
-    (cgroup, make_cgroup): (&mut Option<crate::host::cgroups::SandboxCgroup>, &dyn Fn() -> Result<crate::host::cgroups::SandboxCgroup, crate::host::cgroups::CgroupError>),
+    (cgroup, make_cgroup): (
+        &mut Option<crate::host::cgroups::SandboxCgroup>,
+        &dyn Fn() -> Result<crate::host::cgroups::SandboxCgroup, crate::host::cgroups::CgroupError>,
+    ),
 ) -> Result<Sandbox, Fallback> {
     // The init is a copy of this process: it inherits the spec. The mount
     // trees are prepared while it starts, and sent with `Go`.
