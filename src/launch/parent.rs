@@ -99,8 +99,9 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         disk.add_tree(&git.layer.path).map_err(|e| RunError::Invalid(e.to_string()))?;
     }
     crate::phases::mark("disk prepared");
-    let layout = crate::host::cgroups::Layout::detect()?;
-    crate::phases::mark("cgroup layout");
+    // The cgroup layout is read, and the cgroup made, by `start` once the init
+    // is cloned (while it builds the root).
+    let layout: std::cell::OnceCell<crate::host::cgroups::Layout> = std::cell::OnceCell::new();
     // (The sweep of stale sandboxes comes once the init is on its way.)
     let leases_dir = req.state_dir.join("sandboxes");
     crate::host::lease::ensure_private_dir(&req.state_dir)?;
@@ -112,7 +113,17 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     crate::phases::mark("uid and sandbox leases");
     // The cgroup is made by `start`, once the init is cloned (while it starts).
     let mut cgroup = None;
-    let make_cgroup = || crate::host::cgroups::create(&layout, &req.cgroup_parent, &id, &req.policy.cgroup_limits());
+    let make_cgroup = || {
+        let layout = match layout.get() {
+            Some(l) => l,
+            None => {
+                let detected = crate::host::cgroups::Layout::detect()?;
+                crate::phases::mark("cgroup layout");
+                layout.get_or_init(|| detected)
+            }
+        };
+        crate::host::cgroups::create(layout, &req.cgroup_parent, &id, &req.policy.cgroup_limits())
+    };
     let spec = InitSpec {
         id: id.clone(),
         uid,
@@ -154,8 +165,10 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     crate::phases::mark("sandbox started");
     // While the init builds the root: sweep the cgroups and leases of
     // sandboxes whose launcher is gone (ours are held, so left alone).
-    if req.gc {
-        match crate::host::cgroups::gc(&layout, &req.cgroup_parent, &req.state_dir) {
+    if req.gc
+        && let Some(layout) = layout.get()
+    {
+        match crate::host::cgroups::gc(layout, &req.cgroup_parent, &req.state_dir) {
             Ok(ids) if !ids.is_empty() => tracing::info!(removed = ?ids, "removed stale sandbox cgroups"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not remove stale sandbox cgroups"),
