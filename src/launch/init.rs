@@ -6,12 +6,13 @@
 //! with `_exit`, so none of the launcher's destructors (leases, cgroups) runs here.
 //!
 //! The sequence, in order, each step for a reason:
-//! 1. become non-dumpable (this memory is a copy of the launcher's), reset
-//!    signals and close every fd but the channel (nothing else of the
+//! 1. reset signals and close every fd but the channel (nothing else of the
 //!    launcher's survives into the sandbox); bring `lo` up; empty the bounding
 //!    set (nothing here execs but the payload, which inherits it empty);
-//! 2. wait for `Go` (sent only after the parent wrote our uid/gid maps and
-//!    idmapped the worktree mount; it carries the mount trees);
+//! 2. wait for `Go` (sent only after the parent wrote our uid/gid maps,
+//!    idmapped the worktree mount and opened our namespaces; it carries the
+//!    mount trees); become non-dumpable (this memory is a copy of the
+//!    launcher's);
 //! 3. become the sandbox uid/gid (capabilities in our own user namespace are
 //!    kept: uid 0 is not mapped, so the kernel does not clear them), re-arm the
 //!    parent-death signal that the uid change cleared;
@@ -63,15 +64,16 @@ pub fn main(channel: OwnedFd, spec: &InitSpec) -> ! {
 }
 
 fn serve(channel: OwnedFd, spec: &InitSpec) -> u8 {
-    // First: this memory is a copy of the launcher's. (The payload, once it runs
-    // as our uid, could otherwise read it through ptrace or /proc/1/mem.)
-    // SAFETY: prctl with integer arguments.
-    let dumpable = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    // (This memory is a copy of the launcher's: init becomes non-dumpable once
+    // told to go on, below, before it takes the sandbox's uid. Until then it is
+    // host uid 0, and the launcher opens our /proc/PID/ns entries: with a
+    // non-dumpable init that needs CAP_SYS_PTRACE, which the systemd unit
+    // does not grant, since our memory belongs to the host's user namespace.)
     crate::phases::mark("init: started");
     sys::reset_signal_dispositions();
     let _ = sys::child::set_sigmask(libc::SIG_SETMASK, &sys::child::sigset(&[]));
     let mut keep: Vec<RawFd> = vec![channel.as_raw_fd()];
-    if dumpable != 0 || crate::confine::fds::close_all_except_these(&mut keep).is_err() || sys::set_cloexec(channel.as_raw_fd(), true).is_err() {
+    if crate::confine::fds::close_all_except_these(&mut keep).is_err() || sys::set_cloexec(channel.as_raw_fd(), true).is_err() {
         return super::EXIT_LAUNCHER_ERROR;
     }
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
@@ -92,6 +94,15 @@ fn serve(channel: OwnedFd, spec: &InitSpec) -> u8 {
         return super::EXIT_LAUNCHER_ERROR;
     };
     crate::phases::mark("init: go received");
+    // Before anything of the sandbox's: the payload, once it runs as our uid,
+    // could otherwise read this copy of the launcher's memory through ptrace or
+    // /proc/1/mem.
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        let _ =
+            chan.send_to_parent(&FromInit::SetupFailed { message: format!("sandbox {}: PR_SET_DUMPABLE: {}", spec.id, nix::errno::Errno::last()) });
+        return super::EXIT_LAUNCHER_ERROR;
+    }
     let result = match (lo, bounding) {
         (Ok(()), Ok(())) => run(&chan, &InitSpec { mounts, ..spec.clone() }, mount_fds, last_cap),
         (Err(e), _) => Err(Failure::Setup(format!("bringing lo up: {e}"))),

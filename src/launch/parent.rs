@@ -330,6 +330,10 @@ fn start(
             }
         }
     }
+    // Init becomes non-dumpable once told to go on: its namespaces are opened
+    // before (see `super::init`).
+    let ns = crate::net::broker::Netns::of_pid(sandbox.pid).map_err(|e| RunError::Setup(format!("opening the sandbox's network namespace: {e}")))?;
+    sandbox.netns = Some(ns);
     // A send that fails means init is gone (it reported why, or died): the
     // wait loop reads its report either way.
     if let Err(e) = sandbox.channel.send_go(mounts.entries.clone(), &mounts.raw_fds()) {
@@ -360,8 +364,9 @@ fn start(
     // launcher before the payload exists (its first connection just queues;
     // they are served from the first one on, see `Network`).
     // (While init builds the root; it starts the payload after `Listening`.)
-    let ns = crate::net::broker::Netns::of_pid(sandbox.pid).map_err(|e| RunError::Setup(format!("opening the sandbox's network namespace: {e}")))?;
-    sandbox.netns = Some(ns.clone());
+    let Some(ns) = sandbox.netns.clone() else {
+        return Err(RunError::Setup("the sandbox's network namespace is not open".into()).into());
+    };
     let forwards = req.forwards();
     let kinds: Vec<Outbound> = forwards.iter().map(|p| Outbound::Forward(*p)).chain([Outbound::Proxy]).collect();
     let ports: Vec<u16> = forwards.into_iter().chain([req.policy.network.proxy_port]).collect();
