@@ -168,6 +168,7 @@ fn run_checked(args: RunArgs, log: LogConfig) -> CliResult {
         inodes: args.inodes,
     })
     .map_err(launcher)?;
+    crate::phases::mark("policy loaded");
     if !crate::host::cgroups::valid_parent_name(&args.cgroup_parent) {
         return Err(launcher(format!("--cgroup-parent {:?}: one path component of letters, digits, '.', '_' or '-'", args.cgroup_parent)));
     }

@@ -15,15 +15,34 @@ pub fn last_cap() -> u32 {
 
 /// Drop the bounding set (needs CAP_SETPCAP, so first), clear the ambient set,
 /// then clear inheritable, permitted and effective. Async-signal-safe.
+///
+/// A capability already out of the bounding set is only read, not dropped
+/// again: each drop allocates and commits new credentials, and the payload
+/// inherits the bounding set init emptied before forking it
+/// ([`drop_bounding_set`]), so its check costs no allocation.
 pub fn drop_all(last_cap: u32) -> Result<(), CapsError> {
+    drop_bounding_set(last_cap)?;
+    sys::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, "PR_CAP_AMBIENT_CLEAR_ALL")?;
+    sys::child::clear_capabilities()?;
+    Ok(())
+}
+
+/// Empty the bounding set (what an `execve` could ever grant), leaving the
+/// effective, permitted and ambient sets alone: sandbox init does it early,
+/// while it waits for the launcher, so that the payload it forks later starts
+/// with an empty bounding set. Async-signal-safe.
+pub fn drop_bounding_set(last_cap: u32) -> Result<(), CapsError> {
     for cap in 0..=last_cap {
+        match sys::prctl(libc::PR_CAPBSET_READ, cap.into(), "PR_CAPBSET_READ") {
+            Err(e) if e.errno == Errno::EINVAL => break,
+            Ok(0) => continue,
+            r => r.map(drop)?,
+        }
         match sys::prctl(libc::PR_CAPBSET_DROP, cap.into(), "PR_CAPBSET_DROP") {
             Err(e) if e.errno == Errno::EINVAL => break,
             r => r.map(drop)?,
         }
     }
-    sys::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, "PR_CAP_AMBIENT_CLEAR_ALL")?;
-    sys::child::clear_capabilities()?;
     Ok(())
 }
 

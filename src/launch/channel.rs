@@ -16,14 +16,14 @@ use super::spec::PayloadStatus;
 
 /// Largest message either side accepts.
 pub const MAX_MESSAGE: usize = 64 * 1024;
-/// Most fds a message may carry.
-pub const MAX_FDS: usize = 4;
+/// Most fds a message may carry (`Go` carries every prepared mount tree).
+pub const MAX_FDS: usize = 64;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToInit {
     /// The uid/gid maps are written and the mounts are ready (idmapped): build
-    /// the sandbox.
-    Go,
+    /// the sandbox. The mount trees come with it, in `fd_index` order.
+    Go { mounts: Vec<super::spec::MountEntry> },
     /// The outbound listeners exist in our network namespace: start the payload.
     Listening,
 }
@@ -126,12 +126,18 @@ impl ParentEnd {
         self.0.fd.as_raw_fd()
     }
 
-    pub fn send_go(&self) -> Result<(), ChannelError> {
-        self.0.send(&ToInit::Go, &[])
+    /// `Go`, with the prepared mount trees (`mounts` refer to `fds` by index).
+    pub fn send_go(&self, mounts: Vec<super::spec::MountEntry>, fds: &[RawFd]) -> Result<(), ChannelError> {
+        if fds.len() > MAX_FDS {
+            return Err(ChannelError::TooLarge(fds.len()));
+        }
+        self.0.send(&ToInit::Go { mounts }, fds)
     }
 
-    pub fn send_listening(&self) -> Result<(), ChannelError> {
-        self.0.send(&ToInit::Listening, &[])
+    /// `Listening`, with the v1 cgroups' `tasks` files init joins before it
+    /// forks the payload (see `SandboxCgroup::self_attach_files`).
+    pub fn send_listening(&self, attach: &[RawFd]) -> Result<(), ChannelError> {
+        self.0.send(&ToInit::Listening, attach)
     }
 
     /// A message from init; only `Running` may carry a descriptor (the seccomp
@@ -151,20 +157,19 @@ impl InitEnd {
         InitEnd(Socket { fd })
     }
 
-    /// Wait for `Go`.
-    pub fn recv_go(&self) -> Result<(), ChannelError> {
-        self.recv_exactly(ToInit::Go)
-    }
-
-    /// Wait for `Listening`.
-    pub fn recv_listening(&self) -> Result<(), ChannelError> {
-        self.recv_exactly(ToInit::Listening)
-    }
-
-    fn recv_exactly(&self, want: ToInit) -> Result<(), ChannelError> {
+    /// Wait for `Go`; returns the mount entries and their trees.
+    pub fn recv_go(&self) -> Result<(Vec<super::spec::MountEntry>, Vec<OwnedFd>), ChannelError> {
         match self.0.recv::<ToInit>()? {
-            (got, fds) if fds.is_empty() && std::mem::discriminant(&got) == std::mem::discriminant(&want) => Ok(()),
-            (got, _) => Err(ChannelError::Unexpected(format!("{got:?} (with descriptors or out of order)"))),
+            (ToInit::Go { mounts }, fds) => Ok((mounts, fds)),
+            (got, _) => Err(ChannelError::Unexpected(format!("{got:?} (out of order)"))),
+        }
+    }
+
+    /// Wait for `Listening`; returns the cgroup `tasks` files that came with it.
+    pub fn recv_listening(&self) -> Result<Vec<OwnedFd>, ChannelError> {
+        match self.0.recv::<ToInit>()? {
+            (ToInit::Listening, fds) => Ok(fds),
+            (got, _) => Err(ChannelError::Unexpected(format!("{got:?} (out of order)"))),
         }
     }
 
@@ -195,10 +200,10 @@ mod tests {
         let (a, b) = crate::sys::socketpair_seqpacket().unwrap();
         let (parent, child) = (ParentEnd::new(a), InitEnd::new(b));
         let f = std::fs::File::open("/dev/null").unwrap();
-        parent.send_go().unwrap();
-        child.recv_go().unwrap();
-        parent.send_listening().unwrap();
-        child.recv_listening().unwrap();
+        parent.send_go(Vec::new(), &[f.as_raw_fd()]).unwrap();
+        assert_eq!(child.recv_go().unwrap().1.len(), 1);
+        parent.send_listening(&[f.as_raw_fd()]).unwrap();
+        assert_eq!(child.recv_listening().unwrap().len(), 1);
         child.send_to_parent(&FromInit::Exited(PayloadStatus::Signaled(15))).unwrap();
         assert!(matches!(parent.recv_from_init().unwrap(), (FromInit::Exited(PayloadStatus::Signaled(15)), None)));
         child.send_running(Some(f.as_raw_fd())).unwrap();

@@ -1,23 +1,26 @@
 //! Child side: the sandbox init, a `clone` of the launcher (no exec) into new
 //! user, mount, PID, network, IPC and UTS namespaces. Single-threaded (the
 //! launcher is when it clones, which it checks), pid 1. It already holds its
-//! spec and the prepared mount fds (a copy of the launcher's memory and fds,
-//! made before the clone), and never returns into the launcher's code: it ends
+//! spec (a copy of the launcher's memory, made before the clone); the mount
+//! trees come with `Go`. It never returns into the launcher's code: it ends
 //! with `_exit`, so none of the launcher's destructors (leases, cgroups) runs here.
 //!
 //! The sequence, in order, each step for a reason:
-//! 1. become non-dumpable (this memory is a copy of the launcher's), reset
-//!    signals and close every fd but the channel and the mount fds (nothing else
-//!    of the launcher's survives into the sandbox); bring `lo` up;
-//! 2. wait for `Go` (sent only after the parent wrote our uid/gid maps and
-//!    idmapped the worktree mount); later, before the payload starts, for
-//!    `Listening` (the launcher's outbound listeners exist);
+//! 1. reset signals and close every fd but the channel (nothing else of the
+//!    launcher's survives into the sandbox); bring `lo` up; empty the bounding
+//!    set (nothing here execs but the payload, which inherits it empty);
+//! 2. wait for `Go` (sent only after the parent wrote our uid/gid maps,
+//!    idmapped the worktree mount and opened our namespaces; it carries the
+//!    mount trees); become non-dumpable (this memory is a copy of the
+//!    launcher's);
 //! 3. become the sandbox uid/gid (capabilities in our own user namespace are
 //!    kept: uid 0 is not mapped, so the kernel does not clear them), re-arm the
 //!    parent-death signal that the uid change cleared;
-//! 4. enter a new cgroup namespace rooted at the cgroup the parent placed us in;
-//! 5. build the root filesystem and `pivot_root` into it;
-//! 6. hostname;
+//! 4. build the root filesystem and `pivot_root` into it;
+//! 5. hostname;
+//! 6. wait for `Listening` (the launcher's outbound listeners exist; it
+//!    carries the v1 cgroups' `tasks` files): join the cgroups, and enter a new
+//!    cgroup namespace rooted there, so the payload is born inside them;
 //! 7. fork the payload ([`super::payload`]): setsid, no_new_privs, drop all
 //!    capabilities, close fds, chdir to the worktree, execve;
 //! 8. drop our own capabilities and stay as a reaping init that forwards signals;
@@ -50,25 +53,27 @@ impl<E: std::fmt::Display> From<E> for Failure {
 
 /// Entry point of the cloned init. Never returns.
 ///
-/// `channel` is our end of the channel; `mount_fds` are the parent's prepared
-/// mount trees (the spec's `fd_index`es), inherited through the clone.
-pub fn main(channel: OwnedFd, spec: &InitSpec, mount_fds: &[OwnedFd]) -> ! {
+/// `channel` is our end of the channel; the parent's prepared mount trees come
+/// with `Go` (the entries' `fd_index`es refer to them).
+pub fn main(channel: OwnedFd, spec: &InitSpec) -> ! {
     // Whatever happens below, never unwind into the launcher's frames.
-    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(channel, spec, mount_fds))).unwrap_or(super::EXIT_LAUNCHER_ERROR);
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(channel, spec))).unwrap_or(super::EXIT_LAUNCHER_ERROR);
     // SAFETY: _exit ends this process without running the launcher's atexit
     // handlers or flushing its buffers (a copy of the launcher's memory).
     unsafe { libc::_exit(code.into()) }
 }
 
-fn serve(channel: OwnedFd, spec: &InitSpec, mount_fds: &[OwnedFd]) -> u8 {
-    // First: this memory is a copy of the launcher's. (The payload, once it runs
-    // as our uid, could otherwise read it through ptrace or /proc/1/mem.)
-    // SAFETY: prctl with integer arguments.
-    let dumpable = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+fn serve(channel: OwnedFd, spec: &InitSpec) -> u8 {
+    // (This memory is a copy of the launcher's: init becomes non-dumpable once
+    // told to go on, below, before it takes the sandbox's uid. Until then it is
+    // host uid 0, and the launcher opens our /proc/PID/ns entries: with a
+    // non-dumpable init that needs CAP_SYS_PTRACE, which the systemd unit
+    // does not grant, since our memory belongs to the host's user namespace.)
+    crate::phases::mark("init: started");
     sys::reset_signal_dispositions();
     let _ = sys::child::set_sigmask(libc::SIG_SETMASK, &sys::child::sigset(&[]));
-    let mut keep: Vec<RawFd> = mount_fds.iter().map(|f| f.as_raw_fd()).chain([channel.as_raw_fd()]).collect();
-    if dumpable != 0 || crate::confine::fds::close_all_except_these(&mut keep).is_err() || sys::set_cloexec(channel.as_raw_fd(), true).is_err() {
+    let mut keep: Vec<RawFd> = vec![channel.as_raw_fd()];
+    if crate::confine::fds::close_all_except_these(&mut keep).is_err() || sys::set_cloexec(channel.as_raw_fd(), true).is_err() {
         return super::EXIT_LAUNCHER_ERROR;
     }
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
@@ -76,15 +81,32 @@ fn serve(channel: OwnedFd, spec: &InitSpec, mount_fds: &[OwnedFd]) -> u8 {
     let chan = InitEnd::new(channel);
     // The loopback interface, while the parent writes our maps (we hold
     // CAP_NET_ADMIN over this network namespace from the clone on).
+    crate::phases::mark("init: fds closed");
     let lo = sys::loopback_up();
-    if chan.recv_go().is_err() {
+    crate::phases::mark("init: lo up");
+    // Nothing here ever execs but the payload: the bounding set goes now, while
+    // the launcher still works, and the payload inherits it empty.
+    let last_cap = crate::confine::caps::last_cap();
+    let bounding = crate::confine::caps::drop_bounding_set(last_cap);
+    crate::phases::mark("init: bounding set dropped");
+    let Ok((mounts, mount_fds)) = chan.recv_go() else {
         // The launcher died or gave up: nothing to report to.
         return super::EXIT_LAUNCHER_ERROR;
-    }
+    };
     crate::phases::mark("init: go received");
-    let result = match lo {
-        Ok(()) => run(&chan, spec, mount_fds),
-        Err(e) => Err(Failure::Setup(format!("bringing lo up: {e}"))),
+    // Before anything of the sandbox's: the payload, once it runs as our uid,
+    // could otherwise read this copy of the launcher's memory through ptrace or
+    // /proc/1/mem.
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        let _ =
+            chan.send_to_parent(&FromInit::SetupFailed { message: format!("sandbox {}: PR_SET_DUMPABLE: {}", spec.id, nix::errno::Errno::last()) });
+        return super::EXIT_LAUNCHER_ERROR;
+    }
+    let result = match (lo, bounding) {
+        (Ok(()), Ok(())) => run(&chan, &InitSpec { mounts, ..spec.clone() }, mount_fds, last_cap),
+        (Err(e), _) => Err(Failure::Setup(format!("bringing lo up: {e}"))),
+        (_, Err(e)) => Err(Failure::Setup(e.to_string())),
     };
     let msg = match result {
         Ok(status) => FromInit::Exited(status),
@@ -99,7 +121,21 @@ fn serve(channel: OwnedFd, spec: &InitSpec, mount_fds: &[OwnedFd]) -> u8 {
     code
 }
 
-fn run(chan: &InitEnd, spec: &InitSpec, fds: &[OwnedFd]) -> Result<PayloadStatus, Failure> {
+/// v1: write "0" to each hierarchy's `tasks` file (opened by the launcher): a
+/// thread moving itself is cheap, see `SandboxCgroup::self_attach_files`. (On
+/// v2 the launcher placed us already, and sends none.) Until here init ran in
+/// the launcher's cgroups: its own set-up only, nothing of the payload's.
+fn join_cgroups(tasks: &[OwnedFd]) -> Result<(), Failure> {
+    for fd in tasks {
+        // SAFETY: writing one byte from a static string to a descriptor we hold.
+        if unsafe { libc::write(fd.as_raw_fd(), c"0".as_ptr().cast(), 1) } != 1 {
+            return Err(Failure::Setup(format!("joining the sandbox's cgroups: write(tasks): {}", nix::errno::Errno::last())));
+        }
+    }
+    Ok(())
+}
+
+fn run(chan: &InitEnd, spec: &InitSpec, fds: Vec<OwnedFd>, last_cap: u32) -> Result<PayloadStatus, Failure> {
     // SAFETY: getpid has no preconditions.
     if unsafe { libc::getpid() } != 1 {
         return Err(Failure::Setup("sandbox init is not pid 1 of a new PID namespace".into()));
@@ -117,25 +153,17 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: &[OwnedFd]) -> Result<PayloadStatus
     if chan.peer_gone() {
         return Err(Failure::Setup("launcher exited".into()));
     }
-    // SAFETY: unshare with a namespace flag; we are single-threaded.
-    if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
-        return Err(Failure::Setup(format!("unshare(CLONE_NEWCGROUP): {}", nix::errno::Errno::last())));
-    }
-    crate::phases::mark("init: credentials and cgroup namespace");
+    crate::phases::mark("init: credentials");
     tracing::debug!("init: credentials set");
-    crate::fs::rootfs::build(spec, fds)?;
-    // The mount trees are attached: close them (they are the launcher's copies).
-    for f in fds {
-        // SAFETY: closing our copy of a descriptor nothing else here uses; its
-        // OwnedFd (the launcher's) is never dropped in this process.
-        unsafe { libc::close(f.as_raw_fd()) };
-    }
+    crate::fs::rootfs::build(spec, &fds)?;
+    // The mount trees are attached: their descriptors go.
+    drop(fds);
     crate::phases::mark("init: root built");
     tracing::debug!("init: root built");
     // (The launcher created the outbound listeners in this network namespace.)
     sys::sethostname(&spec.id)?;
 
-    let mut prepared = prepare_exec(spec)?;
+    let mut prepared = prepare_exec(spec, last_cap)?;
     // Socket handoff: the payload sends its accept-notification listener here.
     let notify_pair = if spec.handoff { Some(sys::socketpair_seqpacket()?) } else { None };
     prepared.notify = notify_pair.as_ref().map(|(_, child)| (child.as_raw_fd(), crate::confine::seccomp::compile::accept_notify_program()));
@@ -149,8 +177,18 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: &[OwnedFd]) -> Result<PayloadStatus
     let (err_r, err_w) = sys::pipe_cloexec()?;
     // The launcher made the outbound listeners meanwhile; the payload may
     // connect to them from its first instruction on.
-    chan.recv_listening().map_err(|e| Failure::Setup(format!("waiting for the launcher's listeners: {e}")))?;
+    // With them came the sandbox's cgroups (made while we built the root).
+    let attach = chan.recv_listening().map_err(|e| Failure::Setup(format!("waiting for the launcher's listeners: {e}")))?;
     crate::phases::mark("init: listeners ready");
+    // Into the cgroups before the payload exists: every process of the sandbox
+    // is born inside them, and our cgroup namespace is rooted there.
+    join_cgroups(&attach)?;
+    drop(attach);
+    // SAFETY: unshare with a namespace flag; we are single-threaded.
+    if unsafe { libc::unshare(libc::CLONE_NEWCGROUP) } != 0 {
+        return Err(Failure::Setup(format!("unshare(CLONE_NEWCGROUP): {}", nix::errno::Errno::last())));
+    }
+    crate::phases::mark("init: cgroups joined");
 
     // SAFETY: this process is single-threaded (a clone of a single-threaded launcher), so the child may run
     // ordinary code; it only makes the syscalls in payload::exec anyway.
@@ -194,6 +232,7 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: &[OwnedFd]) -> Result<PayloadStatus
     drop(notify);
     tracing::debug!(sandbox = %spec.id, payload_pid, "payload running");
     let status = reap_until_payload_exits(payload_pid, &mask);
+    crate::phases::mark("init: payload reaped");
     drain(&mask, std::time::Duration::from_millis(spec.stop_timeout_ms));
     Ok(status)
 }
@@ -237,7 +276,7 @@ fn resolve_program(spec: &InitSpec) -> PathBuf {
     path_var.split(':').filter(|d| d.starts_with('/')).map(|d| Path::new(d).join(prog)).find(|p| p.is_file()).unwrap_or_else(|| PathBuf::from(prog))
 }
 
-fn prepare_exec(spec: &InitSpec) -> Result<PreparedExec, Failure> {
+fn prepare_exec(spec: &InitSpec, last_cap: u32) -> Result<PreparedExec, Failure> {
     let path = resolve_program(spec);
     if !path.is_absolute() && !spec.argv[0].contains('/') {
         return Err(Failure::Exec { path: spec.argv[0].clone(), errno: libc::ENOENT });
@@ -249,7 +288,7 @@ fn prepare_exec(spec: &InitSpec) -> Result<PreparedExec, Failure> {
         .map(|(k, v)| CString::new(format!("{k}={v}")).map_err(|_| Failure::Setup(format!("variable {k} contains a NUL byte"))))
         .collect::<Result<_, _>>()?;
     let seccomp = super::spec::decode_bpf(&spec.seccomp);
-    Ok(PreparedExec::new(sys::cstring(&path)?, argv, envp, sys::cstring(&spec.cwd)?, crate::confine::caps::last_cap(), seccomp))
+    Ok(PreparedExec::new(sys::cstring(&path)?, argv, envp, sys::cstring(&spec.cwd)?, last_cap, seccomp))
 }
 
 /// EOF means the exec succeeded (the pipe was close-on-exec).

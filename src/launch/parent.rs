@@ -3,15 +3,17 @@
 //!
 //! 1. validate the request (payload, worktree and its owner, ids);
 //! 2. lease a per-sandbox host uid;
-//! 3. prepare every bind as a detached, flagged mount tree ([`crate::fs::host_binds`]);
-//! 4. `clone` the init into new namespaces: a copy of this (single-threaded)
-//!    process that runs [`super::init`] with the spec and mount fds made before;
-//! 5. write the child's `setgroups`/uid/gid maps; make the outbound listeners in
-//!    its network namespace; idmap the worktree mount through the child's user
-//!    namespace (falling back to mapping the sandbox to the worktree owner where
-//!    the filesystem cannot idmap);
-//! 6. tell init to go on; sweep stale sandboxes meanwhile; forward signals;
-//!    report the status.
+//! 3. `clone` the init into new namespaces: a copy of this (single-threaded)
+//!    process that runs [`super::init`] with the spec made before;
+//! 4. while it starts: write the child's `setgroups`/uid/gid maps; prepare
+//!    every bind as a detached, flagged mount tree ([`crate::fs::host_binds`]);
+//!    idmap the worktree mount through the child's user namespace (falling back
+//!    to mapping the sandbox to the worktree owner where the filesystem cannot
+//!    idmap); send `Go` with the trees;
+//! 5. while it builds the root: make the sandbox's cgroup and the outbound
+//!    listeners in its network namespace; send `Listening` (with the v1 cgroups'
+//!    `tasks` files, which init joins before it forks the payload);
+//! 6. sweep stale sandboxes meanwhile; forward signals; report the status.
 //!
 //! The types: [`super::request`] (the request and its validation),
 //! [`super::network`] (the network services), [`super::sandbox`] (a sandbox's
@@ -97,8 +99,9 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         disk.add_tree(&git.layer.path).map_err(|e| RunError::Invalid(e.to_string()))?;
     }
     crate::phases::mark("disk prepared");
-    let layout = crate::host::cgroups::Layout::detect()?;
-    crate::phases::mark("cgroup layout");
+    // The cgroup layout is read, and the cgroup made, by `start` once the init
+    // is cloned (while it builds the root).
+    let layout: std::cell::OnceCell<crate::host::cgroups::Layout> = std::cell::OnceCell::new();
     // (The sweep of stale sandboxes comes once the init is on its way.)
     let leases_dir = req.state_dir.join("sandboxes");
     crate::host::lease::ensure_private_dir(&req.state_dir)?;
@@ -108,8 +111,19 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     let sandbox_lease = crate::host::lease::acquire_fresh(&leases_dir.join(format!("{id}.lock")))?
         .ok_or_else(|| RunError::Setup(format!("sandbox id {id} is already in use")))?;
     crate::phases::mark("uid and sandbox leases");
-    let mut cgroup = crate::host::cgroups::create(&layout, &req.cgroup_parent, &id, &req.policy.cgroup_limits())?;
-    crate::phases::mark("cgroup created");
+    // The cgroup is made by `start`, once the init is cloned (while it starts).
+    let mut cgroup = None;
+    let make_cgroup = || {
+        let layout = match layout.get() {
+            Some(l) => l,
+            None => {
+                let detected = crate::host::cgroups::Layout::detect()?;
+                crate::phases::mark("cgroup layout");
+                layout.get_or_init(|| detected)
+            }
+        };
+        crate::host::cgroups::create(layout, &req.cgroup_parent, &id, &req.policy.cgroup_limits())
+    };
     let spec = InitSpec {
         id: id.clone(),
         uid,
@@ -132,20 +146,29 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     // the worktree owner's own ids.
     let leased = IdMap { inside_uid: uid, host_uid: lease.uid, inside_gid: gid, host_gid: lease.uid };
     let direct = IdMap { inside_uid: uid, host_uid: uid, inside_gid: gid, host_gid: gid };
-    let first = if req.idmap { start(req, &wt, spec.clone(), leased, true, &cgroup) } else { start(req, &wt, spec.clone(), direct, false, &cgroup) };
+    let first = if req.idmap {
+        start(req, &wt, spec.clone(), leased, true, (&mut cgroup, &make_cgroup))
+    } else {
+        start(req, &wt, spec.clone(), direct, false, (&mut cgroup, &make_cgroup))
+    };
     let mut sandbox = match first {
         Err(Fallback::Idmap) => {
             tracing::warn!(worktree = %wt.path.display(), "this filesystem cannot idmap mounts; the sandbox runs as the worktree owner's uid");
-            start(req, &wt, spec, direct, false, &cgroup).map_err(Fallback::into_error)?
+            start(req, &wt, spec, direct, false, (&mut cgroup, &make_cgroup)).map_err(Fallback::into_error)?
         }
         other => other.map_err(Fallback::into_error)?,
+    };
+    let Some(mut cgroup) = cgroup else {
+        return Err(RunError::Setup(format!("sandbox {id}: started without its cgroup")));
     };
     tracing::info!(sandbox = %id, pid = sandbox.pid, host_uid = sandbox.host_uid, cgroup_version = cgroup.version(), "sandbox started");
     crate::phases::mark("sandbox started");
     // While the init builds the root: sweep the cgroups and leases of
     // sandboxes whose launcher is gone (ours are held, so left alone).
-    if req.gc {
-        match crate::host::cgroups::gc(&layout, &req.cgroup_parent, &req.state_dir) {
+    if req.gc
+        && let Some(layout) = layout.get()
+    {
+        match crate::host::cgroups::gc(layout, &req.cgroup_parent, &req.state_dir) {
             Ok(ids) if !ids.is_empty() => tracing::info!(removed = ?ids, "removed stale sandbox cgroups"),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "could not remove stale sandbox cgroups"),
@@ -275,33 +298,24 @@ fn prepare_mounts(req: &RunRequest, wt: &Worktree) -> Result<(PreparedMounts, Ve
 fn start(
     req: &RunRequest,
     wt: &Worktree,
-    mut spec: InitSpec,
+    spec: InitSpec,
     map: IdMap,
     idmap: bool,
-    cgroup: &crate::host::cgroups::SandboxCgroup,
+    (cgroup, make_cgroup): (
+        &mut Option<crate::host::cgroups::SandboxCgroup>,
+        &dyn Fn() -> Result<crate::host::cgroups::SandboxCgroup, crate::host::cgroups::CgroupError>,
+    ),
 ) -> Result<Sandbox, Fallback> {
-    // Everything the init needs is made before the clone: it is a copy of
-    // this process and inherits the spec and the mount fds.
-    let (mounts, owned) = prepare_mounts(req, wt)?;
-    spec.mounts = mounts.entries.clone();
-    crate::phases::mark("host mounts prepared");
-    // v1: init moves itself into its cgroups first thing (cheaper, see
-    // `self_attach_files`); otherwise we move it below, before it is told to
-    // go on, so it still runs nothing of the payload's outside them.
-    let attach = cgroup.self_attach_files();
-    let mut sandbox = Sandbox::spawn(map.host_uid, attach.as_deref().unwrap_or(&[]), &spec, &mounts.fds)?;
+    // The init is a copy of this process: it inherits the spec. The mount
+    // trees are prepared while it starts, and sent with `Go`.
+    let mut sandbox = Sandbox::spawn(map.host_uid, &spec)?;
     sandbox.owner = wt.uid;
     crate::phases::mark("init cloned");
     tracing::debug!(pid = sandbox.pid, "init cloned");
     map.write(sandbox.pid)?;
     crate::phases::mark("id maps written");
-    // Before init runs anything of the payload's: every process of the sandbox
-    // is born inside the cgroup, and init's cgroup namespace is rooted there.
-    if attach.is_none() {
-        cgroup.add_process(sandbox.pid)?;
-    }
-    drop(attach);
-    crate::phases::mark("init placed in its cgroup");
+    let (mounts, owned) = prepare_mounts(req, wt)?;
+    crate::phases::mark("host mounts prepared");
     if idmap {
         let userns_path = format!("/proc/{}/ns/user", sandbox.pid);
         let userns = std::fs::File::open(&userns_path).map_err(|e| RunError::Setup(format!("open {userns_path}: {e}")))?;
@@ -316,20 +330,43 @@ fn start(
             }
         }
     }
+    // Init becomes non-dumpable once told to go on: its namespaces are opened
+    // before (see `super::init`).
+    let ns = crate::net::broker::Netns::of_pid(sandbox.pid).map_err(|e| RunError::Setup(format!("opening the sandbox's network namespace: {e}")))?;
+    sandbox.netns = Some(ns);
     // A send that fails means init is gone (it reported why, or died): the
     // wait loop reads its report either way.
-    if let Err(e) = sandbox.channel.send_go() {
+    if let Err(e) = sandbox.channel.send_go(mounts.entries.clone(), &mounts.raw_fds()) {
         tracing::debug!(error = %e, "init gone before go");
     }
     // Init holds its own copies of the mount fds now; ours go.
     drop(mounts);
     crate::phases::mark("go sent");
+    // The cgroup, while init builds the root (it joins it before it forks
+    // the payload, see below).
+    if cgroup.is_none() {
+        *cgroup = Some(make_cgroup()?);
+    }
+    let Some(cgroup) = cgroup.as_ref() else {
+        return Err(RunError::Setup("the sandbox's cgroup is missing".into()).into());
+    };
+    crate::phases::mark("cgroup created");
+    // Before init forks the payload: every process of the sandbox is born
+    // inside the cgroup, and init's cgroup namespace is rooted there. v1: init
+    // moves itself in, with the `tasks` files sent along with `Listening`
+    // (cheaper, see `self_attach_files`); otherwise we move it here.
+    let attach = cgroup.self_attach_files();
+    if attach.is_none() {
+        cgroup.add_process(sandbox.pid)?;
+    }
+    crate::phases::mark("init's cgroup ready");
     // Outbound: listeners inside the sandbox's network namespace, made by the
     // launcher before the payload exists (its first connection just queues;
     // they are served from the first one on, see `Network`).
     // (While init builds the root; it starts the payload after `Listening`.)
-    let ns = crate::net::broker::Netns::of_pid(sandbox.pid).map_err(|e| RunError::Setup(format!("opening the sandbox's network namespace: {e}")))?;
-    sandbox.netns = Some(ns.clone());
+    let Some(ns) = sandbox.netns.clone() else {
+        return Err(RunError::Setup("the sandbox's network namespace is not open".into()).into());
+    };
     let forwards = req.forwards();
     let kinds: Vec<Outbound> = forwards.iter().map(|p| Outbound::Forward(*p)).chain([Outbound::Proxy]).collect();
     let ports: Vec<u16> = forwards.into_iter().chain([req.policy.network.proxy_port]).collect();
@@ -337,7 +374,10 @@ fn start(
         ns.listen_inside(&ports).map_err(|e| RunError::Setup(format!("outbound listeners inside the sandbox (forwards, egress proxy): {e}")))?;
     sandbox.outbound = kinds.into_iter().zip(listeners).collect();
     crate::phases::mark("outbound listeners");
-    if let Err(e) = sandbox.channel.send_listening() {
+    let attach_fds: Vec<std::os::fd::RawFd> = attach.iter().flatten().map(|f| f.as_raw_fd()).collect();
+    let sent = sandbox.channel.send_listening(&attach_fds);
+    drop(attach);
+    if let Err(e) = sent {
         tracing::debug!(error = %e, "init gone before its payload started");
     }
     Ok(sandbox)

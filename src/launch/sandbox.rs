@@ -3,7 +3,7 @@
 //! publisher while it runs, the ready line, and the kill of an init that a
 //! launcher error leaves (dropping a [`Sandbox`] never leaves one behind).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use super::channel::{ChannelError, FromInit, ParentEnd};
@@ -79,13 +79,12 @@ pub(super) struct Sandbox {
 impl Sandbox {
     /// Clone the sandbox init: it runs [`super::init::main`] on a copy of this
     /// process (no exec), with `spec` and `mount_fds` prepared before the clone.
-    /// `attach`: v1 `tasks` files it writes "0" to first, to join its cgroups
-    /// (failing that, it exits and never runs).
+    /// It joins its cgroups once told to go on (see [`super::init`]).
     ///
     /// The launcher must be single-threaded here (checked): the child then runs
     /// ordinary code on a consistent copy of the launcher's memory, as after a
     /// `fork` of a single-threaded program.
-    pub(super) fn spawn(host_uid: u32, attach: &[OwnedFd], spec: &InitSpec, mount_fds: &[OwnedFd]) -> Result<Sandbox, RunError> {
+    pub(super) fn spawn(host_uid: u32, spec: &InitSpec) -> Result<Sandbox, RunError> {
         // A thread joined just before (a git helper's reader) leaves the
         // thread group a moment after its join returns: wait that out briefly.
         let mut threads = 0;
@@ -99,27 +98,21 @@ impl Sandbox {
         if threads != 1 {
             return Err(RunError::Setup(format!("the launcher has {threads} threads before cloning the sandbox init (it must have one)")));
         }
-        let attach: Vec<RawFd> = attach.iter().map(|f| f.as_raw_fd()).collect();
         let (parent_end, child_end) = sys::socketpair_seqpacket().map_err(|source| RunError::Sys { what: "creating the sandbox channel", source })?;
         let parent_fd = parent_end.as_raw_fd();
         let pid = match sys::child::clone_fork(crate::confine::ns::CLONE_FLAGS) {
             Ok(0) => {
-                // Child, in the new namespaces: first into its cgroups (a thread
-                // moving itself is cheap on v1, see `self_attach_files`), then
-                // the parent-death signal, before anything else runs.
+                crate::phases::mark("init: clone returned");
+                // Child, in the new namespaces: the parent-death signal before
+                // anything else runs.
                 // SAFETY: raw syscalls on prepared data; _exit on failure.
                 unsafe {
-                    for fd in &attach {
-                        if libc::write(*fd, c"0".as_ptr().cast(), 1) != 1 {
-                            libc::_exit(super::EXIT_LAUNCHER_ERROR.into());
-                        }
-                    }
                     libc::close(parent_fd);
                     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                         libc::_exit(super::EXIT_LAUNCHER_ERROR.into());
                     }
                 }
-                super::init::main(child_end, spec, mount_fds)
+                super::init::main(child_end, spec)
             }
             Ok(pid) => pid,
             Err(e) => {
