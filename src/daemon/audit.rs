@@ -27,15 +27,7 @@ impl Audit {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o640)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(|e| format!("audit log {}: {e}", path.display()))?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o640)).map_err(|e| format!("audit log {}: {e}", path.display()))?;
-        Ok(Audit(f, Recent::default()))
+        Ok(Audit(open_log(path)?, Recent::default()))
     }
 
     pub fn event(&mut self, event: &str, fields: Value) {
@@ -76,4 +68,18 @@ impl Audit {
     pub fn take_recent(&mut self, from: &mut Audit) {
         self.1 = std::mem::take(&mut from.1);
     }
+}
+
+/// An audit log opened for appending: 0640, never through a symlink (the
+/// daemon's and the worker's).
+pub fn open_log(path: &Path) -> Result<std::fs::File, String> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| format!("audit log {}: {e}", path.display()))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o640)).map_err(|e| format!("audit log {}: {e}", path.display()))?;
+    Ok(f)
 }

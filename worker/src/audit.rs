@@ -5,7 +5,6 @@
 //! results, which do, are never logged).
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -16,15 +15,7 @@ pub struct Audit(Option<Mutex<std::fs::File>>);
 impl Audit {
     pub fn open(path: Option<&Path>) -> Result<Audit, String> {
         let Some(path) = path else { return Ok(Audit(None)) };
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o640)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(|e| format!("audit log {}: {e}", path.display()))?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o640)).map_err(|e| format!("audit log {}: {e}", path.display()))?;
-        Ok(Audit(Some(Mutex::new(f))))
+        Ok(Audit(Some(Mutex::new(swarmcell::daemon::audit::open_log(path)?))))
     }
 
     pub fn event(&self, event: &str, fields: Value) {
