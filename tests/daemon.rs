@@ -8,18 +8,11 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::daemon::{Daemon, DaemonOptions};
 use common::*;
-
-struct Daemon {
-    child: Option<Child>,
-    dir: PathBuf,
-    socket: PathBuf,
-    audit: PathBuf,
-    metrics: u16,
-}
 
 impl Daemon {
     /// A daemon on a socket, state directory, log directory and audit log under
@@ -29,56 +22,12 @@ impl Daemon {
         Daemon::start_with(f, "", "")
     }
 
-    /// As `start`, with more policy text (e.g. a `[health]` section) and config lines.
+    /// As `start`, with more policy text (e.g. a `[health]` section) and config
+    /// lines; REQUESTER may use the socket and launch on OWNER's worktrees.
     fn start_with(f: &Fixture, policy_extra: &str, config_extra: &str) -> Daemon {
-        let base = f.dir.join("base");
-        for id in ["a", "b", "c"] {
-            make_owned_dir(&base.join(id), OWNER, OWNER);
-        }
-        std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let policy = f.dir.join("policy.toml");
-        std::fs::write(&policy, format!("[filesystem]\nread_only = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", {:?}]\n{policy_extra}", bin_dir()))
-            .unwrap();
-        std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let config = f.dir.join("daemon.toml");
-        let d = Daemon { child: None, dir: f.dir.clone(), socket: f.dir.join("ctl.sock"), audit: f.dir.join("audit.log"), metrics };
-        std::fs::write(
-            &config,
-            format!(
-                "socket = {:?}\nsocket_group = {OWNER}\nallowed_uids = [0, {REQUESTER}]\nlaunch_for = {{ \"{REQUESTER}\" = [{OWNER}] }}\nworktree_base = {:?}\ncommands = [{:?}, \"/usr/bin/yes\"]\npolicy = {:?}\naudit_log = {:?}\nmetrics = \"127.0.0.1:{metrics}\"\nstate_dir = {:?}\nlog_dir = {:?}\n{config_extra}",
-                d.socket,
-                base,
-                bin(),
-                policy,
-                d.audit,
-                d.state_dir(),
-                f.dir.join("logs")
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
-        d.spawn()
-    }
-
-    fn spawn(mut self) -> Daemon {
-        let log = std::fs::File::create(self.dir.join("daemon.log")).unwrap();
-        self.child = Some(Command::new(bin()).arg("daemon").arg("--config").arg(self.dir.join("daemon.toml")).stderr(log).spawn().unwrap());
-        let start = Instant::now();
-        // (A killed daemon leaves its socket file; the new one replaces it.)
-        while !self.ctl(&["list"]).status.success() {
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "daemon did not start: {}",
-                std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.dir.join("state")
+        let config =
+            format!("socket_group = {OWNER}\nallowed_uids = [0, {REQUESTER}]\nlaunch_for = {{ \"{REQUESTER}\" = [{OWNER}] }}\n{config_extra}");
+        Daemon::start_in(f, &DaemonOptions { agents: &["a", "b", "c"], commands: &["/usr/bin/yes"], policy: policy_extra, config: &config })
     }
 
     /// The daemon's records of the sandboxes it manages.
@@ -91,64 +40,11 @@ impl Daemon {
     }
 
     fn scrape(&self) -> Vec<(String, f64)> {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics)).unwrap();
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
-        parse_metrics(resp.split_once("\r\n\r\n").unwrap().1)
-    }
-
-    fn ctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new(bin()).arg("ctl").arg("--socket").arg(&self.socket).args(args).output().unwrap()
-    }
-
-    /// `ctl` as another user (in the socket's group).
-    fn ctl_as(&self, uid: u32, args: &[&str]) -> std::process::Output {
-        Command::new(bin()).arg("ctl").arg("--socket").arg(&self.socket).args(args).uid(uid).gid(OWNER).output().unwrap()
+        parse_metrics(&self.scrape_text())
     }
 
     fn launch(&self, agent: &str) -> serde_json::Value {
-        let wt = self.dir.join("base").join(agent);
-        let out = self.ctl(&["launch", "--worktree", wt.to_str().unwrap(), "--agent", agent, "--", bin(), "__probe", "serve", "{port}"]);
-        serde_json::from_str(&ok(&out)).unwrap()
-    }
-
-    /// `ctl launch` of CMD on the worktree `base/AGENT`.
-    fn launch_cmd(&self, agent: &str, cmd: &[&str]) -> serde_json::Value {
-        let wt = self.dir.join("base").join(agent);
-        let out = self.ctl(&[&["launch", "--worktree", wt.to_str().unwrap(), "--agent", agent, "--"][..], cmd].concat());
-        serde_json::from_str(&ok(&out)).unwrap()
-    }
-
-    fn list(&self) -> Vec<serde_json::Value> {
-        serde_json::from_str::<serde_json::Value>(&ok(&self.ctl(&["list", "--json"]))).unwrap().as_array().unwrap().clone()
-    }
-
-    fn audit_events(&self, event: &str) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.audit)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["event"] == event)
-            .collect()
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: SIGTERM to our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.launch_cmd(agent, &[bin(), "__probe", "serve", "{port}"])
     }
 }
 

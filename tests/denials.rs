@@ -8,73 +8,25 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::daemon::{Daemon, DaemonOptions};
 use common::*;
 
-struct Daemon {
-    child: Option<Child>,
-    dir: PathBuf,
-    socket: PathBuf,
-    audit: PathBuf,
-    metrics: u16,
-}
-
 impl Daemon {
+    /// A daemon with kernel audit on and eight worktrees `base/a`..`base/h`.
     fn start(f: &Fixture, policy_extra: &str) -> Daemon {
-        let base = f.dir.join("base");
-        for id in ["a", "b", "c", "d", "e", "f", "g", "h"] {
-            make_owned_dir(&base.join(id), OWNER, OWNER);
-        }
-        std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let policy = f.dir.join("policy.toml");
-        std::fs::write(&policy, format!("[filesystem]\nread_only = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", {:?}]\n{policy_extra}", bin_dir()))
-            .unwrap();
-        std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let d = Daemon { child: None, dir: f.dir.clone(), socket: f.dir.join("ctl.sock"), audit: f.dir.join("audit.log"), metrics };
-        let config = f.dir.join("daemon.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "socket = {:?}\nallowed_uids = [0]\nworktree_base = {:?}\ncommands = [{:?}]\npolicy = {:?}\naudit_log = {:?}\nmetrics = \"127.0.0.1:{metrics}\"\nstate_dir = {:?}\nlog_dir = {:?}\nkernel_audit = \"enable\"\n",
-                d.socket,
-                base,
-                bin(),
-                policy,
-                d.audit,
-                f.dir.join("state"),
-                f.dir.join("logs")
-            ),
+        let agents = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        Daemon::start_in(
+            f,
+            &DaemonOptions { agents: &agents, commands: &[], policy: policy_extra, config: "allowed_uids = [0]\nkernel_audit = \"enable\"\n" },
         )
-        .unwrap();
-        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let mut d = d;
-        let log = std::fs::File::create(f.dir.join("daemon.log")).unwrap();
-        d.child = Some(Command::new(bin()).arg("daemon").arg("--config").arg(&config).stderr(log).spawn().unwrap());
-        let start = Instant::now();
-        while !d.ctl(&["list"]).status.success() {
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "daemon did not start: {}",
-                std::fs::read_to_string(f.dir.join("daemon.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        d
-    }
-
-    fn ctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new(bin()).arg("ctl").arg("--socket").arg(&self.socket).args(args).output().unwrap()
     }
 
     fn launch(&self, agent: &str, cmd: &[&str]) -> serde_json::Value {
-        let wt = self.dir.join("base").join(agent);
-        let out = self.ctl(&[&["launch", "--worktree", wt.to_str().unwrap(), "--agent", agent, "--"][..], cmd].concat());
-        serde_json::from_str(&ok(&out)).unwrap()
+        self.launch_cmd(agent, cmd)
     }
 
     fn denials(&self, id: &str) -> serde_json::Value {
@@ -102,32 +54,8 @@ impl Daemon {
             .unwrap_or(0)
     }
 
-    fn audit_events(&self, event: &str) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.audit)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["event"] == event)
-            .collect()
-    }
-
     fn scrape(&self) -> String {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics)).unwrap();
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        resp
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: SIGTERM to our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
-        }
-        assert_no_sandbox_left();
+        self.scrape_text()
     }
 }
 

@@ -6,75 +6,21 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::daemon::{Daemon, DaemonOptions};
 use common::*;
 
 /// Another local user allowed on the control socket (not the sandbox's requester).
 const TENANT: u32 = 4343;
 
-struct Daemon {
-    child: Option<Child>,
-    dir: PathBuf,
-    socket: PathBuf,
-    audit: PathBuf,
-}
-
 impl Daemon {
+    /// A daemon with kernel audit on, worktrees `base/a` and `base/b`, `/bin/sh` allowed.
     fn start(f: &Fixture, policy_extra: &str, config_extra: &str) -> Daemon {
-        let base = f.dir.join("base");
-        for id in ["a", "b"] {
-            make_owned_dir(&base.join(id), OWNER, OWNER);
-        }
-        std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let policy = f.dir.join("policy.toml");
-        std::fs::write(&policy, format!("[filesystem]\nread_only = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", {:?}]\n{policy_extra}", bin_dir()))
-            .unwrap();
-        std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let d = Daemon { child: None, dir: f.dir.clone(), socket: f.dir.join("ctl.sock"), audit: f.dir.join("audit.log") };
-        let config = f.dir.join("daemon.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "socket = {:?}\nworktree_base = {:?}\ncommands = [{:?}, \"/bin/sh\"]\npolicy = {:?}\naudit_log = {:?}\nstate_dir = {:?}\nlog_dir = {:?}\nkernel_audit = \"enable\"\nmetrics = \"127.0.0.1:{}\"\n{config_extra}",
-                d.socket,
-                base,
-                bin(),
-                policy,
-                d.audit,
-                f.dir.join("state"),
-                f.dir.join("logs"),
-                // Not the default port: another daemon (a test, a host's own) may hold it.
-                std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-            ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let mut d = d;
-        let log = std::fs::File::create(f.dir.join("daemon.log")).unwrap();
-        d.child = Some(Command::new(bin()).arg("daemon").arg("--config").arg(&config).stderr(log).spawn().unwrap());
-        let start = Instant::now();
-        while !d.ctl(&["list"]).status.success() {
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "daemon did not start: {}",
-                std::fs::read_to_string(f.dir.join("daemon.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        d
-    }
-
-    fn ctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new(bin()).arg("ctl").arg("--socket").arg(&self.socket).args(args).output().unwrap()
-    }
-
-    fn ctl_as(&self, uid: u32, args: &[&str]) -> std::process::Output {
-        Command::new(bin()).arg("ctl").arg("--socket").arg(&self.socket).args(args).uid(uid).gid(OWNER).output().unwrap()
+        let config = format!("kernel_audit = \"enable\"\n{config_extra}");
+        Daemon::start_in(f, &DaemonOptions { agents: &["a", "b"], commands: &["/bin/sh"], policy: policy_extra, config: &config })
     }
 
     fn worktree(&self, agent: &str) -> PathBuf {
@@ -95,15 +41,6 @@ impl Daemon {
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
     }
 
-    fn audit_events(&self, event: &str) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.audit)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["event"] == event)
-            .collect()
-    }
-
     fn raw(&self, req: &str) -> serde_json::Value {
         use std::io::Write;
         let s = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
@@ -112,17 +49,6 @@ impl Daemon {
         let mut line = String::new();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(&s), &mut line).unwrap();
         serde_json::from_str(&line).unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: SIGTERM to our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
-        }
-        assert_no_sandbox_left();
     }
 }
 

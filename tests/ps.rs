@@ -5,65 +5,20 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
+use common::daemon::{Daemon, DaemonOptions};
 use common::*;
 
 const SANDBOXES: usize = 50;
 /// A second requester, allowed on the socket, launching on OWNER's worktrees.
 const REQUESTER: u32 = 4343;
 
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SIGTERM: the daemon stops every sandbox before it exits.
-        // SAFETY: a signal to our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
+/// A daemon on which REQUESTER may launch on OWNER's worktrees.
 fn start(f: &Fixture) -> Daemon {
-    std::fs::set_permissions(&f.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let policy = f.dir.join("policy.toml");
-    std::fs::write(&policy, format!("[filesystem]\nread_only = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", {:?}]\n", bin_dir())).unwrap();
-    std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let socket = f.dir.join("ctl.sock");
-    let config = f.dir.join("daemon.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "socket = {socket:?}\nsocket_group = {OWNER}\nallowed_uids = [0, {REQUESTER}]\nlaunch_for = {{ \"{REQUESTER}\" = [{OWNER}] }}\nworktree_base = {:?}\ncommands = [{:?}]\npolicy = {policy:?}\naudit_log = {:?}\nmetrics = \"\"\nstate_dir = {:?}\nlog_dir = {:?}\n",
-            f.dir.join("base"),
-            bin(),
-            f.dir.join("audit.log"),
-            f.dir.join("state"),
-            f.dir.join("logs"),
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let log = std::fs::File::create(f.dir.join("daemon.log")).unwrap();
-    let child = Command::new(bin()).arg("daemon").arg("--config").arg(&config).stderr(log).spawn().unwrap();
-    let d = Daemon { child, socket };
-    let start = Instant::now();
-    while !d.ctl(&["list"]).status.success() {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "daemon did not start: {}",
-            std::fs::read_to_string(f.dir.join("daemon.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    d
+    let config = format!("socket_group = {OWNER}\nallowed_uids = [0, {REQUESTER}]\nlaunch_for = {{ \"{REQUESTER}\" = [{OWNER}] }}\n");
+    Daemon::start_in(f, &DaemonOptions { agents: &[], commands: &[], policy: "", config: &config })
 }
 
 impl Daemon {
@@ -72,9 +27,6 @@ impl Daemon {
         // `ps` and `ctl top` take the socket after their own name.
         c.arg(args[0]).arg("--socket").arg(&self.socket).args(&args[1..]);
         c
-    }
-    fn ctl(&self, args: &[&str]) -> Output {
-        self.cmd(&[&["ctl"], args].concat()).output().unwrap()
     }
     fn ps(&self, args: &[&str]) -> Output {
         self.cmd(&[&["ps"], args].concat()).output().unwrap()

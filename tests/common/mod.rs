@@ -330,3 +330,4 @@ pub fn timed(c: &mut Command, limit: std::time::Duration) -> Option<Output> {
         }
     }
 }
+pub mod daemon;
