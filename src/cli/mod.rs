@@ -137,9 +137,9 @@ pub fn command() -> clap::Command {
 /// the full command builds every subcommand's arguments first, a third of a
 /// millisecond of each launch. Whatever that parse does not accept (help,
 /// errors) goes to the full parser, so every message stays the same.
-fn parse() -> Result<Cli, clap::Error> {
+fn parse(args: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
     use clap::{Args, FromArgMatches};
-    if std::env::args_os().nth(1).is_some_and(|a| a == "run") {
+    if args.get(1).is_some_and(|a| a == "run") {
         let only_run = clap::Command::new("swarmcell")
             .arg(
                 clap::Arg::new("log_format")
@@ -151,17 +151,17 @@ fn parse() -> Result<Cli, clap::Error> {
             .arg(clap::Arg::new("log_level").long("log-level").default_value("warn").global(true))
             .subcommand(run::RunArgs::augment_args(clap::Command::new("run")))
             .subcommand_required(true);
-        if let Ok(cli) = only_run.try_get_matches().and_then(|mut m| Cli::from_arg_matches_mut(&mut m)) {
+        if let Ok(cli) = only_run.try_get_matches_from(&args).and_then(|mut m| Cli::from_arg_matches_mut(&mut m)) {
             return Ok(cli);
         }
     }
-    Cli::try_parse()
+    Cli::try_parse_from(args)
 }
 
 pub fn main() -> ExitCode {
     crate::phases::init_from_env();
     crate::phases::mark("main");
-    let cli = match parse() {
+    let cli = match parse(std::env::args_os().collect()) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { launch::EXIT_LAUNCHER_ERROR } else { 0 };
@@ -221,6 +221,33 @@ fn policy_command(cmd: PolicyCommand) -> CliResult {
                     0
                 })
                 .map_err(|e| (e.to_string(), launch::EXIT_LAUNCHER_ERROR))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The short-cut parser for `run` must read every `run` command line as
+    /// the full one does (its global options are written twice).
+    #[test]
+    fn the_run_shortcut_parses_as_the_full_command_line() {
+        let lines: [&[&str]; 4] = [
+            &["swarmcell", "run", "--worktree", "/w", "--", "/bin/true"],
+            &["swarmcell", "run", "--log-level", "debug", "--worktree", "/w", "--port", "auto", "--", "x", "--y"],
+            &["swarmcell", "run", "--log-format", "json", "--worktree", "/w"],
+            &["swarmcell", "run", "--worktree", "/w", "--log-format=json", "--log-level=info", "--memory", "1G"],
+        ];
+        let show = |c: &Cli| {
+            let Command::Run(r) = &c.command else { panic!("not run") };
+            (matches!(c.log_format, LogFormat::Json), c.log_level.clone(), r.worktree.clone(), r.cmd.clone(), r.port.clone(), r.memory.clone())
+        };
+        for line in lines {
+            let args: Vec<std::ffi::OsString> = line.iter().map(Into::into).collect();
+            let short = parse(args.clone()).unwrap();
+            let full = Cli::try_parse_from(args).unwrap();
+            assert_eq!(show(&short), show(&full), "{line:?}");
         }
     }
 }
