@@ -436,7 +436,6 @@ fn seccomp_detail(arch: u32, nr: i64) -> (Kind, &'static str) {
     }
 }
 
-/// Landlock records of one event waiting for its creator: (serial, [(domain, blockers, object)]).
 /// Landlock access records waiting for the rest of their event, by audit
 /// serial: the records of one event can be separated by other events' (another
 /// thread's refused calls), so an unrelated record ends none of them.
