@@ -16,7 +16,10 @@ impl Daemon {
     /// far by `crate::denials`).
     pub(super) fn stats(&self, uid: u32) -> Vec<Value> {
         let now = Instant::now();
-        let denials = self.denials.lock();
+        // Totals first: the reader thread waits on this lock, not on the
+        // cgroupfs reads below.
+        let denials: std::collections::HashMap<String, u64> =
+            self.denials.lock().agg.sandboxes.iter().map(|(id, d)| (id.clone(), d.by_kind.values().sum())).collect();
         self.list()
             .into_iter()
             .zip(self.sandboxes.values())
@@ -34,7 +37,7 @@ impl Daemon {
                 v["connections_total"] = json!(e.broker.connections.load(Ordering::Relaxed));
                 v["refused_uid"] = json!(e.broker.refused_uid.load(Ordering::Relaxed));
                 let id = v["id"].as_str().unwrap_or_default();
-                v["denials"] = json!(denials.agg.sandboxes.get(id).map_or(0, |d| d.by_kind.values().sum::<u64>()));
+                v["denials"] = json!(denials.get(id).copied().unwrap_or(0));
                 v
             })
             .collect()
