@@ -97,6 +97,13 @@ impl Daemon {
                         "count": r.count, "total": r.total, "source": source, "outcome": "denied" }),
             );
         }
+        for loss in self.denials.take_losses() {
+            let agents: Vec<Option<String>> = loss.flooders.iter().map(|id| self.sandboxes.get(id).and_then(|e| e.rec.agent.clone())).collect();
+            self.audit.event(
+                "denials_lost",
+                json!({ "records": loss.records, "flooders": loss.flooders, "agents": agents, "source": "kernel", "outcome": "lost" }),
+            );
+        }
         for (id, fired) in self.denials.take_fired() {
             if !self.sandboxes.contains_key(&id) {
                 continue;

@@ -58,6 +58,23 @@ enum Creator {
     Unknown(u32, i32),
 }
 
+/// Records the kernel lost (its audit queue was full) and the sandboxes whose
+/// records made at least [`FLOODER_SHARE_PERCENT`] of what was read around it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loss {
+    pub records: u64,
+    pub flooders: Vec<String>,
+}
+
+pub const FLOODER_SHARE_PERCENT: u64 = 10;
+
+/// Most losses waiting for the daemon (one per [`LOSS_CHECK_EVERY`] at most).
+const MAX_LOSSES: usize = 1024;
+
+/// How often the reader asks the kernel for its lost counter while records
+/// arrive (never when none do: the kernel loses records only in a flood).
+pub const LOSS_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 #[derive(Default)]
 pub struct Shared {
     pub agg: Aggregator,
@@ -74,6 +91,13 @@ pub struct Shared {
     armed: HashMap<String, Armed>,
     /// Tripwires that fired, for the daemon (see [`Hub::take_fired`]).
     fired: Vec<(String, Fired)>,
+    /// Kernel records read since the loss watch last looked, and each
+    /// sandbox's share of them (who flooded when the kernel lost records).
+    recent_records: u64,
+    recent: HashMap<String, u64>,
+    /// Records the kernel lost and the sandboxes that flooded it then, for
+    /// the daemon (see [`Hub::take_losses`]).
+    losses: Vec<Loss>,
     wake_fd: RawFd,
     wake_armed: bool,
 }
@@ -128,24 +152,64 @@ impl Shared {
     /// or a tripwire fired. Tripwires see the denial's own detail, before the
     /// aggregator may count it under `(other)`.
     pub fn add(&mut self, id: &str, kind: Kind, detail: &str, n: u64) {
-        let mut wake = false;
-        if let Some(a) = self.armed.get_mut(id) {
-            for f in a.observe(kind, detail, n, std::time::Instant::now()) {
-                if self.fired.len() < MAX_FIRED {
-                    self.fired.push((id.to_string(), f));
-                    wake = true;
-                } else {
-                    tracing::error!(sandbox = id, rule = f.rule, "too many tripwires waiting for the daemon: this one is not acted on");
-                }
+        if !matches!(kind, Kind::Egress | Kind::Ingress) {
+            *self.recent.entry(id.to_string()).or_default() += n;
+        }
+        let fired = self.armed.get_mut(id).map(|a| a.observe(kind, detail, n, std::time::Instant::now())).unwrap_or_default();
+        let mut wake = self.push_fired(id, fired);
+        wake |= self.agg.add(id, kind, detail, n);
+        if wake {
+            self.wake();
+        }
+    }
+
+    /// Queue tripwires that fired for the daemon: whether any was.
+    fn push_fired(&mut self, id: &str, fired: Vec<Fired>) -> bool {
+        let mut any = false;
+        for f in fired {
+            if self.fired.len() < MAX_FIRED {
+                self.fired.push((id.to_string(), f));
+                any = true;
+            } else {
+                tracing::error!(sandbox = id, rule = f.rule, "too many tripwires waiting for the daemon: this one is not acted on");
             }
         }
-        wake |= self.agg.add(id, kind, detail, n);
-        if wake && !self.wake_armed {
+        any
+    }
+
+    fn wake(&mut self) {
+        if !self.wake_armed {
             self.wake_armed = true;
             let one = 1u64.to_ne_bytes();
             // SAFETY: an 8-byte write to our eventfd.
             unsafe { libc::write(self.wake_fd, one.as_ptr().cast(), 8) };
         }
+    }
+
+    /// The kernel lost `records`: blame the sandboxes that made at least
+    /// [`FLOODER_SHARE_PERCENT`] of the records read around the loss (the
+    /// flood that filled the queue), and count the loss against each of
+    /// their tripwires a lost (Landlock) record could have matched.
+    fn blame_loss(&mut self, records: u64) {
+        let total = self.recent_records.max(1);
+        let mut flooders: Vec<String> =
+            self.recent.iter().filter(|(_, n)| **n * 100 >= total * FLOODER_SHARE_PERCENT).map(|(id, _)| id.clone()).collect();
+        flooders.sort();
+        let now = std::time::Instant::now();
+        for id in &flooders {
+            let fired = self.armed.get_mut(id).map(|a| a.observe_lost(records, now)).unwrap_or_default();
+            self.push_fired(id, fired);
+        }
+        if self.losses.len() < MAX_LOSSES {
+            self.losses.push(Loss { records, flooders });
+        }
+        self.wake();
+    }
+
+    /// A new window for [`Shared::blame_loss`].
+    fn forget_recent(&mut self) {
+        self.recent_records = 0;
+        self.recent.clear();
     }
 
     /// A Landlock denial of a domain whose creator is known (a sandbox, or a
@@ -244,6 +308,12 @@ impl Hub {
             Some(p) => format!("the audit daemon (pid {p}) keeps receiving every record"),
             None => "the audit status is unknown".to_string(),
         };
+        let auditd = match status.map(|s| s.backlog_limit) {
+            Some(l) if l != 0 => format!(
+                "{auditd}; the kernel's audit queue holds {l} records: in a flood it drops the Landlock records it cannot queue, which is counted and held against the flooding sandbox's tripwires"
+            ),
+            _ => auditd,
+        };
         hub.kernel = match (hub.landlock, audit_on) {
             (false, false) if status_error.is_some() => format!(
                 "the kernel audit status cannot be read ({}; audit control needs the initial PID and user namespaces): seccomp (syscall), egress and ingress denials are reported, Landlock (fs, net, scope) ones only if kernel audit is enabled on the host (`swarmcell denials --enable-kernel-audit`)",
@@ -310,6 +380,11 @@ impl Hub {
         std::mem::take(&mut self.lock().fired)
     }
 
+    /// The kernel's losses since the last call.
+    pub fn take_losses(&self) -> Vec<Loss> {
+        std::mem::take(&mut self.lock().losses)
+    }
+
     /// A sandbox is ready: attribute it what waited in limbo for it.
     pub fn register(&self, owner: Owner) {
         let mut s = self.lock();
@@ -359,6 +434,20 @@ fn read_loop(fd: OwnedFd, shared: Arc<Mutex<Shared>>) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut batch: Vec<Record> = Vec::with_capacity(512);
     let mut pending = Pending::new();
+    // The first wait for records ends after LOSS_CHECK_EVERY, so that the
+    // loss watch sees the end of a flood.
+    let tv = libc::timeval { tv_sec: 0, tv_usec: LOSS_CHECK_EVERY.as_micros() as libc::suseconds_t };
+    // SAFETY: a timeval option of the right size on our socket.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    let mut watch = LossWatch::new();
     loop {
         let mut overruns = 0u64;
         let mut flags = 0;
@@ -389,8 +478,20 @@ fn read_loop(fd: OwnedFd, shared: Arc<Mutex<Shared>>) {
                 msg = &msg[len.next_multiple_of(4).min(msg.len())..];
             }
         }
+        let lost = watch.poll(!batch.is_empty());
+        if batch.is_empty() && overruns == 0 && lost.is_none() {
+            continue;
+        }
         let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
         s.overruns += overruns;
+        match lost {
+            Some(0) => s.forget_recent(),
+            Some(n) => {
+                s.blame_loss(n);
+                s.forget_recent();
+            }
+            None => {}
+        }
         if !s.limbo.is_empty() {
             s.expire();
         }
@@ -410,6 +511,50 @@ fn read_loop(fd: OwnedFd, shared: Arc<Mutex<Shared>>) {
             i += n;
         }
         batch.clear();
+    }
+}
+
+/// Watches the kernel's count of lost records while records arrive.
+struct LossWatch {
+    last: Option<u32>,
+    checked: std::time::Instant,
+    /// Records seen since the last check.
+    busy: bool,
+    /// Lost records seen at the last check, blamed at the next (the records
+    /// of the flood that filled the queue can arrive after the loss is
+    /// counted).
+    pending: u64,
+}
+
+impl LossWatch {
+    fn new() -> LossWatch {
+        LossWatch { last: super::audit_nl::status().ok().map(|s| s.lost), checked: std::time::Instant::now(), busy: false, pending: 0 }
+    }
+
+    /// Every [`LOSS_CHECK_EVERY`] while records arrive: `Some(n)` when the
+    /// window of records read is over, with the records lost in it to blame
+    /// (`Some(0)`: none).
+    fn poll(&mut self, records: bool) -> Option<u64> {
+        self.busy |= records;
+        if (!self.busy && self.pending == 0) || self.checked.elapsed() < LOSS_CHECK_EVERY {
+            return None;
+        }
+        self.checked = std::time::Instant::now();
+        self.busy = false;
+        let now = super::audit_nl::status().ok().map(|s| s.lost);
+        let new = match (self.last, now) {
+            (Some(a), Some(b)) => u64::from(b.wrapping_sub(a)),
+            _ => 0,
+        };
+        if now.is_some() {
+            self.last = now;
+        }
+        let blame = std::mem::replace(&mut self.pending, new);
+        if new > 0 && blame == 0 {
+            // Wait one more window for the flood's records.
+            return None;
+        }
+        Some(blame)
     }
 }
 
@@ -467,6 +612,9 @@ fn handle_n(s: &mut Shared, pending: &mut Pending, r: Record, n: u64) {
         | Record::EndOfEvent { serial } => *serial,
         Record::Other => return,
     };
+    if matches!(r, Record::LandlockAccess { .. }) {
+        s.recent_records += 1;
+    }
     match r {
         Record::LandlockAccess { domain, blockers, object, .. } => match s.domains.get(&domain).map(|d| d.0.clone()) {
             Some(creator) => s.landlock(creator, domain, &blockers, &object),
@@ -507,6 +655,7 @@ fn handle_n(s: &mut Shared, pending: &mut Pending, r: Record, n: u64) {
             }
         }
         Record::Seccomp { pid, uid, syscall, arch, .. } => {
+            s.recent_records += n;
             let (kind, detail) = seccomp_detail(arch, syscall);
             s.attribute(uid, pid, kind, detail, n);
         }
@@ -534,6 +683,7 @@ fn owner_in(owners: &[Owner], uid: u32, pid: i32) -> Option<&Owner> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::denials::tripwire::Action;
 
     fn shared() -> Shared {
         // SAFETY: eventfd with flags only; leaked in the test.
@@ -577,6 +727,35 @@ mod tests {
         handle(&mut s, &mut p, Record::EndOfEvent { serial: 3 });
         assert_eq!(s.agg.sandboxes["d-1"].by_kind[&Kind::Scope], 2);
         assert_eq!(s.agg.unattributed, 1);
+    }
+
+    /// The kernel drops a Landlock record when a flood fills its queue (seen
+    /// in a clean CI run: the first listing of / never arrived, its tripwire
+    /// never fired): the flooder's tripwires count the loss as matches; a
+    /// sandbox with a small share of the records around it is not blamed.
+    #[test]
+    fn a_kernel_loss_fires_the_tripwires_of_the_sandbox_that_flooded() {
+        let mut s = shared();
+        s.owners.push(Owner { id: "d-2".into(), sandbox: "sc-2".into(), uid: Some(1_610_612_738) });
+        let rules: Vec<Tripwire> = vec![toml::from_str("kind = \"fs\"\npath = \"/\"\naction = \"freeze\"").unwrap()];
+        s.armed.insert("d-1".into(), Armed::new(&rules));
+        s.armed.insert("d-2".into(), Armed::new(&rules));
+        let mut p = Pending::new();
+        let refused = |serial, uid| Record::Seccomp { serial, pid: 99, uid, syscall: libc::SYS_keyctl, arch: record::NATIVE_ARCH };
+        for serial in 0..95 {
+            handle(&mut s, &mut p, refused(serial, 1_610_612_737));
+        }
+        for serial in 95..100 {
+            handle(&mut s, &mut p, refused(serial, 1_610_612_738));
+        }
+        s.blame_loss(1);
+        assert_eq!(s.losses, [Loss { records: 1, flooders: vec!["d-1".to_string()] }]);
+        let fired: Vec<(&str, Action)> = s.fired.iter().map(|(id, f)| (id.as_str(), f.action)).collect();
+        assert_eq!(fired, [("d-1", Action::Freeze)]);
+        // The next window starts empty: a loss in it blames nobody.
+        s.forget_recent();
+        s.blame_loss(1);
+        assert_eq!(s.losses[1].flooders, Vec::<String>::new());
     }
 
     /// Another thread's records may come between an access record and its

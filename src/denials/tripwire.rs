@@ -191,42 +191,68 @@ impl Armed {
     /// Count `n` denials of `kind`/`detail` against every rule; the rules
     /// that fire (their window starts again).
     pub fn observe(&mut self, kind: Kind, detail: &str, n: u64, now: Instant) -> Vec<Fired> {
-        let mut out = Vec::new();
-        for (i, rule) in self.rules.iter().enumerate() {
-            if !rule.matches(kind, detail) {
-                continue;
+        let matching: Vec<usize> = (0..self.rules.len()).filter(|i| self.rules[*i].matches(kind, detail)).collect();
+        matching.into_iter().filter_map(|i| self.count(i, n, now).map(|count| self.fired(i, kind, detail, count))).collect()
+    }
+
+    /// `n` records the kernel lost while this sandbox flooded it. They can
+    /// only have been Landlock records (the kernel drops the records it
+    /// writes without waiting, Landlock's; a refused call's seccomp record
+    /// waits for room), whose details nobody knows: every rule that a
+    /// Landlock denial could match counts them as matches. A flood cannot
+    /// hide a tripwire's match.
+    pub fn observe_lost(&mut self, n: u64, now: Instant) -> Vec<Fired> {
+        let detail = format!("{n} kernel audit records lost while this sandbox flooded the audit queue");
+        let matching: Vec<usize> = (0..self.rules.len())
+            .filter(|i| {
+                let r = &self.rules[*i];
+                matches!(r.kind, None | Some(Kind::Fs | Kind::Net | Kind::Scope)) && r.syscall.is_none() && r.host.is_none()
+            })
+            .collect();
+        matching
+            .into_iter()
+            .filter_map(|i| self.count(i, n, now).map(|count| self.fired(i, self.rules[i].kind.unwrap_or(Kind::Fs), &detail, count)))
+            .collect()
+    }
+
+    fn fired(&self, i: usize, kind: Kind, detail: &str, count: u64) -> Fired {
+        let rule = &self.rules[i];
+        Fired { rule: rule.label(i), action: rule.action, kind, detail: detail.to_string(), count }
+    }
+
+    /// Add `n` matches to rule `i`'s window: its count when the rule fires.
+    fn count(&mut self, i: usize, n: u64, now: Instant) -> Option<u64> {
+        let window = self.rules[i].window.0;
+        let q = &mut self.seen[i];
+        // Matches close in time share a bucket (its time is its last
+        // match's: a bucket leaves the window late, never early), so a
+        // flood keeps at most ~256 buckets per window.
+        let bucket = window / 256;
+        match q.back_mut() {
+            Some((t, c)) if now.saturating_duration_since(*t) <= bucket => {
+                *t = now;
+                *c += n;
             }
-            let q = &mut self.seen[i];
-            // Matches close in time share a bucket (its time is its last
-            // match's: a bucket leaves the window late, never early), so a
-            // flood keeps at most ~256 buckets per window.
-            let bucket = rule.window.0 / 256;
-            match q.back_mut() {
-                Some((t, c)) if now.saturating_duration_since(*t) <= bucket => {
-                    *t = now;
-                    *c += n;
-                }
-                _ => q.push_back((now, n)),
-            }
-            while q.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > rule.window.0) {
-                q.pop_front();
-            }
-            while q.len() > 4096 {
-                // Never the case with the buckets above; merge rather than forget.
-                if let Some((_, c)) = q.pop_front()
-                    && let Some(f) = q.front_mut()
-                {
-                    f.1 += c;
-                }
-            }
-            let count: u64 = q.iter().map(|(_, c)| c).sum();
-            if count >= rule.count && self.last_fired[i].is_none_or(|t| now.saturating_duration_since(t) >= REFIRE_EVERY) {
-                q.clear();
-                self.last_fired[i] = Some(now);
-                out.push(Fired { rule: rule.label(i), action: rule.action, kind, detail: detail.to_string(), count });
+            _ => q.push_back((now, n)),
+        }
+        while q.front().is_some_and(|(t, _)| now.saturating_duration_since(*t) > window) {
+            q.pop_front();
+        }
+        while q.len() > 4096 {
+            // Never the case with the buckets above; merge rather than forget.
+            if let Some((_, c)) = q.pop_front()
+                && let Some(f) = q.front_mut()
+            {
+                f.1 += c;
             }
         }
-        out
+        let count: u64 = q.iter().map(|(_, c)| c).sum();
+        if count >= self.rules[i].count && self.last_fired[i].is_none_or(|t| now.saturating_duration_since(t) >= REFIRE_EVERY) {
+            q.clear();
+            self.last_fired[i] = Some(now);
+            return Some(count);
+        }
+        None
     }
 }
 
@@ -300,5 +326,25 @@ mod tests {
         assert_eq!(fired.iter().filter(|f| f.rule == "tripwire[1]").map(|f| f.count).collect::<Vec<_>>(), vec![1_000_000]);
         assert!(a.seen.iter().all(|q| q.len() <= 257), "{:?}", a.seen.iter().map(VecDeque::len).collect::<Vec<_>>());
         assert_eq!(a.observe(Kind::Syscall, "ptrace", 1, t0 + Duration::from_secs(2)).len(), 1, "fires again after REFIRE_EVERY");
+    }
+
+    #[test]
+    fn records_the_kernel_lost_count_as_matches_of_every_rule_a_landlock_denial_could_match() {
+        let mut a = Armed::new(&[
+            rule("kind = \"fs\"\npath = \"/\"\naction = \"freeze\""),
+            rule("kind = \"scope\"\ncount = 3\naction = \"alert\""),
+            rule("syscall = \"ptrace\"\naction = \"kill\""),
+            rule("kind = \"egress\"\naction = \"kill\""),
+        ]);
+        let fired = a.observe_lost(2, Instant::now());
+        let rules: Vec<&str> = fired.iter().map(|f| f.rule.as_str()).collect();
+        // Seccomp records are never lost (they wait), egress ones are not the kernel's.
+        assert_eq!(rules, ["tripwire[0]"]);
+        assert_eq!((fired[0].action, fired[0].kind), (Action::Freeze, Kind::Fs));
+        assert!(fired[0].detail.contains("2 kernel audit records lost"), "{}", fired[0].detail);
+        assert_eq!(
+            a.observe_lost(1, Instant::now() + REFIRE_EVERY).iter().map(|f| f.rule.as_str()).collect::<Vec<_>>(),
+            ["tripwire[0]", "tripwire[1]"]
+        );
     }
 }
