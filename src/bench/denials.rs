@@ -10,12 +10,18 @@
 //!
 //! `off` and `on` alternate for `rounds` rounds; `on+reader` runs last (the
 //! reader thread lives until the process ends). Medians are reported.
+//!
+//! Then what a storm costs the others: launches of `run -- /bin/true` alone,
+//! next to a sandbox spinning on half a core (no denials), and next to a
+//! sandbox flooding refused calls on the same half core, while the reader
+//! counts every record; the three alternate, `rounds` times.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 const OWNER: u32 = 10000;
+const LAUNCHES_PER_ROUND: usize = 10;
 
 fn policy(dir: &Path, name: &str, errno: &str) -> Result<std::path::PathBuf, String> {
     let p = dir.join(name);
@@ -50,6 +56,60 @@ fn round(exe: &Path, policy: &Path, wt: &Path, calls: u64) -> Result<f64, String
     Ok(calls as f64 / secs.max(1e-9))
 }
 
+/// A neighbour sandbox on half a core, until dropped.
+struct Neighbour(std::process::Child);
+
+impl Drop for Neighbour {
+    fn drop(&mut self) {
+        // SAFETY: SIGTERM to our own child, a launcher (it tears its sandbox down).
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+fn neighbour(exe: &Path, policy: &Path, wt: &Path, probe: &[&str]) -> Result<Neighbour, String> {
+    let child = Command::new(exe)
+        .args(["run", "--policy"])
+        .arg(policy)
+        .arg("--worktree")
+        .arg(wt)
+        .arg("--ro")
+        .arg(exe.parent().unwrap_or(Path::new("/")))
+        .arg("--")
+        .arg(exe)
+        .arg("__probe")
+        .args(probe)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting a neighbour: {e}"))?;
+    // Its sandbox is up and busy well within this.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    Ok(Neighbour(child))
+}
+
+/// Seconds per `run -- /bin/true`, `n` of them.
+fn launches(exe: &Path, wt: &Path, n: usize) -> Result<Vec<f64>, String> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        let st = Command::new(exe)
+            .args(["run", "--worktree"])
+            .arg(wt)
+            .args(["--", "/bin/true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| format!("launching: {e}"))?;
+        if !st.success() {
+            return Err(format!("`run -- /bin/true` failed: {st}"));
+        }
+        out.push(t.elapsed().as_secs_f64());
+    }
+    Ok(out)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -82,6 +142,28 @@ pub fn run(calls: u64, rounds: usize) -> Result<(), String> {
     for _ in 0..rounds {
         r_reader.push(round(&exe, &on, &wt, calls)?);
     }
+    let limited = dir.join("limited.toml");
+    std::fs::write(&limited, format!("{}[limits]\ncpu = 0.5\n", std::fs::read_to_string(&on).map_err(|e| e.to_string())?))
+        .map_err(|e| format!("{}: {e}", limited.display()))?;
+    std::fs::set_permissions(&limited, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
+    let wt2 = dir.join("wt2");
+    std::fs::create_dir(&wt2).map_err(|e| e.to_string())?;
+    std::os::unix::fs::chown(&wt2, Some(OWNER), Some(OWNER)).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&wt2, std::fs::Permissions::from_mode(0o700)).map_err(|e| e.to_string())?;
+    let (mut alone, mut spinning, mut flooding, mut flood_rate) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        alone.extend(launches(&exe, &wt, LAUNCHES_PER_ROUND)?);
+        {
+            let _n = neighbour(&exe, &limited, &wt2, &["spin-serve", "8080", "3600"])?;
+            spinning.extend(launches(&exe, &wt, LAUNCHES_PER_ROUND)?);
+        }
+        {
+            let _n = neighbour(&exe, &limited, &wt2, &["denials", "-", "100000000000"])?;
+            let (before, t) = (hub.lock().records_read, std::time::Instant::now());
+            flooding.extend(launches(&exe, &wt, LAUNCHES_PER_ROUND)?);
+            flood_rate.push((hub.lock().records_read - before) as f64 / t.elapsed().as_secs_f64());
+        }
+    }
     let unattributed = hub.lock().agg.unattributed;
     let (off, on, reader) = (median(r_off), median(r_on), median(r_reader));
     println!("swarmcell bench denials: {calls} refused keyctl calls per round, {rounds} rounds, medians (calls/s inside the sandbox)");
@@ -89,6 +171,19 @@ pub fn run(calls: u64, rounds: usize) -> Result<(), String> {
     println!("  on         (EPERM, logged, no reader)    {on:>12.0}  ({:.1}x slower than off)", off / on.max(1.0));
     println!("  on+reader  (logged, read and counted)    {reader:>12.0}  ({:.1}x slower than off)", off / reader.max(1.0));
     println!("  records the reader held for no sandbox (expected: none registered here): {unattributed} unattributed, rest in limbo");
+    let (alone, spinning, flooding) = (median(alone) * 1e3, median(spinning) * 1e3, median(flooding) * 1e3);
+    println!(
+        "  launches of `run -- /bin/true`, {} per setup over {rounds} alternating rounds, medians; the neighbour has half a core:",
+        LAUNCHES_PER_ROUND * rounds
+    );
+    println!("    alone                                   {alone:>8.2} ms");
+    println!("    next to a CPU-bound sandbox             {spinning:>8.2} ms  ({:.2}x alone)", spinning / alone.max(1e-9));
+    println!(
+        "    next to a denial flood (read, counted)  {flooding:>8.2} ms  ({:.2}x alone, {:.2}x next to the CPU-bound one)",
+        flooding / alone.max(1e-9),
+        flooding / spinning.max(1e-9)
+    );
+    println!("    (the flood's records read and counted meanwhile: {:.0}/s, median of the rounds)", median(flood_rate));
     println!("  kernel: {}", hub.kernel);
     Ok(())
 }

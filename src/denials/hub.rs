@@ -91,6 +91,8 @@ pub struct Shared {
     armed: HashMap<String, Armed>,
     /// Tripwires that fired, for the daemon (see [`Hub::take_fired`]).
     fired: Vec<(String, Fired)>,
+    /// Kernel denial records read (seccomp and Landlock access records).
+    pub records_read: u64,
     /// Kernel records read since the loss watch last looked, and each
     /// sandbox's share of them (who flooded when the kernel lost records).
     recent_records: u64,
@@ -614,6 +616,7 @@ fn handle_n(s: &mut Shared, pending: &mut Pending, r: Record, n: u64) {
     };
     if matches!(r, Record::LandlockAccess { .. }) {
         s.recent_records += 1;
+        s.records_read += 1;
     }
     match r {
         Record::LandlockAccess { domain, blockers, object, .. } => match s.domains.get(&domain).map(|d| d.0.clone()) {
@@ -656,6 +659,7 @@ fn handle_n(s: &mut Shared, pending: &mut Pending, r: Record, n: u64) {
         }
         Record::Seccomp { pid, uid, syscall, arch, .. } => {
             s.recent_records += n;
+            s.records_read += n;
             let (kind, detail) = seccomp_detail(arch, syscall);
             s.attribute(uid, pid, kind, detail, n);
         }
