@@ -64,10 +64,12 @@ pub fn pids(cgroups: &[PathBuf]) -> Vec<i32> {
 /// the kill takes effect. Returns how many were signalled.
 pub fn kill(cgroups: &[PathBuf]) -> usize {
     let mut n = 0;
+    // Listed first: on v2, cgroup.kill empties the list before we read it.
+    let listed = pids(cgroups);
     for dir in cgroups {
         let _ = std::fs::write(dir.join("cgroup.kill"), "1");
     }
-    for pid in pids(cgroups) {
+    for pid in listed {
         // SAFETY: SIGKILL to a process of a sandbox cgroup (the launcher's subtree).
         if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
             n += 1;
