@@ -333,3 +333,72 @@ fn a_payload_cannot_hide_a_tripwire_match_behind_a_flood_of_refused_calls() {
     }
     let _ = d.ctl(&["kill", &id]);
 }
+
+/// A payload floods refused calls from its first instant, before its
+/// sandbox is ready (the daemon knows its uid only then), and lists `/` in
+/// the flood: a loss blamed on a uid nobody owned yet was blamed on nobody
+/// (a red team hid the listing in 4 of 6 runs). The loss now waits for the
+/// uid and fires the sandbox's tripwires when it registers.
+#[test]
+fn a_payload_cannot_hide_a_tripwire_match_in_a_flood_made_before_it_is_ready() {
+    let f = Fixture::new();
+    let d = Daemon::start(&f, "[[tripwire]]\nname = \"no-root-listing\"\nkind = \"fs\"\npath = \"/\"\naction = \"alert\"\n", "");
+    let script = format!(
+        "/usr/bin/python3 -c 'import ctypes, os, threading, time\nl = ctypes.CDLL(None, use_errno=True)\nstop = []\ndef flood():\n    while not stop:\n        for _ in range(1000): l.syscall(250, 0, 0, 0)\nts = [threading.Thread(target=flood) for _ in range(4)]\n[t.start() for t in ts]\ntime.sleep(0.5)\ntry: os.listdir(\"/\")\nexcept OSError: pass\ntime.sleep(0.5)\nstop.append(1)\n[t.join() for t in ts]'\nexec {bin} __probe serve \"$1\"\n",
+        bin = bin()
+    );
+    let l = d.launch_script("a", &script);
+    let id = l["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_secs(2));
+    let r = d.raw(&format!("{{\"cmd\":\"denials\",\"id\":\"{id}\"}}"));
+    let fs: Vec<&serde_json::Value> = r["denials"].as_array().unwrap().iter().filter(|x| x["kind"] == "fs").collect();
+    let lost = d.audit_events("denials_lost");
+    eprintln!("fs {fs:?}, kernel_lost {}, losses {lost:?}", r["kernel_lost"]);
+    let fired = d.audit_events("tripwire");
+    assert!(
+        fired.iter().any(|e| e["id"] == id.as_str()),
+        "the listing of / was hidden by a flood made before the sandbox was ready (fs: {fs:?}; kernel_lost {}; losses {lost:?})",
+        r["kernel_lost"]
+    );
+    let _ = d.ctl(&["kill", &id]);
+}
+
+/// Another local user fills the kernel's audit queue with records of a type
+/// nobody counts (promiscuous-mode toggles of `lo` in a network namespace of
+/// its own) while an innocent sandbox makes a refused call every 20 ms: the
+/// loss was blamed on the only sandbox whose records were counted, and its
+/// `freeze` tripwire froze it (a red team's). Shares are of every record.
+#[test]
+fn another_local_user_s_audit_flood_does_not_fire_an_innocent_sandbox_s_tripwires() {
+    let f = Fixture::new();
+    let d = Daemon::start(&f, "[[tripwire]]\nname = \"no-shadow\"\nkind = \"fs\"\npath = \"/etc/shadow\"\naction = \"freeze\"\n", "");
+    let script = format!(
+        "{bin} __probe serve \"$1\" &\n/usr/bin/python3 -c 'import ctypes, time\nl = ctypes.CDLL(None, use_errno=True)\nwhile True:\n    l.syscall(250, 0, 0, 0)\n    time.sleep(0.02)' &\nwait\n",
+        bin = bin()
+    );
+    let l = d.launch_script("a", &script);
+    let id = l["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(500));
+    let promisc = "import fcntl, socket, struct, sys, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nend = time.time() + float(sys.argv[1])\nwhile time.time() < end:\n    flags = struct.unpack('16sH', fcntl.ioctl(s, 0x8913, struct.pack('16sH', b'lo', 0))[:18])[1]\n    fcntl.ioctl(s, 0x8914, struct.pack('16sH', b'lo', flags ^ 0x100))\n";
+    let uid = TENANT.to_string();
+    let floods: Vec<std::process::Child> = (0..3)
+        .map(|_| {
+            Command::new("setpriv")
+                .args(["--reuid", &uid, "--regid", &uid, "--clear-groups", "unshare", "-rn", "/usr/bin/python3", "-c", promisc, "2"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in floods {
+        assert!(c.wait().unwrap().success(), "the other user's flood did not run");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = d.raw(&format!("{{\"cmd\":\"denials\",\"id\":\"{id}\"}}"));
+    let lost = d.audit_events("denials_lost");
+    eprintln!("kernel_lost {}, losses {lost:?}", r["kernel_lost"]);
+    let fired = d.audit_events("tripwire");
+    let frozen = d.audit_events("sandbox_freeze");
+    assert!(fired.is_empty() && frozen.is_empty(), "another user's flood fired the innocent sandbox's tripwire: {fired:?} {frozen:?}");
+    assert!(!lost.iter().any(|e| e["flooders"].as_array().is_some_and(|a| !a.is_empty())), "a sandbox was blamed: {lost:?}");
+    let _ = d.ctl(&["kill", &id]);
+}

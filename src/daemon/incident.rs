@@ -101,7 +101,8 @@ impl Daemon {
             let agents: Vec<Option<String>> = loss.flooders.iter().map(|id| self.sandboxes.get(id).and_then(|e| e.rec.agent.clone())).collect();
             self.audit.event(
                 "denials_lost",
-                json!({ "records": loss.records, "flooders": loss.flooders, "agents": agents, "source": "kernel", "outcome": "lost" }),
+                json!({ "records": loss.records, "flooders": loss.flooders, "agents": agents, "uids": loss.uids, "source": "kernel",
+                        "outcome": "lost" }),
             );
         }
         for (id, fired) in self.denials.take_fired() {
@@ -175,6 +176,11 @@ impl Daemon {
             ("swarmcell_denials_dropped_total", "Denial records lost before they were counted (kernel reconciliation, socket overruns).", dropped),
             ("swarmcell_denials_unattributed_total", "Denial records that named no known sandbox.", s.agg.unattributed),
             ("swarmcell_tripwires_total", "Tripwires fired.", self.counters_tripwires),
+            (
+                "swarmcell_denials_kernel_lost_total",
+                "Audit records the kernel dropped since the daemon started, anyone's (denials_lost events say whose flood).",
+                self.denials.kernel_lost(),
+            ),
         ] {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         }
