@@ -101,7 +101,7 @@ impl Daemon {
             let agents: Vec<Option<String>> = loss.flooders.iter().map(|id| self.sandboxes.get(id).and_then(|e| e.rec.agent.clone())).collect();
             self.audit.event(
                 "denials_lost",
-                json!({ "records": loss.records, "flooders": loss.flooders, "agents": agents, "uids": loss.uids, "source": "kernel",
+                json!({ "records": loss.records, "flooders": loss.flooders, "agents": agents, "uids": loss.uids, "sandbox": loss.sandbox, "source": "kernel",
                         "outcome": "lost" }),
             );
         }

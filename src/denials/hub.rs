@@ -62,11 +62,14 @@ enum Creator {
 /// who made at least [`FLOODER_SHARE_PERCENT`] of all the audit records
 /// received around it: sandboxes, and uids of no sandbox registered yet.
 /// None: someone else flooded (another local user), and a match may be hidden.
-#[derive(Debug, Clone, PartialEq)]
+/// `sandbox`: the kernel's final count of a sandbox's Landlock domain was
+/// above what was read (whoever flooded; nobody is blamed for it).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Loss {
     pub records: u64,
     pub flooders: Vec<String>,
     pub uids: Vec<u32>,
+    pub sandbox: Option<String>,
 }
 
 /// Whose records a share counts.
@@ -96,6 +99,14 @@ const HISTORY: usize = 100;
 const SETTLE: std::time::Duration = std::time::Duration::from_millis(300);
 
 pub const FLOODER_SHARE_PERCENT: u64 = 10;
+
+/// And at least this many records a second around the loss: a flood (the
+/// kernel's queue fills only when records come faster than it sends them,
+/// over 100,000 a second here). Below it a source is not blamed, however
+/// large its share: the records lost were the flooder's, never received, so
+/// a short burst by someone else leaves a steady, noisy sandbox with most of
+/// what was received (a red team froze one that made 200 a second).
+pub const FLOODER_RECORDS_PER_SEC: u64 = 2000;
 
 /// Most losses waiting for the daemon (one per [`LOSS_CHECK_EVERY`] at most).
 const MAX_LOSSES: usize = 1024;
@@ -261,7 +272,10 @@ impl Shared {
             }
         }
         let total = total.max(1);
-        let heavy: Vec<Source> = shares.iter().filter(|(_, n)| **n * 100 >= total * FLOODER_SHARE_PERCENT).map(|(s, _)| (*s).clone()).collect();
+        let span = to.saturating_duration_since(from).max(LOSS_CHECK_EVERY);
+        let flood = (FLOODER_RECORDS_PER_SEC as f64 * span.as_secs_f64()) as u64;
+        let heavy: Vec<Source> =
+            shares.iter().filter(|(_, n)| **n * 100 >= total * FLOODER_SHARE_PERCENT && **n >= flood).map(|(s, _)| (*s).clone()).collect();
         let (mut flooders, mut uids) = (Vec::new(), Vec::new());
         let now = std::time::Instant::now();
         self.suspects.retain(|_, (_, t)| now.saturating_duration_since(*t) < LIMBO_TTL);
@@ -272,7 +286,9 @@ impl Shared {
                     Some(o) => o.id.clone(),
                     None => {
                         if self.suspects.len() < MAX_SOURCES || self.suspects.contains_key(&u) {
-                            self.suspects.entry(u).or_insert((0, now)).0 += records;
+                            // The time of the latest: a sandbox launched after it is not blamed.
+                            let e = self.suspects.entry(u).or_insert((0, now));
+                            *e = (e.0 + records, now);
                         }
                         uids.push(u);
                         continue;
@@ -289,7 +305,7 @@ impl Shared {
             self.fire_lost(id, records);
         }
         if self.losses.len() < MAX_LOSSES {
-            self.losses.push(Loss { records, flooders, uids });
+            self.losses.push(Loss { records, flooders, uids, sandbox: None });
         }
         self.wake();
     }
@@ -505,9 +521,13 @@ impl Hub {
                 *creator = Creator::Sandbox(owner.id.clone());
             }
         }
+        // A suspect from before this sandbox was launched was another's
+        // (a uid is leased again once free).
+        let since = s.armed.get(&owner.id).and_then(|a| a.since);
         if let Some(u) = owner.uid
             && let Some((n, t)) = s.suspects.remove(&u)
             && t.elapsed() < LIMBO_TTL
+            && since.is_some_and(|since| t >= since)
         {
             s.fire_lost(&owner.id, n);
         }
@@ -641,12 +661,12 @@ struct Reading {
 
 /// The status thread's last reading, and whether the reader is in a flood.
 #[derive(Default)]
-struct Status {
+struct LossStatus {
     reading: Mutex<Option<Reading>>,
     flood: std::sync::atomic::AtomicBool,
 }
 
-type LastReading = Arc<Status>;
+type LastReading = Arc<LossStatus>;
 
 /// Records in one window above which the reader is in a flood.
 const FLOOD_RECORDS: u64 = 5000;
@@ -814,14 +834,14 @@ fn handle_n(s: &mut Shared, pending: &mut Pending, r: Record, n: u64) {
         Record::DomainFreed { domain, denials, .. } => {
             if let Some((Creator::Sandbox(id), seen)) = s.domains.remove(&domain) {
                 // The kernel's own count for the domain: denials of this
-                // sandbox that were never read, whoever flooded.
+                // sandbox that were never read, whoever flooded. Reported,
+                // not held against its tripwires: a sandbox's own domain ends
+                // with it, and another user's flood would fire them.
                 let lost = denials.saturating_sub(seen);
                 s.agg.dropped += lost;
-                if lost > 0 {
-                    s.fire_lost(&id, lost);
-                    if s.losses.len() < MAX_LOSSES {
-                        s.losses.push(Loss { records: lost, flooders: vec![id], uids: Vec::new() });
-                    }
+                if lost > 0 && s.losses.len() < MAX_LOSSES {
+                    s.losses.push(Loss { records: lost, sandbox: Some(id), ..Loss::default() });
+                    s.wake();
                 }
             }
         }
@@ -848,8 +868,20 @@ fn owner_in(owners: &[Owner], uid: u32, pid: i32) -> Option<&Owner> {
     if pid <= 0 || owners.is_empty() {
         return None;
     }
+    // The pid may be another process's by now (a Landlock domain's creator
+    // is named at its first denial, however long ago it exited): another
+    // user could so pass its denials off as a sandbox's. Its uid must match.
+    if !pid_has_uid(pid, uid) {
+        return None;
+    }
     let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     owners.iter().find(|o| !o.sandbox.is_empty() && cg.lines().any(|l| l.split('/').any(|c| c == o.sandbox)))
+}
+
+/// Whether process `pid` runs as `uid` (real, effective, saved or fs).
+fn pid_has_uid(pid: i32, uid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+    status.lines().find_map(|l| l.strip_prefix("Uid:")).is_some_and(|ids| ids.split_whitespace().any(|id| id.parse::<u32>().ok() == Some(uid)))
 }
 
 #[cfg(test)]
@@ -911,13 +943,14 @@ mod tests {
         let mut p = Pending::new();
         let t0 = std::time::Instant::now();
         s.close_window(t0);
-        flood(&mut s, &mut p, 1_610_612_737, 0..95);
-        flood(&mut s, &mut p, 1_610_612_738, 95..100);
-        s.recent_records = 100;
+        // 950 records in 100 ms (a flood), and 50 of another sandbox.
+        flood(&mut s, &mut p, 1_610_612_737, 0..950);
+        flood(&mut s, &mut p, 1_610_612_738, 950..1000);
+        s.recent_records = 1000;
         let t1 = t0 + LOSS_CHECK_EVERY;
         s.close_window(t1);
         s.blame_loss(1, t0, t1);
-        assert_eq!(s.losses, [Loss { records: 1, flooders: vec!["d-1".to_string()], uids: vec![] }]);
+        assert_eq!(s.losses, [Loss { records: 1, flooders: vec!["d-1".to_string()], ..Loss::default() }]);
         let fired: Vec<(&str, Action)> = s.fired.iter().map(|(id, f)| (id.as_str(), f.action)).collect();
         assert_eq!(fired, [("d-1", Action::Freeze)]);
         // A loss later, when nothing was received: it blames nobody.
@@ -946,7 +979,25 @@ mod tests {
         s.recent_records = 7;
         s.close_window(t0 + 30 * LOSS_CHECK_EVERY);
         s.blame_loss(300, t0, t0 + LOSS_CHECK_EVERY + SETTLE);
-        assert_eq!(s.losses, [Loss { records: 300, flooders: vec![], uids: vec![] }]);
+        assert_eq!(s.losses, [Loss { records: 300, ..Loss::default() }]);
+        assert!(s.fired.is_empty(), "{:?}", s.fired);
+    }
+
+    /// Another user's short burst overflows the queue; its records were the
+    /// ones lost, so a steady, noisy sandbox made most of what was received
+    /// (a red team froze one making 200 refused calls a second). Not a flood:
+    /// not blamed.
+    #[test]
+    fn a_noisy_sandbox_is_not_blamed_for_a_loss_in_someone_else_s_burst() {
+        let mut s = armed_pair();
+        let mut p = Pending::new();
+        let t0 = std::time::Instant::now();
+        s.close_window(t0);
+        flood(&mut s, &mut p, 1_610_612_738, 0..100);
+        s.recent_records = 140;
+        s.close_window(t0 + 5 * LOSS_CHECK_EVERY);
+        s.blame_loss(4, t0, t0 + 5 * LOSS_CHECK_EVERY);
+        assert_eq!(s.losses, [Loss { records: 4, ..Loss::default() }]);
         assert!(s.fired.is_empty(), "{:?}", s.fired);
     }
 
@@ -958,13 +1009,14 @@ mod tests {
         let mut s = armed_pair();
         let mut p = Pending::new();
         let early = 1_610_612_999;
+        s.armed.insert("d-3".into(), Armed::new(&[toml::from_str("kind = \"fs\"\npath = \"/\"\naction = \"kill\"").unwrap()]));
         let t0 = std::time::Instant::now();
         s.close_window(t0);
-        flood(&mut s, &mut p, early, 0..100);
-        s.recent_records = 120;
+        flood(&mut s, &mut p, early, 0..1000);
+        s.recent_records = 1200;
         s.close_window(t0 + LOSS_CHECK_EVERY);
         s.blame_loss(5, t0, t0 + LOSS_CHECK_EVERY);
-        assert_eq!(s.losses, [Loss { records: 5, flooders: vec![], uids: vec![early] }]);
+        assert_eq!(s.losses, [Loss { records: 5, uids: vec![early], ..Loss::default() }]);
         assert!(s.fired.is_empty());
         let hub = Hub {
             shared: Arc::new(Mutex::new(s)),
@@ -976,22 +1028,57 @@ mod tests {
             lost_at_start: None,
             lost: Arc::default(),
         };
-        hub.arm("d-3", &[toml::from_str("kind = \"fs\"\npath = \"/\"\naction = \"kill\"").unwrap()]);
         hub.register(Owner { id: "d-3".into(), sandbox: "sc-3".into(), uid: Some(early) });
         let fired: Vec<(String, Action)> = hub.lock().fired.iter().map(|(id, f)| (id.clone(), f.action)).collect();
         assert_eq!(fired, [("d-3".to_string(), Action::Kill)]);
     }
 
     /// The kernel's own count of a domain's denials, in its `deallocated`
-    /// record, names the sandbox exactly: denials never read fire its tripwires.
+    /// record, names the sandbox whose records were lost, not who flooded: it
+    /// is reported, and fires nothing (a red team froze an innocent sandbox
+    /// whose own tool used Landlock, with another user's bursts).
     #[test]
-    fn a_domain_s_final_count_above_what_was_read_fires_its_sandbox_s_tripwires() {
+    fn a_domain_s_final_count_above_what_was_read_is_reported_and_fires_nothing() {
         let mut s = armed_pair();
         let mut p = Pending::new();
         handle(&mut s, &mut p, Record::DomainAllocated { serial: 1, domain: 7, pid: 99, uid: 1_610_612_737 });
         handle(&mut s, &mut p, Record::DomainFreed { serial: 2, domain: 7, denials: 2 });
-        assert_eq!(s.losses, [Loss { records: 2, flooders: vec!["d-1".to_string()], uids: vec![] }]);
-        assert_eq!(s.fired.len(), 1);
+        assert_eq!(s.losses, [Loss { records: 2, sandbox: Some("d-1".to_string()), ..Loss::default() }]);
+        assert!(s.fired.is_empty(), "{:?}", s.fired);
+    }
+
+    /// A Landlock domain's creator is named by pid at its first denial, when
+    /// the pid may be a sandbox's process (a red team made another user's
+    /// denials count as a sandbox's, and froze it): the uid must match.
+    #[test]
+    fn a_pid_names_a_sandbox_only_for_its_own_uid() {
+        // SAFETY: getpid and getuid have no preconditions.
+        let (pid, uid) = unsafe { (libc::getpid(), libc::getuid()) };
+        assert!(pid_has_uid(pid, uid));
+        assert!(!pid_has_uid(pid, uid.wrapping_add(4343)));
+    }
+
+    /// A uid is leased again once its sandbox is gone: a loss blamed on it
+    /// before a sandbox was launched is not that sandbox's.
+    #[test]
+    fn a_suspect_from_before_a_sandbox_was_launched_is_not_held_against_it() {
+        let mut s = armed_pair();
+        let uid = 1_610_612_999;
+        s.suspects.insert(uid, (7, std::time::Instant::now()));
+        let hub = Hub {
+            shared: Arc::new(Mutex::new(s)),
+            // SAFETY: a fresh eventfd, owned by the hub.
+            wake: unsafe { OwnedFd::from_raw_fd(libc::eventfd(0, 0)) },
+            kernel: String::new(),
+            landlock: true,
+            seccomp: true,
+            lost_at_start: None,
+            lost: Arc::default(),
+        };
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        hub.arm("d-3", &[toml::from_str("kind = \"fs\"\naction = \"kill\"").unwrap()]);
+        hub.register(Owner { id: "d-3".into(), sandbox: "sc-3".into(), uid: Some(uid) });
+        assert!(hub.lock().fired.is_empty());
     }
 
     fn armed_pair() -> Shared {

@@ -168,6 +168,8 @@ pub const REFIRE_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub struct Armed {
     pub rules: Vec<Tripwire>,
+    /// When the sandbox was launched (armed).
+    pub since: Option<Instant>,
     /// Per rule: (time of the last match in the bucket, matches), oldest first.
     seen: Vec<VecDeque<(Instant, u64)>>,
     last_fired: Vec<Option<Instant>>,
@@ -185,7 +187,7 @@ pub struct Fired {
 
 impl Armed {
     pub fn new(rules: &[Tripwire]) -> Armed {
-        Armed { rules: rules.to_vec(), seen: vec![VecDeque::new(); rules.len()], last_fired: vec![None; rules.len()] }
+        Armed { rules: rules.to_vec(), since: Some(Instant::now()), seen: vec![VecDeque::new(); rules.len()], last_fired: vec![None; rules.len()] }
     }
 
     /// Count `n` denials of `kind`/`detail` against every rule; the rules
