@@ -58,11 +58,17 @@ impl Temporal {
     fn start(dir: &Path) -> Temporal {
         let temporal = Path::new(VENV).join("bin/temporal");
         assert!(temporal.exists(), "{} is missing: run scripts/setup", temporal.display());
-        let port = free_port();
+        // Three distinct ports: held together while chosen (one port closed
+        // and asked for again can come back the same, and the server then
+        // dies after its first port answered).
+        let held: Vec<std::net::TcpListener> = (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let ports: Vec<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        drop(held);
+        let port = ports[0];
         let log = std::fs::File::create(dir.join("temporal.log")).unwrap();
         let child = Command::new(&temporal)
             .args(["server", "start-dev", "--headless", "--ip", "127.0.0.1", "--log-level", "error", "--port", &port.to_string()])
-            .args(["--http-port", &free_port().to_string(), "--metrics-port", &free_port().to_string()])
+            .args(["--http-port", &ports[1].to_string(), "--metrics-port", &ports[2].to_string()])
             .env("HOME", dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -70,8 +76,13 @@ impl Temporal {
             .process_group(0)
             .spawn()
             .unwrap();
-        let t = Temporal { child, address: format!("127.0.0.1:{port}") };
+        let mut t = Temporal { child, address: format!("127.0.0.1:{port}") };
         wait_for("the Temporal dev server", Duration::from_secs(60), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        // Its other listeners come up after the first: still running a moment later.
+        std::thread::sleep(Duration::from_millis(500));
+        if let Ok(Some(st)) = t.child.try_wait() {
+            panic!("the Temporal dev server exited ({st}): {}", std::fs::read_to_string(dir.join("temporal.log")).unwrap_or_default());
+        }
         t
     }
 }
