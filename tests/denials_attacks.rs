@@ -289,6 +289,10 @@ fn a_local_user_refused_at_a_sandbox_s_port_cannot_trip_its_tripwires() {
     let _ = d.ctl(&["kill", &id]);
 }
 
+/// Four threads flood refused calls (keyctl) for a second while the main
+/// thread lists `/` once, half a second in.
+const FLOOD_THEN_LIST_ROOT: &str = "/usr/bin/python3 -c 'import ctypes, os, threading, time\nl = ctypes.CDLL(None, use_errno=True)\nstop = []\ndef flood():\n    while not stop:\n        for _ in range(1000): l.syscall(250, 0, 0, 0)\nts = [threading.Thread(target=flood) for _ in range(4)]\n[t.start() for t in ts]\ntime.sleep(0.5)\ntry: os.listdir(\"/\")\nexcept OSError: pass\ntime.sleep(0.5)\nstop.append(1)\n[t.join() for t in ts]'";
+
 /// A payload floods refused calls so that the kernel's audit queue is full
 /// when it does what a tripwire watches (its first listing of `/`): the
 /// kernel drops Landlock records it cannot queue (a clean CI run: the listing
@@ -303,10 +307,7 @@ fn a_payload_cannot_hide_a_tripwire_match_behind_a_flood_of_refused_calls() {
     // thread lists `/` once: the first denial of the sandbox's Landlock
     // domain, whose two records (access, then domain) other records now
     // separate.
-    let script = format!(
-        "{bin} __probe serve \"$1\" &\nsleep 2\n/usr/bin/python3 -c 'import ctypes, os, threading, time\nl = ctypes.CDLL(None, use_errno=True)\nstop = []\ndef flood():\n    while not stop:\n        for _ in range(1000): l.syscall(250, 0, 0, 0)\nts = [threading.Thread(target=flood) for _ in range(4)]\n[t.start() for t in ts]\ntime.sleep(0.5)\ntry: os.listdir(\"/\")\nexcept OSError: pass\ntime.sleep(0.5)\nstop.append(1)\n[t.join() for t in ts]'\nwait\n",
-        bin = bin()
-    );
+    let script = format!("{bin} __probe serve \"$1\" &\nsleep 2\n{FLOOD_THEN_LIST_ROOT}\nwait\n", bin = bin());
     let l = d.launch_script("a", &script);
     let id = l["id"].as_str().unwrap().to_string();
     let denials = || d.raw(&format!("{{\"cmd\":\"denials\",\"id\":\"{id}\"}}"));
@@ -343,10 +344,7 @@ fn a_payload_cannot_hide_a_tripwire_match_behind_a_flood_of_refused_calls() {
 fn a_payload_cannot_hide_a_tripwire_match_in_a_flood_made_before_it_is_ready() {
     let f = Fixture::new();
     let d = Daemon::start(&f, "[[tripwire]]\nname = \"no-root-listing\"\nkind = \"fs\"\npath = \"/\"\naction = \"alert\"\n", "");
-    let script = format!(
-        "/usr/bin/python3 -c 'import ctypes, os, threading, time\nl = ctypes.CDLL(None, use_errno=True)\nstop = []\ndef flood():\n    while not stop:\n        for _ in range(1000): l.syscall(250, 0, 0, 0)\nts = [threading.Thread(target=flood) for _ in range(4)]\n[t.start() for t in ts]\ntime.sleep(0.5)\ntry: os.listdir(\"/\")\nexcept OSError: pass\ntime.sleep(0.5)\nstop.append(1)\n[t.join() for t in ts]'\nexec {bin} __probe serve \"$1\"\n",
-        bin = bin()
-    );
+    let script = format!("{FLOOD_THEN_LIST_ROOT}\nexec {bin} __probe serve \"$1\"\n", bin = bin());
     let l = d.launch_script("a", &script);
     let id = l["id"].as_str().unwrap().to_string();
     std::thread::sleep(Duration::from_secs(2));
@@ -363,6 +361,43 @@ fn a_payload_cannot_hide_a_tripwire_match_in_a_flood_made_before_it_is_ready() {
     let _ = d.ctl(&["kill", &id]);
 }
 
+/// An innocent sandbox with a `freeze` tripwire on /etc/shadow makes a
+/// refused call every `period` seconds while uid TENANT runs `program` (a
+/// Python program toggling promiscuous mode of `lo` in a user and network
+/// namespace of its own: records nobody counts) in three processes. Returns
+/// the `tripwire`, `sandbox_freeze` and `denials_lost` events.
+fn innocent_sandbox_beside_another_users_audit_records(period: &str, program: &str, args: &[&str]) -> [Vec<serde_json::Value>; 3] {
+    let f = Fixture::new();
+    let d = Daemon::start(&f, "[[tripwire]]\nname = \"no-shadow\"\nkind = \"fs\"\npath = \"/etc/shadow\"\naction = \"freeze\"\n", "");
+    let script = format!(
+        "{bin} __probe serve \"$1\" &\n/usr/bin/python3 -c 'import ctypes, time\nl = ctypes.CDLL(None, use_errno=True)\nwhile True:\n    l.syscall(250, 0, 0, 0)\n    time.sleep({period})' &\nwait\n",
+        bin = bin()
+    );
+    let l = d.launch_script("a", &script);
+    let id = l["id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_millis(500));
+    let uid = TENANT.to_string();
+    let others: Vec<std::process::Child> = (0..3)
+        .map(|_| {
+            Command::new("setpriv")
+                .args(["--reuid", &uid, "--regid", &uid, "--clear-groups", "unshare", "-rn", "/usr/bin/python3", "-c", program])
+                .args(args)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in others {
+        assert!(c.wait().unwrap().success(), "the other user's records did not come");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = d.raw(&format!("{{\"cmd\":\"denials\",\"id\":\"{id}\"}}"));
+    let lost = d.audit_events("denials_lost");
+    eprintln!("kernel_lost {}, losses {lost:?}", r["kernel_lost"]);
+    let events = [d.audit_events("tripwire"), d.audit_events("sandbox_freeze"), lost];
+    let _ = d.ctl(&["kill", &id]);
+    events
+}
+
 /// Another local user fills the kernel's audit queue with records of a type
 /// nobody counts (promiscuous-mode toggles of `lo` in a network namespace of
 /// its own) while an innocent sandbox makes a refused call every 20 ms: the
@@ -370,37 +405,10 @@ fn a_payload_cannot_hide_a_tripwire_match_in_a_flood_made_before_it_is_ready() {
 /// `freeze` tripwire froze it (a red team's). Shares are of every record.
 #[test]
 fn another_local_user_s_audit_flood_does_not_fire_an_innocent_sandbox_s_tripwires() {
-    let f = Fixture::new();
-    let d = Daemon::start(&f, "[[tripwire]]\nname = \"no-shadow\"\nkind = \"fs\"\npath = \"/etc/shadow\"\naction = \"freeze\"\n", "");
-    let script = format!(
-        "{bin} __probe serve \"$1\" &\n/usr/bin/python3 -c 'import ctypes, time\nl = ctypes.CDLL(None, use_errno=True)\nwhile True:\n    l.syscall(250, 0, 0, 0)\n    time.sleep(0.02)' &\nwait\n",
-        bin = bin()
-    );
-    let l = d.launch_script("a", &script);
-    let id = l["id"].as_str().unwrap().to_string();
-    std::thread::sleep(Duration::from_millis(500));
     let promisc = "import fcntl, socket, struct, sys, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nend = time.time() + float(sys.argv[1])\nwhile time.time() < end:\n    flags = struct.unpack('16sH', fcntl.ioctl(s, 0x8913, struct.pack('16sH', b'lo', 0))[:18])[1]\n    fcntl.ioctl(s, 0x8914, struct.pack('16sH', b'lo', flags ^ 0x100))\n";
-    let uid = TENANT.to_string();
-    let floods: Vec<std::process::Child> = (0..3)
-        .map(|_| {
-            Command::new("setpriv")
-                .args(["--reuid", &uid, "--regid", &uid, "--clear-groups", "unshare", "-rn", "/usr/bin/python3", "-c", promisc, "2"])
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for mut c in floods {
-        assert!(c.wait().unwrap().success(), "the other user's flood did not run");
-    }
-    std::thread::sleep(Duration::from_millis(1500));
-    let r = d.raw(&format!("{{\"cmd\":\"denials\",\"id\":\"{id}\"}}"));
-    let lost = d.audit_events("denials_lost");
-    eprintln!("kernel_lost {}, losses {lost:?}", r["kernel_lost"]);
-    let fired = d.audit_events("tripwire");
-    let frozen = d.audit_events("sandbox_freeze");
+    let [fired, frozen, lost] = innocent_sandbox_beside_another_users_audit_records("0.02", promisc, &["2"]);
     assert!(fired.is_empty() && frozen.is_empty(), "another user's flood fired the innocent sandbox's tripwire: {fired:?} {frozen:?}");
     assert!(!lost.iter().any(|e| e["flooders"].as_array().is_some_and(|a| !a.is_empty())), "a sandbox was blamed: {lost:?}");
-    let _ = d.ctl(&["kill", &id]);
 }
 
 /// The same as a short burst: another local user overflows the kernel's
@@ -411,34 +419,7 @@ fn another_local_user_s_audit_flood_does_not_fire_an_innocent_sandbox_s_tripwire
 /// with a loss). A flooder must now flood: over 2,000 records a second.
 #[test]
 fn another_local_user_s_short_bursts_do_not_fire_a_noisy_innocent_sandbox_s_tripwires() {
-    let f = Fixture::new();
-    let d = Daemon::start(&f, "[[tripwire]]\nname = \"no-shadow\"\nkind = \"fs\"\npath = \"/etc/shadow\"\naction = \"freeze\"\n", "");
-    let script = format!(
-        "{bin} __probe serve \"$1\" &\n/usr/bin/python3 -c 'import ctypes, time\nl = ctypes.CDLL(None, use_errno=True)\nwhile True:\n    l.syscall(250, 0, 0, 0)\n    time.sleep(0.005)' &\nwait\n",
-        bin = bin()
-    );
-    let l = d.launch_script("a", &script);
-    let id = l["id"].as_str().unwrap().to_string();
-    std::thread::sleep(Duration::from_millis(500));
     let burst = "import fcntl, socket, struct, sys, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nend = time.time() + 6\nwhile time.time() < end:\n    for _ in range(40):\n        flags = struct.unpack('16sH', fcntl.ioctl(s, 0x8913, struct.pack('16sH', b'lo', 0))[:18])[1]\n        fcntl.ioctl(s, 0x8914, struct.pack('16sH', b'lo', flags ^ 0x100))\n    time.sleep(0.5)\n";
-    let uid = TENANT.to_string();
-    let bursts: Vec<std::process::Child> = (0..3)
-        .map(|_| {
-            Command::new("setpriv")
-                .args(["--reuid", &uid, "--regid", &uid, "--clear-groups", "unshare", "-rn", "/usr/bin/python3", "-c", burst])
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for mut c in bursts {
-        assert!(c.wait().unwrap().success(), "the other user's bursts did not run");
-    }
-    std::thread::sleep(Duration::from_millis(1500));
-    let r = d.raw(&format!("{{\"cmd\":\"denials\",\"id\":\"{id}\"}}"));
-    let lost = d.audit_events("denials_lost");
-    eprintln!("kernel_lost {}, losses {lost:?}", r["kernel_lost"]);
-    let fired = d.audit_events("tripwire");
-    let frozen = d.audit_events("sandbox_freeze");
+    let [fired, frozen, _] = innocent_sandbox_beside_another_users_audit_records("0.005", burst, &[]);
     assert!(fired.is_empty() && frozen.is_empty(), "another user's bursts fired the innocent sandbox's tripwire: {fired:?} {frozen:?}");
-    let _ = d.ctl(&["kill", &id]);
 }

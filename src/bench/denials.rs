@@ -23,18 +23,28 @@ use std::process::{Command, Stdio};
 const OWNER: u32 = 10000;
 const LAUNCHES_PER_ROUND: usize = 10;
 
-fn policy(dir: &Path, name: &str, errno: &str) -> Result<std::path::PathBuf, String> {
+/// A policy refusing `keyctl` with `errno`, and `extra` lines.
+fn policy(dir: &Path, name: &str, errno: &str, extra: &str) -> Result<std::path::PathBuf, String> {
     let p = dir.join(name);
-    let text = format!("[seccomp]\n[[seccomp.deny]]\nsyscalls = [\"keyctl\"]\nerrno = \"{errno}\"\nreason = \"bench\"\n");
+    let text = format!("[seccomp]\n[[seccomp.deny]]\nsyscalls = [\"keyctl\"]\nerrno = \"{errno}\"\nreason = \"bench\"\n{extra}");
     std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
     Ok(p)
 }
 
-/// Calls per second inside the sandbox.
-fn round(exe: &Path, policy: &Path, wt: &Path, calls: u64) -> Result<f64, String> {
-    let out = Command::new(exe)
-        .args(["run", "--policy"])
+/// A directory `name` in `dir` for a sandbox's worktree (OWNER's, 0700).
+fn worktree(dir: &Path, name: &str) -> Result<std::path::PathBuf, String> {
+    let wt = dir.join(name);
+    std::fs::create_dir(&wt).map_err(|e| format!("{}: {e}", wt.display()))?;
+    std::os::unix::fs::chown(&wt, Some(OWNER), Some(OWNER)).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&wt, std::fs::Permissions::from_mode(0o700)).map_err(|e| e.to_string())?;
+    Ok(wt)
+}
+
+/// `swarmcell run --policy POLICY --worktree WT -- swarmcell __probe PROBE...`.
+fn probe_in_sandbox(exe: &Path, policy: &Path, wt: &Path, probe: &[&str]) -> Command {
+    let mut c = Command::new(exe);
+    c.args(["run", "--policy"])
         .arg(policy)
         .arg("--worktree")
         .arg(wt)
@@ -42,10 +52,15 @@ fn round(exe: &Path, policy: &Path, wt: &Path, calls: u64) -> Result<f64, String
         .arg(exe.parent().unwrap_or(Path::new("/")))
         .arg("--")
         .arg(exe)
-        .args(["__probe", "denials", "-", &calls.to_string()])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running the payload: {e}"))?;
+        .arg("__probe")
+        .args(probe)
+        .stdin(Stdio::null());
+    c
+}
+
+/// Calls per second inside the sandbox.
+fn round(exe: &Path, policy: &Path, wt: &Path, calls: u64) -> Result<f64, String> {
+    let out = probe_in_sandbox(exe, policy, wt, &["denials", "-", &calls.to_string()]).output().map_err(|e| format!("running the payload: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let secs: f64 = text
         .lines()
@@ -56,37 +71,16 @@ fn round(exe: &Path, policy: &Path, wt: &Path, calls: u64) -> Result<f64, String
     Ok(calls as f64 / secs.max(1e-9))
 }
 
-/// A neighbour sandbox on half a core, until dropped.
-struct Neighbour(std::process::Child);
-
-impl Drop for Neighbour {
-    fn drop(&mut self) {
-        // SAFETY: SIGTERM to our own child, a launcher (it tears its sandbox down).
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
-fn neighbour(exe: &Path, policy: &Path, wt: &Path, probe: &[&str]) -> Result<Neighbour, String> {
-    let child = Command::new(exe)
-        .args(["run", "--policy"])
-        .arg(policy)
-        .arg("--worktree")
-        .arg(wt)
-        .arg("--ro")
-        .arg(exe.parent().unwrap_or(Path::new("/")))
-        .arg("--")
-        .arg(exe)
-        .arg("__probe")
-        .args(probe)
-        .stdin(Stdio::null())
+/// A neighbour sandbox (its launcher, ended when dropped), once it is busy.
+fn neighbour(exe: &Path, policy: &Path, wt: &Path, probe: &[&str]) -> Result<super::Killed, String> {
+    let child = probe_in_sandbox(exe, policy, wt, probe)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("starting a neighbour: {e}"))?;
     // Its sandbox is up and busy well within this.
     std::thread::sleep(std::time::Duration::from_millis(500));
-    Ok(Neighbour(child))
+    Ok(super::Killed(child))
 }
 
 /// Seconds per `run -- /bin/true`, `n` of them.
@@ -127,12 +121,9 @@ pub fn run(calls: u64, rounds: usize) -> Result<(), String> {
     }
     let _gone = Gone(dir.clone());
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
-    let wt = dir.join("wt");
-    std::fs::create_dir(&wt).map_err(|e| e.to_string())?;
-    std::os::unix::fs::chown(&wt, Some(OWNER), Some(OWNER)).map_err(|e| e.to_string())?;
-    std::fs::set_permissions(&wt, std::fs::Permissions::from_mode(0o700)).map_err(|e| e.to_string())?;
-    let off = policy(&dir, "off.toml", "ENOSYS")?;
-    let on = policy(&dir, "on.toml", "EPERM")?;
+    let wt = worktree(&dir, "wt")?;
+    let off = policy(&dir, "off.toml", "ENOSYS", "")?;
+    let on = policy(&dir, "on.toml", "EPERM", "")?;
     let (mut r_off, mut r_on, mut r_reader) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         r_off.push(round(&exe, &off, &wt, calls)?);
@@ -142,14 +133,8 @@ pub fn run(calls: u64, rounds: usize) -> Result<(), String> {
     for _ in 0..rounds {
         r_reader.push(round(&exe, &on, &wt, calls)?);
     }
-    let limited = dir.join("limited.toml");
-    std::fs::write(&limited, format!("{}[limits]\ncpu = 0.5\n", std::fs::read_to_string(&on).map_err(|e| e.to_string())?))
-        .map_err(|e| format!("{}: {e}", limited.display()))?;
-    std::fs::set_permissions(&limited, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
-    let wt2 = dir.join("wt2");
-    std::fs::create_dir(&wt2).map_err(|e| e.to_string())?;
-    std::os::unix::fs::chown(&wt2, Some(OWNER), Some(OWNER)).map_err(|e| e.to_string())?;
-    std::fs::set_permissions(&wt2, std::fs::Permissions::from_mode(0o700)).map_err(|e| e.to_string())?;
+    let limited = policy(&dir, "limited.toml", "EPERM", "[limits]\ncpu = 0.5\n")?;
+    let wt2 = worktree(&dir, "wt2")?;
     let (mut alone, mut spinning, mut flooding, mut flood_rate) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
         alone.extend(launches(&exe, &wt, LAUNCHES_PER_ROUND)?);

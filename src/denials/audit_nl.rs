@@ -98,17 +98,7 @@ fn request(msg_type: u16, payload: &[u8]) -> std::io::Result<Vec<u8>> {
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
-    // SAFETY: a timeval option of the right size.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
+    let _ = nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &nix::sys::time::TimeVal::new(2, 0));
     // The ACK (an error message with error 0) and, for AUDIT_GET, the reply.
     let mut reply = Vec::new();
     for _ in 0..2 {

@@ -564,17 +564,11 @@ fn read_loop(fd: OwnedFd, shared: Arc<Mutex<Shared>>, lost: LastReading) {
     let mut pending = Pending::new();
     // The first wait for records ends after LOSS_CHECK_EVERY, so that the
     // loss watch sees the end of a flood.
-    let tv = libc::timeval { tv_sec: 0, tv_usec: LOSS_CHECK_EVERY.as_micros() as libc::suseconds_t };
-    // SAFETY: a timeval option of the right size on our socket.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
+    let _ = nix::sys::socket::setsockopt(
+        &fd,
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::from(libc::timeval { tv_sec: 0, tv_usec: LOSS_CHECK_EVERY.as_micros() as libc::suseconds_t }),
+    );
     let mut watch = LossWatch::new(lost);
     loop {
         let mut overruns = 0u64;
@@ -1018,16 +1012,7 @@ mod tests {
         s.blame_loss(5, t0, t0 + LOSS_CHECK_EVERY);
         assert_eq!(s.losses, [Loss { records: 5, uids: vec![early], ..Loss::default() }]);
         assert!(s.fired.is_empty());
-        let hub = Hub {
-            shared: Arc::new(Mutex::new(s)),
-            // SAFETY: a fresh eventfd, owned by the hub.
-            wake: unsafe { OwnedFd::from_raw_fd(libc::eventfd(0, 0)) },
-            kernel: String::new(),
-            landlock: true,
-            seccomp: true,
-            lost_at_start: None,
-            lost: Arc::default(),
-        };
+        let hub = hub_of(s);
         hub.register(Owner { id: "d-3".into(), sandbox: "sc-3".into(), uid: Some(early) });
         let fired: Vec<(String, Action)> = hub.lock().fired.iter().map(|(id, f)| (id.clone(), f.action)).collect();
         assert_eq!(fired, [("d-3".to_string(), Action::Kill)]);
@@ -1065,7 +1050,16 @@ mod tests {
         let mut s = armed_pair();
         let uid = 1_610_612_999;
         s.suspects.insert(uid, (7, std::time::Instant::now()));
-        let hub = Hub {
+        let hub = hub_of(s);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        hub.arm("d-3", &[toml::from_str("kind = \"fs\"\naction = \"kill\"").unwrap()]);
+        hub.register(Owner { id: "d-3".into(), sandbox: "sc-3".into(), uid: Some(uid) });
+        assert!(hub.lock().fired.is_empty());
+    }
+
+    /// A hub over `s`, with no reader thread.
+    fn hub_of(s: Shared) -> Hub {
+        Hub {
             shared: Arc::new(Mutex::new(s)),
             // SAFETY: a fresh eventfd, owned by the hub.
             wake: unsafe { OwnedFd::from_raw_fd(libc::eventfd(0, 0)) },
@@ -1074,11 +1068,7 @@ mod tests {
             seccomp: true,
             lost_at_start: None,
             lost: Arc::default(),
-        };
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        hub.arm("d-3", &[toml::from_str("kind = \"fs\"\naction = \"kill\"").unwrap()]);
-        hub.register(Owner { id: "d-3".into(), sandbox: "sc-3".into(), uid: Some(uid) });
-        assert!(hub.lock().fired.is_empty());
+        }
     }
 
     fn armed_pair() -> Shared {
@@ -1125,16 +1115,7 @@ mod tests {
         handle(&mut s, &mut p, Record::DomainAllocated { serial: 2000, domain: 9, pid: -1, uid });
         handle(&mut s, &mut p, Record::LandlockAccess { serial: 2001, domain: 9, blockers: "fs.read_dir".into(), object: "/".into() });
         assert!(!s.agg.sandboxes.contains_key("d-2"));
-        let hub = Hub {
-            shared: Arc::new(Mutex::new(s)),
-            // SAFETY: a fresh eventfd, owned by the hub.
-            wake: unsafe { OwnedFd::from_raw_fd(libc::eventfd(0, 0)) },
-            kernel: String::new(),
-            landlock: true,
-            seccomp: true,
-            lost_at_start: None,
-            lost: Arc::default(),
-        };
+        let hub = hub_of(s);
         hub.register(Owner { id: "d-2".into(), sandbox: "sc-2".into(), uid: Some(uid) });
         let mut s = hub.lock();
         handle(&mut s, &mut p, Record::LandlockAccess { serial: 2002, domain: 9, blockers: "fs.read_dir".into(), object: "/".into() });

@@ -94,17 +94,7 @@ impl PeerLookup {
         // SAFETY: a fresh descriptor that we own from now on.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // The kernel answers at once; a bound wait keeps a wedged answer from stalling the accept loop.
-        let timeout = libc::timeval { tv_sec: 1, tv_usec: 0 };
-        // SAFETY: setsockopt with a valid timeval of the right size.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
+        let _ = nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &nix::sys::time::TimeVal::new(1, 0));
         Ok(PeerLookup { fd, seq: 0 })
     }
 
