@@ -43,5 +43,7 @@ pub fn mark(name: &str) {
     // SAFETY: a valid timespec to fill.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     let t = ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6;
-    eprintln!("swarmcell phase {name} +{:.3} ms ({:.3} ms) t={t:.3} [pid {}]", ms(now.saturating_sub(last)), ms(now), std::process::id());
+    // One write per line: the launcher and the init share stderr.
+    let line = format!("swarmcell phase {name} +{:.3} ms ({:.3} ms) t={t:.3} [pid {}]\n", ms(now.saturating_sub(last)), ms(now), std::process::id());
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
 }

@@ -194,7 +194,10 @@ pub fn main() -> ExitCode {
         Command::GenDocs { dir } => docs::gen_docs(&dir),
     };
     match result {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => {
+            crate::phases::mark("main returns");
+            ExitCode::from(code)
+        }
         Err((message, code)) => {
             eprintln!("swarmcell: {message}");
             ExitCode::from(code)

@@ -3,8 +3,11 @@
 //!
 //! The sequence: make every mount private; mount a fresh tmpfs as the future root
 //! (on the host's /tmp *in this mount namespace only*); create the skeleton
-//! (/proc, /dev, /tmp, /etc); attach the parent's prepared trees; write /etc;
-//! `pivot_root` into it and detach the host tree; make / and /dev read-only.
+//! (/proc, /dev, /tmp, /etc) with /dev and /proc mounted ([`Skeleton::build`],
+//! which needs no spec: init does it while the launcher makes the spec); then
+//! ([`Skeleton::finish`]) /tmp and /dev/shm at the spec's sizes; attach the
+//! parent's prepared trees; write /etc; `pivot_root` into it and detach the
+//! host tree; make / and /dev read-only.
 
 use std::ffi::{CString, OsStr};
 use std::io::Write;
@@ -34,40 +37,65 @@ fn step<T>(what: impl Into<String>, r: Result<T, SysError>) -> Result<T, RootfsE
     r.map_err(|source| RootfsError { step: what.into(), source })
 }
 
-pub fn build(spec: &InitSpec, fds: &[OwnedFd]) -> Result<(), RootfsError> {
-    let staging = Path::new(STAGING);
-    step("make mounts private", sys::mount::mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None))?;
-    step(
-        "root tmpfs",
-        sys::mount::mount(Some("tmpfs"), staging, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("mode=0755,size=8m,nr_inodes=4096")),
-    )?;
-    let root = step("open root", open_dir_path(staging))?;
+/// The root being built: what it needs of no spec is done.
+pub struct Skeleton {
+    root: OwnedFd,
+}
 
-    for dir in ["proc", "dev", "tmp", "etc"] {
-        step(format!("mkdir /{dir}"), ensure_path(&root, Path::new(dir), false))?;
+impl Skeleton {
+    /// The root tmpfs with its directories, /dev (but /dev/shm) and /proc.
+    pub fn build() -> Result<Skeleton, RootfsError> {
+        let staging = Path::new(STAGING);
+        step("make mounts private", sys::mount::mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None))?;
+        step(
+            "root tmpfs",
+            sys::mount::mount(Some("tmpfs"), staging, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("mode=0755,size=8m,nr_inodes=4096")),
+        )?;
+        let root = step("open root", open_dir_path(staging))?;
+        for dir in ["proc", "dev", "tmp", "etc"] {
+            step(format!("mkdir /{dir}"), ensure_path(&root, Path::new(dir), false))?;
+        }
+        mount_dev(staging, &root)?;
+        mount_proc(staging, &root)?;
+        Ok(Skeleton { root })
     }
-    mount_tmp(staging, spec)?;
-    mount_dev(staging, &root, spec)?;
-    mount_proc(staging, &root)?;
 
-    for entry in &spec.mounts {
-        attach(&root, entry, fds)?;
+    /// Everything else, as `spec` says (its mounts' trees are `fds`), then
+    /// `pivot_root` into it.
+    pub fn finish(self, spec: &InitSpec, fds: &[OwnedFd]) -> Result<(), RootfsError> {
+        let staging = Path::new(STAGING);
+        let root = self.root;
+        mount_tmp(staging, spec)?;
+        let shm_opts = format!("mode=1777,size={}", spec.shm_size);
+        step(
+            "mount /dev/shm",
+            sys::mount::mount(
+                Some("tmpfs"),
+                &staging.join("dev/shm"),
+                Some("tmpfs"),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                Some(&shm_opts),
+            ),
+        )?;
+        for entry in &spec.mounts {
+            attach(&root, entry, fds)?;
+        }
+        write_etc(&root, spec)?;
+        let home = spec.home.strip_prefix("/").unwrap_or(&spec.home);
+        let home_fd = step("create HOME", ensure_path(&root, home, false))?;
+        step("chmod HOME", fchmod_path(&home_fd, 0o700))?;
+        drop(root);
+
+        step("chdir to new root", chdir(staging))?;
+        step("pivot_root", sys::mount::pivot_root(Path::new("."), Path::new(".")))?;
+        // The old root is now stacked on top of "."; detaching it removes every host
+        // mount from this namespace.
+        step("detach old root", sys::mount::umount_detach(Path::new(".")))?;
+        step("chdir /", chdir(Path::new("/")))?;
+        step("read-only /", remount_readonly(Path::new("/"), libc::MS_NOSUID | libc::MS_NODEV))?;
+        step("read-only /dev", remount_readonly(Path::new("/dev"), libc::MS_NOSUID | libc::MS_NOEXEC))?;
+        Ok(())
     }
-    write_etc(&root, spec)?;
-    let home = spec.home.strip_prefix("/").unwrap_or(&spec.home);
-    let home_fd = step("create HOME", ensure_path(&root, home, false))?;
-    step("chmod HOME", fchmod_path(&home_fd, 0o700))?;
-    drop(root);
-
-    step("chdir to new root", chdir(staging))?;
-    step("pivot_root", sys::mount::pivot_root(Path::new("."), Path::new(".")))?;
-    // The old root is now stacked on top of "."; detaching it removes every host
-    // mount from this namespace.
-    step("detach old root", sys::mount::umount_detach(Path::new(".")))?;
-    step("chdir /", chdir(Path::new("/")))?;
-    step("read-only /", remount_readonly(Path::new("/"), libc::MS_NOSUID | libc::MS_NODEV))?;
-    step("read-only /dev", remount_readonly(Path::new("/dev"), libc::MS_NOSUID | libc::MS_NOEXEC))?;
-    Ok(())
 }
 
 fn mount_tmp(staging: &Path, spec: &InitSpec) -> Result<(), RootfsError> {
@@ -75,7 +103,7 @@ fn mount_tmp(staging: &Path, spec: &InitSpec) -> Result<(), RootfsError> {
     step("mount /tmp", sys::mount::mount(Some("tmpfs"), &staging.join("tmp"), Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&opts)))
 }
 
-fn mount_dev(staging: &Path, root: &OwnedFd, spec: &InitSpec) -> Result<(), RootfsError> {
+fn mount_dev(staging: &Path, root: &OwnedFd) -> Result<(), RootfsError> {
     let dev = staging.join("dev");
     step("mount /dev", sys::mount::mount(Some("tmpfs"), &dev, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NOEXEC, Some("mode=0755,size=64k")))?;
     for d in ["dev/pts", "dev/shm"] {
@@ -91,11 +119,6 @@ fn mount_dev(staging: &Path, root: &OwnedFd, spec: &InitSpec) -> Result<(), Root
             libc::MS_NOSUID | libc::MS_NOEXEC,
             Some("newinstance,ptmxmode=0666,mode=0620"),
         ),
-    )?;
-    let shm_opts = format!("mode=1777,size={}", spec.shm_size);
-    step(
-        "mount /dev/shm",
-        sys::mount::mount(Some("tmpfs"), &dev.join("shm"), Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, Some(&shm_opts)),
     )?;
     let dev_fd = step("open /dev", open_dir_path(&dev))?;
     for (name, link) in

@@ -1,8 +1,9 @@
 //! The typed channel between the launcher (parent) and the sandbox init (child):
 //! a `SOCK_SEQPACKET` socketpair carrying one JSON message per packet. The init
-//! is a clone of the launcher, so it already holds its spec and the prepared
-//! mount fds; the parent only tells it when to go on, and init reports back
-//! (with the handoff's notification listener as `SCM_RIGHTS`).
+//! is cloned first, as soon as its ids are known: `Ids` lets it start its root
+//! while the launcher makes the rest of the spec, which comes with `Go` (with
+//! the prepared mount trees as `SCM_RIGHTS`); init reports back (with the
+//! handoff's notification listener).
 //!
 //! Each side has one method per message it expects; anything else is an error.
 
@@ -14,16 +15,22 @@ use serde::{Deserialize, Serialize};
 
 use super::spec::PayloadStatus;
 
-/// Largest message either side accepts.
-pub const MAX_MESSAGE: usize = 64 * 1024;
+/// Largest message init accepts (`Go` carries the spec: arguments and
+/// environment up to `MAX_ARGS_BYTES`, escaped as JSON).
+pub const MAX_TO_INIT: usize = 1024 * 1024;
+/// Largest message the launcher accepts from init.
+pub const MAX_FROM_INIT: usize = 64 * 1024;
 /// Most fds a message may carry (`Go` carries every prepared mount tree).
 pub const MAX_FDS: usize = 64;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToInit {
-    /// The uid/gid maps are written and the mounts are ready (idmapped): build
-    /// the sandbox. The mount trees come with it, in `fd_index` order.
-    Go { mounts: Vec<super::spec::MountEntry> },
+    /// The uid/gid maps are written and the launcher holds our namespaces:
+    /// take these ids (inside the user namespace) and start the root.
+    Ids { uid: u32, gid: u32 },
+    /// The spec, and the mounts ready (idmapped): build the sandbox. The mount
+    /// trees come with it, in `fd_index` order.
+    Go { spec: Box<super::spec::InitSpec> },
     /// The outbound listeners exist in our network namespace: start the payload.
     Listening,
 }
@@ -58,6 +65,24 @@ pub enum ChannelError {
     Unexpected(String),
 }
 
+impl ChannelError {
+    /// The other end is closed (it exited, or gave up and reported why).
+    pub fn peer_gone(&self) -> bool {
+        matches!(self, ChannelError::Closed | ChannelError::Io(nix::Error::EPIPE | nix::Error::ECONNRESET))
+    }
+}
+
+impl ToInit {
+    /// The message's name, never its contents (a spec holds the secret).
+    fn name(&self) -> &'static str {
+        match self {
+            ToInit::Ids { .. } => "Ids",
+            ToInit::Go { .. } => "Go",
+            ToInit::Listening => "Listening",
+        }
+    }
+}
+
 /// The socket both ends share; each end exposes only its own side's messages.
 struct Socket {
     fd: OwnedFd,
@@ -70,9 +95,9 @@ pub struct ParentEnd(Socket);
 pub struct InitEnd(Socket);
 
 impl Socket {
-    fn send<T: Serialize>(&self, msg: &T, fds: &[RawFd]) -> Result<(), ChannelError> {
+    fn send<T: Serialize>(&self, msg: &T, fds: &[RawFd], max: usize) -> Result<(), ChannelError> {
         let bytes = serde_json::to_vec(msg)?;
-        if bytes.len() > MAX_MESSAGE {
+        if bytes.len() > max {
             return Err(ChannelError::TooLarge(bytes.len()));
         }
         let iov = [IoSlice::new(&bytes)];
@@ -82,8 +107,14 @@ impl Socket {
         Ok(())
     }
 
-    fn recv<T: for<'de> Deserialize<'de>>(&self) -> Result<(T, Vec<OwnedFd>), ChannelError> {
-        let mut buf = vec![0u8; MAX_MESSAGE];
+    fn recv<T: for<'de> Deserialize<'de>>(&self, max: usize) -> Result<(T, Vec<OwnedFd>), ChannelError> {
+        // The buffer is the packet's size, not `max`: zeroing a megabyte per
+        // message cost init half a millisecond.
+        let size = self.next_size()?;
+        if size > max {
+            return Err(ChannelError::TooLarge(size));
+        }
+        let mut buf = vec![0u8; size.max(1)];
         let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
         let (len, fds, truncated) = {
             let mut iov = [IoSliceMut::new(&mut buf)];
@@ -117,8 +148,38 @@ impl Socket {
     }
 }
 
+impl Socket {
+    /// The size of the next packet (0 at EOF), without taking it.
+    fn next_size(&self) -> Result<usize, ChannelError> {
+        let mut reset = false;
+        loop {
+            // SAFETY: a zero-length peek into no buffer; MSG_TRUNC makes a
+            // SOCK_SEQPACKET socket return the packet's real length.
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), std::ptr::null_mut(), 0, libc::MSG_PEEK | libc::MSG_TRUNC) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            match nix::Error::last() {
+                nix::Error::EINTR => continue,
+                // As in `recv`: reported once, before what the peer sent.
+                nix::Error::ECONNRESET if !reset => reset = true,
+                e => return Err(e.into()),
+            }
+        }
+    }
+}
+
 impl ParentEnd {
+    /// The launcher's end, able to send a message of `MAX_TO_INIT` bytes (a
+    /// packet must fit the socket's send buffer, 208 KiB by default).
     pub fn new(fd: OwnedFd) -> Self {
+        use nix::sys::socket::{setsockopt, sockopt};
+        let size = MAX_TO_INIT + 4096;
+        // Beyond `wmem_max` with CAP_NET_ADMIN (the launcher is root); a
+        // `Go` that still does not fit is refused with EMSGSIZE, not lost.
+        if setsockopt(&fd, sockopt::SndBufForce, &size).is_err() {
+            let _ = setsockopt(&fd, sockopt::SndBuf, &size);
+        }
         ParentEnd(Socket { fd })
     }
 
@@ -126,24 +187,30 @@ impl ParentEnd {
         self.0.fd.as_raw_fd()
     }
 
-    /// `Go`, with the prepared mount trees (`mounts` refer to `fds` by index).
-    pub fn send_go(&self, mounts: Vec<super::spec::MountEntry>, fds: &[RawFd]) -> Result<(), ChannelError> {
+    /// `Ids`: the ids init takes inside its user namespace (its maps are written).
+    pub fn send_ids(&self, uid: u32, gid: u32) -> Result<(), ChannelError> {
+        self.0.send(&ToInit::Ids { uid, gid }, &[], MAX_TO_INIT)
+    }
+
+    /// `Go`, with the spec and the prepared mount trees (its mounts refer to
+    /// `fds` by index).
+    pub fn send_go(&self, spec: super::spec::InitSpec, fds: &[RawFd]) -> Result<(), ChannelError> {
         if fds.len() > MAX_FDS {
             return Err(ChannelError::TooLarge(fds.len()));
         }
-        self.0.send(&ToInit::Go { mounts }, fds)
+        self.0.send(&ToInit::Go { spec: Box::new(spec) }, fds, MAX_TO_INIT)
     }
 
     /// `Listening`, with the v1 cgroups' `tasks` files init joins before it
     /// forks the payload (see `SandboxCgroup::self_attach_files`).
     pub fn send_listening(&self, attach: &[RawFd]) -> Result<(), ChannelError> {
-        self.0.send(&ToInit::Listening, attach)
+        self.0.send(&ToInit::Listening, attach, MAX_TO_INIT)
     }
 
     /// A message from init; only `Running` may carry a descriptor (the seccomp
     /// notification listener for socket handoff), at most one.
     pub fn recv_from_init(&self) -> Result<(FromInit, Option<OwnedFd>), ChannelError> {
-        let (msg, mut fds) = self.0.recv::<FromInit>()?;
+        let (msg, mut fds) = self.0.recv::<FromInit>(MAX_FROM_INIT)?;
         match (&msg, fds.len()) {
             (_, 0) => Ok((msg, None)),
             (FromInit::Running, 1) => Ok((msg, fds.pop())),
@@ -157,29 +224,37 @@ impl InitEnd {
         InitEnd(Socket { fd })
     }
 
-    /// Wait for `Go`; returns the mount entries and their trees.
-    pub fn recv_go(&self) -> Result<(Vec<super::spec::MountEntry>, Vec<OwnedFd>), ChannelError> {
-        match self.0.recv::<ToInit>()? {
-            (ToInit::Go { mounts }, fds) => Ok((mounts, fds)),
-            (got, _) => Err(ChannelError::Unexpected(format!("{got:?} (out of order)"))),
+    /// Wait for `Ids`; returns (uid, gid).
+    pub fn recv_ids(&self) -> Result<(u32, u32), ChannelError> {
+        match self.0.recv::<ToInit>(MAX_TO_INIT)? {
+            (ToInit::Ids { uid, gid }, fds) if fds.is_empty() => Ok((uid, gid)),
+            (got, _) => Err(ChannelError::Unexpected(format!("{} (out of order)", got.name()))),
+        }
+    }
+
+    /// Wait for `Go`; returns the spec and the mount trees.
+    pub fn recv_go(&self) -> Result<(super::spec::InitSpec, Vec<OwnedFd>), ChannelError> {
+        match self.0.recv::<ToInit>(MAX_TO_INIT)? {
+            (ToInit::Go { spec }, fds) => Ok((*spec, fds)),
+            (got, _) => Err(ChannelError::Unexpected(format!("{} (out of order)", got.name()))),
         }
     }
 
     /// Wait for `Listening`; returns the cgroup `tasks` files that came with it.
     pub fn recv_listening(&self) -> Result<Vec<OwnedFd>, ChannelError> {
-        match self.0.recv::<ToInit>()? {
+        match self.0.recv::<ToInit>(MAX_TO_INIT)? {
             (ToInit::Listening, fds) => Ok(fds),
-            (got, _) => Err(ChannelError::Unexpected(format!("{got:?} (out of order)"))),
+            (got, _) => Err(ChannelError::Unexpected(format!("{} (out of order)", got.name()))),
         }
     }
 
     pub fn send_to_parent(&self, msg: &FromInit) -> Result<(), ChannelError> {
-        self.0.send(msg, &[])
+        self.0.send(msg, &[], MAX_FROM_INIT)
     }
 
     /// `Running`, with the handoff listener when there is one.
     pub fn send_running(&self, notify: Option<RawFd>) -> Result<(), ChannelError> {
-        self.0.send(&FromInit::Running, notify.as_slice())
+        self.0.send(&FromInit::Running, notify.as_slice(), MAX_FROM_INIT)
     }
 
     /// True when the parent has closed its end (it died or gave up).
@@ -200,14 +275,38 @@ mod tests {
         let (a, b) = crate::sys::socketpair_seqpacket().unwrap();
         let (parent, child) = (ParentEnd::new(a), InitEnd::new(b));
         let f = std::fs::File::open("/dev/null").unwrap();
-        parent.send_go(Vec::new(), &[f.as_raw_fd()]).unwrap();
-        assert_eq!(child.recv_go().unwrap().1.len(), 1);
+        parent.send_ids(1000, 1001).unwrap();
+        assert_eq!(child.recv_ids().unwrap(), (1000, 1001));
+        parent.send_go(super::super::spec::tests::spec(), &[f.as_raw_fd()]).unwrap();
+        let (spec, fds) = child.recv_go().unwrap();
+        assert_eq!((spec.id.as_str(), fds.len()), ("sc-test", 1));
         parent.send_listening(&[f.as_raw_fd()]).unwrap();
         assert_eq!(child.recv_listening().unwrap().len(), 1);
         child.send_to_parent(&FromInit::Exited(PayloadStatus::Signaled(15))).unwrap();
         assert!(matches!(parent.recv_from_init().unwrap(), (FromInit::Exited(PayloadStatus::Signaled(15)), None)));
         child.send_running(Some(f.as_raw_fd())).unwrap();
         assert!(matches!(parent.recv_from_init().unwrap(), (FromInit::Running, Some(_))));
+    }
+
+    #[test]
+    fn a_spec_with_the_largest_arguments_and_environment_crosses_the_channel() {
+        let (a, b) = crate::sys::socketpair_seqpacket().unwrap();
+        let (parent, child) = (ParentEnd::new(a), InitEnd::new(b));
+        let mut spec = super::super::spec::tests::spec();
+        // MAX_ARGS_BYTES of control characters: six bytes each in JSON.
+        spec.env = vec![("BIG".into(), "\u{1}".repeat(super::super::request::MAX_ARGS_BYTES - 8))];
+        parent.send_go(spec, &[]).unwrap();
+        let (got, _) = child.recv_go().unwrap();
+        assert_eq!(got.env[0].1.len(), super::super::request::MAX_ARGS_BYTES - 8);
+    }
+
+    #[test]
+    fn an_out_of_order_go_is_named_without_its_contents() {
+        let (a, b) = crate::sys::socketpair_seqpacket().unwrap();
+        let (parent, child) = (ParentEnd::new(a), InitEnd::new(b));
+        parent.send_go(super::super::spec::tests::spec(), &[]).unwrap();
+        let e = child.recv_listening().unwrap_err().to_string();
+        assert!(e.contains("Go (out of order)") && !e.contains("quoted"), "{e}");
     }
 
     #[test]

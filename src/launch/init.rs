@@ -1,24 +1,27 @@
 //! Child side: the sandbox init, a `clone` of the launcher (no exec) into new
 //! user, mount, PID, network, IPC and UTS namespaces. Single-threaded (the
-//! launcher is when it clones, which it checks), pid 1. It already holds its
-//! spec (a copy of the launcher's memory, made before the clone); the mount
-//! trees come with `Go`. It never returns into the launcher's code: it ends
-//! with `_exit`, so none of the launcher's destructors (leases, cgroups) runs here.
+//! launcher is when it clones, which it checks), pid 1. It is cloned as soon
+//! as its ids are known, and gets its spec later, with `Go`, so that it builds
+//! the root while the launcher works. It never returns into the launcher's
+//! code: it ends with `_exit`, so none of the launcher's destructors (leases,
+//! cgroups) runs here.
 //!
 //! The sequence, in order, each step for a reason:
 //! 1. reset signals and close every fd but the channel (nothing else of the
-//!    launcher's survives into the sandbox); bring `lo` up; empty the bounding
-//!    set (nothing here execs but the payload, which inherits it empty);
-//! 2. wait for `Go` (sent only after the parent wrote our uid/gid maps,
-//!    idmapped the worktree mount and opened our namespaces; it carries the
-//!    mount trees); become non-dumpable (this memory is a copy of the
-//!    launcher's);
+//!    launcher's survives into the sandbox); empty the bounding set (nothing
+//!    here execs but the payload, which inherits it empty); (the launcher
+//!    brings `lo` up, with its listeners, before `Listening`);
+//! 2. wait for `Ids` (sent only after the parent wrote our uid/gid maps and
+//!    opened our namespaces); become non-dumpable (this memory is a copy of
+//!    the launcher's);
 //! 3. become the sandbox uid/gid (capabilities in our own user namespace are
 //!    kept: uid 0 is not mapped, so the kernel does not clear them), re-arm the
 //!    parent-death signal that the uid change cleared;
-//! 4. build the root filesystem and `pivot_root` into it;
+//! 4. build what the root needs of no spec (tmpfs, /dev, /proc); wait for `Go`
+//!    (the spec, and the mount trees, idmapped); finish the root and
+//!    `pivot_root` into it;
 //! 5. hostname;
-//! 6. wait for `Listening` (the launcher's outbound listeners exist; it
+//! 6. wait for `Listening` (`lo` is up, the launcher's outbound listeners exist; it
 //!    carries the v1 cgroups' `tasks` files): join the cgroups, and enter a new
 //!    cgroup namespace rooted there, so the payload is born inside them;
 //! 7. fork the payload ([`super::payload`]): setsid, no_new_privs, drop all
@@ -53,20 +56,22 @@ impl<E: std::fmt::Display> From<E> for Failure {
 
 /// Entry point of the cloned init. Never returns.
 ///
-/// `channel` is our end of the channel; the parent's prepared mount trees come
-/// with `Go` (the entries' `fd_index`es refer to them).
-pub fn main(channel: OwnedFd, spec: &InitSpec) -> ! {
+/// `channel` is our end of the channel: ids, then the spec and the mount
+/// trees (the spec's entries' `fd_index`es refer to them) come on it.
+/// `allowed`: the CPUs the launcher may use (the launcher may have started us
+/// on fewer, see `super::sandbox`); ours again once we have our ids.
+pub fn main(channel: OwnedFd, allowed: Option<nix::sched::CpuSet>) -> ! {
     // Whatever happens below, never unwind into the launcher's frames.
-    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(channel, spec))).unwrap_or(super::EXIT_LAUNCHER_ERROR);
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(channel, allowed))).unwrap_or(super::EXIT_LAUNCHER_ERROR);
     // SAFETY: _exit ends this process without running the launcher's atexit
     // handlers or flushing its buffers (a copy of the launcher's memory).
     unsafe { libc::_exit(code.into()) }
 }
 
-fn serve(channel: OwnedFd, spec: &InitSpec) -> u8 {
+fn serve(channel: OwnedFd, allowed: Option<nix::sched::CpuSet>) -> u8 {
     // (This memory is a copy of the launcher's: init becomes non-dumpable once
-    // told to go on, below, before it takes the sandbox's uid. Until then it is
-    // host uid 0, and the launcher opens our /proc/PID/ns entries: with a
+    // it has its ids, below, before it takes the sandbox's uid. Until then it
+    // is host uid 0, and the launcher opens our /proc/PID/ns entries: with a
     // non-dumpable init that needs CAP_SYS_PTRACE, which the systemd unit
     // does not grant, since our memory belongs to the host's user namespace.)
     crate::phases::mark("init: started");
@@ -79,38 +84,39 @@ fn serve(channel: OwnedFd, spec: &InitSpec) -> u8 {
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"swarmcell-init".as_ptr()) };
     let chan = InitEnd::new(channel);
-    // The loopback interface, while the parent writes our maps (we hold
-    // CAP_NET_ADMIN over this network namespace from the clone on).
     crate::phases::mark("init: fds closed");
-    let lo = sys::loopback_up();
-    crate::phases::mark("init: lo up");
     // Nothing here ever execs but the payload: the bounding set goes now, while
     // the launcher still works, and the payload inherits it empty.
     let last_cap = crate::confine::caps::last_cap();
     let bounding = crate::confine::caps::drop_bounding_set(last_cap);
     crate::phases::mark("init: bounding set dropped");
-    let Ok((mounts, mount_fds)) = chan.recv_go() else {
+    let Ok(ids) = chan.recv_ids() else {
         // The launcher died or gave up: nothing to report to.
         return super::EXIT_LAUNCHER_ERROR;
     };
-    crate::phases::mark("init: go received");
+    crate::phases::mark("init: ids received");
+    // (Ordered after the launcher's placement of us: it sends the ids after.)
+    if let Some(allowed) = &allowed
+        && let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), allowed)
+    {
+        let _ = chan.send_to_parent(&FromInit::SetupFailed { message: format!("restoring the CPU affinity: {e}") });
+        return super::EXIT_LAUNCHER_ERROR;
+    }
     // Before anything of the sandbox's: the payload, once it runs as our uid,
     // could otherwise read this copy of the launcher's memory through ptrace or
     // /proc/1/mem.
     // SAFETY: prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
-        let _ =
-            chan.send_to_parent(&FromInit::SetupFailed { message: format!("sandbox {}: PR_SET_DUMPABLE: {}", spec.id, nix::errno::Errno::last()) });
+        let _ = chan.send_to_parent(&FromInit::SetupFailed { message: format!("PR_SET_DUMPABLE: {}", nix::errno::Errno::last()) });
         return super::EXIT_LAUNCHER_ERROR;
     }
-    let result = match (lo, bounding) {
-        (Ok(()), Ok(())) => run(&chan, &InitSpec { mounts, ..spec.clone() }, mount_fds, last_cap),
-        (Err(e), _) => Err(Failure::Setup(format!("bringing lo up: {e}"))),
-        (_, Err(e)) => Err(Failure::Setup(e.to_string())),
+    let result = match bounding {
+        Ok(()) => run(&chan, ids, last_cap),
+        Err(e) => Err(Failure::Setup(e.to_string())),
     };
     let msg = match result {
         Ok(status) => FromInit::Exited(status),
-        Err(Failure::Setup(message)) => FromInit::SetupFailed { message: format!("sandbox {}: {message}", spec.id) },
+        Err(Failure::Setup(message)) => FromInit::SetupFailed { message },
         Err(Failure::Exec { path, errno }) => FromInit::ExecFailed { path, errno },
     };
     let code = match &msg {
@@ -135,7 +141,7 @@ fn join_cgroups(tasks: &[OwnedFd]) -> Result<(), Failure> {
     Ok(())
 }
 
-fn run(chan: &InitEnd, spec: &InitSpec, fds: Vec<OwnedFd>, last_cap: u32) -> Result<PayloadStatus, Failure> {
+fn run(chan: &InitEnd, (uid, gid): (u32, u32), last_cap: u32) -> Result<PayloadStatus, Failure> {
     // SAFETY: getpid has no preconditions.
     if unsafe { libc::getpid() } != 1 {
         return Err(Failure::Setup("sandbox init is not pid 1 of a new PID namespace".into()));
@@ -145,8 +151,11 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: Vec<OwnedFd>, last_cap: u32) -> Res
     if sys::supplementary_group_count()? != 0 {
         return Err(Failure::Setup("sandbox init still has supplementary groups".into()));
     }
-    sys::setresgid(spec.gid)?;
-    sys::setresuid(spec.uid)?;
+    sys::setresgid(gid)?;
+    sys::setresuid(uid)?;
+    // The uid change reset dumpability to `fs.suid_dumpable`: not dumpable
+    // again before the spec (and its secret) arrives.
+    sys::prctl(libc::PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")?;
     // The credential change cleared the parent-death signal; re-arm it, then make
     // sure the parent did not die in between.
     sys::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, "PR_SET_PDEATHSIG")?;
@@ -154,8 +163,16 @@ fn run(chan: &InitEnd, spec: &InitSpec, fds: Vec<OwnedFd>, last_cap: u32) -> Res
         return Err(Failure::Setup("launcher exited".into()));
     }
     crate::phases::mark("init: credentials");
-    tracing::debug!("init: credentials set");
-    crate::fs::rootfs::build(spec, &fds)?;
+    // What the root needs of no spec, while the launcher makes it.
+    let skeleton = crate::fs::rootfs::Skeleton::build()?;
+    crate::phases::mark("init: root skeleton");
+    let (spec, fds) = chan.recv_go().map_err(|e| Failure::Setup(format!("waiting for the spec: {e}")))?;
+    crate::phases::mark("init: go received");
+    if (spec.uid, spec.gid) != (uid, gid) {
+        return Err(Failure::Setup(format!("the spec's ids {}:{} are not the ids {uid}:{gid} taken", spec.uid, spec.gid)));
+    }
+    let spec = &spec;
+    skeleton.finish(spec, &fds)?;
     // The mount trees are attached: their descriptors go.
     drop(fds);
     crate::phases::mark("init: root built");

@@ -1,19 +1,22 @@
 //! Parent side: the launcher (host root). Everything that needs host privilege or
 //! host paths happens here, before or right after the `clone`:
 //!
-//! 1. validate the request (payload, worktree and its owner, ids);
-//! 2. lease a per-sandbox host uid;
-//! 3. `clone` the init into new namespaces: a copy of this (single-threaded)
-//!    process that runs [`super::init`] with the spec made before;
-//! 4. while it starts: write the child's `setgroups`/uid/gid maps; prepare
-//!    every bind as a detached, flagged mount tree ([`crate::fs::host_binds`]);
-//!    idmap the worktree mount through the child's user namespace (falling back
-//!    to mapping the sandbox to the worktree owner where the filesystem cannot
-//!    idmap); send `Go` with the trees;
-//! 5. while it builds the root: make the sandbox's cgroup and the outbound
-//!    listeners in its network namespace; send `Listening` (with the v1 cgroups'
-//!    `tasks` files, which init joins before it forks the payload);
-//! 6. sweep stale sandboxes meanwhile; forward signals; report the status.
+//! 1. validate what the clone needs (payload, worktree and its owner, ids);
+//!    lease a per-sandbox host uid;
+//! 2. `clone` the init into new namespaces: a copy of this (single-threaded)
+//!    process that runs [`super::init`]; write its `setgroups`/uid/gid maps,
+//!    open its namespaces, send `Ids` (it starts its root meanwhile);
+//! 3. validate and decide the rest (the spec: ports, environment, Landlock,
+//!    seccomp, disk limits); prepare every bind as a detached, flagged mount
+//!    tree ([`crate::fs::host_binds`]); idmap the worktree mount through the
+//!    child's user namespace (falling back to mapping the sandbox to the
+//!    worktree owner where the filesystem cannot idmap); send `Go` with the
+//!    spec and the trees;
+//! 4. while it builds the root: make the sandbox's cgroup; bring `lo` up and
+//!    make the outbound listeners in its network namespace; send `Listening`
+//!    (with the v1 cgroups' `tasks` files, which init joins before it forks
+//!    the payload);
+//! 5. sweep stale sandboxes meanwhile; forward signals; report the status.
 //!
 //! The types: [`super::request`] (the request and its validation),
 //! [`super::network`] (the network services), [`super::sandbox`] (a sandbox's
@@ -61,6 +64,19 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     let wt = resolve_worktree(&req.worktree, &req.repos)?;
     let (uid, gid) = inside_ids(req, &wt)?;
     crate::phases::mark("worktree resolved");
+    let leases_dir = req.state_dir.join("sandboxes");
+    crate::host::lease::ensure_private_dir(&req.state_dir)?;
+    crate::host::lease::ensure_private_dir(&leases_dir)?;
+    let lease = uidalloc::allocate(&req.state_dir, req.uid_range, super::random_u32())?;
+    // A per-sandbox host uid behind an idmapped worktree, or (without idmapping)
+    // the worktree owner's own ids.
+    let leased = IdMap { inside_uid: uid, host_uid: lease.uid, inside_gid: gid, host_gid: lease.uid };
+    let direct = IdMap { inside_uid: uid, host_uid: uid, inside_gid: gid, host_gid: gid };
+    // Blocked before the clone: an init that dies at once is still reaped.
+    let signals = SignalGuard::block_child_exit()?;
+    // The init starts now: it builds its root while we make its spec.
+    let init = spawn_init(if req.idmap { leased } else { direct }, wt.uid)?;
+    crate::phases::mark("init started");
     let id = super::new_sandbox_id();
     super::events::set_sandbox(&id);
     let secret = match (&req.policy.process.server_password_env, req.secret_fd) {
@@ -100,18 +116,13 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     }
     crate::phases::mark("disk prepared");
     // The cgroup layout is read, and the cgroup made, by `start` once the init
-    // is cloned (while it builds the root).
+    // has its spec (while it builds the root).
     let layout: std::cell::OnceCell<crate::host::cgroups::Layout> = std::cell::OnceCell::new();
     // (The sweep of stale sandboxes comes once the init is on its way.)
-    let leases_dir = req.state_dir.join("sandboxes");
-    crate::host::lease::ensure_private_dir(&req.state_dir)?;
-    crate::host::lease::ensure_private_dir(&leases_dir)?;
-    let lease = uidalloc::allocate(&req.state_dir, req.uid_range, super::random_u32())?;
     // Held for the sandbox's life: `gc` leaves the cgroup of a held id alone.
     let sandbox_lease = crate::host::lease::acquire_fresh(&leases_dir.join(format!("{id}.lock")))?
         .ok_or_else(|| RunError::Setup(format!("sandbox id {id} is already in use")))?;
-    crate::phases::mark("uid and sandbox leases");
-    // The cgroup is made by `start`, once the init is cloned (while it starts).
+    crate::phases::mark("sandbox lease");
     let mut cgroup = None;
     let make_cgroup = || {
         let layout = match layout.get() {
@@ -124,6 +135,8 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         };
         crate::host::cgroups::create(layout, &req.cgroup_parent, &id, &req.policy.cgroup_limits())
     };
+    // From here on the launch waits on nobody: stop signals go to the sandbox.
+    signals.block_all()?;
     let spec = InitSpec {
         id: id.clone(),
         uid,
@@ -141,20 +154,12 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
         landlock: landlock_spec(req, &wt),
         seccomp: super::spec::encode_bpf(&seccomp),
     };
-    let signals = SignalGuard::block()?;
-    // A per-sandbox host uid behind an idmapped worktree, or (without idmapping)
-    // the worktree owner's own ids.
-    let leased = IdMap { inside_uid: uid, host_uid: lease.uid, inside_gid: gid, host_gid: lease.uid };
-    let direct = IdMap { inside_uid: uid, host_uid: uid, inside_gid: gid, host_gid: gid };
-    let first = if req.idmap {
-        start(req, &wt, spec.clone(), leased, true, (&mut cgroup, &make_cgroup))
-    } else {
-        start(req, &wt, spec.clone(), direct, false, (&mut cgroup, &make_cgroup))
-    };
+    let first = start(req, &wt, spec.clone(), init, req.idmap, (&mut cgroup, &make_cgroup));
     let mut sandbox = match first {
         Err(Fallback::Idmap) => {
             tracing::warn!(worktree = %wt.path.display(), "this filesystem cannot idmap mounts; the sandbox runs as the worktree owner's uid");
-            start(req, &wt, spec, direct, false, (&mut cgroup, &make_cgroup)).map_err(Fallback::into_error)?
+            let init = spawn_init(direct, wt.uid)?;
+            start(req, &wt, spec, init, false, (&mut cgroup, &make_cgroup)).map_err(Fallback::into_error)?
         }
         other => other.map_err(Fallback::into_error)?,
     };
@@ -295,30 +300,49 @@ fn prepare_mounts(req: &RunRequest, wt: &Worktree) -> Result<(PreparedMounts, Ve
     Ok((mounts, owned))
 }
 
+/// An init cloned and given its ids (see [`super::channel`]), with its user
+/// namespace open (for idmapping the worktree mount).
+struct StartedInit {
+    sandbox: Sandbox,
+    userns: std::fs::File,
+}
+
+/// Clone the init, write its maps, open its namespaces (before it becomes
+/// non-dumpable, which it does on `Ids`) and send `Ids`.
+fn spawn_init(map: IdMap, owner: u32) -> Result<StartedInit, RunError> {
+    let mut sandbox = Sandbox::spawn(map.host_uid)?;
+    sandbox.owner = owner;
+    crate::phases::mark("init cloned");
+    tracing::debug!(pid = sandbox.pid, "init cloned");
+    map.write(sandbox.pid)?;
+    crate::phases::mark("id maps written");
+    let userns_path = format!("/proc/{}/ns/user", sandbox.pid);
+    let userns = std::fs::File::open(&userns_path).map_err(|e| RunError::Setup(format!("open {userns_path}: {e}")))?;
+    let ns = crate::net::broker::Netns::of_pid(sandbox.pid).map_err(|e| RunError::Setup(format!("opening the sandbox's network namespace: {e}")))?;
+    sandbox.netns = Some(ns);
+    // A send that fails means init is gone (it reported why, or died): the
+    // wait loop reads its report either way.
+    if let Err(e) = sandbox.channel.send_ids(map.inside_uid, map.inside_gid) {
+        tracing::debug!(error = %e, "init gone before its ids");
+    }
+    Ok(StartedInit { sandbox, userns })
+}
+
 fn start(
     req: &RunRequest,
     wt: &Worktree,
-    spec: InitSpec,
-    map: IdMap,
+    mut spec: InitSpec,
+    init: StartedInit,
     idmap: bool,
     (cgroup, make_cgroup): (
         &mut Option<crate::host::cgroups::SandboxCgroup>,
         &dyn Fn() -> Result<crate::host::cgroups::SandboxCgroup, crate::host::cgroups::CgroupError>,
     ),
 ) -> Result<Sandbox, Fallback> {
-    // The init is a copy of this process: it inherits the spec. The mount
-    // trees are prepared while it starts, and sent with `Go`.
-    let mut sandbox = Sandbox::spawn(map.host_uid, &spec)?;
-    sandbox.owner = wt.uid;
-    crate::phases::mark("init cloned");
-    tracing::debug!(pid = sandbox.pid, "init cloned");
-    map.write(sandbox.pid)?;
-    crate::phases::mark("id maps written");
+    let StartedInit { mut sandbox, userns } = init;
     let (mounts, owned) = prepare_mounts(req, wt)?;
     crate::phases::mark("host mounts prepared");
     if idmap {
-        let userns_path = format!("/proc/{}/ns/user", sandbox.pid);
-        let userns = std::fs::File::open(&userns_path).map_err(|e| RunError::Setup(format!("open {userns_path}: {e}")))?;
         for index in owned {
             if let Err(e) = sys::mount::mount_setattr_fd(mounts.fds[index].as_raw_fd(), false, sys::mount::MOUNT_ATTR_IDMAP, Some(userns.as_raw_fd()))
             {
@@ -330,14 +354,14 @@ fn start(
             }
         }
     }
-    // Init becomes non-dumpable once told to go on: its namespaces are opened
-    // before (see `super::init`).
-    let ns = crate::net::broker::Netns::of_pid(sandbox.pid).map_err(|e| RunError::Setup(format!("opening the sandbox's network namespace: {e}")))?;
-    sandbox.netns = Some(ns);
-    // A send that fails means init is gone (it reported why, or died): the
-    // wait loop reads its report either way.
-    if let Err(e) = sandbox.channel.send_go(mounts.entries.clone(), &mounts.raw_fds()) {
-        tracing::debug!(error = %e, "init gone before go");
+    drop(userns);
+    spec.mounts = mounts.entries.clone();
+    // A send refused by a gone init is read from its report (or death) by the
+    // wait loop; any other failure is ours.
+    match sandbox.channel.send_go(spec, &mounts.raw_fds()) {
+        Ok(()) => {}
+        Err(e) if e.peer_gone() => tracing::debug!(error = %e, "init gone before go"),
+        Err(e) => return Err(RunError::Setup(format!("sending the sandbox init its spec: {e}")).into()),
     }
     // Init holds its own copies of the mount fds now; ours go.
     drop(mounts);
@@ -370,8 +394,9 @@ fn start(
     let forwards = req.forwards();
     let kinds: Vec<Outbound> = forwards.iter().map(|p| Outbound::Forward(*p)).chain([Outbound::Proxy]).collect();
     let ports: Vec<u16> = forwards.into_iter().chain([req.policy.network.proxy_port]).collect();
-    let listeners =
-        ns.listen_inside(&ports).map_err(|e| RunError::Setup(format!("outbound listeners inside the sandbox (forwards, egress proxy): {e}")))?;
+    let listeners = ns
+        .loopback_up_and_listen(&ports)
+        .map_err(|e| RunError::Setup(format!("loopback and outbound listeners inside the sandbox (forwards, egress proxy): {e}")))?;
     sandbox.outbound = kinds.into_iter().zip(listeners).collect();
     crate::phases::mark("outbound listeners");
     let attach_fds: Vec<std::os::fd::RawFd> = attach.iter().flatten().map(|f| f.as_raw_fd()).collect();

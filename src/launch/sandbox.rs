@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use super::channel::{ChannelError, FromInit, ParentEnd};
 use super::network::{Network, Outbound};
 use super::request::RunError;
-use super::spec::{InitSpec, PayloadStatus};
+use super::spec::PayloadStatus;
 use crate::sys::{self, Errno, SysError};
 
 /// Work the wait loop does once at a given time (what a short-lived payload
@@ -26,8 +26,12 @@ pub struct SignalGuard {
 const LAUNCHER_SIGNALS: [libc::c_int; 5] = [libc::SIGCHLD, libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
 impl SignalGuard {
-    pub(super) fn block() -> Result<SignalGuard, RunError> {
-        let set = sys::child::sigset(&LAUNCHER_SIGNALS);
+    /// Block SIGCHLD (read from the signalfd): before the clone, so that an
+    /// init that dies at once is still reaped. The stop signals come with
+    /// [`Self::block_all`], once the launch no longer waits on its caller (a
+    /// secret fd, the disk limits): until then they stop the launcher.
+    pub(super) fn block_child_exit() -> Result<SignalGuard, RunError> {
+        let set = sys::child::sigset(&[libc::SIGCHLD]);
         // SAFETY: zeroed sigset_t is valid storage for the old mask.
         let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
         // SAFETY: set and old are valid sigset_t values.
@@ -37,10 +41,28 @@ impl SignalGuard {
         // SAFETY: set is valid; -1 creates a new signalfd.
         let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK) };
         if fd < 0 {
-            return Err(RunError::Sys { what: "signalfd", source: SysError { call: "signalfd".into(), errno: Errno::last() } });
+            let source = SysError { call: "signalfd".into(), errno: Errno::last() };
+            // SAFETY: restoring the mask saved above.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+            return Err(RunError::Sys { what: "signalfd", source });
         }
         // SAFETY: fresh fd.
         Ok(SignalGuard { fd: unsafe { OwnedFd::from_raw_fd(fd) }, old })
+    }
+
+    /// Every launcher signal, blocked and read from the signalfd, to be
+    /// forwarded into the sandbox.
+    pub(super) fn block_all(&self) -> Result<(), RunError> {
+        let set = sys::child::sigset(&LAUNCHER_SIGNALS);
+        // SAFETY: set is a valid sigset_t; the old mask is not wanted.
+        if unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) } != 0 {
+            return Err(RunError::Setup("pthread_sigmask failed".into()));
+        }
+        // SAFETY: our signalfd and a valid set: this changes which signals it reads.
+        if unsafe { libc::signalfd(self.fd.as_raw_fd(), &set, 0) } < 0 {
+            return Err(RunError::Sys { what: "signalfd", source: SysError { call: "signalfd".into(), errno: Errno::last() } });
+        }
+        Ok(())
     }
 
     /// Next pending signal, if any.
@@ -78,13 +100,13 @@ pub(super) struct Sandbox {
 
 impl Sandbox {
     /// Clone the sandbox init: it runs [`super::init::main`] on a copy of this
-    /// process (no exec), with `spec` and `mount_fds` prepared before the clone.
-    /// It joins its cgroups once told to go on (see [`super::init`]).
+    /// process (no exec) and waits for its ids, then its spec (see
+    /// [`super::channel`]).
     ///
     /// The launcher must be single-threaded here (checked): the child then runs
     /// ordinary code on a consistent copy of the launcher's memory, as after a
     /// `fork` of a single-threaded program.
-    pub(super) fn spawn(host_uid: u32, spec: &InitSpec) -> Result<Sandbox, RunError> {
+    pub(super) fn spawn(host_uid: u32) -> Result<Sandbox, RunError> {
         // A thread joined just before (a git helper's reader) leaves the
         // thread group a moment after its join returns: wait that out briefly.
         let mut threads = 0;
@@ -100,6 +122,7 @@ impl Sandbox {
         }
         let (parent_end, child_end) = sys::socketpair_seqpacket().map_err(|source| RunError::Sys { what: "creating the sandbox channel", source })?;
         let parent_fd = parent_end.as_raw_fd();
+        let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok();
         let pid = match sys::child::clone_fork(crate::confine::ns::CLONE_FLAGS) {
             Ok(0) => {
                 crate::phases::mark("init: clone returned");
@@ -112,9 +135,14 @@ impl Sandbox {
                         libc::_exit(super::EXIT_LAUNCHER_ERROR.into());
                     }
                 }
-                super::init::main(child_end, spec)
+                super::init::main(child_end, allowed)
             }
-            Ok(pid) => pid,
+            Ok(pid) => {
+                if let Some(allowed) = &allowed {
+                    start_elsewhere(pid, allowed);
+                }
+                pid
+            }
             Err(e) => {
                 return Err(RunError::Namespaces(crate::confine::ns::diagnose_clone_failure(e.errno)));
             }
@@ -197,7 +225,7 @@ impl Sandbox {
                         }
                     }
                     Ok((FromInit::Exited(s), _)) => status = Some(s),
-                    Ok((FromInit::SetupFailed { message }, _)) => failure = Some(RunError::Setup(message)),
+                    Ok((FromInit::SetupFailed { message }, _)) => failure = Some(RunError::Setup(format!("sandbox {id}: {message}"))),
                     Ok((FromInit::ExecFailed { path, errno }, _)) => {
                         let errno = Errno::from_raw(errno);
                         failure = Some(RunError::Exec { verb: if errno == Errno::ENOENT { "find" } else { "execute" }, path, errno });
@@ -274,6 +302,22 @@ impl Sandbox {
             RunError::Setup(format!("sandbox {id}: init ended without reporting the payload's status ({how})"))
         })
     }
+}
+
+/// A new child waits on its parent's CPU while the parent works on (over a
+/// millisecond seen, in one launch of ten): run the init on another CPU the
+/// launcher may use, if there is one. The init widens its affinity back to
+/// `allowed` once it has its ids (sent after this).
+fn start_elsewhere(pid: libc::pid_t, allowed: &nix::sched::CpuSet) {
+    // SAFETY: no arguments.
+    let here = unsafe { libc::sched_getcpu() };
+    let Ok(here) = usize::try_from(here) else { return };
+    let mut elsewhere = *allowed;
+    if elsewhere.unset(here).is_err() || !(0..nix::sched::CpuSet::count()).any(|c| elsewhere.is_set(c).unwrap_or(false)) {
+        return;
+    }
+    // Best effort: where the kernel refuses, the init starts where it is.
+    let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &elsewhere);
 }
 
 /// The publisher while the sandbox runs: the layer's branch tip is checked

@@ -1,6 +1,7 @@
 //! What the sandbox init is to do: everything decided and validated on the
-//! privileged side before the clone (the init inherits it), so the child only
-//! applies it. (Its logging and phase tracing are the launcher's, inherited too.)
+//! privileged side, sent with `Go` (the init is cloned before, see
+//! `super::channel`), so the child only applies it. (Its logging and phase
+//! tracing are the launcher's, inherited by the clone.)
 
 use std::path::PathBuf;
 
@@ -77,6 +78,31 @@ impl PayloadStatus {
         match self {
             PayloadStatus::Exited(c) => (c & 0xff) as u8,
             PayloadStatus::Signaled(s) => (128 + s).clamp(0, 255) as u8,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A spec whose every field is set (for channel tests).
+    pub(crate) fn spec() -> InitSpec {
+        InitSpec {
+            id: "sc-test".into(),
+            uid: 1000,
+            gid: 1000,
+            mounts: vec![MountEntry::Symlink { target: "/bin".into(), link: "usr/bin".into() }],
+            tmp_size: 1 << 20,
+            shm_size: 1 << 20,
+            cwd: "/w".into(),
+            home: "/tmp/home".into(),
+            argv: vec!["/bin/true".into()],
+            env: vec![("A".into(), "\"quoted\" \u{1} value".into())],
+            stop_timeout_ms: 5000,
+            landlock: Default::default(),
+            handoff: false,
+            seccomp: vec![vec![(6, 0, 0, 0x7fff_0000)]],
         }
     }
 }

@@ -99,15 +99,15 @@ impl Netns {
         self.inside(move || TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))))
     }
 
-    /// Listen on 127.0.0.1 on each of `ports` inside the namespace, from the
-    /// calling thread (it enters the namespace and comes back; no thread is
-    /// made). The listeners are the launcher's, never created by code running
-    /// as the sandbox. `IP_FREEBIND`: the sandbox init brings `lo` up at the
-    /// same time; once it is up, 127.0.0.1:PORT reaches these listeners, and
-    /// it is up before the payload starts.
-    pub fn listen_inside(&self, ports: &[u16]) -> std::io::Result<Vec<TcpListener>> {
+    /// Bring `lo` up and listen on 127.0.0.1 on each of `ports` inside the
+    /// namespace, from the calling thread (it enters the namespace and comes
+    /// back; no thread is made). The listeners are the launcher's, never
+    /// created by code running as the sandbox. (`lo` is brought up here, not
+    /// by the sandbox init, whose every step delays the payload.)
+    pub fn loopback_up_and_listen(&self, ports: &[u16]) -> std::io::Result<Vec<TcpListener>> {
         let home = Netns::current()?;
         self.run_inside(&home, || {
+            crate::sys::loopback_up().map_err(|e| std::io::Error::other(format!("bringing lo up: {e}")))?;
             ports.iter().map(|p| listen_freebind(*p).map_err(|e| std::io::Error::new(e.kind(), format!("127.0.0.1:{p}: {e}")))).collect()
         })?
     }
