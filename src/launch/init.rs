@@ -24,11 +24,12 @@
 //! 6. wait for `Listening` (`lo` is up, the launcher's outbound listeners exist; it
 //!    carries the v1 cgroups' `tasks` files): join the cgroups, and enter a new
 //!    cgroup namespace rooted there, so the payload is born inside them;
-//! 7. fork the payload ([`super::payload`]): setsid, no_new_privs, drop all
-//!    capabilities, close fds, chdir to the worktree, execve;
-//! 8. drop our own capabilities and stay as a reaping init that forwards signals;
-//!    when the payload exits, report its status and exit (the kernel then kills
-//!    whatever else is left in the PID namespace).
+//! 7. drop our own capabilities (no_new_privs too); fork the payload
+//!    ([`super::payload`]): setsid, no_new_privs, drop all capabilities, close
+//!    fds, chdir to the worktree, Landlock, seccomp, execve;
+//! 8. stay as a reaping init that forwards signals; when the payload exits,
+//!    report its status and exit (the kernel then kills whatever else is left
+//!    in the PID namespace).
 
 use std::ffi::CString;
 use std::io::Read;
@@ -207,6 +208,12 @@ fn run(chan: &InitEnd, (uid, gid): (u32, u32), last_cap: u32) -> Result<PayloadS
     }
     crate::phases::mark("init: cgroups joined");
 
+    // init keeps no privilege once the payload exists (it only reaps and
+    // signals, and the payload needs none of it): dropped before the fork, so
+    // that no instant of the payload's life sees a privileged pid 1 (and the
+    // payload, which starts on our CPU, does not wait for it).
+    crate::confine::caps::set_no_new_privs()?;
+    crate::confine::caps::drop_all(prepared.last_cap)?;
     // SAFETY: this process is single-threaded (a clone of a single-threaded launcher), so the child may run
     // ordinary code; it only makes the syscalls in payload::exec anyway.
     let payload_pid = match unsafe { nix::unistd::fork() }.map_err(|e| Failure::Setup(format!("fork: {e}")))? {
@@ -219,11 +226,6 @@ fn run(chan: &InitEnd, (uid, gid): (u32, u32), last_cap: u32) -> Result<PayloadS
             child.as_raw()
         }
     };
-    // init keeps no privilege once the payload exists (it only reaps and
-    // signals): dropped now, not after the exec, so that no instant of the
-    // payload's life sees a privileged pid 1.
-    crate::confine::caps::set_no_new_privs()?;
-    crate::confine::caps::drop_all(prepared.last_cap)?;
     drop(err_w);
     crate::phases::mark("init: payload forked");
     tracing::debug!("init: payload forked");
