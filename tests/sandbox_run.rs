@@ -93,6 +93,22 @@ fn every_capability_set_is_empty_and_no_new_privs_is_set() {
 }
 
 #[test]
+fn the_payload_may_run_on_every_cpu_the_launcher_may() {
+    // The launcher starts the init on another CPU than its own; the init must
+    // widen its affinity back before the payload exists.
+    let f = Fixture::new();
+    let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+    let allowed =
+        |status: &str| status.lines().find(|l| l.starts_with("Cpus_allowed_list:")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string());
+    for _ in 0..5 {
+        let out = ok(&f.sh(&[], "grep Cpus_allowed_list /proc/self/status; grep Cpus_allowed_list /proc/1/status"));
+        let lines: Vec<String> = out.lines().filter_map(allowed).collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert!(lines.iter().all(|l| Some(l) == allowed(&ours).as_ref()), "payload and init {lines:?}, launcher's caller {:?}", allowed(&ours));
+    }
+}
+
+#[test]
 fn an_fd_opened_without_cloexec_is_not_inherited() {
     let f = Fixture::new();
     let secret = f.dir.join("inherited.txt");
