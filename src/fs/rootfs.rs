@@ -65,18 +65,8 @@ impl Skeleton {
     pub fn finish(self, spec: &InitSpec, fds: &[OwnedFd]) -> Result<(), RootfsError> {
         let staging = Path::new(STAGING);
         let root = self.root;
-        mount_tmp(staging, spec)?;
-        let shm_opts = format!("mode=1777,size={}", spec.shm_size);
-        step(
-            "mount /dev/shm",
-            sys::mount::mount(
-                Some("tmpfs"),
-                &staging.join("dev/shm"),
-                Some("tmpfs"),
-                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                Some(&shm_opts),
-            ),
-        )?;
+        mount_shared_tmpfs(staging, "tmp", libc::MS_NOSUID | libc::MS_NODEV, spec.tmp_size)?;
+        mount_shared_tmpfs(staging, "dev/shm", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, spec.shm_size)?;
         for entry in &spec.mounts {
             attach(&root, entry, fds)?;
         }
@@ -98,9 +88,10 @@ impl Skeleton {
     }
 }
 
-fn mount_tmp(staging: &Path, spec: &InitSpec) -> Result<(), RootfsError> {
-    let opts = format!("mode=1777,size={}", spec.tmp_size);
-    step("mount /tmp", sys::mount::mount(Some("tmpfs"), &staging.join("tmp"), Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some(&opts)))
+/// A world-writable (sticky) tmpfs of `size` bytes at `rel` (/tmp, /dev/shm).
+fn mount_shared_tmpfs(staging: &Path, rel: &str, flags: libc::c_ulong, size: u64) -> Result<(), RootfsError> {
+    let opts = format!("mode=1777,size={size}");
+    step(format!("mount /{rel}"), sys::mount::mount(Some("tmpfs"), &staging.join(rel), Some("tmpfs"), flags, Some(&opts)))
 }
 
 fn mount_dev(staging: &Path, root: &OwnedFd) -> Result<(), RootfsError> {
