@@ -224,6 +224,10 @@ impl InitEnd {
         InitEnd(Socket { fd })
     }
 
+    pub fn raw_fd(&self) -> RawFd {
+        self.0.fd.as_raw_fd()
+    }
+
     /// Wait for `Ids`; returns (uid, gid).
     pub fn recv_ids(&self) -> Result<(u32, u32), ChannelError> {
         match self.0.recv::<ToInit>(MAX_TO_INIT)? {

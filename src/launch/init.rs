@@ -24,9 +24,11 @@
 //! 6. wait for `Listening` (`lo` is up, the launcher's outbound listeners exist; it
 //!    carries the v1 cgroups' `tasks` files): join the cgroups, and enter a new
 //!    cgroup namespace rooted there, so the payload is born inside them;
-//! 7. drop our own capabilities (no_new_privs too); fork the payload
-//!    ([`super::payload`]): setsid, no_new_privs, drop all capabilities, close
-//!    fds, chdir to the worktree, Landlock, seccomp, execve;
+//! 7. drop our own capabilities (no_new_privs too); start the payload
+//!    ([`super::payload`], a `CLONE_VM | CLONE_VFORK` child, as posix_spawn
+//!    makes): setsid, no_new_privs, drop all capabilities, close fds, chdir to
+//!    the worktree, Landlock, seccomp, execve; close every fd of ours but the
+//!    channel and the pipes;
 //! 8. stay as a reaping init that forwards signals; when the payload exits,
 //!    report its status and exit (the kernel then kills whatever else is left
 //!    in the PID namespace).
@@ -40,6 +42,55 @@ use super::channel::{FromInit, InitEnd};
 use super::payload::{self, PreparedExec, Stage};
 use super::spec::{InitSpec, PayloadStatus};
 use crate::sys;
+
+/// The payload's stack until its execve (it needs a few pages of it).
+const PAYLOAD_STACK: usize = 512 * 1024;
+
+/// The payload's stack until its execve: mapped, with a guard page below it,
+/// so that an overflow faults instead of writing init's heap.
+struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    fn new(len: usize) -> std::io::Result<ChildStack> {
+        // SAFETY: a fresh private anonymous mapping; checked below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stack = ChildStack { base, len };
+        // SAFETY: the lowest page of the mapping just made.
+        if unsafe { libc::mprotect(base, 4096, libc::PROT_NONE) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is ours, `len` bytes long, alive while `self` is
+        // (the guard page is never touched through this slice: the stack grows
+        // down from its end).
+        unsafe { std::slice::from_raw_parts_mut(self.base.cast(), self.len) }
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping once.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
 
 /// Signals init forwards to the payload.
 const FORWARDED: [libc::c_int; 6] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGUSR1, libc::SIGUSR2];
@@ -209,23 +260,41 @@ fn run(chan: &InitEnd, (uid, gid): (u32, u32), last_cap: u32) -> Result<PayloadS
     crate::phases::mark("init: cgroups joined");
 
     // init keeps no privilege once the payload exists (it only reaps and
-    // signals, and the payload needs none of it): dropped before the fork, so
+    // signals, and the payload needs none of it): dropped before the payload, so
     // that no instant of the payload's life sees a privileged pid 1 (and the
     // payload, which starts on our CPU, does not wait for it).
     crate::confine::caps::set_no_new_privs()?;
     crate::confine::caps::drop_all(prepared.last_cap)?;
-    // SAFETY: this process is single-threaded (a clone of a single-threaded launcher), so the child may run
-    // ordinary code; it only makes the syscalls in payload::exec anyway.
-    let payload_pid = match unsafe { nix::unistd::fork() }.map_err(|e| Failure::Setup(format!("fork: {e}")))? {
-        nix::unistd::ForkResult::Child => {
-            drop(err_r);
-            payload::exec(&prepared, landlock, err_w.as_raw_fd())
-        }
-        nix::unistd::ForkResult::Parent { child } => {
-            drop(landlock);
-            child.as_raw()
-        }
-    };
+    // The payload runs on our memory, on a stack of its own, until its execve
+    // (CLONE_VM | CLONE_VFORK, as posix_spawn does): nothing of this address
+    // space (a copy of the launcher's) is copied for it, and we are suspended
+    // until it has exec'd or exited. It makes only the system calls of
+    // `payload::exec`, on its own credentials, signal mask and fd table.
+    // (A panic in the child would abort it, leaving our panic count raised.)
+    let mut landlock = landlock;
+    let at_execve = std::sync::atomic::AtomicBool::new(false);
+    let (err_r_fd, err_w_fd) = (err_r.as_raw_fd(), err_w.as_raw_fd());
+    let mut stack = ChildStack::new(PAYLOAD_STACK).map_err(|e| Failure::Setup(format!("the payload's stack: {e}")))?;
+    let exec_payload = Box::new(|| -> isize {
+        // SAFETY: the child's own copy of the read end (its fd table is its own).
+        unsafe { libc::close(err_r_fd) };
+        payload::exec(&prepared, landlock.take(), err_w_fd, &at_execve)
+    });
+    // SAFETY: we are single-threaded and suspended until the child execs or
+    // exits; the child runs only `exec_payload` on `stack`.
+    let payload_pid = unsafe {
+        nix::sched::clone(exec_payload, stack.as_mut(), nix::sched::CloneFlags::CLONE_VM | nix::sched::CloneFlags::CLONE_VFORK, Some(libc::SIGCHLD))
+    }
+    .map_err(|e| Failure::Setup(format!("clone of the payload: {e}")))?
+    .as_raw();
+    drop(stack);
+    // Still ours if the child died before it took it: its owner closes it.
+    drop(landlock);
+    // The child took the Landlock ruleset out of our shared memory: our own
+    // descriptor of it (and anything else not ours) is closed here.
+    let mut keep: Vec<RawFd> =
+        [chan.raw_fd(), err_r_fd, err_w_fd].into_iter().chain(notify_pair.iter().flat_map(|(a, b)| [a.as_raw_fd(), b.as_raw_fd()])).collect();
+    crate::confine::fds::close_all_except_these(&mut keep).map_err(|e| Failure::Setup(format!("closing init's descriptors: {e}")))?;
     drop(err_w);
     crate::phases::mark("init: payload forked");
     tracing::debug!("init: payload forked");
@@ -245,6 +314,10 @@ fn run(chan: &InitEnd, (uid, gid): (u32, u32), last_cap: u32) -> Result<PayloadS
         });
     }
 
+    if !at_execve.load(std::sync::atomic::Ordering::SeqCst) {
+        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(payload_pid), None);
+        return Err(Failure::Setup(format!("the payload ended before its execve: {status:?}")));
+    }
     crate::phases::mark("init: payload exec'd");
     sys::prctl(libc::PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")?;
     let _ = chan.send_running(notify.as_ref().map(|f| f.as_raw_fd()));

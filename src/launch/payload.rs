@@ -1,6 +1,10 @@
-//! The payload process, between `fork` (from the single-threaded sandbox init)
-//! and `execve`. Runs inside the finished sandbox; everything it needs was
-//! prepared by init before the fork, so this is a straight line of syscalls.
+//! The payload process, between its `clone` (from the single-threaded sandbox
+//! init, `CLONE_VM | CLONE_VFORK`: on init's memory, with init suspended) and
+//! `execve`. Runs inside the finished sandbox; everything it needs was
+//! prepared by init before, so this is a straight line of syscalls. What it
+//! writes of init's memory: its own stack, the Landlock ruleset it takes,
+//! `errno`, the flag it sets right before `execve`, and (on an error's way to
+//! `_exit` only) the allocator's state.
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
@@ -81,7 +85,9 @@ fn errno_of(e: &sys::SysError) -> i32 {
 
 /// Become the payload. Never returns: on failure, reports on `err_fd` (a
 /// close-on-exec pipe, so a successful exec closes it and init reads EOF).
-pub fn exec(p: &PreparedExec, landlock: Option<::landlock::RulesetCreated>, err_fd: RawFd) -> ! {
+/// `at_execve` is set right before `execve`: init, resumed with no error on the
+/// pipe, tells an exec from a death before it.
+pub fn exec(p: &PreparedExec, landlock: Option<::landlock::RulesetCreated>, err_fd: RawFd, at_execve: &std::sync::atomic::AtomicBool) -> ! {
     // A new session without a controlling terminal: TIOCSTI and job-control
     // signals cannot reach the supervisor's terminal.
     if let Err(e) = sys::child::setsid() {
@@ -128,6 +134,7 @@ pub fn exec(p: &PreparedExec, landlock: Option<::landlock::RulesetCreated>, err_
             Err(e) => fail(err_fd, Stage::Seccomp, errno_of(&e)),
         }
     }
+    at_execve.store(true, std::sync::atomic::Ordering::SeqCst);
     // SAFETY: path is a valid C string; argv_ptrs and envp_ptrs are NULL-terminated
     // arrays of pointers into CStrings that outlive this call.
     unsafe { libc::execve(p.path.as_ptr(), p.argv_ptrs.as_ptr(), p.envp_ptrs.as_ptr()) };
