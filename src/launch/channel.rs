@@ -73,13 +73,15 @@ impl ChannelError {
 }
 
 impl ToInit {
-    /// The message's name, never its contents (a spec holds the secret).
-    fn name(&self) -> &'static str {
-        match self {
+    /// What init received instead of what it waits for, named, never shown
+    /// (a spec holds the secret).
+    fn out_of_order(&self) -> ChannelError {
+        let name = match self {
             ToInit::Ids { .. } => "Ids",
             ToInit::Go { .. } => "Go",
             ToInit::Listening => "Listening",
-        }
+        };
+        ChannelError::Unexpected(format!("{name} (out of order)"))
     }
 }
 
@@ -118,14 +120,10 @@ impl Socket {
         let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
         let (len, fds, truncated) = {
             let mut iov = [IoSliceMut::new(&mut buf)];
-            let mut reset = false;
+            // (A reset was taken by `next_size`, and a packet is queued.)
             let msg = loop {
                 match recvmsg::<()>(self.fd.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
                     Err(nix::Error::EINTR) => continue,
-                    // The peer closed with a message of ours unread (init
-                    // failed before it read `Listening`): the kernel reports
-                    // that once, before what the peer sent us; read on.
-                    Err(nix::Error::ECONNRESET) if !reset => reset = true,
                     other => break other?,
                 }
             };
@@ -161,7 +159,9 @@ impl Socket {
             }
             match nix::Error::last() {
                 nix::Error::EINTR => continue,
-                // As in `recv`: reported once, before what the peer sent.
+                // The peer closed with a message of ours unread (init
+                // failed before it read `Listening`): the kernel reports
+                // that once, before what the peer sent us; read on.
                 nix::Error::ECONNRESET if !reset => reset = true,
                 e => return Err(e.into()),
             }
@@ -232,7 +232,7 @@ impl InitEnd {
     pub fn recv_ids(&self) -> Result<(u32, u32), ChannelError> {
         match self.0.recv::<ToInit>(MAX_TO_INIT)? {
             (ToInit::Ids { uid, gid }, fds) if fds.is_empty() => Ok((uid, gid)),
-            (got, _) => Err(ChannelError::Unexpected(format!("{} (out of order)", got.name()))),
+            (got, _) => Err(got.out_of_order()),
         }
     }
 
@@ -240,7 +240,7 @@ impl InitEnd {
     pub fn recv_go(&self) -> Result<(super::spec::InitSpec, Vec<OwnedFd>), ChannelError> {
         match self.0.recv::<ToInit>(MAX_TO_INIT)? {
             (ToInit::Go { spec }, fds) => Ok((*spec, fds)),
-            (got, _) => Err(ChannelError::Unexpected(format!("{} (out of order)", got.name()))),
+            (got, _) => Err(got.out_of_order()),
         }
     }
 
@@ -248,7 +248,7 @@ impl InitEnd {
     pub fn recv_listening(&self) -> Result<Vec<OwnedFd>, ChannelError> {
         match self.0.recv::<ToInit>(MAX_TO_INIT)? {
             (ToInit::Listening, fds) => Ok(fds),
-            (got, _) => Err(ChannelError::Unexpected(format!("{} (out of order)", got.name()))),
+            (got, _) => Err(got.out_of_order()),
         }
     }
 
