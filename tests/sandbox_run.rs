@@ -214,6 +214,24 @@ fn only_loopback_exists_and_there_is_no_route() {
 }
 
 #[test]
+fn the_network_namespace_is_new_and_owned_by_the_sandbox_user_namespace() {
+    // Init makes its network namespace itself (after the clone): it must still
+    // be a new one, owned by the sandbox's user namespace (so the sandbox's
+    // root is root there and nowhere else), as the clone's was.
+    let f = Fixture::new();
+    let script = "import os, fcntl\n\
+                  net = os.open('/proc/self/ns/net', os.O_RDONLY)\n\
+                  owner = fcntl.ioctl(net, 0xb701)\n\
+                  print(os.stat('/proc/self/ns/net').st_ino, os.fstat(owner).st_ino, os.stat('/proc/self/ns/user').st_ino)";
+    let out = ok(&f.run(&[], &["python3", "-c", script]));
+    let inos: Vec<u64> = out.split_whitespace().map(|n| n.parse().unwrap()).collect();
+    assert_eq!(inos.len(), 3, "{out}");
+    let host_net = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+    assert_ne!(inos[0], host_net, "the sandbox is in the host's network namespace: {out}");
+    assert_eq!(inos[1], inos[2], "the network namespace's owner is not the sandbox's user namespace: {out}");
+}
+
+#[test]
 fn pid_one_reaps_orphaned_zombies() {
     let f = Fixture::new();
     // Each subshell exits at once, orphaning its background child, which exits

@@ -161,7 +161,11 @@ fn parse(args: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
 pub fn main() -> ExitCode {
     crate::phases::init_from_env();
     crate::phases::mark("main");
-    let cli = match parse(std::env::args_os().collect()) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // `run`: its init starts now, before the command line is even parsed (see
+    // `EarlyInit`); unused, it is killed and reaped when dropped.
+    let early = if args.get(1).is_some_and(|a| a == "run") { launch::sandbox::EarlyInit::start() } else { None };
+    let cli = match parse(args) {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { launch::EXIT_LAUNCHER_ERROR } else { 0 };
@@ -176,7 +180,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Probe { name, args } if name == "verify" => return ExitCode::from(crate::attest::verify_probe::main(&args)),
         Command::Probe { name, args } => return ExitCode::from(crate::attest::probe::main(&name, &args)),
-        Command::Run(args) => run::run(*args, log),
+        Command::Run(args) => run::run(*args, log, early),
         Command::Gc { state_dir, cgroup_parent } => run::gc(&state_dir, &cgroup_parent),
         Command::Worktree(cmd) => worktree::worktree(cmd),
         Command::Daemon { config, socket, state_dir } => ctl::daemon(config, socket, state_dir),

@@ -134,19 +134,19 @@ pub(super) struct RunArgs {
     pub(super) cmd: Vec<String>,
 }
 
-pub(super) fn run(args: RunArgs, log: LogConfig) -> CliResult {
+pub(super) fn run(args: RunArgs, log: LogConfig, early: Option<launch::sandbox::EarlyInit>) -> CliResult {
     use crate::launch::events;
     events::init(args.events_fd).map_err(|e| (e, launch::EXIT_LAUNCHER_ERROR))?;
     // A supervisor learns why from the events channel, never from our stderr
     // (which the payload shares).
-    run_checked(args, log).inspect_err(|(message, _)| {
+    run_checked(args, log, early).inspect_err(|(message, _)| {
         if events::has_sink() {
             events::emit(events::Event::StartFailed { error: message.clone() });
         }
     })
 }
 
-fn run_checked(args: RunArgs, log: LogConfig) -> CliResult {
+fn run_checked(args: RunArgs, log: LogConfig, early: Option<launch::sandbox::EarlyInit>) -> CliResult {
     let launcher = |m: String| (m, launch::EXIT_LAUNCHER_ERROR);
     // Before any thread exists: nothing inherited reaches a sandbox, and no
     // supplementary group (root's gid 0) is carried into one.
@@ -248,7 +248,7 @@ fn run_checked(args: RunArgs, log: LogConfig) -> CliResult {
         secret_fd: args.secret_fd,
         repos: args.repos,
     };
-    parent::run(&req).map_err(|e| (e.to_string(), e.exit_code()))
+    parent::run(&req, early).map_err(|e| (e.to_string(), e.exit_code()))
 }
 
 pub(super) fn gc(state_dir: &std::path::Path, parent: &str) -> CliResult {

@@ -37,6 +37,9 @@ pub enum ToInit {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum FromInit {
+    /// Init's new network namespace, as the descriptor that comes with it
+    /// (its first message).
+    Network,
     /// The payload has been exec'd.
     Running,
     /// Building the sandbox failed before the payload ran.
@@ -207,11 +210,14 @@ impl ParentEnd {
         self.0.send(&ToInit::Listening, attach, MAX_TO_INIT)
     }
 
-    /// A message from init; only `Running` may carry a descriptor (the seccomp
-    /// notification listener for socket handoff), at most one.
+    /// A message from init; only `Network` (the namespace) and `Running` (the
+    /// seccomp notification listener for socket handoff) carry a descriptor,
+    /// one each.
     pub fn recv_from_init(&self) -> Result<(FromInit, Option<OwnedFd>), ChannelError> {
         let (msg, mut fds) = self.0.recv::<FromInit>(MAX_FROM_INIT)?;
         match (&msg, fds.len()) {
+            (FromInit::Network, 1) => Ok((msg, fds.pop())),
+            (FromInit::Network, _) => Err(ChannelError::Unexpected("a network namespace message without its descriptor".into())),
             (_, 0) => Ok((msg, None)),
             (FromInit::Running, 1) => Ok((msg, fds.pop())),
             _ => Err(ChannelError::Unexpected("file descriptors from the sandbox".into())),
@@ -256,6 +262,11 @@ impl InitEnd {
         self.0.send(msg, &[], MAX_FROM_INIT)
     }
 
+    /// `Network`, with our network namespace.
+    pub fn send_network(&self, ns: RawFd) -> Result<(), ChannelError> {
+        self.0.send(&FromInit::Network, &[ns], MAX_FROM_INIT)
+    }
+
     /// `Running`, with the handoff listener when there is one.
     pub fn send_running(&self, notify: Option<RawFd>) -> Result<(), ChannelError> {
         self.0.send(&FromInit::Running, notify.as_slice(), MAX_FROM_INIT)
@@ -286,6 +297,10 @@ mod tests {
         assert_eq!((spec.id.as_str(), fds.len()), ("sc-test", 1));
         parent.send_listening(&[f.as_raw_fd()]).unwrap();
         assert_eq!(child.recv_listening().unwrap().len(), 1);
+        child.send_network(f.as_raw_fd()).unwrap();
+        assert!(matches!(parent.recv_from_init().unwrap(), (FromInit::Network, Some(_))));
+        child.send_to_parent(&FromInit::Network).unwrap();
+        assert!(matches!(parent.recv_from_init(), Err(ChannelError::Unexpected(_))), "the namespace message comes with its descriptor");
         child.send_to_parent(&FromInit::Exited(PayloadStatus::Signaled(15))).unwrap();
         assert!(matches!(parent.recv_from_init().unwrap(), (FromInit::Exited(PayloadStatus::Signaled(15)), None)));
         child.send_running(Some(f.as_raw_fd())).unwrap();

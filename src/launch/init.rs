@@ -123,10 +123,19 @@ pub fn main(channel: OwnedFd, allowed: Option<nix::sched::CpuSet>) -> ! {
 fn serve(channel: OwnedFd, allowed: Option<nix::sched::CpuSet>) -> u8 {
     // (This memory is a copy of the launcher's: init becomes non-dumpable once
     // it has its ids, below, before it takes the sandbox's uid. Until then it
-    // is host uid 0, and the launcher opens our /proc/PID/ns entries: with a
+    // is host uid 0, and the launcher opens our /proc/PID/ns/user: with a
     // non-dumpable init that needs CAP_SYS_PTRACE, which the systemd unit
     // does not grant, since our memory belongs to the host's user namespace.)
     crate::phases::mark("init: started");
+    // First, the longest step that needs nothing of the launcher's (see
+    // `CLONE_FLAGS`): it runs while the launcher writes our maps.
+    // SAFETY: unshare with a namespace flag; we are single-threaded.
+    let network = if unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0 {
+        Ok(())
+    } else {
+        Err(crate::confine::ns::diagnose_netns_failure(nix::errno::Errno::last()))
+    };
+    crate::phases::mark("init: network namespace");
     sys::reset_signal_dispositions();
     let _ = sys::child::set_sigmask(libc::SIG_SETMASK, &sys::child::sigset(&[]));
     let mut keep: Vec<RawFd> = vec![channel.as_raw_fd()];
@@ -137,6 +146,17 @@ fn serve(channel: OwnedFd, allowed: Option<nix::sched::CpuSet>) -> u8 {
     unsafe { libc::prctl(libc::PR_SET_NAME, c"swarmcell-init".as_ptr()) };
     let chan = InitEnd::new(channel);
     crate::phases::mark("init: fds closed");
+    // The launcher's way into the namespace (it brings `lo` up and makes the
+    // outbound listeners there): sent, since opening our /proc entry would
+    // race with the unshare.
+    let sent = network.and_then(|()| {
+        let ns = std::fs::File::open("/proc/thread-self/ns/net").map_err(|e| format!("opening the sandbox's network namespace: {e}"))?;
+        chan.send_network(ns.as_raw_fd()).map_err(|e| e.to_string())
+    });
+    if let Err(message) = sent {
+        let _ = chan.send_to_parent(&FromInit::SetupFailed { message });
+        return super::EXIT_LAUNCHER_ERROR;
+    }
     // Nothing here ever execs but the payload: the bounding set goes now, while
     // the launcher still works, and the payload inherits it empty.
     let last_cap = crate::confine::caps::last_cap();

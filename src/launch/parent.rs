@@ -4,8 +4,11 @@
 //! 1. validate what the clone needs (payload, worktree and its owner, ids);
 //!    lease a per-sandbox host uid;
 //! 2. `clone` the init into new namespaces: a copy of this (single-threaded)
-//!    process that runs [`super::init`]; write its `setgroups`/uid/gid maps,
-//!    open its namespaces, send `Ids` (it starts its root meanwhile);
+//!    process that runs [`super::init`], made at the launcher's start
+//!    ([`EarlyInit`]: it makes its network namespace while the command line,
+//!    the policy and the worktree are read) or here; write its
+//!    `setgroups`/uid/gid maps, open its user namespace, send `Ids` (it starts
+//!    its root meanwhile);
 //! 3. validate and decide the rest (the spec: ports, environment, Landlock,
 //!    seccomp, disk limits); prepare every bind as a detached, flagged mount
 //!    tree ([`crate::fs::host_binds`]); idmap the worktree mount through the
@@ -13,7 +16,8 @@
 //!    worktree owner where the filesystem cannot idmap); send `Go` with the
 //!    spec and the trees;
 //! 4. while it builds the root: make the sandbox's cgroup; bring `lo` up and
-//!    make the outbound listeners in its network namespace; send `Listening`
+//!    make the outbound listeners in its network namespace (which init sent);
+//!    send `Listening`
 //!    (with the v1 cgroups' `tasks` files, which init joins before it forks
 //!    the payload);
 //! 5. sweep stale sandboxes meanwhile; forward signals; report the status.
@@ -32,7 +36,7 @@ pub use super::request::{
     resolve_worktree,
 };
 use super::request::{inside_ids, invalid, landlock_spec, read_secret, take_ready_fd};
-use super::sandbox::{PublishWatch, ReadyInfo, Sandbox, SignalGuard};
+use super::sandbox::{EarlyInit, PublishWatch, ReadyInfo, Sandbox, SignalGuard};
 use super::spec::{InitSpec, PayloadStatus};
 use crate::confine::ns::user::IdMap;
 use crate::fs::host_binds::{Access, PreparedMounts};
@@ -44,7 +48,9 @@ use crate::sys::{self, Errno};
 const DISK_WATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Run one sandbox in the foreground and return the payload's exit code.
-pub fn run(req: &RunRequest) -> Result<u8, RunError> {
+/// `early`: an init cloned at the launcher's start (see [`EarlyInit`]), used
+/// for the first attempt.
+pub fn run(req: &RunRequest, early: Option<EarlyInit>) -> Result<u8, RunError> {
     if req.argv.is_empty() {
         return invalid("no command given and the policy has none (usage: swarmcell run --worktree DIR -- CMD ARGS...)");
     }
@@ -73,9 +79,12 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     let leased = IdMap { inside_uid: uid, host_uid: lease.uid, inside_gid: gid, host_gid: lease.uid };
     let direct = IdMap { inside_uid: uid, host_uid: uid, inside_gid: gid, host_gid: gid };
     // Blocked before the clone: an init that dies at once is still reaped.
-    let signals = SignalGuard::block_child_exit()?;
-    // The init starts now: it builds its root while we make its spec.
-    let init = spawn_init(if req.idmap { leased } else { direct }, wt.uid)?;
+    let (signals, early) = match early {
+        Some(EarlyInit { signals, sandbox }) => (signals, Some(sandbox)),
+        None => (SignalGuard::block_child_exit()?, None),
+    };
+    // The init gets its ids now: it builds its root while we make its spec.
+    let init = spawn_init(early, if req.idmap { leased } else { direct }, wt.uid)?;
     crate::phases::mark("init started");
     let id = super::new_sandbox_id();
     super::events::set_sandbox(&id);
@@ -158,7 +167,7 @@ pub fn run(req: &RunRequest) -> Result<u8, RunError> {
     let mut sandbox = match first {
         Err(Fallback::Idmap) => {
             tracing::warn!(worktree = %wt.path.display(), "this filesystem cannot idmap mounts; the sandbox runs as the worktree owner's uid");
-            let init = spawn_init(direct, wt.uid)?;
+            let init = spawn_init(None, direct, wt.uid)?;
             start(req, &wt, spec, init, false, (&mut cgroup, &make_cgroup)).map_err(Fallback::into_error)?
         }
         other => other.map_err(Fallback::into_error)?,
@@ -307,19 +316,26 @@ struct StartedInit {
     userns: std::fs::File,
 }
 
-/// Clone the init, write its maps, open its namespaces (before it becomes
-/// non-dumpable, which it does on `Ids`) and send `Ids`.
-fn spawn_init(map: IdMap, owner: u32) -> Result<StartedInit, RunError> {
-    let mut sandbox = Sandbox::spawn(map.host_uid)?;
+/// Clone the init (unless `early` is one), write its maps, open its user
+/// namespace (before it becomes non-dumpable, which it does on `Ids`) and send
+/// `Ids`. (Its network namespace comes from init, see
+/// [`Sandbox::receive_network`].)
+fn spawn_init(early: Option<Sandbox>, map: IdMap, owner: u32) -> Result<StartedInit, RunError> {
+    let mut sandbox = match early {
+        Some(s) => s,
+        None => {
+            let s = Sandbox::spawn(map.host_uid)?;
+            crate::phases::mark("init cloned");
+            s
+        }
+    };
+    sandbox.host_uid = map.host_uid;
     sandbox.owner = owner;
-    crate::phases::mark("init cloned");
     tracing::debug!(pid = sandbox.pid, "init cloned");
     map.write(sandbox.pid)?;
     crate::phases::mark("id maps written");
     let userns_path = format!("/proc/{}/ns/user", sandbox.pid);
     let userns = std::fs::File::open(&userns_path).map_err(|e| RunError::Setup(format!("open {userns_path}: {e}")))?;
-    let ns = crate::net::broker::Netns::of_pid(sandbox.pid).map_err(|e| RunError::Setup(format!("opening the sandbox's network namespace: {e}")))?;
-    sandbox.netns = Some(ns);
     // A send that fails means init is gone (it reported why, or died): the
     // wait loop reads its report either way.
     if let Err(e) = sandbox.channel.send_ids(map.inside_uid, map.inside_gid) {
@@ -356,6 +372,7 @@ fn start(
     }
     drop(userns);
     spec.mounts = mounts.entries.clone();
+    let spec_id = spec.id.clone();
     // A send refused by a gone init is read from its report (or death) by the
     // wait loop; any other failure is ours.
     match sandbox.channel.send_go(spec, &mounts.raw_fds()) {
@@ -388,9 +405,7 @@ fn start(
     // launcher before the payload exists (its first connection just queues;
     // they are served from the first one on, see `Network`).
     // (While init builds the root; it starts the payload after `Listening`.)
-    let Some(ns) = sandbox.netns.clone() else {
-        return Err(RunError::Setup("the sandbox's network namespace is not open".into()).into());
-    };
+    let ns = sandbox.receive_network(&spec_id)?.clone();
     let forwards = req.forwards();
     let kinds: Vec<Outbound> = forwards.iter().map(|p| Outbound::Forward(*p)).chain([Outbound::Proxy]).collect();
     let ports: Vec<u16> = forwards.into_iter().chain([req.policy.network.proxy_port]).collect();

@@ -83,6 +83,35 @@ impl Drop for SignalGuard {
     }
 }
 
+/// An init cloned at the launcher's start, before the command line and the
+/// policy are read: it makes its network namespace (the longest step of its
+/// own) while the launcher reads them, and its memory is a copy of the
+/// launcher's before any of it (smaller, so cheaper to copy at the clone and
+/// to tear down at its exit, and with nothing of the request in it). It waits
+/// for its ids like a later one; dropped unused (bad input, another command),
+/// it is killed and reaped.
+pub struct EarlyInit {
+    pub(super) signals: SignalGuard,
+    pub(super) sandbox: Sandbox,
+}
+
+impl EarlyInit {
+    /// For `swarmcell run` as root; `None` (the launch clones later, and
+    /// reports any error then) otherwise or when the clone fails.
+    pub fn start() -> Option<EarlyInit> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        // Root's supplementary groups (gid 0) must not reach the init.
+        crate::sys::clear_groups().ok()?;
+        let signals = SignalGuard::block_child_exit().ok()?;
+        let sandbox = Sandbox::spawn(0).ok()?;
+        crate::phases::mark("init cloned");
+        Some(EarlyInit { signals, sandbox })
+    }
+}
+
 /// A started sandbox init. Dropping it before it was reaped kills it: a launcher
 /// error never leaves a sandbox behind.
 pub(super) struct Sandbox {
@@ -151,7 +180,18 @@ impl Sandbox {
         Ok(Sandbox { pid, host_uid, owner: host_uid, channel: ParentEnd::new(parent_end), reaped: false, outbound: Vec::new(), netns: None })
     }
 
-    /// Poll the channel and the launcher's signals until init is gone.
+    /// Init's first message: its network namespace (it made the namespace
+    /// itself, see `CLONE_FLAGS`), or why it could not.
+    pub(super) fn receive_network(&mut self, id: &str) -> Result<&crate::net::broker::Netns, RunError> {
+        let ns = match self.channel.recv_from_init()? {
+            (FromInit::Network, Some(fd)) => fd,
+            (FromInit::SetupFailed { message }, _) => return Err(RunError::Setup(format!("sandbox {id}: {message}"))),
+            _ => return Err(ChannelError::Unexpected("a message before the network namespace".into()).into()),
+        };
+        let ns = crate::net::broker::Netns::from_fd(ns).map_err(|e| RunError::Setup(format!("sandbox {id}: its network namespace: {e}")))?;
+        Ok(self.netns.insert(ns))
+    }
+
     /// Poll the channel, the launcher's signals and the health check until init
     /// is gone. A stop signal is forwarded (init passes it to the payload) and,
     /// after `stop_timeout`, followed by SIGKILL.
@@ -225,6 +265,10 @@ impl Sandbox {
                         }
                     }
                     Ok((FromInit::Exited(s), _)) => status = Some(s),
+                    Ok((FromInit::Network, _)) => {
+                        failure.get_or_insert(ChannelError::Unexpected("a second network namespace".into()).into());
+                        let _ = sys::kill(self.pid, libc::SIGKILL);
+                    }
                     Ok((FromInit::SetupFailed { message }, _)) => failure = Some(RunError::Setup(format!("sandbox {id}: {message}"))),
                     Ok((FromInit::ExecFailed { path, errno }, _)) => {
                         let errno = Errno::from_raw(errno);

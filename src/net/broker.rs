@@ -52,6 +52,20 @@ impl Netns {
         Ok(Netns(Arc::new(File::open(format!("/proc/{pid}/ns/net"))?)))
     }
 
+    /// A network namespace another process sent (the sandbox init made its
+    /// own): refused unless it is one.
+    pub fn from_fd(fd: OwnedFd) -> std::io::Result<Netns> {
+        // SAFETY: NS_GET_NSTYPE takes no argument; on a non-namespace fd it fails.
+        let kind = unsafe { libc::ioctl(fd.as_raw_fd(), libc::NS_GET_NSTYPE) };
+        if kind < 0 {
+            return Err(std::io::Error::other(format!("not a namespace: {}", std::io::Error::last_os_error())));
+        }
+        if kind != libc::CLONE_NEWNET {
+            return Err(std::io::Error::other(format!("a namespace of type {kind:#x}, not a network namespace")));
+        }
+        Ok(Netns(Arc::new(File::from(fd))))
+    }
+
     /// The calling thread's own network namespace (to come back to).
     pub fn current() -> std::io::Result<Netns> {
         Ok(Netns(Arc::new(File::open("/proc/thread-self/ns/net")?)))
@@ -414,5 +428,20 @@ fn splice_loop(from: &TcpStream, to: &TcpStream, pr: &OwnedFd, pw: &OwnedFd, cou
             activity.touch();
         }
         counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_network_namespace_is_taken_as_one() {
+        let open = |p: &str| OwnedFd::from(File::open(p).unwrap());
+        assert!(Netns::from_fd(open("/proc/self/ns/net")).is_ok());
+        let e = Netns::from_fd(open("/proc/self/ns/user")).unwrap_err().to_string();
+        assert!(e.contains("not a network namespace"), "{e}");
+        let e = Netns::from_fd(open("/dev/null")).unwrap_err().to_string();
+        assert!(e.contains("not a namespace"), "{e}");
     }
 }
