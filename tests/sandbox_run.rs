@@ -232,6 +232,39 @@ fn the_network_namespace_is_new_and_owned_by_the_sandbox_user_namespace() {
 }
 
 #[test]
+fn a_launcher_started_with_sigchld_ignored_still_reports_the_exit_status() {
+    // An ignored SIGCHLD survives exec: the kernel would then reap the init by
+    // itself, and the launcher would wait for it forever, holding its cgroup,
+    // and act on a pid that another process may get.
+    let f = Fixture::new();
+    let mut cmd = f.command(&[], &["/bin/sh", "-c", "exit 7"]);
+    // SAFETY: signal(2) is async-signal-safe; it runs in the child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if start.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    let status = status.unwrap_or_else(|| panic!("the launcher hung: {}", stderr(&out)));
+    assert_eq!(status.code(), Some(7), "{}", stderr(&out));
+    assert_no_sandbox_left();
+}
+
+#[test]
 fn pid_one_reaps_orphaned_zombies() {
     let f = Fixture::new();
     // Each subshell exits at once, orphaning its background child, which exits

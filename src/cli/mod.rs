@@ -163,8 +163,10 @@ pub fn main() -> ExitCode {
     crate::phases::mark("main");
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // `run`: its init starts now, before the command line is even parsed (see
-    // `EarlyInit`); unused, it is killed and reaped when dropped.
-    let early = if args.get(1).is_some_and(|a| a == "run") { launch::sandbox::EarlyInit::start() } else { None };
+    // `EarlyInit`); unused (bad input), it is killed and reaped when dropped.
+    // Not for a request for help, which never launches.
+    let asks_help = || args.iter().skip(2).take_while(|a| *a != "--").any(|a| a == "-h" || a == "--help");
+    let early = if args.get(1).is_some_and(|a| a == "run") && !asks_help() { launch::sandbox::EarlyInit::start() } else { None };
     let cli = match parse(args) {
         Ok(c) => c,
         Err(e) => {

@@ -672,7 +672,8 @@ pub(super) fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<
 /// child of our launcher `launcher` (not yet reaped by us, so its pid is its
 /// own) and still alive after the open, so that a recycled pid is never entered.
 /// (Init enters its own network namespace before its first message to the
-/// launcher, and the ready line comes after its last: this is never the host's.)
+/// launcher, and the ready line comes after its `Running`: this is never the
+/// host's.)
 fn sandbox_netns(init: i32, launcher: i32) -> Result<crate::net::broker::Netns, String> {
     // SAFETY: pidfd_open(2) with a pid and no flags; the result is a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, init, 0) };

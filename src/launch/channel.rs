@@ -40,6 +40,10 @@ pub enum FromInit {
     /// Init's new network namespace, as the descriptor that comes with it
     /// (its first message).
     Network,
+    /// Init could not make its network namespace (`unshare` failed with this errno).
+    NetworkRefused {
+        errno: i32,
+    },
     /// The payload has been exec'd.
     Running,
     /// Building the sandbox failed before the payload ran.

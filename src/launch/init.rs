@@ -1,19 +1,22 @@
 //! Child side: the sandbox init, a `clone` of the launcher (no exec) into new
-//! user, mount, PID, network, IPC and UTS namespaces. Single-threaded (the
-//! launcher is when it clones, which it checks), pid 1. It is cloned as soon
-//! as its ids are known, and gets its spec later, with `Go`, so that it builds
-//! the root while the launcher works. It never returns into the launcher's
-//! code: it ends with `_exit`, so none of the launcher's destructors (leases,
-//! cgroups) runs here.
+//! user, mount, PID, IPC and UTS namespaces. Single-threaded (the launcher is
+//! when it clones, which it checks), pid 1. For `run` as root it is cloned at
+//! the launcher's start, before the request is read (see
+//! `super::sandbox::EarlyInit`), otherwise once its ids are known; it gets
+//! its ids, then its spec (with `Go`), so that it builds the root while the
+//! launcher works. It never returns into the launcher's code: it ends with
+//! `_exit`, so none of the launcher's destructors (leases, cgroups) runs here.
 //!
 //! The sequence, in order, each step for a reason:
-//! 1. reset signals and close every fd but the channel (nothing else of the
-//!    launcher's survives into the sandbox); empty the bounding set (nothing
-//!    here execs but the payload, which inherits it empty); (the launcher
-//!    brings `lo` up, with its listeners, before `Listening`);
+//! 1. make our network namespace (`unshare`: the longest step that needs
+//!    nothing of the launcher's) and send it to the launcher, which brings
+//!    `lo` up and makes its listeners there before `Listening`; reset signals
+//!    and close every fd but the channel (nothing else of the launcher's
+//!    survives into the sandbox); empty the bounding set (nothing here execs
+//!    but the payload, which inherits it empty);
 //! 2. wait for `Ids` (sent only after the parent wrote our uid/gid maps and
-//!    opened our namespaces); become non-dumpable (this memory is a copy of
-//!    the launcher's);
+//!    opened our user namespace); become non-dumpable (this memory is a copy
+//!    of the launcher's);
 //! 3. become the sandbox uid/gid (capabilities in our own user namespace are
 //!    kept: uid 0 is not mapped, so the kernel does not clear them), re-arm the
 //!    parent-death signal that the uid change cleared;
@@ -130,11 +133,7 @@ fn serve(channel: OwnedFd, allowed: Option<nix::sched::CpuSet>) -> u8 {
     // First, the longest step that needs nothing of the launcher's (see
     // `CLONE_FLAGS`): it runs while the launcher writes our maps.
     // SAFETY: unshare with a namespace flag; we are single-threaded.
-    let network = if unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0 {
-        Ok(())
-    } else {
-        Err(crate::confine::ns::diagnose_netns_failure(nix::errno::Errno::last()))
-    };
+    let network = if unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0 { Ok(()) } else { Err(nix::errno::Errno::last()) };
     crate::phases::mark("init: network namespace");
     sys::reset_signal_dispositions();
     let _ = sys::child::set_sigmask(libc::SIG_SETMASK, &sys::child::sigset(&[]));
@@ -149,10 +148,15 @@ fn serve(channel: OwnedFd, allowed: Option<nix::sched::CpuSet>) -> u8 {
     // The launcher's way into the namespace (it brings `lo` up and makes the
     // outbound listeners there): sent, since opening our /proc entry would
     // race with the unshare.
-    let sent = network.and_then(|()| {
-        let ns = std::fs::File::open("/proc/thread-self/ns/net").map_err(|e| format!("opening the sandbox's network namespace: {e}"))?;
-        chan.send_network(ns.as_raw_fd()).map_err(|e| e.to_string())
-    });
+    // (The launcher diagnoses a refusal: the host's limits are not readable
+    // from this user namespace.)
+    if let Err(errno) = network {
+        let _ = chan.send_to_parent(&FromInit::NetworkRefused { errno: errno as i32 });
+        return super::EXIT_LAUNCHER_ERROR;
+    }
+    let sent = std::fs::File::open("/proc/thread-self/ns/net")
+        .map_err(|e| format!("opening the sandbox's network namespace: {e}"))
+        .and_then(|ns| chan.send_network(ns.as_raw_fd()).map_err(|e| e.to_string()));
     if let Err(message) = sent {
         let _ = chan.send_to_parent(&FromInit::SetupFailed { message });
         return super::EXIT_LAUNCHER_ERROR;
@@ -240,6 +244,11 @@ fn run(chan: &InitEnd, (uid, gid): (u32, u32), last_cap: u32) -> Result<PayloadS
     crate::phases::mark("init: root skeleton");
     let (spec, fds) = chan.recv_go().map_err(|e| Failure::Setup(format!("waiting for the spec: {e}")))?;
     crate::phases::mark("init: go received");
+    // An init cloned before the launcher read its command line has no log
+    // subscriber: its debug lines need one (only asked for when they show).
+    if let Some(log) = &spec.log {
+        crate::logging::init(log.json, &log.level);
+    }
     if (spec.uid, spec.gid) != (uid, gid) {
         return Err(Failure::Setup(format!("the spec's ids {}:{} are not the ids {uid}:{gid} taken", spec.uid, spec.gid)));
     }

@@ -162,6 +162,7 @@ pub fn run(req: &RunRequest, early: Option<EarlyInit>) -> Result<u8, RunError> {
         handoff: host_port.is_some() && req.broker == BrokerMode::Handoff && crate::net::handoff::supported(),
         landlock: landlock_spec(req, &wt),
         seccomp: super::spec::encode_bpf(&seccomp),
+        log: tracing::enabled!(tracing::Level::DEBUG).then(|| req.log.clone()),
     };
     let first = start(req, &wt, spec.clone(), init, req.idmap, (&mut cgroup, &make_cgroup));
     let mut sandbox = match first {
@@ -320,8 +321,9 @@ struct StartedInit {
 /// namespace (before it becomes non-dumpable, which it does on `Ids`) and send
 /// `Ids`. (Its network namespace comes from init, see
 /// [`Sandbox::receive_network`].)
-fn spawn_init(early: Option<Sandbox>, map: IdMap, owner: u32) -> Result<StartedInit, RunError> {
-    let mut sandbox = match early {
+fn spawn_init(early_init: Option<Sandbox>, map: IdMap, owner: u32) -> Result<StartedInit, RunError> {
+    let early = early_init.is_some();
+    let mut sandbox = match early_init {
         Some(s) => s,
         None => {
             let s = Sandbox::spawn(map.host_uid)?;
@@ -332,10 +334,15 @@ fn spawn_init(early: Option<Sandbox>, map: IdMap, owner: u32) -> Result<StartedI
     sandbox.host_uid = map.host_uid;
     sandbox.owner = owner;
     tracing::debug!(pid = sandbox.pid, "init cloned");
-    map.write(sandbox.pid)?;
-    crate::phases::mark("id maps written");
     let userns_path = format!("/proc/{}/ns/user", sandbox.pid);
     let userns = std::fs::File::open(&userns_path).map_err(|e| RunError::Setup(format!("open {userns_path}: {e}")))?;
+    // An early init made its network namespace while the request was read
+    // (why it could not is reported before anything else fails on its pid).
+    if early {
+        sandbox.receive_network(&userns)?;
+    }
+    map.write(sandbox.pid)?;
+    crate::phases::mark("id maps written");
     // A send that fails means init is gone (it reported why, or died): the
     // wait loop reads its report either way.
     if let Err(e) = sandbox.channel.send_ids(map.inside_uid, map.inside_gid) {
@@ -370,9 +377,11 @@ fn start(
             }
         }
     }
+    if sandbox.netns.is_none() {
+        sandbox.receive_network(&userns)?;
+    }
     drop(userns);
     spec.mounts = mounts.entries.clone();
-    let spec_id = spec.id.clone();
     // A send refused by a gone init is read from its report (or death) by the
     // wait loop; any other failure is ours.
     match sandbox.channel.send_go(spec, &mounts.raw_fds()) {
@@ -405,7 +414,9 @@ fn start(
     // launcher before the payload exists (its first connection just queues;
     // they are served from the first one on, see `Network`).
     // (While init builds the root; it starts the payload after `Listening`.)
-    let ns = sandbox.receive_network(&spec_id)?.clone();
+    let Some(ns) = sandbox.netns.clone() else {
+        return Err(RunError::Setup("the sandbox's network namespace is not open".into()).into());
+    };
     let forwards = req.forwards();
     let kinds: Vec<Outbound> = forwards.iter().map(|p| Outbound::Forward(*p)).chain([Outbound::Proxy]).collect();
     let ports: Vec<u16> = forwards.into_iter().chain([req.policy.network.proxy_port]).collect();

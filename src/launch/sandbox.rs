@@ -31,6 +31,16 @@ impl SignalGuard {
     /// [`Self::block_all`], once the launch no longer waits on its caller (a
     /// secret fd, the disk limits): until then they stop the launcher.
     pub(super) fn block_child_exit() -> Result<SignalGuard, RunError> {
+        // An ignored SIGCHLD survives the exec that started us: the kernel
+        // would then reap the init itself, and we would wait for it forever
+        // and act on a pid that another process may get.
+        // SAFETY: resetting one signal's disposition; no handler is involved.
+        if unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) } == libc::SIG_ERR {
+            return Err(RunError::Sys {
+                what: "resetting SIGCHLD",
+                source: SysError { call: "signal(SIGCHLD, SIG_DFL)".into(), errno: Errno::last() },
+            });
+        }
         let set = sys::child::sigset(&[libc::SIGCHLD]);
         // SAFETY: zeroed sigset_t is valid storage for the old mask.
         let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -181,15 +191,39 @@ impl Sandbox {
     }
 
     /// Init's first message: its network namespace (it made the namespace
-    /// itself, see `CLONE_FLAGS`), or why it could not.
-    pub(super) fn receive_network(&mut self, id: &str) -> Result<&crate::net::broker::Netns, RunError> {
-        let ns = match self.channel.recv_from_init()? {
-            (FromInit::Network, Some(fd)) => fd,
-            (FromInit::SetupFailed { message }, _) => return Err(RunError::Setup(format!("sandbox {id}: {message}"))),
-            _ => return Err(ChannelError::Unexpected("a message before the network namespace".into()).into()),
+    /// itself, see `CLONE_FLAGS`), taken only if it is one owned by init's
+    /// user namespace `userns`; or why it could not.
+    pub(super) fn receive_network(&mut self, userns: &std::fs::File) -> Result<(), RunError> {
+        let ns = match self.channel.recv_from_init() {
+            Ok((FromInit::Network, Some(fd))) => fd,
+            Ok((FromInit::NetworkRefused { errno }, _)) => {
+                return Err(RunError::Namespaces(crate::confine::ns::diagnose_netns_failure(Errno::from_raw(errno))));
+            }
+            Ok((FromInit::SetupFailed { message }, _)) => return Err(RunError::Setup(format!("sandbox init: {message}"))),
+            Ok(_) => return Err(ChannelError::Unexpected("a message before the network namespace".into()).into()),
+            Err(ChannelError::Closed) => {
+                return Err(RunError::Setup(format!("sandbox init ended before it made its network namespace ({})", self.reap())));
+            }
+            Err(e) => return Err(e.into()),
         };
-        let ns = crate::net::broker::Netns::from_fd(ns).map_err(|e| RunError::Setup(format!("sandbox {id}: its network namespace: {e}")))?;
-        Ok(self.netns.insert(ns))
+        let ns = crate::net::broker::Netns::from_fd(ns, userns).map_err(|e| RunError::Setup(format!("the sandbox's network namespace: {e}")))?;
+        self.netns = Some(ns);
+        Ok(())
+    }
+
+    /// Wait for an init that is gone or going (it closed the channel): how it ended.
+    fn reap(&mut self) -> String {
+        let mut status = 0;
+        // SAFETY: waiting for our own child, which has not been reaped.
+        if self.reaped || unsafe { libc::waitpid(self.pid, &mut status, 0) } != self.pid {
+            return "its exit status is unknown".into();
+        }
+        self.reaped = true;
+        if libc::WIFSIGNALED(status) {
+            format!("killed by signal {}", libc::WTERMSIG(status))
+        } else {
+            format!("exit status {}", libc::WEXITSTATUS(status))
+        }
     }
 
     /// Poll the channel, the launcher's signals and the health check until init
@@ -265,7 +299,7 @@ impl Sandbox {
                         }
                     }
                     Ok((FromInit::Exited(s), _)) => status = Some(s),
-                    Ok((FromInit::Network, _)) => {
+                    Ok((FromInit::Network | FromInit::NetworkRefused { .. }, _)) => {
                         failure.get_or_insert(ChannelError::Unexpected("a second network namespace".into()).into());
                         let _ = sys::kill(self.pid, libc::SIGKILL);
                     }

@@ -31,6 +31,8 @@ pub struct InitSpec {
     pub handoff: bool,
     /// Compiled seccomp programs, loaded in order: (code, jt, jf, k) per instruction.
     pub seccomp: Vec<Vec<(u16, u8, u8, u32)>>,
+    /// The launcher's logging, when it shows init's (debug) lines.
+    pub log: Option<LogConfig>,
 }
 
 /// Flatten compiled BPF for the channel.
@@ -103,6 +105,7 @@ pub(crate) mod tests {
             landlock: Default::default(),
             handoff: false,
             seccomp: vec![vec![(6, 0, 0, 0x7fff_0000)]],
+            log: Some(LogConfig { json: false, level: "debug".into() }),
         }
     }
 }

@@ -18,7 +18,7 @@
 
 use std::fs::File;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -53,15 +53,36 @@ impl Netns {
     }
 
     /// A network namespace another process sent (the sandbox init made its
-    /// own): refused unless it is one.
-    pub fn from_fd(fd: OwnedFd) -> std::io::Result<Netns> {
-        // SAFETY: NS_GET_NSTYPE takes no argument; on a non-namespace fd it fails.
-        let kind = unsafe { libc::ioctl(fd.as_raw_fd(), libc::NS_GET_NSTYPE) };
-        if kind < 0 {
-            return Err(std::io::Error::other(format!("not a namespace: {}", std::io::Error::last_os_error())));
+    /// own): refused unless it is a network namespace owned by the user
+    /// namespace `owner` (so never the host's, nor another sandbox's).
+    pub fn from_fd(fd: OwnedFd, owner: &File) -> std::io::Result<Netns> {
+        const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
+        let other = |m: String| std::io::Error::other(m);
+        // The ioctls below only on nsfs: a device could read them otherwise.
+        // SAFETY: fstatfs fills a zeroed statfs for a descriptor we own.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut fs) } != 0 {
+            return Err(std::io::Error::last_os_error());
         }
+        if fs.f_type as libc::c_long != NSFS_MAGIC {
+            return Err(other("not a namespace".into()));
+        }
+        // SAFETY: NS_GET_NSTYPE takes no argument.
+        let kind = unsafe { libc::ioctl(fd.as_raw_fd(), libc::NS_GET_NSTYPE) };
         if kind != libc::CLONE_NEWNET {
-            return Err(std::io::Error::other(format!("a namespace of type {kind:#x}, not a network namespace")));
+            return Err(other(format!("a namespace of type {kind:#x}, not a network namespace")));
+        }
+        // SAFETY: NS_GET_USERNS returns a new descriptor of the owning user namespace.
+        let userns = unsafe { libc::ioctl(fd.as_raw_fd(), libc::NS_GET_USERNS) };
+        if userns < 0 {
+            return Err(other(format!("its owner: {}", std::io::Error::last_os_error())));
+        }
+        // SAFETY: a fresh descriptor, ours.
+        let userns = File::from(unsafe { OwnedFd::from_raw_fd(userns) });
+        let id = |f: &File| f.metadata().map(|m| (std::os::unix::fs::MetadataExt::dev(&m), std::os::unix::fs::MetadataExt::ino(&m)));
+        if id(&userns)? != id(owner)? {
+            return Err(other("owned by another user namespace than the sandbox's".into()));
         }
         Ok(Netns(Arc::new(File::from(fd))))
     }
@@ -436,12 +457,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_network_namespace_is_taken_as_one() {
+    fn only_a_network_namespace_of_the_given_owner_is_taken() {
         let open = |p: &str| OwnedFd::from(File::open(p).unwrap());
-        assert!(Netns::from_fd(open("/proc/self/ns/net")).is_ok());
-        let e = Netns::from_fd(open("/proc/self/ns/user")).unwrap_err().to_string();
+        let owner = File::open("/proc/self/ns/user").unwrap();
+        assert!(Netns::from_fd(open("/proc/self/ns/net"), &owner).is_ok(), "ours, owned by our user namespace");
+        let e = Netns::from_fd(open("/proc/self/ns/user"), &owner).unwrap_err().to_string();
         assert!(e.contains("not a network namespace"), "{e}");
-        let e = Netns::from_fd(open("/dev/null")).unwrap_err().to_string();
+        let e = Netns::from_fd(open("/dev/null"), &owner).unwrap_err().to_string();
         assert!(e.contains("not a namespace"), "{e}");
+        // Another owner (here: a file that is not our user namespace) is refused.
+        let e = Netns::from_fd(open("/proc/self/ns/net"), &File::open("/proc/self/ns/mnt").unwrap()).unwrap_err().to_string();
+        assert!(e.contains("another user namespace"), "{e}");
     }
 }

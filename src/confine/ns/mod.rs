@@ -51,3 +51,19 @@ pub fn diagnose_clone_failure(errno: nix::errno::Errno) -> String {
         _ => format!("the kernel refused to create namespaces: {errno} ({})", errno.desc()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_network_namespace_is_explained_from_the_host_limit() {
+        // This host allows network namespaces: ENOSPC is the limit being reached.
+        let limit: u64 = std::fs::read_to_string("/proc/sys/user/max_net_namespaces").unwrap().trim().parse().unwrap();
+        assert!(limit > 0);
+        let m = diagnose_netns_failure(nix::errno::Errno::ENOSPC);
+        assert!(m.contains("limit is reached") && m.contains("user.max_net_namespaces"), "{m}");
+        let m = diagnose_netns_failure(nix::errno::Errno::EPERM);
+        assert!(m.contains("unshare(CLONE_NEWNET)") && m.contains("EPERM"), "{m}");
+    }
+}
