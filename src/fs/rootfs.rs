@@ -3,11 +3,12 @@
 //!
 //! The sequence: make every mount private; mount a fresh tmpfs as the future root
 //! (on the host's /tmp *in this mount namespace only*); create the skeleton
-//! (/proc, /dev, /tmp, /etc) with /dev and /proc mounted ([`Skeleton::build`],
-//! which needs no spec: init does it while the launcher makes the spec); then
-//! ([`Skeleton::finish`]) /tmp and /dev/shm at the spec's sizes; attach the
-//! parent's prepared trees; write /etc; `pivot_root` into it and detach the
-//! host tree; make / and /dev read-only.
+//! (/proc, /dev, /tmp, /etc) with /dev/pts and /proc mounted
+//! ([`Skeleton::build`], which needs no spec: init does it while the launcher
+//! makes the spec); then ([`Skeleton::finish`]) /tmp and /dev/shm at the
+//! spec's sizes; attach the parent's prepared trees (the device nodes among
+//! them); write /etc; `pivot_root` into it and detach the host tree; make /
+//! (and /dev with it) read-only.
 
 use std::ffi::{CString, OsStr};
 use std::io::Write;
@@ -43,7 +44,7 @@ pub struct Skeleton {
 }
 
 impl Skeleton {
-    /// The root tmpfs with its directories, /dev (but /dev/shm) and /proc.
+    /// The root tmpfs with its directories, /dev/pts and /proc.
     pub fn build() -> Result<Skeleton, RootfsError> {
         let staging = Path::new(STAGING);
         step("make mounts private", sys::mount::mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None))?;
@@ -83,7 +84,6 @@ impl Skeleton {
         step("detach old root", sys::mount::umount_detach(Path::new(".")))?;
         step("chdir /", chdir(Path::new("/")))?;
         step("read-only /", remount_readonly(Path::new("/"), libc::MS_NOSUID | libc::MS_NODEV))?;
-        step("read-only /dev", remount_readonly(Path::new("/dev"), libc::MS_NOSUID | libc::MS_NOEXEC))?;
         Ok(())
     }
 }
@@ -94,9 +94,11 @@ fn mount_shared_tmpfs(staging: &Path, rel: &str, flags: libc::c_ulong, size: u64
     step(format!("mount /{rel}"), sys::mount::mount(Some("tmpfs"), &staging.join(rel), Some("tmpfs"), flags, Some(&opts)))
 }
 
+/// /dev is a directory of the root tmpfs (read-only with it; the device
+/// nodes are bind mounts of the host's, among the spec's trees): one
+/// filesystem less to make, and to tear down when the sandbox ends.
 fn mount_dev(staging: &Path, root: &OwnedFd) -> Result<(), RootfsError> {
     let dev = staging.join("dev");
-    step("mount /dev", sys::mount::mount(Some("tmpfs"), &dev, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NOEXEC, Some("mode=0755,size=64k")))?;
     for d in ["dev/pts", "dev/shm"] {
         step(format!("mkdir /{d}"), ensure_path(root, Path::new(d), false))?;
     }

@@ -82,6 +82,15 @@ pub fn valid_sandbox_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn a_panic_unwinds_to_the_catch_of_the_init() {
+        // The init's `main` catches a panic rather than unwinding into the
+        // launcher's frames; the unwinder is linked in statically (see
+        // scripts/static-unwind-cc), as in this test binary.
+        let caught = std::panic::catch_unwind(|| -> u8 { panic!("in the init") });
+        assert!(caught.is_err());
+    }
+
+    #[test]
     fn generated_ids_are_valid_and_distinct() {
         let a = super::new_sandbox_id();
         let b = super::new_sandbox_id();
