@@ -101,3 +101,57 @@ fn usage_errors_exit_125() {
     let out = std::process::Command::new(bin()).args(["run", "--worktree", "/", "--", "/bin/true"]).output().unwrap();
     assert_refused(&out, 125, "is a system directory");
 }
+
+#[test]
+fn a_host_without_network_namespaces_is_named_in_the_error() {
+    // The launcher runs in a user namespace of its own (every id mapped to
+    // itself) whose limit of network namespaces is 0: the init's `unshare`
+    // fails, and the launcher says why, from that limit.
+    use std::io::{Read, Write};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let f = Fixture::new();
+    let pipe = || {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two fds.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh fds, ours.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    };
+    let ((ready_r, ready_w), (go_r, go_w)) = (pipe(), pipe());
+    let (ready_w_fd, go_r_fd) = (ready_w.as_raw_fd(), go_r.as_raw_fd());
+    let mut cmd = f.command(&[], &["/bin/true"]);
+    // SAFETY: only async-signal-safe calls, in the child before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let pid = libc::getpid().to_ne_bytes();
+            libc::write(ready_w_fd, pid.as_ptr().cast(), pid.len());
+            let mut b = [0u8; 1];
+            libc::read(go_r_fd, b.as_mut_ptr().cast(), 1);
+            let fd = libc::open(c"/proc/sys/user/max_net_namespaces".as_ptr(), libc::O_WRONLY);
+            if fd < 0 || libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            Ok(())
+        });
+    }
+    // The maps are written from outside while the child waits (spawn returns at its exec).
+    let mapper = std::thread::spawn(move || {
+        let mut pid = [0u8; 4];
+        std::fs::File::from(ready_r).read_exact(&mut pid).unwrap();
+        let pid = i32::from_ne_bytes(pid);
+        for file in ["uid_map", "gid_map"] {
+            std::fs::write(format!("/proc/{pid}/{file}"), "0 0 4294967295\n").unwrap();
+        }
+        std::fs::File::from(go_w).write_all(b"g").unwrap();
+    });
+    let out = cmd.output().unwrap();
+    mapper.join().unwrap();
+    drop((ready_w, go_r));
+    assert_no_sandbox_left();
+    assert_refused(&out, 125, "user.max_net_namespaces = 0");
+}

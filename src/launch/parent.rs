@@ -334,14 +334,13 @@ fn spawn_init(early_init: Option<Sandbox>, map: IdMap, owner: u32) -> Result<Sta
     sandbox.host_uid = map.host_uid;
     sandbox.owner = owner;
     tracing::debug!(pid = sandbox.pid, "init cloned");
+    // An early init that could not make its network namespace is gone: its
+    // report says why, not a failure on its pid.
     let userns_path = format!("/proc/{}/ns/user", sandbox.pid);
-    let userns = std::fs::File::open(&userns_path).map_err(|e| RunError::Setup(format!("open {userns_path}: {e}")))?;
-    // An early init made its network namespace while the request was read
-    // (why it could not is reported before anything else fails on its pid).
-    if early {
-        sandbox.receive_network(&userns)?;
-    }
-    map.write(sandbox.pid)?;
+    let userns = std::fs::File::open(&userns_path)
+        .map_err(|e| RunError::Setup(format!("open {userns_path}: {e}")))
+        .and_then(|userns| map.write(sandbox.pid).map(|()| userns).map_err(RunError::from))
+        .map_err(|e| if early { sandbox.report_of_a_gone_init().unwrap_or(e) } else { e })?;
     crate::phases::mark("id maps written");
     // A send that fails means init is gone (it reported why, or died): the
     // wait loop reads its report either way.
@@ -363,6 +362,9 @@ fn start(
     ),
 ) -> Result<Sandbox, Fallback> {
     let StartedInit { mut sandbox, userns } = init;
+    // First: an init that could not make its network namespace says why
+    // (an early init sent it long ago).
+    sandbox.receive_network(&userns)?;
     let (mounts, owned) = prepare_mounts(req, wt)?;
     crate::phases::mark("host mounts prepared");
     if idmap {
@@ -376,9 +378,6 @@ fn start(
                 return Err(RunError::Sys { what: "idmapping the worktree mount", source: e }.into());
             }
         }
-    }
-    if sandbox.netns.is_none() {
-        sandbox.receive_network(&userns)?;
     }
     drop(userns);
     spec.mounts = mounts.entries.clone();

@@ -196,11 +196,9 @@ impl Sandbox {
     pub(super) fn receive_network(&mut self, userns: &std::fs::File) -> Result<(), RunError> {
         let ns = match self.channel.recv_from_init() {
             Ok((FromInit::Network, Some(fd))) => fd,
-            Ok((FromInit::NetworkRefused { errno }, _)) => {
-                return Err(RunError::Namespaces(crate::confine::ns::diagnose_netns_failure(Errno::from_raw(errno))));
+            Ok((msg, _)) => {
+                return Err(early_failure(msg).unwrap_or_else(|| ChannelError::Unexpected("a message before the network namespace".into()).into()));
             }
-            Ok((FromInit::SetupFailed { message }, _)) => return Err(RunError::Setup(format!("sandbox init: {message}"))),
-            Ok(_) => return Err(ChannelError::Unexpected("a message before the network namespace".into()).into()),
             Err(ChannelError::Closed) => {
                 return Err(RunError::Setup(format!("sandbox init ended before it made its network namespace ({})", self.reap())));
             }
@@ -209,6 +207,12 @@ impl Sandbox {
         let ns = crate::net::broker::Netns::from_fd(ns, userns).map_err(|e| RunError::Setup(format!("the sandbox's network namespace: {e}")))?;
         self.netns = Some(ns);
         Ok(())
+    }
+
+    /// Why an init that failed early is gone, if it said so (its first
+    /// message); None if it did not.
+    pub(super) fn report_of_a_gone_init(&mut self) -> Option<RunError> {
+        self.channel.recv_from_init().ok().and_then(|(msg, _)| early_failure(msg))
     }
 
     /// Wait for an init that is gone or going (it closed the channel): how it ended.
@@ -379,6 +383,15 @@ impl Sandbox {
             };
             RunError::Setup(format!("sandbox {id}: init ended without reporting the payload's status ({how})"))
         })
+    }
+}
+
+/// The error an init reports instead of its network namespace.
+fn early_failure(msg: FromInit) -> Option<RunError> {
+    match msg {
+        FromInit::NetworkRefused { errno } => Some(RunError::Namespaces(crate::confine::ns::diagnose_netns_failure(Errno::from_raw(errno)))),
+        FromInit::SetupFailed { message } => Some(RunError::Setup(format!("sandbox init: {message}"))),
+        _ => None,
     }
 }
 
