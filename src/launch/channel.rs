@@ -214,6 +214,25 @@ impl ParentEnd {
         self.0.send(&ToInit::Listening, attach, MAX_TO_INIT)
     }
 
+    /// A message (or the end) from init is waiting.
+    pub fn readable(&self) -> bool {
+        self.wait_readable(std::time::Duration::ZERO)
+    }
+
+    /// Wait up to `timeout` for a message (or the end) from init.
+    pub fn wait_readable(&self, timeout: std::time::Duration) -> bool {
+        let mut pfd = libc::pollfd { fd: self.0.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        loop {
+            // SAFETY: one valid pollfd.
+            match unsafe { libc::poll(&mut pfd, 1, ms) } {
+                n if n > 0 => return true,
+                n if n < 0 && nix::errno::Errno::last() == nix::errno::Errno::EINTR => continue,
+                _ => return false,
+            }
+        }
+    }
+
     /// A message from init; only `Network` (the namespace) and `Running` (the
     /// seccomp notification listener for socket handoff) carry a descriptor,
     /// one each.

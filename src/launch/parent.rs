@@ -322,7 +322,6 @@ struct StartedInit {
 /// `Ids`. (Its network namespace comes from init, see
 /// [`Sandbox::receive_network`].)
 fn spawn_init(early_init: Option<Sandbox>, map: IdMap, owner: u32) -> Result<StartedInit, RunError> {
-    let early = early_init.is_some();
     let mut sandbox = match early_init {
         Some(s) => s,
         None => {
@@ -340,12 +339,17 @@ fn spawn_init(early_init: Option<Sandbox>, map: IdMap, owner: u32) -> Result<Sta
     let userns = std::fs::File::open(&userns_path)
         .map_err(|e| RunError::Setup(format!("open {userns_path}: {e}")))
         .and_then(|userns| map.write(sandbox.pid).map(|()| userns).map_err(RunError::from))
-        .map_err(|e| if early { sandbox.report_of_a_gone_init().unwrap_or(e) } else { e })?;
+        .map_err(|e| sandbox.report_of_a_gone_init().unwrap_or(e))?;
     crate::phases::mark("id maps written");
     // A send that fails means init is gone (it reported why, or died): the
     // wait loop reads its report either way.
     if let Err(e) = sandbox.channel.send_ids(map.inside_uid, map.inside_gid) {
         tracing::debug!(error = %e, "init gone before its ids");
+    }
+    // Taken now if it came (an early init's usually has; a failure to make it
+    // comes at once), so that nothing else fails first on a gone init.
+    if sandbox.channel.readable() {
+        sandbox.receive_network(&userns)?;
     }
     Ok(StartedInit { sandbox, userns })
 }
@@ -364,7 +368,9 @@ fn start(
     let StartedInit { mut sandbox, userns } = init;
     // First: an init that could not make its network namespace says why
     // (an early init sent it long ago).
-    sandbox.receive_network(&userns)?;
+    if sandbox.netns.is_none() {
+        sandbox.receive_network(&userns)?;
+    }
     let (mounts, owned) = prepare_mounts(req, wt)?;
     crate::phases::mark("host mounts prepared");
     if idmap {

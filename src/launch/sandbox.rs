@@ -194,6 +194,12 @@ impl Sandbox {
     /// itself, see `CLONE_FLAGS`), taken only if it is one owned by init's
     /// user namespace `userns`; or why it could not.
     pub(super) fn receive_network(&mut self, userns: &std::fs::File) -> Result<(), RunError> {
+        // The stop signals may be blocked already: a stuck init does not hold
+        // the launcher forever (making a network namespace takes milliseconds,
+        // seconds on a host tearing hundreds down).
+        if !self.channel.wait_readable(std::time::Duration::from_secs(60)) {
+            return Err(RunError::Setup("the sandbox init made no network namespace in 60 s".into()));
+        }
         let ns = match self.channel.recv_from_init() {
             Ok((FromInit::Network, Some(fd))) => fd,
             Ok((msg, _)) => {

@@ -29,7 +29,7 @@ pub fn explain(p: &Policy, source: &str) -> String {
     let _ =
         writeln!(o, "  {:<18} a linked worktree's REPO/.git read-only; its admin dir, objects/ and refs+logs of agent/ID/ read-write", "REPO/.git");
     let _ = writeln!(o, "  {:<18} tmpfs {}, nosuid, nodev; HOME=/tmp/home", "/tmp", fs.tmp_size);
-    let _ = writeln!(o, "  {:<18} tmpfs, read-only, noexec: {}; private devpts; shm tmpfs {}", "/dev", DEVICES.join(" "), fs.shm_size);
+    let _ = writeln!(o, "  {:<18} read-only (part of /): {}; private devpts; shm tmpfs {}, noexec", "/dev", DEVICES.join(" "), fs.shm_size);
     let _ = writeln!(o, "  {:<18} new proc; /proc/sys, /proc/irq, /proc/bus read-only", "/proc");
     let _ = writeln!(o);
     let _ = writeln!(o, "landlock: {}", p.landlock);

@@ -7,9 +7,10 @@
 //! capabilities, Landlock) confine what the allowed calls can reach.
 //!
 //! One BPF program is built per distinct errno (seccompiler has one match action
-//! per filter), plus an architecture guard: any non-native architecture (i386 via
-//! `int 0x80`) kills the process, and on x86_64 the x32 ABI (syscall numbers with
-//! bit 30 set) is refused with EPERM.
+//! per filter), behind an architecture guard: any non-native architecture (i386
+//! via `int 0x80`) kills the process, and on x86_64 the x32 ABI (syscall numbers
+//! with bit 30 set) is refused with EPERM. The guard falls through into the
+//! first program loaded with logging (see `compile::programs`).
 //!
 //! The two sides are separate modules: `compile` (the parent, before the
 //! clone: rules → BPF, and the handoff's hand-assembled notify program) and
