@@ -21,7 +21,7 @@ pub fn last_cap() -> u32 {
 /// inherits the bounding set init emptied before forking it
 /// ([`drop_bounding_set`]), so its check costs no allocation.
 pub fn drop_all(last_cap: u32) -> Result<(), CapsError> {
-    drop_bounding_set(last_cap)?;
+    drop_remaining_bounding_set(last_cap)?;
     sys::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, "PR_CAP_AMBIENT_CLEAR_ALL")?;
     sys::child::clear_capabilities()?;
     Ok(())
@@ -30,8 +30,21 @@ pub fn drop_all(last_cap: u32) -> Result<(), CapsError> {
 /// Empty the bounding set (what an `execve` could ever grant), leaving the
 /// effective, permitted and ambient sets alone: sandbox init does it early,
 /// while it waits for the launcher, so that the payload it forks later starts
-/// with an empty bounding set. Async-signal-safe.
+/// with an empty bounding set. Each capability is dropped without a read
+/// first: a new user namespace starts with all of them. Async-signal-safe.
 pub fn drop_bounding_set(last_cap: u32) -> Result<(), CapsError> {
+    for cap in 0..=last_cap {
+        match sys::prctl(libc::PR_CAPBSET_DROP, cap.into(), "PR_CAPBSET_DROP") {
+            Err(e) if e.errno == Errno::EINVAL => break,
+            r => r.map(drop)?,
+        }
+    }
+    Ok(())
+}
+
+/// The bounding set's remaining capabilities dropped (the payload's, which
+/// inherits it empty: each is only read). Async-signal-safe.
+fn drop_remaining_bounding_set(last_cap: u32) -> Result<(), CapsError> {
     for cap in 0..=last_cap {
         match sys::prctl(libc::PR_CAPBSET_READ, cap.into(), "PR_CAPBSET_READ") {
             Err(e) if e.errno == Errno::EINVAL => break,
