@@ -333,8 +333,8 @@ fn spawn_init(early_init: Option<Sandbox>, map: IdMap, owner: u32) -> Result<Sta
     sandbox.host_uid = map.host_uid;
     sandbox.owner = owner;
     tracing::debug!(pid = sandbox.pid, "init cloned");
-    // An early init that could not make its network namespace is gone: its
-    // report says why, not a failure on its pid.
+    // An init that could not make its network namespace is gone: its report
+    // says why, not a failure on its pid.
     let userns_path = format!("/proc/{}/ns/user", sandbox.pid);
     let userns = std::fs::File::open(&userns_path)
         .map_err(|e| RunError::Setup(format!("open {userns_path}: {e}")))

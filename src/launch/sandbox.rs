@@ -216,8 +216,11 @@ impl Sandbox {
     }
 
     /// Why an init that failed early is gone, if it said so (its first
-    /// message); None if it did not.
+    /// message); None if it did not (or sent nothing in a few seconds).
     pub(super) fn report_of_a_gone_init(&mut self) -> Option<RunError> {
+        if !self.channel.wait_readable(std::time::Duration::from_secs(5)) {
+            return None;
+        }
         self.channel.recv_from_init().ok().and_then(|(msg, _)| early_failure(msg))
     }
 
