@@ -232,11 +232,7 @@ impl Sandbox {
             return "its exit status is unknown".into();
         }
         self.reaped = true;
-        if libc::WIFSIGNALED(status) {
-            format!("killed by signal {}", libc::WTERMSIG(status))
-        } else {
-            format!("exit status {}", libc::WEXITSTATUS(status))
-        }
+        how_it_ended(status)
     }
 
     /// Poll the channel, the launcher's signals and the health check until init
@@ -385,13 +381,17 @@ impl Sandbox {
             return Ok(PayloadStatus::Signaled(libc::SIGKILL));
         }
         status.ok_or_else(|| {
-            let how = if libc::WIFSIGNALED(init_status) {
-                format!("killed by signal {}", libc::WTERMSIG(init_status))
-            } else {
-                format!("exit status {}", libc::WEXITSTATUS(init_status))
-            };
-            RunError::Setup(format!("sandbox {id}: init ended without reporting the payload's status ({how})"))
+            RunError::Setup(format!("sandbox {id}: init ended without reporting the payload's status ({})", how_it_ended(init_status)))
         })
+    }
+}
+
+/// A `waitpid` status, in words.
+fn how_it_ended(status: libc::c_int) -> String {
+    if libc::WIFSIGNALED(status) {
+        format!("killed by signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("exit status {}", libc::WEXITSTATUS(status))
     }
 }
 

@@ -88,8 +88,7 @@ fn lean_program(map: BTreeMap<i64, Vec<SeccompRule>>, errno: u32, arch: TargetAr
 /// refusal of x32 calls comes where the errno programs, which have rules for
 /// native numbers only, allow.
 fn join_guard(mut programs: Programs) -> Programs {
-    let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
-    let logged = |p: &BpfProgram| !p.iter().any(|i| i.code == 0x06 && i.k == enosys);
+    let logged = |p: &BpfProgram| !super::load::is_compat_fallback(p);
     let guard_ends_allowing = programs.first().and_then(|g| g.last()).is_some_and(|i| i.code == 0x06 && i.k == libc::SECCOMP_RET_ALLOW);
     if programs.len() < 2 || !guard_ends_allowing || !logged(&programs[1]) || programs[0].len() + programs[1].len() > BPF_MAXINSNS {
         return programs;
@@ -138,13 +137,15 @@ fn with_fast_path(program: BpfProgram, conditional: &[u32], denied: &[u32], deny
         out.extend(left);
         search(high, out);
     }
-    let native = if cfg!(target_arch = "aarch64") { AUDIT_ARCH_AARCH64 } else { AUDIT_ARCH_X86_64 };
     let mut calls: Vec<(u32, Target)> =
         conditional.iter().map(|&nr| (nr, Target::Program)).chain(denied.iter().map(|&nr| (nr, Target::Deny))).collect();
     calls.sort_unstable_by_key(|c| c.0);
     calls.dedup_by_key(|c| c.0);
-    let mut prefix =
-        vec![(LD_W_ABS, 4, Target::Next, Target::Next), (JEQ_K, native, Target::Next, Target::Program), (LD_W_ABS, 0, Target::Next, Target::Next)];
+    let mut prefix = vec![
+        (LD_W_ABS, 4, Target::Next, Target::Next),
+        (JEQ_K, AUDIT_ARCH_NATIVE, Target::Next, Target::Program),
+        (LD_W_ABS, 0, Target::Next, Target::Next),
+    ];
     search(&calls, &mut prefix);
     // The search, then the refusal, then the program.
     let len = prefix.len();
@@ -230,6 +231,8 @@ fn native_arch() -> Result<TargetArch, SeccompError> {
 
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const AUDIT_ARCH_AARCH64: u32 = 0xc000_00b7;
+/// `seccomp_data.arch` of this binary's own system calls.
+const AUDIT_ARCH_NATIVE: u32 = if cfg!(target_arch = "aarch64") { AUDIT_ARCH_AARCH64 } else { AUDIT_ARCH_X86_64 };
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
 fn stmt(code: u16, k: u32) -> seccompiler::sock_filter {
@@ -246,13 +249,12 @@ fn arch_guard() -> BpfProgram {
     const JEQ_K: u16 = 0x05 | 0x10; // BPF_JMP | BPF_JEQ | BPF_K
     const JGE_K: u16 = 0x05 | 0x30; // BPF_JMP | BPF_JGE | BPF_K
     const RET_K: u16 = 0x06; // BPF_RET | BPF_K
-    let native = if cfg!(target_arch = "aarch64") { AUDIT_ARCH_AARCH64 } else { AUDIT_ARCH_X86_64 };
     let mut p = vec![
         stmt(LD_W_ABS, 4), // seccomp_data.arch
-        jump(JEQ_K, native, 1, 0),
+        jump(JEQ_K, AUDIT_ARCH_NATIVE, 1, 0),
         stmt(RET_K, libc::SECCOMP_RET_KILL_PROCESS),
     ];
-    if native == AUDIT_ARCH_X86_64 {
+    if AUDIT_ARCH_NATIVE == AUDIT_ARCH_X86_64 {
         p.extend([
             stmt(LD_W_ABS, 0), // seccomp_data.nr
             jump(JGE_K, X32_SYSCALL_BIT, 0, 1),
@@ -285,7 +287,6 @@ pub fn accept_notify_program() -> BpfProgram {
     // Offsets in seccomp_data: nr 0, arch 4, args[i] at 16 + 8i (low word first
     // on the little-endian targets this supports).
     let arg = |i: u32| 16 + 8 * i;
-    let native = if cfg!(target_arch = "aarch64") { AUDIT_ARCH_AARCH64 } else { AUDIT_ARCH_X86_64 };
     let notify = libc::SECCOMP_RET_USER_NOTIF;
     let deny = libc::SECCOMP_RET_ERRNO | libc::EOPNOTSUPP as u32;
     let allow = libc::SECCOMP_RET_ALLOW;
@@ -293,7 +294,7 @@ pub fn accept_notify_program() -> BpfProgram {
     let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
     vec![
         /* 0 */ stmt(LD_W_ABS, 4),
-        /* 1 */ jump(JEQ_K, native, 0, 11), // -> 13 allow
+        /* 1 */ jump(JEQ_K, AUDIT_ARCH_NATIVE, 0, 11), // -> 13 allow
         /* 2 */ stmt(LD_W_ABS, 0),
         /* 3 */ jump(JEQ_K, libc::SYS_accept as u32, 10, 0), // -> 14 notify
         /* 4 */ jump(JEQ_K, libc::SYS_accept4 as u32, 9, 0), // -> 14 notify
@@ -332,12 +333,10 @@ mod tests {
         DenyRule { syscalls: syscalls.iter().map(|s| s.to_string()).collect(), args, errno: "EPERM".into(), reason: "test".into() }
     }
 
-    const NATIVE: u32 = if cfg!(target_arch = "aarch64") { AUDIT_ARCH_AARCH64 } else { AUDIT_ARCH_X86_64 };
-
     /// Run a classic-BPF seccomp program (the instructions the hand-assembled
     /// programs use) on a native call `nr` with `args`.
     fn run(program: &[seccompiler::sock_filter], nr: i64, args: [u64; 6]) -> u32 {
-        run_arch(program, NATIVE, nr, args)
+        run_arch(program, AUDIT_ARCH_NATIVE, nr, args)
     }
 
     fn run_arch(program: &[seccompiler::sock_filter], arch: u32, nr: i64, args: [u64; 6]) -> u32 {
@@ -424,7 +423,11 @@ mod tests {
                 for arg in 0..6 {
                     let mut args = [0u64; 6];
                     args[arg] = v;
-                    assert_eq!(verdict(&lean, NATIVE, nr, args), verdict(&plain, NATIVE, nr, args), "nr {nr} arg {arg} = {v:#x}");
+                    assert_eq!(
+                        verdict(&lean, AUDIT_ARCH_NATIVE, nr, args),
+                        verdict(&plain, AUDIT_ARCH_NATIVE, nr, args),
+                        "nr {nr} arg {arg} = {v:#x}"
+                    );
                     checked += 1;
                 }
             }

@@ -34,8 +34,7 @@ pub fn filter_with_listener(program: &[seccompiler::sock_filter]) -> Result<RawF
 /// fallbacks (clone3, which libc retries as clone), not refusals to report.
 pub fn filter(program: &[seccompiler::sock_filter]) -> Result<(), crate::sys::SysError> {
     let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut libc::sock_filter };
-    let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
-    let flags = if program.iter().any(|i| i.code == 0x06 && i.k == enosys) { 0 } else { libc::SECCOMP_FILTER_FLAG_LOG as u32 };
+    let flags = if is_compat_fallback(program) { 0 } else { libc::SECCOMP_FILTER_FLAG_LOG as u32 };
     // SAFETY: prog points at `len` valid instructions with sock_filter's layout
     // (seccompiler's sock_filter is repr(C) with the same fields).
     let ret = unsafe { libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, flags, &prog as *const libc::sock_fprog) };
@@ -43,4 +42,11 @@ pub fn filter(program: &[seccompiler::sock_filter]) -> Result<(), crate::sys::Sy
         return Err(crate::sys::SysError { call: "seccomp(SECCOMP_SET_MODE_FILTER)".into(), errno: crate::sys::Errno::last() });
     }
     Ok(())
+}
+
+/// A program that answers ENOSYS: a compatibility fallback, loaded without
+/// logging (see [`filter`]). Async-signal-safe.
+pub fn is_compat_fallback(program: &[seccompiler::sock_filter]) -> bool {
+    let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+    program.iter().any(|i| i.code == 0x06 && i.k == enosys)
 }
