@@ -85,7 +85,7 @@ mod tests {
     fn a_panic_unwinds_to_the_catch_of_the_init() {
         // The init's `main` catches a panic rather than unwinding into the
         // launcher's frames; the unwinder is linked in statically (see
-        // scripts/static-unwind-cc), as in this test binary.
+        // scripts/link-cc), as in this test binary.
         let caught = std::panic::catch_unwind(|| -> u8 { panic!("in the init") });
         assert!(caught.is_err());
     }

@@ -307,7 +307,10 @@ impl Sandbox {
                             }
                         }
                     }
-                    Ok((FromInit::Exited(s), _)) => status = Some(s),
+                    Ok((FromInit::Exited(s), _)) => {
+                        crate::phases::mark("payload status received");
+                        status = Some(s)
+                    }
                     Ok((FromInit::Network | FromInit::NetworkRefused { .. }, _)) => {
                         failure.get_or_insert(ChannelError::Unexpected("a second network namespace".into()).into());
                         let _ = sys::kill(self.pid, libc::SIGKILL);
@@ -347,6 +350,7 @@ impl Sandbox {
                 if sig == libc::SIGCHLD {
                     // SAFETY: init_status is a valid int.
                     if !self.reaped && unsafe { libc::waitpid(self.pid, &mut init_status, libc::WNOHANG) } == self.pid {
+                        crate::phases::mark("init reaped");
                         self.reaped = true;
                         if let Some(h) = &network.health {
                             h.cancel();
