@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 
 use common::*;
 
@@ -122,4 +122,45 @@ fn the_payload_is_pointed_at_the_proxy_and_egress_flags_are_validated() {
         assert_eq!(out.status.code(), Some(125), "{args:?}");
         assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
     }
+}
+
+/// The launcher is a static PIE: glibc would `dlopen` any NSS source other
+/// than its built-in `files` and `dns` into it, which works only with the
+/// glibc it was built with. With an nsswitch.conf that names another source
+/// for hosts (hesiod, shipped with libc6), an allowed name is still looked up,
+/// and no NSS module is loaded. (The host's file is replaced only in a private
+/// mount namespace of this test's.)
+#[test]
+fn host_name_lookups_load_no_nss_module_into_the_static_launcher() {
+    use std::io::BufRead;
+    let f = Fixture::new();
+    let conf = f.dir.join("nsswitch.conf");
+    std::fs::write(&conf, "passwd: files\ngroup: files\nhosts: hesiod files\n").unwrap();
+    // Nothing listens on port 9: the proxy looks the name up, then its connection is refused.
+    let script = "curl -s -m 5 --noproxy '' -x http://127.0.0.1:3128 -o /dev/null http://localhost:9/; echo looked-up; exec sleep 30";
+    let mut child = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", r#"mount --bind "$0" /etc/nsswitch.conf && exec "$@""#])
+        .arg(&conf)
+        .arg(bin())
+        .args(["--log-format", "json", "--log-level", "info", "run", "--allow-host", "localhost:9", "--allow-address", "127.0.0.1", "--worktree"])
+        .arg(&f.worktree)
+        .args(["--", "/bin/sh", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    // The launcher is `unshare`'s process, exec'd twice.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", child.id())).unwrap_or_default();
+    // SAFETY: SIGTERM to our own child (the launcher forwards it to the payload).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(line.trim(), "looked-up", "{log}");
+    assert!(maps.contains("swarmcell"), "not the launcher's map: {maps}");
+    assert!(log.contains(r#""host":"localhost""#) && log.contains("egress"), "no lookup of localhost logged: {log}");
+    let nss: Vec<&str> = maps.lines().filter(|l| l.contains("libnss_")).collect();
+    assert!(nss.is_empty(), "NSS modules loaded into the launcher: {nss:?}");
+    assert_no_sandbox_left();
 }

@@ -96,6 +96,23 @@ pub fn prctl(option: libc::c_int, arg2: libc::c_ulong, name: &str) -> SysResult<
     check(ret.into(), || format!("prctl({name}, {arg2})")).map(|r| r as libc::c_int)
 }
 
+/// Host names from `/etc/hosts` and DNS only: glibc's built-in NSS sources.
+/// The launcher is a static PIE (scripts/link-cc): any other `hosts:` source
+/// of nsswitch.conf (`resolve`, `myhostname`, `mdns4_minimal`) would be a
+/// shared module `dlopen`ed into it, which works only with the exact glibc it
+/// was built with. Call before any lookup (single-threaded: it sets glibc's
+/// process-wide NSS configuration).
+pub fn host_lookups_from_files_and_dns() {
+    #[cfg(target_env = "gnu")]
+    {
+        unsafe extern "C" {
+            fn __nss_configure_lookup(db: *const libc::c_char, service_line: *const libc::c_char) -> libc::c_int;
+        }
+        // SAFETY: two NUL-terminated static strings; glibc copies what it keeps.
+        unsafe { __nss_configure_lookup(c"hosts".as_ptr(), c"files dns".as_ptr()) };
+    }
+}
+
 pub fn sethostname(name: &str) -> SysResult<()> {
     // SAFETY: pointer and length describe a valid byte slice.
     let ret = unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) };
