@@ -178,7 +178,6 @@ pub fn main() -> ExitCode {
     crate::phases::mark("cli parsed");
     crate::logging::init(matches!(cli.log_format, LogFormat::Json), &cli.log_level);
     crate::phases::mark("logging");
-    crate::sys::host_lookups_from_files_and_dns();
     let log = LogConfig { json: matches!(cli.log_format, LogFormat::Json), level: cli.log_level.clone() };
     let result = match cli.command {
         Command::Probe { name, args } if name == "verify" => return ExitCode::from(crate::attest::verify_probe::main(&args)),

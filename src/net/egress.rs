@@ -102,7 +102,10 @@ impl Rules {
         let host = self.check_name(host, port)?;
         let addrs: Vec<IpAddr> = match self.resolve.get(&host) {
             Some(ip) => vec![*ip],
-            None => (host.as_str(), port).to_socket_addrs().map_err(|e| format!("cannot resolve {host}: {e}"))?.map(|a| a.ip()).collect(),
+            None => {
+                crate::sys::host_lookups_from_files_and_dns();
+                (host.as_str(), port).to_socket_addrs().map_err(|e| format!("cannot resolve {host}: {e}"))?.map(|a| a.ip()).collect()
+            }
         };
         self.choose(&host, port, &addrs)
     }

@@ -100,16 +100,20 @@ pub fn prctl(option: libc::c_int, arg2: libc::c_ulong, name: &str) -> SysResult<
 /// The launcher is a static PIE (scripts/link-cc): any other `hosts:` source
 /// of nsswitch.conf (`resolve`, `myhostname`, `mdns4_minimal`) would be a
 /// shared module `dlopen`ed into it, which works only with the exact glibc it
-/// was built with. Call before any lookup (single-threaded: it sets glibc's
-/// process-wide NSS configuration).
+/// was built with. Called before each lookup; done once (it reads
+/// nsswitch.conf: not on every launch, only on one that looks a name up).
 pub fn host_lookups_from_files_and_dns() {
     #[cfg(target_env = "gnu")]
     {
+        static ONCE: std::sync::Once = std::sync::Once::new();
         unsafe extern "C" {
             fn __nss_configure_lookup(db: *const libc::c_char, service_line: *const libc::c_char) -> libc::c_int;
         }
-        // SAFETY: two NUL-terminated static strings; glibc copies what it keeps.
-        unsafe { __nss_configure_lookup(c"hosts".as_ptr(), c"files dns".as_ptr()) };
+        // SAFETY: two NUL-terminated static strings; glibc copies what it
+        // keeps. Lookups made by other threads meanwhile wait at the Once.
+        ONCE.call_once(|| unsafe {
+            __nss_configure_lookup(c"hosts".as_ptr(), c"files dns".as_ptr());
+        });
     }
 }
 

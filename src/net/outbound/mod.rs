@@ -278,6 +278,7 @@ pub(crate) struct Resolver {
 impl Resolver {
     fn system() -> Resolver {
         fn lookup(host: &str, port: u16) -> std::io::Result<Vec<std::net::IpAddr>> {
+            crate::sys::host_lookups_from_files_and_dns();
             std::net::ToSocketAddrs::to_socket_addrs(&(host, port)).map(|a| a.map(|a| a.ip()).collect())
         }
         Resolver { permits: std::sync::Arc::new(tokio::sync::Semaphore::new(RESOLVERS)), lookup, timeout: RESOLVE_TIMEOUT }
