@@ -72,7 +72,6 @@ fn mounts() -> usize {
 
 pub fn run(soak: usize, scale: usize) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let bindir = exe.parent().ok_or("no binary directory")?.to_path_buf();
     let tmp = crate::bench::TempWorktree::new()?;
     let dir = tmp.0.clone();
     let base = dir.join("base");
@@ -83,7 +82,7 @@ pub fn run(soak: usize, scale: usize) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
     let policy = dir.join("policy.toml");
-    std::fs::write(&policy, format!("[filesystem]\nread_only = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", {:?}]\n", bindir))
+    std::fs::write(&policy, format!("[filesystem]\nread_only = [\"/usr\", \"/bin\", \"/lib\", \"/lib64\", {:?}]\n", exe))
         .map_err(|e| e.to_string())?;
     std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
     let socket = dir.join("ctl.sock");

@@ -49,7 +49,7 @@ fn probe_in_sandbox(exe: &Path, policy: &Path, wt: &Path, probe: &[&str]) -> Com
         .arg("--worktree")
         .arg(wt)
         .arg("--ro")
-        .arg(exe.parent().unwrap_or(Path::new("/")))
+        .arg(exe)
         .arg("--")
         .arg(exe)
         .arg("__probe")

@@ -64,11 +64,12 @@ fn wait_connectable(port: u16, timeout: Duration) -> Result<Duration, String> {
 /// launcher and its host port, waiting for the ready line.
 fn sandboxed(opts: &Options, mode: &str, health: &str, broker: &str) -> Result<(Killed, u16, Duration), String> {
     let exe = exe()?;
-    let bindir = exe.parent().ok_or("binary has no directory")?.to_path_buf();
     let start = Instant::now();
     let mut cmd = Command::new(&exe);
+    // The probe is this binary, bound alone: its directory may be one the
+    // sandbox makes its own (/tmp), which a read-only bind would spoil.
     cmd.args(["run", "--port", "auto", "--broker", broker, "--health", health, "--ready-fd", "3", "--ro"])
-        .arg(&bindir)
+        .arg(&exe)
         .arg("--worktree")
         .arg(&opts.worktree)
         .arg("--")
@@ -408,7 +409,6 @@ fn uid_check_cost(server_port: u16, n: usize) -> Result<(), String> {
 /// against the same client connecting directly on the host.
 pub fn egress(opts: &Options) -> Result<(), String> {
     let exe = exe()?;
-    let bindir = exe.parent().ok_or("binary has no directory")?.to_path_buf();
     let port = free_port()?;
     let _server = Killed(Command::new(&exe).args(["__probe", "bench-server", &port.to_string()]).spawn().map_err(|e| e.to_string())?);
     wait_connectable(port, Duration::from_secs(5))?;
@@ -429,7 +429,7 @@ pub fn egress(opts: &Options) -> Result<(), String> {
             .arg("--worktree")
             .arg(&opts.worktree)
             .arg("--ro")
-            .arg(&bindir)
+            .arg(&exe)
             .args(&extra)
             .arg("--")
             .arg(&exe)
