@@ -34,9 +34,8 @@ pub fn drop_all(last_cap: u32) -> Result<(), CapsError> {
 /// first: a new user namespace starts with all of them. Async-signal-safe.
 pub fn drop_bounding_set(last_cap: u32) -> Result<(), CapsError> {
     for cap in 0..=last_cap {
-        match sys::prctl(libc::PR_CAPBSET_DROP, cap.into(), "PR_CAPBSET_DROP") {
-            Err(e) if e.errno == Errno::EINVAL => break,
-            r => r.map(drop)?,
+        if !drop_from_bounding_set(cap)? {
+            break;
         }
     }
     Ok(())
@@ -51,12 +50,20 @@ fn drop_remaining_bounding_set(last_cap: u32) -> Result<(), CapsError> {
             Ok(0) => continue,
             r => r.map(drop)?,
         }
-        match sys::prctl(libc::PR_CAPBSET_DROP, cap.into(), "PR_CAPBSET_DROP") {
-            Err(e) if e.errno == Errno::EINVAL => break,
-            r => r.map(drop)?,
+        if !drop_from_bounding_set(cap)? {
+            break;
         }
     }
     Ok(())
+}
+
+/// Drop `cap` from the bounding set; false when the kernel does not know it
+/// (past its last capability). Async-signal-safe.
+fn drop_from_bounding_set(cap: u32) -> Result<bool, CapsError> {
+    match sys::prctl(libc::PR_CAPBSET_DROP, cap.into(), "PR_CAPBSET_DROP") {
+        Err(e) if e.errno == Errno::EINVAL => Ok(false),
+        r => Ok(r.map(|_| true)?),
+    }
 }
 
 /// `PR_SET_NO_NEW_PRIVS`: no exec can ever grant privileges again (setuid bits
