@@ -94,17 +94,42 @@ fn every_capability_set_is_empty_and_no_new_privs_is_set() {
 
 #[test]
 fn the_payload_may_run_on_every_cpu_the_launcher_may() {
-    // The launcher starts the init on another CPU than its own; the init must
-    // widen its affinity back before the payload exists.
+    // The launcher starts the init on another CPU than its own (when one is
+    // idle), and the init starts the payload on its own CPU; both must widen
+    // their affinity back before the payload runs.
     let f = Fixture::new();
     let ours = std::fs::read_to_string("/proc/self/status").unwrap();
     let allowed =
         |status: &str| status.lines().find(|l| l.starts_with("Cpus_allowed_list:")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string());
-    for _ in 0..5 {
-        let out = ok(&f.sh(&[], "grep Cpus_allowed_list /proc/self/status; grep Cpus_allowed_list /proc/1/status"));
-        let lines: Vec<String> = out.lines().filter_map(allowed).collect();
-        assert_eq!(lines.len(), 2, "{out}");
-        assert!(lines.iter().all(|l| Some(l) == allowed(&ours).as_ref()), "payload and init {lines:?}, launcher's caller {:?}", allowed(&ours));
+    let check = || {
+        for _ in 0..5 {
+            let out = ok(&f.sh(&[], "grep Cpus_allowed_list /proc/self/status; grep Cpus_allowed_list /proc/1/status"));
+            let lines: Vec<String> = out.lines().filter_map(allowed).collect();
+            assert_eq!(lines.len(), 2, "{out}");
+            assert!(lines.iter().all(|l| Some(l) == allowed(&ours).as_ref()), "payload and init {lines:?}, launcher's caller {:?}", allowed(&ours));
+        }
+    };
+    check();
+    // Again with every CPU busy: the init then stays where the kernel put it
+    // (it shares the launcher's CPU), and still starts the payload pinned to
+    // its own CPU, to be widened before the exec.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let busy: Vec<_> = (0..cpus)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    busy.into_iter().for_each(|t| t.join().unwrap());
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
     }
 }
 

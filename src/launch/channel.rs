@@ -23,11 +23,21 @@ pub const MAX_FROM_INIT: usize = 64 * 1024;
 /// Most fds a message may carry (`Go` carries every prepared mount tree).
 pub const MAX_FDS: usize = 64;
 
+/// How long init polls for the launcher's `Go` and `Listening` before it
+/// sleeps, when the launcher found a CPU idle for it (see `Ids`): the
+/// launcher is working towards the message, and waking a CPU that halted
+/// meanwhile costs 0.1-0.2 ms on a VM. On a busy host init sleeps at once: a
+/// poll would only take time from the tasks that share its CPU (or give its
+/// CPU away to them for a whole time slice, if it yielded).
+const INIT_POLL: std::time::Duration = std::time::Duration::from_micros(500);
+
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToInit {
     /// The uid/gid maps are written and the launcher holds our namespaces:
-    /// take these ids (inside the user namespace) and start the root.
-    Ids { uid: u32, gid: u32 },
+    /// take these ids (inside the user namespace) and start the root. `poll`:
+    /// init runs on a CPU of its own (poll for the next messages, see
+    /// `INIT_POLL`).
+    Ids { uid: u32, gid: u32, poll: bool },
     /// The spec, and the mounts ready (idmapped): build the sandbox. The mount
     /// trees come with it, in `fd_index` order.
     Go { spec: Box<super::spec::InitSpec> },
@@ -101,7 +111,8 @@ struct Socket {
 pub struct ParentEnd(Socket);
 
 /// The sandbox init's end: waits for go, reports to the launcher.
-pub struct InitEnd(Socket);
+/// (With how long it polls for `Go` and `Listening`, as `Ids` said.)
+pub struct InitEnd(Socket, std::cell::Cell<std::time::Duration>);
 
 impl Socket {
     fn send<T: Serialize>(&self, msg: &T, fds: &[RawFd], max: usize) -> Result<(), ChannelError> {
@@ -116,10 +127,11 @@ impl Socket {
         Ok(())
     }
 
-    fn recv<T: for<'de> Deserialize<'de>>(&self, max: usize) -> Result<(T, Vec<OwnedFd>), ChannelError> {
+    /// The next message; polls for up to `poll` before it sleeps.
+    fn recv<T: for<'de> Deserialize<'de>>(&self, max: usize, poll: std::time::Duration) -> Result<(T, Vec<OwnedFd>), ChannelError> {
         // The buffer is the packet's size, not `max`: zeroing a megabyte per
         // message cost init half a millisecond.
-        let size = self.next_size()?;
+        let size = self.next_size(poll)?;
         if size > max {
             return Err(ChannelError::TooLarge(size));
         }
@@ -155,16 +167,24 @@ impl Socket {
 
 impl Socket {
     /// The size of the next packet (0 at EOF), without taking it.
-    fn next_size(&self) -> Result<usize, ChannelError> {
+    /// Polls for up to `poll` (yielding the CPU between tries), then sleeps.
+    fn next_size(&self, poll: std::time::Duration) -> Result<usize, ChannelError> {
+        let poll_until = std::time::Instant::now() + poll;
         let mut reset = false;
         loop {
+            let polling = !poll.is_zero() && std::time::Instant::now() < poll_until;
+            let flags = libc::MSG_PEEK | libc::MSG_TRUNC | if polling { libc::MSG_DONTWAIT } else { 0 };
             // SAFETY: a zero-length peek into no buffer; MSG_TRUNC makes a
             // SOCK_SEQPACKET socket return the packet's real length.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), std::ptr::null_mut(), 0, libc::MSG_PEEK | libc::MSG_TRUNC) };
+            let n = unsafe { libc::recv(self.fd.as_raw_fd(), std::ptr::null_mut(), 0, flags) };
             if n >= 0 {
                 return Ok(n as usize);
             }
             match nix::Error::last() {
+                nix::Error::EAGAIN if polling => {
+                    // SAFETY: sched_yield has no preconditions.
+                    unsafe { libc::sched_yield() };
+                }
                 nix::Error::EINTR => continue,
                 // The peer closed with a message of ours unread (init
                 // failed before it read `Listening`): the kernel reports
@@ -194,9 +214,10 @@ impl ParentEnd {
         self.0.fd.as_raw_fd()
     }
 
-    /// `Ids`: the ids init takes inside its user namespace (its maps are written).
-    pub fn send_ids(&self, uid: u32, gid: u32) -> Result<(), ChannelError> {
-        self.0.send(&ToInit::Ids { uid, gid }, &[], MAX_TO_INIT)
+    /// `Ids`: the ids init takes inside its user namespace (its maps are
+    /// written); `poll`: it runs on a CPU of its own.
+    pub fn send_ids(&self, uid: u32, gid: u32, poll: bool) -> Result<(), ChannelError> {
+        self.0.send(&ToInit::Ids { uid, gid, poll }, &[], MAX_TO_INIT)
     }
 
     /// `Go`, with the spec and the prepared mount trees (its mounts refer to
@@ -237,7 +258,7 @@ impl ParentEnd {
     /// seccomp notification listener for socket handoff) carry a descriptor,
     /// one each.
     pub fn recv_from_init(&self) -> Result<(FromInit, Option<OwnedFd>), ChannelError> {
-        let (msg, mut fds) = self.0.recv::<FromInit>(MAX_FROM_INIT)?;
+        let (msg, mut fds) = self.0.recv::<FromInit>(MAX_FROM_INIT, std::time::Duration::ZERO)?;
         match (&msg, fds.len()) {
             (FromInit::Network, 1) => Ok((msg, fds.pop())),
             (FromInit::Network, _) => Err(ChannelError::Unexpected("a network namespace message without its descriptor".into())),
@@ -250,7 +271,7 @@ impl ParentEnd {
 
 impl InitEnd {
     pub fn new(fd: OwnedFd) -> Self {
-        InitEnd(Socket { fd })
+        InitEnd(Socket { fd }, std::cell::Cell::new(std::time::Duration::ZERO))
     }
 
     pub fn raw_fd(&self) -> RawFd {
@@ -259,15 +280,18 @@ impl InitEnd {
 
     /// Wait for `Ids`; returns (uid, gid).
     pub fn recv_ids(&self) -> Result<(u32, u32), ChannelError> {
-        match self.0.recv::<ToInit>(MAX_TO_INIT)? {
-            (ToInit::Ids { uid, gid }, fds) if fds.is_empty() => Ok((uid, gid)),
+        match self.0.recv::<ToInit>(MAX_TO_INIT, std::time::Duration::ZERO)? {
+            (ToInit::Ids { uid, gid, poll }, fds) if fds.is_empty() => {
+                self.1.set(if poll { INIT_POLL } else { std::time::Duration::ZERO });
+                Ok((uid, gid))
+            }
             (got, _) => Err(got.out_of_order()),
         }
     }
 
     /// Wait for `Go`; returns the spec and the mount trees.
     pub fn recv_go(&self) -> Result<(super::spec::InitSpec, Vec<OwnedFd>), ChannelError> {
-        match self.0.recv::<ToInit>(MAX_TO_INIT)? {
+        match self.0.recv::<ToInit>(MAX_TO_INIT, self.1.get())? {
             (ToInit::Go { spec }, fds) => Ok((*spec, fds)),
             (got, _) => Err(got.out_of_order()),
         }
@@ -275,7 +299,7 @@ impl InitEnd {
 
     /// Wait for `Listening`; returns the cgroup `tasks` files that came with it.
     pub fn recv_listening(&self) -> Result<Vec<OwnedFd>, ChannelError> {
-        match self.0.recv::<ToInit>(MAX_TO_INIT)? {
+        match self.0.recv::<ToInit>(MAX_TO_INIT, self.1.get())? {
             (ToInit::Listening, fds) => Ok(fds),
             (got, _) => Err(got.out_of_order()),
         }
@@ -313,7 +337,7 @@ mod tests {
         let (a, b) = crate::sys::socketpair_seqpacket().unwrap();
         let (parent, child) = (ParentEnd::new(a), InitEnd::new(b));
         let f = std::fs::File::open("/dev/null").unwrap();
-        parent.send_ids(1000, 1001).unwrap();
+        parent.send_ids(1000, 1001, false).unwrap();
         assert_eq!(child.recv_ids().unwrap(), (1000, 1001));
         parent.send_go(super::super::spec::tests::spec(), &[f.as_raw_fd()]).unwrap();
         let (spec, fds) = child.recv_go().unwrap();

@@ -129,6 +129,9 @@ fn serve(channel: OwnedFd, allowed: Option<nix::sched::CpuSet>) -> u8 {
     // is host uid 0, and the launcher opens our /proc/PID/ns/user: with a
     // non-dumpable init that needs CAP_SYS_PTRACE, which the systemd unit
     // does not grant, since our memory belongs to the host's user namespace.)
+    // Named first, so that everything it does is told apart from the launcher.
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"swarmcell-init".as_ptr()) };
     crate::phases::mark("init: started");
     // First, the longest step that needs nothing of the launcher's (see
     // `CLONE_FLAGS`): it runs while the launcher writes our maps.
@@ -141,8 +144,6 @@ fn serve(channel: OwnedFd, allowed: Option<nix::sched::CpuSet>) -> u8 {
     if crate::confine::fds::close_all_except_these(&mut keep).is_err() || sys::set_cloexec(channel.as_raw_fd(), true).is_err() {
         return super::EXIT_LAUNCHER_ERROR;
     }
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
-    unsafe { libc::prctl(libc::PR_SET_NAME, c"swarmcell-init".as_ptr()) };
     let chan = InitEnd::new(channel);
     crate::phases::mark("init: fds closed");
     // The launcher's way into the namespace (it brings `lo` up and makes the
@@ -300,6 +301,11 @@ fn run(chan: &InitEnd, (uid, gid): (u32, u32), last_cap: u32) -> Result<PayloadS
     // until it has exec'd or exited. It makes only the system calls of
     // `payload::exec`, on its own credentials, signal mask and fd table.
     // (A panic in the child would abort it, leaving our panic count raised.)
+    // The payload starts on our CPU: we sleep until its exec anyway, and a new
+    // task placed on another CPU waits for that CPU to wake up (or, on a busy
+    // host, for the task running there). It takes our CPUs back first thing.
+    let pinned = pin_to_this_cpu();
+    prepared.cpus = pinned;
     let mut landlock = landlock;
     let at_execve = std::sync::atomic::AtomicBool::new(false);
     let (err_r_fd, err_w_fd) = (err_r.as_raw_fd(), err_w.as_raw_fd());
@@ -317,6 +323,10 @@ fn run(chan: &InitEnd, (uid, gid): (u32, u32), last_cap: u32) -> Result<PayloadS
     .map_err(|e| Failure::Setup(format!("clone of the payload: {e}")))?
     .as_raw();
     drop(stack);
+    if let Some(cpus) = &pinned {
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), cpus)
+            .map_err(|e| Failure::Setup(format!("restoring init's CPU affinity: {e}")))?;
+    }
     // Still ours if the child died before it took it: its owner closes it.
     drop(landlock);
     // The child took the Landlock ruleset out of our shared memory: our own
@@ -356,6 +366,21 @@ fn run(chan: &InitEnd, (uid, gid): (u32, u32), last_cap: u32) -> Result<PayloadS
     crate::phases::mark("init: payload reaped");
     drain(&mask, std::time::Duration::from_millis(spec.stop_timeout_ms));
     Ok(status)
+}
+
+/// Pin this thread to the CPU it runs on; returns the CPUs it had (None, and
+/// nothing changed, when it could not tell or had one CPU anyway).
+fn pin_to_this_cpu() -> Option<nix::sched::CpuSet> {
+    let before = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()?;
+    // SAFETY: no arguments.
+    let here = usize::try_from(unsafe { libc::sched_getcpu() }).ok()?;
+    let mut only_here = nix::sched::CpuSet::new();
+    only_here.set(here).ok()?;
+    if before == only_here {
+        return None;
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &only_here).ok()?;
+    Some(before)
 }
 
 /// The payload is gone: ask whatever it left behind to stop (SIGTERM), reap it

@@ -343,7 +343,7 @@ fn spawn_init(early_init: Option<Sandbox>, map: IdMap, owner: u32) -> Result<Sta
     crate::phases::mark("id maps written");
     // A send that fails means init is gone (it reported why, or died): the
     // wait loop reads its report either way.
-    if let Err(e) = sandbox.channel.send_ids(map.inside_uid, map.inside_gid) {
+    if let Err(e) = sandbox.channel.send_ids(map.inside_uid, map.inside_gid, sandbox.own_cpu) {
         tracing::debug!(error = %e, "init gone before its ids");
     }
     // Taken now if it came (an early init's usually has; a failure to make it

@@ -28,6 +28,9 @@ pub struct PreparedExec {
     /// Socket handoff: where to send the accept-notification listener (to
     /// init), and its program (built before the fork, like everything here).
     pub notify: Option<(RawFd, seccompiler::BpfProgram)>,
+    /// The CPUs the payload may run on: init starts it pinned to init's own
+    /// CPU (see `init::run`), and it takes these back first thing.
+    pub cpus: Option<nix::sched::CpuSet>,
 }
 
 impl PreparedExec {
@@ -41,7 +44,7 @@ impl PreparedExec {
     ) -> PreparedExec {
         let ptrs = |v: &[CString]| v.iter().map(|a| a.as_ptr()).chain([std::ptr::null()]).collect();
         let (argv_ptrs, envp_ptrs) = (ptrs(&argv), ptrs(&envp));
-        PreparedExec { path, _argv: argv, _envp: envp, argv_ptrs, envp_ptrs, cwd, last_cap, seccomp, notify: None }
+        PreparedExec { path, _argv: argv, _envp: envp, argv_ptrs, envp_ptrs, cwd, last_cap, seccomp, notify: None, cpus: None }
     }
 }
 
@@ -56,11 +59,12 @@ pub enum Stage {
     Execve = 5,
     Landlock = 6,
     Seccomp = 7,
+    Affinity = 8,
 }
 
 impl Stage {
     pub fn from_u8(b: u8) -> Option<Stage> {
-        [Stage::Session, Stage::Privileges, Stage::Descriptors, Stage::Chdir, Stage::Execve, Stage::Landlock, Stage::Seccomp]
+        [Stage::Session, Stage::Privileges, Stage::Descriptors, Stage::Chdir, Stage::Execve, Stage::Landlock, Stage::Seccomp, Stage::Affinity]
             .into_iter()
             .find(|s| *s as u8 == b)
     }
@@ -88,6 +92,11 @@ fn errno_of(e: &sys::SysError) -> i32 {
 /// `at_execve` is set right before `execve`: init, resumed with no error on the
 /// pipe, tells an exec from a death before it.
 pub fn exec(p: &PreparedExec, landlock: Option<::landlock::RulesetCreated>, err_fd: RawFd, at_execve: &std::sync::atomic::AtomicBool) -> ! {
+    if let Some(cpus) = &p.cpus
+        && let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), cpus)
+    {
+        fail(err_fd, Stage::Affinity, e as i32);
+    }
     // A new session without a controlling terminal: TIOCSTI and job-control
     // signals cannot reach the supervisor's terminal.
     if let Err(e) = sys::child::setsid() {
