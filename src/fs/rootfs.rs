@@ -12,7 +12,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -182,30 +182,58 @@ fn write_etc(root: &OwnedFd, spec: &InitSpec) -> Result<(), RootfsError> {
     Ok(())
 }
 
-/// Walk `rel` from `root` one component at a time, never following a symlink,
-/// creating missing directories (and the final file when `is_file`). Returns an
-/// `O_PATH` fd of the final component, usable as a `move_mount` target.
+/// Open `rel` below `root` as an `O_PATH` fd usable as a `move_mount`
+/// target, creating missing directories (and the final file when `is_file`),
+/// never through a symlink, a magic link or `..`. Usually the parent exists
+/// already (the skeleton made the top directories, and the targets are
+/// sorted): one `openat2` resolves it, and only the last component is made;
+/// otherwise the path is walked one component at a time.
 fn ensure_path(root: &OwnedFd, rel: &Path, is_file: bool) -> Result<OwnedFd, SysError> {
-    let comps: Vec<&OsStr> = rel.components().filter_map(|c| if let Component::Normal(n) = c { Some(n) } else { None }).collect();
-    let mut cur = dup(root)?;
-    for (i, name) in comps.iter().enumerate() {
-        let last = i + 1 == comps.len();
-        let cname = cstr(name);
-        let next = match sys::openat_nofollow(cur.as_raw_fd(), &cname, libc::O_PATH, 0) {
-            Ok(fd) => fd,
-            Err(e) if e.errno == Errno::ENOENT => {
-                if last && is_file {
-                    sys::openat_nofollow(cur.as_raw_fd(), &cname, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o644)?;
-                } else {
-                    sys::mkdirat(cur.as_raw_fd(), &cname, 0o755)?;
-                }
-                sys::openat_nofollow(cur.as_raw_fd(), &cname, libc::O_PATH, 0)?
-            }
-            Err(e) => return Err(e),
-        };
-        cur = next;
+    let (parent, name) = split(rel);
+    if name.is_empty() {
+        return dup(root);
     }
-    Ok(cur)
+    if parent.as_os_str().is_empty() {
+        return open_or_make(root.as_fd(), name, is_file);
+    }
+    let how = nix::fcntl::OpenHow::new()
+        .flags(nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC)
+        .resolve(nix::fcntl::ResolveFlag::RESOLVE_BENEATH | nix::fcntl::ResolveFlag::RESOLVE_NO_SYMLINKS | nix::fcntl::ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    match nix::fcntl::openat2(root.as_fd(), parent, how) {
+        Ok(dir) => open_or_make(dir.as_fd(), name, is_file),
+        Err(Errno::ENOENT) => walk_making(root, rel, is_file),
+        Err(errno) => Err(SysError { call: format!("openat2({parent:?}, RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS)"), errno }),
+    }
+}
+
+/// `rel` walked from `root` one component at a time, never following a
+/// symlink, making what is missing (see [`ensure_path`]).
+fn walk_making(root: &OwnedFd, rel: &Path, is_file: bool) -> Result<OwnedFd, SysError> {
+    let comps: Vec<&OsStr> = rel.components().filter_map(|c| if let Component::Normal(n) = c { Some(n) } else { None }).collect();
+    let mut cur: Option<OwnedFd> = None;
+    for (i, name) in comps.iter().enumerate() {
+        let dir = cur.as_ref().map_or(root.as_fd(), |c| c.as_fd());
+        cur = Some(open_or_make(dir, name, is_file && i + 1 == comps.len())?);
+    }
+    cur.map_or_else(|| dup(root), Ok)
+}
+
+/// The component `name` of `dir` (never a symlink), made first if missing:
+/// a directory, or an empty file when `is_file`.
+fn open_or_make(dir: BorrowedFd, name: &OsStr, is_file: bool) -> Result<OwnedFd, SysError> {
+    let cname = cstr(name);
+    let dir = dir.as_raw_fd();
+    match sys::openat_nofollow(dir, &cname, libc::O_PATH, 0) {
+        Err(e) if e.errno == Errno::ENOENT => {
+            if is_file {
+                sys::openat_nofollow(dir, &cname, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o644)?;
+            } else {
+                sys::mkdirat(dir, &cname, 0o755)?;
+            }
+            sys::openat_nofollow(dir, &cname, libc::O_PATH, 0)
+        }
+        r => r,
+    }
 }
 
 fn ensure_existing(root: &OwnedFd, rel: &Path) -> Result<OwnedFd, SysError> {
