@@ -196,9 +196,9 @@ fn ensure_path(root: &OwnedFd, rel: &Path, is_file: bool) -> Result<OwnedFd, Sys
     if parent.as_os_str().is_empty() {
         return open_or_make(root.as_fd(), name, is_file);
     }
-    let how = nix::fcntl::OpenHow::new()
-        .flags(nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC)
-        .resolve(nix::fcntl::ResolveFlag::RESOLVE_BENEATH | nix::fcntl::ResolveFlag::RESOLVE_NO_SYMLINKS | nix::fcntl::ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let how = nix::fcntl::OpenHow::new().flags(nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC).resolve(
+        nix::fcntl::ResolveFlag::RESOLVE_BENEATH | nix::fcntl::ResolveFlag::RESOLVE_NO_SYMLINKS | nix::fcntl::ResolveFlag::RESOLVE_NO_MAGICLINKS,
+    );
     match nix::fcntl::openat2(root.as_fd(), parent, how) {
         Ok(dir) => open_or_make(dir.as_fd(), name, is_file),
         Err(Errno::ENOENT) => walk_making(root, rel, is_file),
