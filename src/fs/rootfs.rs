@@ -189,33 +189,34 @@ fn write_etc(root: &OwnedFd, spec: &InitSpec) -> Result<(), RootfsError> {
 /// sorted): one `openat2` resolves it, and only the last component is made;
 /// otherwise the path is walked one component at a time.
 fn ensure_path(root: &OwnedFd, rel: &Path, is_file: bool) -> Result<OwnedFd, SysError> {
-    let (parent, name) = split(rel);
-    if name.is_empty() {
-        return dup(root);
-    }
-    if parent.as_os_str().is_empty() {
+    let comps = normal_components(rel);
+    let Some((name, parents)) = comps.split_last() else { return dup(root) };
+    if parents.is_empty() {
         return open_or_make(root.as_fd(), name, is_file);
     }
+    let parent: PathBuf = parents.iter().collect();
     let how = nix::fcntl::OpenHow::new().flags(nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC).resolve(
         nix::fcntl::ResolveFlag::RESOLVE_BENEATH | nix::fcntl::ResolveFlag::RESOLVE_NO_SYMLINKS | nix::fcntl::ResolveFlag::RESOLVE_NO_MAGICLINKS,
     );
-    match nix::fcntl::openat2(root.as_fd(), parent, how) {
+    match nix::fcntl::openat2(root.as_fd(), &parent, how) {
         Ok(dir) => open_or_make(dir.as_fd(), name, is_file),
-        Err(Errno::ENOENT) => walk_making(root, rel, is_file),
+        Err(Errno::ENOENT) => {
+            // Walked one component at a time, making what is missing.
+            let mut cur: Option<OwnedFd> = None;
+            for (i, name) in comps.iter().enumerate() {
+                let dir = cur.as_ref().map_or(root.as_fd(), |c| c.as_fd());
+                cur = Some(open_or_make(dir, name, is_file && i + 1 == comps.len())?);
+            }
+            cur.map_or_else(|| dup(root), Ok)
+        }
         Err(errno) => Err(SysError { call: format!("openat2({parent:?}, RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS)"), errno }),
     }
 }
 
-/// `rel` walked from `root` one component at a time, never following a
-/// symlink, making what is missing (see [`ensure_path`]).
-fn walk_making(root: &OwnedFd, rel: &Path, is_file: bool) -> Result<OwnedFd, SysError> {
-    let comps: Vec<&OsStr> = rel.components().filter_map(|c| if let Component::Normal(n) = c { Some(n) } else { None }).collect();
-    let mut cur: Option<OwnedFd> = None;
-    for (i, name) in comps.iter().enumerate() {
-        let dir = cur.as_ref().map_or(root.as_fd(), |c| c.as_fd());
-        cur = Some(open_or_make(dir, name, is_file && i + 1 == comps.len())?);
-    }
-    cur.map_or_else(|| dup(root), Ok)
+/// The names in `rel` (`.`, `..` and the root dropped: the spec's targets
+/// are absolute, normalised paths).
+fn normal_components(rel: &Path) -> Vec<&OsStr> {
+    rel.components().filter_map(|c| if let Component::Normal(n) = c { Some(n) } else { None }).collect()
 }
 
 /// The component `name` of `dir` (never a symlink), made first if missing:
@@ -283,4 +284,46 @@ fn chdir(path: &Path) -> Result<(), SysError> {
 
 fn remount_readonly(path: &Path, keep: libc::c_ulong) -> Result<(), SysError> {
     sys::mount::mount(None, path, None, libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | keep, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> (PathBuf, OwnedFd) {
+        let dir = std::env::temp_dir().join(format!("swarmcell-rootfs-{}-{}", std::process::id(), crate::launch::random_u32()));
+        std::fs::create_dir(&dir).unwrap();
+        let fd = open_dir_path(&dir).unwrap();
+        (dir, fd)
+    }
+
+    #[test]
+    fn mount_points_are_made_below_the_root_whether_their_parent_exists_or_not() {
+        let (dir, fd) = root();
+        std::fs::create_dir(dir.join("etc")).unwrap();
+        ensure_path(&fd, Path::new("etc/ssl"), false).unwrap();
+        ensure_path(&fd, Path::new("opt/a/b"), false).unwrap();
+        ensure_path(&fd, Path::new("etc/ld.so.cache"), true).unwrap();
+        ensure_path(&fd, Path::new("../../escape"), false).unwrap();
+        assert!(dir.join("etc/ssl").is_dir() && dir.join("opt/a/b").is_dir() && dir.join("etc/ld.so.cache").is_file());
+        assert!(dir.join("escape").is_dir(), "`..` is dropped, as the component walk always did");
+        // Existing ones are opened, not made again.
+        ensure_path(&fd, Path::new("etc/ssl"), false).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_on_the_way_to_a_mount_point_is_never_followed() {
+        let (dir, fd) = root();
+        let outside = std::env::temp_dir().join(format!("swarmcell-rootfs-outside-{}-{}", std::process::id(), crate::launch::random_u32()));
+        std::fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("link")).unwrap();
+        // The parent exists (through the link), and the parent is missing beyond it.
+        for rel in ["link/x", "link/missing/x"] {
+            assert!(ensure_path(&fd, Path::new(rel), false).is_err(), "{rel} was made through a symlink");
+        }
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "something was made outside the root");
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&outside).unwrap();
+    }
 }
