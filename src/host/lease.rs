@@ -121,21 +121,6 @@ pub fn sweep(dir: &Path) -> Result<usize, LeaseError> {
     Ok(removed)
 }
 
-/// Whether `dir` has a lock file that nobody holds (left by a holder that was
-/// killed): the cheap test a launch makes before it sweeps. Each file is only
-/// tried with a shared lock, at once released: nothing is taken or removed.
-pub fn any_unheld(dir: &Path) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else { return false };
-    entries.flatten().any(|e| {
-        let path = e.path();
-        path.extension().is_some_and(|x| x == "lock")
-            && OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path).is_ok_and(|file| {
-                // SAFETY: flock on an fd we own (closed right after, which releases it).
-                unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) == 0 }
-            })
-    })
-}
-
 /// Create (or check) a root-only state directory: it holds lock files, so a
 /// directory writable by others would let them steal or block sandboxes.
 pub fn ensure_private_dir(path: &Path) -> Result<(), LeaseError> {
@@ -188,22 +173,6 @@ mod tests {
         });
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!((refused, stolen), (0, 0), "fresh leases refused, held leases taken");
-    }
-
-    #[test]
-    fn only_a_lock_file_nobody_holds_is_reported_unheld() {
-        let dir = std::env::temp_dir().join(format!("swarmcell-lease-{}-{}", std::process::id(), crate::launch::random_u32()));
-        ensure_private_dir(&dir).unwrap();
-        let held = Lease::try_acquire(&dir.join("held.lock")).unwrap().expect("a fresh lease");
-        std::fs::write(dir.join("other.txt"), "").unwrap();
-        assert!(!any_unheld(&dir), "a held lease and a file that is no lock file");
-        let left = dir.join("left.lock");
-        std::fs::write(&left, "").unwrap();
-        assert!(any_unheld(&dir), "a lock file left by a killed holder");
-        assert!(left.exists(), "the test leaves the file where it is");
-        assert!(Lease::try_acquire(&left).unwrap().is_some(), "and its lock free");
-        drop(held);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

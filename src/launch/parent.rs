@@ -179,12 +179,8 @@ pub fn run(req: &RunRequest, early: Option<EarlyInit>) -> Result<u8, RunError> {
     tracing::info!(sandbox = %id, pid = sandbox.pid, host_uid = sandbox.host_uid, cgroup_version = cgroup.version(), "sandbox started");
     crate::phases::mark("sandbox started");
     // While the init builds the root: sweep the cgroups and leases of
-    // sandboxes whose launcher is gone (ours are held, so left alone). A
-    // killed launcher leaves its sandbox's lock file unheld (its cgroup exists
-    // only while that lease is held): the sweep runs when there is one.
-    // (`swarmcell gc` sweeps whatever there is.)
+    // sandboxes whose launcher is gone (ours are held, so left alone).
     if req.gc
-        && crate::host::lease::any_unheld(&leases_dir)
         && let Some(layout) = layout.get()
     {
         match crate::host::cgroups::gc(layout, &req.cgroup_parent, &req.state_dir) {
