@@ -355,6 +355,37 @@ fn sigterm_to_the_launcher_reaches_the_payload() {
 }
 
 #[test]
+fn sigterm_during_the_launch_is_never_lost() {
+    // A stop signal that reaches the launcher while the sandbox is being built
+    // is forwarded to the init, which must keep it until the payload exists.
+    // (It was dropped when it came before the init blocked it: the kernel
+    // discards a signal a PID namespace's init has no handler for, and the
+    // payload then ran until the stop timeout's SIGKILL.) Sent at a range of
+    // moments across the launch.
+    let f = Fixture::new();
+    for step in 0..40u64 {
+        let mut child =
+            f.command(&["--stop-timeout", "3s"], &["/bin/sh", "-c", "trap 'exit 42' TERM; while :; do sleep 0.05; done"]).spawn().unwrap();
+        let start = std::time::Instant::now();
+        std::thread::sleep(std::time::Duration::from_micros(300 + step * 100));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap();
+        let took = start.elapsed();
+        // 42: the payload's trap; 143: the payload (or the launcher, before it
+        // took over its signals) ended by SIGTERM itself. Never the stop
+        // timeout's SIGKILL (137).
+        assert!(
+            matches!(status.code(), Some(42 | 143)) || std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGTERM),
+            "SIGTERM {} us into the launch: {status:?} after {took:?}",
+            300 + step * 100
+        );
+        assert!(took < std::time::Duration::from_secs(2), "SIGTERM {} us into the launch: ended only after {took:?}", 300 + step * 100);
+    }
+    assert_no_sandbox_left();
+}
+
+#[test]
 fn ready_fd_gets_one_json_line_and_is_not_passed_in() {
     let f = Fixture::new();
     let (mut r, w) = std::io::pipe().unwrap();

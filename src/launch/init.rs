@@ -139,9 +139,15 @@ fn serve(channel: OwnedFd, allowed: Option<nix::sched::CpuSet>) -> u8 {
     let network = if unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0 { Ok(()) } else { Err(nix::errno::Errno::last()) };
     crate::phases::mark("init: network namespace");
     sys::reset_signal_dispositions();
-    let _ = sys::child::set_sigmask(libc::SIG_SETMASK, &sys::child::sigset(&[]));
+    // Blocked from the start, the signals the launcher forwards stay pending
+    // until we wait for them (with the payload running): a PID namespace's init
+    // that neither blocks nor handles a signal has it discarded, and a stop
+    // sent while the sandbox is being built was lost.
     let mut keep: Vec<RawFd> = vec![channel.as_raw_fd()];
-    if crate::confine::fds::close_all_except_these(&mut keep).is_err() || sys::set_cloexec(channel.as_raw_fd(), true).is_err() {
+    if sys::child::set_sigmask(libc::SIG_SETMASK, &sys::child::sigset(&watched_signals())).is_err()
+        || crate::confine::fds::close_all_except_these(&mut keep).is_err()
+        || sys::set_cloexec(channel.as_raw_fd(), true).is_err()
+    {
         return super::EXIT_LAUNCHER_ERROR;
     }
     let chan = InitEnd::new(channel);
@@ -202,6 +208,12 @@ fn serve(channel: OwnedFd, allowed: Option<nix::sched::CpuSet>) -> u8 {
     };
     let _ = chan.send_to_parent(&msg);
     code
+}
+
+/// The signals init waits for (and keeps blocked): those it forwards to the
+/// payload, and SIGCHLD.
+fn watched_signals() -> Vec<libc::c_int> {
+    FORWARDED.iter().copied().chain([libc::SIGCHLD]).collect()
 }
 
 /// v1: write "0" to each hierarchy's `tasks` file (opened by the launcher): a
@@ -270,9 +282,7 @@ fn run(chan: &InitEnd, (uid, gid): (u32, u32), last_cap: u32) -> Result<PayloadS
     let landlock = crate::confine::landlock::apply::prepare(&spec.landlock)?;
     crate::phases::mark("init: landlock prepared");
     tracing::debug!(abi = crate::confine::landlock::kernel_abi(), mode = ?spec.landlock.mode, seccomp_programs = prepared.seccomp.len(), "init: filters prepared");
-    let watched: Vec<libc::c_int> = FORWARDED.iter().copied().chain([libc::SIGCHLD]).collect();
-    let mask = sys::child::sigset(&watched);
-    sys::child::set_sigmask(libc::SIG_BLOCK, &mask)?;
+    let mask = sys::child::sigset(&watched_signals());
     let (err_r, err_w) = sys::pipe_cloexec()?;
     // The launcher made the outbound listeners meanwhile; the payload may
     // connect to them from its first instruction on.
