@@ -28,11 +28,16 @@ pub fn prepare(spec: &LandlockSpec) -> Result<Option<RulesetCreated>, LandlockEr
     let file_rw = AccessFs::from_file(abi) & !AccessFs::Execute;
     for (paths, access) in [(&spec.read_exec, read), (&spec.read_write, AccessFs::from_all(abi)), (&spec.device_files, file_rw)] {
         for path in paths {
-            // A path the sandbox does not have gets no rule (opened at once:
-            // a separate existence check was one more call per rule).
+            // A path the sandbox does not have (missing, or a file in the way)
+            // gets no rule (opened at once: a separate existence check was one
+            // more call per rule).
             let fd = match PathFd::new(path) {
                 Ok(fd) => fd,
-                Err(PathFdError::OpenCall { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(PathFdError::OpenCall { source, .. })
+                    if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) =>
+                {
+                    continue;
+                }
                 Err(e) => return Err(LandlockError::Ruleset(format!("{}: {e}", path.display()))),
             };
             created = created.add_rule(PathBeneath::new(fd, access)).map_err(|e| LandlockError::Ruleset(format!("{}: {e}", path.display())))?;
