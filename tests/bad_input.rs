@@ -155,3 +155,34 @@ fn a_host_without_network_namespaces_is_named_in_the_error() {
     assert_no_sandbox_left();
     assert_refused(&out, 125, "user.max_net_namespaces = 0");
 }
+
+#[test]
+fn a_descriptor_flag_naming_a_closed_descriptor_is_refused() {
+    // The launcher opens descriptors of its own before it reads its command
+    // line (the early init's channel, its signal descriptor): a closed number
+    // given to --ready-fd, --secret-fd or --stats-fd must be refused, never
+    // taken to be one of those (the launcher then lost its signals: a SIGTERM
+    // no longer stopped it).
+    let f = Fixture::new();
+    for flag in ["--ready-fd", "--secret-fd", "--stats-fd"] {
+        for fd in ["3", "4", "5", "6"] {
+            // Every descriptor above 2 is closed at the exec (Rust opens its own
+            // close-on-exec).
+            let mut child =
+                f.command(&[flag, fd], &["/bin/true"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+            // (Taking its own descriptor, the launcher hung: bounded here.)
+            let start = std::time::Instant::now();
+            while child.try_wait().unwrap().is_none() {
+                if start.elapsed() > std::time::Duration::from_secs(10) {
+                    child.kill().unwrap();
+                    child.wait().unwrap();
+                    panic!("swarmcell run {flag} {fd} (closed) still ran after 10 s");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let out = child.wait_with_output().unwrap();
+            assert_no_sandbox_left();
+            assert_refused(&out, 125, &format!("{flag} {fd}"));
+        }
+    }
+}

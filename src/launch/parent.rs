@@ -61,7 +61,22 @@ pub fn run(req: &RunRequest, early: Option<EarlyInit>) -> Result<u8, RunError> {
     if unsafe { libc::geteuid() } != 0 {
         return invalid("swarmcell run must run as root: it maps every sandbox to its own unprivileged host uid");
     }
+    // The early init's descriptors were opened before the command line was
+    // read: a descriptor flag naming a number that was closed at our start
+    // may name one of them now, and must be refused, not taken.
+    let ours = early.as_ref().map(EarlyInit::raw_fds).unwrap_or_default();
+    for (flag, fd) in [("--ready-fd", req.ready_fd), ("--secret-fd", req.secret_fd), ("--stats-fd", req.stats_fd)] {
+        if let Some(fd) = fd.filter(|fd| ours.contains(fd)) {
+            return invalid(format!("{flag} {fd} is not an open file descriptor above 2"));
+        }
+    }
     let ready = take_ready_fd(req.ready_fd)?;
+    // Read before this launch opens any descriptor of its own (see above).
+    let secret = match (&req.policy.process.server_password_env, req.secret_fd) {
+        (Some(_), Some(fd)) => Some(read_secret(fd)?),
+        (Some(_), None) => Some(new_secret()?),
+        (None, _) => None,
+    };
     let broker_stats = match req.stats_fd {
         Some(fd) => crate::net::broker_stats::SharedCounters::adopt(fd),
         None => crate::net::broker_stats::SharedCounters::private(),
@@ -70,6 +85,16 @@ pub fn run(req: &RunRequest, early: Option<EarlyInit>) -> Result<u8, RunError> {
     let wt = resolve_worktree(&req.worktree, &req.repos)?;
     let (uid, gid) = inside_ids(req, &wt)?;
     crate::phases::mark("worktree resolved");
+    // Blocked before the clone: an init that dies at once is still reaped.
+    let (signals, early) = match early {
+        Some(EarlyInit { signals, sandbox }) => (signals, Some(sandbox)),
+        None => (SignalGuard::block_child_exit()?, None),
+    };
+    // From the first lease on, the launch waits on nobody (the secret is read):
+    // a stop signal is held for the sandbox, which gets it once it runs, and
+    // the launcher ends as it always does, leaving nothing. (Taken by its
+    // default action here, a SIGTERM left the leases' lock files behind.)
+    signals.block_all()?;
     let leases_dir = req.state_dir.join("sandboxes");
     crate::host::lease::ensure_private_dir(&req.state_dir)?;
     crate::host::lease::ensure_private_dir(&leases_dir)?;
@@ -78,21 +103,11 @@ pub fn run(req: &RunRequest, early: Option<EarlyInit>) -> Result<u8, RunError> {
     // the worktree owner's own ids.
     let leased = IdMap { inside_uid: uid, host_uid: lease.uid, inside_gid: gid, host_gid: lease.uid };
     let direct = IdMap { inside_uid: uid, host_uid: uid, inside_gid: gid, host_gid: gid };
-    // Blocked before the clone: an init that dies at once is still reaped.
-    let (signals, early) = match early {
-        Some(EarlyInit { signals, sandbox }) => (signals, Some(sandbox)),
-        None => (SignalGuard::block_child_exit()?, None),
-    };
     // The init gets its ids now: it builds its root while we make its spec.
     let init = spawn_init(early, if req.idmap { leased } else { direct }, wt.uid)?;
     crate::phases::mark("init started");
     let id = super::new_sandbox_id();
     super::events::set_sandbox(&id);
-    let secret = match (&req.policy.process.server_password_env, req.secret_fd) {
-        (Some(_), Some(fd)) => Some(read_secret(fd)?),
-        (Some(_), None) => Some(new_secret()?),
-        (None, _) => None,
-    };
     let host_port = match req.port {
         PortChoice::None => None,
         PortChoice::Auto => Some(crate::host::ports::allocate(&req.state_dir, req.port_range)?),
@@ -144,8 +159,6 @@ pub fn run(req: &RunRequest, early: Option<EarlyInit>) -> Result<u8, RunError> {
         };
         crate::host::cgroups::create(layout, &req.cgroup_parent, &id, &req.policy.cgroup_limits())
     };
-    // From here on the launch waits on nobody: stop signals go to the sandbox.
-    signals.block_all()?;
     let spec = InitSpec {
         id: id.clone(),
         uid,

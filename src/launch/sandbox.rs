@@ -3,7 +3,7 @@
 //! publisher while it runs, the ready line, and the kill of an init that a
 //! launcher error leaves (dropping a [`Sandbox`] never leaves one behind).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use super::channel::{ChannelError, FromInit, ParentEnd};
@@ -34,8 +34,9 @@ const LAUNCHER_SIGNALS: [libc::c_int; 5] = [libc::SIGCHLD, libc::SIGINT, libc::S
 impl SignalGuard {
     /// Block SIGCHLD (read from the signalfd): before the clone, so that an
     /// init that dies at once is still reaped. The stop signals come with
-    /// [`Self::block_all`], once the launch no longer waits on its caller (a
-    /// secret fd, the disk limits): until then they stop the launcher.
+    /// [`Self::block_all`], once the launch no longer waits on its caller (its
+    /// secret fd) and before it takes its first lease: until then they stop
+    /// the launcher, which has nothing to leave behind.
     pub(super) fn block_child_exit() -> Result<SignalGuard, RunError> {
         // An ignored SIGCHLD survives the exec that started us: the kernel
         // would then reap the init itself, and we would wait for it forever
@@ -112,6 +113,11 @@ pub struct EarlyInit {
 }
 
 impl EarlyInit {
+    /// The launcher's descriptors it holds (its channel, the signal descriptor).
+    pub(super) fn raw_fds(&self) -> Vec<RawFd> {
+        vec![self.signals.fd.as_raw_fd(), self.sandbox.channel.raw_fd()]
+    }
+
     /// For `swarmcell run` as root; `None` (the launch clones later, and
     /// reports any error then) otherwise or when the clone fails.
     pub fn start() -> Option<EarlyInit> {
