@@ -160,11 +160,11 @@ fn a_host_without_network_namespaces_is_named_in_the_error() {
 fn a_descriptor_flag_naming_a_closed_descriptor_is_refused() {
     // The launcher opens descriptors of its own before it reads its command
     // line (the early init's channel, its signal descriptor): a closed number
-    // given to --ready-fd, --secret-fd or --stats-fd must be refused, never
+    // given to --ready-fd, --secret-fd, --stats-fd or --events-fd must be refused, never
     // taken to be one of those (the launcher then lost its signals: a SIGTERM
     // no longer stopped it).
     let f = Fixture::new();
-    for flag in ["--ready-fd", "--secret-fd", "--stats-fd"] {
+    for flag in ["--ready-fd", "--secret-fd", "--stats-fd", "--events-fd"] {
         for fd in ["3", "4", "5", "6"] {
             // Every descriptor above 2 is closed at the exec (Rust opens its own
             // close-on-exec).

@@ -136,6 +136,13 @@ pub(super) struct RunArgs {
 
 pub(super) fn run(args: RunArgs, log: LogConfig, early: Option<launch::sandbox::EarlyInit>) -> CliResult {
     use crate::launch::events;
+    // (As `parent::run` checks the other descriptor flags: the early init's
+    // descriptors were opened before the command line was read.)
+    if let (Some(fd), Some(early)) = (args.events_fd, &early)
+        && early.raw_fds().contains(&fd)
+    {
+        return Err((format!("--events-fd {fd} is not an open file descriptor above 2"), launch::EXIT_LAUNCHER_ERROR));
+    }
     events::init(args.events_fd).map_err(|e| (e, launch::EXIT_LAUNCHER_ERROR))?;
     // A supervisor learns why from the events channel, never from our stderr
     // (which the payload shares).

@@ -85,16 +85,6 @@ pub fn run(req: &RunRequest, early: Option<EarlyInit>) -> Result<u8, RunError> {
     let wt = resolve_worktree(&req.worktree, &req.repos)?;
     let (uid, gid) = inside_ids(req, &wt)?;
     crate::phases::mark("worktree resolved");
-    // Blocked before the clone: an init that dies at once is still reaped.
-    let (signals, early) = match early {
-        Some(EarlyInit { signals, sandbox }) => (signals, Some(sandbox)),
-        None => (SignalGuard::block_child_exit()?, None),
-    };
-    // From the first lease on, the launch waits on nobody (the secret is read):
-    // a stop signal is held for the sandbox, which gets it once it runs, and
-    // the launcher ends as it always does, leaving nothing. (Taken by its
-    // default action here, a SIGTERM left the leases' lock files behind.)
-    signals.block_all()?;
     let leases_dir = req.state_dir.join("sandboxes");
     crate::host::lease::ensure_private_dir(&req.state_dir)?;
     crate::host::lease::ensure_private_dir(&leases_dir)?;
@@ -103,6 +93,11 @@ pub fn run(req: &RunRequest, early: Option<EarlyInit>) -> Result<u8, RunError> {
     // the worktree owner's own ids.
     let leased = IdMap { inside_uid: uid, host_uid: lease.uid, inside_gid: gid, host_gid: lease.uid };
     let direct = IdMap { inside_uid: uid, host_uid: uid, inside_gid: gid, host_gid: gid };
+    // Blocked before the clone: an init that dies at once is still reaped.
+    let (signals, early) = match early {
+        Some(EarlyInit { signals, sandbox }) => (signals, Some(sandbox)),
+        None => (SignalGuard::block_child_exit()?, None),
+    };
     // The init gets its ids now: it builds its root while we make its spec.
     let init = spawn_init(early, if req.idmap { leased } else { direct }, wt.uid)?;
     crate::phases::mark("init started");
@@ -147,6 +142,8 @@ pub fn run(req: &RunRequest, early: Option<EarlyInit>) -> Result<u8, RunError> {
     let sandbox_lease = crate::host::lease::acquire_fresh(&leases_dir.join(format!("{id}.lock")))?
         .ok_or_else(|| RunError::Setup(format!("sandbox id {id} is already in use")))?;
     crate::phases::mark("sandbox lease");
+    // From here on the launch waits on nobody: stop signals go to the sandbox.
+    signals.block_all()?;
     let mut cgroup = None;
     let make_cgroup = || {
         let layout = match layout.get() {

@@ -34,9 +34,8 @@ const LAUNCHER_SIGNALS: [libc::c_int; 5] = [libc::SIGCHLD, libc::SIGINT, libc::S
 impl SignalGuard {
     /// Block SIGCHLD (read from the signalfd): before the clone, so that an
     /// init that dies at once is still reaped. The stop signals come with
-    /// [`Self::block_all`], once the launch no longer waits on its caller (its
-    /// secret fd) and before it takes its first lease: until then they stop
-    /// the launcher, which has nothing to leave behind.
+    /// [`Self::block_all`], once the launch no longer waits on its caller (a
+    /// secret fd, the disk limits): until then they stop the launcher.
     pub(super) fn block_child_exit() -> Result<SignalGuard, RunError> {
         // An ignored SIGCHLD survives the exec that started us: the kernel
         // would then reap the init itself, and we would wait for it forever
@@ -114,7 +113,7 @@ pub struct EarlyInit {
 
 impl EarlyInit {
     /// The launcher's descriptors it holds (its channel, the signal descriptor).
-    pub(super) fn raw_fds(&self) -> Vec<RawFd> {
+    pub fn raw_fds(&self) -> Vec<RawFd> {
         vec![self.signals.fd.as_raw_fd(), self.sandbox.channel.raw_fd()]
     }
 
