@@ -136,12 +136,15 @@ pub(super) struct RunArgs {
 
 pub(super) fn run(args: RunArgs, log: LogConfig, early: Option<launch::sandbox::EarlyInit>) -> CliResult {
     use crate::launch::events;
-    // (As `parent::run` checks the other descriptor flags: the early init's
-    // descriptors were opened before the command line was read.)
-    if let (Some(fd), Some(early)) = (args.events_fd, &early)
-        && early.raw_fds().contains(&fd)
+    // The early init's descriptors were opened before the command line was
+    // read: a descriptor flag naming a number that was closed at our start
+    // may name one of them now, and must be refused, not taken.
+    let ours = early.as_ref().map(launch::sandbox::EarlyInit::raw_fds).unwrap_or_default();
+    for (flag, fd) in [("--ready-fd", args.ready_fd), ("--secret-fd", args.secret_fd), ("--stats-fd", args.stats_fd), ("--events-fd", args.events_fd)]
     {
-        return Err((format!("--events-fd {fd} is not an open file descriptor above 2"), launch::EXIT_LAUNCHER_ERROR));
+        if let Some(fd) = fd.filter(|fd| ours.contains(fd)) {
+            return Err((format!("{flag} {fd} is not an open file descriptor above 2"), launch::EXIT_LAUNCHER_ERROR));
+        }
     }
     events::init(args.events_fd).map_err(|e| (e, launch::EXIT_LAUNCHER_ERROR))?;
     // A supervisor learns why from the events channel, never from our stderr

@@ -61,17 +61,11 @@ pub fn run(req: &RunRequest, early: Option<EarlyInit>) -> Result<u8, RunError> {
     if unsafe { libc::geteuid() } != 0 {
         return invalid("swarmcell run must run as root: it maps every sandbox to its own unprivileged host uid");
     }
-    // The early init's descriptors were opened before the command line was
-    // read: a descriptor flag naming a number that was closed at our start
-    // may name one of them now, and must be refused, not taken.
-    let ours = early.as_ref().map(EarlyInit::raw_fds).unwrap_or_default();
-    for (flag, fd) in [("--ready-fd", req.ready_fd), ("--secret-fd", req.secret_fd), ("--stats-fd", req.stats_fd)] {
-        if let Some(fd) = fd.filter(|fd| ours.contains(fd)) {
-            return invalid(format!("{flag} {fd} is not an open file descriptor above 2"));
-        }
-    }
+    // (`cli::run` refused a descriptor flag naming one of the early init's
+    // descriptors.)
     let ready = take_ready_fd(req.ready_fd)?;
-    // Read before this launch opens any descriptor of its own (see above).
+    // Read before this launch opens any descriptor of its own, which a closed
+    // number given to --secret-fd could otherwise name.
     let secret = match (&req.policy.process.server_password_env, req.secret_fd) {
         (Some(_), Some(fd)) => Some(read_secret(fd)?),
         (Some(_), None) => Some(new_secret()?),
