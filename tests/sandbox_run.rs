@@ -314,6 +314,21 @@ fn files_created_in_the_worktree_belong_to_the_worktree_owner() {
     }
 }
 
+/// Without /etc/localtime the local time is UTC whatever the host's zone, and
+/// ICU (Bun's, so OpenCode's) compares every file of /usr/share/zoneinfo with
+/// it, several times: 5,400 opens and ~60 ms of each OpenCode start.
+#[test]
+fn the_sandbox_keeps_the_hosts_time_zone() {
+    let f = Fixture::new();
+    let host = std::process::Command::new("cksum").arg("/etc/localtime").output().unwrap();
+    let inside = f.sh(&[], "cksum /etc/localtime");
+    if host.status.success() {
+        assert_eq!(stdout(&inside), stdout(&host), "{}", stderr(&inside));
+    } else {
+        assert!(!inside.status.success(), "the host has no /etc/localtime, the sandbox has: {}", stdout(&inside));
+    }
+}
+
 #[test]
 fn the_working_directory_is_the_worktree_and_tmp_is_private() {
     let f = Fixture::new();

@@ -163,7 +163,8 @@ pub struct Health {
 
 impl Default for Filesystem {
     fn default() -> Self {
-        let ro = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"];
+        // The host's time zone too (a symlink into /usr/share/zoneinfo, recreated).
+        let ro = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32", "/etc/localtime"];
         Filesystem {
             read_only: ro.iter().map(PathBuf::from).collect(),
             read_write: Vec::new(),
