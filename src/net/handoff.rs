@@ -174,10 +174,13 @@ fn accept_loop(listener: &TcpListener, ctx: &AcceptCtx, stop: &AtomicBool) {
     // as in a listener's backlog, until it does (the notify thread wakes us
     // when the payload listens on its inner port) or `HOLD` passes.
     let mut early: Vec<(TcpStream, SocketAddr, std::time::Instant)> = Vec::new();
+    // The notify thread ends with the payload and closes the pipe's other end:
+    // a hung-up pipe polls ready forever, so it is not polled any more.
+    let mut wake_open = true;
     loop {
         let mut pfds = [
             libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: wake.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: if wake_open { wake.as_raw_fd() } else { -1 }, events: libc::POLLIN, revents: 0 },
         ];
         let timeout = if early.is_empty() { -1 } else { RETRY_MS };
         // SAFETY: pfds is a valid array of two pollfds.
@@ -187,6 +190,7 @@ fn accept_loop(listener: &TcpListener, ctx: &AcceptCtx, stop: &AtomicBool) {
         }
         if pfds[1].revents != 0 {
             drain(wake);
+            wake_open = pfds[1].revents & (libc::POLLHUP | libc::POLLERR) == 0;
         }
         if !early.is_empty() {
             let Ok(mut map) = pending.lock() else { return };
@@ -842,6 +846,41 @@ fn pidfd_getfd(pidfd: &OwnedFd, fd: RawFd) -> io::Result<OwnedFd> {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    /// CPU time (ns) of this process's threads named `name`, by thread id.
+    fn threads_named(name: &str) -> HashMap<String, u64> {
+        let mut found = HashMap::new();
+        for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let dir = t.path();
+            if std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.trim_end() == name)
+                && let Ok(s) = std::fs::read_to_string(dir.join("schedstat"))
+            {
+                found.insert(t.file_name().to_string_lossy().into_owned(), s.split(' ').next().unwrap().parse().unwrap());
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn the_accept_thread_sleeps_once_the_payload_is_gone() {
+        // The notify thread ends when every process of the filter is gone
+        // (its fd hangs up): here at once, as a pipe whose writer is closed.
+        let (gone, writer) = crate::sys::pipe_cloexec().unwrap();
+        drop(writer);
+        let before = threads_named("handoff-accept");
+        let netns = crate::net::broker::Netns::of_pid(std::process::id() as libc::pid_t).unwrap();
+        let cfg = Config { inner: 1, ingress: None, max_pending: 4, on_inner_listen: None };
+        let stats = Arc::new(SharedCounters::private().unwrap());
+        let mut h = Handoff::start(gone, TcpListener::bind("127.0.0.1:0").unwrap(), netns, cfg, stats).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let tid = threads_named("handoff-accept").into_keys().find(|t| !before.contains_key(t)).expect("the accept thread runs");
+        let start = threads_named("handoff-accept")[&tid];
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let used = threads_named("handoff-accept")[&tid] - start;
+        h.stop();
+        // Spinning on the hung-up wake pipe took a whole CPU (~300 ms here).
+        assert!(used < 30_000_000, "the accept thread used {} ms of CPU in 300 ms while nothing happened", used / 1_000_000);
+    }
 
     #[test]
     fn a_pinned_socket_talks_to_its_client_and_never_connects_again() {

@@ -210,8 +210,8 @@ pub fn wait_kicked(check: &Check, deadline: Duration, cancel: &Arc<AtomicBool>, 
 }
 
 /// Sleep up to `d`, less when `kick` becomes readable (then drained): true if kicked.
-fn sleep_or_kick(d: Duration, kick: Option<RawFd>) -> bool {
-    let Some(fd) = kick else {
+fn sleep_or_kick(d: Duration, kick: &mut Option<RawFd>) -> bool {
+    let Some(fd) = *kick else {
         std::thread::sleep(d);
         return false;
     };
@@ -220,9 +220,20 @@ fn sleep_or_kick(d: Duration, kick: Option<RawFd>) -> bool {
     // SAFETY: one valid pollfd.
     let kicked = unsafe { libc::poll(&mut pfd, 1, ms) } > 0 && pfd.revents != 0;
     if kicked {
-        drain_kick(fd);
+        kick_taken(kick, pfd.revents);
     }
     kicked
+}
+
+/// Drain the kick pipe; forget it once its writer is gone (a hung-up pipe
+/// polls readable forever and would be taken as a kick each time).
+fn kick_taken(kick: &mut Option<RawFd>, revents: libc::c_short) {
+    if let Some(fd) = *kick {
+        drain_kick(fd);
+        if revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+            *kick = None;
+        }
+    }
 }
 
 fn drain_kick(fd: RawFd) {
@@ -231,7 +242,7 @@ fn drain_kick(fd: RawFd) {
     while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
 }
 
-fn wait_tcp(port: u16, start: Instant, deadline: Duration, cancel: &Arc<AtomicBool>, kick: Option<RawFd>) -> Result<Duration, HealthError> {
+fn wait_tcp(port: u16, start: Instant, deadline: Duration, cancel: &Arc<AtomicBool>, mut kick: Option<RawFd>) -> Result<Duration, HealthError> {
     let mut interval = Duration::from_millis(1);
     loop {
         if cancel.load(Ordering::SeqCst) {
@@ -244,7 +255,7 @@ fn wait_tcp(port: u16, start: Instant, deadline: Duration, cancel: &Arc<AtomicBo
         if start.elapsed() >= deadline {
             return Err(HealthError::Timeout { after: deadline, last: Some(why) });
         }
-        if sleep_or_kick(interval.min(deadline.saturating_sub(start.elapsed())), kick) {
+        if sleep_or_kick(interval.min(deadline.saturating_sub(start.elapsed())), &mut kick) {
             interval = Duration::from_millis(1);
         } else {
             interval = (interval * 2).min(Duration::from_millis(25));
@@ -258,7 +269,7 @@ fn wait_http(
     start: Instant,
     deadline: Duration,
     cancel: &Arc<AtomicBool>,
-    kick: Option<RawFd>,
+    mut kick: Option<RawFd>,
 ) -> Result<Duration, HealthError> {
     let end = start + deadline;
     let mut flight: Vec<Attempt> = Vec::with_capacity(MAX_IN_FLIGHT);
@@ -320,11 +331,9 @@ fn wait_http(
         if r <= 0 {
             continue;
         }
-        if let Some(fd) = kick
-            && pfds[n].revents != 0
-        {
+        if kick.is_some() && pfds[n].revents != 0 {
             // The payload listens now: try at once, with a fresh back-off.
-            drain_kick(fd);
+            kick_taken(&mut kick, pfds[n].revents);
             next_start = Instant::now();
             backoff = Duration::from_millis(1);
         }
@@ -406,6 +415,26 @@ mod tests {
         assert!(matches!(once(server(b"SSH-2.0-x\r\n")), Outcome::Unhealthy(_)));
         let endless: &'static [u8] = Box::leak(vec![b'x'; 4096].into_boxed_slice());
         assert!(matches!(once(server(endless)), Outcome::Unhealthy(w) if w.contains("no status line")));
+    }
+
+    #[test]
+    fn a_kick_pipe_whose_writer_is_gone_does_not_hurry_the_checks() {
+        // A silent server: every check waits for its answer; a new one may
+        // start every OVERLAP_EVERY (25 ms), so 300 ms see about a dozen.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let (kick, writer) = crate::sys::pipe_cloexec().unwrap();
+        crate::sys::set_nonblocking(kick.as_raw_fd()).unwrap();
+        drop(writer);
+        let check = Check::Http { netns: None, port, request: request("/h", port, None) };
+        let cancel = Arc::new(AtomicBool::new(false));
+        let r = wait_kicked(&check, Duration::from_millis(300), &cancel, Some(kick.as_raw_fd()));
+        assert!(matches!(r, Err(HealthError::Timeout { .. })), "{r:?}");
+        silent.set_nonblocking(true).unwrap();
+        let made = std::iter::from_fn(|| silent.accept().ok()).count();
+        // A hung-up pipe polls readable forever: taken as a kick each time, it
+        // started MAX_IN_FLIGHT checks at once.
+        assert!(made <= 16, "{made} checks in 300 ms");
     }
 
     #[test]
