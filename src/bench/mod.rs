@@ -60,9 +60,19 @@ fn wait_connectable(port: u16, timeout: Duration) -> Result<Duration, String> {
     Err(format!("nothing listens on 127.0.0.1:{port}"))
 }
 
-/// `swarmcell run --port auto ... -- swarmcell __probe MODE {port}`; returns the
-/// launcher and its host port, waiting for the ready line.
-fn sandboxed(opts: &Options, mode: &str, health: &str, broker: &str) -> Result<(Killed, u16, Duration), String> {
+/// A sandboxed bench server: its launcher, host port, launch-to-ready time,
+/// and the sandbox init's host pid.
+struct Sandboxed {
+    /// Held: dropping it stops the sandbox.
+    _launcher: Killed,
+    port: u16,
+    took: Duration,
+    init: i32,
+}
+
+/// `swarmcell run --port auto ... -- swarmcell __probe MODE {port}`, waiting
+/// for the ready line.
+fn sandboxed(opts: &Options, mode: &str, health: &str, broker: &str) -> Result<Sandboxed, String> {
     let exe = exe()?;
     let start = Instant::now();
     let mut cmd = Command::new(&exe);
@@ -84,7 +94,64 @@ fn sandboxed(opts: &Options, mode: &str, health: &str, broker: &str) -> Result<(
     let took = start.elapsed();
     let v: serde_json::Value = serde_json::from_str(line.trim()).map_err(|e| format!("no ready line ({e}): {line:?}"))?;
     let port = v["port"].as_u64().ok_or("ready line without a port")? as u16;
-    Ok((child, port, took))
+    let init = v["pid"].as_i64().ok_or("ready line without a pid")? as i32;
+    Ok(Sandboxed { _launcher: child, port, took, init })
+}
+
+/// Where the client runs: every server is pinned to one CPU, and the client to
+/// the same CPU or to another. Left to the kernel, the choice swung from run to
+/// run (a wakeup on the same CPU or across), and with it each path's
+/// throughput and latency by up to 20%; so each placement is measured, and
+/// compared, on its own.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Placement {
+    Together,
+    Apart,
+}
+
+/// The CPUs this process may use.
+fn allowed_cpus() -> Result<Vec<usize>, String> {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).map_err(|e| format!("sched_getaffinity: {e}"))?;
+    Ok((0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect())
+}
+
+fn only(cpu: usize) -> Result<nix::sched::CpuSet, String> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).map_err(|e| format!("CPU {cpu}: {e}"))?;
+    Ok(set)
+}
+
+/// Pin every thread of `pid` to `cpu` (threads made later inherit it).
+fn pin_process(pid: i32, cpu: usize) -> Result<(), String> {
+    let set = only(cpu)?;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| format!("/proc/{pid}/task: {e}"))?;
+    for tid in tasks.flatten().filter_map(|t| t.file_name().to_str().and_then(|n| n.parse::<i32>().ok())) {
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set).map_err(|e| format!("pinning thread {tid} of {pid}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Start `cmd` in a session of its own. With autogroup scheduling (the
+/// default on most distributions) a session is a scheduling group: a server in
+/// the client's session (this bench's) shares the client's group, which no
+/// real server does and a sandboxed one cannot; on one CPU that alone made the
+/// direct path 12-14% faster one way.
+fn own_session(cmd: &mut Command) -> &mut Command {
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The payload of the sandbox whose init is `init` (its only child).
+fn payload_of(init: i32) -> Result<i32, String> {
+    let kids = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children")).map_err(|e| format!("children of {init}: {e}"))?;
+    kids.split_whitespace().next().and_then(|p| p.parse().ok()).ok_or_else(|| format!("sandbox init {init} has no payload"))
 }
 
 /// A connection to the bench server at `target` (HOST:PORT), directly or through
@@ -215,9 +282,18 @@ fn connection_rate(port: u16, n: usize) -> Result<f64, String> {
 /// share of the bytes).
 const ROUNDS: usize = 6;
 
-/// Measure every `(name, port)` path in `ROUNDS` alternating rounds: median
-/// throughput each way, latency percentiles over all rounds' pings.
-fn measure_all(paths: &[(&'static str, u16)], opts: &Options) -> Result<Vec<Row>, String> {
+/// Measure every `(name, port)` path in `ROUNDS` alternating rounds, from
+/// this thread pinned to `client_cpu`: median throughput each way, latency
+/// percentiles over all rounds' pings.
+fn measure_all(paths: &[(&'static str, u16)], opts: &Options, client_cpu: usize) -> Result<Vec<Row>, String> {
+    let before = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).map_err(|e| format!("sched_getaffinity: {e}"))?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &only(client_cpu)?).map_err(|e| format!("pinning the client: {e}"))?;
+    let rows = measure_rounds(paths, opts);
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &before).map_err(|e| format!("unpinning the client: {e}"))?;
+    rows
+}
+
+fn measure_rounds(paths: &[(&'static str, u16)], opts: &Options) -> Result<Vec<Row>, String> {
     let bytes = (opts.bytes / ROUNDS as u64).max(1 << 20);
     let gib = |d: Duration| bytes as f64 / d.as_secs_f64() / f64::from(1u32 << 30);
     let mut ups = vec![Vec::new(); paths.len()];
@@ -265,53 +341,77 @@ pub fn broker(opts: &Options) -> Result<(), String> {
     );
     // Direct: the bench server on the host's loopback.
     let direct_port = free_port()?;
-    let _direct = Killed(Command::new(&exe).args(["__probe", "bench-server", &direct_port.to_string()]).spawn().map_err(|e| e.to_string())?);
+    let direct =
+        Killed(own_session(Command::new(&exe).args(["__probe", "bench-server", &direct_port.to_string()])).spawn().map_err(|e| e.to_string())?);
     wait_connectable(direct_port, Duration::from_secs(5))?;
     // socat forwarding to the same server.
     let socat_port = free_port()?;
-    let socat = Command::new("socat")
-        .args([format!("TCP-LISTEN:{socat_port},bind=127.0.0.1,reuseaddr,fork"), format!("TCP:127.0.0.1:{direct_port}")])
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Killed);
+    let socat = own_session(
+        Command::new("socat")
+            .args([format!("TCP-LISTEN:{socat_port},bind=127.0.0.1,reuseaddr,fork"), format!("TCP:127.0.0.1:{direct_port}")])
+            .stderr(Stdio::null()),
+    )
+    .spawn()
+    .map(Killed);
     // The same server inside a sandbox, behind the broker in each mode.
-    let (_handoff, handoff_port, _) = sandboxed(opts, "bench-server", "none", "handoff")?;
-    let (_relay, relay_port, _) = sandboxed(opts, "bench-server", "none", "relay")?;
+    let handoff = sandboxed(opts, "bench-server", "none", "handoff")?;
+    let relay = sandboxed(opts, "bench-server", "none", "relay")?;
 
-    let mut paths = vec![("direct loopback", direct_port), ("broker (handoff)", handoff_port), ("broker (relay)", relay_port)];
+    // Every server on one CPU (the launchers' relay threads are left where
+    // the kernel puts them: they are the relay's own cost).
+    let cpus = allowed_cpus()?;
+    let server_cpu = *cpus.last().ok_or("no CPU allowed")?;
+    let mut servers = vec![direct.0.id() as i32, payload_of(handoff.init)?, payload_of(relay.init)?];
+    let mut paths = vec![("direct loopback", direct_port), ("broker (handoff)", handoff.port), ("broker (relay)", relay.port)];
     match &socat {
-        Ok(_) => {
+        Ok(s) => {
             wait_connectable(socat_port, Duration::from_secs(5))?;
             paths.push(("socat", socat_port));
+            servers.push(s.0.id() as i32);
         }
         Err(e) => println!("(socat not run: {e}; install it with scripts/setup)"),
     }
-    let rows = measure_all(&paths, opts)?;
-    println!();
-    println!("{:<18} {:>12} {:>12} {:>10} {:>10} {:>10}", "path", "up GiB/s", "down GiB/s", "p50 µs", "p99 µs", "conn/s");
-    for r in &rows {
-        println!(
-            "{:<18} {:>12.2} {:>12.2} {:>10.1} {:>10.1} {:>10.0}",
-            r.name,
-            r.up,
-            r.down,
-            r.p50.as_secs_f64() * 1e6,
-            r.p99.as_secs_f64() * 1e6,
-            r.rate
-        );
+    for pid in servers {
+        pin_process(pid, server_cpu)?;
     }
-    let d = &rows[0];
-    for r in &rows[1..] {
-        println!(
-            "{}: throughput {:.2}x up, {:.2}x down of direct; added latency p50 {:+.1} µs, p99 {:+.1} µs; connections {:.2}x",
-            r.name,
-            r.up / d.up,
-            r.down / d.down,
-            (r.p50.as_secs_f64() - d.p50.as_secs_f64()) * 1e6,
-            (r.p99.as_secs_f64() - d.p99.as_secs_f64()) * 1e6,
-            r.rate / d.rate
-        );
+    let mut placements = vec![(Placement::Together, server_cpu)];
+    if let Some(&other) = cpus.iter().find(|&&c| c != server_cpu) {
+        placements.push((Placement::Apart, other));
     }
+    for (placement, client_cpu) in placements {
+        let rows = measure_all(&paths, opts, client_cpu)?;
+        let place = match placement {
+            Placement::Together => format!("client and servers on CPU {server_cpu}"),
+            Placement::Apart => format!("client on CPU {client_cpu}, servers on CPU {server_cpu}"),
+        };
+        println!();
+        println!("{place}:");
+        println!("{:<18} {:>12} {:>12} {:>10} {:>10} {:>10}", "path", "up GiB/s", "down GiB/s", "p50 µs", "p99 µs", "conn/s");
+        for r in &rows {
+            println!(
+                "{:<18} {:>12.2} {:>12.2} {:>10.1} {:>10.1} {:>10.0}",
+                r.name,
+                r.up,
+                r.down,
+                r.p50.as_secs_f64() * 1e6,
+                r.p99.as_secs_f64() * 1e6,
+                r.rate
+            );
+        }
+        let d = &rows[0];
+        for r in &rows[1..] {
+            println!(
+                "{} ({placement:?}): throughput {:.2}x up, {:.2}x down of direct; added latency p50 {:+.1} µs, p99 {:+.1} µs; connections {:.2}x",
+                r.name,
+                r.up / d.up,
+                r.down / d.down,
+                (r.p50.as_secs_f64() - d.p50.as_secs_f64()) * 1e6,
+                (r.p99.as_secs_f64() - d.p99.as_secs_f64()) * 1e6,
+                r.rate / d.rate
+            );
+        }
+    }
+    drop((handoff, relay));
 
     uid_check_cost(direct_port, opts.connections)?;
 
@@ -339,9 +439,7 @@ pub fn broker(opts: &Options) -> Result<(), String> {
         own.push(start.elapsed());
         drop(server);
         for (mode, v) in [("handoff", &mut handoff), ("relay", &mut relay)] {
-            let (sandbox, _, took) = sandboxed(opts, "serve", "http", mode)?;
-            v.push(took);
-            drop(sandbox);
+            v.push(sandboxed(opts, "serve", "http", mode)?.took);
         }
     }
     let own = median(own);
