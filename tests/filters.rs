@@ -158,6 +158,19 @@ fn landlock_scopes_keep_signals_inside_the_payload() {
     assert_eq!(out.status.code(), Some(143), "{}", stdout(&out));
 }
 
+/// Regular files in the policy's read-only paths (/etc/ld.so.cache,
+/// /etc/localtime) get a file's rights: the directory-only ones (read_dir)
+/// made `landlock = "required"` refuse the shipped policy at every launch.
+#[test]
+fn landlock_required_accepts_the_shipped_policy() {
+    let f = Fixture::new();
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/opencode.toml")).unwrap();
+    assert!(shipped.contains("\nlandlock = \"best-effort\"\n"));
+    let required = policy(&f, "required.toml", &shipped.replace("\nlandlock = \"best-effort\"\n", "\nlandlock = \"required\"\n"));
+    let out = f.sh(&["--policy", &required], "cat /etc/ld.so.cache /etc/localtime > /dev/null && echo read");
+    assert_eq!(stdout(&out).trim(), "read", "{}", stderr(&out));
+}
+
 #[test]
 fn policy_explain_matches_its_snapshot() {
     let out = std::process::Command::new(bin()).args(["policy", "explain"]).output().unwrap();

@@ -40,6 +40,10 @@ pub fn prepare(spec: &LandlockSpec) -> Result<Option<RulesetCreated>, LandlockEr
                 }
                 Err(e) => return Err(LandlockError::Ruleset(format!("{}: {e}", path.display()))),
             };
+            // A file (/etc/ld.so.cache, /etc/localtime) takes only a file's
+            // rights: the directory-only ones make a required ruleset fail.
+            let is_dir = nix::sys::stat::fstat(std::os::fd::AsFd::as_fd(&fd)).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+            let access = if is_dir { access } else { access & AccessFs::from_file(abi) };
             created = created.add_rule(PathBeneath::new(fd, access)).map_err(|e| LandlockError::Ruleset(format!("{}: {e}", path.display())))?;
         }
     }
