@@ -76,6 +76,9 @@ impl PreparedMounts {
                     return Err(BindError::Path { what, path: path.into(), source });
                 }
             };
+            // A link that goes through other links (or `..`) would dangle in
+            // the sandbox, which has only its end bound: it points there.
+            let link = if parent.join(&link) == resolved { link } else { resolved.clone() };
             self.entries.push(MountEntry::Symlink { target, link });
             if !self.covers(&resolved) {
                 self.add_bind(&resolved, access, required, what)?;
@@ -137,4 +140,41 @@ fn detached_tree(path: &Path, recursive: bool, flags: u64) -> Result<OwnedFd, Sy
     let fd = sys::mount::open_tree_clone(path, recursive)?;
     sys::mount::mount_setattr_fd(fd.as_raw_fd(), recursive, flags, None)?;
     Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link_of(m: &PreparedMounts, target: &Path) -> PathBuf {
+        m.entries
+            .iter()
+            .find_map(|e| match e {
+                MountEntry::Symlink { target: t, link } if t == target => Some(link.clone()),
+                _ => None,
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_symlink_through_other_symlinks_is_recreated_pointing_at_its_end() {
+        // NixOS: /etc/localtime -> /etc/zoneinfo/..., /etc/zoneinfo -> /nix/store/...;
+        // the first hop's text would dangle in the sandbox, which has only the end bound.
+        let dir = std::env::temp_dir().join(format!("sc-binds-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("store/zoneinfo")).unwrap();
+        std::fs::write(dir.join("store/zoneinfo/UTC"), "TZif").unwrap();
+        std::os::unix::fs::symlink(dir.join("store/zoneinfo"), dir.join("zoneinfo")).unwrap();
+        std::os::unix::fs::symlink("zoneinfo/UTC", dir.join("localtime")).unwrap();
+        std::os::unix::fs::symlink("store/zoneinfo/UTC", dir.join("direct")).unwrap();
+        let mut m = PreparedMounts::default();
+        let r = m
+            .add_bind(&dir.join("localtime"), Access::ReadOnly, true, "test")
+            .and_then(|_| m.add_bind(&dir.join("direct"), Access::ReadOnly, true, "test"));
+        let end = dir.join("store/zoneinfo/UTC").canonicalize().unwrap();
+        let (multi, single) = (link_of(&m, &dir.join("localtime")), link_of(&m, &dir.join("direct")));
+        std::fs::remove_dir_all(&dir).unwrap();
+        r.unwrap();
+        assert_eq!(multi, end);
+        assert_eq!(single, Path::new("store/zoneinfo/UTC"), "a one-hop link keeps its own text");
+    }
 }
