@@ -1,5 +1,8 @@
 //! The minimal /etc written into each sandbox: only what name lookups and TLS need.
 
+/// The files [`files`] writes: a policy may not bind a host path over them.
+pub const NAMES: [&str; 6] = ["passwd", "group", "hostname", "hosts", "nsswitch.conf", "resolv.conf"];
+
 /// Files written into the sandbox's /etc, as (name, contents).
 pub fn files(hostname: &str, uid: u32, gid: u32, home: &str) -> Vec<(&'static str, String)> {
     vec![
@@ -30,5 +33,6 @@ mod tests {
         let hosts = &files.iter().find(|(n, _)| *n == "hosts").unwrap().1;
         assert!(hosts.contains("localhost sc-abc"));
         assert!(!files.iter().any(|(_, c)| c.contains("root:")), "no root entry");
+        assert_eq!(files.iter().map(|(n, _)| *n).collect::<Vec<_>>(), super::NAMES);
     }
 }

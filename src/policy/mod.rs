@@ -527,6 +527,9 @@ pub fn check_sandbox_path(p: &Path) -> Result<(), String> {
             return Err(format!("{} is under {reserved}, which the sandbox builds itself", p.display()));
         }
     }
+    if p == Path::new("/etc") || crate::fs::etc::NAMES.iter().any(|n| p == Path::new("/etc").join(n)) {
+        return Err(format!("{} is the sandbox's generated /etc or one of its files; bind other paths below /etc", p.display()));
+    }
     Ok(())
 }
 
@@ -612,6 +615,10 @@ mod tests {
             ("[filesystem]\nread_only = [\"usr\"]", "filesystem.read_only[0]"),
             ("[filesystem]\nread_write = [\"/x/../etc\"]", "filesystem.read_write[0]"),
             ("[filesystem]\nread_write = [\"/proc/sys\"]", "filesystem.read_write[0]"),
+            // The generated /etc and its files (an EEXIST at every launch before).
+            ("[filesystem]\nread_only = [\"/usr\", \"/etc/hosts\"]", "filesystem.read_only[1]"),
+            ("[filesystem]\nread_write = [\"/etc\"]", "filesystem.read_write[0]"),
+            ("[filesystem]\nmount_only = [\"/etc/resolv.conf\"]", "filesystem.mount_only[0]"),
             ("[limits]\npids = 0", "limits.pids"),
             ("[limits]\ncpu = 0.0", "limits.cpu"),
             ("[limits]\nmemory = \"1K\"", "limits.memory"),
