@@ -126,7 +126,11 @@ fn pin_process(pid: i32, cpu: usize) -> Result<(), String> {
     let set = only(cpu)?;
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| format!("/proc/{pid}/task: {e}"))?;
     for tid in tasks.flatten().filter_map(|t| t.file_name().to_str().and_then(|n| n.parse::<i32>().ok())) {
-        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set).map_err(|e| format!("pinning thread {tid} of {pid}: {e}"))?;
+        match nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set) {
+            // A connection's thread that ended meanwhile.
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => return Err(format!("pinning thread {tid} of {pid}: {e}")),
+        }
     }
     Ok(())
 }
@@ -136,12 +140,18 @@ fn pin_process(pid: i32, cpu: usize) -> Result<(), String> {
 /// the client's session (this bench's) shares the client's group, which no
 /// real server does and a sandboxed one cannot; on one CPU that alone made the
 /// direct path 12-14% faster one way.
+/// Out of the terminal's process group, it would outlive a Ctrl-C of the
+/// bench: it is ended with the bench instead.
 fn own_session(cmd: &mut Command) -> &mut Command {
-    // SAFETY: setsid is async-signal-safe.
+    // SAFETY: getpid, setsid, prctl and getppid are async-signal-safe.
     unsafe {
-        std::os::unix::process::CommandExt::pre_exec(cmd, || {
-            if libc::setsid() < 0 {
+        let bench = libc::getpid();
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            if libc::setsid() < 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != bench {
+                return Err(std::io::Error::other("the bench ended"));
             }
             Ok(())
         })
@@ -289,8 +299,10 @@ fn measure_all(paths: &[(&'static str, u16)], opts: &Options, client_cpu: usize)
     let before = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).map_err(|e| format!("sched_getaffinity: {e}"))?;
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &only(client_cpu)?).map_err(|e| format!("pinning the client: {e}"))?;
     let rows = measure_rounds(paths, opts);
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &before).map_err(|e| format!("unpinning the client: {e}"))?;
-    rows
+    let restored = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &before);
+    let rows = rows?;
+    restored.map_err(|e| format!("unpinning the client: {e}"))?;
+    Ok(rows)
 }
 
 fn measure_rounds(paths: &[(&'static str, u16)], opts: &Options) -> Result<Vec<Row>, String> {
