@@ -142,10 +142,15 @@ pub fn status() -> std::io::Result<Status> {
 
 /// AUDIT_SET enabled=1.
 pub fn enable() -> std::io::Result<()> {
+    set_enabled(true)
+}
+
+/// AUDIT_SET enabled=1 or 0 (tests put back what they found).
+pub fn set_enabled(on: bool) -> std::io::Result<()> {
     // struct audit_status is 11 u32s on current kernels; older ones read fewer.
     let mut st = [0u32; 11];
     st[0] = AUDIT_STATUS_ENABLED;
-    st[1] = 1;
+    st[1] = u32::from(on);
     let bytes: Vec<u8> = st.iter().flat_map(|w| w.to_ne_bytes()).collect();
     request(AUDIT_SET, &bytes).map(|_| ())
 }

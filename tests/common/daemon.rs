@@ -30,6 +30,44 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub audit: PathBuf,
     pub metrics: u16,
+    /// Dropped after the daemon stopped (fields drop after `Drop::drop`).
+    kernel_audit: Option<KernelAuditRestore>,
+}
+
+/// Kernel audit as the tests found it. A daemon with `kernel_audit =
+/// "enable"` turns it on and, by design, leaves it on; on a test host that
+/// is a change the suite must undo (every process then pays the syscall
+/// audit hooks, and with no auditd each record goes to the kernel log). The
+/// setting read before the first such daemon of this test binary is put back
+/// when the last one stops.
+struct KernelAuditRestore;
+
+static KERNEL_AUDIT_USERS: std::sync::Mutex<(usize, Option<u32>)> = std::sync::Mutex::new((0, None));
+
+impl KernelAuditRestore {
+    fn new() -> KernelAuditRestore {
+        let mut users = KERNEL_AUDIT_USERS.lock().unwrap_or_else(|e| e.into_inner());
+        if users.0 == 0 {
+            users.1 = Some(swarmcell::denials::audit_nl::status().expect("AUDIT_GET").enabled);
+        }
+        users.0 += 1;
+        KernelAuditRestore
+    }
+}
+
+impl Drop for KernelAuditRestore {
+    fn drop(&mut self) {
+        let mut users = KERNEL_AUDIT_USERS.lock().unwrap_or_else(|e| e.into_inner());
+        users.0 -= 1;
+        if users.0 == 0 && users.1 == Some(0) {
+            let put_back = swarmcell::denials::audit_nl::set_enabled(false);
+            let now = swarmcell::denials::audit_nl::status().map(|s| s.enabled);
+            if !std::thread::panicking() {
+                put_back.expect("AUDIT_SET enabled=0");
+                assert_eq!(now.expect("AUDIT_GET"), 0, "kernel audit was off before the test and is still on");
+            }
+        }
+    }
 }
 
 impl Daemon {
@@ -45,7 +83,8 @@ impl Daemon {
         std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o600)).unwrap();
         // Never the default port: another daemon (a test's, the host's) may hold it.
         let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let d = Daemon { child: None, dir: f.dir.clone(), socket: f.dir.join("ctl.sock"), audit: f.dir.join("audit.log"), metrics };
+        let kernel_audit = o.config.contains("kernel_audit = \"enable\"").then(KernelAuditRestore::new);
+        let d = Daemon { child: None, dir: f.dir.clone(), socket: f.dir.join("ctl.sock"), audit: f.dir.join("audit.log"), metrics, kernel_audit };
         let commands: Vec<&str> = [bin()].into_iter().chain(o.commands.iter().copied()).collect();
         let config = format!(
             "socket = {:?}\nworktree_base = {:?}\ncommands = {commands:?}\npolicy = {:?}\naudit_log = {:?}\nmetrics = \"127.0.0.1:{metrics}\"\nstate_dir = {:?}\nlog_dir = {:?}\n{}",
