@@ -19,8 +19,10 @@ pub(super) struct BenchArgs {
     /// OpenCode starts on each side (sandboxed, bare).
     #[arg(long, default_value_t = 5)]
     pub(super) opencode_runs: usize,
-    /// Broker: bytes each way for the throughput runs.
-    #[arg(long, default_value = "384M")]
+    /// Broker: bytes each way for the throughput runs, per CPU placement
+    /// (with 384M a round lasted ~20 ms and one placement's ratio one way
+    /// moved by 15% from run to run; with 1G, by 6%).
+    #[arg(long, default_value = "1G")]
     pub(super) bytes: String,
     /// Broker: pings, connections and launches.
     #[arg(long, default_value_t = 3000)]
