@@ -98,21 +98,10 @@ fn sandboxed(opts: &Options, mode: &str, health: &str, broker: &str) -> Result<S
     Ok(Sandboxed { _launcher: child, port, took, init })
 }
 
-/// Where the client runs: every server is pinned to one CPU, and the client to
-/// the same CPU or to another. Left to the kernel, the choice swung from run to
-/// run (a wakeup on the same CPU or across), and with it each path's
-/// throughput and latency by up to 20%; so each placement is measured, and
-/// compared, on its own.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Placement {
-    Together,
-    Apart,
-}
-
 /// The CPUs this process may use.
 fn allowed_cpus() -> Result<Vec<usize>, String> {
     let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).map_err(|e| format!("sched_getaffinity: {e}"))?;
-    Ok((0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect())
+    Ok(crate::sys::cpus_in(&set))
 }
 
 fn only(cpu: usize) -> Result<nix::sched::CpuSet, String> {
@@ -386,15 +375,17 @@ pub fn broker(opts: &Options) -> Result<(), String> {
     for pid in servers {
         pin_process(pid, server_cpu)?;
     }
-    let mut placements = vec![(Placement::Together, server_cpu)];
-    if let Some(&other) = cpus.iter().find(|&&c| c != server_cpu) {
-        placements.push((Placement::Apart, other));
-    }
-    for (placement, client_cpu) in placements {
+    // Where the client runs: on the servers' CPU, then on another. Left to
+    // the kernel, the choice swung from run to run (a wakeup on the same CPU
+    // or across), and with it each path's throughput and latency by up to
+    // 20%; so each placement is measured, and compared, on its own.
+    let other_cpu = cpus.iter().copied().find(|&c| c != server_cpu);
+    for client_cpu in std::iter::once(server_cpu).chain(other_cpu) {
         let rows = measure_all(&paths, opts, client_cpu)?;
-        let place = match placement {
-            Placement::Together => format!("client and servers on CPU {server_cpu}"),
-            Placement::Apart => format!("client on CPU {client_cpu}, servers on CPU {server_cpu}"),
+        let (placement, place) = if client_cpu == server_cpu {
+            ("Together", format!("client and servers on CPU {server_cpu}"))
+        } else {
+            ("Apart", format!("client on CPU {client_cpu}, servers on CPU {server_cpu}"))
         };
         println!();
         println!("{place}:");
@@ -413,7 +404,7 @@ pub fn broker(opts: &Options) -> Result<(), String> {
         let d = &rows[0];
         for r in &rows[1..] {
             println!(
-                "{} ({placement:?}): throughput {:.2}x up, {:.2}x down of direct; added latency p50 {:+.1} µs, p99 {:+.1} µs; connections {:.2}x",
+                "{} ({placement}): throughput {:.2}x up, {:.2}x down of direct; added latency p50 {:+.1} µs, p99 {:+.1} µs; connections {:.2}x",
                 r.name,
                 r.up / d.up,
                 r.down / d.down,

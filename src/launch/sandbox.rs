@@ -448,7 +448,7 @@ fn early_failure(msg: FromInit) -> Option<RunError> {
 /// time when moved, 1.25x when left). The init widens its affinity back to
 /// `allowed` once it has its ids (sent after this).
 fn place_init(pid: libc::pid_t, allowed: &nix::sched::CpuSet) -> bool {
-    let cpus = (0..nix::sched::CpuSet::count()).filter(|&c| allowed.is_set(c).unwrap_or(false)).count();
+    let cpus = sys::cpus_in(allowed).len();
     // Runnable tasks now, host-wide (`/proc/loadavg`'s fourth field, "R/T"):
     // the launcher and the new init among them.
     let others = std::fs::read_to_string("/proc/loadavg")

@@ -131,6 +131,11 @@ pub fn set_cloexec(fd: RawFd, on: bool) -> SysResult<()> {
     check(ret.into(), || format!("fcntl({fd}, F_SETFD)")).map(drop)
 }
 
+/// The CPUs of `set`, in order.
+pub fn cpus_in(set: &nix::sched::CpuSet) -> Vec<usize> {
+    (0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect()
+}
+
 /// How many threads this process has: `/proc/self/task` has one link per
 /// thread besides `.` and `..`.
 pub fn thread_count() -> SysResult<u64> {

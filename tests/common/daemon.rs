@@ -31,15 +31,15 @@ pub struct Daemon {
     pub audit: PathBuf,
     pub metrics: u16,
     /// Dropped after the daemon stopped (fields drop after `Drop::drop`).
-    kernel_audit: Option<KernelAuditRestore>,
+    kernel_audit: KernelAuditRestore,
 }
 
 /// Kernel audit as the tests found it. A daemon with `kernel_audit =
 /// "enable"` turns it on and, by design, leaves it on; on a test host that
 /// is a change the suite must undo (every process then pays the syscall
 /// audit hooks, and with no auditd each record goes to the kernel log). The
-/// setting read before the first such daemon of this test binary is put back
-/// when the last one stops.
+/// setting read before the first daemon of this test binary is put back when
+/// the last one stops, whatever its config said.
 struct KernelAuditRestore;
 
 static KERNEL_AUDIT_USERS: std::sync::Mutex<(usize, Option<u32>)> = std::sync::Mutex::new((0, None));
@@ -59,7 +59,8 @@ impl Drop for KernelAuditRestore {
     fn drop(&mut self) {
         let mut users = KERNEL_AUDIT_USERS.lock().unwrap_or_else(|e| e.into_inner());
         users.0 -= 1;
-        if users.0 == 0 && users.1 == Some(0) {
+        let changed = || swarmcell::denials::audit_nl::status().is_ok_and(|s| s.enabled != 0);
+        if users.0 == 0 && users.1 == Some(0) && changed() {
             let put_back = swarmcell::denials::audit_nl::set_enabled(false);
             let now = swarmcell::denials::audit_nl::status().map(|s| s.enabled);
             if !std::thread::panicking() {
@@ -83,7 +84,7 @@ impl Daemon {
         std::fs::set_permissions(&policy, std::fs::Permissions::from_mode(0o600)).unwrap();
         // Never the default port: another daemon (a test's, the host's) may hold it.
         let metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let kernel_audit = o.config.contains("kernel_audit = \"enable\"").then(KernelAuditRestore::new);
+        let kernel_audit = KernelAuditRestore::new();
         let d = Daemon { child: None, dir: f.dir.clone(), socket: f.dir.join("ctl.sock"), audit: f.dir.join("audit.log"), metrics, kernel_audit };
         let commands: Vec<&str> = [bin()].into_iter().chain(o.commands.iter().copied()).collect();
         let config = format!(
